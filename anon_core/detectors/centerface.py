@@ -30,8 +30,16 @@ def bundled_model_path() -> Path:
 
 
 def _dynamic_model(path: Path) -> bytes:
-    """The shipped graph has a fixed 10 x 3 x 32 x 32 input; make batch and size symbolic."""
+    """The shipped graph has a fixed 10 x 3 x 32 x 32 input; make batch and size symbolic.
+
+    Its weights are also listed as graph inputs, which stops onnxruntime from folding batch
+    norms into convolutions; dropping them from the inputs makes inference about 1.5x faster.
+    """
     model = onnx.load(str(path))
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
     ins = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     outs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
     ins[_INPUT] = ["B", 3, "H", "W"]

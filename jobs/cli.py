@@ -1,0 +1,136 @@
+"""The ``faceveil`` command line: a thin layer that fills configs and calls the jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from anon_core import methods
+from anon_core.detectors import NAMES as DETECTORS
+from anon_core.imageio import DEFAULT_MAX_PIXELS
+from anon_core.pipeline import AnonConfig
+from jobs.config import JobConfig, PoolConfig
+from jobs.progress import configure_logging
+
+log = logging.getLogger("faceveil")
+
+
+def _add_shard(sub) -> None:
+    p = sub.add_parser("shard", help="list and key input images into tar shards")
+    p.add_argument("input", help="folder, glob, s3:// prefix, or a folder of .tar files")
+    p.add_argument("output", help="where shard-NNNNNN.tar and shards.json go")
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--secret-file", help="32-byte key file for sample keys "
+                   "(default ~/.faceveil/secret.key, created if missing)")  # fmt: skip
+    p.set_defaults(handler=_shard)
+
+
+def _add_run_options(p) -> None:
+    p.add_argument("--method", default="blur", choices=methods.available())
+    p.add_argument("--detector", default="centerface", choices=DETECTORS)
+    p.add_argument("--model-root", help="folder with InsightFace ONNX models (for scrfd)")
+    p.add_argument("--threshold", type=float, help="detector score threshold (default: low, "
+                   "favouring recall)")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--num-actors", type=int)
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--resume", action="store_true", help="skip shards already done")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--secret-file")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="anonymize a dataset into OUT on a Ray actor pool")
+    p.add_argument("input", help="sharded input (with shards.json) or loose images to shard")
+    p.add_argument("output")
+    _add_run_options(p)
+    p.set_defaults(handler=_run)
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The JobConfig described by parsed ``run`` arguments."""
+    anon = AnonConfig(
+        method=args.method,
+        detector=args.detector,
+        model_root=args.model_root,
+        threshold=args.threshold,
+        max_pixels=args.max_pixels,
+    )
+    pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
+    return JobConfig(
+        input=args.input,
+        output=args.output,
+        anon=anon,
+        pool=pool,
+        shard_size=args.shard_size,
+        resume=args.resume,
+        address=args.address,
+        secret_file=args.secret_file,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        log_format=args.log_format,
+    )
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from jobs.secrets import load_secret
+    from jobs.shard import write_shards
+
+    entries = write_shards(args.input, args.output, load_secret(args.secret_file), args.shard_size)
+    total = sum(e.samples for e in entries)
+    print(f"wrote {len(entries)} shards ({total} samples) and shards.json to {args.output}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jobs.run import run_job
+
+    summary = run_job(job_config(args))
+    print(summary.line())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(args)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build a sample dataset from bundled images and run a job")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--method", default="blur", choices=methods.available())
+    p.set_defaults(handler=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceveil", description=__doc__)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_shard, _add_run, _add_demo):
+        add(sub)
+    return parser
+
+
+EXPECTED_ERRORS = (OSError, ValueError, RuntimeError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.handler(args)
+    except EXPECTED_ERRORS as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

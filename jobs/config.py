@@ -1,0 +1,54 @@
+"""The frozen configuration of a job; the CLI only fills it in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from anon_core.pipeline import AnonConfig
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Actor pool shape. ``num_actors`` None: as many as the cluster's resources allow."""
+
+    num_actors: int | None = None
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ValueError("--num-actors must be at least 1")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
+            raise ValueError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything ``faceveil run`` needs. ``anon`` alone decides the output pixels."""
+
+    input: str
+    output: str
+    anon: AnonConfig = field(default_factory=AnonConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    shard_size: int = 1000
+    resume: bool = False
+    address: str | None = None
+    secret_file: str | None = None
+    progress: bool = True
+    log_format: str = "text"
+
+    def output_config(self) -> dict:
+        """The part of the config that determines output bytes (recorded in job.json)."""
+        anon = asdict(self.anon)
+        anon["method_options"] = dict(self.anon.method_options)
+        anon.pop("threads", None)
+        return {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
+
+    def output_config_sha256(self) -> str:
+        blob = json.dumps(self.output_config(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()

@@ -1,0 +1,241 @@
+"""``faceveil run``: shard if needed, then anonymize every shard on a Ray Data actor pool."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import ray
+
+from anon_core.pipeline import AnonConfig, FaceAnonymizer
+from jobs import shard as sharding
+from jobs.config import JobConfig
+from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
+from jobs.raypool import connect, size_pool
+from jobs.shardio import ShardFormatError
+from jobs.storage import Location
+from jobs.worker import ShardSummary, ShardTask, process_shard
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+SHARDS_DIR = "shards"
+
+
+class JobError(RuntimeError):
+    """The job cannot start or did not finish every shard; the message says what to do."""
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    shards_total: int
+    shards_done: int = 0
+    shards_skipped: int = 0
+    failed: list[dict] = field(default_factory=list)
+    samples_in: int = 0
+    samples_out: int = 0
+    quarantined: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.samples_in / self.seconds if self.seconds else 0.0
+        return (
+            f"job {self.job_id}: {self.shards_done + self.shards_skipped}/{self.shards_total} "
+            f"shards done ({self.shards_skipped} skipped as already done), "
+            f"{self.samples_in} samples in, {self.samples_out} out, {self.quarantined} "
+            f"quarantined, {self.faces} faces, {len(self.failed)} shards failed, "
+            f"{rate:.1f} samples/s"
+        )
+
+
+class ShardProcessor:
+    """Ray Data actor: loads models once, then processes whole shards one row at a time."""
+
+    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, sealing=None):
+        import cv2
+
+        cv2.setNumThreads(max(1, anon.threads))
+        self.anonymizer = FaceAnonymizer(anon)
+        self.out = Location(out_uri)
+        self.batch_size = batch_size
+        self.progress = BufferedProgress(counter)
+        self.sealing = sealing
+        log.info("actor ready on %s (%s)", platform.node(), anon.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        columns = (batch[k] for k in _TASK_COLUMNS)
+        rows = [self._one(ShardTask(*t)) for t in zip(*columns, strict=True)]
+        self.progress.flush()
+        return {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
+
+    def _one(self, task: ShardTask) -> ShardSummary:
+        sealer = self.sealing.sealer(task.shard) if self.sealing else None
+        try:
+            return process_shard(
+                task, self.anonymizer, self.out, self.batch_size, sealer,
+                progress=self.progress, marker_extra={"input_sha256": task.sha256},
+            )  # fmt: skip
+        except (ShardFormatError, OSError, RuntimeError, ValueError) as exc:
+            log.error("shard %s failed: %s", task.shard, exc)
+            return ShardSummary(task.shard, status="failed", error=f"{type(exc).__name__}: {exc}")
+
+
+_TASK_COLUMNS = ("shard", "uri", "samples", "sha256")
+_SUMMARY_COLUMNS = ("shard", "samples_in", "anonymized", "no_face", "quarantined", "faces",
+                    "status", "error")  # fmt: skip
+
+
+def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Location, list]:
+    """Shards of a sharded input as they are; loose images are sharded into OUT/shards first."""
+    src = Location(config.input)
+    if src.exists(sharding.INDEX):
+        return src, sharding.read_index(src)
+    target = out.child(SHARDS_DIR)
+    if config.resume and target.exists(sharding.INDEX):
+        doc = target.read_json(sharding.INDEX)
+        if doc.get("secret_fingerprint") == sharding.secret_fingerprint(secret):
+            return target, sharding.read_index(target)
+    log.info("sharding %s into %s", config.input, target.uri)
+    sharding.write_shards(config.input, target.uri, secret, config.shard_size)
+    return target, sharding.read_index(target)
+
+
+def open_job(config: JobConfig, out: Location) -> dict:
+    """Start job.json, or on --resume reuse it after checking the config is the same."""
+    if out.exists(JOB_FILE):
+        job = out.read_json(JOB_FILE)
+        if not config.resume:
+            raise JobError(f"{out.uri} already holds job {job['job_id']}; pass --resume to "
+                           "finish it or choose an empty output")  # fmt: skip
+        if job.get("config_sha256") != config.output_config_sha256():
+            raise JobError(f"{out.uri} holds a job with another config; --resume needs the same "
+                           "method, detector and options")  # fmt: skip
+        return job
+    if out.listdir("_done"):
+        raise JobError(f"{out.uri} has shard markers but no job.json; choose an empty output")
+    job = {
+        "job_id": uuid.uuid4().hex,
+        "created": time.time(),
+        "status": "running",
+        "config": config.output_config(),
+        "config_sha256": config.output_config_sha256(),
+        "versions": _versions(),
+    }
+    out.publish_json(job, JOB_FILE)
+    return job
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    from jobs import __version__
+
+    return {"faceveil": __version__, "python": platform.python_version(),
+            "ray": ray.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
+
+
+def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> list[ShardTask]:
+    done = {name.removesuffix(".json") for name in out.listdir("_done")} if resume else set()
+    return [
+        ShardTask(e.shard, src.url(e.shard), e.samples, e.sha256)
+        for e in entries
+        if e.shard.removesuffix(".tar") not in done
+    ]
+
+
+def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors: int,
+             counter, sealing, summary: JobSummary) -> None:  # fmt: skip
+    """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    items = [{k: getattr(t, k) for k in _TASK_COLUMNS} for t in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        ShardProcessor,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=config.pool.cpus_per_actor,
+        num_gpus=config.pool.gpus_per_actor or None,
+        fn_constructor_kwargs={
+            "anon": anon,
+            "out_uri": config.output,
+            "batch_size": config.pool.batch_size,
+            "counter": counter,
+            "sealing": sealing,
+        },  # fmt: skip
+    )
+    for row in ds.iter_rows():
+        if row["status"] == "failed":
+            summary.failed.append({"shard": row["shard"], "error": row["error"]})
+            continue
+        summary.shards_done += 1
+        summary.samples_in += row["samples_in"]
+        summary.samples_out += row["anonymized"] + row["no_face"]
+        summary.quarantined += row["quarantined"]
+        summary.faces += row["faces"]
+
+
+def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        display.update(*ray.get(counter.get.remote()))
+    display.update(*ray.get(counter.get.remote()))
+
+
+def run_job(config: JobConfig, sealing=None) -> JobSummary:
+    """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
+    from jobs.secrets import load_secret
+
+    started = time.monotonic()
+    out = Location(config.output)
+    job = open_job(config, out)
+    src, entries = resolve_shards(config, out, load_secret(config.secret_file))
+    tasks = pending_tasks(src, entries, out, config.resume)
+    summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
+    we_started = connect(config.address)
+    try:
+        if tasks:
+            actors = min(size_pool(config.pool, ray.cluster_resources()), len(tasks))
+            device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
+            anon = replace(config.anon, device=device,
+                           threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
+            log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
+            counter = ProgressCounter.remote()
+            total = sum(t.samples for t in tasks)
+            display = ProgressDisplay(total, config.progress, config.log_format == "json")
+            stop = threading.Event()
+            watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
+            watcher.start()
+            try:
+                _execute(tasks, config, anon, actors, counter, sealing, summary)
+            finally:
+                stop.set()
+                watcher.join()
+                display.close()
+    finally:
+        if we_started:
+            ray.shutdown()
+    summary.seconds = time.monotonic() - started
+    _finish_job(out, job, summary)
+    return summary
+
+
+def _finish_job(out: Location, job: dict, summary: JobSummary) -> None:
+    markers = [out.read_json("_done", n) for n in out.listdir("_done") if n.endswith(".json")]
+    totals = {k: sum(m[k] for m in markers)
+              for k in ("samples_in", "anonymized", "no_face", "quarantined", "faces")}  # fmt: skip
+    complete = not summary.failed and len(markers) == summary.shards_total
+    job.update(status="complete" if complete else "incomplete", totals=totals,
+               shards={"total": summary.shards_total, "done": len(markers)})  # fmt: skip
+    out.publish_json(job, JOB_FILE)
+    if summary.failed:
+        names = ", ".join(f["shard"] for f in summary.failed[:10])
+        raise JobError(f"{len(summary.failed)} shards failed ({names}); fix the cause and rerun "
+                       "with --resume: done shards are kept")  # fmt: skip

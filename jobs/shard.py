@@ -1,0 +1,170 @@
+"""``faceveil shard``: list sources in a stable order, key them pseudonymously, write tar shards."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import tarfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from jobs.shardio import TarWriter
+from jobs.storage import Location
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp",
+              "tif": "tif", "tiff": "tif", "gif": "gif"}  # fmt: skip
+INDEX = "shards.json"
+KEY_CHARS = 32
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input image: its URI, where its bytes are, and its normalised extension.
+
+    Images inside input tars have a URI ``TAR#MEMBER`` and a byte range in that tar.
+    """
+
+    uri: str
+    path: str
+    ext: str
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    shard: str
+    samples: int
+    sha256: str
+    bytes: int
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sample_key(secret: bytes, uri: str) -> str:
+    """Pseudonymous sample key: HMAC-SHA256 of the source URI under the job secret, 32 hex chars."""
+    return hmac.new(secret, uri.encode(), hashlib.sha256).hexdigest()[:KEY_CHARS]
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """A public check value that tells whether two runs used the same secret (not the secret)."""
+    return hmac.new(secret, b"faceveil shard-secret fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def _ext(path: str) -> str | None:
+    name = path.rsplit("/", 1)[-1]
+    return IMAGE_EXTS.get(name.rsplit(".", 1)[-1].lower()) if "." in name else None
+
+
+def _tar_sources(loc: Location, path: str, uri: str) -> list[Source]:
+    """Image members of an input tar, with byte ranges, found by reading its headers."""
+    found = []
+    with loc.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for info in tar:
+            ext = _ext(info.name) if info.isfile() else None
+            if ext:
+                start = info.offset_data
+                found.append(Source(f"{uri}#{info.name}", path, ext, start, start + info.size))
+    return found
+
+
+def list_sources(input_uri: str) -> list[Source]:
+    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI."""
+    loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
+    protocol = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
+    if _is_glob(input_uri):
+        paths = loc.fs.glob(loc.fs._strip_protocol(input_uri))
+    elif loc.fs.isfile(loc.root):
+        paths = [loc.root]
+    else:
+        paths = loc.fs.find(loc.root)
+    sources: list[Source] = []
+    skipped = 0
+    for path in sorted(paths):
+        uri = protocol + path if protocol else path
+        if path.lower().endswith(".tar"):
+            sources.extend(_tar_sources(loc, path, uri))
+        elif ext := _ext(path):
+            sources.append(Source(uri, path, ext))
+        else:
+            skipped += 1
+    if skipped:
+        log.info("skipped %d files that are not images by extension", skipped)
+    return sorted(sources, key=lambda s: s.uri)
+
+
+def _is_glob(uri: str) -> bool:
+    return any(c in uri for c in "*?[")
+
+
+def _read_source(loc: Location, source: Source) -> tuple[bytes | None, str]:
+    try:
+        if source.start is None:
+            return loc.fs.cat_file(source.path), ""
+        return loc.fs.cat_file(source.path, start=source.start, end=source.end), ""
+    except (OSError, PermissionError) as exc:
+        return None, f"unreadable source ({type(exc).__name__})"
+
+
+def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads: int = 8) -> bytes:
+    """The tar bytes of one shard: per sample ``KEY.src`` (URI), then ``KEY.EXT`` (original
+    bytes, unchanged) or ``KEY.err`` (why the source could not be read)."""
+    sources = list(sources)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        contents = list(pool.map(lambda s: _read_source(loc, s), sources))
+    buf = io.BytesIO()
+    writer = TarWriter(buf)
+    for source, (data, error) in zip(sources, contents, strict=True):
+        key = sample_key(secret, source.uri)
+        writer.add(f"{key}.src", source.uri.encode())
+        if data is None:
+            writer.add(f"{key}.err", error.encode())
+        else:
+            writer.add(f"{key}.{source.ext}", data)
+    writer.close()
+    return buf.getvalue()
+
+
+def write_shards(
+    input_uri: str, out_uri: str, secret: bytes, shard_size: int = 1000, threads: int = 8
+) -> list[ShardEntry]:
+    """Shard ``input_uri`` into ``out_uri``/shard-NNNNNN.tar plus the ``shards.json`` index."""
+    if shard_size < 1:
+        raise ValueError("shard size must be at least 1")
+    sources = list_sources(input_uri)
+    if not sources:
+        raise FileNotFoundError(f"no images found under {input_uri}")
+    src_loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
+    out = Location(out_uri)
+    entries = []
+    for index, start in enumerate(range(0, len(sources), shard_size)):
+        chunk = sources[start : start + shard_size]
+        data = build_shard(src_loc, chunk, secret, threads)
+        name = shard_name(index)
+        out.publish_bytes(data, name)
+        entries.append(ShardEntry(name, len(chunk), hashlib.sha256(data).hexdigest(), len(data)))
+        log.info("wrote %s (%d samples)", name, len(chunk))
+    index_doc = {
+        "version": 1,
+        "shard_size": shard_size,
+        "total_samples": len(sources),
+        "secret_fingerprint": secret_fingerprint(secret),
+        "shards": [e.__dict__ for e in entries],
+    }
+    out.publish_json(index_doc, INDEX)
+    return entries
+
+
+def read_index(loc: Location) -> list[ShardEntry]:
+    """The shard list of a sharded input, from its ``shards.json``."""
+    doc = loc.read_json(INDEX)
+    if doc.get("version") != 1:
+        raise ValueError(f"{loc.url(INDEX)}: unsupported index version {doc.get('version')}")
+    return [ShardEntry(**e) for e in doc["shards"]]

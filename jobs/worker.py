@@ -1,0 +1,252 @@
+"""Anonymize one shard: read samples in order, batch them through anon_core, publish outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anon_core.imageio import crop_png
+from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
+from jobs.shard import IMAGE_EXTS
+from jobs.shardio import RawSample, ShardFormatError, TarWriter, iter_verified
+from jobs.storage import Location, canonical_json
+
+log = logging.getLogger(__name__)
+
+IMAGE_MEMBER_EXTS = set(IMAGE_EXTS.values()) | set(IMAGE_EXTS)
+QUARANTINE_SCHEMA = pa.schema(
+    [("key", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """What a worker needs to process one shard: where it is and what its index promises."""
+
+    shard: str
+    uri: str
+    samples: int
+    sha256: str
+
+
+@dataclass
+class ShardSummary:
+    """Counts for one shard; ``samples_in == anonymized + no_face + quarantined`` when done."""
+
+    shard: str
+    samples_in: int = 0
+    anonymized: int = 0
+    no_face: int = 0
+    quarantined: int = 0
+    faces: int = 0
+    status: str = "done"
+    error: str = ""
+    files: dict = field(default_factory=dict)
+
+    @property
+    def samples_out(self) -> int:
+        return self.anonymized + self.no_face
+
+
+class ShardSealer(Protocol):
+    """Seals originals of one shard (the key-manifest seam); see ``manifests.keymanifest``."""
+
+    def seal_face(self, key, face, bbox, png_bytes, source_uri, anon_sha256): ...
+    def seal_sample(self, key, source_uri, anon_sha256, original_bytes): ...
+    def manifest_bytes(self) -> bytes: ...
+
+
+class Observer(Protocol):
+    """Sees original and anonymized pixels of each anonymized sample (the in-job audit seam)."""
+
+    def observe(self, key, original_rgb, anonymized_rgb, faces) -> None: ...
+
+
+Progress = Callable[[int, int, int], None]  # samples, faces, quarantined since the last call
+
+
+@dataclass
+class _Pending:
+    sample: RawSample
+    source_uri: str
+    image: bytes | None
+    result: AnonResult | None = None
+
+
+def _classify(sample: RawSample, seen: set[str]) -> _Pending:
+    source = sample.members.get("src", b"").decode(errors="replace") or sample.key
+    if sample.key in seen:
+        return _Pending(sample, source, None, quarantined("input", "duplicate key in shard"))
+    seen.add(sample.key)
+    if "err" in sample.members:
+        reason = sample.members["err"].decode(errors="replace")
+        return _Pending(sample, source, None, quarantined("read", reason))
+    image_exts = [e for e in sample.members if e.lower() in IMAGE_MEMBER_EXTS]
+    if not image_exts:
+        return _Pending(sample, source, None, quarantined("input", "sample has no image member"))
+    return _Pending(sample, source, sample.members[image_exts[0]])
+
+
+def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer):
+    """Pending samples in input order, each with its result, anonymizing ``size`` at a time."""
+    seen: set[str] = set()
+    window: list[_Pending] = []
+
+    def flush():
+        todo = [p for p in window if p.result is None]
+        for p, result in zip(todo, anonymizer.batch([p.image for p in todo]), strict=True):
+            p.result = result
+        yield from window
+        window.clear()
+
+    for sample in samples:
+        window.append(_classify(sample, seen))
+        if sum(p.result is None for p in window) >= size:
+            yield from flush()
+    yield from flush()
+
+
+class _ShardOutput:
+    """Collects one shard's outputs: the data tar (spooled to a private temp file), quarantine
+    rows and sealed originals; ``publish`` writes them, marker last."""
+
+    def __init__(self, shard: str, sealer: ShardSealer | None, observer: Observer | None):
+        self.summary = ShardSummary(shard)
+        self.sealer = sealer
+        self.observer = observer
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="faceveil-")
+        self._data_path = os.path.join(self._tmpdir.name, "data.tar")
+        self._data = open(self._data_path, "wb")  # noqa: SIM115 (closed in publish/close)
+        self._tar = TarWriter(self._data)
+        self._quarantine: list[dict] = []
+
+    def add(self, p: _Pending) -> tuple[int, int]:
+        """Record one sample; returns (faces, quarantined) for progress."""
+        self.summary.samples_in += 1
+        result = p.result
+        if not result.ok:
+            return 0, self._add_quarantined(p)
+        key = p.sample.key
+        self._tar.add(f"{key}.{result.ext}", result.encoded)
+        self._tar.add(f"{key}.json", canonical_json(result.metadata()))
+        self.summary.faces += len(result.faces)
+        if result.status == "anonymized":
+            self.summary.anonymized += 1
+        else:
+            self.summary.no_face += 1
+        if self.sealer is not None:
+            self._seal(p)
+        if self.observer is not None and len(result.faces):
+            self.observer.observe(key, result.original.rgb, result.output.image, result.faces)
+        return len(result.faces), 0
+
+    def _add_quarantined(self, p: _Pending) -> int:
+        result = p.result
+        self.summary.quarantined += 1
+        self._quarantine.append(
+            {"key": p.sample.key, "stage": result.stage, "reason": result.reason}
+        )
+        if self.sealer is not None:
+            empty = hashlib.sha256(b"").hexdigest()
+            self.sealer.seal_sample(p.sample.key, p.source_uri, empty, p.image)
+        return 1
+
+    def _seal(self, p: _Pending) -> None:
+        result, key = p.result, p.sample.key
+        digest = result.sha256
+        for face, region in enumerate(result.output.regions):
+            x1, y1, x2, y2 = (int(v) for v in region)
+            if x2 > x1 and y2 > y1:
+                png = crop_png(result.original.rgb, (x1, y1, x2, y2))
+                self.sealer.seal_face(key, face, (x1, y1, x2, y2), png, p.source_uri, digest)
+        # Whole original bytes only when the decoded pixels do not represent the file exactly.
+        original = None if result.original.exact else p.image
+        self.sealer.seal_sample(key, p.source_uri, digest, original)
+
+    def publish(self, out: Location, extra: dict) -> ShardSummary:
+        s = self.summary
+        if s.samples_in != s.samples_out + s.quarantined:
+            raise RuntimeError(f"{s.shard}: accounting does not add up; nothing published")
+        self._tar.close()
+        self._data.close()
+        stem = s.shard.removesuffix(".tar")
+        files = {"data": (self._data_path, f"data/{s.shard}")}
+        blobs = {"quarantine": (_quarantine_bytes(self._quarantine), f"quarantine/{stem}.parquet")}
+        if self.sealer is not None:
+            blobs["keys"] = (self.sealer.manifest_bytes(), f"keys/{stem}.parquet")
+        for name, (path, target) in files.items():
+            out.publish_file(path, target)
+            s.files[name] = {"path": target, "sha256": _sha256_file(path)}
+        for name, (data, target) in blobs.items():
+            out.publish_bytes(data, target)
+            s.files[name] = {"path": target, "sha256": hashlib.sha256(data).hexdigest()}
+        marker = {**extra, **_marker_counts(s), "files": s.files}
+        out.publish_json(marker, f"_done/{stem}.json")
+        return s
+
+    def close(self) -> None:
+        if not self._data.closed:
+            self._data.close()
+        self._tmpdir.cleanup()
+
+
+def _marker_counts(s: ShardSummary) -> dict:
+    keys = ("shard", "samples_in", "anonymized", "no_face", "quarantined", "faces")
+    return {k: getattr(s, k) for k in keys}
+
+
+def _quarantine_bytes(rows: list[dict]) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def process_shard(
+    task: ShardTask,
+    anonymizer: FaceAnonymizer,
+    out: Location,
+    batch_size: int = 16,
+    sealer: ShardSealer | None = None,
+    observer: Observer | None = None,
+    progress: Progress | None = None,
+    marker_extra: dict | None = None,
+) -> ShardSummary:
+    """Anonymize every sample of one shard, in input order, and publish its outputs.
+
+    Raises ShardFormatError when the shard differs from its index (count or sha256): nothing of
+    that shard is published then, so a rerun redoes it whole.
+    """
+    src = Location(task.uri)
+    output = _ShardOutput(task.shard, sealer, observer)
+    try:
+        with src.fs.open(src.root, "rb") as f:
+            samples = iter_verified(f, task.sha256)
+            for p in _batches(samples, batch_size, anonymizer):
+                faces, bad = output.add(p)
+                if progress is not None:
+                    progress(1, faces, bad)
+        if output.summary.samples_in != task.samples:
+            raise ShardFormatError(
+                f"{output.summary.samples_in} samples read, index says {task.samples}"
+            )
+        return output.publish(out, marker_extra or {})
+    finally:
+        output.close()
