@@ -1,0 +1,62 @@
+"""FaceAnonymizer on one image and on batches: results, metadata, fail-closed quarantine."""
+
+import numpy as np
+import pytest
+
+from anon_core import AnonConfig, FaceAnonymizer
+from anon_core.imageio import decode_image
+from tests.factories import jpeg_with_gps, rgb
+
+
+@pytest.fixture(scope="module")
+def anonymizer():
+    return FaceAnonymizer(AnonConfig(method="blur"))
+
+
+def test_one_image_in_memory_no_ray_no_disk(anonymizer):
+    result = anonymizer(jpeg_with_gps(rgb("obama.jpg")))
+    assert result.status == "anonymized" and result.ext == "jpg"
+    meta = result.metadata()
+    assert meta["status"] == "anonymized" and len(meta["faces"]) == 1
+    face = meta["faces"][0]
+    assert set(face) == {"bbox", "score", "landmarks5", "method", "pseudonym"}
+    assert face["method"] == "blur" and len(face["landmarks5"]) == 10
+    out = decode_image(result.encoded).rgb
+    assert out.shape == result.original.rgb.shape
+
+
+def test_batch_keeps_order_and_quarantines_bad_inputs(anonymizer):
+    good = jpeg_with_gps(rgb("biden.jpg"))
+    results = anonymizer.batch([b"", good, b"not an image at all", rgb("astronaut.png")])
+    assert [r.status for r in results] == ["quarantined", "anonymized", "quarantined", "anonymized"]
+    assert results[0].stage == "decode" and "empty" in results[0].reason
+    assert results[2].metadata() == {
+        "status": "quarantined",
+        "stage": "decode",
+        "reason": results[2].reason,
+    }
+
+
+def test_no_face_image_passes_unchanged_in_pixels(anonymizer):
+    flat = np.full((120, 160, 3), 90, np.uint8)
+    result = anonymizer(flat)
+    assert result.status == "no_face" and result.metadata()["faces"] == []
+    assert np.array_equal(decode_image(result.encoded).rgb, flat)
+
+
+def test_failing_method_quarantines_instead_of_passing_through():
+    class Broken:
+        name = "broken"
+        needs_landmarks68 = needs_embeddings = False
+
+        def __call__(self, image, faces):
+            raise RuntimeError("boom")
+
+    result = FaceAnonymizer(AnonConfig(), method=Broken())(rgb("astronaut.png"))
+    assert result.status == "quarantined" and result.stage == "anonymize"
+    assert result.encoded == b""
+
+
+def test_same_input_same_bytes(anonymizer):
+    data = jpeg_with_gps(rgb("two_people.jpg"))
+    assert anonymizer(data).encoded == anonymizer(data).encoded
