@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from anon_core.imageio import ImageError, crop_png, decode_image, encode_image
-from tests.factories import jpeg_with_gps, rgb
+from jobs.demo import jpeg_with_gps
+from tests.factories import rgb
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

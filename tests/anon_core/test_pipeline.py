@@ -5,7 +5,8 @@ import pytest
 
 from anon_core import AnonConfig, FaceAnonymizer
 from anon_core.imageio import decode_image
-from tests.factories import jpeg_with_gps, rgb
+from jobs.demo import jpeg_with_gps
+from tests.factories import rgb
 
 
 @pytest.fixture(scope="module")
