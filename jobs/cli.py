@@ -12,6 +12,7 @@ from anon_core.detectors import NAMES as DETECTORS
 from anon_core.imageio import DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
 from jobs.config import JobConfig, PoolConfig
+from jobs.keyfile import KeyFileError, add_key_command
 from jobs.progress import configure_logging
 
 log = logging.getLogger("faceveil")
@@ -114,12 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_shard, _add_run, _add_demo):
+    for add in (_add_shard, _add_run, _add_demo, add_key_command):
         add(sub)
     return parser
 
 
-EXPECTED_ERRORS = (OSError, ValueError, RuntimeError)
+EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, KeyFileError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,68 @@
+"""Key files: 32 random bytes stored as hex, owner-only (0600); ``faceveil key new``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+
+
+class KeyFileError(ValueError):
+    """A key file that is missing, malformed or readable by others (never shows the key)."""
+
+
+def new_key_file(path: str | Path) -> Path:
+    """Create ``path`` holding a fresh random key as 64 hex characters, mode 0600.
+
+    Refuses to overwrite: losing a team key makes its pseudonyms unreproducible.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+    return path
+
+
+def load_key_file(path: str | Path) -> bytes:
+    """The key in ``path``; refuses files that group or others can read or write."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"key file {path} is accessible to other users; chmod 600 it")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise KeyFileError(f"key file {path} is not {KEY_BYTES * 2} hex characters") from None
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(f"key file {path} is not {KEY_BYTES * 2} hex characters")
+    return key
+
+
+def _key_new(args: argparse.Namespace) -> int:
+    path = new_key_file(args.path)
+    print(f"wrote a new {KEY_BYTES * 8}-bit key to {path} (mode 0600); back it up safely")
+    return 0
+
+
+def add_key_command(subparsers) -> None:
+    """``faceveil key new PATH``."""
+    key = subparsers.add_parser("key", help="manage pseudonym keys")
+    sub = key.add_subparsers(dest="key_command", required=True)
+    new = sub.add_parser("new", help="create a new random key file (mode 0600)")
+    new.add_argument("path")
+    new.set_defaults(handler=_key_new)

@@ -1,0 +1,81 @@
+"""Sharding: stable listing, pseudonymous keys, reproducible tars, the shards.json index."""
+
+import hashlib
+import io
+import tarfile
+
+import pytest
+
+from jobs.shard import list_sources, read_index, sample_key, write_shards
+from jobs.shardio import ShardFormatError, iter_samples, iter_verified
+from jobs.storage import Location
+from tests.factories import varied_faces, write_folder
+
+SECRET = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    write_folder(root, varied_faces(12))
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_listing_is_sorted_recursive_and_images_only(photos):
+    sources = list_sources(str(photos))
+    uris = [s.uri for s in sources]
+    assert uris == sorted(uris) and len(uris) == 12
+    assert any("/nested/" in u for u in uris)
+    assert not any(u.endswith(".txt") for u in uris)
+
+
+def test_glob_input(photos):
+    assert len(list_sources(str(photos / "*.png"))) == sum(1 for p in photos.glob("*.png"))
+
+
+def test_keys_are_hmac_of_uri_and_change_with_secret():
+    assert sample_key(SECRET, "/a/b.jpg") == sample_key(SECRET, "/a/b.jpg")
+    assert sample_key(SECRET, "/a/b.jpg") != sample_key(SECRET, "/a/c.jpg")
+    assert sample_key(SECRET, "/a/b.jpg") != sample_key(b"x" * 32, "/a/b.jpg")
+    assert len(sample_key(SECRET, "/a/b.jpg")) == 32
+
+
+def test_shards_are_reproducible_and_indexed(photos, tmp_path):
+    first = write_shards(str(photos), str(tmp_path / "a"), SECRET, shard_size=5)
+    second = write_shards(str(photos), str(tmp_path / "b"), SECRET, shard_size=5)
+    assert [e.shard for e in first] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert [e.samples for e in first] == [5, 5, 2]
+    for a, b in zip(first, second, strict=True):
+        data_a = (tmp_path / "a" / a.shard).read_bytes()
+        assert data_a == (tmp_path / "b" / b.shard).read_bytes()
+        assert hashlib.sha256(data_a).hexdigest() == a.sha256
+    assert read_index(Location(str(tmp_path / "a"))) == first
+
+
+def test_shard_members_keep_original_bytes_and_hide_names(photos, tmp_path):
+    write_shards(str(photos), str(tmp_path), SECRET, shard_size=100)
+    data = (tmp_path / "shard-000000.tar").read_bytes()
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    assert not any("jane" in n or "smith" in n for n in names)
+    originals = {s.uri: (photos / s.uri[len(str(photos)) + 1 :]).read_bytes()
+                 for s in list_sources(str(photos))}  # fmt: skip
+    for sample in iter_samples(io.BytesIO(data)):
+        uri = sample.members["src"].decode()
+        image = next(v for k, v in sample.members.items() if k != "src")
+        assert image == originals[uri] and sample.key == sample_key(SECRET, uri)
+
+
+def test_input_tars_are_resharded(photos, tmp_path):
+    write_shards(str(photos), str(tmp_path / "first"), SECRET, shard_size=100)
+    again = write_shards(str(tmp_path / "first"), str(tmp_path / "second"), SECRET, 4)
+    assert sum(e.samples for e in again) == 12
+
+
+def test_truncated_or_altered_tar_is_detected(photos, tmp_path):
+    (entry,) = write_shards(str(photos), str(tmp_path), SECRET, shard_size=100)
+    data = (tmp_path / entry.shard).read_bytes()
+    cut = data[: 512 * 40]  # on a header boundary: tarfile reads it without complaint
+    with pytest.raises(ShardFormatError):
+        list(iter_verified(io.BytesIO(cut), entry.sha256))
+    assert len(list(iter_verified(io.BytesIO(data), entry.sha256))) == 12
