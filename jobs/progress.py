@@ -109,3 +109,5 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for noisy in ("ray", "filelock", "botocore", "s3fs", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

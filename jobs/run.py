@@ -58,7 +58,8 @@ class JobSummary:
 class ShardProcessor:
     """Ray Data actor: loads models once, then processes whole shards one row at a time."""
 
-    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, sealing=None):
+    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, sealing=None,
+                 secret: bytes | None = None):  # fmt: skip
         import cv2
 
         cv2.setNumThreads(max(1, anon.threads))
@@ -67,6 +68,7 @@ class ShardProcessor:
         self.batch_size = batch_size
         self.progress = BufferedProgress(counter)
         self.sealing = sealing
+        self.secret = secret
         log.info("actor ready on %s (%s)", platform.node(), anon.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -81,6 +83,7 @@ class ShardProcessor:
             return process_shard(
                 task, self.anonymizer, self.out, self.batch_size, sealer,
                 progress=self.progress, marker_extra={"input_sha256": task.sha256},
+                secret=self.secret,
             )  # fmt: skip
         except (ShardFormatError, OSError, RuntimeError, ValueError) as exc:
             log.error("shard %s failed: %s", task.shard, exc)
@@ -96,6 +99,10 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Loc
     """Shards of a sharded input as they are; loose images are sharded into OUT/shards first."""
     src = Location(config.input)
     if src.exists(sharding.INDEX):
+        theirs = src.read_json(sharding.INDEX).get("secret_fingerprint")
+        if theirs != sharding.secret_fingerprint(secret):
+            raise JobError(f"{src.uri} was sharded with another job secret; pass the same "
+                           "--secret-file that `faceveil shard` used")  # fmt: skip
         return src, sharding.read_index(src)
     target = out.child(SHARDS_DIR)
     if config.resume and target.exists(sharding.INDEX):
@@ -151,7 +158,7 @@ def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> 
 
 
 def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors: int,
-             counter, sealing, summary: JobSummary) -> None:  # fmt: skip
+             counter, sealing, secret: bytes, summary: JobSummary) -> None:  # fmt: skip
     """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -196,7 +203,8 @@ def run_job(config: JobConfig, sealing=None) -> JobSummary:
     started = time.monotonic()
     out = Location(config.output)
     job = open_job(config, out)
-    src, entries = resolve_shards(config, out, load_secret(config.secret_file))
+    secret = load_secret(config.secret_file)
+    src, entries = resolve_shards(config, out, secret)
     tasks = pending_tasks(src, entries, out, config.resume)
     summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
     we_started = connect(config.address)
@@ -214,7 +222,7 @@ def run_job(config: JobConfig, sealing=None) -> JobSummary:
             watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
             watcher.start()
             try:
-                _execute(tasks, config, anon, actors, counter, sealing, summary)
+                _execute(tasks, config, anon, actors, counter, sealing, secret, summary)
             finally:
                 stop.set()
                 watcher.join()

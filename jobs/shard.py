@@ -11,6 +11,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from jobs.shardio import TarWriter
 from jobs.storage import Location
 
@@ -51,6 +56,29 @@ def shard_name(index: int) -> str:
 def sample_key(secret: bytes, uri: str) -> str:
     """Pseudonymous sample key: HMAC-SHA256 of the source URI under the job secret, 32 hex chars."""
     return hmac.new(secret, uri.encode(), hashlib.sha256).hexdigest()[:KEY_CHARS]
+
+
+def _uri_cipher(secret: bytes) -> AESGCM:
+    key = HKDF(hashes.SHA256(), 32, salt=None, info=b"faceveil source-uri v1").derive(secret)
+    return AESGCM(key)
+
+
+def seal_uri(secret: bytes, key: str, uri: str) -> bytes:
+    """The source URI encrypted for the ``KEY.src`` member, so shards hold no file names.
+
+    Deterministic (the nonce is derived from the sample key, itself an HMAC of the URI), so
+    shards stay byte-reproducible; a nonce only repeats for the same URI and plaintext.
+    """
+    nonce = hmac.new(secret, b"uri-nonce:" + key.encode(), hashlib.sha256).digest()[:12]
+    return nonce + _uri_cipher(secret).encrypt(nonce, uri.encode(), key.encode())
+
+
+def open_uri(secret: bytes, key: str, blob: bytes) -> str:
+    """The source URI sealed by ``seal_uri``; raises ValueError with the wrong secret."""
+    try:
+        return _uri_cipher(secret).decrypt(blob[:12], blob[12:], key.encode()).decode()
+    except InvalidTag:
+        raise ValueError("source URI does not open with this job secret") from None
 
 
 def secret_fingerprint(secret: bytes) -> str:
@@ -114,7 +142,7 @@ def _read_source(loc: Location, source: Source) -> tuple[bytes | None, str]:
 
 
 def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads: int = 8) -> bytes:
-    """The tar bytes of one shard: per sample ``KEY.src`` (URI), then ``KEY.EXT`` (original
+    """The tar bytes of one shard: per sample ``KEY.src`` (sealed URI), then ``KEY.EXT`` (original
     bytes, unchanged) or ``KEY.err`` (why the source could not be read)."""
     sources = list(sources)
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -123,7 +151,7 @@ def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads
     writer = TarWriter(buf)
     for source, (data, error) in zip(sources, contents, strict=True):
         key = sample_key(secret, source.uri)
-        writer.add(f"{key}.src", source.uri.encode())
+        writer.add(f"{key}.src", seal_uri(secret, key, source.uri))
         if data is None:
             writer.add(f"{key}.err", error.encode())
         else:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from anon_core.imageio import crop_png
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
-from jobs.shard import IMAGE_EXTS
+from jobs.shard import IMAGE_EXTS, open_uri
 from jobs.shardio import RawSample, ShardFormatError, TarWriter, iter_verified
 from jobs.storage import Location, canonical_json
 
@@ -82,8 +82,16 @@ class _Pending:
     result: AnonResult | None = None
 
 
-def _classify(sample: RawSample, seen: set[str]) -> _Pending:
-    source = sample.members.get("src", b"").decode(errors="replace") or sample.key
+def _source_uri(sample: RawSample, secret: bytes | None) -> str:
+    """The sample's source URI from its sealed ``src`` member (its key when there is none)."""
+    blob = sample.members.get("src")
+    if blob is None or secret is None:
+        return sample.key
+    return open_uri(secret, sample.key, blob)
+
+
+def _classify(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pending:
+    source = _source_uri(sample, secret)
     if sample.key in seen:
         return _Pending(sample, source, None, quarantined("input", "duplicate key in shard"))
     seen.add(sample.key)
@@ -96,7 +104,7 @@ def _classify(sample: RawSample, seen: set[str]) -> _Pending:
     return _Pending(sample, source, sample.members[image_exts[0]])
 
 
-def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer):
+def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer, secret):
     """Pending samples in input order, each with its result, anonymizing ``size`` at a time."""
     seen: set[str] = set()
     window: list[_Pending] = []
@@ -109,7 +117,7 @@ def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer
         window.clear()
 
     for sample in samples:
-        window.append(_classify(sample, seen))
+        window.append(_classify(sample, seen, secret))
         if sum(p.result is None for p in window) >= size:
             yield from flush()
     yield from flush()
@@ -228,9 +236,11 @@ def process_shard(
     observer: Observer | None = None,
     progress: Progress | None = None,
     marker_extra: dict | None = None,
+    secret: bytes | None = None,
 ) -> ShardSummary:
     """Anonymize every sample of one shard, in input order, and publish its outputs.
 
+    ``secret`` opens the sealed source URIs (needed only to seal them into the key manifest).
     Raises ShardFormatError when the shard differs from its index (count or sha256): nothing of
     that shard is published then, so a rerun redoes it whole.
     """
@@ -239,7 +249,7 @@ def process_shard(
     try:
         with src.fs.open(src.root, "rb") as f:
             samples = iter_verified(f, task.sha256)
-            for p in _batches(samples, batch_size, anonymizer):
+            for p in _batches(samples, batch_size, anonymizer, secret):
                 faces, bad = output.add(p)
                 if progress is not None:
                     progress(1, faces, bad)

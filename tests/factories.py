@@ -43,3 +43,13 @@ def write_folder(root: Path, files: list[tuple[str, bytes]], nest_every: int = 4
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
     return root
+
+
+def tar_members(source: Path | bytes) -> dict[str, bytes]:
+    """Every file member of a tar (a path or its bytes), by name, in order."""
+    import io
+    import tarfile
+
+    fileobj = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    with fileobj, tarfile.open(fileobj=fileobj) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}

@@ -2,14 +2,13 @@
 
 import hashlib
 import io
-import tarfile
 
 import pytest
 
-from jobs.shard import list_sources, read_index, sample_key, write_shards
+from jobs.shard import list_sources, open_uri, read_index, sample_key, write_shards
 from jobs.shardio import ShardFormatError, iter_samples, iter_verified
 from jobs.storage import Location
-from tests.factories import varied_faces, write_folder
+from tests.factories import tar_members, varied_faces, write_folder
 
 SECRET = bytes(range(32))
 
@@ -56,12 +55,13 @@ def test_shards_are_reproducible_and_indexed(photos, tmp_path):
 def test_shard_members_keep_original_bytes_and_hide_names(photos, tmp_path):
     write_shards(str(photos), str(tmp_path), SECRET, shard_size=100)
     data = (tmp_path / "shard-000000.tar").read_bytes()
-    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    names = list(tar_members(data))
     assert not any("jane" in n or "smith" in n for n in names)
+    assert b"jane_doe" not in data and b"nested" not in data
     originals = {s.uri: (photos / s.uri[len(str(photos)) + 1 :]).read_bytes()
                  for s in list_sources(str(photos))}  # fmt: skip
     for sample in iter_samples(io.BytesIO(data)):
-        uri = sample.members["src"].decode()
+        uri = open_uri(SECRET, sample.key, sample.members["src"])
         image = next(v for k, v in sample.members.items() if k != "src")
         assert image == originals[uri] and sample.key == sample_key(SECRET, uri)
 
@@ -79,3 +79,15 @@ def test_truncated_or_altered_tar_is_detected(photos, tmp_path):
     with pytest.raises(ShardFormatError):
         list(iter_verified(io.BytesIO(cut), entry.sha256))
     assert len(list(iter_verified(io.BytesIO(data), entry.sha256))) == 12
+
+
+def test_sealed_uri_needs_the_secret():
+    from jobs.shard import seal_uri
+
+    blob = seal_uri(SECRET, "k" * 32, "/photos/jane_doe.jpg")
+    assert b"jane" not in blob and blob == seal_uri(SECRET, "k" * 32, "/photos/jane_doe.jpg")
+    assert open_uri(SECRET, "k" * 32, blob) == "/photos/jane_doe.jpg"
+    with pytest.raises(ValueError):
+        open_uri(b"y" * 32, "k" * 32, blob)
+    with pytest.raises(ValueError):
+        open_uri(SECRET, "j" * 32, blob)

@@ -1,0 +1,148 @@
+"""End to end on a real local Ray: accounting, names and metadata kept private, determinism."""
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from PIL import Image
+
+from jobs.cli import main
+from jobs.keyfile import new_key_file
+from tests.factories import tar_members, varied_faces, write_folder
+
+BAD_INPUTS = {
+    "zero_bytes.jpg": b"",
+    "not_an_image.png": b"<html>definitely not a picture</html>" * 20,
+}
+EXPECTED_QUARANTINE = {"empty", "undecodable", "truncated", "too_many_pixels"}
+
+
+def _huge_header_png() -> bytes:
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = struct.pack(">II", 30000, 30000) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/faceveil-ray-tests")
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job")
+    files = varied_faces(96)
+    truncated = files[0][1][: len(files[0][1]) // 3]
+    files += [*BAD_INPUTS.items(), ("truncated_photo.jpg", truncated)]
+    files.append(("bomb_header.png", _huge_header_png()))
+    write_folder(root / "photos", files)
+    secret = new_key_file(root / "secret.key")
+    return root, secret
+
+
+def _run(dataset, out: Path, *extra: str) -> int:
+    root, secret = dataset
+    args = ["run", str(root / "photos"), str(out), "--shard-size", "25", "--batch-size", "8",
+            "--secret-file", str(secret), *extra]  # fmt: skip
+    return main(args)
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset, ray_local):
+    out = dataset[0] / "out1"
+    assert _run(dataset, out) == 0
+    return out
+
+
+def _markers(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
+
+
+def test_shards_markers_and_accounting(first_run):
+    data = sorted(p.name for p in (first_run / "data").glob("*.tar"))
+    assert data == [f"shard-{i:06d}.tar" for i in range(4)]
+    markers = _markers(first_run)
+    assert len(markers) == 4 and sum(m["samples_in"] for m in markers) == 100
+    for m in markers:
+        assert m["samples_in"] == m["anonymized"] + m["no_face"] + m["quarantined"]
+        members = tar_members(first_run / m["files"]["data"]["path"])
+        assert len(members) == 2 * (m["anonymized"] + m["no_face"])
+        for part in ("data", "quarantine"):
+            path = first_run / m["files"][part]["path"]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == m["files"][part]["sha256"]
+    job = json.loads((first_run / "job.json").read_text())
+    assert job["status"] == "complete" and job["totals"]["samples_in"] == 100
+
+
+def test_bad_inputs_are_quarantined_with_reasons(first_run):
+    rows = [r for p in sorted((first_run / "quarantine").glob("*.parquet"))
+            for r in pq.read_table(p).to_pylist()]  # fmt: skip
+    assert len(rows) == 4
+    assert {r["reason"].split(":")[0] for r in rows} == EXPECTED_QUARANTINE
+    assert all(r["stage"] == "decode" for r in rows)
+
+
+def test_every_face_was_anonymized_and_metadata_is_public_only(first_run):
+    faces = 0
+    for tar_path in sorted((first_run / "data").glob("*.tar")):
+        for name, payload in tar_members(tar_path).items():
+            if name.endswith(".json"):
+                meta = json.loads(payload)
+                assert set(meta) == {"width", "height", "faces", "status"}
+                faces += len(meta["faces"])
+                assert all(f["method"] == "blur" for f in meta["faces"])
+            else:
+                img = Image.open(io.BytesIO(payload))
+                assert not img.getexif() and "icc_profile" not in img.info
+                assert b"SecretCam" not in payload and b"GPS" not in payload
+    assert faces >= 96
+
+
+def test_no_source_name_anywhere_in_output(first_run, dataset):
+    names = [p.stem for p in (dataset[0] / "photos").rglob("*") if p.is_file()]
+    needles = [n.encode() for n in names] + [b"nested", str(dataset[0]).encode()]
+    for path in first_run.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(n in blob for n in needles), f"a source name leaked into {path}"
+            assert not any(n.decode() in str(path.relative_to(first_run)) for n in needles)
+
+
+def test_rerun_is_byte_identical(first_run, dataset, ray_local):
+    second = dataset[0] / "out2"
+    assert _run(dataset, second) == 0
+    for tar_path in sorted((first_run / "data").glob("*.tar")):
+        assert tar_path.read_bytes() == (second / "data" / tar_path.name).read_bytes()
+
+
+def test_resume_redoes_only_the_missing_shard(first_run, dataset, ray_local):
+    before = {p.name: p.read_bytes() for p in (first_run / "data").glob("*.tar")}
+    (first_run / "data" / "shard-000002.tar").unlink()
+    (first_run / "_done" / "shard-000002.json").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in (first_run / "_done").glob("*.json")}
+    assert _run(dataset, first_run, "--resume") == 0
+    after = {p.name: p.read_bytes() for p in (first_run / "data").glob("*.tar")}
+    assert after == before
+    for name, mtime in kept.items():
+        assert (first_run / "_done" / name).stat().st_mtime_ns == mtime
+    assert (first_run / "_done" / "shard-000002.json").exists()
+
+
+def test_refuses_to_overwrite_a_finished_job_without_resume(first_run, dataset, ray_local):
+    assert _run(dataset, first_run) == 2
