@@ -1,0 +1,1 @@
+"""Key handling for faceveil: envelope encryption, key manifests, escrow, restore and audit."""

@@ -1,0 +1,239 @@
+"""The Parquet key manifest of one shard: schema, writer, reader and the per-shard sealer.
+
+One row per sealed value (``keys/shard-NNNNNN.parquet``):
+
+============  ==================  =====================================================
+column        type                meaning
+============  ==================  =====================================================
+key           string              pseudonymous sample key (``__key__``)
+face          int32               face index in the sample, ``-1`` for the whole sample
+bbox          list<int32>, null   face region ``[x1, y1, x2, y2]`` (half-open), null if -1
+nonce         binary              AES-GCM nonce (12 bytes)
+ciphertext    binary              AES-GCM ciphertext + tag of a framed payload
+aad_sha256    string              sha256 hex of the row's associated data
+============  ==================  =====================================================
+
+Every sample written by a worker has exactly one ``face = -1`` row: it always carries the source
+URI, and the full original file bytes when the faces alone cannot rebuild the original (for
+example quarantined samples, or decodes that lost information). A quarantined sample has no
+anonymized image, so its rows are sealed with ``anon_sha256 = EMPTY_SHA256`` (sha256 of ``b""``).
+
+Key epoch: the Parquet schema metadata ``faceveil.escrow_id`` names the key epoch (the entry of
+``escrow.json``) whose master key sealed every row of the file; each run of a job (first run and
+every resume) seals under its own epoch, so manifests of several epochs coexist in one output
+tree. The label is not authenticated: a wrong label only makes the rows fail to open.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.envelope import EMPTY_SHA256, Envelope, Payload, PayloadKind
+from manifests.errors import DecryptionError, ManifestError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("face", pa.int32(), nullable=False),
+        pa.field("bbox", pa.list_(pa.int32()), nullable=True),
+        pa.field("nonce", pa.binary(), nullable=False),
+        pa.field("ciphertext", pa.binary(), nullable=False),
+        pa.field("aad_sha256", pa.string(), nullable=False),
+    ],
+    metadata={b"faceveil.schema": b"key-manifest/1"},
+)
+ESCROW_ID_META = b"faceveil.escrow_id"
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One key-manifest row."""
+
+    key: str
+    face: int
+    bbox: tuple[int, int, int, int] | None
+    nonce: bytes
+    ciphertext: bytes = field(repr=False)
+    aad_sha256: str
+
+    def __post_init__(self) -> None:
+        if self.bbox is not None:
+            object.__setattr__(self, "bbox", tuple(int(v) for v in self.bbox))
+            if len(self.bbox) != 4:
+                raise ManifestError(f"row key={self.key!r}: bbox must have 4 integers")
+
+
+@dataclass(frozen=True)
+class KeyManifest:
+    """A parsed key manifest: its key epoch (None if it records none) and its rows."""
+
+    escrow_id: str | None
+    rows: tuple[KeyRow, ...]
+
+
+def _table(rows: Iterable[KeyRow], escrow_id: str | None) -> pa.Table:
+    rows = list(rows)
+    columns = {
+        "key": [r.key for r in rows],
+        "face": [r.face for r in rows],
+        "bbox": [list(r.bbox) if r.bbox is not None else None for r in rows],
+        "nonce": [r.nonce for r in rows],
+        "ciphertext": [r.ciphertext for r in rows],
+        "aad_sha256": [r.aad_sha256 for r in rows],
+    }
+    schema = SCHEMA
+    if escrow_id is not None:
+        if not isinstance(escrow_id, str) or not escrow_id:
+            raise ValueError("escrow_id must be a non-empty string or None")
+        schema = SCHEMA.with_metadata({**SCHEMA.metadata, ESCROW_ID_META: escrow_id.encode()})
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_key_manifest(rows: Iterable[KeyRow], where: str | Path | BinaryIO,
+                       escrow_id: str | None = None) -> None:
+    """Write rows as Parquet to a local path or a writable binary file object."""
+    table = _table(rows, escrow_id)
+    pq.write_table(table, where if not isinstance(where, Path) else str(where))
+
+
+def key_manifest_bytes(rows: Iterable[KeyRow], escrow_id: str | None = None) -> bytes:
+    """The Parquet file as bytes (recording key epoch ``escrow_id``), for one rename or PUT."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(_table(rows, escrow_id), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    got = [(f.name, f.type) for f in schema]
+    want = [(f.name, f.type) for f in SCHEMA]
+    if got != want:
+        shown = ", ".join(f"{name}: {typ}" for name, typ in got)
+        raise ManifestError(f"key manifest schema mismatch: expected {SCHEMA.names} with types "
+                            f"{[str(t) for _, t in want]}, got [{shown}]")
+
+
+def _escrow_id(schema: pa.Schema) -> str | None:
+    raw = (schema.metadata or {}).get(ESCROW_ID_META)
+    if raw is None:
+        return None
+    try:
+        escrow_id = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ManifestError("key manifest records a malformed key epoch") from None
+    if not escrow_id.isprintable() or not escrow_id or len(escrow_id) > 128:
+        raise ManifestError("key manifest records a malformed key epoch")
+    return escrow_id
+
+
+def read_key_manifest(src: str | Path | bytes | BinaryIO) -> list[KeyRow]:
+    """Read the rows of a key manifest from a path, bytes, or a readable binary file object."""
+    return list(load_key_manifest(src).rows)
+
+
+def load_key_manifest(src: str | Path | bytes | BinaryIO) -> KeyManifest:
+    """Read a key manifest, rows and key epoch, as :func:`read_key_manifest` reads rows."""
+    source = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
+    try:
+        table = pq.read_table(str(source) if isinstance(source, Path) else source)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"not a readable Parquet key manifest ({type(exc).__name__})") from None
+    _check_schema(table.schema)
+    rows = []
+    for rec in table.to_pylist():
+        for name in ("key", "face", "nonce", "ciphertext", "aad_sha256"):
+            if rec[name] is None:
+                raise ManifestError(f"key manifest row has a null {name}")
+        bbox = rec["bbox"]
+        if bbox is not None and (len(bbox) != 4 or any(v is None for v in bbox)):
+            raise ManifestError(f"row key={rec['key']!r}: bbox must have 4 integers")
+        rows.append(KeyRow(rec["key"], rec["face"], tuple(bbox) if bbox is not None else None,
+                           rec["nonce"], rec["ciphertext"], rec["aad_sha256"]))
+    return KeyManifest(_escrow_id(table.schema), tuple(rows))
+
+
+def open_row(envelope: Envelope, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
+    """Decrypt and parse one row of ``shard``; raises :class:`DecryptionError` on any mismatch."""
+    plaintext = envelope.open(shard, row.key, row.face, row.nonce, row.ciphertext, anon_sha256)
+    payload = Payload.from_bytes(plaintext)
+    if (row.face >= 0) != (payload.kind is PayloadKind.FACE_PNG):
+        raise DecryptionError(f"row key={row.key!r} face={row.face}: payload kind does not match")
+    return payload
+
+
+def reencrypt_rows(rows: Iterable[KeyRow], shard: str, old: Envelope, new: Envelope,
+                   anon_sha256: dict[str, str]) -> list[KeyRow]:
+    """Open every row under ``old`` and seal it again under ``new`` (fresh nonces).
+
+    ``anon_sha256`` maps sample key -> sha256 of its anonymized image; keys absent from it are
+    taken as quarantined (``EMPTY_SHA256``). Any row that does not open aborts the whole call.
+    """
+    out = []
+    for row in rows:
+        sha = anon_sha256.get(row.key, EMPTY_SHA256)
+        plaintext = old.open(shard, row.key, row.face, row.nonce, row.ciphertext, sha)
+        box = new.seal(shard, row.key, row.face, plaintext, sha)
+        out.append(KeyRow(row.key, row.face, row.bbox, box.nonce, box.ciphertext, box.aad_sha256))
+    log.debug("re-encrypted %d rows of %s", len(out), shard)
+    return out
+
+
+class ShardSealer:
+    """Collects the sealed rows of one shard while a worker processes its samples.
+
+    ``shard`` is the shard's name as in ``keys/<shard>.parquet`` (``shard-000000``); a trailing
+    ``.tar`` is dropped, so ``shard-000000.tar`` seals the same way. The manifest records the
+    envelope's key epoch (:attr:`escrow_id`, from ``envelope.escrow_id``).
+    """
+
+    def __init__(self, envelope: Envelope, shard: str) -> None:
+        self.envelope = envelope
+        self.shard = shard.removesuffix(".tar")
+        self.escrow_id = envelope.escrow_id
+        self._rows: list[KeyRow] = []
+
+    def _add(self, key: str, face: int, bbox: tuple[int, int, int, int] | None,
+             payload: Payload, anon_sha256: str) -> KeyRow:
+        box = self.envelope.seal(self.shard, key, face, payload.to_bytes(), anon_sha256)
+        row = KeyRow(key, face, bbox, box.nonce, box.ciphertext, box.aad_sha256)
+        self._rows.append(row)
+        return row
+
+    def seal_face(self, key: str, face: int, bbox: tuple[int, int, int, int], png_bytes: bytes,
+                  source_uri: str, anon_sha256: str) -> KeyRow:
+        """Seal the lossless PNG of face ``face``'s region ``bbox`` of the decoded original."""
+        if face < 0:
+            raise ValueError("face rows have an index >= 0")
+        if bbox is None or len(bbox) != 4:
+            raise ValueError("a face row needs a bbox of 4 integers")
+        payload = Payload(PayloadKind.FACE_PNG, source_uri, png_bytes)
+        return self._add(key, face, tuple(int(v) for v in bbox), payload, anon_sha256)
+
+    def seal_sample(self, key: str, source_uri: str, anon_sha256: str,
+                    original_bytes: bytes | None = None) -> KeyRow:
+        """Seal the whole-sample row (face -1): the source URI and, if given, the original file.
+
+        For a quarantined sample pass ``anon_sha256=EMPTY_SHA256`` and the original bytes.
+        """
+        if original_bytes is None:
+            payload = Payload(PayloadKind.SOURCE, source_uri)
+        else:
+            payload = Payload(PayloadKind.ORIGINAL_FILE, source_uri, bytes(original_bytes))
+        return self._add(key, -1, None, payload, anon_sha256)
+
+    def rows(self) -> list[KeyRow]:
+        """The rows sealed so far, in order."""
+        return list(self._rows)
+
+    def manifest_bytes(self) -> bytes:
+        """The shard's key manifest as Parquet bytes, recording its key epoch."""
+        return key_manifest_bytes(self._rows, self.escrow_id)

@@ -1,0 +1,276 @@
+"""Restore as a workflow: a request, M custodian approvals, then key recovery for that request.
+
+1. *Request* (``req.json``, public): ``request_id``, ``job_id``, ``escrow_id``, ``purpose``
+   (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample keys, or ``"all"``),
+   ``reason``, ``requester``, ``created``, ``expires`` and ``ephemeral_x25519``: the public half
+   of a key pair made for this request only. The private half goes to a separate requester key
+   file (``req.key``), passphrase-protected exactly like a custodian key (scrypt + AES-GCM,
+   mode 0600), and is needed to apply. The request's identity is ``sha256(canonical JSON)``.
+2. *Approval* (``NAME.approval``): a custodian opens their share from ``escrow.json`` with their
+   private key, seals it again to the request's ephemeral key (context ``restore-share``, AAD =
+   request sha256 + custodian fingerprint) and signs the approval (Ed25519, over
+   ``"faceveil/approval/v1|"`` + canonical JSON of every other field). Approvals can travel over
+   any channel: only the holder of the request key and passphrase can open them.
+3. *Apply*: :func:`recover_master` checks that the request belongs to this job and escrow, has
+   the expected purpose and has not expired, then that there are at least M approvals of *that*
+   request from distinct custodians of the escrow with valid signatures; it opens the shares,
+   combines them, and checks the result against the escrow's key-check value. Each failure is
+   one :class:`RestoreError` (or :class:`EscrowError` for a key that does not match).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from manifests.audit import utc_now
+from manifests.custodian import (
+    CustodianPrivate,
+    ScryptParams,
+    b64d,
+    b64e,
+    canonical_json,
+    open_sealed,
+    passphrase_open,
+    passphrase_seal,
+    seal_to,
+)
+from manifests.envelope import MasterKey
+from manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
+from manifests.escrow import Escrow
+from manifests.shamir import Share
+
+log = logging.getLogger(__name__)
+
+REQUEST_FORMAT = "faceveil-restore-request/1"
+APPROVAL_FORMAT = "faceveil-restore-approval/1"
+REQUEST_KEY_FORMAT = "faceveil-request-key/1"
+PURPOSES = ("restore", "reshare", "rekey")
+RESTORE_SHARE_CONTEXT = "restore-share"
+_APPROVAL_LABEL = b"faceveil/approval/v1|"
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """A request to recover the master key for one purpose (see the module docstring)."""
+
+    request_id: str
+    job_id: str
+    escrow_id: str
+    purpose: str
+    samples: tuple[str, ...] | None
+    reason: str
+    requester: str
+    created: str
+    expires: str
+    ephemeral_x25519: bytes = field(repr=False)
+
+    def to_json(self) -> dict:
+        """The ``req.json`` document."""
+        doc = asdict(self)
+        doc["format"] = REQUEST_FORMAT
+        doc["samples"] = "all" if self.samples is None else list(self.samples)
+        doc["ephemeral_x25519"] = b64e(self.ephemeral_x25519)
+        return doc
+
+    def sha256(self) -> str:
+        """The request's identity: sha256 hex of its canonical JSON."""
+        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
+
+    def dumps(self) -> bytes:
+        """``req.json`` bytes."""
+        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> RestoreRequest:
+        """Parse ``req.json``; RestoreError if malformed."""
+        try:
+            doc = json.loads(data)
+            if doc.pop("format") != REQUEST_FORMAT or doc["purpose"] not in PURPOSES:
+                raise ValueError("not a faceveil restore request")
+            samples = doc["samples"]
+            doc["samples"] = None if samples == "all" else tuple(str(s) for s in samples)
+            doc["ephemeral_x25519"] = b64d(doc["ephemeral_x25519"], "ephemeral key", 32)
+            return cls(**doc)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RestoreError(f"invalid restore request: {exc}") from None
+
+
+def create_request(escrow: Escrow, purpose: str, samples: Sequence[str] | None, reason: str,
+                   requester: str, passphrase: str, valid_for: timedelta = timedelta(days=7),
+                   clock: Callable[[], datetime] = utc_now,
+                   params: ScryptParams | None = None) -> tuple[RestoreRequest, bytes]:
+    """A new request and its requester key file (bytes; write with mode 0600)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
+    if purpose != "restore":
+        samples = None
+    if not reason.strip() or not requester.strip():
+        raise ValueError("a request needs a reason and a requester")
+    eph = X25519PrivateKey.generate()
+    now = clock()
+    request = RestoreRequest(
+        request_id=secrets.token_hex(16), job_id=escrow.job_id, escrow_id=escrow.escrow_id,
+        purpose=purpose, samples=None if samples is None else tuple(samples), reason=reason,
+        requester=requester, created=_iso(now), expires=_iso(now + valid_for),
+        ephemeral_x25519=eph.public_key().public_bytes_raw())
+    header = {"format": REQUEST_KEY_FORMAT, "request_id": request.request_id,
+              "request_sha256": request.sha256()}
+    doc = passphrase_seal(header, eph.private_bytes_raw(), passphrase, params)
+    log.info("restore request %s created (purpose %s)", request.request_id, purpose)
+    return request, json.dumps(doc, indent=1).encode()
+
+
+def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) -> X25519PrivateKey:
+    """Decrypt the requester key file of ``request``."""
+    try:
+        doc = json.loads(key_file)
+    except ValueError:
+        raise CustodianKeyError("the requester key file is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("request_sha256") != request.sha256():
+        raise RestoreError("the requester key file belongs to another request")
+    key = X25519PrivateKey.from_private_bytes(passphrase_open(doc, passphrase, REQUEST_KEY_FORMAT))
+    if key.public_key().public_bytes_raw() != request.ephemeral_x25519:
+        raise RestoreError("the requester key file does not match the request")
+    return key
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One custodian's signed approval of one request, carrying their re-sealed share."""
+
+    request_id: str
+    request_sha256: str
+    job_id: str
+    escrow_id: str
+    custodian: str
+    fingerprint: str
+    time: str
+    sealed_share: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+    def signed_doc(self) -> dict:
+        """Every field but the signature, as signed."""
+        doc = asdict(self)
+        del doc["signature"]
+        doc["format"] = APPROVAL_FORMAT
+        doc["sealed_share"] = b64e(self.sealed_share)
+        return doc
+
+    def dumps(self) -> bytes:
+        """The ``.approval`` file bytes."""
+        doc = self.signed_doc() | {"signature": b64e(self.signature)}
+        return json.dumps(doc, indent=1).encode() + b"\n"
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> Approval:
+        """Parse an ``.approval`` file; RestoreError if malformed."""
+        try:
+            doc = json.loads(data)
+            if doc.pop("format") != APPROVAL_FORMAT:
+                raise ValueError("not a faceveil approval")
+            doc["sealed_share"] = b64d(doc["sealed_share"], "sealed share")
+            doc["signature"] = b64d(doc["signature"], "signature", 64)
+            return cls(**doc)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RestoreError(f"invalid approval: {exc}") from None
+
+
+def check_request(escrow: Escrow, request: RestoreRequest, purpose: str,
+                  now: datetime | None = None) -> None:
+    """RestoreError unless ``request`` is for this job and escrow and purpose, and unexpired."""
+    if request.job_id != escrow.job_id or request.escrow_id != escrow.escrow_id:
+        raise RestoreError("the request was made for another job or another escrow")
+    if request.purpose != purpose:
+        raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
+    now = now or utc_now()
+    if now > _parse_time(request.expires):
+        raise RestoreError(f"the request expired at {request.expires}")
+
+
+def approve(escrow: Escrow, request: RestoreRequest, custodian: CustodianPrivate,
+            clock: Callable[[], datetime] = utc_now) -> Approval:
+    """The custodian's approval of ``request``: their share re-sealed to it, signed."""
+    check_request(escrow, request, request.purpose, clock())
+    share = escrow.open_share(custodian)
+    fp = custodian.public().fingerprint
+    aad = canonical_json({"request_sha256": request.sha256(), "fingerprint": fp})
+    sealed = seal_to(request.ephemeral_x25519, share.to_bytes(), RESTORE_SHARE_CONTEXT, aad)
+    unsigned = Approval(request.request_id, request.sha256(), escrow.job_id, escrow.escrow_id,
+                        custodian.name, fp, _iso(clock()), sealed, b"")
+    signature = custodian.sign(_APPROVAL_LABEL + canonical_json(unsigned.signed_doc()))
+    log.info("custodian %s approved request %s", custodian.name, request.request_id)
+    return Approval(**{**asdict(unsigned), "signature": signature})
+
+
+def verify_approvals(escrow: Escrow, request: RestoreRequest,
+                     approvals: Sequence[Approval]) -> list[Approval]:
+    """The approvals if at least M distinct, valid ones of ``request``; else RestoreError."""
+    seen: set[str] = set()
+    for i, ap in enumerate(approvals, start=1):
+        if (ap.request_id, ap.request_sha256, ap.job_id, ap.escrow_id) != (
+                request.request_id, request.sha256(), escrow.job_id, escrow.escrow_id):
+            raise RestoreError(f"approval {i} (by {ap.custodian!r}) is for another request")
+        try:
+            custodian = escrow.custodian(ap.fingerprint)
+        except EscrowError:
+            raise RestoreError(f"approval {i} is from {ap.custodian!r}, who is not a custodian "
+                               "of this escrow") from None
+        try:
+            message = _APPROVAL_LABEL + canonical_json(ap.signed_doc())
+            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(ap.signature, message)
+        except InvalidSignature:
+            raise RestoreError(f"approval {i} (by {custodian.name!r}) has a bad "
+                               "signature") from None
+        if ap.fingerprint in seen:
+            raise RestoreError(f"approval {i} duplicates {custodian.name!r}'s approval: each "
+                               "custodian counts once")
+        seen.add(ap.fingerprint)
+    if len(seen) < escrow.threshold:
+        raise RestoreError(f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
+                           f"needs {escrow.threshold}")
+    return list(approvals)
+
+
+def recover_master(escrow: Escrow, request: RestoreRequest, request_key: X25519PrivateKey,
+                   approvals: Sequence[Approval], purpose: str,
+                   now: datetime | None = None) -> MasterKey:
+    """Verify ``approvals`` of ``request`` and rebuild the checked master key from them."""
+    if escrow.scheme != "shamir":
+        raise RestoreError("custodian approvals apply to Shamir escrows only")
+    check_request(escrow, request, purpose, now)
+    shares = []
+    for i, ap in enumerate(verify_approvals(escrow, request, approvals), start=1):
+        aad = canonical_json({"request_sha256": request.sha256(), "fingerprint": ap.fingerprint})
+        try:
+            raw = open_sealed(request_key, ap.sealed_share, RESTORE_SHARE_CONTEXT, aad)
+        except DecryptionError:
+            raise RestoreError(f"approval {i} (by {ap.custodian!r}) does not open with this "
+                               "request's key") from None
+        share = Share.from_bytes(raw)
+        fingerprints = [c.fingerprint for c in escrow.custodians]
+        if share.x != fingerprints.index(ap.fingerprint) + 1:
+            raise RestoreError(f"approval {i} (by {ap.custodian!r}) carries another "
+                               "custodian's share")
+        shares.append(share)
+    master = escrow.recover(shares)
+    log.info("master key recovered for request %s from %d approvals", request.request_id,
+             len(shares))
+    return master

@@ -1,0 +1,184 @@
+"""The request -> approve -> apply workflow, every way it must refuse, and that nothing leaks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from manifests.audit import AuditWriter, verify
+from manifests.custodian import CustodianPrivate, ScryptParams
+from manifests.envelope import Envelope, MasterKey
+from manifests.errors import CustodianKeyError, DecryptionError, KeyLibraryError, RestoreError
+from manifests.escrow import create_shamir_escrow, rekey
+from manifests.keymanifest import ShardSealer, open_row, read_key_manifest
+from manifests.restore import (
+    Approval,
+    RestoreRequest,
+    approve,
+    create_request,
+    load_request_key,
+    recover_master,
+)
+
+FAST = ScryptParams(n=2**10)
+PASSPHRASE = "requester passphrase 123"
+FACE_PNG = b"\x89PNG\r\n\x1a\n original face pixels \x00\x01\x02"
+SOURCE = "s3://raw/people/Jane_Doe_0001.jpg"
+ANON = hashlib.sha256(b"anonymized").hexdigest()
+
+
+@pytest.fixture
+def job(custodians):
+    master = MasterKey.generate()
+    escrow = create_shamir_escrow(master, "job-1", [c.public() for c in custodians], 2,
+                                  Ed25519PrivateKey.generate())
+    return master, escrow
+
+
+def _request(escrow, purpose="restore", samples=("k1",), **kw):
+    request, key_file = create_request(escrow, purpose, list(samples) if samples else None,
+                                       "court order 42", "bob", PASSPHRASE, params=FAST, **kw)
+    request = RestoreRequest.loads(request.dumps())
+    return request, load_request_key(request, key_file, PASSPHRASE), key_file
+
+
+def _approvals(escrow, request, custodians):
+    return [Approval.loads(approve(escrow, request, c).dumps()) for c in custodians]
+
+
+def test_two_of_three_approvals_recover_the_key(job, custodians):
+    master, escrow = job
+    request, key, _ = _request(escrow)
+    approvals = _approvals(escrow, request, custodians[1:])
+    assert recover_master(escrow, request, key, approvals, "restore") == master
+    assert recover_master(escrow, request, key, approvals[::-1], "restore") == master
+
+
+def test_m_minus_one_approvals_are_refused(job, custodians):
+    _, escrow = job
+    request, key, _ = _request(escrow)
+    with pytest.raises(RestoreError, match="needs 2"):
+        recover_master(escrow, request, key, _approvals(escrow, request, custodians[:1]),
+                       "restore")
+
+
+def test_duplicated_approval_counts_once(job, custodians):
+    _, escrow = job
+    request, key, _ = _request(escrow)
+    approval = _approvals(escrow, request, custodians[:1])[0]
+    again = approve(escrow, request, custodians[0])
+    for pair in ([approval, approval], [approval, again]):
+        with pytest.raises(RestoreError, match="counts once"):
+            recover_master(escrow, request, key, pair, "restore")
+
+
+def test_approval_for_another_request_is_refused(job, custodians):
+    _, escrow = job
+    request, key, _ = _request(escrow)
+    other, _, _ = _request(escrow, samples=("k2",))
+    mixed = _approvals(escrow, request, custodians[:1]) + _approvals(escrow, other, custodians[1:2])
+    with pytest.raises(RestoreError, match="approval 2 .* for another request"):
+        recover_master(escrow, request, key, mixed, "restore")
+
+
+def test_bad_signature_and_outsider_are_refused(job, custodians):
+    _, escrow = job
+    request, key, _ = _request(escrow)
+    good = _approvals(escrow, request, custodians[:2])
+    doc = json.loads(good[1].dumps())
+    doc["time"] = "2000-01-01T00:00:00Z"
+    with pytest.raises(RestoreError, match="approval 2 .* bad signature"):
+        recover_master(escrow, request, key, [good[0], Approval.loads(json.dumps(doc))], "restore")
+    outsider = CustodianPrivate.generate("mallory")
+    doc = json.loads(good[1].dumps()) | {"custodian": "mallory",
+                                         "fingerprint": outsider.public().fingerprint}
+    with pytest.raises(RestoreError, match="not a custodian"):
+        recover_master(escrow, request, key, [good[0], Approval.loads(json.dumps(doc))], "restore")
+
+
+def test_wrong_request_key_passphrase_or_file(job, custodians):
+    _, escrow = job
+    request, _, key_file = _request(escrow)
+    with pytest.raises(CustodianKeyError, match="wrong passphrase"):
+        load_request_key(request, key_file, "guess")
+    other, _, other_file = _request(escrow)
+    with pytest.raises(RestoreError, match="another request"):
+        load_request_key(request, other_file, PASSPHRASE)
+    _, other_key, _ = _request(escrow)
+    with pytest.raises(RestoreError, match="does not open"):
+        recover_master(escrow, request, other_key, _approvals(escrow, request, custodians[:2]),
+                       "restore")
+
+
+def test_purpose_expiry_and_other_escrow(job, custodians):
+    master, escrow = job
+    request, key, _ = _request(escrow)
+    approvals = _approvals(escrow, request, custodians[:2])
+    with pytest.raises(RestoreError, match="not 'rekey'"):
+        recover_master(escrow, request, key, approvals, "rekey")
+    later = datetime.now(UTC) + timedelta(days=8)
+    with pytest.raises(RestoreError, match="expired"):
+        recover_master(escrow, request, key, approvals, "restore", now=later)
+    _, new_escrow = rekey(escrow, master)
+    with pytest.raises(RestoreError, match="another job or another escrow"):
+        recover_master(new_escrow, request, key, approvals, "restore")
+
+
+def test_rekeyed_manifests_do_not_open_with_the_old_shares(job, custodians):
+    master, escrow = job
+    new_master, new_escrow = rekey(escrow, master)
+    sealer = ShardSealer(Envelope(new_master, "job-1"), "shard-000000")
+    row = sealer.seal_face("k1", 0, (0, 0, 4, 4), FACE_PNG, SOURCE, ANON)
+    request, key, _ = _request(escrow)
+    old_master = recover_master(escrow, request, key, _approvals(escrow, request, custodians[:2]),
+                                "restore")
+    with pytest.raises(DecryptionError):
+        open_row(Envelope(old_master, "job-1"), "shard-000000", row, ANON)
+
+
+def _forms(secret: bytes) -> list[str]:
+    return [secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
+            base64.urlsafe_b64encode(secret).decode().rstrip("="), repr(secret)[2:-1]]
+
+
+def test_nothing_secret_reaches_logs_or_errors(job, custodians, caplog):
+    caplog.set_level(logging.DEBUG)
+    master, escrow = job
+    sealer = ShardSealer(Envelope(master, "job-1"), "shard-000000")
+    sealer.seal_face("k1", 0, (0, 0, 4, 4), FACE_PNG, SOURCE, ANON)
+    sealer.seal_sample("k1", SOURCE, ANON)
+    request, key, key_file = _request(escrow)
+    approvals = _approvals(escrow, request, custodians[:2])
+    recovered = recover_master(escrow, request, key, approvals, "restore")
+    rows = read_key_manifest(sealer.manifest_bytes())
+    payloads = [open_row(Envelope(recovered, "job-1"), "shard-000000", r, ANON) for r in rows]
+    writer = AuditWriter(escrow.audit_signing_key(recovered), "requester:bob")
+    audit_log, _ = writer.append(b"", "restore.apply", {"request_id": request.request_id})
+    verify(audit_log, escrow.signers())
+    errors = []
+    for attempt in (lambda: recover_master(escrow, request, key, approvals[:1], "restore"),
+                    lambda: load_request_key(request, key_file, "wrong"),
+                    lambda: open_row(Envelope(MasterKey.generate(), "job-1"), "shard-000000",
+                                     rows[0], ANON),
+                    lambda: escrow.recover([escrow.open_share(custodians[0])] * 2)):
+        with pytest.raises(KeyLibraryError) as err:
+            attempt()
+        errors.append(f"{err.value!r} {err.value}")
+    shares = [escrow.open_share(c) for c in custodians]
+    secrets_ = [master.reveal(), PASSPHRASE.encode(), FACE_PNG, SOURCE.encode(),
+                key.private_bytes_raw(), escrow.audit_signing_key(master).private_bytes_raw()]
+    secrets_ += [s.y for s in shares] + [s.to_bytes() for s in shares]
+    secrets_ += [c.x25519.private_bytes_raw() for c in custodians]
+    secrets_ += [c.ed25519.private_bytes_raw() for c in custodians]
+    text = "\n".join([r.getMessage() for r in caplog.records] + errors + [repr(p) for p in payloads]
+                     + [repr(master), repr(shares), repr(custodians), repr(approvals)])
+    assert caplog.records, "the workflow should log something"
+    for secret in secrets_:
+        for form in _forms(secret):
+            assert form not in text
