@@ -11,9 +11,11 @@ from anon_core import methods
 from anon_core.detectors import NAMES as DETECTORS
 from anon_core.imageio import DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
-from jobs.config import JobConfig, PoolConfig
+from jobs.config import EscrowConfig, JobConfig, PoolConfig
 from jobs.keyfile import KeyFileError, add_key_command
+from jobs.keys_cli import add_key_commands
 from jobs.progress import configure_logging
+from manifests.errors import KeyLibraryError
 
 log = logging.getLogger("faceveil")
 
@@ -32,8 +34,8 @@ def _add_run_options(p) -> None:
     p.add_argument("--method", default="blur", choices=methods.available())
     p.add_argument("--detector", default="centerface", choices=DETECTORS)
     p.add_argument("--model-root", help="folder with InsightFace ONNX models (for scrfd)")
-    p.add_argument("--threshold", type=float, help="detector score threshold (default: low, "
-                   "favouring recall)")  # fmt: skip
+    p.add_argument("--det-threshold", type=float, help="detector score threshold (default: "
+                   "low, favouring recall)")  # fmt: skip
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--num-actors", type=int)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
@@ -44,6 +46,14 @@ def _add_run_options(p) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--secret-file")
     p.add_argument("--no-progress", action="store_true")
+    escrow = p.add_argument_group("escrow (choose one)")
+    escrow.add_argument("--custodians", nargs="+", default=[], metavar="PUB",
+                        help="custodian public key files (faceveil custodian keygen)")  # fmt: skip
+    escrow.add_argument("--threshold", type=int, default=0, metavar="M",
+                        help="approvals needed to restore (M of the N custodians)")  # fmt: skip
+    escrow.add_argument("--kms", metavar="aws-kms:KEY_ARN", help="wrap the master key with KMS")
+    escrow.add_argument("--no-escrow", action="store_true",
+                        help="seal nothing: the originals become unrecoverable")  # fmt: skip
 
 
 def _add_run(sub) -> None:
@@ -60,15 +70,17 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         method=args.method,
         detector=args.detector,
         model_root=args.model_root,
-        threshold=args.threshold,
+        threshold=args.det_threshold,
         max_pixels=args.max_pixels,
     )
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
+    escrow = EscrowConfig(tuple(args.custodians), args.threshold, args.kms, args.no_escrow)
     return JobConfig(
         input=args.input,
         output=args.output,
         anon=anon,
         pool=pool,
+        escrow=escrow,
         shard_size=args.shard_size,
         resume=args.resume,
         address=args.address,
@@ -115,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_shard, _add_run, _add_demo, add_key_command):
+    for add in (_add_shard, _add_run, _add_demo, add_key_command, add_key_commands):
         add(sub)
     return parser
 
 
-EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, KeyFileError)
+EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, KeyFileError, KeyLibraryError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

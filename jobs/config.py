@@ -28,6 +28,16 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class EscrowConfig:
+    """How originals are escrowed: custodians (M-of-N), a KMS key, or explicitly not at all."""
+
+    custodians: tuple[str, ...] = ()
+    threshold: int = 0
+    kms: str | None = None
+    no_escrow: bool = False
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``faceveil run`` needs. ``anon`` alone decides the output pixels."""
 
@@ -35,6 +45,7 @@ class JobConfig:
     output: str
     anon: AnonConfig = field(default_factory=AnonConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    escrow: EscrowConfig = field(default_factory=EscrowConfig)
     shard_size: int = 1000
     resume: bool = False
     address: str | None = None

@@ -15,8 +15,9 @@ import ray
 from anon_core.pipeline import AnonConfig, FaceAnonymizer
 from jobs import shard as sharding
 from jobs.config import JobConfig
+from jobs.keys import hold_secrets
 from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
-from jobs.raypool import connect, size_pool
+from jobs.raypool import actor_device, connect, size_pool
 from jobs.shardio import ShardFormatError
 from jobs.storage import Location
 from jobs.worker import ShardSummary, ShardTask, process_shard
@@ -58,18 +59,18 @@ class JobSummary:
 class ShardProcessor:
     """Ray Data actor: loads models once, then processes whole shards one row at a time."""
 
-    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, sealing=None,
-                 secret: bytes | None = None):  # fmt: skip
+    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, key_holder):
         import cv2
 
         cv2.setNumThreads(max(1, anon.threads))
+        anon = replace(anon, device=actor_device(anon.device))
+        self.node = ray.get_runtime_context().get_node_id()
         self.anonymizer = FaceAnonymizer(anon)
         self.out = Location(out_uri)
         self.batch_size = batch_size
         self.progress = BufferedProgress(counter)
-        self.sealing = sealing
-        self.secret = secret
-        log.info("actor ready on %s (%s)", platform.node(), anon.device)
+        self.secrets = ray.get(key_holder.get.remote())
+        log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns = (batch[k] for k in _TASK_COLUMNS)
@@ -78,12 +79,13 @@ class ShardProcessor:
         return {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
 
     def _one(self, task: ShardTask) -> ShardSummary:
-        sealer = self.sealing.sealer(task.shard) if self.sealing else None
+        sealer = self.secrets.sealer(task.shard)
         try:
             return process_shard(
                 task, self.anonymizer, self.out, self.batch_size, sealer,
-                progress=self.progress, marker_extra={"input_sha256": task.sha256},
-                secret=self.secret,
+                progress=self.progress,
+                marker_extra={"input_sha256": task.sha256, "node": self.node},
+                secret=self.secrets.secret,
             )  # fmt: skip
         except (ShardFormatError, OSError, RuntimeError, ValueError) as exc:
             log.error("shard %s failed: %s", task.shard, exc)
@@ -124,7 +126,7 @@ def open_job(config: JobConfig, out: Location) -> dict:
         if job.get("config_sha256") != config.output_config_sha256():
             raise JobError(f"{out.uri} holds a job with another config; --resume needs the same "
                            "method, detector and options")  # fmt: skip
-        return job
+        return {**job, "_resumed": True}
     if out.listdir("_done"):
         raise JobError(f"{out.uri} has shard markers but no job.json; choose an empty output")
     job = {
@@ -135,7 +137,6 @@ def open_job(config: JobConfig, out: Location) -> dict:
         "config_sha256": config.output_config_sha256(),
         "versions": _versions(),
     }
-    out.publish_json(job, JOB_FILE)
     return job
 
 
@@ -158,7 +159,7 @@ def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> 
 
 
 def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors: int,
-             counter, sealing, secret: bytes, summary: JobSummary) -> None:  # fmt: skip
+             counter, key_holder, summary: JobSummary) -> None:  # fmt: skip
     """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -176,8 +177,8 @@ def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors
             "out_uri": config.output,
             "batch_size": config.pool.batch_size,
             "counter": counter,
-            "sealing": sealing,
-        },  # fmt: skip
+            "key_holder": key_holder,
+        },
     )
     for row in ds.iter_rows():
         if row["status"] == "failed":
@@ -196,54 +197,78 @@ def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
     display.update(*ray.get(counter.get.remote()))
 
 
-def run_job(config: JobConfig, sealing=None) -> JobSummary:
+def run_job(config: JobConfig) -> JobSummary:
     """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
+    from jobs.keys import Secrets, audit, open_keys
     from jobs.secrets import load_secret
 
     started = time.monotonic()
     out = Location(config.output)
     job = open_job(config, out)
+    resuming = job.pop("_resumed", False)
+    keys = open_keys(config.escrow, out, job, resuming)
+    out.publish_json(job, JOB_FILE)
     secret = load_secret(config.secret_file)
     src, entries = resolve_shards(config, out, secret)
     tasks = pending_tasks(src, entries, out, config.resume)
     summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
-    we_started = connect(config.address)
+    if keys is not None:
+        details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks)}
+        audit(out, keys, "job.start", details)
+    secrets = Secrets(secret, keys.envelope if keys is not None else None)
     try:
-        if tasks:
-            actors = min(size_pool(config.pool, ray.cluster_resources()), len(tasks))
-            device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
-            anon = replace(config.anon, device=device,
-                           threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
-            log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
-            counter = ProgressCounter.remote()
-            total = sum(t.samples for t in tasks)
-            display = ProgressDisplay(total, config.progress, config.log_format == "json")
-            stop = threading.Event()
-            watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
-            watcher.start()
-            try:
-                _execute(tasks, config, anon, actors, counter, sealing, secret, summary)
-            finally:
-                stop.set()
-                watcher.join()
-                display.close()
+        _process(config, tasks, secrets, summary)
     finally:
-        if we_started:
-            ray.shutdown()
-    summary.seconds = time.monotonic() - started
-    _finish_job(out, job, summary)
+        summary.seconds = time.monotonic() - started
+        _finish_job(out, job, summary, keys)
     return summary
 
 
-def _finish_job(out: Location, job: dict, summary: JobSummary) -> None:
+def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSummary) -> None:
+    """Start or join Ray, size the pool, and process ``tasks`` with a live progress display."""
+    if not tasks:
+        return
+    we_started = connect(config.address)
+    try:
+        actors = min(size_pool(config.pool, ray.cluster_resources()), len(tasks))
+        device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
+        anon = replace(config.anon, device=device,
+                       threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
+        log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
+        counter = ProgressCounter.remote()
+        total = sum(t.samples for t in tasks)
+        display = ProgressDisplay(total, config.progress, config.log_format == "json")
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
+        watcher.start()
+        try:
+            _execute(tasks, config, anon, actors, counter, hold_secrets(secrets), summary)
+        finally:
+            stop.set()
+            watcher.join()
+            display.close()
+    finally:
+        if we_started:
+            ray.shutdown()
+
+
+def _finish_job(out: Location, job: dict, summary: JobSummary, keys) -> None:
+    """Record totals in job.json (and the audit tail with escrow); raise if shards failed."""
+    from jobs.keys import audit
+
     markers = [out.read_json("_done", n) for n in out.listdir("_done") if n.endswith(".json")]
     totals = {k: sum(m[k] for m in markers)
               for k in ("samples_in", "anonymized", "no_face", "quarantined", "faces")}  # fmt: skip
     complete = not summary.failed and len(markers) == summary.shards_total
     job.update(status="complete" if complete else "incomplete", totals=totals,
-               shards={"total": summary.shards_total, "done": len(markers)})  # fmt: skip
+               shards={"total": summary.shards_total, "done": len(markers)},
+               failed=summary.failed)  # fmt: skip
+    if keys is not None:
+        details = {"status": job["status"], "totals": totals, "failed_shards": len(summary.failed)}
+        job.update(keys.job_json_fields(audit(out, keys, "job.end", details)))
     out.publish_json(job, JOB_FILE)
     if summary.failed:
         names = ", ".join(f["shard"] for f in summary.failed[:10])
-        raise JobError(f"{len(summary.failed)} shards failed ({names}); fix the cause and rerun "
+        raise JobError(f"{len(summary.failed)} shards failed ({names}; first: "
+                       f"{summary.failed[0]['error']}); fix the cause and rerun "
                        "with --resume: done shards are kept")  # fmt: skip
