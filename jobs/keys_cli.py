@@ -6,6 +6,12 @@ are read and written through fsspec (local paths or ``s3://``); restored origina
 local folder.
 :class:`OutTree` and :func:`append_audit` are also what ``faceveil run`` uses to publish
 ``escrow.json`` and to append signed audit entries.
+
+A job's escrow may hold several key epochs (one per run: first run and each resume). Every
+command works on all of them at once: a restore recovers every epoch's master key and opens each
+``keys/shard-*.parquet`` with the envelope of the epoch it records; a reshare re-splits every
+epoch; a rekey re-seals every manifest under one new epoch. A manifest that names an epoch
+``escrow.json`` does not hold stops the command before anything is decrypted or written.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import secrets
 import shutil
 import sys
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -40,6 +46,7 @@ from manifests.custodian import (
     CustodianPublic,
     ScryptParams,
     b64d,
+    b64e,
     keygen,
     read_passphrase,
     write_private_file,
@@ -51,8 +58,9 @@ from manifests.jobkeys import custodian_details, parse_kms_spec
 from manifests.keymanifest import (
     KeyRow,
     key_manifest_bytes,
+    key_manifest_epoch,
+    load_key_manifest,
     open_row,
-    read_key_manifest,
     reencrypt_rows,
 )
 from manifests.restore import (
@@ -62,7 +70,7 @@ from manifests.restore import (
     check_request,
     create_request,
     load_request_key,
-    recover_master,
+    recover_masters,
 )
 
 log = logging.getLogger(__name__)
@@ -132,8 +140,7 @@ class OutTree:
         return escrow
 
 
-def append_audit(tree: OutTree, writer: AuditWriter, action: str,
-                 details: Mapping) -> AuditTail:
+def append_audit(tree: OutTree, writer: AuditWriter, action: str, details: Mapping) -> AuditTail:
     """Append one signed entry to ``audit.jsonl`` (under a file lock when local)."""
     if not tree.is_local:
         old = tree.read("audit.jsonl") if tree.exists("audit.jsonl") else b""
@@ -147,7 +154,7 @@ def append_audit(tree: OutTree, writer: AuditWriter, action: str,
         f.seek(0)
         old = f.read()
         new, tail = writer.append(old, action, details)
-        f.write(new[len(old):])
+        f.write(new[len(old) :])
         f.flush()
         os.fsync(f.fileno())
     log.debug("audit entry %d (%s) appended", tail.seq, action)
@@ -171,24 +178,45 @@ def _iter_images(tree: OutTree, shard: str) -> Iterator[tuple[str, str, bytes]]:
                 yield posixpath.join(folder, stem), ext.lower(), data
 
 
-def _rows_by_shard(tree: OutTree, wanted: set[str] | None) -> dict[str, dict[str, list[KeyRow]]]:
-    found: dict[str, dict[str, list[KeyRow]]] = {}
+# The key epoch manifest ``rel`` records; EscrowError unless ``escrow`` holds it.
+def _epoch_of(escrow: Escrow, rel: str, escrow_id: str | None) -> str:
+    if escrow_id is None:
+        raise EscrowError(
+            f"{rel} records no key epoch (faceveil.escrow_id): it cannot be "
+            "matched to a master key of escrow.json"
+        )
+    if escrow_id not in escrow.escrow_ids:
+        raise EscrowError(
+            f"{rel} was sealed under key epoch {escrow_id}, which escrow.json does "
+            "not hold (a lost or overwritten escrow.json, or a foreign manifest)"
+        )
+    return escrow_id
+
+
+# shard -> (key epoch, sample key -> rows), every manifest's epoch checked before any decryption.
+def _rows_by_shard(
+    tree: OutTree, escrow: Escrow, wanted: set[str] | None
+) -> dict[str, tuple[str, dict[str, list[KeyRow]]]]:
+    found: dict[str, tuple[str, dict[str, list[KeyRow]]]] = {}
     seen: set[str] = set()
     for rel in tree.glob("keys/shard-*.parquet"):
         shard = PurePosixPath(rel).stem
+        manifest = load_key_manifest(tree.read(rel))
+        escrow_id = _epoch_of(escrow, rel, manifest.escrow_id)
         grouped: dict[str, list[KeyRow]] = {}
-        for row in read_key_manifest(tree.read(rel)):
+        for row in manifest.rows:
             if wanted is None or row.key in wanted:
                 grouped.setdefault(row.key, []).append(row)
         if seen & set(grouped):
             raise RestoreError(f"a sample appears in two key manifests (at {shard})")
         seen |= set(grouped)
         if grouped:
-            found[shard] = grouped
+            found[shard] = (escrow_id, grouped)
     if wanted is not None and wanted - seen:
         missing = sorted(wanted - seen)
-        raise RestoreError(f"{len(missing)} requested sample(s) are in no key manifest, "
-                           f"e.g. {missing[0]!r}")
+        raise RestoreError(
+            f"{len(missing)} requested sample(s) are in no key manifest, e.g. {missing[0]!r}"
+        )
     return found
 
 
@@ -221,8 +249,9 @@ def _paste_faces(image: bytes, faces: list[tuple[KeyRow, Payload]]) -> bytes:
 
 
 # (extension, bytes, source URI) of one restored original.
-def _rebuild(envelope: Envelope, shard: str, key: str, rows: list[KeyRow],
-             image: bytes | None) -> tuple[str, bytes, str]:
+def _rebuild(
+    envelope: Envelope, shard: str, key: str, rows: list[KeyRow], image: bytes | None
+) -> tuple[str, bytes, str]:
     if not _SAFE_KEY.fullmatch(key):
         raise RestoreError("a sample key in the manifest is not a plain name")
     sha = hashlib.sha256(image).hexdigest() if image is not None else EMPTY_SHA256
@@ -232,8 +261,9 @@ def _rebuild(envelope: Envelope, shard: str, key: str, rows: list[KeyRow],
     if whole and whole[0].kind is PayloadKind.ORIGINAL_FILE:
         return _ext_of(uri), whole[0].data, uri
     if image is None:
-        raise RestoreError(f"sample {key!r}: no anonymized image in data/{shard}.tar and no "
-                           "sealed original file")
+        raise RestoreError(
+            f"sample {key!r}: no anonymized image in data/{shard}.tar and no sealed original file"
+        )
     faces = [(row, payload) for row, payload in opened if row.face >= 0]
     return "png", _paste_faces(image, faces), uri
 
@@ -243,14 +273,19 @@ def _face(row: KeyRow) -> int:
 
 
 # Decrypt every requested sample into ``staging``; key -> (file name, source URI).
-def _restore_to(tree: OutTree, envelope: Envelope, request: RestoreRequest,
-                staging: Path) -> dict[str, tuple[str, str]]:
+def _restore_to(
+    tree: OutTree,
+    escrow: Escrow,
+    envelopes: Mapping[str, Envelope],
+    request: RestoreRequest,
+    staging: Path,
+) -> dict[str, tuple[str, str]]:
     wanted = None if request.samples is None else set(request.samples)
     restored = {}
-    for shard, groups in _rows_by_shard(tree, wanted).items():
+    for shard, (escrow_id, groups) in _rows_by_shard(tree, escrow, wanted).items():
         images = {key: data for key, _, data in _iter_images(tree, shard) if key in groups}
         for key, rows in groups.items():
-            ext, data, uri = _rebuild(envelope, shard, key, rows, images.get(key))
+            ext, data, uri = _rebuild(envelopes[escrow_id], shard, key, rows, images.get(key))
             write_private_file(staging / f"{key}.{ext}", data, overwrite=True)
             restored[key] = (f"{key}.{ext}", uri)
     return restored
@@ -275,13 +310,15 @@ def _load_request(path: str) -> RestoreRequest:
 
 def _refuse_pending_rekey(tree: OutTree) -> None:
     if tree.exists(f"{REKEY_DIR}/COMPLETE"):
-        raise EscrowError("an interrupted rekey is pending: run 'faceveil escrow rekey OUT "
-                          "--finish' first")
+        raise EscrowError(
+            "an interrupted rekey is pending: run 'faceveil escrow rekey OUT --finish' first"
+        )
 
 
-# The checked master key for ``request``: from approvals, or from KMS.
-def _recover(args: argparse.Namespace, escrow: Escrow, request: RestoreRequest,
-             purpose: str) -> tuple[MasterKey, list[Approval]]:
+# Every epoch's checked master key for ``request``: from approvals, or from KMS.
+def _recover(
+    args: argparse.Namespace, escrow: Escrow, request: RestoreRequest, purpose: str
+) -> tuple[dict[str, MasterKey], list[Approval]]:
     if escrow.scheme == "kms":
         check_request(escrow, request, purpose)
         if args.approvals:
@@ -291,19 +328,38 @@ def _recover(args: argparse.Namespace, escrow: Escrow, request: RestoreRequest,
     key_path = Path(args.request_key or Path(args.request).with_suffix(".key"))
     passphrase = read_passphrase(args.passphrase_file, "Passphrase of the request key: ")
     request_key = load_request_key(request, key_path.read_bytes(), passphrase)
-    return recover_master(escrow, request, request_key, approvals, purpose), approvals
+    return recover_masters(escrow, request, request_key, approvals, purpose), approvals
 
 
 def _approval_details(request: RestoreRequest, approvals: list[Approval]) -> dict:
-    return {"request_id": request.request_id, "request_sha256": request.sha256(),
-            "purpose": request.purpose, "requester": request.requester, "reason": request.reason,
-            "approvals": [{"custodian": a.custodian, "fingerprint": a.fingerprint,
-                           "approval_sha256": hashlib.sha256(a.dumps()).hexdigest()}
-                          for a in approvals]}
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "revision": request.revision,
+        "epochs": list(request.epochs),
+        "purpose": request.purpose,
+        "requester": request.requester,
+        "reason": request.reason,
+        "approvals": [
+            {
+                "custodian": a.custodian,
+                "fingerprint": a.fingerprint,
+                "approval_sha256": hashlib.sha256(a.dumps()).hexdigest(),
+            }
+            for a in approvals
+        ],
+    }
 
 
-def _job_writer(escrow: Escrow, master: MasterKey, request: RestoreRequest) -> AuditWriter:
-    return AuditWriter(escrow.audit_signing_key(master), f"requester:{request.requester}")
+# The job's long-lived signing key (the first epoch's), for entries written after recovery.
+def _job_writer(
+    escrow: Escrow, masters: Mapping[str, MasterKey], request: RestoreRequest
+) -> AuditWriter:
+    return AuditWriter(escrow.audit_signing_key(masters), f"requester:{request.requester}")
+
+
+def _envelopes(escrow: Escrow, masters: Mapping[str, MasterKey]) -> dict[str, Envelope]:
+    return {eid: Envelope(masters[eid], escrow.job_id, eid) for eid in escrow.escrow_ids}
 
 
 # ---- handlers ----------------------------------------------------------------------------------
@@ -325,11 +381,14 @@ def _handler(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 @_handler
 def cmd_custodian_keygen(args: argparse.Namespace) -> int:
     """``faceveil custodian keygen --name NAME --out DIR``."""
-    passphrase = read_passphrase(args.passphrase_file, f"Passphrase for {args.name}'s key: ",
-                                 confirm=True)
+    passphrase = read_passphrase(
+        args.passphrase_file, f"Passphrase for {args.name}'s key: ", confirm=True
+    )
     pub, key = keygen(args.name, args.out, passphrase, ScryptParams(n=2**args.kdf_work))
-    print(f"public key:  {pub}\nprivate key: {key} (mode 0600)\n"
-          f"fingerprint: {CustodianPublic.load(pub).fingerprint}")
+    print(
+        f"public key:  {pub}\nprivate key: {key} (mode 0600)\n"
+        f"fingerprint: {CustodianPublic.load(pub).fingerprint}"
+    )
     return 0
 
 
@@ -350,24 +409,37 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     """``faceveil restore request OUT ... --out req.json``: a request and its key file."""
     escrow = OutTree(args.out_tree).escrow()
     samples = _requested_samples(args)
-    passphrase = read_passphrase(args.passphrase_file, "New passphrase for the request key: ",
-                                 confirm=True)
-    request, key_file = create_request(escrow, args.purpose, samples, args.reason, args.requester,
-                                       passphrase, timedelta(days=args.valid_days),
-                                       params=ScryptParams(n=2**args.kdf_work))
+    passphrase = read_passphrase(
+        args.passphrase_file, "New passphrase for the request key: ", confirm=True
+    )
+    request, key_file = create_request(
+        escrow,
+        args.purpose,
+        samples,
+        args.reason,
+        args.requester,
+        passphrase,
+        timedelta(days=args.valid_days),
+        params=ScryptParams(n=2**args.kdf_work),
+    )
     key_out = Path(args.key_out or Path(args.out).with_suffix(".key"))
     write_private_file(key_out, key_file)
     Path(args.out).write_bytes(request.dumps())
-    print(f"request {request.request_id} ({request.purpose}) written to {args.out}\n"
-          f"request sha256: {request.sha256()}\nrequest key: {key_out} (keep it; mode 0600)")
+    print(
+        f"request {request.request_id} ({request.purpose}) written to {args.out}\n"
+        f"request sha256: {request.sha256()}\nrequest key: {key_out} (keep it; mode 0600)"
+    )
     return 0
 
 
 def _confirm(request: RestoreRequest, escrow: Escrow) -> bool:
     count = "all samples" if request.samples is None else f"{len(request.samples)} sample(s)"
-    print(f"Request {request.request_id} by {request.requester!r}: {request.purpose} of {count}\n"
-          f"Reason: {request.reason}\nJob {escrow.job_id}, expires {request.expires}\n"
-          f"Job signing key: {key_id(escrow.audit_public)}")
+    print(
+        f"Request {request.request_id} by {request.requester!r}: {request.purpose} of {count}\n"
+        f"Reason: {request.reason}\nJob {escrow.job_id}, expires {request.expires}\n"
+        f"Key epochs: {len(escrow.epochs)} (your share of each is re-sealed to the request)\n"
+        f"Job signing keys: {', '.join(escrow.audit_keys())}"
+    )
     try:
         return input("Approve this request? [y/N] ").strip().lower() in ("y", "yes")
     except EOFError:
@@ -379,8 +451,10 @@ def cmd_restore_approve(args: argparse.Namespace) -> int:
     """``faceveil restore approve OUT req.json --key NAME.key --out NAME.approval``."""
     tree = OutTree(args.out_tree)
     escrow, request = tree.escrow(), _load_request(args.request)
-    custodian = CustodianPrivate.load(args.key, read_passphrase(
-        args.passphrase_file, f"Passphrase for {Path(args.key).stem}'s key: "))
+    custodian = CustodianPrivate.load(
+        args.key,
+        read_passphrase(args.passphrase_file, f"Passphrase for {Path(args.key).stem}'s key: "),
+    )
     check_request(escrow, request, request.purpose)
     if not args.yes and not _confirm(request, escrow):
         print("not approved", file=sys.stderr)
@@ -402,8 +476,8 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
     tree = OutTree(args.out_tree)
     _refuse_pending_rekey(tree)
     escrow, request = tree.escrow(), _load_request(args.request)
-    master, approvals = _recover(args, escrow, request, "restore")
-    writer = _job_writer(escrow, master, request)
+    masters, approvals = _recover(args, escrow, request, "restore")
+    writer = _job_writer(escrow, masters, request)
     details = _approval_details(request, approvals)
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -411,7 +485,7 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
     try:
-        restored = _restore_to(tree, Envelope(master, escrow.job_id), request, staging)
+        restored = _restore_to(tree, escrow, _envelopes(escrow, masters), request, staging)
         details["restored"] = len(restored)
         tail = append_audit(tree, writer, "restore.apply", details)
         _publish(staging, dest, restored)
@@ -420,33 +494,51 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\n"
-          f"audit tail: {tail}")
+    print(
+        f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\naudit tail: {tail}"
+    )
     return 0
 
 
-# Signer keys (job key, custodians), the job key's id, and the tail job.json recorded.
-def _trusted_keys(tree: OutTree, log_bytes: bytes,
-                  pinned: str | None) -> tuple[dict[str, bytes], str, str | None]:
-    trusted: dict[str, bytes] = {}
-    job_keys: dict[str, bytes] = {}
+# The job signing keys to trust as roots: every epoch's (escrow.json), else job.json's.
+def _root_job_keys(tree: OutTree) -> tuple[dict[str, bytes], dict[str, bytes], dict]:
+    roots: dict[str, bytes] = {}
+    signers: dict[str, bytes] = {}
     if tree.exists("escrow.json"):
         escrow = Escrow.loads(tree.read("escrow.json"))
-        trusted.update(escrow.signers())
-        job_keys[key_id(escrow.audit_public)] = escrow.audit_public
+        roots, signers = escrow.audit_keys(), escrow.signers()
     audit = json.loads(tree.read("job.json")).get("audit", {}) if tree.exists("job.json") else {}
+    if not roots and audit.get("public_key"):
+        public = b64d(audit["public_key"], "job.json audit public key", 32)
+        roots = {key_id(public): public}
+    if not roots:
+        raise AuditError("neither escrow.json nor job.json names a job signing key")
+    return roots, signers, audit
+
+
+def _check_pins(roots: Mapping[str, bytes], pinned: Iterable[str] | None) -> None:
+    if pinned:
+        for n, kid in enumerate(roots, start=1):
+            if kid not in pinned:
+                raise AuditError(
+                    f"the job signing key of key epoch {n}, {kid}, is not pinned (--job-key)"
+                )
+
+
+# Trusted signers (job keys of every epoch, declared keys, custodians), the job keys' ids, and
+# the tail job.json recorded.
+def _trusted_keys(
+    tree: OutTree, log_bytes: bytes, pinned: list[str] | None
+) -> tuple[dict[str, bytes], list[str], str | None]:
+    roots, signers, audit = _root_job_keys(tree)
+    _check_pins(roots, pinned)
+    declared = declared_keys(log_bytes, roots.values())
     if audit.get("public_key"):
         public = b64d(audit["public_key"], "job.json audit public key", 32)
-        job_keys[key_id(public)] = public
-    if len(job_keys) != 1:
-        raise AuditError("escrow.json and job.json must name one job signing key "
-                         f"(found {len(job_keys)})")
-    ((job_key_id, job_public),) = job_keys.items()
-    if pinned is not None and job_key_id != pinned:
-        raise AuditError(f"the job signing key is {job_key_id}, not the pinned {pinned}")
-    trusted[job_key_id] = job_public
-    trusted.update(declared_keys(log_bytes, job_public))
-    return trusted, job_key_id, audit.get("tail")
+        if key_id(public) not in roots and key_id(public) not in declared:
+            raise AuditError("job.json's audit key is not a job signing key of escrow.json")
+    trusted = {**signers, **declared, **roots}
+    return trusted, list(roots), audit.get("tail")
 
 
 @_handler
@@ -454,12 +546,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     """``faceveil audit verify OUT``: chain, order, signatures and the recorded tail."""
     tree = OutTree(args.out_tree)
     log_bytes = tree.read("audit.jsonl")
-    trusted, job_key, recorded = _trusted_keys(tree, log_bytes, args.job_key)
+    trusted, job_keys, recorded = _trusted_keys(tree, log_bytes, args.job_key)
     tail_text = args.expect_tail or recorded
     expected = AuditTail.parse(tail_text) if tail_text else None
     tail = verify(log_bytes, trusted, expected)
-    print(f"audit log OK: {tail.seq} entries, tail {tail}, job signing key {job_key}"
-          + ("" if expected else "\nwarning: no recorded tail, trailing lines could be missing"))
+    print(
+        f"audit log OK: {tail.seq} entries, tail {tail}, job signing key(s) "
+        f"{', '.join(job_keys)}"
+        + ("" if expected else "\nwarning: no recorded tail, trailing lines could be missing")
+    )
     return 0
 
 
@@ -469,32 +564,48 @@ def cmd_escrow_reshare(args: argparse.Namespace) -> int:
     tree = OutTree(args.out_tree)
     _refuse_pending_rekey(tree)
     escrow, request = tree.escrow(), _load_request(args.request)
-    master, approvals = _recover(args, escrow, request, "reshare")
+    masters, approvals = _recover(args, escrow, request, "reshare")
     custodians = [CustodianPublic.load(p) for p in args.custodians]
-    new = reshare(escrow, master, custodians, args.threshold)
+    new = reshare(escrow, masters, custodians, args.threshold)
     details = _approval_details(request, approvals) | {
-        "old_escrow_id": escrow.escrow_id, "new_escrow_id": new.escrow_id,
-        "threshold": new.threshold, "custodians": custodian_details(custodians)}
-    tail = append_audit(tree, _job_writer(escrow, master, request), "escrow.reshare", details)
+        "old_revision": escrow.revision,
+        "new_revision": new.revision,
+        "threshold": new.threshold,
+        "custodians": custodian_details(custodians),
+    }
+    tail = append_audit(tree, _job_writer(escrow, masters, request), "escrow.reshare", details)
     tree.write("escrow.json", new.dumps())
-    print(f"escrow reshared {new.threshold}-of-{len(custodians)} (escrow {new.escrow_id})\n"
-          f"audit tail: {tail}")
+    print(
+        f"escrow reshared {new.threshold}-of-{len(custodians)} ({len(new.epochs)} key "
+        f"epoch(s), revision {new.revision})\naudit tail: {tail}"
+    )
     return 0
 
 
-# Write every re-encrypted manifest and the new escrow under ``_rekey/``, COMPLETE last.
-def _stage_rekey(tree: OutTree, old: Envelope, new: Envelope, new_escrow: Escrow) -> None:
+# Write every manifest re-sealed under ``new`` and the new escrow under ``_rekey/``, COMPLETE
+# last. Each manifest is opened with the envelope of the epoch it records.
+def _stage_rekey(
+    tree: OutTree, escrow: Escrow, old: Mapping[str, Envelope], new: Envelope, new_escrow: Escrow
+) -> None:
+    rels = tree.glob("keys/shard-*.parquet")
+    for rel in rels:
+        with tree.fs.open(tree.path(rel), "rb") as f:
+            _epoch_of(escrow, rel, key_manifest_epoch(f))
     tree.remove_tree(REKEY_DIR)
-    plan: dict = {"new_escrow_id": new_escrow.escrow_id, "manifests": {}}
-    for rel in tree.glob("keys/shard-*.parquet"):
+    plan: dict = {"new_escrow_id": new_escrow.escrow_ids[0], "manifests": {}}
+    for rel in rels:
         shard = PurePosixPath(rel).stem
         old_bytes = tree.read(rel)
+        manifest = load_key_manifest(old_bytes)
+        envelope = old[_epoch_of(escrow, rel, manifest.escrow_id)]
         shas = {key: hashlib.sha256(data).hexdigest() for key, _, data in _iter_images(tree, shard)}
-        rows = reencrypt_rows(read_key_manifest(old_bytes), shard, old, new, shas)
-        new_bytes = key_manifest_bytes(rows)
+        rows = reencrypt_rows(manifest.rows, shard, envelope, new, shas)
+        new_bytes = key_manifest_bytes(rows, new.escrow_id)
         tree.write(f"{REKEY_DIR}/{rel}", new_bytes)
-        plan["manifests"][rel] = {"old_sha256": hashlib.sha256(old_bytes).hexdigest(),
-                                  "new_sha256": hashlib.sha256(new_bytes).hexdigest()}
+        plan["manifests"][rel] = {
+            "old_sha256": hashlib.sha256(old_bytes).hexdigest(),
+            "new_sha256": hashlib.sha256(new_bytes).hexdigest(),
+        }
     tree.write(f"{REKEY_DIR}/escrow.json", new_escrow.dumps())
     tree.write(f"{REKEY_DIR}/COMPLETE", json.dumps(plan, indent=1).encode())
 
@@ -525,35 +636,56 @@ def _rekey_policy(args: argparse.Namespace) -> dict:
     return policy
 
 
+def _rekey_details(escrow: Escrow, new_escrow: Escrow) -> dict:
+    return {
+        "old_revision": escrow.revision,
+        "old_epochs": list(escrow.escrow_ids),
+        "new_revision": new_escrow.revision,
+        "new_escrow_id": new_escrow.escrow_ids[0],
+        "scheme": new_escrow.scheme,
+        "threshold": new_escrow.threshold,
+        "custodians": custodian_details(new_escrow.custodians),
+        "audit_keys": [
+            {"key_id": kid, "ed25519": b64e(public)} for kid, public in escrow.audit_keys().items()
+        ],
+    }
+
+
 @_handler
 def cmd_escrow_rekey(args: argparse.Namespace) -> int:
-    """``faceveil escrow rekey OUT req.json APPROVAL...``: new master key, manifests re-sealed."""
+    """``faceveil escrow rekey OUT req.json APPROVAL...``: one new master key, manifests re-sealed.
+
+    Every key epoch is replaced by one new epoch; the retired epochs' job signing keys are
+    declared in the ``escrow.rekey`` entry so that their runs' entries stay verifiable.
+    """
     tree = OutTree(args.out_tree)
     staged = tree.exists(f"{REKEY_DIR}/COMPLETE")
     if args.finish or staged:
         if not (args.finish and staged):
-            raise EscrowError("an interrupted rekey is pending: rerun with --finish" if staged
-                              else "--finish: no staged rekey to publish")
+            raise EscrowError(
+                "an interrupted rekey is pending: rerun with --finish"
+                if staged
+                else "--finish: no staged rekey to publish"
+            )
         print(f"published the staged rekey ({_publish_rekey(tree)} manifests)")
         return 0
     if not args.request:
         raise ValueError("a rekey request (req.json) and its approvals are needed")
     escrow, request = tree.escrow(), _load_request(args.request)
-    master, approvals = _recover(args, escrow, request, "rekey")
+    masters, approvals = _recover(args, escrow, request, "rekey")
     policy = _rekey_policy(args)
     if policy.get("kms") is None and escrow.scheme == "kms" and policy["custodians"] is None:
         policy["kms"] = make_kms_client(escrow.key_arn, args.kms_endpoint)
-    new_master, new_escrow = rekey(escrow, master, **policy)
-    _stage_rekey(tree, Envelope(master, escrow.job_id), Envelope(new_master, escrow.job_id),
-                 new_escrow)
-    details = _approval_details(request, approvals) | {
-        "old_escrow_id": escrow.escrow_id, "new_escrow_id": new_escrow.escrow_id,
-        "scheme": new_escrow.scheme, "threshold": new_escrow.threshold,
-        "custodians": custodian_details(new_escrow.custodians)}
-    tail = append_audit(tree, _job_writer(escrow, master, request), "escrow.rekey", details)
+    new_master, new_escrow = rekey(escrow, masters, **policy)
+    new_envelope = Envelope(new_master, escrow.job_id, new_escrow.escrow_ids[0])
+    _stage_rekey(tree, escrow, _envelopes(escrow, masters), new_envelope, new_escrow)
+    details = _approval_details(request, approvals) | _rekey_details(escrow, new_escrow)
+    tail = append_audit(tree, _job_writer(escrow, masters, request), "escrow.rekey", details)
     count = _publish_rekey(tree)
-    print(f"rekeyed: {count} manifests re-sealed, new escrow {new_escrow.escrow_id}\n"
-          f"audit tail: {tail}")
+    print(
+        f"rekeyed: {count} manifests re-sealed, {len(escrow.epochs)} key epoch(s) replaced by "
+        f"{new_escrow.escrow_ids[0]}\naudit tail: {tail}"
+    )
     return 0
 
 
@@ -561,29 +693,45 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
 
 
 def _passphrase_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--passphrase-file", metavar="FILE",
-                        help="read the passphrase from the first line of FILE instead of a prompt")
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="read the passphrase from the first line of FILE instead of a prompt",
+    )
 
 
 def _kdf_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kdf-work", type=int, default=17, metavar="LOG2N",
-                        help="scrypt cost as log2(N) (default 17 = 128 MiB; 10..22)")
+    parser.add_argument(
+        "--kdf-work",
+        type=int,
+        default=17,
+        metavar="LOG2N",
+        help="scrypt cost as log2(N) (default 17 = 128 MiB; 10..22)",
+    )
 
 
 def _recovery_args(parser: argparse.ArgumentParser, request_required: bool = True) -> None:
     parser.add_argument("out_tree", metavar="OUT", help="job output tree (path or s3:// URL)")
-    parser.add_argument("request", metavar="REQUEST", nargs=None if request_required else "?",
-                        help="the request file (req.json)")
+    parser.add_argument(
+        "request",
+        metavar="REQUEST",
+        nargs=None if request_required else "?",
+        help="the request file (req.json)",
+    )
     parser.add_argument("approvals", metavar="APPROVAL", nargs="*", help="custodian approvals")
-    parser.add_argument("--request-key", metavar="FILE",
-                        help="the request key file (default: REQUEST with suffix .key)")
+    parser.add_argument(
+        "--request-key",
+        metavar="FILE",
+        help="the request key file (default: REQUEST with suffix .key)",
+    )
     parser.add_argument("--kms-endpoint", metavar="URL", help="KMS endpoint URL (KMS escrows)")
     _passphrase_arg(parser)
 
 
 def _add_custodian(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("custodian", help="custodian keys").add_subparsers(
-        dest="custodian_command", required=True)
+        dest="custodian_command", required=True
+    )
     p = group.add_parser("keygen", help="make an X25519 + Ed25519 key pair for a custodian")
     p.add_argument("--name", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -627,14 +775,22 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 
 def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(
-        dest="audit_command", required=True)
+        dest="audit_command", required=True
+    )
     p = audit.add_parser("verify", help="verify OUT/audit.jsonl")
     p.add_argument("out_tree", metavar="OUT")
     p.add_argument("--expect-tail", metavar="SEQ:SHA256", help="the tail recorded out of band")
-    p.add_argument("--job-key", metavar="ID", help="pin the job signing key id (ed25519:...)")
+    p.add_argument(
+        "--job-key",
+        metavar="ID",
+        action="append",
+        help="pin a job signing key id (ed25519:...); repeat for every key epoch: "
+        "a job key of escrow.json that is not pinned fails",
+    )
     p.set_defaults(func=cmd_audit_verify, handler=cmd_audit_verify)
     escrow = sub.add_parser("escrow", help="escrow maintenance").add_subparsers(
-        dest="escrow_command", required=True)
+        dest="escrow_command", required=True
+    )
     p = escrow.add_parser("reshare", help="same key, new custodians or threshold")
     _recovery_args(p)
     p.add_argument("--custodians", nargs="+", required=True, metavar="PUB")

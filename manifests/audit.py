@@ -11,23 +11,34 @@ its newline; 64 zeros for line 1); ``signer`` is :func:`key_id` of an Ed25519 pu
 shares, passphrases, pixels or source paths.
 
 Trust model
-    Two kinds of keys sign entries. (1) The *job signing key*: an Ed25519 key made per job by the
-    operator's ``faceveil run``; it signs the job's own entries (job start, escrow, end) and every
-    later entry written by whoever recovers the master key (restore, reshare, rekey). Its private
-    half is kept only sealed under the master key inside ``escrow.json`` (and in memory while the
-    job runs), so after the job nobody can sign as the job without M custodians or KMS access.
-    Its public key is recorded in ``escrow.json`` (``audit_key.public``), in ``job.json`` and in
-    the first entry; it is bound into every sealed share and the KMS encryption context, so a
-    swapped key in ``escrow.json`` makes every approval fail. (2) *Custodian keys*: each custodian
-    signs their own approval entries with the Ed25519 key listed for them in ``escrow.json``.
-    Entries signed by the job key that set up or change the escrow (job start, reshare, rekey)
-    list the custodians with their Ed25519 keys (``details.custodians[].ed25519``); those keys
-    are trusted too (:func:`declared_keys`), so the approvals of a custodian later removed by a
-    reshare stay verifiable. A verifier trusts exactly the keys it is given (``trusted_keys``);
-    ``faceveil audit verify`` takes the job key from ``escrow.json`` and ``job.json`` (they must
-    agree), adds the declared custodian keys, and prints the job key's id so it can be
-    compared with the id published out of band when the job ran (a log rewritten wholesale with
-    another key is detected only by that comparison, or by ``--job-key``).
+    Two kinds of keys sign entries. (1) *Job signing keys*: one Ed25519 key per run of the job
+    (the first ``faceveil run`` and every ``--resume``: one per key epoch, see
+    :mod:`manifests.escrow`); each signs its own run's entries (job start or resume, job end).
+    The first epoch's key is the job's long-lived key: it also signs every entry written later
+    by whoever recovers the master keys (restore, reshare, rekey), and a rekey keeps it. Each
+    private half is kept only sealed under its own epoch's master key inside ``escrow.json``
+    (and in memory while its run runs), so nobody can sign as a run without M custodians or KMS
+    access. Each public key is recorded in its epoch of ``escrow.json`` (``audit_key.public``)
+    and in its run's first entry, and is bound into that epoch's sealed shares and KMS
+    encryption context, so a swapped key makes every approval fail. (2) *Custodian keys*: each
+    custodian signs their own approval entries with the Ed25519 key listed in ``escrow.json``.
+
+    Entries signed by a job key that set up or change the escrow list keys that are trusted too
+    (:func:`declared_keys`): the custodians' Ed25519 keys (``details.custodians[].ed25519``, or
+    ``details.escrow.custodians`` in a run's first entry), and, in a rekey entry, which
+    collapses every epoch into one, the retired epochs' job keys
+    (``details.audit_keys[].ed25519``). This goes one level deep only (keys declared by the
+    escrow's own job keys), and keeps verifiable the approvals of a custodian that a reshare
+    removed and the entries of runs whose epoch a rekey retired.
+
+    A verifier trusts exactly the keys it is given (``trusted_keys``). ``faceveil audit
+    verify`` trusts the *union* of the job keys of every epoch in ``escrow.json`` (the key in
+    ``job.json`` must be one of them, or a retired one) plus the declared keys, and prints every
+    job key's id, to be compared with the ids published out of band when each run started. The
+    union is weaker than the single job key it replaces: whoever can write ``escrow.json`` can
+    add an epoch with a key of their own, as they could before replace the one key wholesale;
+    both are detected only by that comparison, or by pinning every expected job key id with
+    ``--job-key`` (repeatable; a job key of ``escrow.json`` that is not pinned fails).
 
 Truncation
     A last line without a newline is reported as cut. Whole trailing lines removed cannot be
@@ -55,8 +66,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from manifests.errors import AuditError
 
 GENESIS = "0" * 64
-FIELDS = frozenset({"seq", "time", "actor", "action", "details", "prev_sha256", "signer",
-                    "signature"})
+FIELDS = frozenset(
+    {"seq", "time", "actor", "action", "details", "prev_sha256", "signer", "signature"}
+)
 _TAIL = re.compile(r"(\d+):([0-9a-f]{64})")
 
 
@@ -102,8 +114,9 @@ def tail_of(log: bytes) -> AuditTail | None:
     if not log:
         return None
     if not log.endswith(b"\n"):
-        raise AuditError("the last line is cut (no final newline); not appending to it",
-                         log.count(b"\n") + 1)
+        raise AuditError(
+            "the last line is cut (no final newline); not appending to it", log.count(b"\n") + 1
+        )
     last = log[:-1].rsplit(b"\n", 1)[-1]
     try:
         seq = json.loads(last)["seq"]
@@ -115,8 +128,9 @@ def tail_of(log: bytes) -> AuditTail | None:
 class AuditWriter:
     """Builds signed entries that extend a log; one writer per signing key and actor."""
 
-    def __init__(self, signing_key: Ed25519PrivateKey, actor: str,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self, signing_key: Ed25519PrivateKey, actor: str, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self._key = signing_key
         self.actor = actor
         self.public_key = signing_key.public_key().public_bytes_raw()
@@ -129,9 +143,15 @@ class AuditWriter:
     def line(self, prev: AuditTail | None, action: str, details: Mapping) -> bytes:
         """The next line (with its newline) after ``prev`` (None for the first line)."""
         when = self._clock().astimezone(UTC).isoformat(timespec="milliseconds")
-        entry = {"seq": prev.seq + 1 if prev else 1, "time": when.replace("+00:00", "Z"),
-                 "actor": self.actor, "action": action, "details": dict(details),
-                 "prev_sha256": prev.sha256 if prev else GENESIS, "signer": self.signer}
+        entry = {
+            "seq": prev.seq + 1 if prev else 1,
+            "time": when.replace("+00:00", "Z"),
+            "actor": self.actor,
+            "action": action,
+            "details": dict(details),
+            "prev_sha256": prev.sha256 if prev else GENESIS,
+            "signer": self.signer,
+        }
         signature = self._key.sign(_canonical(entry))
         entry["signature"] = base64.b64encode(signature).decode("ascii")
         return _canonical(entry) + b"\n"
@@ -143,19 +163,31 @@ class AuditWriter:
         return new_log, AuditTail(json.loads(line)["seq"], hashlib.sha256(line[:-1]).hexdigest())
 
 
-def declared_keys(lines: bytes | Iterable[bytes | str], authority: bytes) -> dict[str, bytes]:
-    """Custodian keys listed (``details.custodians[].ed25519``) by entries of ``authority``.
+def declared_keys(
+    lines: bytes | Iterable[bytes | str], authority: bytes | Iterable[bytes]
+) -> dict[str, bytes]:
+    """Keys listed by entries signed by ``authority`` (one raw public key, or several).
 
-    This only collects keys; :func:`verify` still checks every entry, including these.
+    Collects custodian keys (``details.custodians[].ed25519``, and ``details.escrow.custodians``
+    as in ``job.start``) and retired job signing keys (``details.audit_keys[].ed25519``), one
+    level deep: keys declared by declared keys are not
+    collected. This only collects keys; :func:`verify` still checks every entry.
     """
-    authority_id, keys = key_id(authority), {}
+    authorities = [authority] if isinstance(authority, bytes | bytearray) else list(authority)
+    authority_ids, keys = {key_id(bytes(a)) for a in authorities}, {}
     for raw in _split(lines):
         try:
             entry = json.loads(raw)
-            if entry.get("signer") != authority_id:
+            if entry.get("signer") not in authority_ids:
                 continue
-            for custodian in entry["details"].get("custodians", []):
-                public = base64.b64decode(custodian["ed25519"], validate=True)
+            details = entry["details"]
+            listed = [
+                *details.get("custodians", []),
+                *(details.get("escrow") or {}).get("custodians", []),
+                *details.get("audit_keys", []),
+            ]
+            for item in listed:
+                public = base64.b64decode(item["ed25519"], validate=True)
                 if len(public) == 32:
                     keys[key_id(public)] = public
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -184,11 +216,13 @@ def _check_line(n: int, raw: bytes, prev_sha: str, trusted: Mapping[str, bytes])
     if _canonical(entry) != body:
         raise AuditError("not in canonical form: the line was edited", n)
     if entry["seq"] != n:
-        raise AuditError(f"seq {entry['seq']} where {n} was expected: a line was deleted, "
-                         "inserted or moved", n)
+        raise AuditError(
+            f"seq {entry['seq']} where {n} was expected: a line was deleted, inserted or moved", n
+        )
     if entry["prev_sha256"] != prev_sha:
-        raise AuditError("does not chain to the previous line: a line was edited, deleted "
-                         "or moved", n)
+        raise AuditError(
+            "does not chain to the previous line: a line was edited, deleted or moved", n
+        )
     public = trusted.get(entry["signer"]) if isinstance(entry["signer"], str) else None
     if public is None:
         raise AuditError("signed by a key that is not trusted", n)
@@ -197,12 +231,16 @@ def _check_line(n: int, raw: bytes, prev_sha: str, trusted: Mapping[str, bytes])
         signature = base64.b64decode(entry["signature"], validate=True)
         Ed25519PublicKey.from_public_bytes(public).verify(signature, _canonical(unsigned))
     except (InvalidSignature, ValueError, TypeError):
-        raise AuditError("bad signature: the entry was edited or signed by another key",
-                         n) from None
+        raise AuditError(
+            "bad signature: the entry was edited or signed by another key", n
+        ) from None
 
 
-def verify(lines: bytes | Iterable[bytes | str], trusted_keys: Mapping[str, bytes],
-           expected_tail: AuditTail | None = None) -> AuditTail:
+def verify(
+    lines: bytes | Iterable[bytes | str],
+    trusted_keys: Mapping[str, bytes],
+    expected_tail: AuditTail | None = None,
+) -> AuditTail:
     """Check chain, order, canonical form and signatures; return the tail.
 
     ``lines`` is the whole log as bytes, or its lines each with their newline (as iterating a
@@ -219,8 +257,11 @@ def verify(lines: bytes | Iterable[bytes | str], trusted_keys: Mapping[str, byte
         raise AuditError("the audit log is empty", 1)
     if expected_tail is not None:
         if count < expected_tail.seq:
-            raise AuditError(f"the log ends at line {count} but its recorded tail is line "
-                             f"{expected_tail.seq}: trailing lines were removed", count + 1)
+            raise AuditError(
+                f"the log ends at line {count} but its recorded tail is line "
+                f"{expected_tail.seq}: trailing lines were removed",
+                count + 1,
+            )
         line = raw_lines[expected_tail.seq - 1][:-1]
         if hashlib.sha256(line).hexdigest() != expected_tail.sha256:
             raise AuditError("differs from the recorded tail", expected_tail.seq)

@@ -117,9 +117,16 @@ class ScryptParams:
     def check(self) -> None:
         """Refuse parameters that are too weak or absurdly expensive (from a tampered file)."""
         n, r, p = self.n, self.r, self.p
-        ok = (isinstance(n, int) and isinstance(r, int) and isinstance(p, int)
-              and 2**10 <= n <= 2**22 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
-              and 128 * n * r <= 2**31)
+        ok = (
+            isinstance(n, int)
+            and isinstance(r, int)
+            and isinstance(p, int)
+            and 2**10 <= n <= 2**22
+            and n & (n - 1) == 0
+            and 1 <= r <= 32
+            and 1 <= p <= 16
+            and 128 * n * r <= 2**31
+        )
         if not ok:
             raise CustodianKeyError("key file has unacceptable scrypt parameters")
 
@@ -130,8 +137,9 @@ def _scrypt(passphrase: str, salt: bytes, params: ScryptParams) -> bytes:
     return kdf.derive(passphrase.encode("utf-8"))
 
 
-def passphrase_seal(header: dict, secret: bytes, passphrase: str,
-                    params: ScryptParams | None = None) -> dict:
+def passphrase_seal(
+    header: dict, secret: bytes, passphrase: str, params: ScryptParams | None = None
+) -> dict:
     """A key-file document: ``header`` + scrypt KDF + AES-256-GCM ciphertext of ``secret``."""
     if not passphrase:
         raise CustodianKeyError("an empty passphrase is not accepted")
@@ -184,8 +192,9 @@ def read_passphrase(passphrase_file: str | Path | None, prompt: str, confirm: bo
 
 def _ecies_key(shared: bytes, eph_pub: bytes, recipient: bytes, context: str) -> bytes:
     info = _ECIES_INFO + context.encode("utf-8")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=eph_pub + recipient,
-                info=info).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=eph_pub + recipient, info=info).derive(
+        shared
+    )
 
 
 def _ecies_aad(context: str, aad: bytes) -> bytes:
@@ -200,8 +209,12 @@ def seal_to(recipient: bytes, plaintext: bytes, context: str, aad: bytes = b"") 
     shared = eph.exchange(X25519PublicKey.from_public_bytes(recipient))
     nonce = secrets.token_bytes(12)
     key = _ecies_key(shared, eph_pub, recipient, context)
-    return _ECIES_VERSION + eph_pub + nonce + AESGCM(key).encrypt(
-        nonce, plaintext, _ecies_aad(context, aad))
+    return (
+        _ECIES_VERSION
+        + eph_pub
+        + nonce
+        + AESGCM(key).encrypt(nonce, plaintext, _ecies_aad(context, aad))
+    )
 
 
 def open_sealed(private: X25519PrivateKey, blob: bytes, context: str, aad: bytes = b"") -> bytes:
@@ -215,8 +228,10 @@ def open_sealed(private: X25519PrivateKey, blob: bytes, context: str, aad: bytes
         key = _ecies_key(shared, eph_pub, recipient, context)
         return AESGCM(key).decrypt(nonce, ciphertext, _ecies_aad(context, aad))
     except (InvalidTag, ValueError):
-        raise DecryptionError(f"sealed {context} did not open: wrong recipient key, or the sealed "
-                              "value or its context was tampered with") from None
+        raise DecryptionError(
+            f"sealed {context} did not open: wrong recipient key, or the sealed "
+            "value or its context was tampered with"
+        ) from None
 
 
 # ---- custodian keys ----------------------------------------------------------------------------
@@ -242,15 +257,23 @@ class CustodianPublic:
 
     def to_json(self) -> dict:
         """The ``.pub`` document."""
-        return {"format": PUB_FORMAT, "name": self.name, "x25519": b64e(self.x25519),
-                "ed25519": b64e(self.ed25519), "fingerprint": self.fingerprint}
+        return {
+            "format": PUB_FORMAT,
+            "name": self.name,
+            "x25519": b64e(self.x25519),
+            "ed25519": b64e(self.ed25519),
+            "fingerprint": self.fingerprint,
+        }
 
     @classmethod
     def from_json(cls, doc: dict) -> CustodianPublic:
         """Parse a ``.pub`` document (or an escrow custodian entry), checking the fingerprint."""
         try:
-            pub = cls(check_name(doc["name"]), b64d(doc["x25519"], "x25519 key", 32),
-                      b64d(doc["ed25519"], "ed25519 key", 32))
+            pub = cls(
+                check_name(doc["name"]),
+                b64d(doc["x25519"], "x25519 key", 32),
+                b64d(doc["ed25519"], "ed25519 key", 32),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise CustodianKeyError(f"invalid custodian public key: {exc}") from None
         if doc.get("fingerprint") != pub.fingerprint:
@@ -263,8 +286,9 @@ class CustodianPublic:
         try:
             doc = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise CustodianKeyError(f"cannot read custodian public key {path}: "
-                                    f"{type(exc).__name__}") from None
+            raise CustodianKeyError(
+                f"cannot read custodian public key {path}: {type(exc).__name__}"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != PUB_FORMAT:
             raise CustodianKeyError(f"{path} is not a faceveil custodian public key")
         return cls.from_json(doc)
@@ -288,8 +312,11 @@ class CustodianPrivate:
 
     def public(self) -> CustodianPublic:
         """The matching public identity."""
-        return CustodianPublic(self.name, self.x25519.public_key().public_bytes_raw(),
-                               self.ed25519.public_key().public_bytes_raw())
+        return CustodianPublic(
+            self.name,
+            self.x25519.public_key().public_bytes_raw(),
+            self.ed25519.public_key().public_bytes_raw(),
+        )
 
     def sign(self, data: bytes) -> bytes:
         """Ed25519 signature of ``data``."""
@@ -313,15 +340,19 @@ class CustodianPrivate:
         secret = passphrase_open(doc, passphrase, KEY_FORMAT)
         if len(secret) != 64:
             raise CustodianKeyError("wrong passphrase or damaged key file")
-        key = cls(doc["name"], X25519PrivateKey.from_private_bytes(secret[:32]),
-                  Ed25519PrivateKey.from_private_bytes(secret[32:]))
+        key = cls(
+            doc["name"],
+            X25519PrivateKey.from_private_bytes(secret[:32]),
+            Ed25519PrivateKey.from_private_bytes(secret[32:]),
+        )
         if key.public().fingerprint != doc.get("fingerprint"):
             raise CustodianKeyError("wrong passphrase or damaged key file")
         return key
 
 
-def keygen(name: str, out_dir: str | Path, passphrase: str,
-           params: ScryptParams | None = None) -> tuple[Path, Path]:
+def keygen(
+    name: str, out_dir: str | Path, passphrase: str, params: ScryptParams | None = None
+) -> tuple[Path, Path]:
     """Create ``OUT_DIR/NAME.pub`` and ``OUT_DIR/NAME.key`` (0600); refuses to overwrite."""
     check_name(name)
     out = Path(out_dir)

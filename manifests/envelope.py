@@ -162,8 +162,14 @@ def aad_bytes(job_id: str, shard: str, key: str, face: int, anon_sha256: str) ->
         raise ValueError("face must be an int >= -1")
     if not isinstance(anon_sha256, str) or not _SHA256_HEX.fullmatch(anon_sha256):
         raise ValueError("anon_sha256 must be 64 lowercase hex characters")
-    doc = {"anon_sha256": anon_sha256, "face": face, "job_id": job_id, "key": key,
-           "shard": shard, "v": AAD_VERSION}
+    doc = {
+        "anon_sha256": anon_sha256,
+        "face": face,
+        "job_id": job_id,
+        "key": key,
+        "shard": shard,
+        "v": AAD_VERSION,
+    }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -194,8 +200,15 @@ class Envelope:
         """The per-sample AES key, ``HKDF-SHA256(master, salt=job_id, info=key)``."""
         return self._master.derive(self.job_id.encode("utf-8"), key.encode("utf-8"))
 
-    def seal(self, shard: str, key: str, face: int, plaintext: bytes, anon_sha256: str,
-             nonce: bytes | None = None) -> SealedBox:
+    def seal(
+        self,
+        shard: str,
+        key: str,
+        face: int,
+        plaintext: bytes,
+        anon_sha256: str,
+        nonce: bytes | None = None,
+    ) -> SealedBox:
         """Encrypt ``plaintext`` for (shard, key, face, anonymized image)."""
         aad = aad_bytes(self.job_id, shard, key, face, anon_sha256)
         if nonce is None:
@@ -205,8 +218,9 @@ class Envelope:
         ciphertext = AESGCM(self.sample_key(key)).encrypt(nonce, plaintext, aad)
         return SealedBox(bytes(nonce), ciphertext, hashlib.sha256(aad).hexdigest())
 
-    def open(self, shard: str, key: str, face: int, nonce: bytes, ciphertext: bytes,
-             anon_sha256: str) -> bytes:
+    def open(
+        self, shard: str, key: str, face: int, nonce: bytes, ciphertext: bytes, anon_sha256: str
+    ) -> bytes:
         """Decrypt a row; any mismatch raises one :class:`DecryptionError`."""
         aad = aad_bytes(self.job_id, shard, key, face, anon_sha256)
         try:
@@ -217,4 +231,5 @@ class Envelope:
             log.debug("row did not open: shard=%s key=%s face=%d", shard, key, face)
             raise DecryptionError(
                 f"row key={key!r} face={face} of {shard!r} did not decrypt: wrong key, or the row "
-                "was tampered with, moved, or paired with another image") from None
+                "was tampered with, moved, or paired with another image"
+            ) from None

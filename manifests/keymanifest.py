@@ -99,8 +99,9 @@ def _table(rows: Iterable[KeyRow], escrow_id: str | None) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_key_manifest(rows: Iterable[KeyRow], where: str | Path | BinaryIO,
-                       escrow_id: str | None = None) -> None:
+def write_key_manifest(
+    rows: Iterable[KeyRow], where: str | Path | BinaryIO, escrow_id: str | None = None
+) -> None:
     """Write rows as Parquet to a local path or a writable binary file object."""
     table = _table(rows, escrow_id)
     pq.write_table(table, where if not isinstance(where, Path) else str(where))
@@ -118,8 +119,10 @@ def _check_schema(schema: pa.Schema) -> None:
     want = [(f.name, f.type) for f in SCHEMA]
     if got != want:
         shown = ", ".join(f"{name}: {typ}" for name, typ in got)
-        raise ManifestError(f"key manifest schema mismatch: expected {SCHEMA.names} with types "
-                            f"{[str(t) for _, t in want]}, got [{shown}]")
+        raise ManifestError(
+            f"key manifest schema mismatch: expected {SCHEMA.names} with types "
+            f"{[str(t) for _, t in want]}, got [{shown}]"
+        )
 
 
 def _escrow_id(schema: pa.Schema) -> str | None:
@@ -133,6 +136,17 @@ def _escrow_id(schema: pa.Schema) -> str | None:
     if not escrow_id.isprintable() or not escrow_id or len(escrow_id) > 128:
         raise ManifestError("key manifest records a malformed key epoch")
     return escrow_id
+
+
+def key_manifest_epoch(src: str | Path | bytes | BinaryIO) -> str | None:
+    """The key epoch a manifest records, from its Parquet footer only (no rows are read)."""
+    source = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
+    try:
+        schema = pq.ParquetFile(str(source) if isinstance(source, Path) else source).schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"not a readable Parquet key manifest ({type(exc).__name__})") from None
+    _check_schema(schema)
+    return _escrow_id(schema)
 
 
 def read_key_manifest(src: str | Path | bytes | BinaryIO) -> list[KeyRow]:
@@ -156,8 +170,16 @@ def load_key_manifest(src: str | Path | bytes | BinaryIO) -> KeyManifest:
         bbox = rec["bbox"]
         if bbox is not None and (len(bbox) != 4 or any(v is None for v in bbox)):
             raise ManifestError(f"row key={rec['key']!r}: bbox must have 4 integers")
-        rows.append(KeyRow(rec["key"], rec["face"], tuple(bbox) if bbox is not None else None,
-                           rec["nonce"], rec["ciphertext"], rec["aad_sha256"]))
+        rows.append(
+            KeyRow(
+                rec["key"],
+                rec["face"],
+                tuple(bbox) if bbox is not None else None,
+                rec["nonce"],
+                rec["ciphertext"],
+                rec["aad_sha256"],
+            )
+        )
     return KeyManifest(_escrow_id(table.schema), tuple(rows))
 
 
@@ -170,8 +192,9 @@ def open_row(envelope: Envelope, shard: str, row: KeyRow, anon_sha256: str) -> P
     return payload
 
 
-def reencrypt_rows(rows: Iterable[KeyRow], shard: str, old: Envelope, new: Envelope,
-                   anon_sha256: dict[str, str]) -> list[KeyRow]:
+def reencrypt_rows(
+    rows: Iterable[KeyRow], shard: str, old: Envelope, new: Envelope, anon_sha256: dict[str, str]
+) -> list[KeyRow]:
     """Open every row under ``old`` and seal it again under ``new`` (fresh nonces).
 
     ``anon_sha256`` maps sample key -> sha256 of its anonymized image; keys absent from it are
@@ -201,15 +224,28 @@ class ShardSealer:
         self.escrow_id = envelope.escrow_id
         self._rows: list[KeyRow] = []
 
-    def _add(self, key: str, face: int, bbox: tuple[int, int, int, int] | None,
-             payload: Payload, anon_sha256: str) -> KeyRow:
+    def _add(
+        self,
+        key: str,
+        face: int,
+        bbox: tuple[int, int, int, int] | None,
+        payload: Payload,
+        anon_sha256: str,
+    ) -> KeyRow:
         box = self.envelope.seal(self.shard, key, face, payload.to_bytes(), anon_sha256)
         row = KeyRow(key, face, bbox, box.nonce, box.ciphertext, box.aad_sha256)
         self._rows.append(row)
         return row
 
-    def seal_face(self, key: str, face: int, bbox: tuple[int, int, int, int], png_bytes: bytes,
-                  source_uri: str, anon_sha256: str) -> KeyRow:
+    def seal_face(
+        self,
+        key: str,
+        face: int,
+        bbox: tuple[int, int, int, int],
+        png_bytes: bytes,
+        source_uri: str,
+        anon_sha256: str,
+    ) -> KeyRow:
         """Seal the lossless PNG of face ``face``'s region ``bbox`` of the decoded original."""
         if face < 0:
             raise ValueError("face rows have an index >= 0")
@@ -218,8 +254,9 @@ class ShardSealer:
         payload = Payload(PayloadKind.FACE_PNG, source_uri, png_bytes)
         return self._add(key, face, tuple(int(v) for v in bbox), payload, anon_sha256)
 
-    def seal_sample(self, key: str, source_uri: str, anon_sha256: str,
-                    original_bytes: bytes | None = None) -> KeyRow:
+    def seal_sample(
+        self, key: str, source_uri: str, anon_sha256: str, original_bytes: bytes | None = None
+    ) -> KeyRow:
         """Seal the whole-sample row (face -1): the source URI and, if given, the original file.
 
         For a quarantined sample pass ``anon_sha256=EMPTY_SHA256`` and the original bytes.

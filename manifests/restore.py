@@ -1,21 +1,29 @@
 """Restore as a workflow: a request, M custodian approvals, then key recovery for that request.
 
-1. *Request* (``req.json``, public): ``request_id``, ``job_id``, ``escrow_id``, ``purpose``
+A job's escrow holds one master key per key epoch (see :mod:`manifests.escrow`); a request
+covers every epoch, and recovery yields every epoch's master key (``escrow_id -> MasterKey``).
+
+1. *Request* (``req.json``, public): ``request_id``, ``job_id``, ``revision`` (of
+   ``escrow.json``), ``epochs`` (the escrow ids of every epoch, in order), ``purpose``
    (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample keys, or ``"all"``),
    ``reason``, ``requester``, ``created``, ``expires`` and ``ephemeral_x25519``: the public half
    of a key pair made for this request only. The private half goes to a separate requester key
    file (``req.key``), passphrase-protected exactly like a custodian key (scrypt + AES-GCM,
    mode 0600), and is needed to apply. The request's identity is ``sha256(canonical JSON)``.
-2. *Approval* (``NAME.approval``): a custodian opens their share from ``escrow.json`` with their
-   private key, seals it again to the request's ephemeral key (context ``restore-share``, AAD =
-   request sha256 + custodian fingerprint) and signs the approval (Ed25519, over
-   ``"faceveil/approval/v1|"`` + canonical JSON of every other field). Approvals can travel over
-   any channel: only the holder of the request key and passphrase can open them.
-3. *Apply*: :func:`recover_master` checks that the request belongs to this job and escrow, has
-   the expected purpose and has not expired, then that there are at least M approvals of *that*
-   request from distinct custodians of the escrow with valid signatures; it opens the shares,
-   combines them, and checks the result against the escrow's key-check value. Each failure is
-   one :class:`RestoreError` (or :class:`EscrowError` for a key that does not match).
+2. *Approval* (``NAME.approval``): a custodian opens their share of *every* epoch from
+   ``escrow.json`` with their private key, seals each again to the request's ephemeral key
+   (context ``restore-share``, AAD = canonical JSON of request sha256, custodian fingerprint and
+   the epoch's escrow id) into ``sealed_shares`` (``[{escrow_id, sealed}]``), and signs the
+   approval (Ed25519, over ``"faceveil/approval/v1|"`` + canonical JSON of every other field).
+   Approvals can travel over any channel: only the holder of the request key and passphrase can
+   open them.
+3. *Apply*: :func:`recover_masters` checks that the request belongs to this job and to this
+   revision of the escrow (same epochs), has the expected purpose and has not expired, then that
+   there are at least M approvals of *that* request from distinct custodians of the escrow with
+   valid signatures, each carrying a share for exactly the request's epochs; only then it opens
+   the shares, combines them per epoch, and checks each result against its epoch's key-check
+   value. Each failure is one :class:`RestoreError` (or :class:`EscrowError` for a key that does
+   not match), raised before any master key is returned.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -51,8 +59,8 @@ from manifests.shamir import Share
 
 log = logging.getLogger(__name__)
 
-REQUEST_FORMAT = "faceveil-restore-request/1"
-APPROVAL_FORMAT = "faceveil-restore-approval/1"
+REQUEST_FORMAT = "faceveil-restore-request/2"
+APPROVAL_FORMAT = "faceveil-restore-approval/2"
 REQUEST_KEY_FORMAT = "faceveil-request-key/1"
 PURPOSES = ("restore", "reshare", "rekey")
 RESTORE_SHARE_CONTEXT = "restore-share"
@@ -73,7 +81,8 @@ class RestoreRequest:
 
     request_id: str
     job_id: str
-    escrow_id: str
+    revision: str
+    epochs: tuple[str, ...]
     purpose: str
     samples: tuple[str, ...] | None
     reason: str
@@ -87,6 +96,7 @@ class RestoreRequest:
         doc = asdict(self)
         doc["format"] = REQUEST_FORMAT
         doc["samples"] = "all" if self.samples is None else list(self.samples)
+        doc["epochs"] = list(self.epochs)
         doc["ephemeral_x25519"] = b64e(self.ephemeral_x25519)
         return doc
 
@@ -107,16 +117,26 @@ class RestoreRequest:
                 raise ValueError("not a faceveil restore request")
             samples = doc["samples"]
             doc["samples"] = None if samples == "all" else tuple(str(s) for s in samples)
+            doc["epochs"] = tuple(str(e) for e in doc["epochs"])
+            if not doc["epochs"]:
+                raise ValueError("a request covers at least one key epoch")
             doc["ephemeral_x25519"] = b64d(doc["ephemeral_x25519"], "ephemeral key", 32)
             return cls(**doc)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RestoreError(f"invalid restore request: {exc}") from None
 
 
-def create_request(escrow: Escrow, purpose: str, samples: Sequence[str] | None, reason: str,
-                   requester: str, passphrase: str, valid_for: timedelta = timedelta(days=7),
-                   clock: Callable[[], datetime] = utc_now,
-                   params: ScryptParams | None = None) -> tuple[RestoreRequest, bytes]:
+def create_request(
+    escrow: Escrow,
+    purpose: str,
+    samples: Sequence[str] | None,
+    reason: str,
+    requester: str,
+    passphrase: str,
+    valid_for: timedelta = timedelta(days=7),
+    clock: Callable[[], datetime] = utc_now,
+    params: ScryptParams | None = None,
+) -> tuple[RestoreRequest, bytes]:
     """A new request and its requester key file (bytes; write with mode 0600)."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
@@ -127,12 +147,23 @@ def create_request(escrow: Escrow, purpose: str, samples: Sequence[str] | None, 
     eph = X25519PrivateKey.generate()
     now = clock()
     request = RestoreRequest(
-        request_id=secrets.token_hex(16), job_id=escrow.job_id, escrow_id=escrow.escrow_id,
-        purpose=purpose, samples=None if samples is None else tuple(samples), reason=reason,
-        requester=requester, created=_iso(now), expires=_iso(now + valid_for),
-        ephemeral_x25519=eph.public_key().public_bytes_raw())
-    header = {"format": REQUEST_KEY_FORMAT, "request_id": request.request_id,
-              "request_sha256": request.sha256()}
+        request_id=secrets.token_hex(16),
+        job_id=escrow.job_id,
+        revision=escrow.revision,
+        epochs=escrow.escrow_ids,
+        purpose=purpose,
+        samples=None if samples is None else tuple(samples),
+        reason=reason,
+        requester=requester,
+        created=_iso(now),
+        expires=_iso(now + valid_for),
+        ephemeral_x25519=eph.public_key().public_bytes_raw(),
+    )
+    header = {
+        "format": REQUEST_KEY_FORMAT,
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+    }
     doc = passphrase_seal(header, eph.private_bytes_raw(), passphrase, params)
     log.info("restore request %s created (purpose %s)", request.request_id, purpose)
     return request, json.dumps(doc, indent=1).encode()
@@ -154,16 +185,19 @@ def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) 
 
 @dataclass(frozen=True)
 class Approval:
-    """One custodian's signed approval of one request, carrying their re-sealed share."""
+    """One custodian's signed approval of one request, with their share of every key epoch.
+
+    ``sealed_shares`` maps escrow id -> that epoch's share re-sealed to the request.
+    """
 
     request_id: str
     request_sha256: str
     job_id: str
-    escrow_id: str
+    revision: str
     custodian: str
     fingerprint: str
     time: str
-    sealed_share: bytes = field(repr=False)
+    sealed_shares: Mapping[str, bytes] = field(repr=False)
     signature: bytes = field(repr=False)
 
     def signed_doc(self) -> dict:
@@ -171,7 +205,9 @@ class Approval:
         doc = asdict(self)
         del doc["signature"]
         doc["format"] = APPROVAL_FORMAT
-        doc["sealed_share"] = b64e(self.sealed_share)
+        doc["sealed_shares"] = [
+            {"escrow_id": eid, "sealed": b64e(sealed)} for eid, sealed in self.sealed_shares.items()
+        ]
         return doc
 
     def dumps(self) -> bytes:
@@ -186,18 +222,40 @@ class Approval:
             doc = json.loads(data)
             if doc.pop("format") != APPROVAL_FORMAT:
                 raise ValueError("not a faceveil approval")
-            doc["sealed_share"] = b64d(doc["sealed_share"], "sealed share")
+            doc["sealed_shares"] = _parse_sealed_shares(doc["sealed_shares"])
             doc["signature"] = b64d(doc["signature"], "signature", 64)
             return cls(**doc)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RestoreError(f"invalid approval: {exc}") from None
 
 
-def check_request(escrow: Escrow, request: RestoreRequest, purpose: str,
-                  now: datetime | None = None) -> None:
-    """RestoreError unless ``request`` is for this job and escrow and purpose, and unexpired."""
-    if request.job_id != escrow.job_id or request.escrow_id != escrow.escrow_id:
-        raise RestoreError("the request was made for another job or another escrow")
+def _parse_sealed_shares(entries: list) -> dict[str, bytes]:
+    shares = {str(e["escrow_id"]): b64d(e["sealed"], "sealed share") for e in entries}
+    if len(shares) != len(entries):
+        raise ValueError("two sealed shares for one key epoch")
+    return shares
+
+
+def _share_aad(request: RestoreRequest, fingerprint: str, escrow_id: str) -> bytes:
+    return canonical_json(
+        {"request_sha256": request.sha256(), "fingerprint": fingerprint, "escrow_id": escrow_id}
+    )
+
+
+def check_request(
+    escrow: Escrow, request: RestoreRequest, purpose: str, now: datetime | None = None
+) -> None:
+    """RestoreError unless ``request`` is for this job, escrow revision and purpose, unexpired."""
+    if (request.job_id, request.revision, request.epochs) != (
+        escrow.job_id,
+        escrow.revision,
+        escrow.escrow_ids,
+    ):
+        raise RestoreError(
+            "the request was made for another job or another escrow (or the "
+            "escrow changed since: a new key epoch, a reshare or a rekey); make "
+            "a new request"
+        )
     if request.purpose != purpose:
         raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
     now = now or utc_now()
@@ -205,72 +263,145 @@ def check_request(escrow: Escrow, request: RestoreRequest, purpose: str,
         raise RestoreError(f"the request expired at {request.expires}")
 
 
-def approve(escrow: Escrow, request: RestoreRequest, custodian: CustodianPrivate,
-            clock: Callable[[], datetime] = utc_now) -> Approval:
-    """The custodian's approval of ``request``: their share re-sealed to it, signed."""
+def approve(
+    escrow: Escrow,
+    request: RestoreRequest,
+    custodian: CustodianPrivate,
+    clock: Callable[[], datetime] = utc_now,
+) -> Approval:
+    """The custodian's approval of ``request``: their share of every epoch re-sealed to it."""
     check_request(escrow, request, request.purpose, clock())
-    share = escrow.open_share(custodian)
     fp = custodian.public().fingerprint
-    aad = canonical_json({"request_sha256": request.sha256(), "fingerprint": fp})
-    sealed = seal_to(request.ephemeral_x25519, share.to_bytes(), RESTORE_SHARE_CONTEXT, aad)
-    unsigned = Approval(request.request_id, request.sha256(), escrow.job_id, escrow.escrow_id,
-                        custodian.name, fp, _iso(clock()), sealed, b"")
+    sealed = {
+        eid: seal_to(
+            request.ephemeral_x25519,
+            share.to_bytes(),
+            RESTORE_SHARE_CONTEXT,
+            _share_aad(request, fp, eid),
+        )
+        for eid, share in escrow.open_shares(custodian).items()
+    }
+    unsigned = Approval(
+        request.request_id,
+        request.sha256(),
+        escrow.job_id,
+        escrow.revision,
+        custodian.name,
+        fp,
+        _iso(clock()),
+        sealed,
+        b"",
+    )
     signature = custodian.sign(_APPROVAL_LABEL + canonical_json(unsigned.signed_doc()))
     log.info("custodian %s approved request %s", custodian.name, request.request_id)
     return Approval(**{**asdict(unsigned), "signature": signature})
 
 
-def verify_approvals(escrow: Escrow, request: RestoreRequest,
-                     approvals: Sequence[Approval]) -> list[Approval]:
-    """The approvals if at least M distinct, valid ones of ``request``; else RestoreError."""
+def verify_approvals(
+    escrow: Escrow, request: RestoreRequest, approvals: Sequence[Approval]
+) -> list[Approval]:
+    """The approvals if at least M distinct, valid ones of ``request``; else RestoreError.
+
+    Each approval must carry a share for exactly the request's key epochs.
+    """
     seen: set[str] = set()
     for i, ap in enumerate(approvals, start=1):
-        if (ap.request_id, ap.request_sha256, ap.job_id, ap.escrow_id) != (
-                request.request_id, request.sha256(), escrow.job_id, escrow.escrow_id):
+        if (ap.request_id, ap.request_sha256, ap.job_id, ap.revision) != (
+            request.request_id,
+            request.sha256(),
+            escrow.job_id,
+            escrow.revision,
+        ):
             raise RestoreError(f"approval {i} (by {ap.custodian!r}) is for another request")
         try:
             custodian = escrow.custodian(ap.fingerprint)
         except EscrowError:
-            raise RestoreError(f"approval {i} is from {ap.custodian!r}, who is not a custodian "
-                               "of this escrow") from None
+            raise RestoreError(
+                f"approval {i} is from {ap.custodian!r}, who is not a custodian of this escrow"
+            ) from None
         try:
             message = _APPROVAL_LABEL + canonical_json(ap.signed_doc())
             Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(ap.signature, message)
         except InvalidSignature:
-            raise RestoreError(f"approval {i} (by {custodian.name!r}) has a bad "
-                               "signature") from None
+            raise RestoreError(
+                f"approval {i} (by {custodian.name!r}) has a bad signature"
+            ) from None
+        _check_coverage(i, custodian.name, ap, request)
         if ap.fingerprint in seen:
-            raise RestoreError(f"approval {i} duplicates {custodian.name!r}'s approval: each "
-                               "custodian counts once")
+            raise RestoreError(
+                f"approval {i} duplicates {custodian.name!r}'s approval: each custodian counts once"
+            )
         seen.add(ap.fingerprint)
     if len(seen) < escrow.threshold:
-        raise RestoreError(f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
-                           f"needs {escrow.threshold}")
+        raise RestoreError(
+            f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
+            f"needs {escrow.threshold}"
+        )
     return list(approvals)
 
 
-def recover_master(escrow: Escrow, request: RestoreRequest, request_key: X25519PrivateKey,
-                   approvals: Sequence[Approval], purpose: str,
-                   now: datetime | None = None) -> MasterKey:
-    """Verify ``approvals`` of ``request`` and rebuild the checked master key from them."""
+def _check_coverage(i: int, name: str, ap: Approval, request: RestoreRequest) -> None:
+    for n, eid in enumerate(request.epochs, start=1):
+        if eid not in ap.sealed_shares:
+            raise RestoreError(
+                f"approval {i} (by {name!r}) carries no share for key epoch {eid} "
+                f"({n} of {len(request.epochs)}); ask {name!r} to approve again"
+            )
+    if set(ap.sealed_shares) - set(request.epochs):
+        raise RestoreError(
+            f"approval {i} (by {name!r}) carries a share for a key epoch that the "
+            "request does not cover"
+        )
+
+
+def _open_share(
+    request: RestoreRequest,
+    request_key: X25519PrivateKey,
+    i: int,
+    ap: Approval,
+    escrow_id: str,
+    x: int,
+) -> Share:
+    aad = _share_aad(request, ap.fingerprint, escrow_id)
+    try:
+        raw = open_sealed(request_key, ap.sealed_shares[escrow_id], RESTORE_SHARE_CONTEXT, aad)
+    except DecryptionError:
+        raise RestoreError(
+            f"approval {i} (by {ap.custodian!r}): its share of key epoch {escrow_id} does not "
+            "open with this request's key (sealed to another request or epoch, or tampered)"
+        ) from None
+    share = Share.from_bytes(raw)
+    if share.x != x:
+        raise RestoreError(f"approval {i} (by {ap.custodian!r}) carries another custodian's share")
+    return share
+
+
+def recover_masters(
+    escrow: Escrow,
+    request: RestoreRequest,
+    request_key: X25519PrivateKey,
+    approvals: Sequence[Approval],
+    purpose: str,
+    now: datetime | None = None,
+) -> dict[str, MasterKey]:
+    """Verify ``approvals`` of ``request`` and rebuild every epoch's checked master key.
+
+    Returns ``escrow_id -> MasterKey`` for every epoch of ``escrow``, first epoch first.
+    """
     if escrow.scheme != "shamir":
         raise RestoreError("custodian approvals apply to Shamir escrows only")
     check_request(escrow, request, purpose, now)
-    shares = []
+    fingerprints = [c.fingerprint for c in escrow.custodians]
+    shares: dict[str, list[Share]] = {eid: [] for eid in escrow.escrow_ids}
     for i, ap in enumerate(verify_approvals(escrow, request, approvals), start=1):
-        aad = canonical_json({"request_sha256": request.sha256(), "fingerprint": ap.fingerprint})
-        try:
-            raw = open_sealed(request_key, ap.sealed_share, RESTORE_SHARE_CONTEXT, aad)
-        except DecryptionError:
-            raise RestoreError(f"approval {i} (by {ap.custodian!r}) does not open with this "
-                               "request's key") from None
-        share = Share.from_bytes(raw)
-        fingerprints = [c.fingerprint for c in escrow.custodians]
-        if share.x != fingerprints.index(ap.fingerprint) + 1:
-            raise RestoreError(f"approval {i} (by {ap.custodian!r}) carries another "
-                               "custodian's share")
-        shares.append(share)
-    master = escrow.recover(shares)
-    log.info("master key recovered for request %s from %d approvals", request.request_id,
-             len(shares))
-    return master
+        x = fingerprints.index(ap.fingerprint) + 1
+        for eid in escrow.escrow_ids:
+            shares[eid].append(_open_share(request, request_key, i, ap, eid, x))
+    masters = escrow.recover(shares)
+    log.info(
+        "master keys of %d key epoch(s) recovered for request %s from %d approvals",
+        len(masters),
+        request.request_id,
+        len(approvals),
+    )
+    return masters

@@ -85,8 +85,9 @@ def _evaluate(coefficients: Sequence[int], x: int) -> int:
     return acc
 
 
-def split(secret: bytes, n: int, threshold: int,
-          randbytes: Callable[[int], bytes] | None = None) -> list[Share]:
+def split(
+    secret: bytes, n: int, threshold: int, randbytes: Callable[[int], bytes] | None = None
+) -> list[Share]:
     """Split ``secret`` into ``n`` shares, any ``threshold`` of which rebuild it."""
     if not secret:
         raise ValueError("cannot split an empty secret")

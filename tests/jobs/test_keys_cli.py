@@ -1,4 +1,5 @@
-"""The key subcommands end to end on a small synthetic output tree (local and on moto S3)."""
+"""The key subcommands end to end on a small synthetic output tree (local and on moto S3), with
+one key epoch and with two (a job resumed once)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,30 @@ import pytest
 from PIL import Image
 
 from jobs.keys_cli import OutTree, append_audit, main
-from manifests.custodian import CustodianPublic
+from manifests.audit import key_id
+from manifests.custodian import CustodianPrivate, CustodianPublic, canonical_json
 from manifests.envelope import EMPTY_SHA256
+from manifests.escrow import Escrow
 from manifests.jobkeys import JobKeys
-from manifests.keymanifest import KeyRow, ShardSealer, key_manifest_bytes, read_key_manifest
+from manifests.keymanifest import (
+    KeyRow,
+    ShardSealer,
+    key_manifest_bytes,
+    key_manifest_epoch,
+    load_key_manifest,
+    read_key_manifest,
+)
+from manifests.restore import Approval
 
 JOB = "job-cli-0001"
 PNG_KEY, JPG_KEY, QUAR_KEY, FILE_KEY = "a" * 32, "b" * 32, "c" * 32, "d" * 32
 FACES = [(5, 6, 20, 22), (18, 3, 35, 15)]
-PASS = {"alice": "alice pass phrase", "bob": "bob pass phrase", "carol": "carol pass",
-        "req": "requester pass"}
+PASS = {
+    "alice": "alice pass phrase",
+    "bob": "bob pass phrase",
+    "carol": "carol pass",
+    "req": "requester pass",
+}
 
 
 def _encode(rgb: np.ndarray, fmt: str) -> bytes:
@@ -60,27 +75,43 @@ def _seal_faces(sealer: ShardSealer, key: str, rgb: np.ndarray, anon: bytes, uri
     sealer.seal_sample(key, uri, sha)
 
 
-def _build_tree(out: Path, keys: JobKeys, originals: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """data/ + keys/ for two shards; returns the original file bytes by key."""
-    files = {PNG_KEY: _encode(originals[PNG_KEY], "PNG"), JPG_KEY: _encode(originals[JPG_KEY],
-             "JPEG"), QUAR_KEY: b"\xff\xd8 not really a jpeg", FILE_KEY: b"GIF89a original"}
-    anon_png, anon_jpg = (_encode(_anonymize(originals[k]), f) for k, f in
-                          ((PNG_KEY, "PNG"), (JPG_KEY, "JPEG")))
+def _build_tree(
+    out: Path, keys: JobKeys, originals: dict[str, np.ndarray], resumed: JobKeys | None = None
+) -> dict[str, bytes]:
+    """data/ + keys/ for two shards (the second sealed by ``resumed`` if given); returns the
+    original file bytes by key."""
+    files = {
+        PNG_KEY: _encode(originals[PNG_KEY], "PNG"),
+        JPG_KEY: _encode(originals[JPG_KEY], "JPEG"),
+        QUAR_KEY: b"\xff\xd8 not really a jpeg",
+        FILE_KEY: b"GIF89a original",
+    }
+    anon_png, anon_jpg = (
+        _encode(_anonymize(originals[k]), f) for k, f in ((PNG_KEY, "PNG"), (JPG_KEY, "JPEG"))
+    )
     anon_gif = _encode(_anonymize(originals[PNG_KEY]), "PNG")
     s0 = ShardSealer(keys.envelope, "shard-000000")
     _seal_faces(s0, PNG_KEY, originals[PNG_KEY], anon_png, "s3://raw/Jane_Doe.png")
     _seal_faces(s0, JPG_KEY, originals[JPG_KEY], anon_jpg, "s3://raw/John_Roe.jpg")
     s0.seal_sample(QUAR_KEY, "s3://raw/broken.jpg", EMPTY_SHA256, files[QUAR_KEY])
-    s1 = ShardSealer(keys.envelope, "shard-000001")
-    s1.seal_sample(FILE_KEY, "s3://raw/Ann_Poe.gif", hashlib.sha256(anon_gif).hexdigest(),
-                   files[FILE_KEY])
+    s1 = ShardSealer((resumed or keys).envelope, "shard-000001")
+    s1.seal_sample(
+        FILE_KEY, "s3://raw/Ann_Poe.gif", hashlib.sha256(anon_gif).hexdigest(), files[FILE_KEY]
+    )
     meta = json.dumps({"status": "ok"}).encode()
     (out / "data").mkdir(parents=True)
     (out / "keys").mkdir()
     (out / "_done").mkdir()
-    (out / "data/shard-000000.tar").write_bytes(_tar({
-        f"{PNG_KEY}.png": anon_png, f"{PNG_KEY}.json": meta,
-        f"{JPG_KEY}.jpg": anon_jpg, f"{JPG_KEY}.json": meta}))
+    (out / "data/shard-000000.tar").write_bytes(
+        _tar(
+            {
+                f"{PNG_KEY}.png": anon_png,
+                f"{PNG_KEY}.json": meta,
+                f"{JPG_KEY}.jpg": anon_jpg,
+                f"{JPG_KEY}.json": meta,
+            }
+        )
+    )
     (out / "data/shard-000001.tar").write_bytes(_tar({f"{FILE_KEY}.png": anon_gif}))
     for shard, sealer in (("shard-000000", s0), ("shard-000001", s1)):
         data = sealer.manifest_bytes()
@@ -99,37 +130,96 @@ def _passfiles(tmp_path: Path) -> dict[str, Path]:
     return passfiles
 
 
+def _custodians(tmp_path: Path, passfiles: dict[str, Path]) -> list[CustodianPublic]:
+    for name in ("alice", "bob", "carol"):
+        assert (
+            main(
+                [
+                    "custodian",
+                    "keygen",
+                    "--name",
+                    name,
+                    "--out",
+                    str(tmp_path / "keys"),
+                    "--passphrase-file",
+                    str(passfiles[name]),
+                    "--kdf-work",
+                    "10",
+                ]
+            )
+            == 0
+        )
+    return [CustodianPublic.load(tmp_path / f"keys/{n}.pub") for n in ("alice", "bob", "carol")]
+
+
 @pytest.fixture
 def world(tmp_path):
     """Three custodians made with the CLI, a job tree with escrow 2-of-3, and passphrase files."""
     passfiles = _passfiles(tmp_path)
-    for name in ("alice", "bob", "carol"):
-        assert main(["custodian", "keygen", "--name", name, "--out", str(tmp_path / "keys"),
-                     "--passphrase-file", str(passfiles[name]), "--kdf-work", "10"]) == 0
-    pubs = [CustodianPublic.load(tmp_path / f"keys/{n}.pub") for n in ("alice", "bob", "carol")]
+    pubs = _custodians(tmp_path, passfiles)
     return _job_world(tmp_path, JobKeys.create(JOB, pubs, threshold=2), passfiles)
 
 
-def _job_world(tmp_path: Path, keys: JobKeys, passfiles: dict[str, Path]) -> dict:
-    """Publish a job tree for ``keys``: data, manifests, escrow, audit log, job.json."""
+@pytest.fixture
+def resumed_world(tmp_path):
+    """As ``world``, but the job was killed after shard 0 and resumed: shard 1 is sealed under a
+    second key epoch, made from the published escrow.json as ``faceveil run --resume`` does."""
+    passfiles = _passfiles(tmp_path)
+    first = JobKeys.create(JOB, _custodians(tmp_path, passfiles), threshold=2)
+    return _job_world(tmp_path, first, passfiles, resume=True)
+
+
+def _job_world(
+    tmp_path: Path, keys: JobKeys, passfiles: dict[str, Path], resume: bool = False, kms=None
+) -> dict:
+    """Publish a job tree for ``keys``: data, manifests, escrow, audit log, job.json.
+
+    With ``resume``, the run is resumed once (a second key epoch) after its ``job.start``.
+    """
     rng = np.random.default_rng(0)
     originals = {k: rng.integers(0, 256, (32, 40, 3), dtype=np.uint8) for k in (PNG_KEY, JPG_KEY)}
     out = tmp_path / "out"
-    files = _build_tree(out, keys, originals)
     tree = OutTree(str(out))
     tree.write("escrow.json", keys.escrow.dumps())
     append_audit(tree, keys.audit, "job.start", keys.start_details())
-    tail = append_audit(tree, keys.audit, "job.end", {"shards": 2})
-    tree.write("job.json", json.dumps({"job_id": JOB, **keys.job_json_fields(tail)}).encode())
-    return {"tmp": tmp_path, "out": out, "pass": passfiles, "originals": originals,
-            "files": files, "keys": keys}
+    last = keys
+    if resume:
+        last = JobKeys.resume(Escrow.loads(tree.read("escrow.json")), JOB, kms=kms)
+        tree.write("escrow.json", last.escrow.dumps())
+        append_audit(tree, last.audit, "job.resume", last.start_details())
+    files = _build_tree(out, keys, originals, last)
+    tail = append_audit(tree, last.audit, "job.end", {"shards": 2})
+    tree.write("job.json", json.dumps({"job_id": JOB, **last.job_json_fields(tail)}).encode())
+    return {
+        "tmp": tmp_path,
+        "out": out,
+        "pass": passfiles,
+        "originals": originals,
+        "files": files,
+        "keys": keys,
+        "resumed": last,
+    }
 
 
 def _request(w, name="req", purpose="restore", samples=(PNG_KEY, JPG_KEY, QUAR_KEY, FILE_KEY)):
     req = w["tmp"] / f"{name}.json"
-    argv = ["restore", "request", str(w["out"]), "--reason", "subject access request 7",
-            "--requester", "bob-the-dpo", "--out", str(req), "--purpose", purpose,
-            "--passphrase-file", str(w["pass"]["req"]), "--kdf-work", "10"]
+    argv = [
+        "restore",
+        "request",
+        str(w["out"]),
+        "--reason",
+        "subject access request 7",
+        "--requester",
+        "bob-the-dpo",
+        "--out",
+        str(req),
+        "--purpose",
+        purpose,
+        "--passphrase-file",
+        str(w["pass"]["req"]),
+        "--kdf-work",
+        "10",
+    ]
     if purpose == "restore":
         argv += ["--all"] if samples == "all" else ["--samples", *samples]
     assert main(argv) == 0
@@ -138,15 +228,41 @@ def _request(w, name="req", purpose="restore", samples=(PNG_KEY, JPG_KEY, QUAR_K
 
 def _approve(w, req, who, out=None):
     approval = w["tmp"] / f"{req.stem}.{who}.approval"
-    assert main(["restore", "approve", out or str(w["out"]), str(req),
-                 "--key", str(w["tmp"] / f"keys/{who}.key"), "--out", str(approval),
-                 "--passphrase-file", str(w["pass"][who]), "--yes"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                "approve",
+                out or str(w["out"]),
+                str(req),
+                "--key",
+                str(w["tmp"] / f"keys/{who}.key"),
+                "--out",
+                str(approval),
+                "--passphrase-file",
+                str(w["pass"][who]),
+                "--yes",
+            ]
+        )
+        == 0
+    )
     return approval
 
 
 def _apply(w, req, approvals, dest, out=None):
-    return main(["restore", "apply", out or str(w["out"]), str(req), *map(str, approvals),
-                 "--dest", str(dest), "--passphrase-file", str(w["pass"]["req"])])
+    return main(
+        [
+            "restore",
+            "apply",
+            out or str(w["out"]),
+            str(req),
+            *map(str, approvals),
+            "--dest",
+            str(dest),
+            "--passphrase-file",
+            str(w["pass"]["req"]),
+        ]
+    )
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -179,8 +295,13 @@ def test_full_workflow_restores_exact_originals(world, caplog, capsys):
     dest = w["tmp"] / "restored"
     assert _apply(w, req, approvals, dest) == 0
     _check_restored(w, dest)
-    assert _actions(w["out"]) == ["job.start", "job.end", "restore.approve", "restore.approve",
-                                  "restore.apply"]
+    assert _actions(w["out"]) == [
+        "job.start",
+        "job.end",
+        "restore.approve",
+        "restore.approve",
+        "restore.apply",
+    ]
     shown = capsys.readouterr()
     tail = [line for line in shown.out.splitlines() if line.startswith("audit tail: ")][-1]
     assert main(["audit", "verify", str(w["out"]), "--expect-tail", tail.split(": ")[1]]) == 0
@@ -211,9 +332,10 @@ def test_failures_restore_nothing(world, capsys):
     rows = read_key_manifest(manifest.read_bytes())
     flipped = bytearray(rows[1].ciphertext)
     flipped[3] ^= 0x40
-    rows[1] = KeyRow(rows[1].key, rows[1].face, rows[1].bbox, rows[1].nonce, bytes(flipped),
-                     rows[1].aad_sha256)
-    manifest.write_bytes(key_manifest_bytes(rows))
+    rows[1] = KeyRow(
+        rows[1].key, rows[1].face, rows[1].bbox, rows[1].nonce, bytes(flipped), rows[1].aad_sha256
+    )
+    manifest.write_bytes(key_manifest_bytes(rows, w["keys"].escrow_id))
     assert _apply(w, req, [alice, bob], dest) == 1
     assert "did not decrypt" in capsys.readouterr().err
     assert not dest.exists() or not any(dest.iterdir())
@@ -228,8 +350,12 @@ def test_audit_verify_names_the_bad_line(world, capsys):
     lines = good.splitlines(keepends=True)
     entry = json.loads(lines[1])
     entry["details"]["shards"] = 3
-    log.write_bytes(lines[0] + json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
-                    + b"\n" + lines[2])
+    log.write_bytes(
+        lines[0]
+        + json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+        + b"\n"
+        + lines[2]
+    )
     assert main(["audit", "verify", str(w["out"])]) == 1
     assert "audit line 2" in capsys.readouterr().err
     log.write_bytes(lines[0])
@@ -249,9 +375,24 @@ def test_reshare_then_rekey(world, capsys):
     req = _request(w, "reshare", purpose="reshare")
     approvals = [_approve(w, req, "alice"), _approve(w, req, "bob")]
     pubs = [str(w["tmp"] / f"keys/{n}.pub") for n in ("alice", "bob", "carol")]
-    assert main(["escrow", "reshare", str(w["out"]), str(req), *map(str, approvals),
-                 "--custodians", *pubs, "--threshold", "3",
-                 "--passphrase-file", str(w["pass"]["req"])]) == 0
+    assert (
+        main(
+            [
+                "escrow",
+                "reshare",
+                str(w["out"]),
+                str(req),
+                *map(str, approvals),
+                "--custodians",
+                *pubs,
+                "--threshold",
+                "3",
+                "--passphrase-file",
+                str(w["pass"]["req"]),
+            ]
+        )
+        == 0
+    )
     rk = _request(w, "rekey", purpose="rekey")
     two = [_approve(w, rk, "alice"), _approve(w, rk, "bob")]
     argv = ["escrow", "rekey", str(w["out"]), str(rk)]
@@ -260,8 +401,10 @@ def test_reshare_then_rekey(world, capsys):
     assert "needs 3" in capsys.readouterr().err
     old_manifest = (w["out"] / "keys/shard-000000.parquet").read_bytes()
     three = [*two, _approve(w, rk, "carol")]
-    assert main([*argv, *map(str, three), *passphrase, "--custodians", *pubs[1:],
-                 "--threshold", "2"]) == 0
+    assert (
+        main([*argv, *map(str, three), *passphrase, "--custodians", *pubs[1:], "--threshold", "2"])
+        == 0
+    )
     new_manifest = (w["out"] / "keys/shard-000000.parquet").read_bytes()
     assert new_manifest != old_manifest and not (w["out"] / "_rekey").exists()
     marker = json.loads((w["out"] / "_done/shard-000000.json").read_text())
@@ -296,8 +439,10 @@ def test_restore_from_s3(world, aws_s3):
     for path in w["out"].rglob("*"):
         if path.is_file():
             s3.upload_file(str(path), "jobs", f"out/{path.relative_to(w['out'])}")
-    approvals = [_approve(w, req, "alice", out="s3://jobs/out"),
-                 _approve(w, req, "bob", out="s3://jobs/out")]
+    approvals = [
+        _approve(w, req, "alice", out="s3://jobs/out"),
+        _approve(w, req, "bob", out="s3://jobs/out"),
+    ]
     dest = w["tmp"] / "from-s3"
     assert _apply(w, req, approvals, dest, out="s3://jobs/out") == 0
     _check_restored(w, dest)
@@ -311,8 +456,21 @@ def test_kms_escrow_restore_needs_no_approvals(tmp_path, aws_kms, capsys):
     assert json.loads((w["out"] / "escrow.json").read_text())["scheme"] == "kms"
     req = _request(w, samples="all")
     dest = tmp_path / "kms-restored"
-    assert main(["restore", "apply", str(w["out"]), str(req), "--dest", str(dest),
-                 "--kms-endpoint", url]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                "apply",
+                str(w["out"]),
+                str(req),
+                "--dest",
+                str(dest),
+                "--kms-endpoint",
+                url,
+            ]
+        )
+        == 0
+    )
     _check_restored(w, dest)
     assert main(["audit", "verify", str(w["out"])]) == 0
     assert _actions(w["out"])[-1] == "restore.apply"
@@ -346,12 +504,300 @@ def test_approve_asks_before_approving(world, monkeypatch, capsys):
     w = world
     req = _request(w)
     monkeypatch.setattr("builtins.input", lambda prompt="": "n")
-    argv = ["restore", "approve", str(w["out"]), str(req), "--key",
-            str(w["tmp"] / "keys/alice.key"), "--out", str(w["tmp"] / "a.approval"),
-            "--passphrase-file", str(w["pass"]["alice"])]
+    argv = [
+        "restore",
+        "approve",
+        str(w["out"]),
+        str(req),
+        "--key",
+        str(w["tmp"] / "keys/alice.key"),
+        "--out",
+        str(w["tmp"] / "a.approval"),
+        "--passphrase-file",
+        str(w["pass"]["alice"]),
+    ]
     assert main(argv) == 1
     shown = capsys.readouterr()
     assert "subject access request 7" in shown.out and "not approved" in shown.err
     assert not (w["tmp"] / "a.approval").exists()
     monkeypatch.setattr("builtins.input", lambda prompt="": "y")
     assert main(argv) == 0 and (w["tmp"] / "a.approval").exists()
+
+
+# ---- key epochs: a job resumed once -------------------------------------------------------------
+
+
+def _epochs(w) -> tuple[str, str]:
+    return w["keys"].escrow_id, w["resumed"].escrow_id
+
+
+def test_two_epochs_restore_exactly_with_one_request(resumed_world, capsys):
+    w = resumed_world
+    first, second = _epochs(w)
+    assert first != second
+    assert key_manifest_epoch(w["out"] / "keys/shard-000000.parquet") == first
+    assert key_manifest_epoch(w["out"] / "keys/shard-000001.parquet") == second
+    escrow = json.loads((w["out"] / "escrow.json").read_text())
+    assert [e["escrow_id"] for e in escrow["epochs"]] == [first, second]
+    req = _request(w)
+    approvals = [_approve(w, req, "alice"), _approve(w, req, "carol")]
+    sealed = json.loads(approvals[0].read_text())["sealed_shares"]
+    assert [s["escrow_id"] for s in sealed] == [first, second]
+    dest = w["tmp"] / "restored"
+    assert _apply(w, req, approvals, dest) == 0
+    _check_restored(w, dest)
+    assert _actions(w["out"]) == [
+        "job.start",
+        "job.resume",
+        "job.end",
+        "restore.approve",
+        "restore.approve",
+        "restore.apply",
+    ]
+    capsys.readouterr()
+    assert main(["audit", "verify", str(w["out"])]) == 0
+    shown = capsys.readouterr().out
+    assert key_id(w["keys"].audit_public_key) in shown
+    assert key_id(w["resumed"].audit_public_key) in shown
+
+
+def _resign(w, path: Path, who: str, **changes) -> None:
+    custodian = CustodianPrivate.load(w["tmp"] / f"keys/{who}.key", PASS[who])
+    approval = Approval.loads(path.read_bytes())
+    unsigned = Approval(**{**approval.__dict__, **changes, "signature": b""})
+    signature = custodian.sign(b"faceveil/approval/v1|" + canonical_json(unsigned.signed_doc()))
+    path.write_bytes(Approval(**{**unsigned.__dict__, "signature": signature}).dumps())
+
+
+def test_approval_missing_an_epoch_restores_nothing(resumed_world, capsys):
+    w = resumed_world
+    first, second = _epochs(w)
+    req = _request(w)
+    alice, bob = _approve(w, req, "alice"), _approve(w, req, "bob")
+    shares = Approval.loads(bob.read_bytes()).sealed_shares
+    _resign(w, bob, "bob", sealed_shares={first: shares[first]})
+    dest = w["tmp"] / "dest"
+    before = _actions(w["out"])
+    assert _apply(w, req, [alice, bob], dest) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1
+    assert f"approval 2 (by 'bob') carries no share for key epoch {second} (2 of 2)" in err
+    assert not dest.exists() or not any(dest.iterdir())
+    assert _actions(w["out"]) == before
+
+
+def _relabel(path: Path, escrow_id: str | None) -> None:
+    path.write_bytes(key_manifest_bytes(load_key_manifest(path.read_bytes()).rows, escrow_id))
+
+
+def test_manifest_of_an_unknown_epoch_is_one_clear_error(resumed_world, capsys):
+    w = resumed_world
+    req = _request(w)
+    approvals = [_approve(w, req, "alice"), _approve(w, req, "bob")]
+    manifest = w["out"] / "keys/shard-000001.parquet"
+    _relabel(manifest, "ef" * 16)
+    dest = w["tmp"] / "dest"
+    assert _apply(w, req, approvals, dest) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1
+    assert f"keys/shard-000001.parquet was sealed under key epoch {'ef' * 16}" in err
+    assert not dest.exists() or not any(dest.iterdir())
+    rk = _request(w, "rekey", purpose="rekey")
+    two = [_approve(w, rk, "alice"), _approve(w, rk, "bob")]
+    old = {p.name: p.read_bytes() for p in (w["out"] / "keys").iterdir()}
+    assert (
+        main(
+            [
+                "escrow",
+                "rekey",
+                str(w["out"]),
+                str(rk),
+                *map(str, two),
+                "--passphrase-file",
+                str(w["pass"]["req"]),
+            ]
+        )
+        == 1
+    )
+    assert "which escrow.json does not hold" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (w["out"] / "keys").iterdir()} == old
+    assert not (w["out"] / "_rekey").exists()
+    _relabel(manifest, None)
+    assert _apply(w, req, approvals, dest) == 1
+    assert "records no key epoch" in capsys.readouterr().err
+
+
+def test_rekey_collapses_the_epochs(resumed_world, capsys):
+    w = resumed_world
+    old_escrow = Escrow.loads((w["out"] / "escrow.json").read_bytes())
+    old_req = _request(w, "old")
+    old_approvals = [_approve(w, old_req, "alice"), _approve(w, old_req, "bob")]
+    rk = _request(w, "rekey", purpose="rekey")
+    two = [_approve(w, rk, "alice"), _approve(w, rk, "bob")]
+    assert (
+        main(
+            [
+                "escrow",
+                "rekey",
+                str(w["out"]),
+                str(rk),
+                *map(str, two),
+                "--passphrase-file",
+                str(w["pass"]["req"]),
+            ]
+        )
+        == 0
+    )
+    new = Escrow.loads((w["out"] / "escrow.json").read_bytes())
+    (epoch,) = new.epochs
+    assert epoch.escrow_id not in old_escrow.escrow_ids
+    assert epoch.audit_public == w["keys"].audit_public_key
+    for shard in ("shard-000000", "shard-000001"):
+        assert key_manifest_epoch(w["out"] / f"keys/{shard}.parquet") == epoch.escrow_id
+    custodians = [
+        CustodianPrivate.load(w["tmp"] / f"keys/{n}.key", PASS[n]) for n in ("alice", "bob")
+    ]
+    old_shares = [old_escrow.open_shares(c) for c in custodians]
+    for eid in old_escrow.escrow_ids:
+        with pytest.raises(Exception, match="key-check"):
+            epoch.recover([s[eid] for s in old_shares])
+    assert _apply(w, old_req, old_approvals, w["tmp"] / "stale") == 1
+    assert "another job or another escrow" in capsys.readouterr().err
+    req = _request(w, "after")
+    dest = w["tmp"] / "after"
+    assert _apply(w, req, [_approve(w, req, "bob"), _approve(w, req, "carol")], dest) == 0
+    _check_restored(w, dest)
+    assert main(["audit", "verify", str(w["out"])]) == 0
+    pins = ["--job-key", key_id(w["keys"].audit_public_key)]
+    assert main(["audit", "verify", str(w["out"]), *pins]) == 0
+
+
+def test_reshare_covers_every_epoch(resumed_world, capsys):
+    w = resumed_world
+    req = _request(w, "reshare", purpose="reshare")
+    approvals = [_approve(w, req, "alice"), _approve(w, req, "bob")]
+    pubs = [str(w["tmp"] / f"keys/{n}.pub") for n in ("bob", "carol")]
+    assert (
+        main(
+            [
+                "escrow",
+                "reshare",
+                str(w["out"]),
+                str(req),
+                *map(str, approvals),
+                "--custodians",
+                *pubs,
+                "--threshold",
+                "2",
+                "--passphrase-file",
+                str(w["pass"]["req"]),
+            ]
+        )
+        == 0
+    )
+    new = Escrow.loads((w["out"] / "escrow.json").read_bytes())
+    assert new.escrow_ids == _epochs(w) and [c.name for c in new.custodians] == ["bob", "carol"]
+    restore = _request(w, "after")
+    dest = w["tmp"] / "after"
+    assert (
+        _apply(w, restore, [_approve(w, restore, "bob"), _approve(w, restore, "carol")], dest) == 0
+    )
+    _check_restored(w, dest)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "restore",
+                "approve",
+                str(w["out"]),
+                str(restore),
+                "--key",
+                str(w["tmp"] / "keys/alice.key"),
+                "--out",
+                str(w["tmp"] / "x.approval"),
+                "--passphrase-file",
+                str(w["pass"]["alice"]),
+                "--yes",
+            ]
+        )
+        == 1
+    )
+    assert "holds no share" in capsys.readouterr().err
+    assert main(["audit", "verify", str(w["out"])]) == 0
+
+
+def test_audit_verify_trusts_every_epoch_and_names_the_bad_line(resumed_world, capsys):
+    w = resumed_world
+    k1, k2 = (key_id(k.audit_public_key) for k in (w["keys"], w["resumed"]))
+    log = w["out"] / "audit.jsonl"
+    good = log.read_bytes()
+    lines = good.splitlines(keepends=True)
+    assert [json.loads(line)["signer"] for line in lines] == [k1, k2, k2]
+    assert main(["audit", "verify", str(w["out"]), "--job-key", k1, "--job-key", k2]) == 0
+    assert main(["audit", "verify", str(w["out"]), "--job-key", k1]) == 1
+    assert f"key epoch 2, {k2}, is not pinned" in capsys.readouterr().err
+    entry = json.loads(lines[2])
+    entry["details"]["shards"] = 3
+    log.write_bytes(b"".join(lines[:2]) + canonical_json(entry) + b"\n")
+    assert main(["audit", "verify", str(w["out"])]) == 1
+    assert "audit line 3: bad signature" in capsys.readouterr().err
+    log.write_bytes(good)
+    escrow = json.loads((w["out"] / "escrow.json").read_text())
+    escrow["epochs"] = escrow["epochs"][:1]
+    (w["out"] / "escrow.json").write_text(json.dumps(escrow))
+    assert main(["audit", "verify", str(w["out"])]) == 1
+    assert "job.json's audit key is not a job signing key" in capsys.readouterr().err
+    job = json.loads((w["out"] / "job.json").read_text())
+    job["audit"]["public_key"] = base64.b64encode(w["keys"].audit_public_key).decode()
+    (w["out"] / "job.json").write_text(json.dumps(job))
+    assert main(["audit", "verify", str(w["out"])]) == 1
+    assert "audit line 2: signed by a key that is not trusted" in capsys.readouterr().err
+
+
+def test_kms_epochs_round_trip_against_moto_server(tmp_path, aws_kms, capsys):
+    client, arn, url = aws_kms
+    first = JobKeys.create(JOB, kms_arn=arn, kms=client)
+    w = _job_world(tmp_path, first, _passfiles(tmp_path), resume=True, kms=client)
+    escrow = Escrow.loads((w["out"] / "escrow.json").read_bytes())
+    assert escrow.scheme == "kms" and escrow.escrow_ids == _epochs(w)
+    req = _request(w, samples="all")
+    dest = tmp_path / "kms-restored"
+    assert (
+        main(
+            [
+                "restore",
+                "apply",
+                str(w["out"]),
+                str(req),
+                "--dest",
+                str(dest),
+                "--kms-endpoint",
+                url,
+            ]
+        )
+        == 0
+    )
+    _check_restored(w, dest)
+    rk = _request(w, "rekey", purpose="rekey")
+    assert main(["escrow", "rekey", str(w["out"]), str(rk), "--kms-endpoint", url]) == 0
+    (epoch,) = Escrow.loads((w["out"] / "escrow.json").read_bytes()).epochs
+    assert epoch.scheme == "kms" and epoch.escrow_id not in escrow.escrow_ids
+    req = _request(w, "after", samples="all")
+    dest = tmp_path / "after"
+    assert (
+        main(
+            [
+                "restore",
+                "apply",
+                str(w["out"]),
+                str(req),
+                "--dest",
+                str(dest),
+                "--kms-endpoint",
+                url,
+            ]
+        )
+        == 0
+    )
+    _check_restored(w, dest)
+    assert main(["audit", "verify", str(w["out"])]) == 0

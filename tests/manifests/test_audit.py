@@ -56,8 +56,11 @@ def _lines(data: bytes) -> list[bytes]:
 
 def test_valid_log_verifies_and_is_deterministic_with_injected_time(log):
     data, tail = log
-    assert verify(data, TRUSTED) == tail == AuditTail(4, hashlib.sha256(_lines(data)[-1][:-1])
-                                                      .hexdigest())
+    assert (
+        verify(data, TRUSTED)
+        == tail
+        == AuditTail(4, hashlib.sha256(_lines(data)[-1][:-1]).hexdigest())
+    )
     assert verify(_lines(data), TRUSTED, expected_tail=tail) == tail
     first = json.loads(_lines(data)[0])
     assert first["seq"] == 1 and first["prev_sha256"] == GENESIS
@@ -181,8 +184,9 @@ def test_tail_text_round_trip():
 
 def test_custodian_keys_declared_by_the_job_key_are_trusted():
     newcomer = Ed25519PrivateKey.generate()
-    declared = {"custodians": [{"name": "dave", "ed25519": base64.b64encode(_pub(newcomer))
-                                .decode()}]}
+    declared = {
+        "custodians": [{"name": "dave", "ed25519": base64.b64encode(_pub(newcomer)).decode()}]
+    }
     data, _ = AuditWriter(JOB_KEY, "operator").append(b"", "escrow.reshare", declared)
     data, _ = AuditWriter(newcomer, "custodian:dave").append(data, "restore.approve", {})
     only_job = {key_id(_pub(JOB_KEY)): _pub(JOB_KEY)}
@@ -192,3 +196,33 @@ def test_custodian_keys_declared_by_the_job_key_are_trusted():
     assert verify(data, only_job | declared_keys(data, _pub(JOB_KEY))).seq == 2
     by_custodian, _ = AuditWriter(CUSTODIAN_KEY, "custodian:alice").append(b"", "x", declared)
     assert declared_keys(by_custodian, _pub(JOB_KEY)) == {}
+
+
+def test_declared_keys_of_several_job_keys_one_level_deep():
+    first, resumed, retired = (Ed25519PrivateKey.generate() for _ in range(3))
+    newcomer, deeper = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+
+    def b64(key):
+        return base64.b64encode(_pub(key)).decode()
+
+    data, _ = AuditWriter(first, "operator").append(
+        b"",
+        "job.start",
+        {"escrow": {"custodians": [{"name": "alice", "ed25519": b64(CUSTODIAN_KEY)}]}},
+    )
+    data, _ = AuditWriter(resumed, "operator").append(
+        data, "escrow.reshare", {"custodians": [{"name": "dave", "ed25519": b64(newcomer)}]}
+    )
+    data, _ = AuditWriter(first, "requester:bob").append(
+        data, "escrow.rekey", {"audit_keys": [{"key_id": "x", "ed25519": b64(retired)}]}
+    )
+    data, _ = AuditWriter(retired, "operator").append(
+        data, "escrow.reshare", {"custodians": [{"name": "eve", "ed25519": b64(deeper)}]}
+    )
+    declared = declared_keys(data, [_pub(first), _pub(resumed)])
+    assert declared == {key_id(_pub(k)): _pub(k) for k in (CUSTODIAN_KEY, newcomer, retired)}
+    roots = {key_id(_pub(k)): _pub(k) for k in (first, resumed)}
+    assert verify(data, roots | declared).seq == 4
+    with pytest.raises(AuditError, match="not trusted") as err:
+        verify(data, roots)
+    assert err.value.line == 4

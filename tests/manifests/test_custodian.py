@@ -47,13 +47,16 @@ def test_wrong_passphrase_is_one_clear_error(tmp_path):
     assert "not the passphrase" not in str(err.value)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda d: d.update(name="mallory"),
-    lambda d: d.update(fingerprint="0" * 64),
-    lambda d: d["kdf"].update(n=2**11),
-    lambda d: d["kdf"].update(n=2**40),
-    lambda d: d.update(ciphertext=d["ciphertext"][:-4] + "AAA="),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(name="mallory"),
+        lambda d: d.update(fingerprint="0" * 64),
+        lambda d: d["kdf"].update(n=2**11),
+        lambda d: d["kdf"].update(n=2**40),
+        lambda d: d.update(ciphertext=d["ciphertext"][:-4] + "AAA="),
+    ],
+)
 def test_edited_key_file_does_not_open(tmp_path, edit):
     _, key_path = keygen("carol", tmp_path, PASS, FAST_KDF)
     doc = json.loads(key_path.read_text())
@@ -98,12 +101,14 @@ def test_seal_to_public_key_round_trip_and_binding():
     blob = seal_to(pub, b"share bytes", "escrow-share", b"aad")
     assert open_sealed(recipient, blob, "escrow-share", b"aad") == b"share bytes"
     assert seal_to(pub, b"share bytes", "escrow-share", b"aad") != blob
-    bad = [(X25519PrivateKey.generate(), blob, "escrow-share", b"aad"),
-           (recipient, blob, "restore-share", b"aad"),
-           (recipient, blob, "escrow-share", b"other"),
-           (recipient, blob[:-1] + bytes([blob[-1] ^ 1]), "escrow-share", b"aad"),
-           (recipient, blob[:20], "escrow-share", b"aad"),
-           (recipient, b"\x02" + blob[1:], "escrow-share", b"aad")]
+    bad = [
+        (X25519PrivateKey.generate(), blob, "escrow-share", b"aad"),
+        (recipient, blob, "restore-share", b"aad"),
+        (recipient, blob, "escrow-share", b"other"),
+        (recipient, blob[:-1] + bytes([blob[-1] ^ 1]), "escrow-share", b"aad"),
+        (recipient, blob[:20], "escrow-share", b"aad"),
+        (recipient, b"\x02" + blob[1:], "escrow-share", b"aad"),
+    ]
     for key, data, context, aad in bad:
         with pytest.raises(DecryptionError):
             open_sealed(key, data, context, aad)

@@ -29,11 +29,21 @@ ANON = hashlib.sha256(b"anonymized image").hexdigest()
 
 def _expected(job: str, shard: str, key: str, face: int, anon: str, plaintext: bytes) -> bytes:
     """Independent computation from the documented construction."""
-    sample_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=job.encode(),
-                      info=key.encode()).derive(MASTER)
-    aad = json.dumps({"job_id": job, "shard": shard, "key": key, "face": face,
-                      "anon_sha256": anon, "v": "faceveil-aad/1"},
-                     sort_keys=True, separators=(",", ":")).encode()
+    sample_key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=job.encode(), info=key.encode()
+    ).derive(MASTER)
+    aad = json.dumps(
+        {
+            "job_id": job,
+            "shard": shard,
+            "key": key,
+            "face": face,
+            "anon_sha256": anon,
+            "v": "faceveil-aad/1",
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
     return AESGCM(sample_key).encrypt(NONCE, plaintext, aad)
 
 
@@ -62,18 +72,30 @@ def test_random_nonces_differ():
     assert a.nonce != b.nonce and len(a.nonce) == 12
 
 
-@pytest.mark.parametrize("change", [
-    {"shard": "shard-000001"}, {"key": "other"}, {"face": 1}, {"face": -1},
-    {"anon_sha256": EMPTY_SHA256},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"shard": "shard-000001"},
+        {"key": "other"},
+        {"face": 1},
+        {"face": -1},
+        {"anon_sha256": EMPTY_SHA256},
+    ],
+)
 def test_moved_or_repaired_row_does_not_open(change):
     env = Envelope(MasterKey(MASTER), "job-1")
     where = {"shard": "shard-000000", "key": "k1", "face": 0, "anon_sha256": ANON}
     box = env.seal(where["shard"], where["key"], where["face"], b"secret", where["anon_sha256"])
     moved = where | change
     with pytest.raises(DecryptionError) as err:
-        env.open(moved["shard"], moved["key"], moved["face"], box.nonce, box.ciphertext,
-                 moved["anon_sha256"])
+        env.open(
+            moved["shard"],
+            moved["key"],
+            moved["face"],
+            box.nonce,
+            box.ciphertext,
+            moved["anon_sha256"],
+        )
     assert "secret" not in str(err.value)
 
 
@@ -118,11 +140,14 @@ def test_aad_validation():
             aad_bytes(**args)
 
 
-@pytest.mark.parametrize("payload", [
-    Payload(PayloadKind.FACE_PNG, "s3://bucket/people/Jane_Doe.jpg", b"\x89PNG..."),
-    Payload(PayloadKind.ORIGINAL_FILE, "/data/é.png", b"\x00" * 100),
-    Payload(PayloadKind.SOURCE, "file:///x.jpg"),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        Payload(PayloadKind.FACE_PNG, "s3://bucket/people/Jane_Doe.jpg", b"\x89PNG..."),
+        Payload(PayloadKind.ORIGINAL_FILE, "/data/é.png", b"\x00" * 100),
+        Payload(PayloadKind.SOURCE, "file:///x.jpg"),
+    ],
+)
 def test_payload_framing_round_trip(payload):
     raw = payload.to_bytes()
     assert raw[:4] == b"FVP1"
@@ -133,8 +158,13 @@ def test_payload_framing_round_trip(payload):
 
 
 def test_payload_framing_rejects_garbage():
-    for raw in (b"", b"FVP1", b"XXXX\x01\x00\x00\x00\x00", b"FVP1\x09\x00\x00\x00\x00",
-                b"FVP1\x01\x00\x00\x00\x09ab"):
+    for raw in (
+        b"",
+        b"FVP1",
+        b"XXXX\x01\x00\x00\x00\x00",
+        b"FVP1\x09\x00\x00\x00\x00",
+        b"FVP1\x01\x00\x00\x00\x09ab",
+    ):
         with pytest.raises(DecryptionError):
             Payload.from_bytes(raw)
     with pytest.raises(ValueError):

@@ -12,10 +12,13 @@ import pytest
 from manifests.envelope import EMPTY_SHA256, Envelope, MasterKey, PayloadKind
 from manifests.errors import DecryptionError, ManifestError
 from manifests.keymanifest import (
+    ESCROW_ID_META,
     SCHEMA,
     KeyRow,
     ShardSealer,
     key_manifest_bytes,
+    key_manifest_epoch,
+    load_key_manifest,
     open_row,
     read_key_manifest,
     reencrypt_rows,
@@ -74,8 +77,10 @@ def test_rows_open_to_their_payloads(sealer):
 
 def test_row_moved_to_another_sample_or_face_fails(sealer):
     env, row = sealer.envelope, sealer.rows()[0]
-    for moved in (KeyRow("k2", 0, row.bbox, row.nonce, row.ciphertext, row.aad_sha256),
-                  KeyRow("k1", 1, row.bbox, row.nonce, row.ciphertext, row.aad_sha256)):
+    for moved in (
+        KeyRow("k2", 0, row.bbox, row.nonce, row.ciphertext, row.aad_sha256),
+        KeyRow("k1", 1, row.bbox, row.nonce, row.ciphertext, row.aad_sha256),
+    ):
         with pytest.raises(DecryptionError):
             open_row(env, "shard-000000", moved, ANON)
     with pytest.raises(DecryptionError):
@@ -111,12 +116,47 @@ def test_reencrypt_rows_moves_every_row_to_the_new_key(sealer):
     shas = {"k1": ANON}
     new_rows = reencrypt_rows(sealer.rows(), "shard-000000", sealer.envelope, new_env, shas)
     assert [(r.key, r.face, r.bbox) for r in new_rows] == [
-        (r.key, r.face, r.bbox) for r in sealer.rows()]
+        (r.key, r.face, r.bbox) for r in sealer.rows()
+    ]
     for old, new in zip(sealer.rows(), new_rows, strict=True):
         sha = shas.get(old.key, EMPTY_SHA256)
         assert open_row(new_env, "shard-000000", new, sha) == open_row(
-            sealer.envelope, "shard-000000", old, sha)
+            sealer.envelope, "shard-000000", old, sha
+        )
         with pytest.raises(DecryptionError):
             open_row(sealer.envelope, "shard-000000", new, sha)
     with pytest.raises(DecryptionError):
         reencrypt_rows(sealer.rows(), "shard-000000", new_env, sealer.envelope, shas)
+
+
+def test_manifest_records_the_key_epoch_of_its_envelope(tmp_path):
+    env = Envelope(MasterKey.generate(), "job-1", "ab" * 16)
+    sealer = ShardSealer(env, "shard-000000")
+    assert sealer.escrow_id == "ab" * 16
+    sealer.seal_sample("k1", "s3://b/a.jpg", ANON)
+    data = sealer.manifest_bytes()
+    manifest = load_key_manifest(data)
+    assert manifest.escrow_id == "ab" * 16 and list(manifest.rows) == sealer.rows()
+    assert key_manifest_epoch(data) == key_manifest_epoch(io.BytesIO(data)) == "ab" * 16
+    assert pq.read_schema(io.BytesIO(data)).metadata[ESCROW_ID_META] == b"ab" * 16
+    write_key_manifest(sealer.rows(), tmp_path / "m.parquet", escrow_id="cd" * 16)
+    assert key_manifest_epoch(tmp_path / "m.parquet") == "cd" * 16
+    unlabelled = key_manifest_bytes(sealer.rows())
+    assert (
+        load_key_manifest(unlabelled).escrow_id is None and key_manifest_epoch(unlabelled) is None
+    )
+    with pytest.raises(ManifestError, match="not a readable Parquet"):
+        key_manifest_epoch(b"not parquet")
+    with pytest.raises(ValueError):
+        key_manifest_bytes([], escrow_id="")
+
+
+def test_malformed_epoch_label_is_a_clear_error():
+    table = pa.table(
+        {n: pa.array([], f.type) for n, f in zip(SCHEMA.names, SCHEMA, strict=True)},
+        schema=SCHEMA.with_metadata({ESCROW_ID_META: b"\xff\xfe"}),
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    with pytest.raises(ManifestError, match="malformed key epoch"):
+        load_key_manifest(sink.getvalue().to_pybytes())

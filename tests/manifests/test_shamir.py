@@ -71,12 +71,14 @@ def test_fewer_than_threshold_shares_do_not_give_the_secret(secret, n, data):
 @pytest.mark.parametrize("threshold", [2, 3])
 def test_below_threshold_shares_are_independent_of_the_secret(threshold):
     """Over all coefficient choices, the M-1 shares are distributed alike for any secret."""
+
     def distribution(secret: int) -> Counter:
         # One byte position per coefficient choice: the whole enumeration in a single split.
         choices = list(itertools.product(range(256), repeat=threshold - 1))
         stream = bytes(c for choice in choices for c in choice)
-        shares = shamir.split(bytes([secret]) * len(choices), threshold, threshold,
-                              randbytes=lambda _n: stream)
+        shares = shamir.split(
+            bytes([secret]) * len(choices), threshold, threshold, randbytes=lambda _n: stream
+        )
         return Counter(zip(*(s.y for s in shares[: threshold - 1]), strict=True))
 
     first = distribution(0x00)
@@ -85,8 +87,12 @@ def test_below_threshold_shares_are_independent_of_the_secret(threshold):
 
 
 @settings(max_examples=30, deadline=None)
-@given(secret=st.binary(min_size=1, max_size=24), n=st.integers(2, 9), data=st.data(),
-       seed=st.integers(0, 2**32))
+@given(
+    secret=st.binary(min_size=1, max_size=24),
+    n=st.integers(2, 9),
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+)
 def test_shares_match_reference_polynomial_evaluation(secret, n, data, seed):
     threshold = data.draw(st.integers(2, n))
     shares = shamir.split(secret, n, threshold, randbytes=random.Random(seed).randbytes)
