@@ -11,6 +11,7 @@ from anon_core import methods
 from anon_core.detectors import NAMES as DETECTORS
 from anon_core.imageio import DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
+from cluster.local import add_cluster_command
 from jobs.config import EscrowConfig, JobConfig, PoolConfig
 from jobs.keyfile import KeyFileError, add_key_command
 from jobs.keys_cli import add_key_commands
@@ -111,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
-    return run_demo(args)
+    for line in run_demo(args):
+        print(line)
+    return 0
 
 
 def _add_demo(sub) -> None:
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_shard, _add_run, _add_demo, add_key_command, add_key_commands):
+    for add in (_add_shard, _add_run, _add_demo, add_key_command, add_key_commands,
+                add_cluster_command):  # fmt: skip
         add(sub)
     return parser
 

@@ -89,8 +89,9 @@ def _pairs(out: Path, limit: int) -> tuple[list[bytes], list[bytes]]:
     return originals, results
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Write sample photos under ``args.out``/photos, anonymize them, save a before/after PNG."""
+def run_demo(args: argparse.Namespace) -> list[str]:
+    """Write sample photos under ``args.out``/photos, anonymize them, save a before/after PNG;
+    returns the lines to show the user."""
     from jobs.cli import build_parser, job_config
     from jobs.keyfile import new_key_file
     from jobs.run import run_job
@@ -111,12 +112,34 @@ def run_demo(args: argparse.Namespace) -> int:
     originals, anonymized = _pairs(out, 4)
     picture = out / "before_after.png"
     before_after(originals, anonymized, picture)
-    print(summary.line())
-    print(f"input photos:     {photos}")
-    print(f"anonymized data:  {out / 'anon' / 'data'}")
-    print(f"before/after:     {picture}")
-    return 0
+    keys = out / "custodians"
+    return [
+        summary.line(),
+        f"input photos:     {photos}",
+        f"anonymized data:  {out / 'anon' / 'data'}",
+        f"before/after:     {picture}",
+        f"escrow:           any 2 of {keys}/{{alice,bob,carol}}.key restore the originals",
+        "                  (faceveil restore ...; see the README section 'Keys and escrow')",
+    ]
+
+
+DEMO_CUSTODIANS = ("alice", "bob", "carol")
 
 
 def _escrow_args(out: Path) -> list[str]:
-    return []
+    """Three demo custodians (2 of 3 restore), sharing a demo passphrase file (never do that
+    for real: each custodian keeps their own key and passphrase on their own machine)."""
+    import secrets
+
+    from manifests.custodian import keygen, write_private_file
+
+    folder = out / "custodians"
+    passphrase = folder / "demo-passphrase.txt"
+    if not passphrase.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_private_file(passphrase, (secrets.token_urlsafe(18) + "\n").encode())
+    for name in DEMO_CUSTODIANS:
+        if not (folder / f"{name}.pub").exists():
+            keygen(name, folder, passphrase.read_text().strip())
+    pubs = [str(folder / f"{name}.pub") for name in DEMO_CUSTODIANS]
+    return ["--custodians", *pubs, "--threshold", "2"]
