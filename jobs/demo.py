@@ -64,14 +64,15 @@ def before_after(originals: list[bytes], anonymized: list[bytes], path: Path) ->
     """A PNG with originals on the top row and their anonymized versions below."""
     tiles = []
     for row in (originals, anonymized):
-        imgs = [Image.fromarray(decode_image(b).rgb).resize((240, 240)) for b in row]
+        imgs = [Image.fromarray(decode_image(b).rgb) for b in row]
+        imgs = [i.resize((round(i.width * 240 / i.height), 240)) for i in imgs]
         tiles.append(np.hstack([np.asarray(i) for i in imgs]))
     Image.fromarray(np.vstack(tiles)).save(path)
 
 
 def _pairs(out: Path, limit: int) -> tuple[list[bytes], list[bytes]]:
-    """The first ``limit`` samples with a face: original bytes (from the intermediate shard)
-    and anonymized bytes (from the output shard), matched by sample key."""
+    """Up to ``limit`` different-looking samples with faces: original bytes (from the
+    intermediate shard) and anonymized bytes (from the output shard), matched by sample key."""
     from jobs.shardio import iter_samples
 
     with open(out / "anon" / "data" / "shard-000000.tar", "rb") as f:
@@ -84,9 +85,14 @@ def _pairs(out: Path, limit: int) -> tuple[list[bytes], list[bytes]]:
                 continue
             originals.append(next(v for k, v in sample.members.items() if k not in ("src", "err")))
             results.append(next(v for k, v in done.members.items() if k != "json"))
-            if len(results) == limit:
-                break
-    return originals, results
+    picks: list[int] = []
+    colours = [decode_image(o).rgb.reshape(-1, 3).mean(axis=0) for o in originals]
+    for i, colour in enumerate(colours):  # greedy: each pick looks unlike the ones before
+        if all(np.abs(colour - colours[j]).max() > 12 for j in picks):
+            picks.append(i)
+        if len(picks) == limit:
+            break
+    return [originals[i] for i in picks], [results[i] for i in picks]
 
 
 def run_demo(args: argparse.Namespace) -> list[str]:
