@@ -12,6 +12,19 @@ command works on all of them at once: a restore recovers every epoch's master ke
 ``keys/shard-*.parquet`` with the envelope of the epoch it records; a reshare re-splits every
 epoch; a rekey re-seals every manifest under one new epoch. A manifest that names an epoch
 ``escrow.json`` does not hold stops the command before anything is decrypted or written.
+
+The restore workflow as the user runs it::
+
+    faceveil restore request OUT --key SAMPLEKEY... | --all --reason R > req.json
+    faceveil restore approve req.json --identity alice.key > alice.approval   # offline
+    faceveil restore apply OUT req.json alice.approval bob.approval --dest restored/
+
+``request`` writes the request (with a copy of ``escrow.json``) to stdout or ``--out`` and its
+private key to ``./REQUEST_ID.key``; ``approve`` needs only the request and the custodian's key
+file, and asks for confirmation on the terminal (``/dev/tty``) unless ``--yes``; ``apply`` checks
+the request's escrow copy against ``OUT/escrow.json`` and, once the key is recovered, records the
+request and each approval (with its custodian's signed statement) in the audit log, then the
+apply. Messages go to stderr wherever stdout carries a document.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import functools
+import getpass
 import hashlib
 import io
 import json
@@ -47,6 +61,7 @@ from manifests.custodian import (
     ScryptParams,
     b64d,
     b64e,
+    canonical_json,
     keygen,
     read_passphrase,
     write_private_file,
@@ -68,6 +83,7 @@ from manifests.restore import (
     RestoreRequest,
     approve,
     check_request,
+    check_statement,
     create_request,
     load_request_key,
     recover_masters,
@@ -315,18 +331,68 @@ def _refuse_pending_rekey(tree: OutTree) -> None:
         )
 
 
+# The request file and approval files of a recovering command: positional (OUT REQ APPROVAL...)
+# or flags (--request REQ --approvals APPROVAL...), not both.
+def _recovery_inputs(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    if args.request_pos and args.request_opt:
+        raise ValueError("give the request once: as REQUEST or as --request, not both")
+    if args.approvals_pos and args.approvals_opt:
+        raise ValueError("give the approvals once: after REQUEST or after --approvals, not both")
+    return args.request_pos or args.request_opt, list(args.approvals_pos or args.approvals_opt)
+
+
+# The requester key file: --request-key, else ./ID.key, else ID.key or REQ.key beside REQ.
+def _request_key_path(args: argparse.Namespace, request: RestoreRequest, request_path: str) -> Path:
+    if args.request_key:
+        return Path(args.request_key)
+    beside = Path(request_path)
+    candidates = [
+        Path(f"{request.request_id}.key"),
+        beside.with_name(f"{request.request_id}.key"),
+        beside.with_suffix(".key"),
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ValueError(
+        f"no request key file ({request.request_id}.key in this folder or beside {request_path}); "
+        "pass --request-key FILE"
+    )
+
+
+def _has_tty() -> bool:
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
+
+
+def _passphrase(path: str | None, prompt: str, confirm: bool = False) -> str:
+    """A passphrase from ``--passphrase-file`` or the terminal; never from stdin."""
+    if path is None and not _has_tty():
+        raise ValueError("no terminal to ask for the passphrase on: pass --passphrase-file FILE")
+    return read_passphrase(path, prompt, confirm)
+
+
 # Every epoch's checked master key for ``request``: from approvals, or from KMS.
 def _recover(
-    args: argparse.Namespace, escrow: Escrow, request: RestoreRequest, purpose: str
+    args: argparse.Namespace,
+    escrow: Escrow,
+    request: RestoreRequest,
+    request_path: str,
+    approval_paths: list[str],
+    purpose: str,
 ) -> tuple[dict[str, MasterKey], list[Approval]]:
     if escrow.scheme == "kms":
         check_request(escrow, request, purpose)
-        if args.approvals:
+        if approval_paths:
             log.warning("KMS escrow: approvals are not used; access is KMS key policy")
         return escrow.unwrap_kms(make_kms_client(escrow.key_arn, args.kms_endpoint)), []
-    approvals = [Approval.loads(Path(p).read_bytes()) for p in args.approvals]
-    key_path = Path(args.request_key or Path(args.request).with_suffix(".key"))
-    passphrase = read_passphrase(args.passphrase_file, "Passphrase of the request key: ")
+    approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
+    check_request(escrow, request, purpose)
+    key_path = _request_key_path(args, request, request_path)
+    passphrase = _passphrase(args.passphrase_file, "Passphrase of the request key: ")
     request_key = load_request_key(request, key_path.read_bytes(), passphrase)
     return recover_masters(escrow, request, request_key, approvals, purpose), approvals
 
@@ -344,11 +410,83 @@ def _approval_details(request: RestoreRequest, approvals: list[Approval]) -> dic
             {
                 "custodian": a.custodian,
                 "fingerprint": a.fingerprint,
-                "approval_sha256": hashlib.sha256(a.dumps()).hexdigest(),
+                "approval_sha256": a.sha256(),
             }
             for a in approvals
         ],
     }
+
+
+def _request_entry(request: RestoreRequest) -> dict:
+    samples = None if request.samples is None else list(request.samples)
+    digest = None if samples is None else hashlib.sha256(canonical_json(samples)).hexdigest()
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "purpose": request.purpose,
+        "requester": request.requester,
+        "reason": request.reason,
+        "created": request.created,
+        "expires": request.expires,
+        "revision": request.revision,
+        "epochs": list(request.epochs),
+        "samples": "all" if samples is None else len(samples),
+        "samples_sha256": digest,
+    }
+
+
+def _approval_entry(
+    request: RestoreRequest, approval: Approval, custodian: CustodianPublic
+) -> dict:
+    """``restore.approve`` details: the approval's signed statement (no sealed shares) and the
+    custodian's signature over it, which ``audit verify`` checks."""
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "custodian": approval.custodian,
+        "fingerprint": approval.fingerprint,
+        "custodian_key_id": key_id(custodian.ed25519),
+        "approval_sha256": approval.sha256(),
+        "statement": approval.statement(),
+        "custodian_signature": b64e(approval.signature),
+    }
+
+
+# sha256 of every request and approval the log already records (restore.request/.approve).
+def _recorded(tree: OutTree) -> set[str]:
+    if not tree.exists("audit.jsonl"):
+        return set()
+    field = {"restore.request": "request_sha256", "restore.approve": "approval_sha256"}
+    seen = set()
+    for line in tree.read("audit.jsonl").splitlines():
+        try:
+            entry = json.loads(line)
+            seen.add(entry["details"][field[entry["action"]]])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return seen
+
+
+def _record_request(
+    tree: OutTree,
+    escrow: Escrow,
+    masters: Mapping[str, MasterKey],
+    request: RestoreRequest,
+    approvals: list[Approval],
+) -> None:
+    """Append ``restore.request`` and one ``restore.approve`` per approval (signed by the job
+    key; each carries its custodian's signed statement), unless the log has them already."""
+    seen = _recorded(tree)
+    signing = escrow.audit_signing_key(masters)
+    if request.sha256() not in seen:
+        writer = AuditWriter(signing, f"requester:{request.requester}")
+        append_audit(tree, writer, "restore.request", _request_entry(request))
+    for approval in approvals:
+        if approval.sha256() not in seen:
+            custodian = escrow.custodian(approval.fingerprint)
+            writer = AuditWriter(signing, f"custodian:{custodian.name}")
+            details = _approval_entry(request, approval, custodian)
+            append_audit(tree, writer, "restore.approve", details)
 
 
 # The job's long-lived signing key (the first epoch's), for entries written after recovery.
@@ -381,7 +519,7 @@ def _handler(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 @_handler
 def cmd_custodian_keygen(args: argparse.Namespace) -> int:
     """``faceveil custodian keygen --name NAME --out DIR``."""
-    passphrase = read_passphrase(
+    passphrase = _passphrase(
         args.passphrase_file, f"Passphrase for {args.name}'s key: ", confirm=True
     )
     pub, key = keygen(args.name, args.out, passphrase, ScryptParams(n=2**args.kdf_work))
@@ -393,23 +531,55 @@ def cmd_custodian_keygen(args: argparse.Namespace) -> int:
 
 
 def _requested_samples(args: argparse.Namespace) -> list[str] | None:
-    if args.all:
-        return None
     samples = list(args.samples or [])
     if args.samples_file:
         lines = Path(args.samples_file).read_text(encoding="utf-8").splitlines()
         samples += [line.strip() for line in lines if line.strip()]
-    if args.purpose == "restore" and not samples:
-        raise ValueError("name samples (--samples, --samples-file) or ask for --all")
+    if args.purpose != "restore":
+        if samples:
+            raise ValueError(f"a {args.purpose} request covers the whole job: use --all")
+        return None
+    if args.all:
+        return None
+    if not samples:
+        raise ValueError("name samples (--key SAMPLEKEY, --samples-file FILE) or ask for --all")
     return samples
+
+
+def _requester(args: argparse.Namespace) -> str:
+    if args.requester:
+        return args.requester
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ValueError("cannot tell the OS user name: pass --requester NAME") from None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _emit(data: bytes, out: str | None) -> str:
+    """Write ``data`` to the file ``out``, or to stdout without one; returns where it went."""
+    if out:
+        Path(out).write_bytes(data)
+        return out
+    sys.stdout.write(data.decode("utf-8"))
+    sys.stdout.flush()
+    return "stdout"
 
 
 @_handler
 def cmd_restore_request(args: argparse.Namespace) -> int:
-    """``faceveil restore request OUT ... --out req.json``: a request and its key file."""
+    """``faceveil restore request OUT --key SAMPLEKEY... | --all --reason R [--out REQ.json]``.
+
+    The request (with a copy of escrow.json) goes to ``--out`` or stdout; its private key file
+    to ``--key-out`` or ``./REQUEST_ID.key``; messages to stderr.
+    """
     escrow = OutTree(args.out_tree).escrow()
     samples = _requested_samples(args)
-    passphrase = read_passphrase(
+    requester = _requester(args)
+    passphrase = _passphrase(
         args.passphrase_file, "New passphrase for the request key: ", confirm=True
     )
     request, key_file = create_request(
@@ -417,73 +587,124 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
         args.purpose,
         samples,
         args.reason,
-        args.requester,
+        requester,
         passphrase,
         timedelta(days=args.valid_days),
         params=ScryptParams(n=2**args.kdf_work),
     )
-    key_out = Path(args.key_out or Path(args.out).with_suffix(".key"))
+    key_out = Path(args.key_out or f"{request.request_id}.key")
     write_private_file(key_out, key_file)
-    Path(args.out).write_bytes(request.dumps())
-    print(
-        f"request {request.request_id} ({request.purpose}) written to {args.out}\n"
-        f"request sha256: {request.sha256()}\nrequest key: {key_out} (keep it; mode 0600)"
+    where = _emit(request.dumps(), args.out)
+    _say(
+        f"request {request.request_id} ({request.purpose}) written to {where}\n"
+        f"request sha256: {request.sha256()}\n"
+        f"request key: {key_out} (mode 0600; keep it: 'restore apply' needs it)"
     )
     return 0
 
 
-def _confirm(request: RestoreRequest, escrow: Escrow) -> bool:
-    count = "all samples" if request.samples is None else f"{len(request.samples)} sample(s)"
-    print(
-        f"Request {request.request_id} by {request.requester!r}: {request.purpose} of {count}\n"
-        f"Reason: {request.reason}\nJob {escrow.job_id}, expires {request.expires}\n"
-        f"Key epochs: {len(escrow.epochs)} (your share of each is re-sealed to the request)\n"
-        f"Job signing keys: {', '.join(escrow.audit_keys())}"
-    )
+def _ask_tty(text: str) -> str:
+    """Show ``text`` on the controlling terminal and read one answer line from it (never from
+    stdin, which may be a pipe, nor to stdout, which may hold the approval)."""
     try:
-        return input("Approve this request? [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
+        with open("/dev/tty", "r+", encoding="utf-8") as tty:
+            tty.write(text)
+            tty.flush()
+            return tty.readline()
+    except OSError:
+        raise ValueError(
+            "no terminal to confirm on: read the request, then approve it with --yes"
+        ) from None
+
+
+def _confirm(request: RestoreRequest) -> bool:
+    escrow = request.escrow
+    count = "all samples" if request.samples is None else f"{len(request.samples)} sample(s)"
+    policy = (
+        f"{escrow.threshold} of {len(escrow.custodians)} custodians"
+        if escrow.scheme == "shamir"
+        else "KMS"
+    )
+    text = (
+        f"Request {request.request_id} (sha256 {request.sha256()[:16]}...)\n"
+        f"Requester: {request.requester}\nReason: {request.reason}\n"
+        f"Purpose: {request.purpose} of {count}\n"
+        f"Job {escrow.job_id}, escrow revision {escrow.revision} ({policy}), "
+        f"{len(escrow.epochs)} key epoch(s)\n"
+        f"Created {request.created}, expires {request.expires}\n"
+        f"Job signing keys: {', '.join(escrow.audit_keys())}\n"
+        "Approve this request? [y/N] "
+    )
+    return _ask_tty(text).strip().lower() in ("y", "yes")
+
+
+# (output tree or None, request path): the old form was ``approve OUT REQUEST``.
+def _approve_inputs(args: argparse.Namespace) -> tuple[str | None, str]:
+    if args.legacy_request:
+        if args.out_tree:
+            raise ValueError("give the output tree once: as --out-tree OUT")
+        return args.request, args.legacy_request
+    return args.out_tree, args.request
 
 
 @_handler
 def cmd_restore_approve(args: argparse.Namespace) -> int:
-    """``faceveil restore approve OUT req.json --key NAME.key --out NAME.approval``."""
-    tree = OutTree(args.out_tree)
-    escrow, request = tree.escrow(), _load_request(args.request)
-    custodian = CustodianPrivate.load(
-        args.key,
-        read_passphrase(args.passphrase_file, f"Passphrase for {Path(args.key).stem}'s key: "),
-    )
-    check_request(escrow, request, request.purpose)
-    if not args.yes and not _confirm(request, escrow):
-        print("not approved", file=sys.stderr)
+    """``faceveil restore approve REQUEST --identity NAME.key [--out FILE]``: offline.
+
+    Everything needed is in the request (its escrow copy). With ``--out-tree OUT`` the request
+    is also checked against OUT/escrow.json and the approval appended to OUT/audit.jsonl
+    (without, ``restore apply`` records it).
+    """
+    identity = args.identity or args.legacy_identity
+    if not identity:
+        raise ValueError("the custodian's private key file is needed: --identity NAME.key")
+    out_tree, request_path = _approve_inputs(args)
+    request = _load_request(request_path)
+    tree = OutTree(out_tree) if out_tree else None
+    if tree is not None:
+        check_request(tree.escrow(), request, request.purpose)
+    check_request(request.escrow, request, request.purpose)
+    if not args.yes and not _confirm(request):
+        _say("not approved")
         return 1
-    approval = approve(escrow, request, custodian)
-    if not args.no_audit:
+    custodian = CustodianPrivate.load(
+        identity,
+        _passphrase(args.passphrase_file, f"Passphrase for {Path(identity).stem}'s key: "),
+    )
+    approval = approve(request.escrow, request, custodian)
+    if tree is not None and not args.no_audit:
         writer = AuditWriter(custodian.ed25519, f"custodian:{custodian.name}")
-        details = _approval_details(request, [approval])
-        tail = append_audit(tree, writer, "restore.approve", details)
-        print(f"audit tail: {tail}")
-    Path(args.out).write_bytes(approval.dumps())
-    print(f"approval of request {request.request_id} by {custodian.name} written to {args.out}")
+        details = _approval_entry(request, approval, custodian.public())
+        _say(f"audit tail: {append_audit(tree, writer, 'restore.approve', details)}")
+    where = _emit(approval.dumps(), args.out)
+    _say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
     return 0
 
 
 @_handler
 def cmd_restore_apply(args: argparse.Namespace) -> int:
-    """``faceveil restore apply OUT req.json APPROVAL... --dest DIR``."""
+    """``faceveil restore apply OUT REQUEST APPROVAL... --dest DIR``.
+
+    Records the request and each approval in the audit log (unless already there), then the
+    apply. Nothing is left in ``--dest`` when anything fails.
+    """
     tree = OutTree(args.out_tree)
     _refuse_pending_rekey(tree)
-    escrow, request = tree.escrow(), _load_request(args.request)
-    masters, approvals = _recover(args, escrow, request, "restore")
+    request_path, approval_paths = _recovery_inputs(args)
+    if not request_path:
+        raise ValueError("the request file is needed: OUT REQUEST APPROVAL... or --request")
+    escrow, request = tree.escrow(), _load_request(request_path)
+    masters, approvals = _recover(args, escrow, request, request_path, approval_paths, "restore")
+    _record_request(tree, escrow, masters, request, approvals)
     writer = _job_writer(escrow, masters, request)
     details = _approval_details(request, approvals)
     dest = Path(args.dest)
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     staging = dest / f".restore-{request.request_id}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
+    restored: dict[str, tuple[str, str]] = {}
     try:
         restored = _restore_to(tree, escrow, _envelopes(escrow, masters), request, staging)
         details["restored"] = len(restored)
@@ -494,6 +715,8 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not (dest / "restored.json").exists():
+            shutil.rmtree(dest, ignore_errors=True)
     print(
         f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\naudit tail: {tail}"
     )
@@ -541,30 +764,71 @@ def _trusted_keys(
     return trusted, list(roots), audit.get("tail")
 
 
+# Check the custodian signature of every approval statement recorded in the (verified) log.
+def _check_recorded_approvals(entries: list[dict], trusted: Mapping[str, bytes]) -> None:
+    for n, entry in enumerate(entries, start=1):
+        details = entry["details"]
+        if entry["action"] != "restore.approve" or "statement" not in details:
+            continue
+        try:
+            statement, custodian = details["statement"], details["custodian"]
+            public = trusted.get(details["custodian_key_id"])
+            signature = b64d(details["custodian_signature"], "custodian signature", 64)
+            same = (statement["request_sha256"], statement["custodian"]) == (
+                details["request_sha256"],
+                custodian,
+            )
+        except (KeyError, TypeError, ValueError):
+            raise AuditError("a malformed approval record", n) from None
+        if public is None:
+            raise AuditError(f"the approval by {custodian!r} is signed by an untrusted key", n)
+        if not same:
+            raise AuditError("the approval record does not match its signed statement", n)
+        try:
+            check_statement(statement, signature, public)
+        except RestoreError:
+            raise AuditError(f"the approval by {custodian!r}: bad custodian signature", n) from None
+
+
+def _entry_line(entry: dict) -> str:
+    details = entry["details"] if isinstance(entry["details"], dict) else {}
+    about = f" request {details['request_id']}" if "request_id" in details else ""
+    return f"{entry['seq']:>5} {entry['time']} {entry['action']:<16} {entry['actor']}{about}"
+
+
 @_handler
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """``faceveil audit verify OUT``: chain, order, signatures and the recorded tail."""
+    """``faceveil audit verify OUT``: chain, order, signatures (recorded approvals included)
+    and the recorded tail; lists the entries."""
     tree = OutTree(args.out_tree)
     log_bytes = tree.read("audit.jsonl")
     trusted, job_keys, recorded = _trusted_keys(tree, log_bytes, args.job_key)
     tail_text = args.expect_tail or recorded
     expected = AuditTail.parse(tail_text) if tail_text else None
     tail = verify(log_bytes, trusted, expected)
+    entries = [json.loads(line) for line in log_bytes.splitlines()]
+    _check_recorded_approvals(entries, trusted)
     print(
         f"audit log OK: {tail.seq} entries, tail {tail}, job signing key(s) "
         f"{', '.join(job_keys)}"
         + ("" if expected else "\nwarning: no recorded tail, trailing lines could be missing")
     )
+    if not args.quiet:
+        print("\n".join(_entry_line(e) for e in entries))
     return 0
 
 
 @_handler
 def cmd_escrow_reshare(args: argparse.Namespace) -> int:
-    """``faceveil escrow reshare OUT req.json APPROVAL... --custodians PUB... --threshold M``."""
+    """``faceveil escrow reshare OUT --request REQ --approvals A... --custodians PUB... --threshold
+    M`` (or ``OUT REQ A...``): every epoch split again for the new custodians."""
     tree = OutTree(args.out_tree)
     _refuse_pending_rekey(tree)
-    escrow, request = tree.escrow(), _load_request(args.request)
-    masters, approvals = _recover(args, escrow, request, "reshare")
+    request_path, approval_paths = _recovery_inputs(args)
+    if not request_path:
+        raise ValueError("a reshare request (--request REQ) and its approvals are needed")
+    escrow, request = tree.escrow(), _load_request(request_path)
+    masters, approvals = _recover(args, escrow, request, request_path, approval_paths, "reshare")
     custodians = [CustodianPublic.load(p) for p in args.custodians]
     new = reshare(escrow, masters, custodians, args.threshold)
     details = _approval_details(request, approvals) | {
@@ -573,6 +837,7 @@ def cmd_escrow_reshare(args: argparse.Namespace) -> int:
         "threshold": new.threshold,
         "custodians": custodian_details(custodians),
     }
+    _record_request(tree, escrow, masters, request, approvals)
     tail = append_audit(tree, _job_writer(escrow, masters, request), "escrow.reshare", details)
     tree.write("escrow.json", new.dumps())
     print(
@@ -653,7 +918,8 @@ def _rekey_details(escrow: Escrow, new_escrow: Escrow) -> dict:
 
 @_handler
 def cmd_escrow_rekey(args: argparse.Namespace) -> int:
-    """``faceveil escrow rekey OUT req.json APPROVAL...``: one new master key, manifests re-sealed.
+    """``faceveil escrow rekey OUT --request REQ --approvals A...``: one new master key, every
+    manifest re-sealed.
 
     Every key epoch is replaced by one new epoch; the retired epochs' job signing keys are
     declared in the ``escrow.rekey`` entry so that their runs' entries stay verifiable.
@@ -669,10 +935,11 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
             )
         print(f"published the staged rekey ({_publish_rekey(tree)} manifests)")
         return 0
-    if not args.request:
-        raise ValueError("a rekey request (req.json) and its approvals are needed")
-    escrow, request = tree.escrow(), _load_request(args.request)
-    masters, approvals = _recover(args, escrow, request, "rekey")
+    request_path, approval_paths = _recovery_inputs(args)
+    if not request_path:
+        raise ValueError("a rekey request (--request REQ) and its approvals are needed")
+    escrow, request = tree.escrow(), _load_request(request_path)
+    masters, approvals = _recover(args, escrow, request, request_path, approval_paths, "rekey")
     policy = _rekey_policy(args)
     if policy.get("kms") is None and escrow.scheme == "kms" and policy["custodians"] is None:
         policy["kms"] = make_kms_client(escrow.key_arn, args.kms_endpoint)
@@ -680,6 +947,7 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
     new_envelope = Envelope(new_master, escrow.job_id, new_escrow.escrow_ids[0])
     _stage_rekey(tree, escrow, _envelopes(escrow, masters), new_envelope, new_escrow)
     details = _approval_details(request, approvals) | _rekey_details(escrow, new_escrow)
+    _record_request(tree, escrow, masters, request, approvals)
     tail = append_audit(tree, _job_writer(escrow, masters, request), "escrow.rekey", details)
     count = _publish_rekey(tree)
     print(
@@ -710,19 +978,31 @@ def _kdf_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _recovery_args(parser: argparse.ArgumentParser, request_required: bool = True) -> None:
+def _recovery_args(parser: argparse.ArgumentParser, positional_help: bool = True) -> None:
+    """OUT, the request and its approvals (``REQUEST APPROVAL...`` or ``--request``/
+    ``--approvals``), the request key and its passphrase."""
     parser.add_argument("out_tree", metavar="OUT", help="job output tree (path or s3:// URL)")
+    shown = positional_help or None
     parser.add_argument(
-        "request",
+        "request_pos",
         metavar="REQUEST",
-        nargs=None if request_required else "?",
-        help="the request file (req.json)",
+        nargs="?",
+        help="the request file (req.json)" if shown else argparse.SUPPRESS,
     )
-    parser.add_argument("approvals", metavar="APPROVAL", nargs="*", help="custodian approvals")
+    parser.add_argument(
+        "approvals_pos",
+        metavar="APPROVAL",
+        nargs="*",
+        help="custodian approvals" if shown else argparse.SUPPRESS,
+    )
+    parser.add_argument("--request", dest="request_opt", metavar="REQUEST", help="the request")
+    parser.add_argument(
+        "--approvals", dest="approvals_opt", nargs="+", default=[], metavar="APPROVAL"
+    )
     parser.add_argument(
         "--request-key",
         metavar="FILE",
-        help="the request key file (default: REQUEST with suffix .key)",
+        help="the request key file (default: ./REQUEST_ID.key, or beside REQUEST)",
     )
     parser.add_argument("--kms-endpoint", metavar="URL", help="KMS endpoint URL (KMS escrows)")
     _passphrase_arg(parser)
@@ -740,33 +1020,58 @@ def _add_custodian(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_custodian_keygen, handler=cmd_custodian_keygen)
 
 
-def _add_restore(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("restore", help="restore originals with M-of-N approval")
-    actions = group.add_subparsers(dest="restore_command", required=True)
+def _add_request(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("request", help="ask custodians to recover the key")
     p.add_argument("out_tree", metavar="OUT")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--samples", nargs="+", metavar="KEY")
+    which.add_argument(
+        "--key",
+        "--samples",
+        dest="samples",
+        action="extend",
+        nargs="+",
+        metavar="SAMPLEKEY",
+        help="a sample key (__key__) to restore; repeat or list several",
+    )
     which.add_argument("--samples-file", metavar="FILE", help="one sample key per line")
     which.add_argument("--all", action="store_true", help="every sample of the job")
     p.add_argument("--purpose", choices=("restore", "reshare", "rekey"), default="restore")
     p.add_argument("--reason", required=True)
-    p.add_argument("--requester", required=True)
+    p.add_argument("--requester", metavar="NAME", help="who asks (default: the OS user name)")
     p.add_argument("--valid-days", type=float, default=7.0)
-    p.add_argument("--out", required=True, metavar="REQ.json")
-    p.add_argument("--key-out", metavar="FILE", help="request key file (default: OUT.key)")
+    p.add_argument("--out", metavar="FILE", help="write the request here (default: stdout)")
+    p.add_argument("--key-out", metavar="FILE", help="request key file (default: ./REQUEST_ID.key)")
     _passphrase_arg(p)
     _kdf_arg(p)
     p.set_defaults(func=cmd_restore_request, handler=cmd_restore_request)
-    p = actions.add_parser("approve", help="approve a request as one custodian")
-    p.add_argument("out_tree", metavar="OUT")
-    p.add_argument("request", metavar="REQUEST")
-    p.add_argument("--key", required=True, metavar="NAME.key")
-    p.add_argument("--out", required=True, metavar="NAME.approval")
+
+
+def _add_approve(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser(
+        "approve", help="approve a request as one custodian (offline: needs only the request)"
+    )
+    p.add_argument("request", metavar="REQUEST", help="the request file")
+    p.add_argument("legacy_request", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--identity", metavar="KEYFILE", help="your custodian key file (NAME.key)")
+    p.add_argument("--key", dest="legacy_identity", help=argparse.SUPPRESS)
+    p.add_argument("--out", metavar="FILE", help="write the approval here (default: stdout)")
+    p.add_argument(
+        "--out-tree",
+        metavar="OUT",
+        help="also check the request against OUT/escrow.json and record the approval in "
+        "OUT/audit.jsonl now (otherwise 'restore apply' records it)",
+    )
+    p.add_argument("--no-audit", action="store_true", help="with --out-tree: record nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--no-audit", action="store_true", help="do not append to OUT/audit.jsonl")
     _passphrase_arg(p)
     p.set_defaults(func=cmd_restore_approve, handler=cmd_restore_approve)
+
+
+def _add_restore(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("restore", help="restore originals with M-of-N approval")
+    actions = group.add_subparsers(dest="restore_command", required=True)
+    _add_request(actions)
+    _add_approve(actions)
     p = actions.add_parser("apply", help="recover the key and write the originals")
     _recovery_args(p)
     p.add_argument("--dest", required=True, metavar="DIR")
@@ -777,7 +1082,7 @@ def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(
         dest="audit_command", required=True
     )
-    p = audit.add_parser("verify", help="verify OUT/audit.jsonl")
+    p = audit.add_parser("verify", help="verify OUT/audit.jsonl and list its entries")
     p.add_argument("out_tree", metavar="OUT")
     p.add_argument("--expect-tail", metavar="SEQ:SHA256", help="the tail recorded out of band")
     p.add_argument(
@@ -787,17 +1092,18 @@ def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> None:
         help="pin a job signing key id (ed25519:...); repeat for every key epoch: "
         "a job key of escrow.json that is not pinned fails",
     )
+    p.add_argument("-q", "--quiet", action="store_true", help="do not list the entries")
     p.set_defaults(func=cmd_audit_verify, handler=cmd_audit_verify)
     escrow = sub.add_parser("escrow", help="escrow maintenance").add_subparsers(
         dest="escrow_command", required=True
     )
     p = escrow.add_parser("reshare", help="same key, new custodians or threshold")
-    _recovery_args(p)
+    _recovery_args(p, positional_help=False)
     p.add_argument("--custodians", nargs="+", required=True, metavar="PUB")
     p.add_argument("--threshold", type=int, required=True)
     p.set_defaults(func=cmd_escrow_reshare, handler=cmd_escrow_reshare)
     p = escrow.add_parser("rekey", help="new master key; manifests re-encrypted")
-    _recovery_args(p, request_required=False)
+    _recovery_args(p, positional_help=False)
     p.add_argument("--custodians", nargs="+", metavar="PUB")
     p.add_argument("--threshold", type=int)
     p.add_argument("--kms", metavar="aws-kms:ARN")

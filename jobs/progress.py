@@ -109,5 +109,7 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("ray", "filelock", "botocore", "s3fs", "aiobotocore", "urllib3"):
+    # Third-party loggers stay at WARNING even with -v: fsspec logs every path it opens at DEBUG,
+    # and source paths are people's names.
+    for noisy in ("ray", "filelock", "botocore", "s3fs", "aiobotocore", "urllib3", "fsspec", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

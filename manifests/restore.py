@@ -6,24 +6,31 @@ covers every epoch, and recovery yields every epoch's master key (``escrow_id ->
 1. *Request* (``req.json``, public): ``request_id``, ``job_id``, ``revision`` (of
    ``escrow.json``), ``epochs`` (the escrow ids of every epoch, in order), ``purpose``
    (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample keys, or ``"all"``),
-   ``reason``, ``requester``, ``created``, ``expires`` and ``ephemeral_x25519``: the public half
-   of a key pair made for this request only. The private half goes to a separate requester key
-   file (``req.key``), passphrase-protected exactly like a custodian key (scrypt + AES-GCM,
-   mode 0600), and is needed to apply. The request's identity is ``sha256(canonical JSON)``.
-2. *Approval* (``NAME.approval``): a custodian opens their share of *every* epoch from
-   ``escrow.json`` with their private key, seals each again to the request's ephemeral key
-   (context ``restore-share``, AAD = canonical JSON of request sha256, custodian fingerprint and
-   the epoch's escrow id) into ``sealed_shares`` (``[{escrow_id, sealed}]``), and signs the
-   approval (Ed25519, over ``"faceveil/approval/v1|"`` + canonical JSON of every other field).
-   Approvals can travel over any channel: only the holder of the request key and passphrase can
-   open them.
+   ``reason``, ``requester``, ``created``, ``expires``, ``ephemeral_x25519``: the public half
+   of a key pair made for this request only, and ``escrow``: a full copy of ``escrow.json`` as
+   it was when the request was made (policy, custodians and every epoch's sealed shares; sealed
+   shares reveal nothing), so that a custodian can approve offline, without the output tree.
+   The private half of the ephemeral key goes to a separate requester key file, passphrase-
+   protected exactly like a custodian key (scrypt + AES-GCM, mode 0600), and is needed to
+   apply. The request's identity is ``sha256(canonical JSON)``, escrow copy included.
+2. *Approval* (``NAME.approval``): a custodian opens their share of *every* epoch from the
+   request's escrow copy with their private key, seals each again to the request's ephemeral
+   key (context ``restore-share``, AAD = canonical JSON of request sha256, custodian
+   fingerprint and the epoch's escrow id) into ``sealed_shares`` (``[{escrow_id, sealed}]``),
+   and signs the approval's *statement* (Ed25519, over ``"faceveil/approval/v2|"`` + canonical
+   JSON of every field but the signature, with each sealed share replaced by its sha256:
+   :meth:`Approval.statement`). The statement and signature can be copied into the audit log
+   and checked there without the sealed shares. Approvals can travel over any channel: only the
+   holder of the request key and passphrase can open them.
 3. *Apply*: :func:`recover_masters` checks that the request belongs to this job and to this
-   revision of the escrow (same epochs), has the expected purpose and has not expired, then that
-   there are at least M approvals of *that* request from distinct custodians of the escrow with
-   valid signatures, each carrying a share for exactly the request's epochs; only then it opens
-   the shares, combines them per epoch, and checks each result against its epoch's key-check
-   value. Each failure is one :class:`RestoreError` (or :class:`EscrowError` for a key that does
-   not match), raised before any master key is returned.
+   revision of the escrow (same epochs, and an escrow copy identical to ``escrow.json``: a
+   forged copy cannot make custodians open shares that are then used on another escrow), has
+   the expected purpose and has not expired, then that there are at least M approvals of
+   *that* request from distinct custodians of the escrow with valid signatures, each carrying a
+   share for exactly the request's epochs; only then it opens the shares, combines them per
+   epoch, and checks each result against its epoch's key-check value. Each failure is one
+   :class:`RestoreError` (or :class:`EscrowError` for a key that does not match), raised
+   before any master key is returned.
 """
 
 from __future__ import annotations
@@ -59,12 +66,12 @@ from manifests.shamir import Share
 
 log = logging.getLogger(__name__)
 
-REQUEST_FORMAT = "faceveil-restore-request/2"
-APPROVAL_FORMAT = "faceveil-restore-approval/2"
+REQUEST_FORMAT = "faceveil-restore-request/3"
+APPROVAL_FORMAT = "faceveil-restore-approval/3"
 REQUEST_KEY_FORMAT = "faceveil-request-key/1"
 PURPOSES = ("restore", "reshare", "rekey")
 RESTORE_SHARE_CONTEXT = "restore-share"
-_APPROVAL_LABEL = b"faceveil/approval/v1|"
+_APPROVAL_LABEL = b"faceveil/approval/v2|"
 
 
 def _iso(when: datetime) -> str:
@@ -77,7 +84,10 @@ def _parse_time(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    """A request to recover the master key for one purpose (see the module docstring)."""
+    """A request to recover the master key for one purpose (see the module docstring).
+
+    ``escrow`` is the copy of ``escrow.json`` the request was made against.
+    """
 
     request_id: str
     job_id: str
@@ -90,15 +100,33 @@ class RestoreRequest:
     created: str
     expires: str
     ephemeral_x25519: bytes = field(repr=False)
+    escrow: Escrow = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.job_id, self.revision, self.epochs) != (
+            self.escrow.job_id,
+            self.escrow.revision,
+            self.escrow.escrow_ids,
+        ):
+            raise RestoreError("the request's escrow copy is not of its job, revision or epochs")
 
     def to_json(self) -> dict:
         """The ``req.json`` document."""
-        doc = asdict(self)
-        doc["format"] = REQUEST_FORMAT
-        doc["samples"] = "all" if self.samples is None else list(self.samples)
-        doc["epochs"] = list(self.epochs)
-        doc["ephemeral_x25519"] = b64e(self.ephemeral_x25519)
-        return doc
+        return {
+            "format": REQUEST_FORMAT,
+            "request_id": self.request_id,
+            "job_id": self.job_id,
+            "revision": self.revision,
+            "epochs": list(self.epochs),
+            "purpose": self.purpose,
+            "samples": "all" if self.samples is None else list(self.samples),
+            "reason": self.reason,
+            "requester": self.requester,
+            "created": self.created,
+            "expires": self.expires,
+            "ephemeral_x25519": b64e(self.ephemeral_x25519),
+            "escrow": self.escrow.to_json(),
+        }
 
     def sha256(self) -> str:
         """The request's identity: sha256 hex of its canonical JSON."""
@@ -114,15 +142,16 @@ class RestoreRequest:
         try:
             doc = json.loads(data)
             if doc.pop("format") != REQUEST_FORMAT or doc["purpose"] not in PURPOSES:
-                raise ValueError("not a faceveil restore request")
+                raise ValueError("not a faceveil restore request (of this version)")
             samples = doc["samples"]
             doc["samples"] = None if samples == "all" else tuple(str(s) for s in samples)
             doc["epochs"] = tuple(str(e) for e in doc["epochs"])
             if not doc["epochs"]:
                 raise ValueError("a request covers at least one key epoch")
             doc["ephemeral_x25519"] = b64d(doc["ephemeral_x25519"], "ephemeral key", 32)
+            doc["escrow"] = Escrow.loads(json.dumps(doc["escrow"]))
             return cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, EscrowError) as exc:
             raise RestoreError(f"invalid restore request: {exc}") from None
 
 
@@ -158,6 +187,7 @@ def create_request(
         created=_iso(now),
         expires=_iso(now + valid_for),
         ephemeral_x25519=eph.public_key().public_bytes_raw(),
+        escrow=escrow,
     )
     header = {
         "format": REQUEST_KEY_FORMAT,
@@ -201,7 +231,7 @@ class Approval:
     signature: bytes = field(repr=False)
 
     def signed_doc(self) -> dict:
-        """Every field but the signature, as signed."""
+        """Every field but the signature (the file's content, sealed shares included)."""
         doc = asdict(self)
         del doc["signature"]
         doc["format"] = APPROVAL_FORMAT
@@ -209,6 +239,24 @@ class Approval:
             {"escrow_id": eid, "sealed": b64e(sealed)} for eid, sealed in self.sealed_shares.items()
         ]
         return doc
+
+    def statement(self) -> dict:
+        """What the custodian signs: :meth:`signed_doc` with each sealed share replaced by its
+        sha256, so that it can be recorded (and checked) in the audit log without the shares."""
+        doc = self.signed_doc()
+        doc["sealed_shares"] = [
+            {"escrow_id": eid, "sha256": hashlib.sha256(sealed).hexdigest()}
+            for eid, sealed in self.sealed_shares.items()
+        ]
+        return doc
+
+    def signing_bytes(self) -> bytes:
+        """The bytes the custodian's Ed25519 signature covers."""
+        return _APPROVAL_LABEL + canonical_json(self.statement())
+
+    def sha256(self) -> str:
+        """sha256 hex of the approval file's bytes (how audit entries name it)."""
+        return hashlib.sha256(self.dumps()).hexdigest()
 
     def dumps(self) -> bytes:
         """The ``.approval`` file bytes."""
@@ -229,6 +277,17 @@ class Approval:
             raise RestoreError(f"invalid approval: {exc}") from None
 
 
+def check_statement(statement: Mapping, signature: bytes, ed25519_public: bytes) -> None:
+    """RestoreError unless ``signature`` is the custodian's over an approval ``statement``
+    (as recorded in a ``restore.approve`` audit entry)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(ed25519_public).verify(
+            signature, _APPROVAL_LABEL + canonical_json(dict(statement))
+        )
+    except (InvalidSignature, ValueError, TypeError):
+        raise RestoreError("the approval statement's signature does not verify") from None
+
+
 def _parse_sealed_shares(entries: list) -> dict[str, bytes]:
     shares = {str(e["escrow_id"]): b64d(e["sealed"], "sealed share") for e in entries}
     if len(shares) != len(entries):
@@ -245,7 +304,8 @@ def _share_aad(request: RestoreRequest, fingerprint: str, escrow_id: str) -> byt
 def check_request(
     escrow: Escrow, request: RestoreRequest, purpose: str, now: datetime | None = None
 ) -> None:
-    """RestoreError unless ``request`` is for this job, escrow revision and purpose, unexpired."""
+    """RestoreError unless ``request`` is for this job, escrow revision and purpose, unexpired,
+    and its escrow copy is ``escrow`` exactly (same policy and sealed shares)."""
     if (request.job_id, request.revision, request.epochs) != (
         escrow.job_id,
         escrow.revision,
@@ -255,6 +315,11 @@ def check_request(
             "the request was made for another job or another escrow (or the "
             "escrow changed since: a new key epoch, a reshare or a rekey); make "
             "a new request"
+        )
+    if canonical_json(request.escrow.to_json()) != canonical_json(escrow.to_json()):
+        raise RestoreError(
+            "the request's copy of escrow.json differs from the job's escrow.json (same "
+            "revision, other policy or sealed shares): a forged or altered request"
         )
     if request.purpose != purpose:
         raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
@@ -292,7 +357,7 @@ def approve(
         sealed,
         b"",
     )
-    signature = custodian.sign(_APPROVAL_LABEL + canonical_json(unsigned.signed_doc()))
+    signature = custodian.sign(unsigned.signing_bytes())
     log.info("custodian %s approved request %s", custodian.name, request.request_id)
     return Approval(**{**asdict(unsigned), "signature": signature})
 
@@ -320,8 +385,9 @@ def verify_approvals(
                 f"approval {i} is from {ap.custodian!r}, who is not a custodian of this escrow"
             ) from None
         try:
-            message = _APPROVAL_LABEL + canonical_json(ap.signed_doc())
-            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(ap.signature, message)
+            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(
+                ap.signature, ap.signing_bytes()
+            )
         except InvalidSignature:
             raise RestoreError(
                 f"approval {i} (by {custodian.name!r}) has a bad signature"
@@ -329,7 +395,8 @@ def verify_approvals(
         _check_coverage(i, custodian.name, ap, request)
         if ap.fingerprint in seen:
             raise RestoreError(
-                f"approval {i} duplicates {custodian.name!r}'s approval: each custodian counts once"
+                f"approval {i} duplicates the approval of {custodian.name!r}: each custodian "
+                "counts once"
             )
         seen.add(ap.fingerprint)
     if len(seen) < escrow.threshold:

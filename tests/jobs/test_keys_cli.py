@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from jobs.keys_cli import OutTree, append_audit, main
-from manifests.audit import key_id
+from manifests.audit import AuditWriter, key_id
 from manifests.custodian import CustodianPrivate, CustodianPublic, canonical_json
 from manifests.envelope import EMPTY_SHA256
 from manifests.escrow import Escrow
@@ -31,7 +31,7 @@ from manifests.keymanifest import (
     load_key_manifest,
     read_key_manifest,
 )
-from manifests.restore import Approval
+from manifests.restore import Approval, RestoreRequest
 
 JOB = "job-cli-0001"
 PNG_KEY, JPG_KEY, QUAR_KEY, FILE_KEY = "a" * 32, "b" * 32, "c" * 32, "d" * 32
@@ -153,17 +153,21 @@ def _custodians(tmp_path: Path, passfiles: dict[str, Path]) -> list[CustodianPub
 
 
 @pytest.fixture
-def world(tmp_path):
-    """Three custodians made with the CLI, a job tree with escrow 2-of-3, and passphrase files."""
+def world(tmp_path, monkeypatch):
+    """Three custodians made with the CLI, a job tree with escrow 2-of-3, and passphrase files.
+
+    The working directory is ``tmp_path``: request key files go to ``./REQUEST_ID.key``."""
+    monkeypatch.chdir(tmp_path)
     passfiles = _passfiles(tmp_path)
     pubs = _custodians(tmp_path, passfiles)
     return _job_world(tmp_path, JobKeys.create(JOB, pubs, threshold=2), passfiles)
 
 
 @pytest.fixture
-def resumed_world(tmp_path):
+def resumed_world(tmp_path, monkeypatch):
     """As ``world``, but the job was killed after shard 0 and resumed: shard 1 is sealed under a
     second key epoch, made from the published escrow.json as ``faceveil run --resume`` does."""
+    monkeypatch.chdir(tmp_path)
     passfiles = _passfiles(tmp_path)
     first = JobKeys.create(JOB, _custodians(tmp_path, passfiles), threshold=2)
     return _job_world(tmp_path, first, passfiles, resume=True)
@@ -220,32 +224,26 @@ def _request(w, name="req", purpose="restore", samples=(PNG_KEY, JPG_KEY, QUAR_K
         "--kdf-work",
         "10",
     ]
-    if purpose == "restore":
-        argv += ["--all"] if samples == "all" else ["--samples", *samples]
+    if purpose == "restore" and samples != "all":
+        argv += [arg for key in samples for arg in ("--key", key)]
+    else:
+        argv += ["--all"]
     assert main(argv) == 0
     return req
 
 
-def _approve(w, req, who, out=None):
+def _approve(w, req, who, tree=None, legacy=False):
+    """``restore approve REQ --identity K --out F``: offline unless ``tree`` (``--out-tree``);
+    ``legacy``: the old form ``restore approve OUT REQ --key K`` (records at approve time)."""
     approval = w["tmp"] / f"{req.stem}.{who}.approval"
-    assert (
-        main(
-            [
-                "restore",
-                "approve",
-                out or str(w["out"]),
-                str(req),
-                "--key",
-                str(w["tmp"] / f"keys/{who}.key"),
-                "--out",
-                str(approval),
-                "--passphrase-file",
-                str(w["pass"][who]),
-                "--yes",
-            ]
-        )
-        == 0
-    )
+    key = str(w["tmp"] / f"keys/{who}.key")
+    if legacy:
+        argv = ["restore", "approve", tree or str(w["out"]), str(req), "--key", key]
+    else:
+        argv = ["restore", "approve", str(req), "--identity", key]
+        argv += ["--out-tree", tree] if tree else []
+    argv += ["--out", str(approval), "--passphrase-file", str(w["pass"][who]), "--yes"]
+    assert main(argv) == 0
     return approval
 
 
@@ -298,6 +296,7 @@ def test_full_workflow_restores_exact_originals(world, caplog, capsys):
     assert _actions(w["out"]) == [
         "job.start",
         "job.end",
+        "restore.request",
         "restore.approve",
         "restore.approve",
         "restore.apply",
@@ -344,7 +343,7 @@ def test_failures_restore_nothing(world, capsys):
 
 def test_audit_verify_names_the_bad_line(world, capsys):
     w = world
-    _approve(w, _request(w), "alice")
+    _approve(w, _request(w), "alice", tree=str(w["out"]))
     log = w["out"] / "audit.jsonl"
     good = log.read_bytes()
     lines = good.splitlines(keepends=True)
@@ -381,7 +380,9 @@ def test_reshare_then_rekey(world, capsys):
                 "escrow",
                 "reshare",
                 str(w["out"]),
+                "--request",
                 str(req),
+                "--approvals",
                 *map(str, approvals),
                 "--custodians",
                 *pubs,
@@ -395,10 +396,12 @@ def test_reshare_then_rekey(world, capsys):
     )
     rk = _request(w, "rekey", purpose="rekey")
     two = [_approve(w, rk, "alice"), _approve(w, rk, "bob")]
-    argv = ["escrow", "rekey", str(w["out"]), str(rk)]
+    argv = ["escrow", "rekey", str(w["out"]), "--request", str(rk), "--approvals"]
     passphrase = ["--passphrase-file", str(w["pass"]["req"])]
     assert main([*argv, *map(str, two), *passphrase]) == 1
     assert "needs 3" in capsys.readouterr().err
+    assert main([*argv[:3], str(rk), *argv[3:], *map(str, two), *passphrase]) == 1
+    assert "give the request once" in capsys.readouterr().err
     old_manifest = (w["out"] / "keys/shard-000000.parquet").read_bytes()
     three = [*two, _approve(w, rk, "carol")]
     assert (
@@ -440,8 +443,8 @@ def test_restore_from_s3(world, aws_s3):
         if path.is_file():
             s3.upload_file(str(path), "jobs", f"out/{path.relative_to(w['out'])}")
     approvals = [
-        _approve(w, req, "alice", out="s3://jobs/out"),
-        _approve(w, req, "bob", out="s3://jobs/out"),
+        _approve(w, req, "alice", tree="s3://jobs/out", legacy=True),
+        _approve(w, req, "bob", tree="s3://jobs/out"),
     ]
     dest = w["tmp"] / "from-s3"
     assert _apply(w, req, approvals, dest, out="s3://jobs/out") == 0
@@ -500,28 +503,154 @@ def aws_s3(monkeypatch):
         yield boto3.client("s3", region_name="us-east-1", endpoint_url=url), url
 
 
-def test_approve_asks_before_approving(world, monkeypatch, capsys):
+def test_approve_asks_on_the_terminal_before_approving(world, monkeypatch, capsys):
     w = world
     req = _request(w)
-    monkeypatch.setattr("builtins.input", lambda prompt="": "n")
-    argv = [
-        "restore",
-        "approve",
-        str(w["out"]),
-        str(req),
-        "--key",
-        str(w["tmp"] / "keys/alice.key"),
-        "--out",
-        str(w["tmp"] / "a.approval"),
-        "--passphrase-file",
-        str(w["pass"]["alice"]),
-    ]
+    asked = []
+
+    def answer(reply):
+        def ask(text):
+            asked.append(text)
+            return reply
+
+        return ask
+
+    monkeypatch.setattr("jobs.keys_cli._ask_tty", answer("n\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    argv = ["restore", "approve", str(req), "--identity", str(w["tmp"] / "keys/alice.key")]
+    argv += ["--passphrase-file", str(w["pass"]["alice"])]
     assert main(argv) == 1
     shown = capsys.readouterr()
-    assert "subject access request 7" in shown.out and "not approved" in shown.err
-    assert not (w["tmp"] / "a.approval").exists()
-    monkeypatch.setattr("builtins.input", lambda prompt="": "y")
-    assert main(argv) == 0 and (w["tmp"] / "a.approval").exists()
+    assert "not approved" in shown.err and not shown.out
+    text = asked.pop()
+    assert "subject access request 7" in text and "bob-the-dpo" in text and "4 sample(s)" in text
+    monkeypatch.setattr("jobs.keys_cli._ask_tty", answer("y\n"))
+    assert main(argv) == 0
+    shown = capsys.readouterr()
+    approval = Approval.loads(shown.out)
+    assert approval.custodian == "alice" and "written to stdout" in shown.err
+
+
+def test_approve_without_a_terminal_needs_yes(world, monkeypatch, capsys):
+    w = world
+    req = _request(w)
+
+    def no_tty(*args, **kwargs):
+        raise OSError(6, "No such device or address", "/dev/tty")
+
+    monkeypatch.setattr("jobs.keys_cli.open", no_tty, raising=False)
+    argv = ["restore", "approve", str(req), "--identity", str(w["tmp"] / "keys/alice.key")]
+    argv += ["--passphrase-file", str(w["pass"]["alice"])]
+    assert main(argv) == 1
+    shown = capsys.readouterr()
+    assert "no terminal to confirm on" in shown.err and not shown.out
+
+
+def test_request_and_approval_on_stdout_approved_offline(world, monkeypatch, capsys):
+    """The README's form: request to stdout, key in ./ID.key, approval to stdout, all without
+    the output tree on the custodian's side; apply records request and approvals."""
+    w = world
+    monkeypatch.setenv("USER", "dpo-on-duty")
+    monkeypatch.setenv("LOGNAME", "dpo-on-duty")
+    argv = ["restore", "request", str(w["out"]), "--key", PNG_KEY, "--key", FILE_KEY]
+    argv += ["--reason", "subject access request 2026-114", "--kdf-work", "10"]
+    assert main([*argv, "--passphrase-file", str(w["pass"]["req"])]) == 0
+    shown = capsys.readouterr()
+    request = RestoreRequest.loads(shown.out)
+    assert request.requester == "dpo-on-duty" and request.samples == (PNG_KEY, FILE_KEY)
+    assert f"{request.request_id}.key" in shown.err
+    key_file = w["tmp"] / f"{request.request_id}.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    req = w["tmp"] / "elsewhere" / "req.json"
+    req.parent.mkdir()
+    req.write_text(shown.out)
+    offline = w["tmp"] / "custodian-laptop"
+    shutil.copytree(w["out"], offline / "out")
+    shutil.rmtree(w["out"])
+    approvals = []
+    for who in ("alice", "bob"):
+        argv = ["restore", "approve", str(req), "--identity", str(w["tmp"] / f"keys/{who}.key")]
+        assert main([*argv, "--passphrase-file", str(w["pass"][who]), "--yes"]) == 0
+        approvals.append(w["tmp"] / f"{who}.approval")
+        approvals[-1].write_text(capsys.readouterr().out)
+    shutil.copytree(offline / "out", w["out"])
+    dest = w["tmp"] / "restored"
+    assert _apply(w, req, approvals, dest) == 0
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [f"{FILE_KEY}.gif", f"{PNG_KEY}.png", "restored.json"]
+    )
+    log = [json.loads(line) for line in (w["out"] / "audit.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in log[2:]] == [
+        "restore.request",
+        "restore.approve",
+        "restore.approve",
+        "restore.apply",
+    ]
+    assert [e["actor"] for e in log[3:5]] == ["custodian:alice", "custodian:bob"]
+    assert log[2]["details"]["requester"] == "dpo-on-duty" and log[2]["details"]["samples"] == 2
+    assert "sealed" not in json.dumps(log[3]["details"]["statement"]["sealed_shares"])
+    capsys.readouterr()
+    assert main(["audit", "verify", str(w["out"])]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count(f"request {request.request_id}") == 4
+    assert "restore.approve  custodian:alice" in listing
+
+
+def test_apply_does_not_record_an_approval_twice(world):
+    w = world
+    req = _request(w)
+    approvals = [_approve(w, req, "alice", tree=str(w["out"])), _approve(w, req, "carol")]
+    assert _actions(w["out"])[-1] == "restore.approve"
+    assert _apply(w, req, approvals, w["tmp"] / "d1") == 0
+    assert _apply(w, req, approvals, w["tmp"] / "d2") == 0
+    assert _actions(w["out"])[2:] == [
+        "restore.approve",
+        "restore.request",
+        "restore.approve",
+        "restore.apply",
+        "restore.apply",
+    ]
+    assert main(["audit", "verify", str(w["out"])]) == 0
+
+
+def test_request_with_a_forged_escrow_copy_is_refused(world, capsys):
+    w = world
+    req = _request(w)
+    doc = json.loads(req.read_text())
+    doc["escrow"]["epochs"][0]["audit_key"]["sealed"] = base64.b64encode(b"x" * 60).decode()
+    req.write_text(json.dumps(doc))
+    approvals = [_approve(w, req, "alice"), _approve(w, req, "bob")]
+    capsys.readouterr()
+    dest = w["tmp"] / "dest"
+    assert _apply(w, req, approvals, dest) == 1
+    assert "forged or altered request" in capsys.readouterr().err
+    assert not dest.exists()
+    key = str(w["tmp"] / "keys/carol.key")
+    argv = ["restore", "approve", str(req), "--identity", key, "--out-tree", str(w["out"])]
+    assert main([*argv, "--passphrase-file", str(w["pass"]["carol"]), "--yes"]) == 1
+    assert "forged or altered request" in capsys.readouterr().err
+
+
+def test_audit_verify_checks_recorded_approval_signatures(world, capsys):
+    w = world
+    req = _request(w)
+    approvals = [_approve(w, req, "alice"), _approve(w, req, "bob")]
+    assert _apply(w, req, approvals, w["tmp"] / "d") == 0
+    tree = OutTree(str(w["out"]))
+    lines = (w["out"] / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if b'"restore.approve"' in line)
+    entry = json.loads(lines[n])
+    entry["details"]["statement"]["time"] = "2000-01-01T00:00:00Z"
+    # Rewritten by someone holding the job signing key: the chain and the entry's signature
+    # are fine, the custodian's signature over the statement is not.
+    (w["out"] / "audit.jsonl").write_bytes(b"".join(lines[:n]))
+    writer = AuditWriter(w["keys"].audit._key, entry["actor"])
+    append_audit(tree, writer, "restore.approve", entry["details"])
+    capsys.readouterr()
+    assert main(["audit", "verify", str(w["out"]), "-q"]) == 1
+    assert f"audit line {n + 1}: the approval by 'alice': bad custodian signature" in (
+        capsys.readouterr().err
+    )
 
 
 # ---- key epochs: a job resumed once -------------------------------------------------------------
@@ -550,6 +679,7 @@ def test_two_epochs_restore_exactly_with_one_request(resumed_world, capsys):
         "job.start",
         "job.resume",
         "job.end",
+        "restore.request",
         "restore.approve",
         "restore.approve",
         "restore.apply",
@@ -565,7 +695,7 @@ def _resign(w, path: Path, who: str, **changes) -> None:
     custodian = CustodianPrivate.load(w["tmp"] / f"keys/{who}.key", PASS[who])
     approval = Approval.loads(path.read_bytes())
     unsigned = Approval(**{**approval.__dict__, **changes, "signature": b""})
-    signature = custodian.sign(b"faceveil/approval/v1|" + canonical_json(unsigned.signed_doc()))
+    signature = custodian.sign(unsigned.signing_bytes())
     path.write_bytes(Approval(**{**unsigned.__dict__, "signature": signature}).dumps())
 
 
@@ -801,3 +931,22 @@ def test_kms_epochs_round_trip_against_moto_server(tmp_path, aws_kms, capsys):
     )
     _check_restored(w, dest)
     assert main(["audit", "verify", str(w["out"])]) == 0
+
+
+def test_request_sample_aliases_and_whole_job_purposes(world, capsys):
+    w = world
+    base = ["restore", "request", str(w["out"]), "--reason", "r", "--requester", "dpo"]
+    base += ["--passphrase-file", str(w["pass"]["req"]), "--kdf-work", "10"]
+    assert main([*base, "--samples", PNG_KEY, JPG_KEY]) == 0
+    assert RestoreRequest.loads(capsys.readouterr().out).samples == (PNG_KEY, JPG_KEY)
+    listed = w["tmp"] / "samples.txt"
+    listed.write_text(f"{FILE_KEY}\n\n{QUAR_KEY}\n")
+    assert main([*base, "--samples-file", str(listed)]) == 0
+    assert RestoreRequest.loads(capsys.readouterr().out).samples == (FILE_KEY, QUAR_KEY)
+    assert main([*base, "--purpose", "rekey", "--key", PNG_KEY]) == 1
+    assert "covers the whole job: use --all" in capsys.readouterr().err
+    assert main([*base, "--purpose", "rekey", "--all"]) == 0
+    request = RestoreRequest.loads(capsys.readouterr().out)
+    assert request.purpose == "rekey" and request.samples is None
+    assert main(base) == 1
+    assert "--key SAMPLEKEY" in capsys.readouterr().err

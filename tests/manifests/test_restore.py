@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from manifests.audit import AuditWriter, verify
-from manifests.custodian import CustodianPrivate, ScryptParams, canonical_json
+from manifests.custodian import CustodianPrivate, ScryptParams
 from manifests.envelope import Envelope, MasterKey
 from manifests.errors import CustodianKeyError, DecryptionError, KeyLibraryError, RestoreError
 from manifests.escrow import add_epoch, create_shamir_escrow, rekey
@@ -22,6 +22,7 @@ from manifests.restore import (
     Approval,
     RestoreRequest,
     approve,
+    check_statement,
     create_request,
     load_request_key,
     recover_masters,
@@ -240,7 +241,7 @@ def test_one_request_recovers_every_epoch(resumed, custodians):
 
 def _resign(approval: Approval, custodian: CustodianPrivate, **changes) -> Approval:
     unsigned = Approval(**{**approval.__dict__, **changes, "signature": b""})
-    signature = custodian.sign(b"faceveil/approval/v1|" + canonical_json(unsigned.signed_doc()))
+    signature = custodian.sign(unsigned.signing_bytes())
     return Approval.loads(Approval(**{**unsigned.__dict__, "signature": signature}).dumps())
 
 
@@ -289,3 +290,45 @@ def test_request_made_before_a_new_epoch_is_refused(job, custodians):
         recover_masters(later, request, key, approvals, "restore")
     with pytest.raises(RestoreError, match="another escrow"):
         approve(later, request, custodians[2])
+
+
+def test_request_carries_the_escrow_for_offline_approval(resumed, custodians):
+    masters, escrow = resumed
+    request, key, _ = _request(escrow)
+    assert request.escrow == escrow
+    assert json.loads(request.dumps())["escrow"] == json.loads(escrow.dumps())
+    approvals = [approve(request.escrow, request, c) for c in custodians[1:]]
+    assert recover_masters(escrow, request, key, approvals, "restore") == masters
+
+
+def test_forged_escrow_copy_is_refused(job, custodians):
+    """A request whose escrow copy differs from escrow.json (same job, revision and epochs)
+    can be approved offline, but its approvals are refused against the real escrow."""
+    _, escrow = job
+    request, key, _ = _request(escrow)
+    doc = json.loads(request.dumps())
+    doc["escrow"]["epochs"][0]["audit_key"]["sealed"] = base64.b64encode(b"x" * 60).decode()
+    forged = RestoreRequest.loads(json.dumps(doc))
+    approvals = [approve(forged.escrow, forged, c) for c in custodians[:2]]
+    with pytest.raises(RestoreError, match="forged or altered request"):
+        recover_masters(escrow, forged, key, approvals, "restore")
+    with pytest.raises(RestoreError, match="forged or altered request"):
+        approve(escrow, forged, custodians[2])
+    doc["escrow"]["revision"] = "0" * 32
+    with pytest.raises(RestoreError, match="escrow copy"):
+        RestoreRequest.loads(json.dumps(doc))
+
+
+def test_approval_statement_verifies_without_the_shares(job, custodians):
+    _, escrow = job
+    request, _, _ = _request(escrow)
+    (approval,) = _approvals(escrow, request, custodians[:1])
+    statement = approval.statement()
+    assert all(set(s) == {"escrow_id", "sha256"} for s in statement["sealed_shares"])
+    check_statement(statement, approval.signature, custodians[0].public().ed25519)
+    with pytest.raises(RestoreError, match="does not verify"):
+        check_statement(
+            statement | {"custodian": "bob"}, approval.signature, custodians[0].public().ed25519
+        )
+    with pytest.raises(RestoreError, match="does not verify"):
+        check_statement(statement, approval.signature, custodians[1].public().ed25519)
