@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 
 import ray
 
@@ -13,6 +14,8 @@ from jobs.config import PoolConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_TMP = "/tmp/faceveil-ray"
+CLUSTER_WAIT_ENV = "FACEVEIL_CLUSTER_WAIT_S"
+DEFAULT_CLUSTER_WAIT_S = 600.0
 
 
 class ClusterError(RuntimeError):
@@ -35,6 +38,41 @@ def connect(address: str | None) -> bool:
     tmp = os.environ.get("FACEVEIL_RAY_TMPDIR", DEFAULT_TMP)
     ray.init(_temp_dir=tmp, **options)
     return True
+
+
+def wait_for_resources(pool: PoolConfig, joined: bool) -> dict[str, float]:
+    """The cluster's resources, for ``size_pool``.
+
+    On a cluster we joined (``joined``) that lacks room for the pool (``num_actors`` actors, or
+    one when unset), ask its autoscaler for the actors' resources and wait up to
+    FACEVEIL_CLUSTER_WAIT_S seconds (default 600) for nodes to join: on KubeRay a job starts as
+    soon as the head is up, often before the GPU workers have pulled their image. The request
+    is withdrawn once the wait ends; the actors created next keep their nodes busy.
+    """
+    resources = ray.cluster_resources()
+    wait_s = float(os.environ.get(CLUSTER_WAIT_ENV, DEFAULT_CLUSTER_WAIT_S)) if joined else 0.0
+    if _fits(pool, resources) or wait_s <= 0:
+        return resources
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": pool.cpus_per_actor, "GPU": pool.gpus_per_actor}
+    request_resources(bundles=[{k: v for k, v in bundle.items() if v}] * (pool.num_actors or 1))
+    deadline = time.monotonic() + wait_s
+    try:
+        while not _fits(pool, resources) and (left := deadline - time.monotonic()) > 0:
+            log.info("waiting up to %.0f s for nodes: the cluster has %g CPUs and %g GPUs",
+                     left, resources.get("CPU", 0.0), resources.get("GPU", 0.0))  # fmt: skip
+            time.sleep(min(5.0, left))
+            resources = ray.cluster_resources()
+    finally:
+        request_resources(bundles=[])
+    return resources
+
+
+def _fits(pool: PoolConfig, resources: dict[str, float]) -> bool:
+    actors = pool.num_actors or 1
+    return (resources.get("CPU", 0.0) >= actors * pool.cpus_per_actor
+            and resources.get("GPU", 0.0) >= actors * pool.gpus_per_actor)  # fmt: skip
 
 
 def size_pool(pool: PoolConfig, resources: dict[str, float]) -> int:
@@ -69,3 +107,31 @@ def size_pool(pool: PoolConfig, resources: dict[str, float]) -> int:
             f"{cpus:g} CPUs and {gpus:g} GPUs"
         )
     return pool.num_actors
+
+
+FAKE_GPU_ENV = "FACEVEIL_ALLOW_FAKE_GPU"
+
+
+def actor_device(requested: str) -> str:
+    """The device an actor really runs inference on, given the one the driver asked for.
+
+    'cuda' needs onnxruntime's CUDAExecutionProvider in the actor. Without it the actor fails
+    with ClusterError instead of quietly running on CPU, unless FACEVEIL_ALLOW_FAKE_GPU=1: then
+    the GPU that Ray scheduled the actor on is taken as a simulated one (``ray.cluster_utils``,
+    ``faceveil cluster local``, tests) and inference runs on CPU, with a warning.
+    """
+    if requested != "cuda":
+        return requested
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "cuda"
+    if os.environ.get(FAKE_GPU_ENV) == "1":
+        log.warning("no CUDA in this actor and %s=1: its GPU is simulated, inference runs on CPU",
+                    FAKE_GPU_ENV)  # fmt: skip
+        return "cpu"
+    raise ClusterError(
+        "this actor was given a GPU but onnxruntime has no CUDAExecutionProvider here; install "
+        f"onnxruntime-gpu on the workers, run with --gpus-per-actor 0, or set {FAKE_GPU_ENV}=1 "
+        "on a simulated cluster whose GPUs are fake"
+    )

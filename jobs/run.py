@@ -17,7 +17,7 @@ from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
 from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
-from jobs.raypool import actor_device, connect, size_pool
+from jobs.raypool import actor_device, connect, size_pool, wait_for_resources
 from jobs.shardio import ShardFormatError
 from jobs.storage import Location
 from jobs.worker import ShardSummary, ShardTask, process_shard
@@ -230,7 +230,8 @@ def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSum
         return
     we_started = connect(config.address)
     try:
-        actors = min(size_pool(config.pool, ray.cluster_resources()), len(tasks))
+        resources = wait_for_resources(config.pool, joined=not we_started)
+        actors = min(size_pool(config.pool, resources), len(tasks))
         device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
         anon = replace(config.anon, device=device,
                        threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
