@@ -120,10 +120,13 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)
+        length = str(len(body))
         for name, value in headers:
-            if name.lower() not in self.HOP:
+            if name.lower() == "content-length" and self.command == "HEAD":
+                length = value  # a HEAD reply has no body but must announce the object's size
+            elif name.lower() not in self.HOP:
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 import jobs.cli
 from anon_core.imageio import decode_image
@@ -183,16 +182,6 @@ class World:
         argv = ["restore", "apply", out or self.out, request, *approvals, "--dest", dest]
         argv += ["--passphrase-file", self.passfiles["requester"]]
         return cli(self.journal, *argv, cwd=self.requester)
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/faceveil-ray-tests")
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

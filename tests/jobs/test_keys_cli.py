@@ -481,7 +481,8 @@ def test_kms_escrow_restore_needs_no_approvals(tmp_path, aws_kms, capsys):
 
 @pytest.fixture
 def aws_kms(monkeypatch):
-    from tests.manifests.conftest import DUMMY_AWS_ENV, moto_server
+    from tests.conftest import moto_server
+    from tests.manifests.conftest import DUMMY_AWS_ENV
 
     for name, value in DUMMY_AWS_ENV.items():
         monkeypatch.setenv(name, value)
@@ -494,7 +495,8 @@ def aws_kms(monkeypatch):
 def aws_s3(monkeypatch):
     import fsspec
 
-    from tests.manifests.conftest import DUMMY_AWS_ENV, moto_server
+    from tests.conftest import moto_server
+    from tests.manifests.conftest import DUMMY_AWS_ENV
 
     for name, value in DUMMY_AWS_ENV.items():
         monkeypatch.setenv(name, value)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
 from jobs.cli import main
@@ -32,16 +31,6 @@ def _huge_header_png() -> bytes:
     data[16:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     return bytes(data)
-
-
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir="/tmp/faceveil-ray-tests")
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
