@@ -1,0 +1,48 @@
+"""GPU throughput path: batched detection and region methods on a torch device, one switch.
+
+``AnonConfig.device`` is the switch: ``select_backend(config)`` gives the plain CPU
+``FaceAnonymizer`` for 'cpu' and the ``AcceleratedAnonymizer`` for 'cuda' (an unusable CUDA
+raises at once). ``AcceleratedAnonymizer(AnonConfig(device="cpu"))`` runs the accelerated code
+on the CPU, which is how it is tested on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+from anon_core.accel.anonymizer import AcceleratedAnonymizer, AccelOptions, Staged
+from anon_core.accel.device import describe, nvjpeg_available, tensorrt_available, torch_device
+from anon_core.accel.prefetch import Prefetcher
+from anon_core.accel.regions import SUPPORTED, TorchRegionMethods
+from anon_core.pipeline import AnonConfig, FaceAnonymizer
+
+
+def select_backend(
+    config: AnonConfig, options: AccelOptions | None = None, *, accelerated: bool | None = None
+) -> FaceAnonymizer:
+    """The anonymizer for ``config``: plain on 'cpu', accelerated on 'cuda'.
+
+    ``accelerated`` overrides the choice: True runs the accelerated path on 'cpu' (tests);
+    False on 'cuda' gives the plain pipeline with only onnxruntime on the GPU. Raises
+    RuntimeError when 'cuda' is asked for and this process cannot use it.
+    """
+    if config.device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {config.device!r}; use 'cpu' or 'cuda'")
+    if accelerated is None:
+        accelerated = config.device == "cuda"
+    if accelerated:
+        return AcceleratedAnonymizer(config, options)
+    return FaceAnonymizer(config)
+
+
+__all__ = [
+    "SUPPORTED",
+    "AccelOptions",
+    "AcceleratedAnonymizer",
+    "Prefetcher",
+    "Staged",
+    "TorchRegionMethods",
+    "describe",
+    "nvjpeg_available",
+    "select_backend",
+    "tensorrt_available",
+    "torch_device",
+]

@@ -1,0 +1,65 @@
+"""Which accelerator features this process can use, checked up front so a request never hangs."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import onnxruntime as ort
+import torch
+
+from anon_core.runtime import providers_for
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda")
+
+
+def torch_device(device: str) -> torch.device:
+    """The torch device for ``device`` ('cpu' or 'cuda'); 'cuda' must really be usable.
+
+    Raises RuntimeError naming what is missing (a CPU-only torch build, no visible GPU, or an
+    onnxruntime without its CUDA provider) instead of falling back to the CPU.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use one of {list(DEVICES)}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}"
+        raise RuntimeError(
+            f"device 'cuda' requested but torch sees no CUDA device ({build}); install a CUDA "
+            "build of torch on a GPU node, or run with device 'cpu'"
+        )
+    providers_for("cuda")  # raises when onnxruntime has no CUDAExecutionProvider
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def tensorrt_available() -> bool:
+    """Whether onnxruntime here was built with the TensorRT execution provider."""
+    return "TensorrtExecutionProvider" in ort.get_available_providers()
+
+
+def nvjpeg_available() -> bool:
+    """Whether torchvision with GPU JPEG decoding (nvJPEG) can be used in this process."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("torchvision") is None:
+        return False
+    import torchvision.io
+
+    return hasattr(torchvision.io, "decode_jpeg")
+
+
+def describe() -> dict:
+    """Versions and accelerator facts for logs and benchmark reports (no host names)."""
+    info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "cuda_available": torch.cuda.is_available(),
+        "tensorrt_available": tensorrt_available(),
+        "nvjpeg_available": nvjpeg_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    return info
