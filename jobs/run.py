@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import ray
 
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
+from anon_core.accel import select_backend
+from anon_core.pipeline import AnonConfig
 from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
@@ -65,7 +66,7 @@ class ShardProcessor:
         cv2.setNumThreads(max(1, anon.threads))
         anon = replace(anon, device=actor_device(anon.device))
         self.node = ray.get_runtime_context().get_node_id()
-        self.anonymizer = FaceAnonymizer(anon)
+        self.anonymizer = select_backend(anon)  # the accelerated path when the device is cuda
         self.out = Location(out_uri)
         self.batch_size = batch_size
         self.progress = BufferedProgress(counter)

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -104,23 +105,37 @@ def _classify(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pendi
     return _Pending(sample, source, sample.members[image_exts[0]])
 
 
-def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer, secret):
-    """Pending samples in input order, each with its result, anonymizing ``size`` at a time."""
+def _windows(samples: Iterator[RawSample], size: int, secret) -> Iterator[list[_Pending]]:
+    """Consecutive windows of pending samples, each holding ``size`` images still to process."""
     seen: set[str] = set()
     window: list[_Pending] = []
-
-    def flush():
-        todo = [p for p in window if p.result is None]
-        for p, result in zip(todo, anonymizer.batch([p.image for p in todo]), strict=True):
-            p.result = result
-        yield from window
-        window.clear()
-
     for sample in samples:
         window.append(_classify(sample, seen, secret))
         if sum(p.result is None for p in window) >= size:
-            yield from flush()
-    yield from flush()
+            yield window
+            window = []
+    yield window
+
+
+def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer, secret):
+    """Pending samples in input order, each with its result.
+
+    An anonymizer with ``map`` (the accelerated one) gets the windows as a stream, so it can
+    decode the next window and encode the last one on CPU threads while the device works.
+    """
+    queued: deque[list[_Pending]] = deque()
+
+    def images():
+        for window in _windows(samples, size, secret):
+            queued.append(window)
+            yield [p.image for p in window if p.result is None]
+
+    run = getattr(anonymizer, "map", None) or (lambda windows: map(anonymizer.batch, windows))
+    for results in run(images()):
+        window = queued.popleft()
+        for p, result in zip([p for p in window if p.result is None], results, strict=True):
+            p.result = result
+        yield from window
 
 
 class _ShardOutput:
