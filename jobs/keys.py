@@ -82,6 +82,16 @@ def _mode(escrow: EscrowConfig) -> str:
     return chosen[0]
 
 
+def escrow_mode(escrow: EscrowConfig, job: dict, resuming: bool) -> str:
+    """'shamir', 'kms' or 'none', checked against what a resumed job recorded; records it."""
+    recorded = job.get("escrow_mode")
+    given = None if resuming and _nothing_given(escrow) else _mode(escrow)
+    if recorded is not None and given is not None and given != recorded:
+        raise EscrowRefused(f"this job was run with escrow '{recorded}', not '{given}'")
+    job["escrow_mode"] = recorded or given
+    return job["escrow_mode"]
+
+
 def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
     """JobKeys for this run, or None without escrow; publishes escrow.json before any sealing.
 
@@ -92,12 +102,7 @@ def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
     from manifests.escrow import Escrow, make_kms_client
     from manifests.jobkeys import JobKeys, parse_kms_spec
 
-    recorded = job.get("escrow_mode")
-    given = None if resuming and _nothing_given(escrow) else _mode(escrow)
-    if recorded is not None and given is not None and given != recorded:
-        raise EscrowRefused(f"this job was run with escrow '{recorded}', not '{given}'")
-    mode = recorded or given
-    job["escrow_mode"] = mode
+    mode = escrow_mode(escrow, job, resuming)
     if mode == "none":
         log.warning("no escrow: originals are not sealed and can never be restored")
         return None

@@ -200,17 +200,18 @@ def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
 
 def run_job(config: JobConfig) -> JobSummary:
     """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
-    from jobs.keys import Secrets, audit, open_keys
+    from jobs.keys import Secrets, audit, escrow_mode, open_keys
     from jobs.secrets import load_secret
 
     started = time.monotonic()
     out = Location(config.output)
-    job = open_job(config, out)
+    job = open_job(config, out)  # checks only: nothing is written before sharding succeeds
     resuming = job.pop("_resumed", False)
-    keys = open_keys(config.escrow, out, job, resuming)
-    out.publish_json(job, JOB_FILE)
+    escrow_mode(config.escrow, job, resuming)  # refuse missing escrow flags before sharding
     secret = load_secret(config.secret_file)
     src, entries = resolve_shards(config, out, secret)
+    keys = open_keys(config.escrow, out, job, resuming)
+    out.publish_json(job, JOB_FILE)
     tasks = pending_tasks(src, entries, out, config.resume)
     summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
     if keys is not None:

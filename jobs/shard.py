@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jobs.shardio import TarWriter
-from jobs.storage import Location
+from jobs.storage import Location, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,30 @@ def _ext(path: str) -> str | None:
     return IMAGE_EXTS.get(name.rsplit(".", 1)[-1].lower()) if "." in name else None
 
 
-def _tar_sources(loc: Location, path: str, uri: str) -> list[Source]:
-    """Image members of an input tar, with byte ranges, found by reading its headers."""
+class TruncatedInputError(ValueError):
+    """An input tar that does not end with tar's end-of-archive marker (two zero blocks)."""
+
+
+def _tar_sources(loc: Location, path: str, uri: str, number: int) -> list[Source]:
+    """Image members of an input tar, with byte ranges, found by reading its headers.
+
+    A tar cut at a header boundary reads without error, so its end is checked explicitly; the
+    error names the tar by its place in the sorted listing, not by its path.
+    """
     found = []
-    with loc.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for info in tar:
-            ext = _ext(info.name) if info.isfile() else None
-            if ext:
-                start = info.offset_data
-                found.append(Source(f"{uri}#{info.name}", path, ext, start, start + info.size))
+    with loc.fs.open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - 1024))
+        if size < 1024 or f.read(1024).strip(b"\0"):
+            raise TruncatedInputError(f"input tar number {number} of the sorted listing is "
+                                      "truncated (no end-of-archive marker)")  # fmt: skip
+        f.seek(0)
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                ext = _ext(info.name) if info.isfile() else None
+                if ext:
+                    start, end = info.offset_data, info.offset_data + info.size
+                    found.append(Source(f"{uri}#{info.name}", path, ext, start, end))
     return found
 
 
@@ -115,10 +130,12 @@ def list_sources(input_uri: str) -> list[Source]:
         paths = loc.fs.find(loc.root)
     sources: list[Source] = []
     skipped = 0
+    tars = 0
     for path in sorted(paths):
         uri = protocol + path if protocol else path
         if path.lower().endswith(".tar"):
-            sources.extend(_tar_sources(loc, path, uri))
+            tars += 1
+            sources.extend(_tar_sources(loc, path, uri, tars))
         elif ext := _ext(path):
             sources.append(Source(uri, path, ext))
         else:
@@ -133,11 +150,19 @@ def _is_glob(uri: str) -> bool:
 
 
 def _read_source(loc: Location, source: Source) -> tuple[bytes | None, str]:
-    try:
+    """The source's bytes, retrying transient store errors; (None, reason) if unreadable.
+
+    Neither the retry log nor the reason names the object: source paths are people's names.
+    """
+
+    def read() -> bytes:
         if source.start is None:
-            return loc.fs.cat_file(source.path), ""
-        return loc.fs.cat_file(source.path, start=source.start, end=source.end), ""
-    except (OSError, PermissionError) as exc:
+            return loc.fs.cat_file(source.path)
+        return loc.fs.cat_file(source.path, start=source.start, end=source.end)
+
+    try:
+        return RetryPolicy().call(read, "read of a source image"), ""
+    except OSError as exc:
         return None, f"unreadable source ({type(exc).__name__})"
 
 

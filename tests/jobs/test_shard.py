@@ -91,3 +91,15 @@ def test_sealed_uri_needs_the_secret():
         open_uri(b"y" * 32, "k" * 32, blob)
     with pytest.raises(ValueError):
         open_uri(SECRET, "j" * 32, blob)
+
+
+def test_truncated_input_tar_is_refused_without_naming_it(photos, tmp_path):
+    from jobs.shard import TruncatedInputError
+
+    (entry,) = write_shards(str(photos), str(tmp_path / "in"), SECRET, shard_size=100)
+    whole = (tmp_path / "in" / entry.shard).read_bytes()
+    (tmp_path / "in" / "shards.json").unlink()
+    (tmp_path / "in" / entry.shard).write_bytes(whole[: 512 * 30])  # cut on a header boundary
+    with pytest.raises(TruncatedInputError) as err:
+        list_sources(str(tmp_path / "in"))
+    assert "shard-000000" not in str(err.value) and "number 1" in str(err.value)
