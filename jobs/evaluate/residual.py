@@ -1,0 +1,186 @@
+"""Residual-face audit: run a different detector over a job's anonymized output and list every
+face it finds that the job did not anonymize (a detection outside all recorded face regions)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import fsspec
+import numpy as np
+from tqdm import tqdm
+
+from anon_core.detectors import build_detector
+from anon_core.faces import Faces, face_regions, iou_matrix
+from anon_core.imageio import ImageError, decode_image
+from jobs.evaluate.models import detector_info
+from jobs.evaluate.output import dumps, write_files
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "png")
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """A detection is covered (not a leak) when its IoU with a recorded bbox is at least
+    ``min_iou`` or at least ``min_cover`` of its area lies inside a recorded region (the bbox
+    grown by ``grow``, as the baselines grow it)."""
+
+    out: str
+    detector: str = "scrfd"
+    model_root: str | None = None
+    threshold: float | None = None
+    min_iou: float = 0.3
+    min_cover: float = 0.5
+    grow: float = 0.3
+    device: str = "cpu"
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Residual:
+    """One face the audit detector found that the job left as it was."""
+
+    shard: str
+    key: str
+    bbox: list[float]
+    score: float
+    status: str
+
+
+@dataclass
+class ResidualReport:
+    """Counts, leaks and samples that could not be checked."""
+
+    shards: int = 0
+    samples: int = 0
+    leaks: list[Residual] = field(default_factory=list)
+    unchecked: list[dict] = field(default_factory=list)
+    detector: dict = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.leaks and not self.unchecked
+
+
+def covered(
+    box: np.ndarray, recorded: np.ndarray, shape: tuple[int, ...], config: ResidualConfig
+) -> bool:
+    """Whether detection ``box`` (x1, y1, x2, y2) is one of the ``recorded`` faces (N x 4)."""
+    if len(recorded) == 0:
+        return False
+    det = np.asarray(box, np.float64)[None, :4]
+    if iou_matrix(det, recorded).max() >= config.min_iou:
+        return True
+    faces = Faces(
+        np.hstack([recorded, np.ones((len(recorded), 1))]).astype(np.float32),
+        np.zeros((len(recorded), 10), np.float32),
+    )
+    regions = face_regions(faces, shape, config.grow).astype(np.float64)
+    iw = np.clip(
+        np.minimum(det[:, 2], regions[:, 2]) - np.maximum(det[:, 0], regions[:, 0]), 0, None
+    )
+    ih = np.clip(
+        np.minimum(det[:, 3], regions[:, 3]) - np.maximum(det[:, 1], regions[:, 1]), 0, None
+    )
+    area = max((det[0, 2] - det[0, 0]) * (det[0, 3] - det[0, 1]), 1e-9)
+    return bool((iw * ih / area).max() >= config.min_cover)
+
+
+def _split(name: str) -> tuple[str, str]:
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def iter_samples(
+    fs: fsspec.AbstractFileSystem, path: str
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order."""
+    key, parts = None, {}
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, ext = _split(member.name)
+            if k != key and key is not None:
+                yield key, parts
+                parts = {}
+            key = k
+            parts[ext] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, parts
+
+
+def _check(
+    key: str, parts: dict[str, bytes], detector, config: ResidualConfig
+) -> list[Residual] | str:
+    ext = next((e for e in IMAGE_EXTS if e in parts), None)
+    if ext is None or "json" not in parts:
+        return "sample has no image or no metadata"
+    try:
+        meta = json.loads(parts["json"])
+        image = decode_image(parts[ext]).rgb
+    except (ValueError, ImageError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    recorded = np.array([f["bbox"] for f in meta.get("faces", [])], np.float64).reshape(-1, 4)
+    found = detector([image])[0]
+    status = str(meta.get("status", ""))
+    return [
+        Residual("", key, [round(float(v), 1) for v in b[:4]], round(float(b[4]), 3), status)
+        for b in found.boxes
+        if not covered(b[:4], recorded, image.shape, config)
+    ]
+
+
+def find_residual_faces(config: ResidualConfig) -> ResidualReport:
+    """Scan every ``OUT/data/shard-*.tar`` (local path or fsspec URL)."""
+    fs, root = fsspec.core.url_to_fs(config.out)
+    shards = sorted(fs.glob(f"{root.rstrip('/')}/data/shard-*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no data/shard-*.tar under {config.out}")
+    detector = build_detector(
+        config.detector, config.model_root, config.threshold, config.device, config.threads
+    )
+    report = ResidualReport(shards=len(shards), detector=detector_info(detector))
+    bar = tqdm(desc="residual faces", unit="img", disable=not config.progress)
+    for shard in shards:
+        name = shard.rsplit("/", 1)[-1]
+        for key, parts in iter_samples(fs, shard):
+            report.samples += 1
+            found = _check(key, parts, detector, config)
+            if isinstance(found, str):
+                report.unchecked.append({"shard": name, "key": key, "reason": found})
+            else:
+                report.leaks += [Residual(name, r.key, r.bbox, r.score, r.status) for r in found]
+            bar.update()
+    bar.close()
+    return report
+
+
+def write_residual_report(config: ResidualConfig, report: ResidualReport) -> str:
+    """Write ``OUT/report/residual_faces.json``; returns its location."""
+    body = {
+        "kind": "faceveil-residual-faces",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "detector": report.detector,
+        "criterion": {
+            "min_iou": config.min_iou,
+            "min_cover": config.min_cover,
+            "grow": config.grow,
+        },
+        "shards": report.shards,
+        "samples": report.samples,
+        "samples_with_residual_faces": len({(r.shard, r.key) for r in report.leaks}),
+        "residual_faces": [asdict(r) for r in report.leaks],
+        "unchecked": report.unchecked,
+    }
+    target = f"{config.out.rstrip('/')}/report"
+    write_files(target, {"residual_faces.json": dumps(body).encode()})
+    return f"{target}/residual_faces.json"
