@@ -12,7 +12,8 @@ from anon_core.detectors import NAMES as DETECTORS
 from anon_core.imageio import DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
 from cluster.local import add_cluster_command
-from jobs.config import EscrowConfig, JobConfig, PoolConfig
+from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig
+from jobs.evaluate import add_audit_faces_command, add_audit_run_options, add_eval_command
 from jobs.keyfile import KeyFileError, add_key_command
 from jobs.keys_cli import add_key_commands
 from jobs.progress import configure_logging
@@ -62,6 +63,7 @@ def _add_run(sub) -> None:
     p.add_argument("input", help="sharded input (with shards.json) or loose images to shard")
     p.add_argument("output")
     _add_run_options(p)
+    add_audit_run_options(p)
     p.set_defaults(handler=_run)
 
 
@@ -76,12 +78,15 @@ def job_config(args: argparse.Namespace) -> JobConfig:
     )
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
     escrow = EscrowConfig(tuple(args.custodians), args.threshold, args.kms, args.no_escrow)
+    audit = AuditConfig(args.audit_sample, args.audit_seed, args.audit_attacker,
+                        args.report_originals)  # fmt: skip
     return JobConfig(
         input=args.input,
         output=args.output,
         anon=anon,
         pool=pool,
         escrow=escrow,
+        audit=audit,
         shard_size=args.shard_size,
         resume=args.resume,
         address=args.address,
@@ -130,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_shard, _add_run, _add_demo, add_key_command, add_key_commands,
+    for add in (_add_shard, _add_run, _add_demo, add_key_command, add_eval_command,
                 add_cluster_command):  # fmt: skip
         add(sub)
+    add_audit_faces_command(add_key_commands(sub))
     return parser
 
 

@@ -38,6 +38,16 @@ class EscrowConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The in-job audit: a random ``fraction`` of faces measured inside the actors."""
+
+    fraction: float = 0.0
+    seed: str = "0"
+    attacker: str | None = None
+    report_originals: bool = False
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``faceveil run`` needs. ``anon`` alone decides the output pixels."""
 
@@ -46,6 +56,7 @@ class JobConfig:
     anon: AnonConfig = field(default_factory=AnonConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     escrow: EscrowConfig = field(default_factory=EscrowConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     shard_size: int = 1000
     resume: bool = False
     address: str | None = None

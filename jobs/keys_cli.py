@@ -1078,8 +1078,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_restore_apply, handler=cmd_restore_apply)
 
 
-def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> None:
-    audit = sub.add_parser("audit", help="audit log").add_subparsers(
+def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    audit = sub.add_parser("audit", help="audit log and output audits").add_subparsers(
         dest="audit_command", required=True
     )
     p = audit.add_parser("verify", help="verify OUT/audit.jsonl and list its entries")
@@ -1109,13 +1109,15 @@ def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kms", metavar="aws-kms:ARN")
     p.add_argument("--finish", action="store_true", help="publish an interrupted rekey")
     p.set_defaults(func=cmd_escrow_rekey, handler=cmd_escrow_rekey)
+    return audit
 
 
-def add_key_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``custodian``, ``restore``, ``audit`` and ``escrow`` to the CLI's subparsers."""
+def add_key_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``custodian``, ``restore``, ``audit`` and ``escrow`` to the CLI's subparsers; returns
+    the ``audit`` subcommands so that other audits can join them."""
     _add_custodian(subparsers)
     _add_restore(subparsers)
-    _add_audit_and_escrow(subparsers)
+    return _add_audit_and_escrow(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import threading
@@ -60,7 +61,8 @@ class JobSummary:
 class ShardProcessor:
     """Ray Data actor: loads models once, then processes whole shards one row at a time."""
 
-    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, key_holder):
+    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, key_holder,
+                 observer=None):  # fmt: skip
         import cv2
 
         cv2.setNumThreads(max(1, anon.threads))
@@ -71,19 +73,26 @@ class ShardProcessor:
         self.batch_size = batch_size
         self.progress = BufferedProgress(counter)
         self.secrets = ray.get(key_holder.get.remote())
+        self.observer = observer  # the in-job audit sampler, or None
+        self.actor_id = uuid.uuid4().hex
         log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns = (batch[k] for k in _TASK_COLUMNS)
         rows = [self._one(ShardTask(*t)) for t in zip(*columns, strict=True)]
         self.progress.flush()
-        return {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
+        out = {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
+        # The audit summary is cumulative per actor: the driver keeps each actor's latest.
+        audit = json.dumps(self.observer.summary()) if self.observer is not None else ""
+        out.update(actor=[self.actor_id] * len(rows), audit=[audit] * len(rows))
+        return out
 
     def _one(self, task: ShardTask) -> ShardSummary:
         sealer = self.secrets.sealer(task.shard)
         try:
             return process_shard(
                 task, self.anonymizer, self.out, self.batch_size, sealer,
+                observer=self.observer,
                 progress=self.progress,
                 marker_extra={"input_sha256": task.sha256, "node": self.node},
                 secret=self.secrets.secret,
@@ -160,7 +169,7 @@ def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> 
 
 
 def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors: int,
-             counter, key_holder, summary: JobSummary) -> None:  # fmt: skip
+             counter, key_holder, summary: JobSummary, observer=None) -> None:  # fmt: skip
     """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -179,9 +188,13 @@ def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors
             "batch_size": config.pool.batch_size,
             "counter": counter,
             "key_holder": key_holder,
+            "observer": observer,
         },
     )
+    audits: dict[str, dict] = {}
     for row in ds.iter_rows():
+        if row["audit"]:
+            audits[row["actor"]] = json.loads(row["audit"])
         if row["status"] == "failed":
             summary.failed.append({"shard": row["shard"], "error": row["error"]})
             continue
@@ -190,6 +203,22 @@ def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors
         summary.samples_out += row["anonymized"] + row["no_face"]
         summary.quarantined += row["quarantined"]
         summary.faces += row["faces"]
+    if observer is not None and audits:
+        from jobs.evaluate import write_report
+
+        write_report(f"{config.output.rstrip('/')}/report", list(audits.values()),
+                     keep_originals=config.audit.report_originals)  # fmt: skip
+
+
+def audit_sampler(config: JobConfig):
+    """The in-job audit's sampler (picklable, loads its models in the actor), or None."""
+    if config.audit.fraction <= 0:
+        return None
+    from jobs.evaluate.audit import AuditSampler
+
+    return AuditSampler(config.audit.fraction, seed=config.audit.seed,
+                        attacker=config.audit.attacker, model_root=config.anon.model_root,
+                        keep_originals=config.audit.report_originals)  # fmt: skip
 
 
 def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
@@ -245,7 +274,8 @@ def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSum
         watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
         watcher.start()
         try:
-            _execute(tasks, config, anon, actors, counter, hold_secrets(secrets), summary)
+            _execute(tasks, config, anon, actors, counter, hold_secrets(secrets), summary,
+                     audit_sampler(config))  # fmt: skip
         finally:
             stop.set()
             watcher.join()
