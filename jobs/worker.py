@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anon_core.imageio import crop_png
+from anon_core.models import file_sha256
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
 from jobs.shard import IMAGE_EXTS, open_uri
 from jobs.shardio import RawSample, ShardFormatError, TarWriter, iter_verified
@@ -208,7 +209,7 @@ class _ShardOutput:
             blobs["keys"] = (self.sealer.manifest_bytes(), f"keys/{stem}.parquet")
         for name, (path, target) in files.items():
             out.publish_file(path, target)
-            s.files[name] = {"path": target, "sha256": _sha256_file(path)}
+            s.files[name] = {"path": target, "sha256": file_sha256(path)}
         for name, (data, target) in blobs.items():
             out.publish_bytes(data, target)
             s.files[name] = {"path": target, "sha256": hashlib.sha256(data).hexdigest()}
@@ -232,14 +233,6 @@ def _quarantine_bytes(rows: list[dict]) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def process_shard(

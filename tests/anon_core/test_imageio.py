@@ -1,8 +1,6 @@
 """Decoding limits and normalisation, and metadata-free encoding."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from PIL import Image
 from anon_core.imageio import ImageError, crop_png, decode_image, encode_image
 from jobs.demo import jpeg_with_gps
 from tests.factories import rgb
+from tests.jobs.corpus import png_claiming
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -19,21 +18,12 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A small valid PNG whose header is rewritten to claim ``width`` x ``height``."""
-    data = bytearray(_encode(Image.new("RGB", (16, 16)), "PNG"))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
-
-
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
         (b"", "empty"),
         (b"this is not an image" * 10, "undecodable"),
-        (_png_claiming(30000, 30000), "too_many_pixels"),
+        (png_claiming(30000, 30000), "too_many_pixels"),
     ],
 )
 def test_bad_inputs_give_a_stable_reason(data, reason):

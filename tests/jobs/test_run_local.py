@@ -12,6 +12,7 @@ from PIL import Image
 from jobs.cli import main
 from jobs.keyfile import new_key_file
 from tests.factories import tar_members, varied_faces, write_folder
+from tests.jobs.corpus import png_claiming
 
 BAD_INPUTS = {
     "zero_bytes.jpg": b"",
@@ -20,26 +21,13 @@ BAD_INPUTS = {
 EXPECTED_QUARANTINE = {"empty", "undecodable", "truncated", "too_many_pixels"}
 
 
-def _huge_header_png() -> bytes:
-    import struct
-    import zlib
-
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = struct.pack(">II", 30000, 30000) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return bytes(data)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
     files = varied_faces(96)
     truncated = files[0][1][: len(files[0][1]) // 3]
     files += [*BAD_INPUTS.items(), ("truncated_photo.jpg", truncated)]
-    files.append(("bomb_header.png", _huge_header_png()))
+    files.append(("bomb_header.png", png_claiming(30000, 30000)))
     write_folder(root / "photos", files)
     secret = new_key_file(root / "secret.key")
     return root, secret
