@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from anon_core import methods
 from anon_core.detectors import Detector, build_detector
+from anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
 from anon_core.faces import Faces
 from anon_core.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -19,7 +20,9 @@ from anon_core.imageio import (
     decode_image,
     encode_image,
 )
+from anon_core.landmarks import Dlib68, LandmarkModel
 from anon_core.methods.base import Anonymizer, MethodOutput
+from anon_core.runtime import INFERENCE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class AnonConfig:
     device: str = "cpu"
     threads: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    recognizer: str | None = None  # InsightFace recognition ONNX; None: dlib's embedded ResNet
 
 
 @dataclass
@@ -104,6 +108,16 @@ class FaceAnonymizer:
             config.detector, config.model_root, config.threshold, config.device, config.threads
         )
         self.method = method or methods.create(config.method, **dict(config.method_options))
+        self.landmarks: LandmarkModel | None = (
+            Dlib68() if getattr(self.method, "needs_landmarks68", False) else None
+        )
+        self.embedder: Embedder | None = None
+        if getattr(self.method, "needs_embeddings", False):
+            self.embedder = (
+                InsightFaceEmbedder(config.recognizer, config.device, config.threads)
+                if config.recognizer
+                else DlibEmbedder()
+            )
 
     def __call__(self, image: bytes | np.ndarray) -> AnonResult:
         return self.batch([image])[0]
@@ -114,9 +128,15 @@ class FaceAnonymizer:
         results: list[AnonResult] = [d if isinstance(d, AnonResult) else None for d in decoded]
         try:
             found = self.detector([decoded[i].rgb for i in ready])
-        except (RuntimeError, ValueError, MemoryError) as exc:
+        except INFERENCE_ERRORS as exc:
             log.warning("detector failed on a batch of %d: %s", len(ready), type(exc).__name__)
             found = [None] * len(ready)
+        if self.landmarks or self.embedder:
+            try:
+                found = self.prepare_faces([decoded[i].rgb for i in ready], found)
+            except (*INFERENCE_ERRORS, TypeError) as exc:
+                log.warning("landmarks/embeddings failed on a batch: %s", type(exc).__name__)
+                found = [None] * len(ready)
         for i, faces in zip(ready, found, strict=True):
             if faces is None:
                 results[i] = self._detect_one(decoded[i])
@@ -139,15 +159,44 @@ class FaceAnonymizer:
     def _detect_one(self, image: DecodedImage) -> AnonResult:
         try:
             faces = self.detector([image.rgb])[0]
-        except (RuntimeError, ValueError, MemoryError) as exc:
+        except INFERENCE_ERRORS as exc:
             return quarantined("detect", f"detector failed ({type(exc).__name__})")
+        try:
+            faces = self.prepare_faces([image.rgb], [faces])[0]
+        except (*INFERENCE_ERRORS, TypeError) as exc:
+            return quarantined("landmarks", f"landmarks/embeddings failed ({type(exc).__name__})")
         return self._anonymize(image, faces)
+
+    def prepare_faces(
+        self, images: Sequence[np.ndarray], found: Sequence[Faces | None]
+    ) -> list[Faces | None]:
+        """The batched face stage: fill landmarks68, extras['reliable'], embeddings and
+        extras['embedder'] when the method needs them. Entries that are None (detection failed)
+        stay None."""
+        todo = [i for i, f in enumerate(found) if f is not None and len(f)]
+        if not todo or (self.landmarks is None and self.embedder is None):
+            return list(found)
+        rgb = [images[i] for i in todo]
+        faces = [found[i] for i in todo]
+        if self.landmarks is not None:
+            faces = self.landmarks(rgb, faces)
+        if self.embedder is not None:
+            vectors = self.embedder(rgb, faces)
+            extras = {"embedder": self.embedder.name}
+            faces = [
+                replace(f, embeddings=v, extras={**f.extras, **extras})
+                for f, v in zip(faces, vectors, strict=True)
+            ]
+        out = list(found)
+        for i, f in zip(todo, faces, strict=True):
+            out[i] = f
+        return out
 
     def _anonymize(self, image: DecodedImage, faces: Faces) -> AnonResult:
         try:
             output = self.method(image.rgb, faces)
             encoded = encode_image(output.image, image.output_ext)
-        except (RuntimeError, ValueError, MemoryError, IndexError) as exc:
+        except INFERENCE_ERRORS as exc:
             return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
         if len(output.methods) != len(faces):
             return quarantined("anonymize", "method did not account for every face")

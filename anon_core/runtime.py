@@ -5,8 +5,22 @@ from __future__ import annotations
 import logging
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 log = logging.getLogger(__name__)
+
+# What a failing model stage raises: onnxruntime's errors are not RuntimeError subclasses, and
+# torch reports CUDA out-of-memory as a RuntimeError. An image that hits one is quarantined.
+INFERENCE_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    ValueError,
+    MemoryError,
+    IndexError,
+    ort_state.Fail,
+    ort_state.RuntimeException,
+    ort_state.InvalidArgument,
+    ort_state.EPFail,
+)
 
 ort.set_default_logger_severity(3)
 

@@ -1,4 +1,8 @@
-"""Key files: 32 random bytes stored as hex, owner-only (0600); ``faceveil key new``."""
+"""Key files: 32 random bytes stored as hex, owner-only (0600); ``faceveil key new``.
+
+Format: 64 lowercase hex characters and a newline, so a key can be read, copied and escrowed as
+text. Errors name the file, never its content.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +33,14 @@ def new_key_file(path: str | Path) -> Path:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(KEY_BYTES) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -39,17 +49,18 @@ def load_key_file(path: str | Path) -> bytes:
     path = Path(path)
     try:
         mode = path.stat().st_mode
-        text = path.read_text().strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"key file {path} is accessible to other users; chmod 600 it")
+    malformed = KeyFileError(f"key file {path} is not {KEY_BYTES * 2} hex characters")
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise KeyFileError(f"key file {path} is not {KEY_BYTES * 2} hex characters") from None
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except ValueError:  # also UnicodeDecodeError, whose message would show a byte of the file
+        raise malformed from None
     if len(key) != KEY_BYTES:
-        raise KeyFileError(f"key file {path} is not {KEY_BYTES * 2} hex characters")
+        raise malformed
     return key
 
 

@@ -30,6 +30,14 @@ JOB_FILE = "job.json"
 SHARDS_DIR = "shards"
 
 
+# Methods anon_core has but the job cannot run yet, and why (refused before any work is done).
+UNWIRED_METHODS = {
+    "surrogate": "--method surrogate needs a first pass over the dataset (identity clusters and "
+    "a donor bank) that faceveil run does not distribute yet; try it with faceveil eval "
+    "--methods surrogate, or use blur, pixelate or mask",
+}
+
+
 class JobError(RuntimeError):
     """The job cannot start or did not finish every shard; the message says what to do."""
 
@@ -232,6 +240,8 @@ def run_job(config: JobConfig) -> JobSummary:
     from jobs.keys import Secrets, audit, escrow_mode, open_keys
     from jobs.secrets import load_secret
 
+    if config.anon.method in UNWIRED_METHODS:
+        raise JobError(UNWIRED_METHODS[config.anon.method])
     started = time.monotonic()
     out = Location(config.output)
     job = open_job(config, out)  # checks only: nothing is written before sharding succeeds

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from anon_core.accel.detect import DeviceDetector, use_tensorrt
 from anon_core.accel.device import nvjpeg_available, torch_device
@@ -22,21 +21,11 @@ from anon_core.faces import Faces
 from anon_core.imageio import DecodedImage, encode_image
 from anon_core.methods.base import Anonymizer, MethodOutput
 from anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer, quarantined
+from anon_core.runtime import INFERENCE_ERRORS
 
 log = logging.getLogger(__name__)
 
-# What a failing batch on the device raises: torch (CUDA out of memory is a RuntimeError)
-# and onnxruntime, whose errors are not RuntimeError subclasses.
-DEVICE_ERRORS: tuple[type[BaseException], ...] = (
-    RuntimeError,
-    ValueError,
-    MemoryError,
-    IndexError,
-    ort_state.Fail,
-    ort_state.RuntimeException,
-    ort_state.InvalidArgument,
-    ort_state.EPFail,
-)
+DEVICE_ERRORS = INFERENCE_ERRORS  # torch and onnxruntime failures of a device batch
 
 
 @dataclass(frozen=True)

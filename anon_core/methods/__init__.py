@@ -1,6 +1,9 @@
 """Anonymization methods, chosen by name from one registry."""
 
-from anon_core.methods import baselines  # noqa: F401  (registers blur, pixelate, mask)
+from anon_core.methods import (
+    baselines,  # noqa: F401  (registers blur, pixelate, mask)
+    surrogate,  # noqa: F401  (registers surrogate)
+)
 from anon_core.methods.base import Anonymizer, MethodOutput, available, create, register
 
 __all__ = ["Anonymizer", "MethodOutput", "available", "create", "register"]

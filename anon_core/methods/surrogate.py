@@ -1,0 +1,248 @@
+"""The ``surrogate`` method: each face becomes a key-driven face of nobody with its pose kept.
+
+Per face: the identity is found among the first pass's clusters (nearest centroid), named by
+``HMAC(key, cluster id)``; that pseudonym alone picks, by a keyed ranking, k donors of other
+identities from the identity's attribute neighbourhood; their mean appearance is rendered on the
+original's pose and expression (``anon_core.surrogate.synthesis``). Faces with unreliable
+landmarks, or whose surrogate cannot be trusted (too little visible, too few donors), are masked,
+and ``MethodOutput.methods`` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+
+from anon_core.faces import Faces, face_regions
+from anon_core.methods.base import MethodOutput, register
+from anon_core.methods.baselines import Mask
+from anon_core.pseudonym import check_key, keyed_order, pseudonym, unclustered_id
+from anon_core.surrogate.attributes import BINARY
+from anon_core.surrogate.context import SurrogateContext
+from anon_core.surrogate.donors import MIN_DONORS, skin_tone
+from anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
+
+log = logging.getLogger(__name__)
+
+_CACHE = 256  # identities whose mean donor face is kept ready
+# Cosine distance below which no donor is taken, per embedder: the nearest other people average
+# into a look-alike. dlib's ResNet: on LFW, 0.11 left surrogates re-identified 26% of the time,
+# 0.15 (the 37th percentile of distances between different people) 6.5% with a gender probe.
+# InsightFace: 0.95, the same percentile for MobileFaceNet on LFW. Others: twice the
+# same-person threshold.
+DONOR_FLOOR = {"dlib_resnet": 0.15, "insightface": 0.95}
+FLOOR = 2.0
+# Lower floors (as fractions of the floor) for when too few donors of the original's attributes
+# are that far: rare groups in a small bank keep their attributes at some cost in privacy.
+RELAXED, LAST_RESORT = 0.875, 0.75
+
+
+@register("surrogate")
+class Surrogate:
+    """Attribute-preserving surrogate faces driven by ``key`` (bytes, kept out of any repr).
+
+    ``context`` comes from the first pass (``build_surrogate_context``); ``privacy`` in [0, 1]
+    moves identity-bearing geometry toward the donors' mean shape; ``donors`` is k (>= 4), the
+    number of people averaged into one surrogate; ``grow`` sizes the mask used as fallback.
+    """
+
+    name = "surrogate"
+    needs_landmarks68 = True
+    needs_embeddings = True
+
+    def __init__(
+        self,
+        key: bytes,
+        context: SurrogateContext,
+        privacy: float = 0.5,
+        donors: int = 6,
+        grow: float = 0.3,
+    ) -> None:
+        self._key = check_key(key)
+        if not isinstance(context, SurrogateContext):
+            raise TypeError("context must be a SurrogateContext from build_surrogate_context")
+        if donors < MIN_DONORS:
+            raise ValueError(f"donors must be at least {MIN_DONORS} (k-Same), got {donors}")
+        if context.bank.identities < 2 * donors:
+            raise ValueError(
+                f"the donor bank holds {context.bank.identities} identities; {donors} donors "
+                f"per surrogate need at least {2 * donors}"
+            )
+        self.context = context
+        self.donors = donors
+        self.pool = max(4 * donors, 16)
+        self.floor = DONOR_FLOOR.get(context.embedder, FLOOR * context.clusters.threshold)
+        self._donor_attributes = [p(context.bank.embeddings) for p in context.attributes]
+        self.synthesizer = Synthesizer(context.bank, privacy)
+        self.fallback = Mask(grow)
+        self.grow = grow
+        self._faces: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (
+            f"Surrogate(privacy={self.synthesizer.privacy}, donors={self.donors}, "
+            f"key=<hidden>, {self.context!r})"
+        )
+
+    def identify(self, embedding: np.ndarray) -> tuple[str, int]:
+        """The pseudonym of the identity behind ``embedding`` and its cluster index (-1: none)."""
+        cluster = int(self.context.clusters.assign(embedding[None])[0])
+        cid = (
+            self.context.clusters.cluster_ids[cluster]
+            if cluster >= 0
+            else unclustered_id(embedding)
+        )
+        return pseudonym(self._key, cid), cluster
+
+    def donor_set(self, embedding: np.ndarray, skin: np.ndarray) -> tuple[str, np.ndarray]:
+        """The pseudonym and the k donor indices (into the bank) for one face.
+
+        Candidates depend on the identity (its cluster's centroid, skin tone and attribute
+        predictions), the choice among them on the key and the pseudonym only, so every photo
+        of one person gets the same donors. Attribute constraints are relaxed, values first,
+        when too few donors satisfy them; ValueError when too few donors qualify at all.
+        """
+        name, cluster = self.identify(embedding)
+        clusters = self.context.clusters
+        centre = clusters.centroids[cluster] if cluster >= 0 else embedding
+        tone = skin
+        if cluster >= 0 and clusters.attributes is not None:
+            tone = clusters.attributes[cluster]
+            if np.isnan(tone).any():
+                tone = skin
+        pool = self._pool(centre, tone, cluster)
+        order = keyed_order(self._key, name, [self.context.bank.ids[i] for i in pool])
+        return name, np.sort(pool[order[: self.donors]])
+
+    def _pool(self, centre: np.ndarray, tone: np.ndarray, cluster: int) -> np.ndarray:
+        """Candidate donors from the strictest neighbourhood (see ``_tries``) that still leaves
+        the key a choice: at least k + 2 identities."""
+        bank = self.context.bank
+        need = self.donors + 2
+        best = 0
+        for allowed, floor in self._tries(centre):
+            pool = bank.candidates(centre, tone, cluster, self.pool, floor * self.floor, allowed)
+            if len(pool) >= need:
+                return pool
+            best = max(best, len(pool))
+        raise ValueError(f"only {best} donors qualify, {need} needed")
+
+    def _tries(self, centre: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
+        """(donor mask, floor factor) pairs, strictest first: every attribute probe with its
+        tolerance; binary probes on the original's side at lower floors; no probe at all."""
+        probes = self.context.attributes
+        if not probes:
+            return [(None, 1.0), (None, RELAXED)]
+        own = [float(p(centre[None])[0]) for p in probes]
+        strict = np.logical_and.reduce(
+            [
+                p.compatible(o, v)
+                for p, o, v in zip(probes, own, self._donor_attributes, strict=True)
+            ]
+        )
+        sides = [
+            (v >= 0.5) == (o >= 0.5)
+            for p, o, v in zip(probes, own, self._donor_attributes, strict=True)
+            if p.kind == BINARY
+        ]
+        tries = [(strict, 1.0), (strict, RELAXED)]
+        if sides:
+            side = np.logical_and.reduce(sides)
+            tries += [(side, 1.0), (side, RELAXED), (side, LAST_RESORT)]
+        return [*tries, (None, 1.0)]
+
+    def __call__(self, image: np.ndarray, faces: Faces) -> MethodOutput:
+        if len(faces) == 0:
+            return MethodOutput(image.copy(), np.zeros((0, 4), np.int32), (), ())
+        reliable = self._check(faces)
+        plans: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
+        for i in np.flatnonzero(reliable):
+            try:
+                plans[int(i)] = self._plan(image, faces, int(i))
+            except ValueError as exc:
+                log.info("surrogate face %d falls back to mask: %s", i, exc)
+        # Masks go first and surrogates render on top of them, so no surrogate's warp can move
+        # a masked face's original pixels; a late failure restarts with that face masked.
+        while True:
+            output, failed = self._attempt(image, faces, plans)
+            if not failed:
+                return output
+            for i in failed:
+                del plans[i]
+
+    def _attempt(
+        self, image: np.ndarray, faces: Faces, plans: dict
+    ) -> tuple[MethodOutput, list[int]]:
+        regions = face_regions(faces, image.shape, self.grow)
+        methods = ["mask"] * len(faces)
+        names: list[str | None] = [None] * len(faces)
+        out = image.copy()
+        masked = [i for i in range(len(faces)) if i not in plans]
+        if masked:
+            result = self.fallback(image, faces.select(np.asarray(masked, np.int64)))
+            out = result.image
+            regions[masked] = result.regions
+        failed = []
+        for i, (name, texture, shape) in plans.items():
+            try:
+                points = faces.landmarks68[i].astype(np.float64)
+                face = self.synthesizer(out, points, texture, shape, int(name[:8], 16))
+                if face.occluded > MAX_OCCLUDED:
+                    raise ValueError(f"{face.occluded:.0%} of the face looks occluded")
+            except ValueError as exc:
+                log.info("surrogate face %d falls back to mask: %s", i, exc)
+                failed.append(i)
+                continue
+            regions[i] = _paste(out, face, regions[i])
+            methods[i], names[i] = self.name, name
+        return MethodOutput(out, regions, tuple(methods), tuple(names)), failed
+
+    def _check(self, faces: Faces) -> np.ndarray:
+        if faces.landmarks68 is None or faces.embeddings is None:
+            raise ValueError("surrogate needs landmarks68 and embeddings on every face")
+        if "reliable" not in faces.extras:
+            raise ValueError("surrogate needs extras['reliable'] from the landmark model")
+        used = faces.extras.get("embedder")
+        if used is not None and used != self.context.embedder:
+            raise ValueError(f"embeddings from {used}, but the context was built with another")
+        if faces.embeddings.shape[1] != self.context.clusters.centroids.shape[1]:
+            raise ValueError("embedding size differs from the context's")
+        return np.asarray(faces.extras["reliable"], bool).reshape(len(faces))
+
+    def _plan(self, image: np.ndarray, faces: Faces, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+        points = faces.landmarks68[i].astype(np.float64)
+        embedding = np.asarray(faces.embeddings[i], np.float32)
+        name, chosen = self.donor_set(embedding, skin_tone(image, points))
+        return (name, *self._mean_face(name, chosen))
+
+    def _mean_face(self, name: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = f"{name}:{chosen.tobytes().hex()}"
+        if key in self._faces:
+            self._faces.move_to_end(key)
+            return self._faces[key]
+        self._faces[key] = self.context.bank.mean_face(chosen)
+        if len(self._faces) > _CACHE:
+            self._faces.popitem(last=False)
+        return self._faces[key]
+
+
+def _paste(out: np.ndarray, face: Rendered, region: np.ndarray) -> np.ndarray:
+    """Write ``face`` into ``out`` and return the union of ``region`` and the changed pixels."""
+    x1, y1, x2, y2 = face.box
+    before = out[y1:y2, x1:x2]
+    changed = (face.pixels != before).any(axis=2)
+    before[changed] = face.pixels[changed]
+    if not changed.any():
+        return region
+    ys, xs = np.nonzero(changed)
+    return np.array(
+        [
+            min(region[0], x1 + xs.min()),
+            min(region[1], y1 + ys.min()),
+            max(region[2], x1 + xs.max() + 1),
+            max(region[3], y1 + ys.max() + 1),
+        ],
+        np.int32,
+    )

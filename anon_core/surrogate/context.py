@@ -1,0 +1,195 @@
+"""First pass of the surrogate method: identity clusters and a donor bank from dataset samples.
+
+Pure functions, no Ray and no disk. A job can run ``collect_faces`` per shard in parallel,
+``FaceTable.merge`` the parts on the driver, and ``context_from_table`` once; or call
+``build_surrogate_context`` for all three. The resulting ``SurrogateContext`` is picklable and
+holds original donor pixels: keep it in memory (or the object store), never in a file or log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+
+from anon_core.detectors import Detector
+from anon_core.embeddings import Embedder
+from anon_core.faces import Faces
+from anon_core.landmarks import LandmarkModel
+from anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
+from anon_core.surrogate.attributes import LinearAttribute
+from anon_core.surrogate.donors import DonorBank, DonorFace, make_donor, skin_tone
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DONORS = 1024
+
+
+def _rank(face_id: str) -> bytes:
+    """Order in which donors are kept: a hash of the id, so the sample is spread evenly over the
+    dataset and does not depend on the order in which shards were processed."""
+    return hashlib.sha256(face_id.encode()).digest()
+
+
+@dataclass(frozen=True, repr=False)
+class FaceTable:
+    """Every face seen in a first pass: ids, unit embeddings (N x D), skin tones (N x 3, NaN if
+    unknown), plus up to ``max_donors`` donor candidates chosen by a hash of their id."""
+
+    ids: tuple[str, ...]
+    embeddings: np.ndarray
+    skin: np.ndarray
+    donors: tuple[DonorFace, ...]
+    embedder: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"FaceTable({len(self)} faces, {len(self.donors)} donor candidates)"
+
+    @classmethod
+    def merge(cls, tables: Sequence[FaceTable], max_donors: int = DEFAULT_MAX_DONORS) -> FaceTable:
+        """One table from per-shard tables (same embedder), keeping the same donors as a single
+        pass over all of them would."""
+        names = {t.embedder for t in tables}
+        if len(names) > 1:
+            raise ValueError(f"tables come from different embedders: {sorted(names)}")
+        if not tables:
+            raise ValueError("nothing to merge")
+        donors = heapq.nsmallest(
+            max_donors, (d for t in tables for d in t.donors), key=lambda d: _rank(d.face_id)
+        )
+        return cls(
+            ids=tuple(i for t in tables for i in t.ids),
+            embeddings=np.concatenate([t.embeddings for t in tables]),
+            skin=np.concatenate([t.skin for t in tables]),
+            donors=tuple(sorted(donors, key=lambda d: d.face_id)),
+            embedder=names.pop(),
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class SurrogateContext:
+    """What the surrogate method needs from the first pass: identity clusters (centroids and
+    median skin tone per identity), the donor bank and optional attribute probes; ``embedder``
+    names the embedder whose vectors the clusters hold, which the second pass must use too."""
+
+    clusters: IdentityClusters
+    bank: DonorBank
+    embedder: str
+    attributes: tuple[LinearAttribute, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"SurrogateContext({self.clusters!r}, {self.bank!r}, embedder={self.embedder})"
+
+
+def _batches(samples: Iterable[tuple[str, np.ndarray]], size: int) -> Iterator[list]:
+    it = iter(samples)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def collect_faces(
+    samples: Iterable[tuple[str, np.ndarray]],
+    detector: Detector,
+    landmarks: LandmarkModel,
+    embedder: Embedder,
+    max_donors: int = DEFAULT_MAX_DONORS,
+    batch: int = 16,
+) -> FaceTable:
+    """Detect, landmark and embed every face of ``samples`` (sample id, RGB uint8).
+
+    Faces whose landmarks are unreliable are left out (they are masked in the second pass).
+    Face ids are ``"{sample id}#{face number}"``.
+    """
+    ids: list[str] = []
+    embs: list[np.ndarray] = []
+    skins: list[np.ndarray] = []
+    heap: list[tuple[bytes, int, DonorFace]] = []  # max-heap on rank through negation
+    for chunk in _batches(samples, batch):
+        images = [np.ascontiguousarray(rgb) for _, rgb in chunk]
+        found = landmarks(images, detector(images))
+        vectors = embedder(images, found)
+        for (sid, _), image, faces, vec in zip(chunk, images, found, vectors, strict=True):
+            for i in np.flatnonzero(_reliable(faces)):
+                face_id = f"{sid}#{i}"
+                ids.append(face_id)
+                embs.append(vec[i])
+                skins.append(skin_tone(image, faces.landmarks68[i]))
+                _offer(heap, max_donors, face_id, image, faces.landmarks68[i], vec[i])
+    dim = getattr(embedder, "dim", 0)
+    return FaceTable(
+        ids=tuple(ids),
+        embeddings=np.asarray(embs, np.float32).reshape(len(ids), -1 if ids else dim),
+        skin=np.asarray(skins, np.float32).reshape(len(ids), 3),
+        donors=tuple(d for _, _, d in sorted(heap, key=lambda e: e[2].face_id)),
+        embedder=embedder.name,
+    )
+
+
+def _reliable(faces: Faces) -> np.ndarray:
+    flags = faces.extras.get("reliable")
+    if faces.landmarks68 is None or flags is None:
+        raise ValueError("the landmark model did not fill landmarks68 and extras['reliable']")
+    return np.asarray(flags, bool)
+
+
+def _offer(heap: list, limit: int, face_id: str, image, points, embedding) -> None:
+    """Keep ``face_id`` as a donor if it ranks among the ``limit`` smallest hashes so far."""
+    rank = _rank(face_id)
+    if limit <= 0 or (len(heap) == limit and _negate(rank) < heap[0][0]):
+        return
+    donor = make_donor(face_id, image, points, embedding)
+    if donor is None:
+        return
+    item = (_negate(rank), len(heap), donor)
+    if len(heap) < limit:
+        heapq.heappush(heap, item)
+    else:
+        heapq.heapreplace(heap, item)
+
+
+def _negate(rank: bytes) -> bytes:
+    return bytes(255 - b for b in rank)
+
+
+def context_from_table(
+    table: FaceTable,
+    threshold: float | None = None,
+    texture_size: int = 128,
+    attributes: Sequence[LinearAttribute] = (),
+) -> SurrogateContext:
+    """Cluster the table's faces into identities and build the donor bank from its donors."""
+    for probe in attributes:
+        if probe.embedder != table.embedder:
+            raise ValueError(f"attribute {probe.name} was fitted on another embedder")
+    if threshold is None:
+        if table.embedder not in SAME_PERSON:
+            raise ValueError(f"no calibrated threshold for embedder {table.embedder!r}; pass one")
+        threshold = SAME_PERSON[table.embedder]
+    clusters, labels = cluster_identities(table.ids, table.embeddings, threshold, table.skin)
+    where = {face_id: n for n, face_id in enumerate(table.ids)}
+    donor_labels = np.array([labels[where[d.face_id]] for d in table.donors], np.int64)
+    bank = DonorBank.from_faces(table.donors, donor_labels, size=texture_size)
+    return SurrogateContext(clusters, bank, table.embedder, tuple(attributes))
+
+
+def build_surrogate_context(
+    samples: Iterable[tuple[str, np.ndarray]],
+    detector: Detector,
+    landmarks: LandmarkModel,
+    embedder: Embedder,
+    max_donor_faces: int = DEFAULT_MAX_DONORS,
+    threshold: float | None = None,
+    texture_size: int = 128,
+    attributes: Sequence[LinearAttribute] = (),
+) -> SurrogateContext:
+    """The whole first pass over ``samples`` (sample id, RGB uint8) in one process."""
+    table = collect_faces(samples, detector, landmarks, embedder, max_donor_faces)
+    return context_from_table(table, threshold, texture_size, attributes)
