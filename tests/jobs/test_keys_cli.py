@@ -459,33 +459,30 @@ def test_kms_escrow_restore_needs_no_approvals(tmp_path, aws_kms, capsys):
     assert json.loads((w["out"] / "escrow.json").read_text())["scheme"] == "kms"
     req = _request(w, samples="all")
     dest = tmp_path / "kms-restored"
-    assert (
-        main(
-            [
-                "restore",
-                "apply",
-                str(w["out"]),
-                str(req),
-                "--dest",
-                str(dest),
-                "--kms-endpoint",
-                url,
-            ]
-        )
-        == 0
-    )
+    assert _apply_with_kms(w, req, dest, url) == 0
     _check_restored(w, dest)
     assert main(["audit", "verify", str(w["out"])]) == 0
     assert _actions(w["out"])[-1] == "restore.apply"
 
 
-@pytest.fixture
-def aws_kms(monkeypatch):
-    from tests.conftest import moto_server
+def _apply_with_kms(w: dict, req, dest, url: str) -> int:
+    """``restore apply`` of ``req`` into ``dest``, unwrapping the key with KMS at ``url``."""
+    return main(["restore", "apply", str(w["out"]), str(req), "--dest", str(dest),
+                 "--kms-endpoint", url])  # fmt: skip
+
+
+def _dummy_aws_env(monkeypatch) -> None:
     from tests.manifests.conftest import DUMMY_AWS_ENV
 
     for name, value in DUMMY_AWS_ENV.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def aws_kms(monkeypatch):
+    from tests.conftest import moto_server
+
+    _dummy_aws_env(monkeypatch)
     with moto_server() as url:
         client = boto3.client("kms", region_name="us-east-1", endpoint_url=url)
         yield client, client.create_key()["KeyMetadata"]["Arn"], url
@@ -496,10 +493,8 @@ def aws_s3(monkeypatch):
     import fsspec
 
     from tests.conftest import moto_server
-    from tests.manifests.conftest import DUMMY_AWS_ENV
 
-    for name, value in DUMMY_AWS_ENV.items():
-        monkeypatch.setenv(name, value)
+    _dummy_aws_env(monkeypatch)
     with moto_server() as url:
         monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": url})
         yield boto3.client("s3", region_name="us-east-1", endpoint_url=url), url
@@ -894,21 +889,7 @@ def test_kms_epochs_round_trip_against_moto_server(tmp_path, aws_kms, capsys):
     assert escrow.scheme == "kms" and escrow.escrow_ids == _epochs(w)
     req = _request(w, samples="all")
     dest = tmp_path / "kms-restored"
-    assert (
-        main(
-            [
-                "restore",
-                "apply",
-                str(w["out"]),
-                str(req),
-                "--dest",
-                str(dest),
-                "--kms-endpoint",
-                url,
-            ]
-        )
-        == 0
-    )
+    assert _apply_with_kms(w, req, dest, url) == 0
     _check_restored(w, dest)
     rk = _request(w, "rekey", purpose="rekey")
     assert main(["escrow", "rekey", str(w["out"]), str(rk), "--kms-endpoint", url]) == 0
@@ -916,21 +897,7 @@ def test_kms_epochs_round_trip_against_moto_server(tmp_path, aws_kms, capsys):
     assert epoch.scheme == "kms" and epoch.escrow_id not in escrow.escrow_ids
     req = _request(w, "after", samples="all")
     dest = tmp_path / "after"
-    assert (
-        main(
-            [
-                "restore",
-                "apply",
-                str(w["out"]),
-                str(req),
-                "--dest",
-                str(dest),
-                "--kms-endpoint",
-                url,
-            ]
-        )
-        == 0
-    )
+    assert _apply_with_kms(w, req, dest, url) == 0
     _check_restored(w, dest)
     assert main(["audit", "verify", str(w["out"])]) == 0
 
