@@ -90,6 +90,13 @@ def quarantined(stage: str, reason: str) -> AnonResult:
     return AnonResult(status="quarantined", stage=stage, reason=reason)
 
 
+def build_embedder(config: AnonConfig) -> Embedder:
+    """The identity embedder ``config`` asks for: its InsightFace recognizer, else dlib's."""
+    if config.recognizer:
+        return InsightFaceEmbedder(config.recognizer, config.device, config.threads)
+    return DlibEmbedder()
+
+
 class FaceAnonymizer:
     """Loads the detector and method once; ``__call__`` anonymizes one image, ``batch`` many.
 
@@ -111,13 +118,9 @@ class FaceAnonymizer:
         self.landmarks: LandmarkModel | None = (
             Dlib68() if getattr(self.method, "needs_landmarks68", False) else None
         )
-        self.embedder: Embedder | None = None
-        if getattr(self.method, "needs_embeddings", False):
-            self.embedder = (
-                InsightFaceEmbedder(config.recognizer, config.device, config.threads)
-                if config.recognizer
-                else DlibEmbedder()
-            )
+        self.embedder: Embedder | None = (
+            build_embedder(config) if getattr(self.method, "needs_embeddings", False) else None
+        )
 
     def __call__(self, image: bytes | np.ndarray) -> AnonResult:
         return self.batch([image])[0]

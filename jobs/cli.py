@@ -12,7 +12,7 @@ from anon_core.detectors import NAMES as DETECTORS
 from anon_core.imageio import DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
 from cluster.local import add_cluster_command
-from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig
+from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
 from jobs.evaluate import add_audit_faces_command, add_audit_run_options, add_eval_command
 from jobs.keyfile import KeyFileError, add_key_command
 from jobs.keys_cli import add_key_commands
@@ -48,6 +48,17 @@ def _add_run_options(p) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--secret-file")
     p.add_argument("--no-progress", action="store_true")
+    sur = p.add_argument_group("surrogate (--method surrogate)")
+    sur.add_argument("--key-file", help="the team's pseudonym key (faceveil key new)")
+    sur.add_argument("--privacy", type=float, help="0..1: how far face shape moves toward the "
+                     "donors' (default 0.5)")  # fmt: skip
+    sur.add_argument("--donors", type=int, help="people averaged into one surrogate (>= 4, "
+                     "default 6)")  # fmt: skip
+    sur.add_argument("--recognizer", help="InsightFace recognition ONNX for identity "
+                     "clusters (default: dlib's embedded ResNet)")  # fmt: skip
+    sur.add_argument("--first-pass-shards", type=int, help="shards sampled for identities "
+                     "and donors (default: all)")  # fmt: skip
+    sur.add_argument("--max-donor-faces", type=int, default=1024)
     escrow = p.add_argument_group("escrow (choose one)")
     escrow.add_argument("--custodians", nargs="+", default=[], metavar="PUB",
                         help="custodian public key files (faceveil custodian keygen)")  # fmt: skip
@@ -67,14 +78,32 @@ def _add_run(sub) -> None:
     p.set_defaults(handler=_run)
 
 
+def _surrogate_options(args: argparse.Namespace) -> dict:
+    """Method options from --privacy/--donors; refused with any method but surrogate."""
+    given = {k: v for k, v in (("privacy", args.privacy), ("donors", args.donors)) if v is not None}
+    strays = [f"--{k}" for k in given] + (["--recognizer"] if args.recognizer else [])
+    if args.method != "surrogate" and strays:
+        raise ValueError(f"{', '.join(strays)} apply to --method surrogate only")
+    if args.method != "surrogate":
+        return {}
+    options = {"privacy": 0.5, "donors": 6, **given}
+    if not 0.0 <= options["privacy"] <= 1.0:
+        raise ValueError(f"--privacy must be in [0, 1], got {options['privacy']}")
+    if options["donors"] < 4:
+        raise ValueError(f"--donors must be at least 4 (k-Same), got {options['donors']}")
+    return options
+
+
 def job_config(args: argparse.Namespace) -> JobConfig:
     """The JobConfig described by parsed ``run`` arguments."""
     anon = AnonConfig(
         method=args.method,
+        method_options=_surrogate_options(args),
         detector=args.detector,
         model_root=args.model_root,
         threshold=args.det_threshold,
         max_pixels=args.max_pixels,
+        recognizer=args.recognizer,
     )
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
     escrow = EscrowConfig(tuple(args.custodians), args.threshold, args.kms, args.no_escrow)
@@ -87,6 +116,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         pool=pool,
         escrow=escrow,
         audit=audit,
+        surrogate=SurrogateConfig(args.key_file, args.first_pass_shards, args.max_donor_faces),
         shard_size=args.shard_size,
         resume=args.resume,
         address=args.address,
@@ -126,7 +156,9 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="build a sample dataset from bundled images and run a job")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--count", type=int, default=200)
-    p.add_argument("--method", default="blur", choices=methods.available())
+    p.add_argument("--method", default="blur", choices=[m for m in methods.available()
+                   if m != "surrogate"], help="surrogate needs a dataset of many people: use "
+                   "faceveil run")  # fmt: skip
     p.set_defaults(handler=_demo)
 
 

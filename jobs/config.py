@@ -48,6 +48,28 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class SurrogateConfig:
+    """The surrogate method's first pass. ``key_file``: the team's pseudonym key (``faceveil key
+    new``); ``first_pass_shards``: at most this many shards, picked by a hash of their names,
+    feed the identity clusters and donor bank (None: all); ``max_donor_faces`` caps the donor
+    candidates kept in memory."""
+
+    key_file: str | None = None
+    first_pass_shards: int | None = None
+    max_donor_faces: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.first_pass_shards is not None and self.first_pass_shards < 1:
+            raise ValueError("--first-pass-shards must be at least 1")
+        if self.max_donor_faces < 16:
+            raise ValueError("--max-donor-faces must be at least 16")
+
+    def output_config(self) -> dict:
+        return {"first_pass_shards": self.first_pass_shards,
+                "max_donor_faces": self.max_donor_faces}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``faceveil run`` needs. ``anon`` alone decides the output pixels."""
 
@@ -57,6 +79,7 @@ class JobConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     escrow: EscrowConfig = field(default_factory=EscrowConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
     shard_size: int = 1000
     resume: bool = False
     address: str | None = None
@@ -69,7 +92,10 @@ class JobConfig:
         anon = asdict(self.anon)
         anon["method_options"] = dict(self.anon.method_options)
         anon.pop("threads", None)
-        return {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
+        out = {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
+        if self.anon.method == "surrogate":
+            out["surrogate"] = self.surrogate.output_config()
+        return out
 
     def output_config_sha256(self) -> str:
         blob = json.dumps(self.output_config(), sort_keys=True, default=str).encode()

@@ -21,11 +21,15 @@ class EscrowRefused(ValueError):
 
 @dataclass(frozen=True)
 class Secrets:
-    """What actors need that must never touch disk: the job secret (opens sealed source URIs)
-    and, with escrow, the envelope that seals originals."""
+    """What actors need that must never touch disk: the job secret (opens sealed source URIs);
+    with escrow, the envelope that seals originals; with ``--method surrogate``, the team's
+    pseudonym key and ``transit``, a key made for this run only that encrypts what carries
+    original pixels between processes (face tables, the donor bank)."""
 
     secret: bytes
     envelope: object | None = None
+    pseudonym_key: bytes | None = None
+    transit: bytes | None = None
 
     def sealer(self, shard: str):
         """A ShardSealer for ``shard``, or None when the job runs without escrow."""
@@ -37,6 +41,36 @@ class Secrets:
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
+
+
+_NONCE = 12
+
+
+def seal_object(key: bytes, obj: object) -> bytes:
+    """``obj`` pickled and encrypted (AES-256-GCM) under ``key``, for the object store: what
+    Ray spills to disk is then ciphertext."""
+    import os
+    import pickle
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(_NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), None)
+
+
+def open_object(key: bytes, blob: bytes) -> object:
+    """The object ``seal_object`` sealed; ValueError when ``blob`` was not sealed under ``key``
+    or was changed (nothing is unpickled then)."""
+    import pickle
+
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        plain = AESGCM(key).decrypt(bytes(blob[:_NONCE]), bytes(blob[_NONCE:]), None)
+    except InvalidTag:
+        raise ValueError("sealed object does not open with this run's transit key") from None
+    return pickle.loads(plain)  # authenticated: written by this run's own processes
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import ray
 
 from anon_core.accel import select_backend
-from anon_core.pipeline import AnonConfig
+from anon_core.pipeline import AnonConfig, FaceAnonymizer
 from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
@@ -28,14 +29,6 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 SHARDS_DIR = "shards"
-
-
-# Methods anon_core has but the job cannot run yet, and why (refused before any work is done).
-UNWIRED_METHODS = {
-    "surrogate": "--method surrogate needs a first pass over the dataset (identity clusters and "
-    "a donor bank) that faceveil run does not distribute yet; try it with faceveil eval "
-    "--methods surrogate, or use blur, pixelate or mask",
-}
 
 
 class JobError(RuntimeError):
@@ -70,17 +63,23 @@ class ShardProcessor:
     """Ray Data actor: loads models once, then processes whole shards one row at a time."""
 
     def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, key_holder,
-                 observer=None):  # fmt: skip
+                 observer=None, surrogate_context=None):  # fmt: skip
         import cv2
 
         cv2.setNumThreads(max(1, anon.threads))
         anon = replace(anon, device=actor_device(anon.device))
         self.node = ray.get_runtime_context().get_node_id()
-        self.anonymizer = select_backend(anon)  # the accelerated path when the device is cuda
+        self.secrets = ray.get(key_holder.get.remote())
+        if surrogate_context is not None:
+            from jobs.firstpass import surrogate_method
+
+            method = surrogate_method(anon, self.secrets, surrogate_context)
+            self.anonymizer = FaceAnonymizer(anon, method=method)  # per-face work runs on CPU
+        else:
+            self.anonymizer = select_backend(anon)  # the accelerated path when device is cuda
         self.out = Location(out_uri)
         self.batch_size = batch_size
         self.progress = BufferedProgress(counter)
-        self.secrets = ray.get(key_holder.get.remote())
         self.observer = observer  # the in-job audit sampler, or None
         self.actor_id = uuid.uuid4().hex
         log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
@@ -177,7 +176,8 @@ def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> 
 
 
 def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors: int,
-             counter, key_holder, summary: JobSummary, observer=None) -> None:  # fmt: skip
+             counter, key_holder, summary: JobSummary, observer=None,
+             surrogate_context=None) -> None:  # fmt: skip
     """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -197,6 +197,7 @@ def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors
             "counter": counter,
             "key_holder": key_holder,
             "observer": observer,
+            "surrogate_context": surrogate_context,
         },
     )
     audits: dict[str, dict] = {}
@@ -240,12 +241,12 @@ def run_job(config: JobConfig) -> JobSummary:
     from jobs.keys import Secrets, audit, escrow_mode, open_keys
     from jobs.secrets import load_secret
 
-    if config.anon.method in UNWIRED_METHODS:
-        raise JobError(UNWIRED_METHODS[config.anon.method])
     started = time.monotonic()
     out = Location(config.output)
+    pseudonym_key = _pseudonym_key(config)
     job = open_job(config, out)  # checks only: nothing is written before sharding succeeds
     resuming = job.pop("_resumed", False)
+    _record_key(job, pseudonym_key)
     escrow_mode(config.escrow, job, resuming)  # refuse missing escrow flags before sharding
     secret = load_secret(config.secret_file)
     src, entries = resolve_shards(config, out, secret)
@@ -256,16 +257,65 @@ def run_job(config: JobConfig) -> JobSummary:
     if keys is not None:
         details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks)}
         audit(out, keys, "job.start", details)
-    secrets = Secrets(secret, keys.envelope if keys is not None else None)
+    transit = os.urandom(32) if pseudonym_key is not None else None
+    secrets = Secrets(secret, keys.envelope if keys is not None else None, pseudonym_key, transit)
     try:
-        _process(config, tasks, secrets, summary)
+        _process(config, tasks, secrets, summary, job, (src, entries))
     finally:
         summary.seconds = time.monotonic() - started
         _finish_job(out, job, summary, keys)
     return summary
 
 
-def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSummary) -> None:
+def _pseudonym_key(config: JobConfig) -> bytes | None:
+    """The team's pseudonym key for --method surrogate (None for other methods)."""
+    from jobs.keyfile import load_key_file
+
+    if config.anon.method != "surrogate":
+        if config.surrogate.key_file:
+            raise JobError("--key-file is used by --method surrogate only")
+        return None
+    if not config.surrogate.key_file:
+        raise JobError("--method surrogate needs --key-file, the team's pseudonym key; create "
+                       "one with `faceveil key new team.key` and keep it safe")  # fmt: skip
+    return load_key_file(config.surrogate.key_file)
+
+
+def _record_key(job: dict, key: bytes | None) -> None:
+    """Record the pseudonym key's fingerprint; a resumed job must use the same key."""
+    from jobs.firstpass import key_fingerprint
+
+    if key is None:
+        return
+    found = key_fingerprint(key)
+    recorded = job.get("surrogate", {}).get("key_fingerprint")
+    if recorded is not None and recorded != found:
+        raise JobError(f"this job's surrogates were made with another key (fingerprint "
+                       f"{recorded}, this --key-file has {found}); resume with that "
+                       "key")  # fmt: skip
+    job["surrogate"] = {**job.get("surrogate", {}), "key_fingerprint": found}
+
+
+def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, holder,
+                     secrets, job: dict):  # fmt: skip
+    """Run the first pass over (a sample of) every shard, done or not, so a resumed job gets
+    the same identities and donors; records its summary in ``job``."""
+    from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
+
+    src, entries = sources
+    chosen = first_pass_entries(entries, config.surrogate.first_pass_shards)
+    tasks = pending_tasks(src, chosen, Location(config.output), resume=False)
+    log.info("surrogate first pass over %d of %d shards", len(tasks), len(entries))
+    try:
+        setup = run_first_pass(config, tasks, anon, actors, holder, secrets)
+    except FirstPassError as exc:
+        raise JobError(str(exc)) from None
+    job["surrogate"]["first_pass"] = setup.info
+    return setup.context
+
+
+def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSummary,
+             job: dict, sources) -> None:  # fmt: skip
     """Start or join Ray, size the pool, and process ``tasks`` with a live progress display."""
     if not tasks:
         return
@@ -276,6 +326,10 @@ def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSum
         device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
         anon = replace(config.anon, device=device,
                        threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
+        holder = hold_secrets(secrets)
+        context = None
+        if secrets.pseudonym_key is not None:
+            context = _surrogate_setup(config, sources, anon, actors, holder, secrets, job)
         log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
         counter = ProgressCounter.remote()
         total = sum(t.samples for t in tasks)
@@ -284,8 +338,8 @@ def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSum
         watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
         watcher.start()
         try:
-            _execute(tasks, config, anon, actors, counter, hold_secrets(secrets), summary,
-                     audit_sampler(config))  # fmt: skip
+            _execute(tasks, config, anon, actors, counter, holder, summary,
+                     audit_sampler(config), context)  # fmt: skip
         finally:
             stop.set()
             watcher.join()

@@ -92,7 +92,9 @@ def _source_uri(sample: RawSample, secret: bytes | None) -> str:
     return open_uri(secret, sample.key, blob)
 
 
-def _classify(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pending:
+def classify_sample(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pending:
+    """The sample with its image bytes, or already quarantined (a duplicate key, a read error,
+    no image member); ``seen`` collects the keys met so far in the shard."""
     source = _source_uri(sample, secret)
     if sample.key in seen:
         return _Pending(sample, source, None, quarantined("input", "duplicate key in shard"))
@@ -111,7 +113,7 @@ def _windows(samples: Iterator[RawSample], size: int, secret) -> Iterator[list[_
     seen: set[str] = set()
     window: list[_Pending] = []
     for sample in samples:
-        window.append(_classify(sample, seen, secret))
+        window.append(classify_sample(sample, seen, secret))
         if sum(p.result is None for p in window) >= size:
             yield window
             window = []

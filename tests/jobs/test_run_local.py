@@ -133,12 +133,3 @@ def test_failed_sharding_leaves_no_job_behind(tmp_path, secret_file):
     assert not (out / "job.json").exists()
     assert main(args) == 2  # no escrow choice: refused before any work
     assert not (out / "job.json").exists() and not (out / "escrow.json").exists()
-
-
-def test_surrogate_is_refused_by_run_until_its_first_pass_is_distributed(tmp_path, secret_file):
-    (tmp_path / "photos").mkdir()
-    out = tmp_path / "out"
-    args = ["run", str(tmp_path / "photos"), str(out), "--method", "surrogate", "--no-escrow",
-            "--secret-file", str(secret_file)]  # fmt: skip
-    assert main(args) == 2
-    assert not out.exists()

@@ -1,0 +1,205 @@
+"""``faceveil run --method surrogate`` on a real local Ray: the distributed first pass, one
+pseudonym per person across shards, deterministic reruns, and the key never on disk.
+
+The end-to-end tests need real people (``../shared/data/lfw_dev``) and skip without them; the
+refusals run everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.cli import main
+from jobs.firstpass import first_pass_entries, key_fingerprint
+from jobs.keyfile import load_key_file, new_key_file
+from jobs.keys import open_object, seal_object
+from jobs.shard import ShardEntry, list_sources, sample_key
+from tests.factories import shared_path, tar_members, varied_faces, write_folder
+
+PEOPLE = 24
+PHOTOS = 3
+
+
+def _surrogate_args(photos: Path, out: Path, secret: Path, key: Path, *extra: str) -> list[str]:
+    return ["run", str(photos), str(out), "--method", "surrogate", "--key-file", str(key),
+            "--donors", "4", "--shard-size", "25", "--batch-size", "8", "--no-escrow",
+            "--secret-file", str(secret), *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lfw_job(tmp_path_factory):
+    """PHOTOS photos each of PEOPLE LFW people in a folder, with a job secret and a team key."""
+    root = shared_path("data", "lfw_dev")
+    by_person = defaultdict(list)
+    with open(root / "manifest.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            by_person[row["identity"]].append(row["path"])
+    chosen = [p for p in sorted(by_person) if len(by_person[p]) >= PHOTOS][:PEOPLE]
+    base = tmp_path_factory.mktemp("surrogate")
+    photos = base / "photos"
+    photos.mkdir()
+    who = {}
+    for n, person in enumerate(chosen):
+        for k, path in enumerate(by_person[person][:PHOTOS]):
+            name = f"p{n:02d}_{k}.jpg"  # no real names in the test's own folder either
+            shutil.copyfile(root / path, photos / name)
+            who[name] = n
+    secret = new_key_file(base / "secret.key")
+    key = new_key_file(base / "team.key")
+    return base, photos, who, secret, key
+
+
+@pytest.fixture(scope="module")
+def surrogate_run(lfw_job, ray_local):
+    base, photos, _, secret, key = lfw_job
+    out = base / "out1"
+    assert main(_surrogate_args(photos, out, secret, key)) == 0
+    return out
+
+
+def _metadata(out: Path) -> dict[str, dict]:
+    """Sample key -> its public JSON, over every data shard."""
+    docs = {}
+    for tar in sorted((out / "data").glob("*.tar")):
+        for name, data in tar_members(tar).items():
+            if name.endswith(".json"):
+                docs[name.removesuffix(".json")] = json.loads(data)
+    return docs
+
+
+def test_every_face_gets_a_surrogate_and_one_person_one_pseudonym(lfw_job, surrogate_run):
+    _, photos, who, secret, _ = lfw_job
+    docs = _metadata(surrogate_run)
+    secret_bytes = load_key_file(secret)
+    by_key = {sample_key(secret_bytes, s.uri): Path(s.path).name for s in list_sources(str(photos))}
+    assert set(docs) == set(by_key)  # nothing lost, nothing quarantined
+    faces = [f for d in docs.values() for f in d["faces"]]
+    surrogates = [f for f in faces if f["method"] == "surrogate"]
+    assert len(surrogates) >= 0.8 * len(faces), [f["method"] for f in faces]
+    assert all(len(f["pseudonym"]) >= 16 for f in surrogates)
+    # the main face of each photo: one pseudonym per person, different people differ
+    names: dict[int, set[str]] = defaultdict(set)
+    for key, doc in docs.items():
+        main_face = [f for f in doc["faces"] if f["method"] == "surrogate"]
+        if len(main_face) == 1:
+            names[who[by_key[key]]].add(main_face[0]["pseudonym"])
+    whole = np.mean([len(v) == 1 for v in names.values()])
+    assert len(names) >= PEOPLE * 0.8 and whole >= 0.85, names
+    firsts = [next(iter(v)) for v in names.values() if len(v) == 1]
+    assert len(set(firsts)) == len(firsts)
+
+
+def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, surrogate_run):
+    *_, key = lfw_job
+    job = json.loads((surrogate_run / "job.json").read_text())
+    assert job["status"] == "complete"
+    assert job["config"]["anon"]["method_options"] == {"privacy": 0.5, "donors": 4}
+    record = job["surrogate"]
+    assert record["key_fingerprint"] == key_fingerprint(load_key_file(key))
+    first = record["first_pass"]
+    assert first["shards"] == 3 and first["shards_left_out"] == []
+    assert first["faces"] >= PEOPLE * PHOTOS * 0.9 and first["donor_identities"] >= 8
+    assert PEOPLE * 0.8 <= first["identities"] <= PEOPLE * 1.5
+    raw = load_key_file(key)
+    for path in surrogate_run.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert raw not in blob and raw.hex().encode() not in blob, path
+
+
+def test_rerun_is_byte_identical(lfw_job, surrogate_run):
+    base, photos, _, secret, key = lfw_job
+    out = base / "out2"
+    assert main(_surrogate_args(photos, out, secret, key)) == 0
+    for tar in sorted((surrogate_run / "data").glob("*.tar")):
+        assert (
+            hashlib.sha256(tar.read_bytes()).digest()
+            == hashlib.sha256((out / "data" / tar.name).read_bytes()).digest()
+        ), tar.name
+
+
+def test_resume_with_another_key_is_refused(lfw_job, surrogate_run, capsys):
+    base, photos, _, secret, _ = lfw_job
+    other = new_key_file(base / "other.key")
+    before = (surrogate_run / "job.json").read_bytes()
+    assert main(_surrogate_args(photos, surrogate_run, secret, other, "--resume")) == 2
+    assert "another key" in capsys.readouterr().err
+    assert (surrogate_run / "job.json").read_bytes() == before
+
+
+def test_too_few_people_fail_before_anything_is_anonymized(tmp_path, secret_file, ray_local,
+                                                           capsys):  # fmt: skip
+    write_folder(tmp_path / "photos", varied_faces(12))
+    key = new_key_file(tmp_path / "team.key")
+    out = tmp_path / "out"
+    assert main(_surrogate_args(tmp_path / "photos", out, secret_file, key)) == 2
+    err = capsys.readouterr().err
+    assert "surrogate cannot be built" in err or "no face" in err, err
+    assert not (out / "data").exists() and not (out / "_done").exists()
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "incomplete"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ((), "needs --key-file"),
+        (("--privacy", "1.5"), "--privacy must be in [0, 1]"),
+        (("--donors", "3"), "at least 4"),
+    ],
+)
+def test_surrogate_flags_are_checked_before_any_work(tmp_path, secret_file, capsys, extra,
+                                                     message):  # fmt: skip
+    (tmp_path / "photos").mkdir()
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "photos"), str(out), "--method", "surrogate", "--no-escrow",
+            "--secret-file", str(secret_file), *extra]  # fmt: skip
+    if extra:
+        args += ["--key-file", str(new_key_file(tmp_path / "team.key"))]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_surrogate_flags_with_another_method_are_refused(tmp_path, secret_file, capsys):
+    (tmp_path / "photos").mkdir()
+    args = ["run", str(tmp_path / "photos"), str(tmp_path / "out"), "--no-escrow",
+            "--secret-file", str(secret_file), "--privacy", "0.2"]  # fmt: skip
+    assert main(args) == 2
+    assert "apply to --method surrogate only" in capsys.readouterr().err
+    key = new_key_file(tmp_path / "team.key")
+    assert main([*args[:-2], "--key-file", str(key)]) == 2
+    assert "--key-file is used by --method surrogate only" in capsys.readouterr().err
+
+
+def test_sealed_objects_open_only_with_their_key_and_hide_their_pixels() -> None:
+    pixels = np.arange(160 * 160 * 3, dtype=np.uint32).astype(np.uint8).reshape(160, 160, 3)
+    key = bytes(range(32))
+    blob = seal_object(key, {"crop": pixels})
+    assert pixels.tobytes()[:4096] not in blob
+    assert np.array_equal(open_object(key, blob)["crop"], pixels)
+    with pytest.raises(ValueError, match="transit key"):
+        open_object(bytes(32), blob)
+    tampered = bytearray(blob)
+    tampered[40] ^= 1
+    with pytest.raises(ValueError, match="transit key"):
+        open_object(key, bytes(tampered))
+
+
+def test_first_pass_sample_is_stable_and_spread() -> None:
+    entries = [ShardEntry(f"shard-{i:06d}.tar", 10, "0" * 64, 100) for i in range(40)]
+    picked = first_pass_entries(entries, 8)
+    assert len(picked) == 8 and picked == sorted(picked, key=lambda e: e.shard)
+    assert picked == first_pass_entries(list(reversed(entries)), 8)
+    assert first_pass_entries(entries, None) == entries
+    assert first_pass_entries(entries, 100) == entries
+    numbers = [int(e.shard[6:12]) for e in picked]
+    assert max(numbers) - min(numbers) > 10  # not simply the first few
