@@ -59,6 +59,8 @@ def _add_run_options(p) -> None:
     sur.add_argument("--first-pass-shards", type=int, help="shards sampled for identities "
                      "and donors (default: all)")  # fmt: skip
     sur.add_argument("--max-donor-faces", type=int, default=1024)
+    sur.add_argument("--attributes", metavar="LABELS_CSV", help="your labelled faces (path, "
+                     "age, gender 0/1, race): donors then share gender and age")  # fmt: skip
     escrow = p.add_argument_group("escrow (choose one)")
     escrow.add_argument("--custodians", nargs="+", default=[], metavar="PUB",
                         help="custodian public key files (faceveil custodian keygen)")  # fmt: skip
@@ -81,7 +83,11 @@ def _add_run(sub) -> None:
 def _surrogate_options(args: argparse.Namespace) -> dict:
     """Method options from --privacy/--donors; refused with any method but surrogate."""
     given = {k: v for k, v in (("privacy", args.privacy), ("donors", args.donors)) if v is not None}
-    strays = [f"--{k}" for k in given] + (["--recognizer"] if args.recognizer else [])
+    strays = [f"--{k}" for k in given] + [
+        flag
+        for flag, v in (("--recognizer", args.recognizer), ("--attributes", args.attributes))
+        if v
+    ]
     if args.method != "surrogate" and strays:
         raise ValueError(f"{', '.join(strays)} apply to --method surrogate only")
     if args.method != "surrogate":
@@ -116,7 +122,9 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         pool=pool,
         escrow=escrow,
         audit=audit,
-        surrogate=SurrogateConfig(args.key_file, args.first_pass_shards, args.max_donor_faces),
+        surrogate=SurrogateConfig(
+            args.key_file, args.first_pass_shards, args.max_donor_faces, args.attributes
+        ),
         shard_size=args.shard_size,
         resume=args.resume,
         address=args.address,

@@ -52,11 +52,13 @@ class SurrogateConfig:
     """The surrogate method's first pass. ``key_file``: the team's pseudonym key (``faceveil key
     new``); ``first_pass_shards``: at most this many shards, picked by a hash of their names,
     feed the identity clusters and donor bank (None: all); ``max_donor_faces`` caps the donor
-    candidates kept in memory."""
+    candidates kept in memory; ``attributes``: a labels CSV of the user's own faces to fit
+    gender and age probes on, so donors share the original's gender and age."""
 
     key_file: str | None = None
     first_pass_shards: int | None = None
     max_donor_faces: int = 1024
+    attributes: str | None = None
 
     def __post_init__(self) -> None:
         if self.first_pass_shards is not None and self.first_pass_shards < 1:
@@ -66,7 +68,7 @@ class SurrogateConfig:
 
     def output_config(self) -> dict:
         return {"first_pass_shards": self.first_pass_shards,
-                "max_donor_faces": self.max_donor_faces}  # fmt: skip
+                "max_donor_faces": self.max_donor_faces, "attributes": self.attributes}  # fmt: skip
 
 
 @dataclass(frozen=True)

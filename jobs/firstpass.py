@@ -19,10 +19,12 @@ import numpy as np
 import ray
 
 from anon_core import methods
-from anon_core.detectors import build_detector
+from anon_core.detectors import Detector, build_detector
+from anon_core.embeddings import Embedder
 from anon_core.imageio import ImageError, decode_image
 from anon_core.landmarks import Dlib68
 from anon_core.pipeline import AnonConfig, build_embedder
+from anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_probes
 from anon_core.surrogate.context import FaceTable, collect_faces, context_from_table
 from jobs.config import JobConfig
 from jobs.keys import Secrets, open_object, seal_object
@@ -47,6 +49,22 @@ def key_fingerprint(key: bytes) -> str:
     import hmac
 
     return hmac.new(key, b"faceveil pseudonym-key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def attribute_probes(
+    labels: str, detector: Detector, embedder: Embedder
+) -> tuple[LinearAttribute, ...]:
+    """Gender and age probes fitted on the user's labelled faces (a UTKFace-style CSV: path,
+    age, gender 0 male / 1 female, race; paths relative to it) with ``embedder``."""
+    from jobs.evaluate.dataset import decoded, load_attribute_set
+
+    data = load_attribute_set(labels)
+    numbered = ((rgb, float(i)) for i, rgb in enumerate(decoded(data.paths)))
+    embeddings, rows = embed_labelled(numbered, detector, Dlib68(), embedder)
+    rows = rows.astype(np.int64)
+    probes = fit_probes(embeddings, data.gender[rows], data.age[rows], embedder.name)
+    log.info("attribute probes fitted on %d of %d labelled faces", len(rows), len(data.paths))
+    return probes
 
 
 def first_pass_entries(entries: list[ShardEntry], limit: int | None) -> list[ShardEntry]:
@@ -141,6 +159,7 @@ def run_first_pass(
     actors: int,
     key_holder,
     secrets: Secrets,
+    attributes: tuple[LinearAttribute, ...] = (),
 ) -> SurrogateSetup:
     """Collect faces of ``tasks`` on an actor pool, build the surrogate context on the driver,
     check that the method can be built from it, and put it (sealed) in the object store."""
@@ -162,7 +181,7 @@ def run_first_pass(
     if table is None or len(table) == 0:
         raise FirstPassError("the first pass found no face with reliable landmarks")
     try:
-        context = context_from_table(table)
+        context = context_from_table(table, attributes=attributes)
         method = methods.create("surrogate", key=secrets.pseudonym_key, context=context,
                                 **dict(anon.method_options))  # fmt: skip
     except ValueError as exc:
@@ -175,6 +194,7 @@ def run_first_pass(
         "donors": len(context.bank),
         "donor_identities": context.bank.identities,
         "embedder": context.embedder,
+        "attribute_probes": [p.name for p in attributes],
     }
     log.info("first pass: %d faces of %d identities; donor bank %r", len(table),
              len(context.clusters), context.bank)  # fmt: skip

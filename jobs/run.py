@@ -10,12 +10,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import ray
 
 from anon_core.accel import select_backend
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
+from anon_core.detectors import build_detector
+from anon_core.pipeline import AnonConfig, FaceAnonymizer, build_embedder
 from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
@@ -275,6 +277,8 @@ def _pseudonym_key(config: JobConfig) -> bytes | None:
         if config.surrogate.key_file:
             raise JobError("--key-file is used by --method surrogate only")
         return None
+    if config.surrogate.attributes and not Path(config.surrogate.attributes).is_file():
+        raise JobError(f"--attributes {config.surrogate.attributes} is not a file")
     if not config.surrogate.key_file:
         raise JobError("--method surrogate needs --key-file, the team's pseudonym key; create "
                        "one with `faceveil key new team.key` and keep it safe")  # fmt: skip
@@ -300,14 +304,19 @@ def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, 
                      secrets, job: dict):  # fmt: skip
     """Run the first pass over (a sample of) every shard, done or not, so a resumed job gets
     the same identities and donors; records its summary in ``job``."""
-    from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
+    from jobs.firstpass import FirstPassError, attribute_probes, first_pass_entries, run_first_pass
 
     src, entries = sources
     chosen = first_pass_entries(entries, config.surrogate.first_pass_shards)
     tasks = pending_tasks(src, chosen, Location(config.output), resume=False)
     log.info("surrogate first pass over %d of %d shards", len(tasks), len(entries))
     try:
-        setup = run_first_pass(config, tasks, anon, actors, holder, secrets)
+        probes = ()
+        if config.surrogate.attributes:
+            cpu = replace(anon, device="cpu")
+            detector = build_detector(cpu.detector, cpu.model_root, cpu.threshold, "cpu")
+            probes = attribute_probes(config.surrogate.attributes, detector, build_embedder(cpu))
+        setup = run_first_pass(config, tasks, anon, actors, holder, secrets, probes)
     except FirstPassError as exc:
         raise JobError(str(exc)) from None
     job["surrogate"]["first_pass"] = setup.info

@@ -1,6 +1,12 @@
 """Attribute-preserving, key-driven surrogate faces: donor bank, first pass and synthesis."""
 
-from anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_binary, fit_value
+from anon_core.surrogate.attributes import (
+    LinearAttribute,
+    embed_labelled,
+    fit_binary,
+    fit_probes,
+    fit_value,
+)
 from anon_core.surrogate.context import (
     FaceTable,
     SurrogateContext,
@@ -23,5 +29,6 @@ __all__ = [
     "context_from_table",
     "embed_labelled",
     "fit_binary",
+    "fit_probes",
     "fit_value",
 ]

@@ -2,7 +2,7 @@
 
 A probe is a linear model of a few hundred floats over the embedder's output: logistic for a
 binary attribute (gender), ridge for a value (age). Nothing is bundled: a user who has labelled
-faces of their own fits probes with ``fit_from_images`` before the first pass, and donors then
+faces of their own fits probes with ``fit_probes`` before the first pass, and donors then
 come only from the original's side of each binary attribute and within ``tolerance`` of each
 value. Without probes, gender and age are kept only as far as the embedding neighbourhood and
 skin tone carry them.
@@ -23,6 +23,8 @@ from anon_core.landmarks import LandmarkModel
 log = logging.getLogger(__name__)
 
 BINARY, VALUE = "binary", "value"
+GENDER_TOLERANCE = 0.25  # donors' P(female) at least this far from 0.5 on the original's side
+AGE_TOLERANCE = 15.0  # years between a donor's predicted age and the original's
 
 
 @dataclass(frozen=True)
@@ -125,3 +127,14 @@ def embed_labelled(
     if not embs:
         raise ValueError("no usable face in the labelled photos")
     return np.asarray(embs, np.float32), np.asarray(labels, np.float64)
+
+
+def fit_probes(
+    embeddings: np.ndarray, gender: np.ndarray, age: np.ndarray | None, embedder: str
+) -> tuple[LinearAttribute, ...]:
+    """The donor-selection probes from labelled embeddings: gender (0 male, 1 female) and,
+    when given, age in years."""
+    probes = [fit_binary("gender", embeddings, gender, embedder, GENDER_TOLERANCE)]
+    if age is not None:
+        probes.append(fit_value("age", embeddings, age, embedder, AGE_TOLERANCE))
+    return tuple(probes)

@@ -120,7 +120,8 @@ def _surrogate_embedder(option: object, context: MethodContext) -> Embedder:
 def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     """The surrogate needs a first pass over the originals (donor bank, identity clusters) and a
     key; this is the one place that knows how to give it both. Options ``embedder`` ("dlib" or
-    a recognition ONNX path) and ``max_donor_faces`` are for the first pass; the rest go to
+    a recognition ONNX path), ``max_donor_faces`` and ``attributes`` (a labels CSV to fit
+    gender and age probes on, as ``run --attributes``) are for the first pass; the rest go to
     the method (``privacy``, ``donors``, ``grow``)."""
     try:
         import anon_core.methods.surrogate  # noqa: F401  (registers "surrogate")
@@ -132,6 +133,11 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     options = dict(spec.options)
     embedder = _surrogate_embedder(options.pop("embedder", None), context)
     first_pass = {k: options.pop(k) for k in ("max_donor_faces", "threshold") if k in options}
+    labels = options.pop("attributes", None)
+    if labels:
+        from jobs.firstpass import attribute_probes
+
+        first_pass["attributes"] = attribute_probes(str(labels), context.detector, embedder)
     landmarks = Dlib68()
     log.info("surrogate first pass over the originals with %s", embedder.name)
     surrogate_context = build_surrogate_context(

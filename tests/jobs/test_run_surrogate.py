@@ -203,3 +203,49 @@ def test_first_pass_sample_is_stable_and_spread() -> None:
     assert first_pass_entries(entries, 100) == entries
     numbers = [int(e.shard[6:12]) for e in picked]
     assert max(numbers) - min(numbers) > 10  # not simply the first few
+
+
+def _utk_subset(base: Path, count: int) -> Path:
+    """A labels CSV of ``count`` adult UTKFace faces, half of each gender, paths made absolute."""
+    labels = shared_path("data", "utkface_dev", "labels.csv")
+    with open(labels, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["age"]) >= 16]
+    gender = "gender_0male_1female"
+    picked = [r for g in "01" for r in rows if r[gender] == g][: count // 2]
+    picked += [r for r in rows if r[gender] == "1"][: count - len(picked)]
+    out = base / "labels.csv"
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in picked:
+            writer.writerow({**r, "path": str(labels.parent / r["path"])})
+    return out
+
+
+def test_attribute_probes_steer_donors_and_are_recorded(lfw_job, surrogate_run):
+    base, photos, _, secret, key = lfw_job
+    labels = _utk_subset(base, 60)
+    out = base / "out-attributes"
+    assert main(_surrogate_args(photos, out, secret, key, "--attributes", str(labels))) == 0
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "complete"
+    assert job["surrogate"]["first_pass"]["attribute_probes"] == ["gender", "age"]
+    assert job["config"]["surrogate"]["attributes"] == str(labels)
+    # same people, same key: the pseudonyms stay, only the donors may change
+    ours = {k: [f.get("pseudonym") for f in d["faces"]] for k, d in _metadata(out).items()}
+    before = {
+        k: [f.get("pseudonym") for f in d["faces"]] for k, d in _metadata(surrogate_run).items()
+    }
+    same = np.mean([ours[k] == before[k] for k in before])
+    assert same >= 0.9
+
+
+def test_missing_attribute_labels_are_refused_before_any_work(tmp_path, secret_file, capsys):
+    (tmp_path / "photos").mkdir()
+    key = new_key_file(tmp_path / "team.key")
+    out = tmp_path / "out"
+    args = _surrogate_args(tmp_path / "photos", out, secret_file, key, "--attributes",
+                           str(tmp_path / "nope.csv"))  # fmt: skip
+    assert main(args) == 2
+    assert "nope.csv is not a file" in capsys.readouterr().err
+    assert not out.exists()
