@@ -41,6 +41,9 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--attribute-faces", type=int, default=200, help="faces per method for attribute agreement"
     )
+    p.add_argument("--attribute-judge", default="dlib", choices=["dlib", "attacker"],
+                   help="embeddings the attribute probes read (attacker: the first "
+                   "--attacker-model)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
@@ -63,6 +66,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         limit_identities=args.limit_identities,
         utility=not args.no_utility,
         attribute_faces=args.attribute_faces,
+        attribute_judge=args.attribute_judge,
         far=args.far,
         examples=args.examples,
         device=args.device,

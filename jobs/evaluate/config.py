@@ -64,7 +64,9 @@ class EvalConfig:
     ONNX files; empty means dlib's recognizer. ``second_detector`` None picks scrfd when
     ``model_root`` is given, else the other of centerface/scrfd that can be built.
     ``attribute_faces`` caps the faces per method whose attributes are compared (dlib's
-    recognizer is the slowest stage). ``sample_salt`` keys the sample hashes shown in the
+    recognizer is the slowest stage); ``attribute_judge`` is whose embeddings the probes read:
+    "dlib" or "attacker" (the first attacker model, independent of a method that selects by
+    dlib embeddings). ``sample_salt`` keys the sample hashes shown in the
     report (random per run when None).
     """
 
@@ -84,6 +86,7 @@ class EvalConfig:
     limit_identities: int | None = None
     utility: bool = True
     attribute_faces: int = 200
+    attribute_judge: str = "dlib"
     far: float = 1e-3
     examples: int = 6
     group_photos: tuple[tuple[str, int], ...] = (("two_people.jpg", 2),)
@@ -92,6 +95,10 @@ class EvalConfig:
     threads: int = 0
     sample_salt: bytes | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attribute_judge not in ("dlib", "attacker"):
+            raise ValueError(f"attribute_judge: 'dlib' or 'attacker', not {self.attribute_judge!r}")
 
     def public(self) -> dict:
         """The config as written into report.json (no salt)."""

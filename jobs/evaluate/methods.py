@@ -116,6 +116,24 @@ def _surrogate_embedder(option: object, context: MethodContext) -> Embedder:
     return InsightFaceEmbedder(str(option), context.device, context.threads)
 
 
+_TABLES: dict[tuple, object] = {}  # the last first pass, reused by the next surrogate row
+_PROBES: dict[tuple, tuple] = {}  # attribute probes by labels file and embedder
+
+
+def _first_pass_table(context: MethodContext, landmarks, embedder: Embedder, limit: int):
+    """The faces of the originals (``collect_faces``), computed once for every surrogate row
+    of one evaluation that uses the same embedder and donor limit."""
+    from anon_core.surrogate.context import collect_faces
+
+    key = (context.originals, embedder.name, str(getattr(embedder, "model_path", "")), limit)
+    if key not in _TABLES:
+        _TABLES.clear()
+        log.info("surrogate first pass over the originals with %s", embedder.name)
+        _TABLES[key] = collect_faces(context.originals(), context.detector, landmarks, embedder,
+                                     limit)  # fmt: skip
+    return _TABLES[key]
+
+
 @method_builder("surrogate")
 def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     """The surrogate needs a first pass over the originals (donor bank, identity clusters) and a
@@ -125,23 +143,26 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     the method (``privacy``, ``donors``, ``grow``)."""
     try:
         import anon_core.methods.surrogate  # noqa: F401  (registers "surrogate")
-        from anon_core.surrogate.context import build_surrogate_context
+        from anon_core.surrogate.context import DEFAULT_MAX_DONORS, context_from_table
     except ImportError as exc:
         raise MethodUnavailable(f"surrogate is not importable ({exc})") from None
     if "surrogate" not in methods.available():
         raise MethodUnavailable("anon_core.methods has no 'surrogate' registered")
     options = dict(spec.options)
     embedder = _surrogate_embedder(options.pop("embedder", None), context)
-    first_pass = {k: options.pop(k) for k in ("max_donor_faces", "threshold") if k in options}
+    limit = options.pop("max_donor_faces", DEFAULT_MAX_DONORS)
+    threshold = options.pop("threshold", None)
     labels = options.pop("attributes", None)
+    probes = ()
     if labels:
         from jobs.firstpass import attribute_probes
 
-        first_pass["attributes"] = attribute_probes(str(labels), context.detector, embedder)
+        key = ("probes", str(labels), embedder.name, str(getattr(embedder, "model_path", "")))
+        if key not in _PROBES:
+            _PROBES[key] = attribute_probes(str(labels), context.detector, embedder)
+        probes = _PROBES[key]
     landmarks = Dlib68()
-    log.info("surrogate first pass over the originals with %s", embedder.name)
-    surrogate_context = build_surrogate_context(
-        context.originals(), context.detector, landmarks, embedder, **first_pass
-    )
+    table = _first_pass_table(context, landmarks, embedder, int(limit))
+    surrogate_context = context_from_table(table, threshold, attributes=probes)
     method = methods.create("surrogate", key=context.key, context=surrogate_context, **options)
     return WithFaceDetails(method, landmarks, embedder)

@@ -116,7 +116,10 @@ def load_models(config: EvalConfig) -> EvalModels:
     }
     if config.attributes:
         dlib_attackers = [a for a in models.attackers if isinstance(a, DlibAttacker)]
-        models.featurizer = dlib_attackers[0] if dlib_attackers else DlibAttacker()
+        if config.attribute_judge == "attacker":
+            models.featurizer = models.attackers[0]
+        else:
+            models.featurizer = dlib_attackers[0] if dlib_attackers else DlibAttacker()
         data = load_attribute_set(config.attributes)
         models.attributes = fit_attribute_model(data, detector, models.featurizer, config.progress)
     return models

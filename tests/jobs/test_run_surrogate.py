@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,35 @@ def test_missing_attribute_labels_are_refused_before_any_work(tmp_path, secret_f
     assert main(args) == 2
     assert "nope.csv is not a file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_first_pass_context_reaches_the_object_store_sealed(lfw_job, ray_local):
+    """What the driver puts in Ray's object store (and Ray may spill) is ciphertext: the donor
+    crops of the bank appear in it only after opening it with the run's transit key."""
+    import os
+
+    import ray
+
+    from anon_core.surrogate import SurrogateContext
+    from jobs.config import JobConfig
+    from jobs.firstpass import run_first_pass
+    from jobs.keys import Secrets, hold_secrets
+    from jobs.run import pending_tasks
+    from jobs.shard import read_index, write_shards
+    from jobs.storage import Location
+
+    base, photos, _, secret, key = lfw_job
+    shards = base / "shards-direct"
+    write_shards(str(photos), str(shards), load_key_file(secret), 25)
+    src = Location(str(shards))
+    tasks = pending_tasks(src, read_index(src), src, resume=False)
+    config = JobConfig(str(shards), str(base / "unused"))
+    anon = replace(config.anon, method="surrogate", method_options={"donors": 4}, threads=1)
+    secrets = Secrets(load_key_file(secret), None, load_key_file(key), os.urandom(32))
+    setup = run_first_pass(config, tasks, anon, 1, hold_secrets(secrets), secrets)
+    blob = ray.get(setup.context)
+    context = open_object(secrets.transit, blob)
+    assert isinstance(context, SurrogateContext) and len(context.bank) == setup.info["donors"]
+    for texture in context.bank.textures[:20]:
+        assert texture[64].tobytes() not in blob  # a row of pixels, as pickle would hold it
+    assert b"DonorBank" not in blob and b"numpy" not in blob
