@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from anon_core import methods
 from anon_core.detectors import NAMES as DETECTORS
@@ -54,8 +55,8 @@ def _add_run_options(p) -> None:
                      "donors' (default 0.5)")  # fmt: skip
     sur.add_argument("--donors", type=int, help="people averaged into one surrogate (>= 4, "
                      "default 6)")  # fmt: skip
-    sur.add_argument("--recognizer", help="InsightFace recognition ONNX for identity "
-                     "clusters (default: dlib's embedded ResNet)")  # fmt: skip
+    sur.add_argument("--recognizer", help="InsightFace recognition ONNX (a path, or a file in "
+                     "--model-root) for identity clusters (default: dlib's ResNet)")  # fmt: skip
     sur.add_argument("--first-pass-shards", type=int, help="shards sampled for identities "
                      "and donors (default: all)")  # fmt: skip
     sur.add_argument("--max-donor-faces", type=int, default=1024)
@@ -100,6 +101,14 @@ def _surrogate_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _recognizer(args: argparse.Namespace) -> str | None:
+    """--recognizer as given, or as a file name inside --model-root."""
+    if not args.recognizer or Path(args.recognizer).is_file() or not args.model_root:
+        return args.recognizer
+    inside = Path(args.model_root) / args.recognizer
+    return str(inside) if inside.is_file() else args.recognizer
+
+
 def job_config(args: argparse.Namespace) -> JobConfig:
     """The JobConfig described by parsed ``run`` arguments."""
     anon = AnonConfig(
@@ -109,7 +118,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         model_root=args.model_root,
         threshold=args.det_threshold,
         max_pixels=args.max_pixels,
-        recognizer=args.recognizer,
+        recognizer=_recognizer(args),
     )
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
     escrow = EscrowConfig(tuple(args.custodians), args.threshold, args.kms, args.no_escrow)

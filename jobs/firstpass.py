@@ -28,6 +28,7 @@ from anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_
 from anon_core.surrogate.context import FaceTable, collect_faces, context_from_table
 from jobs.config import JobConfig
 from jobs.keys import Secrets, open_object, seal_object
+from jobs.progress import BufferedProgress
 from jobs.raypool import actor_device
 from jobs.shard import ShardEntry
 from jobs.shardio import ShardFormatError, iter_verified
@@ -79,7 +80,7 @@ def first_pass_entries(entries: list[ShardEntry], limit: int | None) -> list[Sha
 class FaceCollector:
     """Ray Data actor of the first pass: one shard in, its face table (sealed) out."""
 
-    def __init__(self, anon: AnonConfig, max_donor_faces: int, key_holder) -> None:
+    def __init__(self, anon: AnonConfig, max_donor_faces: int, key_holder, counter=None):
         import cv2
 
         cv2.setNumThreads(max(1, anon.threads))
@@ -92,10 +93,13 @@ class FaceCollector:
         self.embedder = build_embedder(anon)
         self.max_donor_faces = max_donor_faces
         self.transit = ray.get(key_holder.get.remote()).transit
+        self.progress = BufferedProgress(counter) if counter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         columns = (batch[k] for k in _TASK_COLUMNS)
         rows = [self._one(ShardTask(*t)) for t in zip(*columns, strict=True)]
+        if self.progress is not None:
+            self.progress.flush()
         return {k: [r[i] for r in rows] for i, k in enumerate(("shard", "table", "error"))}
 
     def _one(self, task: ShardTask) -> tuple[str, bytes, str]:
@@ -117,6 +121,8 @@ class FaceCollector:
         seen: set[str] = set()
         with src.fs.open(src.root, "rb") as f:
             for sample in iter_verified(f, task.sha256):
+                if self.progress is not None:
+                    self.progress(1, 0, 0)
                 pending = classify_sample(sample, seen, None)
                 if pending.result is not None:
                     continue
@@ -160,6 +166,7 @@ def run_first_pass(
     key_holder,
     secrets: Secrets,
     attributes: tuple[LinearAttribute, ...] = (),
+    counter=None,
 ) -> SurrogateSetup:
     """Collect faces of ``tasks`` on an actor pool, build the surrogate context on the driver,
     check that the method can be built from it, and put it (sealed) in the object store."""
@@ -175,6 +182,7 @@ def run_first_pass(
             "anon": anon,
             "max_donor_faces": config.surrogate.max_donor_faces,
             "key_holder": key_holder,
+            "counter": counter,
         },
     )
     table, left_out = _merge(ds.iter_rows(), secrets.transit, config.surrogate.max_donor_faces)

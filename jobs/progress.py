@@ -52,8 +52,10 @@ class BufferedProgress:
 class ProgressDisplay:
     """A tqdm bar (samples/s, faces, quarantined) on a terminal, JSON lines in cluster logs."""
 
-    def __init__(self, total: int, enabled: bool, json_lines: bool, every: float = 10.0) -> None:
+    def __init__(self, total: int, enabled: bool, json_lines: bool, every: float = 10.0,
+                 stage: str = "anonymize") -> None:  # fmt: skip
         self.total = total
+        self.stage = stage
         self.json_lines = json_lines
         self.every = every
         self.started = time.monotonic()
@@ -62,7 +64,8 @@ class ProgressDisplay:
         if enabled and not json_lines:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr,
+                            desc=stage)  # fmt: skip
 
     def update(self, samples: int, faces: int, quarantined: int) -> None:
         if self.bar is not None:
@@ -78,7 +81,7 @@ class ProgressDisplay:
     def _fields(self, samples: int, faces: int, quarantined: int) -> dict:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = round(samples / elapsed, 2)
-        return {"samples": samples, "total": self.total, "faces": faces,
+        return {"stage": self.stage, "samples": samples, "total": self.total, "faces": faces,
                 "quarantined": quarantined, "samples_per_s": rate}  # fmt: skip
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ import platform
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -277,8 +279,10 @@ def _pseudonym_key(config: JobConfig) -> bytes | None:
         if config.surrogate.key_file:
             raise JobError("--key-file is used by --method surrogate only")
         return None
-    if config.surrogate.attributes and not Path(config.surrogate.attributes).is_file():
-        raise JobError(f"--attributes {config.surrogate.attributes} is not a file")
+    for flag, path in (("--attributes", config.surrogate.attributes),
+                       ("--recognizer", config.anon.recognizer)):  # fmt: skip
+        if path and not Path(path).is_file():
+            raise JobError(f"{flag} {path} is not a file")
     if not config.surrogate.key_file:
         raise JobError("--method surrogate needs --key-file, the team's pseudonym key; create "
                        "one with `faceveil key new team.key` and keep it safe")  # fmt: skip
@@ -316,7 +320,8 @@ def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, 
             cpu = replace(anon, device="cpu")
             detector = build_detector(cpu.detector, cpu.model_root, cpu.threshold, "cpu")
             probes = attribute_probes(config.surrogate.attributes, detector, build_embedder(cpu))
-        setup = run_first_pass(config, tasks, anon, actors, holder, secrets, probes)
+        with _live_progress(config, sum(t.samples for t in tasks), "first pass") as counter:
+            setup = run_first_pass(config, tasks, anon, actors, holder, secrets, probes, counter)
     except FirstPassError as exc:
         raise JobError(str(exc)) from None
     job["surrogate"]["first_pass"] = setup.info
@@ -325,37 +330,45 @@ def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, 
 
 def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSummary,
              job: dict, sources) -> None:  # fmt: skip
-    """Start or join Ray, size the pool, and process ``tasks`` with a live progress display."""
+    """Start or join Ray, size the pool, and process ``tasks`` with a live progress display
+    (after the surrogate's first pass, which has a display of its own)."""
     if not tasks:
         return
     we_started = connect(config.address)
     try:
         resources = wait_for_resources(config.pool, joined=not we_started)
-        actors = min(size_pool(config.pool, resources), len(tasks))
+        pool = size_pool(config.pool, resources)
         device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
         anon = replace(config.anon, device=device,
                        threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
         holder = hold_secrets(secrets)
         context = None
         if secrets.pseudonym_key is not None:
-            context = _surrogate_setup(config, sources, anon, actors, holder, secrets, job)
+            context = _surrogate_setup(config, sources, anon, pool, holder, secrets, job)
+        actors = min(pool, len(tasks))
         log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
-        counter = ProgressCounter.remote()
-        total = sum(t.samples for t in tasks)
-        display = ProgressDisplay(total, config.progress, config.log_format == "json")
-        stop = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
-        watcher.start()
-        try:
+        with _live_progress(config, sum(t.samples for t in tasks), "anonymize") as counter:
             _execute(tasks, config, anon, actors, counter, holder, summary,
                      audit_sampler(config), context)  # fmt: skip
-        finally:
-            stop.set()
-            watcher.join()
-            display.close()
     finally:
         if we_started:
             ray.shutdown()
+
+
+@contextmanager
+def _live_progress(config: JobConfig, total: int, stage: str) -> Iterator:
+    """A progress counter actor for the pool, shown live while the block runs."""
+    counter = ProgressCounter.remote()
+    display = ProgressDisplay(total, config.progress, config.log_format == "json", stage=stage)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(counter, display, stop), daemon=True)
+    watcher.start()
+    try:
+        yield counter
+    finally:
+        stop.set()
+        watcher.join()
+        display.close()
 
 
 def _finish_job(out: Location, job: dict, summary: JobSummary, keys) -> None:

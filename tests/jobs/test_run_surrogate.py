@@ -155,6 +155,7 @@ def test_too_few_people_fail_before_anything_is_anonymized(tmp_path, secret_file
         ((), "needs --key-file"),
         (("--privacy", "1.5"), "--privacy must be in [0, 1]"),
         (("--donors", "3"), "at least 4"),
+        (("--recognizer", "nope.onnx"), "--recognizer nope.onnx is not a file"),
     ],
 )
 def test_surrogate_flags_are_checked_before_any_work(tmp_path, secret_file, capsys, extra,
