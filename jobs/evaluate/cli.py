@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from jobs.evaluate.config import EvalConfig, parse_methods
+from jobs.evaluate.config import JUDGES, EvalConfig, parse_methods
 
 if TYPE_CHECKING:
     from jobs.evaluate.audit import AuditSampler
@@ -41,9 +41,9 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--attribute-faces", type=int, default=200, help="faces per method for attribute agreement"
     )
-    p.add_argument("--attribute-judge", default="dlib", choices=["dlib", "attacker"],
+    p.add_argument("--attribute-judge", default="dlib", choices=JUDGES,
                    help="embeddings the attribute probes read (attacker: the first "
-                   "--attacker-model)")  # fmt: skip
+                   "--attacker-model; both: dlib's and the attacker's)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: default)")
     p.add_argument("--no-progress", action="store_true")

@@ -55,6 +55,9 @@ def parse_methods(text: str) -> tuple[MethodSpec, ...]:
     return specs
 
 
+JUDGES = ("dlib", "attacker", "both")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Everything one ``faceveil eval`` run depends on.
@@ -65,9 +68,9 @@ class EvalConfig:
     ``model_root`` is given, else the other of centerface/scrfd that can be built.
     ``attribute_faces`` caps the faces per method whose attributes are compared (dlib's
     recognizer is the slowest stage); ``attribute_judge`` is whose embeddings the probes read:
-    "dlib" or "attacker" (the first attacker model, independent of a method that selects by
-    dlib embeddings). ``sample_salt`` keys the sample hashes shown in the
-    report (random per run when None).
+    "dlib", "attacker" (the first attacker model, independent of a method that selects donors
+    by dlib embeddings) or "both" (dlib's, and the attacker's reported beside them).
+    ``sample_salt`` keys the sample hashes shown in the report (random per run when None).
     """
 
     images: str
@@ -97,8 +100,8 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.attribute_judge not in ("dlib", "attacker"):
-            raise ValueError(f"attribute_judge: 'dlib' or 'attacker', not {self.attribute_judge!r}")
+        if self.attribute_judge not in JUDGES:
+            raise ValueError(f"attribute_judge is one of {JUDGES}, not {self.attribute_judge!r}")
 
     def public(self) -> dict:
         """The config as written into report.json (no salt)."""

@@ -100,6 +100,12 @@ def utility(run: MethodRun, originals: Originals, models: EvalModels) -> dict:
         ok = v & ~np.isnan(before[:, 0]) & ~np.isnan(after[:, 0])
         out["attribute_faces"] = int(ok.sum())
         out.update(agreement(models.attributes, before[ok], after[ok]))
+    if models.attacker_judge is not None:
+        name = models.attackers[0].name
+        before, after = originals.embeddings[name], run.embeddings[name]
+        ok = v & ~np.isnan(before[:, 0]) & ~np.isnan(after[:, 0])
+        judged = agreement(models.attacker_judge, before[ok], after[ok])
+        out.update({f"attacker_judge_{k}": value for k, value in judged.items()})
     return out
 
 
@@ -211,6 +217,11 @@ def assemble(
         else {
             "labels": config.attributes,
             **models.attributes.quality,
+            **(
+                {"attacker_judge": models.attacker_judge.quality}
+                if models.attacker_judge is not None
+                else {}
+            ),
         },
         "config": config.public(),
         "models": models.info,

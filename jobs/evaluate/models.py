@@ -85,6 +85,8 @@ class EvalModels:
     landmarks: Dlib68 | None = None
     featurizer: Attacker | None = None
     attributes: AttributeModel | None = None
+    # attribute_judge "both": probes on the first attacker's embeddings too, judged alongside
+    attacker_judge: AttributeModel | None = None
     info: dict = field(default_factory=dict)
 
     @property
@@ -122,4 +124,8 @@ def load_models(config: EvalConfig) -> EvalModels:
             models.featurizer = dlib_attackers[0] if dlib_attackers else DlibAttacker()
         data = load_attribute_set(config.attributes)
         models.attributes = fit_attribute_model(data, detector, models.featurizer, config.progress)
+        if config.attribute_judge == "both":
+            models.attacker_judge = fit_attribute_model(
+                data, detector, models.attackers[0], config.progress
+            )
     return models
