@@ -88,7 +88,7 @@ def evaluated(tmp_path_factory, subset) -> tuple[Path, dict, str]:
         ["eval", "--images", str(LFW), "--identities", str(manifest), "--attributes",
          str(attributes), "--methods", "identity,blur,mask", "--attacker-model",
          str(ATTACKER), "--report", str(report), "--model-root", str(MODELS), "--examples", "3",
-         "--attribute-faces", "20", "--no-progress"]
+         "--attribute-faces", "20", "--attribute-judge", "both", "--no-progress"]
     )  # fmt: skip
     assert args.handler(args) == 0
     return report, json.loads((report / "report.json").read_text()), str(manifest)
@@ -204,9 +204,14 @@ def test_utility_recall_and_throughput(evaluated) -> None:
     identity, mask = _row(report, "identity")["utility"], _row(report, "mask")["utility"]
     assert identity["redetected"] == 1.0 and identity["landmark_error_mean"] < 0.05
     assert identity["gender_agreement"] >= 0.95
+    assert identity["attacker_judge_gender_agreement"] >= 0.95  # the second, independent judge
+    assert identity["attacker_judge_age_abs_diff_years"] < 1.0
     assert mask["redetected"] < 0.2 and mask["landmark_error_mean"] > 0.1
     probes = report["attribute_probes"]
     assert probes["gender_cv_accuracy"] > probes["gender_majority_baseline"]
+    assert probes["attacker_judge"]["n_used"] >= 30 and "mobilefacenet" in str(
+        probes["attacker_judge"]["features"]
+    )
     assert report["recall"]["labelled"]["recall"] >= 0.98
     group = report["recall"]["group_photos"][0]
     assert group["detector"]["found"] == 2 and group["second_detector"]["found"] == 2
