@@ -27,6 +27,28 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def lfw_people(dest: Path, people: int, photos: int) -> dict[str, int]:
+    """Copy ``photos`` photos each of the first ``people`` lfw_dev people with that many into
+    ``dest`` as ``pNN_K.jpg`` (no real names); returns file name -> person number."""
+    import csv
+    import shutil
+    from collections import defaultdict
+
+    root = shared_path("data", "lfw_dev")
+    by_person = defaultdict(list)
+    with open(root / "manifest.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            by_person[row["identity"]].append(row["path"])
+    chosen = [p for p in sorted(by_person) if len(by_person[p]) >= photos][:people]
+    dest.mkdir(parents=True, exist_ok=True)
+    who = {}
+    for n, person in enumerate(chosen):
+        for k, path in enumerate(by_person[person][:photos]):
+            shutil.copyfile(root / path, dest / f"p{n:02d}_{k}.jpg")
+            who[f"p{n:02d}_{k}.jpg"] = n
+    return who
+
+
 def rgb(name: str) -> np.ndarray:
     return np.asarray(Image.open(demo_data.path(name)).convert("RGB"))
 

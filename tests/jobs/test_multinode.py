@@ -131,3 +131,34 @@ def test_a_joined_cluster_too_small_is_waited_for_then_refused(ray_local, monkey
     assert time.monotonic() - started >= 2
     with pytest.raises(ClusterError, match="asks for 1 GPU but the cluster has 0 GPUs"):
         size_pool(too_big, resources)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_surrogate_first_pass_and_context_cross_nodes(local_cluster, secret_file, ray_local,
+                                                      tmp_path):  # fmt: skip
+    """The sealed first-pass context reaches actors on other nodes, and the output is the
+    same byte for byte as on one node: neither pass depends on where shards ran."""
+    from jobs.keyfile import new_key_file
+    from tests.factories import lfw_people
+
+    lfw_people(tmp_path / "photos", 16, 2)
+    shards = tmp_path / "shards"
+    write_shards(str(tmp_path / "photos"), str(shards), load_key_file(secret_file), 4)
+    key = new_key_file(tmp_path / "team.key")
+    flags = ["--method", "surrogate", "--key-file", str(key), "--donors", "4", "--no-escrow",
+             "--no-progress", "--secret-file", str(secret_file)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    runs = {}
+    for name, where in (("single", []), ("multi", ["--address", local_cluster,
+                                                   "--gpus-per-actor", "1"])):  # fmt: skip
+        out = tmp_path / name
+        result = subprocess.run([FACEVEIL, "run", str(shards), str(out), *flags, *where],
+                                env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = out
+    markers = _markers(runs["multi"])
+    assert len(markers) == 8 and len({m["node"] for m in markers}) == 2
+    first = json.loads((runs["multi"] / "job.json").read_text())["surrogate"]["first_pass"]
+    assert first["shards"] == 8 and first["donor_identities"] >= 8
+    assert _digests(runs["multi"]) == _digests(runs["single"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import shutil
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from jobs.firstpass import first_pass_entries, key_fingerprint
 from jobs.keyfile import load_key_file, new_key_file
 from jobs.keys import open_object, seal_object
 from jobs.shard import ShardEntry, list_sources, sample_key
-from tests.factories import shared_path, tar_members, varied_faces, write_folder
+from tests.factories import lfw_people, shared_path, tar_members, varied_faces, write_folder
 
 PEOPLE = 24
 PHOTOS = 3
@@ -38,24 +37,11 @@ def _surrogate_args(photos: Path, out: Path, secret: Path, key: Path, *extra: st
 @pytest.fixture(scope="module")
 def lfw_job(tmp_path_factory):
     """PHOTOS photos each of PEOPLE LFW people in a folder, with a job secret and a team key."""
-    root = shared_path("data", "lfw_dev")
-    by_person = defaultdict(list)
-    with open(root / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            by_person[row["identity"]].append(row["path"])
-    chosen = [p for p in sorted(by_person) if len(by_person[p]) >= PHOTOS][:PEOPLE]
     base = tmp_path_factory.mktemp("surrogate")
-    photos = base / "photos"
-    photos.mkdir()
-    who = {}
-    for n, person in enumerate(chosen):
-        for k, path in enumerate(by_person[person][:PHOTOS]):
-            name = f"p{n:02d}_{k}.jpg"  # no real names in the test's own folder either
-            shutil.copyfile(root / path, photos / name)
-            who[name] = n
+    who = lfw_people(base / "photos", PEOPLE, PHOTOS)
     secret = new_key_file(base / "secret.key")
     key = new_key_file(base / "team.key")
-    return base, photos, who, secret, key
+    return base, base / "photos", who, secret, key
 
 
 @pytest.fixture(scope="module")
