@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anon_core.surrogate.attributes import BINARY, VALUE, LinearAttribute, fit_binary, fit_value
+from anon_core.surrogate.attributes import (
+    AGE_TOLERANCE,
+    BINARY,
+    GENDER_TOLERANCE,
+    VALUE,
+    LinearAttribute,
+    fit_binary,
+    fit_probes,
+    fit_value,
+)
 
 
 def _labelled(n: int = 400, seed: int = 0):
@@ -55,3 +64,14 @@ def test_bad_labels_are_refused():
         fit_binary("g", x, np.zeros(10), "e")
     with pytest.raises(ValueError, match="one value"):
         fit_value("a", x, np.zeros(3), "e", 5.0)
+
+
+def test_fit_probes_gives_gender_and_optionally_age():
+    x, y, _ = _labelled()
+    age = 30.0 + 10.0 * x[:, 0]
+    gender, years = fit_probes(x, y, age, "dlib_resnet")
+    assert (gender.name, gender.kind, years.name, years.kind) == ("gender", BINARY, "age", VALUE)
+    assert gender.tolerance == GENDER_TOLERANCE and years.tolerance == AGE_TOLERANCE
+    assert gender.embedder == years.embedder == "dlib_resnet"
+    assert np.abs(years(x) - age).mean() < 1.0
+    assert [p.name for p in fit_probes(x, y, None, "dlib_resnet")] == ["gender"]
