@@ -102,6 +102,7 @@ def _tar_sources(loc: Location, path: str, uri: str, number: int) -> list[Source
     error names the tar by its place in the sorted listing, not by its path.
     """
     found = []
+    seen: dict[str, int] = {}
     with loc.fs.open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(max(0, size - 1024))
@@ -114,7 +115,10 @@ def _tar_sources(loc: Location, path: str, uri: str, number: int) -> list[Source
                 ext = _ext(info.name) if info.isfile() else None
                 if ext:
                     start, end = info.offset_data, info.offset_data + info.size
-                    found.append(Source(f"{uri}#{info.name}", path, ext, start, end))
+                    # A tar may hold one name twice: each copy gets its own URI, hence its key.
+                    seen[info.name] = seen.get(info.name, 0) + 1
+                    copy = f"~{seen[info.name]}" if seen[info.name] > 1 else ""
+                    found.append(Source(f"{uri}#{info.name}{copy}", path, ext, start, end))
     return found
 
 

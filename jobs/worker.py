@@ -25,6 +25,9 @@ from jobs.storage import Location, canonical_json
 log = logging.getLogger(__name__)
 
 IMAGE_MEMBER_EXTS = set(IMAGE_EXTS.values()) | set(IMAGE_EXTS)
+# A second sample under a key already seen in the shard (a shard not written by faceveil shard):
+# quarantined, and not sealed, so the key's escrow rows stay those of the first sample.
+DUPLICATE_KEY = "duplicate key in shard"
 QUARANTINE_SCHEMA = pa.schema(
     [("key", pa.string()), ("stage", pa.string()), ("reason", pa.string())]
 )
@@ -97,7 +100,7 @@ def classify_sample(sample: RawSample, seen: set[str], secret: bytes | None) -> 
     no image member); ``seen`` collects the keys met so far in the shard."""
     source = _source_uri(sample, secret)
     if sample.key in seen:
-        return _Pending(sample, source, None, quarantined("input", "duplicate key in shard"))
+        return _Pending(sample, source, None, quarantined("input", DUPLICATE_KEY))
     seen.add(sample.key)
     if "err" in sample.members:
         reason = sample.members["err"].decode(errors="replace")
@@ -181,7 +184,7 @@ class _ShardOutput:
         self._quarantine.append(
             {"key": p.sample.key, "stage": result.stage, "reason": result.reason}
         )
-        if self.sealer is not None:
+        if self.sealer is not None and result.reason != DUPLICATE_KEY:
             empty = hashlib.sha256(b"").hexdigest()
             self.sealer.seal_sample(p.sample.key, p.source_uri, empty, p.image)
         return 1

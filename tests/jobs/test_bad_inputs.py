@@ -208,3 +208,33 @@ def test_truncated_tars_fail_loudly_and_duplicates_are_quarantined(tmp_path, sec
     assert (dup["samples_in"], dup["quarantined"], dup["anonymized"] + dup["no_face"]) == (3, 1, 2)
     rows = pq.read_table(out / "quarantine" / "shard-000002.parquet").to_pylist()
     assert [(r["stage"], r["reason"]) for r in rows] == [("input", "duplicate key in shard")]
+
+
+def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
+    """The second sample under a key is quarantined without sealing: the key's escrow rows stay
+    those of the first sample (whose restore would otherwise fail to open a row sealed for a
+    quarantined sample)."""
+    from anon_core.pipeline import AnonConfig, FaceAnonymizer
+    from jobs.worker import ShardTask, process_shard
+    from manifests.envelope import Envelope, MasterKey
+    from manifests.keymanifest import ShardSealer
+
+    secret = bytes(range(32))
+    (tmp_path / "photos").mkdir()
+    sources = []
+    for name, data in large_photos(2, width=320):
+        (tmp_path / "photos" / name).write_bytes(data)
+        sources.append(Source(str(tmp_path / "photos" / name), str(tmp_path / "photos" / name),
+                              "jpg"))  # fmt: skip
+    data = build_shard(Location(str(tmp_path / "photos")), [sources[0], *sources], secret)
+    (tmp_path / "shard.tar").write_bytes(data)
+    task = ShardTask("shard-000000.tar", str(tmp_path / "shard.tar"), 3,
+                     hashlib.sha256(data).hexdigest())  # fmt: skip
+    sealer = ShardSealer(Envelope(MasterKey.generate(), "job-1"), "shard-000000")
+    out = Location(str(tmp_path / "out"))
+    summary = process_shard(task, FaceAnonymizer(AnonConfig(threads=1)), out, sealer=sealer,
+                            secret=secret)  # fmt: skip
+    assert (summary.samples_in, summary.quarantined) == (3, 1)
+    dup = sample_key(secret, sources[0].uri)
+    whole = [r for r in sealer.rows() if r.key == dup and r.face < 0]
+    assert len(whole) == 1

@@ -72,6 +72,26 @@ def test_input_tars_are_resharded(photos, tmp_path):
     assert sum(e.samples for e in again) == 12
 
 
+def test_a_name_twice_in_an_input_tar_gives_two_samples_with_their_own_keys(tmp_path):
+    import tarfile
+
+    first, second = (data for _, data in varied_faces(2))
+    (tmp_path / "in").mkdir()
+    with tarfile.open(tmp_path / "in" / "batch.tar", "w") as tar:
+        for data in (first, second):
+            info = tarfile.TarInfo("face.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    uris = [s.uri for s in list_sources(str(tmp_path / "in"))]
+    assert len(uris) == 2 and uris[0].endswith("#face.jpg") and uris[1].endswith("#face.jpg~2")
+    write_shards(str(tmp_path / "in"), str(tmp_path / "out"), SECRET, shard_size=10)
+    with open(tmp_path / "out" / "shard-000000.tar", "rb") as f:
+        samples = list(iter_samples(f))
+    assert len({s.key for s in samples}) == 2
+    images = {open_uri(SECRET, s.key, s.members["src"]): s.members["jpg"] for s in samples}
+    assert images == {uris[0]: first, uris[1]: second}
+
+
 def test_truncated_or_altered_tar_is_detected(photos, tmp_path):
     (entry,) = write_shards(str(photos), str(tmp_path), SECRET, shard_size=100)
     data = (tmp_path / entry.shard).read_bytes()
