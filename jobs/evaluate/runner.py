@@ -252,10 +252,13 @@ def evaluate_method(
     models: EvalModels,
     config: EvalConfig,
     examples: dict[int, dict[str, np.ndarray]],
+    context: MethodContext | None = None,
 ) -> dict:
-    """One row of the report: anonymize the whole set with ``spec`` and compute its figures."""
+    """One row of the report: anonymize the whole set with ``spec`` and compute its figures.
+
+    ``context`` is shared by the rows of one run (one key, one first pass for surrogates)."""
     try:
-        anonymizer = build_method(spec, _context(data, models, config))
+        anonymizer = build_method(spec, context or _context(data, models, config))
     except (MethodUnavailable, ValueError, TypeError) as exc:
         log.error("method %s cannot be evaluated: %s", spec.label, exc)
         reason = str(exc) if isinstance(exc, MethodUnavailable) else f"failed to build: {exc}"
@@ -303,7 +306,9 @@ def run_eval(config: EvalConfig) -> EvalResult:
     examples: dict[int, dict[str, np.ndarray]] = {}
     for i, image in zip(picks, decoded([data.samples[i].path for i in picks]), strict=True):
         examples[i] = {"original": thumbnail(image)}
-    rows = [evaluate_method(s, data, originals, models, config, examples) for s in config.methods]
+    context = _context(data, models, config)
+    rows = [evaluate_method(s, data, originals, models, config, examples, context)
+            for s in config.methods]  # fmt: skip
     report = figures.assemble(config, data, originals, models, rows, group_recall(models, config))
     report["elapsed_s"] = round(time.time() - started, 1)
     thumbs, report["examples"] = figures.example_files(data, examples, config.methods)

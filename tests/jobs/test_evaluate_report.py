@@ -236,12 +236,21 @@ def test_surrogate_through_its_hook_with_the_same_model_warning(tmp_path, caplog
         by_id[row["identity"]].append(row)
     names = [n for n in sorted(by_id) if len(by_id[n]) >= 2][:16]
     manifest = _write_csv(tmp_path / "m.csv", [r for n in names for r in by_id[n][:2]])
+    labels = _rows(DATA / "utkface_dev" / "labels.csv")[::24]
+    for label in labels:
+        label["path"] = str(DATA / "utkface_dev" / label["path"])
+    attributes = _write_csv(tmp_path / "labels.csv", labels)
+    with_probes = f"surrogate:donors=4:attributes={attributes}"
     config = EvalConfig(
         images=str(LFW), identities=str(manifest), report_dir=str(tmp_path / "r"),
-        methods=parse_methods("surrogate"), utility=False, examples=0, progress=False,
+        methods=parse_methods(f"surrogate,{with_probes}"), utility=False, examples=0,
+        progress=False,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         report = run_eval(config).report
+    assert caplog.text.count("surrogate first pass over the originals") == 1  # shared by rows
+    probed = _row(report, parse_methods(with_probes)[0].label)
+    assert probed["available"] and probed["applied"].get("surrogate", 0) > 0
     row = _row(report, "surrogate")
     assert row["available"], row.get("reason")
     assert row["privacy"]["dlib_resnet"]["n_probes"] == 16
