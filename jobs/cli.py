@@ -59,7 +59,12 @@ def _add_run_options(p) -> None:
                      "--model-root) for identity clusters (default: dlib's ResNet)")  # fmt: skip
     sur.add_argument("--first-pass-shards", type=int, help="shards sampled for identities "
                      "and donors (default: all)")  # fmt: skip
-    sur.add_argument("--max-donor-faces", type=int, default=1024)
+    sur.add_argument(
+        "--max-donor-faces",
+        type=int,
+        default=1024,
+        help="donor candidates held in memory (default 1024)",
+    )
     sur.add_argument("--attributes", metavar="LABELS_CSV", help="your labelled faces (path, "
                      "age, gender 0/1, race): donors then share gender and age")  # fmt: skip
     escrow = p.add_argument_group("escrow (choose one)")
