@@ -28,6 +28,8 @@ DEFINITIONS = {
     "alignment": "the attacker crops anonymized faces with the ORIGINAL's landmarks (worst case)",
     "redetected": "share of anonymized faces a second detector still finds (IoU >= 0.3 with the "
     "original's box); redetected_originals is the same detector on the originals",
+    "by_method": "redetected and landmark_error over the central faces each method was "
+    "applied to (surrogate faces apart from those masked as a fallback)",
     "landmark_error": "dlib 68-point shapes fitted in the original's box on the original and "
     "the anonymized image: mean point distance / original's inter-ocular distance",
     "attributes": "linear probes on dlib embeddings fit on the attribute set; agreement = same "
@@ -80,6 +82,20 @@ def privacy(
     }
 
 
+def _by_method(run: MethodRun) -> dict:
+    """Re-detection and landmark error over the central faces that each method was applied
+    to (a surrogate falls back to mask on faces whose landmarks are unreliable)."""
+    out = {}
+    for name in sorted({m for m in run.central_method[run.valid] if m}):
+        pick = run.valid & (run.central_method == name)
+        out[name] = {
+            "n_faces": int(pick.sum()),
+            "redetected": _mean(run.redetected[pick]),
+            "landmark_error_mean": _mean(run.landmark_error[pick]),
+        }
+    return out
+
+
 def utility(run: MethodRun, originals: Originals, models: EvalModels) -> dict:
     """Re-detection, landmark error, attribute agreement and SSIM outside the face regions."""
     v = run.valid
@@ -93,6 +109,7 @@ def utility(run: MethodRun, originals: Originals, models: EvalModels) -> dict:
         "ssim_outside_method_min": float(np.nanmin(run.ssim_method)) if v.any() else None,
         "ssim_outside_encoded_mean": _mean(run.ssim_encoded),
         "ssim_outside_encoded_min": float(np.nanmin(run.ssim_encoded)) if v.any() else None,
+        "by_method": _by_method(run),
     }
     if models.attributes is not None and models.featurizer is not None:
         before = originals.embeddings[models.featurizer.name]

@@ -60,6 +60,7 @@ class MethodRun:
     landmark_error: np.ndarray
     ssim_method: np.ndarray
     ssim_encoded: np.ndarray
+    central_method: np.ndarray  # the method applied to each image's central face ("" if none)
     statuses: Counter = field(default_factory=Counter)
     applied: Counter = field(default_factory=Counter)
     wall_s: float = 0.0
@@ -178,6 +179,7 @@ def _new_run(n: int, originals: Originals) -> MethodRun:
         landmark_error=np.full(n, np.nan),
         ssim_method=np.full(n, np.nan),
         ssim_encoded=np.full(n, np.nan),
+        central_method=np.full(n, "", object),
     )
 
 
@@ -197,6 +199,8 @@ def _measure(
         return anonymized
     run.valid[i] = True
     run.applied.update(result.output.methods)
+    if k < len(result.output.methods):  # the pipeline saw the same faces in the same order
+        run.central_method[i] = result.output.methods[k]
     for emb in _embedders(models, originals, i):
         run.embeddings[emb.name][i] = emb.embed([anonymized], [originals.guides[emb.name][i]])[0]
     if models.landmarks is not None:

@@ -207,6 +207,8 @@ def test_utility_recall_and_throughput(evaluated) -> None:
     assert identity["attacker_judge_gender_agreement"] >= 0.95  # the second, independent judge
     assert identity["attacker_judge_age_abs_diff_years"] < 1.0
     assert mask["redetected"] < 0.2 and mask["landmark_error_mean"] > 0.1
+    assert mask["by_method"]["mask"]["n_faces"] == mask["n_faces"]
+    assert mask["by_method"]["mask"]["redetected"] == mask["redetected"]
     probes = report["attribute_probes"]
     assert probes["gender_cv_accuracy"] > probes["gender_majority_baseline"]
     assert probes["attacker_judge"]["n_used"] >= 30 and "mobilefacenet" in str(
