@@ -29,15 +29,13 @@ from anon_core.surrogate.context import FaceTable, collect_faces, context_from_t
 from jobs.config import JobConfig
 from jobs.keys import Secrets, open_object, seal_object
 from jobs.progress import BufferedProgress
-from jobs.raypool import actor_device
+from jobs.raypool import actor_device, map_over_shards, shard_tasks
 from jobs.shard import ShardEntry
 from jobs.shardio import ShardFormatError, iter_verified
 from jobs.storage import Location
 from jobs.worker import ShardTask, classify_sample
 
 log = logging.getLogger(__name__)
-
-_TASK_COLUMNS = ("shard", "uri", "samples", "sha256")
 
 
 class FirstPassError(RuntimeError):
@@ -96,8 +94,7 @@ class FaceCollector:
         self.progress = BufferedProgress(counter) if counter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        columns = (batch[k] for k in _TASK_COLUMNS)
-        rows = [self._one(ShardTask(*t)) for t in zip(*columns, strict=True)]
+        rows = [self._one(task) for task in shard_tasks(batch)]
         if self.progress is not None:
             self.progress.flush()
         return {k: [r[i] for r in rows] for i, k in enumerate(("shard", "table", "error"))}
@@ -170,21 +167,12 @@ def run_first_pass(
 ) -> SurrogateSetup:
     """Collect faces of ``tasks`` on an actor pool, build the surrogate context on the driver,
     check that the method can be built from it, and put it (sealed) in the object store."""
-    items = [{k: getattr(t, k) for k in _TASK_COLUMNS} for t in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        FaceCollector,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(items)))),
-        num_cpus=config.pool.cpus_per_actor,
-        num_gpus=config.pool.gpus_per_actor or None,
-        fn_constructor_kwargs={
-            "anon": anon,
-            "max_donor_faces": config.surrogate.max_donor_faces,
-            "key_holder": key_holder,
-            "counter": counter,
-        },
-    )
+    ds = map_over_shards(tasks, FaceCollector, max(1, min(actors, len(tasks))), config.pool, {
+        "anon": anon,
+        "max_donor_faces": config.surrogate.max_donor_faces,
+        "key_holder": key_holder,
+        "counter": counter,
+    })  # fmt: skip
     table, left_out = _merge(ds.iter_rows(), secrets.transit, config.surrogate.max_donor_faces)
     if table is None or len(table) == 0:
         raise FirstPassError("the first pass found no face with reliable landmarks")

@@ -10,6 +10,7 @@ import time
 import ray
 
 from jobs.config import PoolConfig
+from jobs.worker import ShardTask
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +136,30 @@ def actor_device(requested: str) -> str:
         f"onnxruntime-gpu on the workers, run with --gpus-per-actor 0, or set {FAKE_GPU_ENV}=1 "
         "on a simulated cluster whose GPUs are fake"
     )
+
+
+TASK_COLUMNS = ("shard", "uri", "samples", "sha256")
+
+
+def map_over_shards(tasks: list[ShardTask], actor: type, actors: int, pool: PoolConfig,
+                    kwargs: dict) -> ray.data.Dataset:  # fmt: skip
+    """Ray Data over ``tasks``, one shard per row and block, mapped by ``actors`` instances of
+    ``actor`` (built with ``kwargs``), each holding the pool's CPUs and GPUs."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    items = [{k: getattr(t, k) for k in TASK_COLUMNS} for t in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.map_batches(
+        actor,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor or None,
+        fn_constructor_kwargs=kwargs,
+    )
+
+
+def shard_tasks(batch: dict) -> list[ShardTask]:
+    """The ShardTasks in one batch of a ``map_over_shards`` dataset."""
+    return [ShardTask(*t) for t in zip(*(batch[k] for k in TASK_COLUMNS), strict=True)]

@@ -24,7 +24,14 @@ from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
 from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
-from jobs.raypool import actor_device, connect, size_pool, wait_for_resources
+from jobs.raypool import (
+    actor_device,
+    connect,
+    map_over_shards,
+    shard_tasks,
+    size_pool,
+    wait_for_resources,
+)
 from jobs.shardio import ShardFormatError
 from jobs.storage import Location
 from jobs.worker import ShardSummary, ShardTask, process_shard
@@ -89,8 +96,7 @@ class ShardProcessor:
         log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        columns = (batch[k] for k in _TASK_COLUMNS)
-        rows = [self._one(ShardTask(*t)) for t in zip(*columns, strict=True)]
+        rows = [self._one(task) for task in shard_tasks(batch)]
         self.progress.flush()
         out = {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
         # The audit summary is cumulative per actor: the driver keeps each actor's latest.
@@ -113,7 +119,6 @@ class ShardProcessor:
             return ShardSummary(task.shard, status="failed", error=f"{type(exc).__name__}: {exc}")
 
 
-_TASK_COLUMNS = ("shard", "uri", "samples", "sha256")
 _SUMMARY_COLUMNS = ("shard", "samples_in", "anonymized", "no_face", "quarantined", "faces",
                     "status", "error")  # fmt: skip
 
@@ -183,27 +188,15 @@ def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors
              counter, key_holder, summary: JobSummary, observer=None,
              surrogate_context=None) -> None:  # fmt: skip
     """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    items = [{k: getattr(t, k) for k in _TASK_COLUMNS} for t in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        ShardProcessor,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=config.pool.cpus_per_actor,
-        num_gpus=config.pool.gpus_per_actor or None,
-        fn_constructor_kwargs={
-            "anon": anon,
-            "out_uri": config.output,
-            "batch_size": config.pool.batch_size,
-            "counter": counter,
-            "key_holder": key_holder,
-            "observer": observer,
-            "surrogate_context": surrogate_context,
-        },
-    )
+    ds = map_over_shards(tasks, ShardProcessor, actors, config.pool, {
+        "anon": anon,
+        "out_uri": config.output,
+        "batch_size": config.pool.batch_size,
+        "counter": counter,
+        "key_holder": key_holder,
+        "observer": observer,
+        "surrogate_context": surrogate_context,
+    })  # fmt: skip
     audits: dict[str, dict] = {}
     for row in ds.iter_rows():
         if row["audit"]:
