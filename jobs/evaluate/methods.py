@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class MethodContext:
     model_root: str | None = None
     device: str = "cpu"
     threads: int = 0
+    memo: dict = field(default_factory=dict, compare=False)  # first passes, probes: per run
 
 
 MethodBuilder = Callable[[MethodSpec, MethodContext], Anonymizer]
@@ -116,22 +117,21 @@ def _surrogate_embedder(option: object, context: MethodContext) -> Embedder:
     return InsightFaceEmbedder(str(option), context.device, context.threads)
 
 
-_TABLES: dict[tuple, object] = {}  # the last first pass, reused by the next surrogate row
-_PROBES: dict[tuple, tuple] = {}  # attribute probes by labels file and embedder
+def _embedder_id(embedder: Embedder) -> tuple[str, str]:
+    return embedder.name, str(getattr(embedder, "model_path", ""))
 
 
 def _first_pass_table(context: MethodContext, landmarks, embedder: Embedder, limit: int):
-    """The faces of the originals (``collect_faces``), computed once for every surrogate row
-    of one evaluation that uses the same embedder and donor limit."""
+    """The faces of the originals (``collect_faces``), computed once per evaluation for every
+    surrogate row with the same embedder and donor limit."""
     from anon_core.surrogate.context import collect_faces
 
-    key = (context.originals, embedder.name, str(getattr(embedder, "model_path", "")), limit)
-    if key not in _TABLES:
-        _TABLES.clear()
+    key = ("table", *_embedder_id(embedder), limit)
+    if key not in context.memo:
         log.info("surrogate first pass over the originals with %s", embedder.name)
-        _TABLES[key] = collect_faces(context.originals(), context.detector, landmarks, embedder,
-                                     limit)  # fmt: skip
-    return _TABLES[key]
+        context.memo[key] = collect_faces(context.originals(), context.detector, landmarks,
+                                          embedder, limit)  # fmt: skip
+    return context.memo[key]
 
 
 @method_builder("surrogate")
@@ -157,10 +157,10 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     if labels:
         from jobs.firstpass import attribute_probes
 
-        key = ("probes", str(labels), embedder.name, str(getattr(embedder, "model_path", "")))
-        if key not in _PROBES:
-            _PROBES[key] = attribute_probes(str(labels), context.detector, embedder)
-        probes = _PROBES[key]
+        key = ("probes", str(labels), *_embedder_id(embedder))
+        if key not in context.memo:
+            context.memo[key] = attribute_probes(str(labels), context.detector, embedder)
+        probes = context.memo[key]
     landmarks = Dlib68()
     table = _first_pass_table(context, landmarks, embedder, int(limit))
     surrogate_context = context_from_table(table, threshold, attributes=probes)
