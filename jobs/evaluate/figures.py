@@ -112,18 +112,21 @@ def utility(run: MethodRun, originals: Originals, models: EvalModels) -> dict:
         "by_method": _by_method(run),
     }
     if models.attributes is not None and models.featurizer is not None:
-        before = originals.embeddings[models.featurizer.name]
-        after = run.embeddings[models.featurizer.name]
-        ok = v & ~np.isnan(before[:, 0]) & ~np.isnan(after[:, 0])
-        out["attribute_faces"] = int(ok.sum())
-        out.update(agreement(models.attributes, before[ok], after[ok]))
+        faces, judged = _judged(models.attributes, models.featurizer.name, run, originals)
+        out["attribute_faces"] = faces
+        out.update(judged)
     if models.attacker_judge is not None:
-        name = models.attackers[0].name
-        before, after = originals.embeddings[name], run.embeddings[name]
-        ok = v & ~np.isnan(before[:, 0]) & ~np.isnan(after[:, 0])
-        judged = agreement(models.attacker_judge, before[ok], after[ok])
+        _, judged = _judged(models.attacker_judge, models.attackers[0].name, run, originals)
         out.update({f"attacker_judge_{k}": value for k, value in judged.items()})
     return out
+
+
+def _judged(model, embedder: str, run: MethodRun, originals: Originals) -> tuple[int, dict]:
+    """Attribute agreement by ``model`` over the faces with ``embedder`` vectors before and
+    after; returns how many faces that was, and the figures."""
+    before, after = originals.embeddings[embedder], run.embeddings[embedder]
+    ok = run.valid & ~np.isnan(before[:, 0]) & ~np.isnan(after[:, 0])
+    return int(ok.sum()), agreement(model, before[ok], after[ok])
 
 
 def method_row(
