@@ -8,12 +8,15 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch first, pinned to the CPU wheel: a bare torch requirement would pull CUDA packages.
-$(STAMP): pyproject.toml
+# torch pinned to the CPU wheel in every step (constraints.txt): a bare torch requirement would
+# pull a CUDA build and nvidia-* packages.
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	@if $(PIP) list 2>/dev/null | grep -q '^nvidia-'; then echo "error: CUDA packages came in"; exit 1; fi
+	@du -sh $(VENV) | sed 's/^/venv size: /'
 	touch $(STAMP)
 
 lint: setup
