@@ -1,43 +1,40 @@
-"""The job's ``escrow.json``: one escrowed master key per key epoch, split M-of-N to custodians
-or wrapped by AWS KMS, all under one policy.
+"""The job's ``escrow.json`` (format 3): per key epoch, an escrow *public* key whose private
+scalar exists only as M-of-N custodian shares, or a KMS key that wraps per-shard data keys.
+
+No key that opens anything is ever rebuilt: a restore gets, per approved sample, M custodians'
+partial decryptions of that sample's wrapped data key (:mod:`manifests.threshold`), so approvals
+of one request open exactly the samples it lists (:mod:`manifests.restore`).
+
+Policy (held once, for every epoch): :class:`ShamirPolicy` (threshold M, custodians in share
+order) or :class:`KmsPolicy` (a KMS key ARN).
 
 Key epochs
-    Each run of a job (the first run and every ``--resume``) makes its own master key, because
-    a resumed run cannot get the earlier key back without M custodians or KMS. Each such key is
-    one *epoch* of ``escrow.json``, named by its ``escrow_id``; key manifests record the epoch
-    that sealed them (see :mod:`manifests.keymanifest`). Every epoch is escrowed under the same
-    policy (custodians and threshold, or KMS key): a resume copies the policy of the job's first
-    epoch, a reshare re-splits every epoch to the new custodians, and a rekey replaces all
-    epochs by one. An epoch keeps its ``escrow_id`` across reshares (it names a master key); the
-    file's ``revision`` (random hex) changes on every change (new epoch, reshare, rekey), and
-    restore requests are bound to it.
+    Each run of a job (first run and every ``--resume``) gets its own epoch, named by a random
+    ``escrow_id``, because nobody can (or may) rebuild an earlier epoch's key to go on sealing
+    under it. ``revision`` (random hex) changes with every change of the file; requests are
+    bound to it.
 
-Never a key itself. The document::
+The document::
 
-    {"format": "faceveil-escrow/2", "job_id": J, "revision": hex,
-     "scheme": "shamir", "threshold": M, "custodians": [{name, fingerprint, x25519, ed25519}],
-     -- or --  "scheme": "kms", "key_arn": ARN,
-     "epochs": [{"escrow_id": random hex,
-                 "key_check": HMAC-SHA256(master, "faceveil/key-check/v1|" + J) hex,
-                 "audit_key": {"public": b64 Ed25519 job signing key, "sealed": b64(nonce + GCM)},
-                 "shares": [{fingerprint, sealed}]      (shamir, one per custodian)
-                 -- or -- "wrapped_key": b64 KMS ciphertext blob (kms)}, ...]}
+    {"format": "faceveil-escrow/3", "job_id": J, "revision": hex, "scheme": "shamir",
+     "threshold": M, "custodians": [{name, fingerprint, x25519, ed25519}],
+     "epochs": [{"escrow_id": hex, "public_key": b64, "public_shares": [b64, ...],
+                 "shares": [{"fingerprint": F, "parts": [{"source": S, "sealed": b64}]}]}]}
+    -- or --  "scheme": "kms", "key_arn": ARN, "epochs": [{"escrow_id": hex}]
 
-``shamir``: in each epoch, share ``i`` (x = i+1) of that epoch's master key is sealed to custodian
-``i``'s X25519 key with context ``"escrow-share"`` and AAD = the canonical JSON of the epoch's
-*header* (:meth:`Epoch.header`: job id, escrow id, key check, scheme, audit public key, threshold
-and custodian fingerprints) and the custodian's fingerprint, so a share only opens inside the
-epoch it was made for.
+A custodian's share of an epoch is the sum of its *parts*, each a scalar sealed to the
+custodian's X25519 key (context ``escrow-share/v3``, AAD: the epoch header and the part's
+fingerprint and source). A freshly split epoch has one part per custodian (``source`` 0,
+coefficient 1). An epoch reshared by custodians (who never rebuild the key) has one part per
+old custodian ``i`` who took part, ``source = i``; the part's coefficient is the Lagrange
+coefficient at 0 of ``i`` among the sources (:func:`manifests.threshold.lagrange`). Opening a
+share checks it against its public share, and loading checks that every public share lies on
+one polynomial through the public key.
 
-``kms``: each epoch's master key is wrapped with an EncryptionContext binding
-``faceveil:job_id``, ``faceveil:escrow_id``, ``faceveil:purpose`` (``master-key``) and
-``faceveil:audit_key`` (the epoch's job signing key id).
-
-Each epoch's job signing key (Ed25519, signs that run's audit entries) is sealed under
-``HKDF(master, salt=job_id, info="faceveil/audit-key-wrap/v1")`` of the epoch's master key, so
-whoever recovers that key (M custodians, or KMS access) can sign as that run, and nobody else
-can. The first epoch's key is the job's long-lived signing key: entries written after recovery
-(restore, reshare, rekey) are signed with it, and a rekey carries it into the new epoch.
+KMS: no epoch key. Each shard's data key is a separate KMS data key (``GenerateDataKey``) with
+encryption context ``faceveil:job_id``, ``faceveil:escrow_id`` and ``faceveil:shard``; its
+ciphertext blob sits in that shard's key manifest, so a restore decrypts only the shards it
+needs and KMS logs each one.
 """
 
 from __future__ import annotations
@@ -46,16 +43,11 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from manifests import shamir
-from manifests.audit import key_id
+from manifests import threshold
 from manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
@@ -65,24 +57,24 @@ from manifests.custodian import (
     open_sealed,
     seal_to,
 )
-from manifests.envelope import MasterKey
-from manifests.errors import CustodianKeyError, EscrowError, ShareError
+from manifests.errors import CustodianKeyError, EscrowError
 
 log = logging.getLogger(__name__)
 
-ESCROW_FORMAT = "faceveil-escrow/2"
-EPOCH_FORMAT = "faceveil-escrow-epoch/1"
-SHARE_CONTEXT = "escrow-share"
-_AUDIT_WRAP_INFO = b"faceveil/audit-key-wrap/v1"
+ESCROW_FORMAT = "faceveil-escrow/3"
+EPOCH_FORMAT = "faceveil-escrow-epoch/3"
+LABEL_FORMAT = "faceveil-sample-label/1"
+SHARE_CONTEXT = "escrow-share/v3"
 _ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/.+")
 _ID = re.compile(r"[0-9a-f]{32}")
+_SHARD = re.compile(r"shard-\d{6,}")
 
 
 class KmsClient(Protocol):
-    """The two calls of a boto3 KMS client that escrow uses."""
+    """The calls of a boto3 KMS client that escrow uses."""
 
-    def encrypt(self, **kwargs: Any) -> dict:
-        """``kms:Encrypt`` (KeyId, Plaintext, EncryptionContext) -> {"CiphertextBlob": ...}."""
+    def generate_data_key(self, **kwargs: Any) -> dict:
+        """``kms:GenerateDataKey`` -> {"Plaintext", "CiphertextBlob"}."""
         ...
 
     def decrypt(self, **kwargs: Any) -> dict:
@@ -91,146 +83,218 @@ class KmsClient(Protocol):
 
 
 @dataclass(frozen=True)
+class ShamirPolicy:
+    """M-of-N custodians; ``custodians`` in share order (custodian i holds share i + 1)."""
+
+    threshold: int
+    custodians: tuple[CustodianPublic, ...]
+    scheme = "shamir"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "custodians", tuple(self.custodians))
+        n = len(self.custodians)
+        if not 2 <= self.threshold <= n <= threshold.MAX_SHARES:
+            raise EscrowError(f"need 2 <= threshold ({self.threshold}) <= custodians ({n}) <= 255")
+        if (
+            len({c.fingerprint for c in self.custodians}) != n
+            or len({c.name for c in self.custodians}) != n
+        ):
+            raise EscrowError("custodians must be distinct (by name and by key)")
+
+    def index_of(self, fingerprint: str) -> int:
+        """The share index (1..N) of the custodian with ``fingerprint``; EscrowError if none."""
+        for i, c in enumerate(self.custodians, start=1):
+            if c.fingerprint == fingerprint:
+                return i
+        raise EscrowError(f"no custodian with fingerprint {fingerprint[:16]}... in this escrow")
+
+    def custodian(self, fingerprint: str) -> CustodianPublic:
+        """The custodian with ``fingerprint``."""
+        return self.custodians[self.index_of(fingerprint) - 1]
+
+    def to_json(self) -> dict:
+        """The policy's fields of ``escrow.json`` (and of audit entries and requests)."""
+        return {
+            "scheme": self.scheme,
+            "threshold": self.threshold,
+            "custodians": [
+                {k: v for k, v in c.to_json().items() if k != "format"} for c in self.custodians
+            ],
+        }
+
+    def describe(self) -> str:
+        """``2 of 3 custodians (alice, bob, carol)``."""
+        names = ", ".join(c.name for c in self.custodians)
+        return f"{self.threshold} of {len(self.custodians)} custodians ({names})"
+
+
+@dataclass(frozen=True)
+class KmsPolicy:
+    """Per-shard data keys from one KMS key."""
+
+    key_arn: str
+    scheme = "kms"
+
+    def __post_init__(self) -> None:
+        if not _ARN.fullmatch(self.key_arn):
+            raise EscrowError("expected a KMS key ARN: arn:aws:kms:REGION:ACCOUNT:key/ID")
+
+    def to_json(self) -> dict:
+        """The policy's fields of ``escrow.json``."""
+        return {"scheme": self.scheme, "key_arn": self.key_arn}
+
+    def describe(self) -> str:
+        """``KMS key ARN``."""
+        return f"KMS key {self.key_arn}"
+
+
+Policy = ShamirPolicy | KmsPolicy
+
+
+def policy_from_json(doc: dict) -> Policy:
+    """Parse the policy fields of ``escrow.json``, a request or an audit entry."""
+    try:
+        if doc["scheme"] == "kms":
+            return KmsPolicy(str(doc["key_arn"]))
+        if doc["scheme"] == "shamir":
+            custodians = tuple(CustodianPublic.from_json(c) for c in doc["custodians"])
+            return ShamirPolicy(int(doc["threshold"]), custodians)
+    except (KeyError, TypeError, ValueError, CustodianKeyError) as exc:
+        raise EscrowError(f"invalid escrow policy: {exc}") from None
+    raise EscrowError(f"unknown escrow scheme {doc.get('scheme')!r}")
+
+
+def sample_label(job_id: str, escrow_id: str, shard: str, key: str) -> bytes:
+    """What a sample's wrapped data key is bound to (and what a custodian approves)."""
+    return canonical_json(
+        {"v": LABEL_FORMAT, "job_id": job_id, "escrow_id": escrow_id, "shard": shard, "key": key}
+    )
+
+
+def kms_context(job_id: str, escrow_id: str, shard: str) -> dict[str, str]:
+    """The KMS encryption context of one shard's data key."""
+    return {"faceveil:job_id": job_id, "faceveil:escrow_id": escrow_id, "faceveil:shard": shard}
+
+
+@dataclass(frozen=True)
+class SealedPart:
+    """One sealed scalar of a custodian's share: ``source`` 0 (fresh split) or an old index."""
+
+    source: int
+    sealed: bytes
+
+
+@dataclass(frozen=True)
 class Epoch:
-    """One key epoch of ``escrow.json``: a master key escrowed under the job's policy."""
+    """One key epoch: its public key, public shares and sealed shares (Shamir), or its id (KMS)."""
 
     job_id: str
     escrow_id: str
-    key_check: str
-    scheme: str
-    audit_public: bytes
-    audit_sealed: bytes
-    threshold: int = 0
-    custodians: tuple[CustodianPublic, ...] = ()
-    shares: tuple[bytes, ...] = ()
-    key_arn: str = ""
-    wrapped_key: bytes = b""
+    policy: Policy
+    public_key: bytes = b""
+    public_shares: tuple[bytes, ...] = ()
+    shares: tuple[tuple[SealedPart, ...], ...] = ()
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        if not _ID.fullmatch(self.escrow_id):
+            raise EscrowError("an epoch's escrow_id must be 32 hex characters")
+        if isinstance(self.policy, ShamirPolicy):
+            n = len(self.policy.custodians)
+            if len(self.public_shares) != n or len(self.shares) != n:
+                raise EscrowError(f"epoch {self.escrow_id} does not hold one share per custodian")
+            try:
+                threshold.check_public_shares(
+                    self.public_key, self.public_shares, self.policy.threshold
+                )
+            except threshold.ThresholdError as exc:
+                raise EscrowError(f"epoch {self.escrow_id}: {exc}") from None
 
     def header(self) -> dict:
-        """The fields every sealed share of this epoch is bound to."""
-        return {
-            "format": EPOCH_FORMAT,
-            "job_id": self.job_id,
-            "escrow_id": self.escrow_id,
-            "key_check": self.key_check,
-            "scheme": self.scheme,
-            "audit_public": b64e(self.audit_public),
-            "threshold": self.threshold,
-            "custodians": [c.fingerprint for c in self.custodians],
-        }
+        """The fields every sealed part of this epoch is bound to."""
+        doc = {"format": EPOCH_FORMAT, "job_id": self.job_id, "escrow_id": self.escrow_id}
+        doc |= self.policy.to_json()
+        if isinstance(self.policy, ShamirPolicy):
+            doc["public_key"] = b64e(self.public_key)
+            doc["public_shares"] = [b64e(p) for p in self.public_shares]
+        return doc
 
-    def policy(self) -> tuple:
-        """What all epochs of one escrow share: scheme, threshold, custodians, KMS key."""
-        return self.scheme, self.threshold, self.custodians, self.key_arn
+    def part_aad(self, fingerprint: str, source: int) -> bytes:
+        """AAD of the part from ``source`` sealed to the custodian with ``fingerprint``.
 
-    def share_aad(self, fingerprint: str) -> bytes:
-        """AAD of the share sealed to the custodian with ``fingerprint``."""
-        return canonical_json({"escrow": self.header(), "fingerprint": fingerprint})
+        A fresh split binds the whole epoch header. A reshared epoch's parts were sealed by old
+        custodians before its public shares existed: they bind the job, epoch, public key, new
+        policy and the reshare request (``origin``, its sha256) instead.
+        """
+        if source == 0:
+            return canonical_json({"epoch": self.header(), "fingerprint": fingerprint, "source": 0})
+        return reshare_part_aad(
+            self.job_id,
+            self.escrow_id,
+            self.public_key,
+            self.policy,
+            self.origin,
+            fingerprint,
+            source,
+        )
 
-    def kms_context(self) -> dict[str, str]:
-        """EncryptionContext of the KMS-wrapped master key."""
-        return {
-            "faceveil:job_id": self.job_id,
-            "faceveil:escrow_id": self.escrow_id,
-            "faceveil:purpose": "master-key",
-            "faceveil:audit_key": key_id(self.audit_public),
-        }
+    def label(self, shard: str, key: str) -> bytes:
+        """The label of sample ``key`` of ``shard`` sealed in this epoch."""
+        return sample_label(self.job_id, self.escrow_id, shard, key)
+
+    def open_share(self, custodian: CustodianPrivate) -> threshold.ScalarShare:
+        """The custodian's share of this epoch, checked against its public share."""
+        if not isinstance(self.policy, ShamirPolicy):
+            raise EscrowError("this escrow is not a Shamir escrow")
+        fp = custodian.public().fingerprint
+        index = self.policy.index_of(fp)
+        parts = self.shares[index - 1]
+        sources = [p.source for p in parts]
+        coefficients = {0: threshold.scalar_from_int(1)}
+        if sources != [0]:
+            coefficients = threshold.lagrange(sources)
+        total = bytes(threshold.SCALAR_SIZE)
+        for part in parts:
+            raw = open_sealed(
+                custodian.x25519, part.sealed, SHARE_CONTEXT, self.part_aad(fp, part.source)
+            )
+            value = threshold.ScalarShare.from_bytes(raw).value
+            total = threshold.scalar_add(
+                total, threshold.scalar_mul(coefficients[part.source], value)
+            )
+        share = threshold.ScalarShare(index, total)
+        if share.public() != self.public_shares[index - 1]:
+            raise EscrowError(
+                f"the share of {custodian.name!r} in epoch {self.escrow_id} does not match its "
+                "public share (a tampered or foreign escrow.json)"
+            )
+        return share
 
     def to_json(self) -> dict:
         """The epoch's entry of ``escrow.json`` (the policy is stored once, outside it)."""
-        doc: dict = {
-            "escrow_id": self.escrow_id,
-            "key_check": self.key_check,
-            "audit_key": {"public": b64e(self.audit_public), "sealed": b64e(self.audit_sealed)},
-        }
-        if self.scheme == "shamir":
+        doc: dict = {"escrow_id": self.escrow_id}
+        if self.origin:
+            doc["reshare_request"] = self.origin
+        if isinstance(self.policy, ShamirPolicy):
+            doc["public_key"] = b64e(self.public_key)
+            doc["public_shares"] = [b64e(p) for p in self.public_shares]
             doc["shares"] = [
-                {"fingerprint": c.fingerprint, "sealed": b64e(s)}
-                for c, s in zip(self.custodians, self.shares, strict=True)
+                {
+                    "fingerprint": c.fingerprint,
+                    "parts": [{"source": p.source, "sealed": b64e(p.sealed)} for p in parts],
+                }
+                for c, parts in zip(self.policy.custodians, self.shares, strict=True)
             ]
-        else:
-            doc["wrapped_key"] = b64e(self.wrapped_key)
         return doc
-
-    def check(self, master: MasterKey) -> None:
-        """Raise EscrowError unless ``master`` is this epoch's key (by its key-check value)."""
-        if not secrets.compare_digest(master.check_value(self.job_id), self.key_check):
-            raise EscrowError(
-                f"the recovered key does not match the key-check value of epoch "
-                f"{self.escrow_id} (wrong, stale or too few shares)"
-            )
-
-    def open_share(self, custodian: CustodianPrivate) -> shamir.Share:
-        """Decrypt this epoch's share sealed to ``custodian``."""
-        if self.scheme != "shamir":
-            raise EscrowError("this escrow is not a Shamir escrow")
-        fp = custodian.public().fingerprint
-        fingerprints = [c.fingerprint for c in self.custodians]
-        if fp not in fingerprints:
-            raise EscrowError(f"custodian {custodian.name!r} holds no share of this escrow")
-        index = fingerprints.index(fp)
-        raw = open_sealed(custodian.x25519, self.shares[index], SHARE_CONTEXT, self.share_aad(fp))
-        share = shamir.Share.from_bytes(raw)
-        if share.x != index + 1:
-            raise EscrowError("sealed share has the wrong x-coordinate for its custodian")
-        return share
-
-    def recover(self, shares: Sequence[shamir.Share]) -> MasterKey:
-        """Combine at least ``threshold`` distinct shares of this epoch and check the result."""
-        if self.scheme != "shamir":
-            raise EscrowError("this escrow is not a Shamir escrow")
-        if len(shares) < self.threshold:
-            raise EscrowError(f"{len(shares)} shares given; this escrow needs {self.threshold}")
-        try:
-            secret = shamir.combine(shares)
-        except ShareError as exc:
-            raise EscrowError(f"shares do not combine: {exc}") from None
-        master = MasterKey(secret)
-        self.check(master)
-        return master
-
-    def unwrap_kms(self, kms: KmsClient) -> MasterKey:
-        """Ask KMS to unwrap this epoch's master key (needs kms:Decrypt on ``key_arn``)."""
-        if self.scheme != "kms":
-            raise EscrowError("this escrow is not a KMS escrow")
-        reply = _kms_call(
-            kms,
-            "decrypt",
-            CiphertextBlob=self.wrapped_key,
-            KeyId=self.key_arn,
-            EncryptionContext=self.kms_context(),
-        )
-        try:
-            master = MasterKey(reply["Plaintext"])
-        except (KeyError, ValueError):
-            raise EscrowError("KMS returned no usable key") from None
-        self.check(master)
-        return master
-
-    def audit_signing_key(self, master: MasterKey) -> Ed25519PrivateKey:
-        """This epoch's job signing key, unsealed with its (already checked) master key."""
-        wrap = master.derive(self.job_id.encode(), _AUDIT_WRAP_INFO)
-        aad = _audit_aad(self.job_id, self.audit_public)
-        try:
-            seed = AESGCM(wrap).decrypt(self.audit_sealed[:12], self.audit_sealed[12:], aad)
-        except InvalidTag:
-            raise EscrowError("the job signing key does not open under this master key") from None
-        key = Ed25519PrivateKey.from_private_bytes(seed)
-        if key.public_key().public_bytes_raw() != self.audit_public:
-            raise EscrowError("the sealed job signing key does not match its public key")
-        return key
 
 
 @dataclass(frozen=True)
 class Escrow:
-    """A parsed ``escrow.json``: the job's key epochs, in order, under one policy.
-
-    ``epochs[0]`` is the job's first epoch; its job signing key is the job's long-lived one.
-    Recovered master keys travel as a mapping ``escrow_id -> MasterKey`` (every epoch).
-    """
+    """A parsed ``escrow.json``: the job's key epochs, in order, under one policy."""
 
     job_id: str
     revision: str
+    policy: Policy
     epochs: tuple[Epoch, ...]
 
     def __post_init__(self) -> None:
@@ -240,30 +304,13 @@ class Escrow:
         if len(set(ids)) != len(ids):
             raise EscrowError("two key epochs of the escrow have the same escrow_id")
         for epoch in self.epochs:
-            if epoch.job_id != self.job_id:
-                raise EscrowError("a key epoch of the escrow belongs to another job")
-            if epoch.policy() != self.epochs[0].policy():
-                raise EscrowError("every key epoch of an escrow must have the same policy")
+            if epoch.job_id != self.job_id or epoch.policy != self.policy:
+                raise EscrowError("every key epoch must belong to the job and have its policy")
 
     @property
     def scheme(self) -> str:
-        """``shamir`` or ``kms`` (all epochs alike)."""
-        return self.epochs[0].scheme
-
-    @property
-    def threshold(self) -> int:
-        """M, for a Shamir escrow."""
-        return self.epochs[0].threshold
-
-    @property
-    def custodians(self) -> tuple[CustodianPublic, ...]:
-        """The custodians of a Shamir escrow, in share order."""
-        return self.epochs[0].custodians
-
-    @property
-    def key_arn(self) -> str:
-        """The KMS key of a KMS escrow."""
-        return self.epochs[0].key_arn
+        """``shamir`` or ``kms``."""
+        return self.policy.scheme
 
     @property
     def escrow_ids(self) -> tuple[str, ...]:
@@ -277,73 +324,14 @@ class Escrow:
                 return epoch
         raise EscrowError(f"escrow.json holds no key epoch {escrow_id!r}")
 
-    def custodian(self, fingerprint: str) -> CustodianPublic:
-        """The custodian with ``fingerprint``; EscrowError if it is not in this escrow."""
-        for c in self.custodians:
-            if c.fingerprint == fingerprint:
-                return c
-        raise EscrowError(f"no custodian with fingerprint {fingerprint[:16]}... in this escrow")
-
-    def audit_keys(self) -> dict[str, bytes]:
-        """Job signing key id -> Ed25519 public key, one per epoch, first epoch first."""
-        return {key_id(e.audit_public): e.audit_public for e in self.epochs}
-
-    def signers(self) -> dict[str, bytes]:
-        """Audit signer id -> Ed25519 public key: every epoch's job signing key, every custodian."""
-        keys = self.audit_keys()
-        keys.update({key_id(c.ed25519): c.ed25519 for c in self.custodians})
-        return keys
-
     def with_epoch(self, epoch: Epoch) -> Escrow:
-        """This escrow with ``epoch`` appended (same policy) and a new revision."""
-        return Escrow(self.job_id, secrets.token_hex(16), (*self.epochs, epoch))
-
-    def open_shares(self, custodian: CustodianPrivate) -> dict[str, shamir.Share]:
-        """The custodian's share of every epoch, by escrow id."""
-        return {e.escrow_id: e.open_share(custodian) for e in self.epochs}
-
-    def recover(self, shares: Mapping[str, Sequence[shamir.Share]]) -> dict[str, MasterKey]:
-        """Every epoch's checked master key from its shares (``escrow_id -> shares``)."""
-        missing = [e.escrow_id for e in self.epochs if e.escrow_id not in shares]
-        if missing:
-            raise EscrowError(f"no shares given for key epoch {missing[0]}")
-        return {e.escrow_id: e.recover(shares[e.escrow_id]) for e in self.epochs}
-
-    def unwrap_kms(self, kms: KmsClient) -> dict[str, MasterKey]:
-        """Every epoch's master key, unwrapped by KMS (needs kms:Decrypt on ``key_arn``)."""
-        return {e.escrow_id: e.unwrap_kms(kms) for e in self.epochs}
-
-    def check(self, masters: Mapping[str, MasterKey]) -> None:
-        """EscrowError unless ``masters`` holds every epoch's key (by key-check value)."""
-        for epoch in self.epochs:
-            if epoch.escrow_id not in masters:
-                raise EscrowError(f"no master key given for key epoch {epoch.escrow_id}")
-            epoch.check(masters[epoch.escrow_id])
-
-    def audit_signing_key(self, masters: Mapping[str, MasterKey]) -> Ed25519PrivateKey:
-        """The job's long-lived signing key: the first epoch's, unsealed with its master key."""
-        first = self.epochs[0]
-        if first.escrow_id not in masters:
-            raise EscrowError(f"no master key given for key epoch {first.escrow_id}")
-        return first.audit_signing_key(masters[first.escrow_id])
+        """This escrow with ``epoch`` appended and a new revision."""
+        return Escrow(self.job_id, secrets.token_hex(16), self.policy, (*self.epochs, epoch))
 
     def to_json(self) -> dict:
         """The ``escrow.json`` document."""
-        doc: dict = {
-            "format": ESCROW_FORMAT,
-            "job_id": self.job_id,
-            "revision": self.revision,
-            "scheme": self.scheme,
-        }
-        if self.scheme == "shamir":
-            doc["threshold"] = self.threshold
-            doc["custodians"] = [
-                {k: v for k, v in c.to_json().items() if k != "format"} for c in self.custodians
-            ]
-        else:
-            doc["key_arn"] = self.key_arn
-        doc["epochs"] = [e.to_json() for e in self.epochs]
-        return doc
+        doc = {"format": ESCROW_FORMAT, "job_id": self.job_id, "revision": self.revision}
+        return doc | self.policy.to_json() | {"epochs": [e.to_json() for e in self.epochs]}
 
     def dumps(self) -> bytes:
         """``escrow.json`` bytes."""
@@ -351,190 +339,113 @@ class Escrow:
 
     @classmethod
     def loads(cls, data: bytes | str) -> Escrow:
-        """Parse ``escrow.json`` bytes; EscrowError on anything malformed."""
+        """Parse ``escrow.json``; EscrowError on anything malformed (format 2: see
+        :func:`escrow_format`)."""
         try:
             doc = json.loads(data)
-            return _from_json(doc)
-        except (
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            CustodianKeyError,
-            EscrowError,
-        ) as exc:
+            if doc.get("format") != ESCROW_FORMAT:
+                raise ValueError(f"unknown format (expected {ESCROW_FORMAT})")
+            job_id, revision = str(doc["job_id"]), str(doc["revision"])
+            if not job_id or not _ID.fullmatch(revision):
+                raise ValueError("job_id must be non-empty and revision 32 hex characters")
+            policy = policy_from_json(doc)
+            epochs = tuple(_epoch_from_json(job_id, policy, e) for e in doc["epochs"])
+            return cls(job_id, revision, policy, epochs)
+        except (ValueError, KeyError, TypeError, AttributeError, EscrowError) as exc:
             raise EscrowError(f"invalid escrow.json: {exc}") from None
 
 
-def _from_json(doc: dict) -> Escrow:
-    if doc.get("format") != ESCROW_FORMAT:
-        raise ValueError(f"unknown format (expected {ESCROW_FORMAT})")
-    job_id, revision = str(doc["job_id"]), str(doc["revision"])
-    if not job_id or not _ID.fullmatch(revision):
-        raise ValueError("job_id must be non-empty and revision 32 hex characters")
-    policy: dict = {"scheme": doc["scheme"]}
-    if doc["scheme"] == "kms":
-        policy["key_arn"] = str(doc["key_arn"])
-    elif doc["scheme"] == "shamir":
-        policy["custodians"] = tuple(CustodianPublic.from_json(c) for c in doc["custodians"])
-        policy["threshold"] = int(doc["threshold"])
-        _check_policy(policy["custodians"], policy["threshold"])
-    else:
-        raise ValueError(f"unknown scheme {doc['scheme']!r}")
-    if not isinstance(doc["epochs"], list):
-        raise ValueError("epochs must be a list")
-    epochs = tuple(_epoch_from_json(job_id, policy, e) for e in doc["epochs"])
-    return Escrow(job_id, revision, epochs)
-
-
-def _epoch_from_json(job_id: str, policy: dict, doc: dict) -> Epoch:
-    escrow_id = str(doc["escrow_id"])
-    if not _ID.fullmatch(escrow_id):
-        raise ValueError("an epoch's escrow_id must be 32 hex characters")
-    common = dict(
-        job_id=job_id,
-        escrow_id=escrow_id,
-        key_check=str(doc["key_check"]),
-        audit_public=b64d(doc["audit_key"]["public"], "audit public key", 32),
-        audit_sealed=b64d(doc["audit_key"]["sealed"], "sealed audit key"),
-        **policy,
-    )
-    if policy["scheme"] == "kms":
-        return Epoch(**common, wrapped_key=b64d(doc["wrapped_key"], "wrapped key"))
-    entries = doc["shares"]
-    if [e["fingerprint"] for e in entries] != [c.fingerprint for c in policy["custodians"]]:
-        raise ValueError(f"the shares of epoch {escrow_id} do not match the custodian list")
-    return Epoch(**common, shares=tuple(b64d(e["sealed"], "sealed share") for e in entries))
-
-
-def _check_policy(custodians: Sequence[CustodianPublic], threshold: int) -> None:
-    n = len(custodians)
-    if not 2 <= threshold <= n <= shamir.MAX_SHARES:
-        raise EscrowError(f"need 2 <= threshold ({threshold}) <= custodians ({n}) <= 255")
-    if len({c.fingerprint for c in custodians}) != n or len({c.name for c in custodians}) != n:
-        raise EscrowError("custodians must be distinct (by name and by key)")
-
-
-def _audit_aad(job_id: str, public: bytes) -> bytes:
-    return canonical_json({"job_id": job_id, "audit_public": b64e(public), "v": 1})
-
-
-def _seal_audit_key(master: MasterKey, job_id: str, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
-    public = key.public_key().public_bytes_raw()
-    wrap = master.derive(job_id.encode(), _AUDIT_WRAP_INFO)
-    nonce = secrets.token_bytes(12)
-    aad = _audit_aad(job_id, public)
-    return public, nonce + AESGCM(wrap).encrypt(nonce, key.private_bytes_raw(), aad)
-
-
-def _kms_call(kms: KmsClient, op: str, **kwargs: Any) -> dict:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return getattr(kms, op)(**kwargs)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "unknown")
-        raise EscrowError(f"KMS {op} failed: {code}") from None
-    except BotoCoreError as exc:
-        raise EscrowError(f"KMS {op} failed: {type(exc).__name__}") from None
-
-
-def shamir_epoch(
-    master: MasterKey,
+def reshare_part_aad(
     job_id: str,
-    custodians: Sequence[CustodianPublic],
-    threshold: int,
-    audit_key: Ed25519PrivateKey,
-    escrow_id: str | None = None,
-    randbytes: Callable[[int], bytes] | None = None,
-) -> Epoch:
-    """``master`` split M-of-N, share i sealed to custodian i, and the sealed job signing key.
+    escrow_id: str,
+    public_key: bytes,
+    policy: Policy,
+    request_sha256: str,
+    fingerprint: str,
+    source: int,
+) -> bytes:
+    """AAD of a part that old custodian ``source`` seals to a new custodian in a reshare."""
+    return canonical_json(
+        {
+            "format": EPOCH_FORMAT,
+            "job_id": job_id,
+            "escrow_id": escrow_id,
+            "public_key": b64e(public_key),
+            "policy": policy.to_json(),
+            "reshare_request": request_sha256,
+            "fingerprint": fingerprint,
+            "source": source,
+        }
+    )
 
-    ``escrow_id`` is new unless given (a reshare keeps each epoch's id).
-    """
-    _check_policy(custodians, threshold)
-    public, sealed_audit = _seal_audit_key(master, job_id, audit_key)
-    base = Epoch(
-        job_id=job_id,
-        escrow_id=escrow_id or secrets.token_hex(16),
-        key_check=master.check_value(job_id),
-        scheme="shamir",
-        audit_public=public,
-        audit_sealed=sealed_audit,
-        threshold=threshold,
-        custodians=tuple(custodians),
+
+def escrow_format(data: bytes | str) -> str:
+    """The ``format`` of an ``escrow.json`` (format 2 is the master-key escrow of earlier
+    releases, read by :mod:`manifests.escrow_v2`)."""
+    try:
+        return str(json.loads(data)["format"])
+    except (ValueError, KeyError, TypeError):
+        raise EscrowError("escrow.json is not a faceveil escrow") from None
+
+
+def _epoch_from_json(job_id: str, policy: Policy, doc: dict) -> Epoch:
+    escrow_id = str(doc["escrow_id"])
+    if isinstance(policy, KmsPolicy):
+        return Epoch(job_id, escrow_id, policy)
+    entries = doc["shares"]
+    if [e["fingerprint"] for e in entries] != [c.fingerprint for c in policy.custodians]:
+        raise ValueError(f"the shares of epoch {escrow_id} do not match the custodian list")
+    shares = tuple(
+        tuple(SealedPart(int(p["source"]), b64d(p["sealed"], "sealed share")) for p in e["parts"])
+        for e in entries
     )
-    shares = shamir.split(master.reveal(), len(custodians), threshold, randbytes)
+    public_shares = tuple(b64d(p, "public share", 32) for p in doc["public_shares"])
+    public_key = b64d(doc["public_key"], "public key", 32)
+    origin = str(doc.get("reshare_request", ""))
+    return Epoch(job_id, escrow_id, policy, public_key, public_shares, shares, origin)
+
+
+def new_epoch(
+    job_id: str,
+    policy: Policy,
+    escrow_id: str | None = None,
+    randbytes: threshold.RandBytes | None = None,
+) -> Epoch:
+    """A new key epoch under ``policy``; for Shamir a fresh escrow key, split and sealed to the
+    custodians, its private scalar gone when this returns."""
+    escrow_id = escrow_id or secrets.token_hex(16)
+    if isinstance(policy, KmsPolicy):
+        return Epoch(job_id, escrow_id, policy)
+    key = threshold.split_new_key(len(policy.custodians), policy.threshold, randbytes)
+    base = Epoch(job_id, escrow_id, policy, key.public, key.public_shares, _blank(policy))
     sealed = tuple(
-        seal_to(c.x25519, s.to_bytes(), SHARE_CONTEXT, base.share_aad(c.fingerprint))
-        for c, s in zip(custodians, shares, strict=True)
+        (
+            SealedPart(
+                0, seal_to(c.x25519, s.to_bytes(), SHARE_CONTEXT, base.part_aad(c.fingerprint, 0))
+            ),
+        )
+        for c, s in zip(policy.custodians, key.shares, strict=True)
     )
-    log.info("key epoch %s: master key split %d-of-%d", base.escrow_id, threshold, len(custodians))
+    log.info("key epoch %s: escrow key split %s", escrow_id, policy.describe())
     return replace(base, shares=sealed)
 
 
-def kms_epoch(
-    master: MasterKey, job_id: str, key_arn: str, kms: KmsClient, audit_key: Ed25519PrivateKey
-) -> Epoch:
-    """``master`` wrapped with the KMS key ``key_arn``, and the sealed job signing key."""
-    if not _ARN.fullmatch(key_arn):
-        raise EscrowError("expected a KMS key ARN: arn:aws:kms:REGION:ACCOUNT:key/ID")
-    public, sealed_audit = _seal_audit_key(master, job_id, audit_key)
-    base = Epoch(
-        job_id=job_id,
-        escrow_id=secrets.token_hex(16),
-        key_check=master.check_value(job_id),
-        scheme="kms",
-        audit_public=public,
-        audit_sealed=sealed_audit,
-        key_arn=key_arn,
+def _blank(policy: ShamirPolicy) -> tuple[tuple[SealedPart, ...], ...]:
+    return tuple((SealedPart(0, b""),) for _ in policy.custodians)
+
+
+def create_escrow(
+    job_id: str, policy: Policy, randbytes: threshold.RandBytes | None = None
+) -> Escrow:
+    """A one-epoch escrow under ``policy``."""
+    return Escrow(
+        job_id, secrets.token_hex(16), policy, (new_epoch(job_id, policy, None, randbytes),)
     )
-    reply = _kms_call(
-        kms,
-        "encrypt",
-        KeyId=key_arn,
-        Plaintext=master.reveal(),
-        EncryptionContext=base.kms_context(),
-    )
-    log.info("key epoch %s: master key wrapped by KMS", base.escrow_id)
-    return replace(base, wrapped_key=reply["CiphertextBlob"])
 
 
-def create_shamir_escrow(
-    master: MasterKey,
-    job_id: str,
-    custodians: Sequence[CustodianPublic],
-    threshold: int,
-    audit_key: Ed25519PrivateKey,
-    randbytes: Callable[[int], bytes] | None = None,
-) -> Escrow:
-    """A one-epoch escrow: ``master`` split M-of-N to ``custodians`` (see :func:`shamir_epoch`)."""
-    epoch = shamir_epoch(master, job_id, custodians, threshold, audit_key, randbytes=randbytes)
-    return Escrow(job_id, secrets.token_hex(16), (epoch,))
-
-
-def create_kms_escrow(
-    master: MasterKey, job_id: str, key_arn: str, kms: KmsClient, audit_key: Ed25519PrivateKey
-) -> Escrow:
-    """A one-epoch escrow: ``master`` wrapped by the KMS key ``key_arn``."""
-    epoch = kms_epoch(master, job_id, key_arn, kms, audit_key)
-    return Escrow(job_id, secrets.token_hex(16), (epoch,))
-
-
-def add_epoch(
-    escrow: Escrow, master: MasterKey, audit_key: Ed25519PrivateKey, kms: KmsClient | None = None
-) -> Escrow:
-    """``escrow`` plus a new epoch for ``master`` under the same policy (a resumed run).
-
-    A KMS escrow needs ``kms`` (a client for ``escrow.key_arn``).
-    """
-    if escrow.scheme == "kms":
-        if kms is None:
-            raise EscrowError("a KMS client is needed to add a key epoch to a KMS escrow")
-        epoch = kms_epoch(master, escrow.job_id, escrow.key_arn, kms, audit_key)
-    else:
-        epoch = shamir_epoch(master, escrow.job_id, escrow.custodians, escrow.threshold, audit_key)
-    return escrow.with_epoch(epoch)
+def add_epoch(escrow: Escrow) -> Escrow:
+    """``escrow`` plus a new epoch under the same policy (a resumed run)."""
+    return escrow.with_epoch(new_epoch(escrow.job_id, escrow.policy))
 
 
 def make_kms_client(key_arn: str, endpoint_url: str | None = None) -> KmsClient:
@@ -547,52 +458,67 @@ def make_kms_client(key_arn: str, endpoint_url: str | None = None) -> KmsClient:
     return boto3.client("kms", region_name=match.group(1), endpoint_url=endpoint_url)
 
 
-def reshare(
-    escrow: Escrow,
-    masters: Mapping[str, MasterKey],
-    custodians: Sequence[CustodianPublic],
-    threshold: int,
-) -> Escrow:
-    """Every epoch's (checked) master key split again for another custodian set.
+def kms_call(kms: KmsClient, op: str, **kwargs: Any) -> dict:
+    """One KMS call; its errors become one EscrowError naming the operation and error code."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    Each epoch keeps its escrow id and its job signing key; the escrow gets a new revision.
-    """
-    escrow.check(masters)
-    epochs = tuple(
-        shamir_epoch(
-            masters[e.escrow_id],
-            escrow.job_id,
-            custodians,
-            threshold,
-            e.audit_signing_key(masters[e.escrow_id]),
-            escrow_id=e.escrow_id,
-        )
-        for e in escrow.epochs
+    try:
+        return getattr(kms, op)(**kwargs)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "unknown")
+        raise EscrowError(f"KMS {op} failed: {code}") from None
+    except BotoCoreError as exc:
+        raise EscrowError(f"KMS {op} failed: {type(exc).__name__}") from None
+
+
+def kms_shard_key(
+    kms: KmsClient, policy: KmsPolicy, job_id: str, escrow_id: str, shard: str
+) -> tuple[bytes, bytes]:
+    """A new data key for ``shard``: (plaintext, KMS ciphertext blob)."""
+    if not _SHARD.fullmatch(shard):
+        raise ValueError("a shard name is shard-NNNNNN")
+    reply = kms_call(
+        kms,
+        "generate_data_key",
+        KeyId=policy.key_arn,
+        NumberOfBytes=32,
+        EncryptionContext=kms_context(job_id, escrow_id, shard),
     )
-    return Escrow(escrow.job_id, secrets.token_hex(16), epochs)
+    return bytes(reply["Plaintext"]), bytes(reply["CiphertextBlob"])
 
 
-def rekey(
-    escrow: Escrow,
-    masters: Mapping[str, MasterKey],
-    custodians: Sequence[CustodianPublic] | None = None,
-    threshold: int | None = None,
-    kms: KmsClient | None = None,
-    key_arn: str | None = None,
-) -> tuple[MasterKey, Escrow]:
-    """One fresh master key in a one-epoch escrow that replaces every epoch of ``escrow``.
+def kms_open_shard_key(
+    kms: KmsClient, policy: KmsPolicy, job_id: str, escrow_id: str, shard: str, blob: bytes
+) -> bytes:
+    """The data key of ``shard`` from its KMS blob (needs kms:Decrypt on the key)."""
+    reply = kms_call(
+        kms,
+        "decrypt",
+        CiphertextBlob=blob,
+        KeyId=policy.key_arn,
+        EncryptionContext=kms_context(job_id, escrow_id, shard),
+    )
+    key = reply.get("Plaintext", b"")
+    if len(key) != 32:
+        raise EscrowError("KMS returned no usable data key")
+    return bytes(key)
 
-    The new epoch keeps the first epoch's job signing key. Defaults to the old policy: the same
-    custodians and threshold, or the same KMS key. Re-encrypt every manifest into it after.
-    """
-    escrow.check(masters)
-    audit_key = escrow.audit_signing_key(masters)
-    new = MasterKey.generate()
-    if key_arn or (escrow.scheme == "kms" and custodians is None):
-        if kms is None:
-            raise EscrowError("a KMS client is needed to rekey to a KMS escrow")
-        return new, create_kms_escrow(new, escrow.job_id, key_arn or escrow.key_arn, kms, audit_key)
-    chosen = custodians if custodians is not None else escrow.custodians
-    return new, create_shamir_escrow(
-        new, escrow.job_id, chosen, threshold or escrow.threshold, audit_key
+
+def reshared_epoch(
+    epoch: Epoch,
+    policy: ShamirPolicy,
+    request_sha256: str,
+    public_shares: Sequence[bytes],
+    parts: Sequence[tuple[SealedPart, ...]],
+) -> Epoch:
+    """``epoch`` under a new custodian ``policy``: the same escrow id and public key, the new
+    public shares and sealed parts (see :func:`manifests.restore.assemble_reshare`)."""
+    return Epoch(
+        epoch.job_id,
+        epoch.escrow_id,
+        policy,
+        epoch.public_key,
+        tuple(public_shares),
+        tuple(parts),
+        request_sha256,
     )

@@ -11,7 +11,15 @@ bbox          list<int32>, null   face region ``[x1, y1, x2, y2]`` (half-open), 
 nonce         binary              AES-GCM nonce (12 bytes)
 ciphertext    binary              AES-GCM ciphertext + tag of a framed payload
 aad_sha256    string              sha256 hex of the row's associated data
+wrapped_key   binary, null        the sample's wrapped data key (format 2, Shamir escrow,
+                                  on the ``face = -1`` row only; see :mod:`manifests.sealing`)
 ============  ==================  =====================================================
+
+Format 2 (``faceveil.schema`` = ``key-manifest/2``) seals each sample's rows under that sample's
+own data key with AAD format 2 (bbox included); a KMS escrow stores the shard's KMS data-key blob
+in the metadata ``faceveil.kms_blob`` (base64). Format 1 (``key-manifest/1``, no
+``wrapped_key``) is the master-key format of earlier releases; it is still read, and opened
+with :func:`open_row` and an :class:`~manifests.envelope.Envelope`.
 
 Every sample written by a worker has exactly one ``face = -1`` row: it always carries the source
 URI, and the full original file bytes when the faces alone cannot rebuild the original (for
@@ -26,6 +34,8 @@ tree. The label is not authenticated: a wrong label only makes the rows fail to 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import logging
 from collections.abc import Iterable
@@ -38,21 +48,25 @@ import pyarrow.parquet as pq
 
 from manifests.envelope import EMPTY_SHA256, Envelope, Payload, PayloadKind
 from manifests.errors import DecryptionError, ManifestError
+from manifests.sealing import ShardKeys, commitment, row_aad, seal_row
 
 log = logging.getLogger(__name__)
 
+_V1_FIELDS = [
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("face", pa.int32(), nullable=False),
+    pa.field("bbox", pa.list_(pa.int32()), nullable=True),
+    pa.field("nonce", pa.binary(), nullable=False),
+    pa.field("ciphertext", pa.binary(), nullable=False),
+    pa.field("aad_sha256", pa.string(), nullable=False),
+]
+SCHEMA_V1 = pa.schema(_V1_FIELDS, metadata={b"faceveil.schema": b"key-manifest/1"})
 SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("face", pa.int32(), nullable=False),
-        pa.field("bbox", pa.list_(pa.int32()), nullable=True),
-        pa.field("nonce", pa.binary(), nullable=False),
-        pa.field("ciphertext", pa.binary(), nullable=False),
-        pa.field("aad_sha256", pa.string(), nullable=False),
-    ],
-    metadata={b"faceveil.schema": b"key-manifest/1"},
+    [*_V1_FIELDS, pa.field("wrapped_key", pa.binary(), nullable=True)],
+    metadata={b"faceveil.schema": b"key-manifest/2"},
 )
 ESCROW_ID_META = b"faceveil.escrow_id"
+KMS_BLOB_META = b"faceveil.kms_blob"
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,11 @@ class KeyRow:
     nonce: bytes
     ciphertext: bytes = field(repr=False)
     aad_sha256: str
+    wrapped_key: bytes | None = field(default=None, repr=False)
+
+    def sealed_bytes(self) -> bytes:
+        """Everything sealed in the row (nonce, ciphertext, wrapped key), for commitments."""
+        return self.nonce + self.ciphertext + (self.wrapped_key or b"")
 
     def __post_init__(self) -> None:
         if self.bbox is not None:
@@ -75,13 +94,22 @@ class KeyRow:
 
 @dataclass(frozen=True)
 class KeyManifest:
-    """A parsed key manifest: its key epoch (None if it records none) and its rows."""
+    """A parsed key manifest: format (1 or 2), key epoch (None if it records none), rows, and
+    for a KMS escrow the shard's data-key blob."""
 
     escrow_id: str | None
     rows: tuple[KeyRow, ...]
+    version: int = 2
+    kms_blob: bytes = b""
+
+    def commitment(self) -> dict:
+        """The row list's commitment (see :func:`manifests.sealing.commitment`)."""
+        return commitment([(r.key, r.face, r.aad_sha256, r.sealed_bytes()) for r in self.rows])
 
 
-def _table(rows: Iterable[KeyRow], escrow_id: str | None) -> pa.Table:
+def _table(
+    rows: Iterable[KeyRow], escrow_id: str | None, version: int = 2, kms_blob: bytes = b""
+) -> pa.Table:
     rows = list(rows)
     columns = {
         "key": [r.key for r in rows],
@@ -91,12 +119,17 @@ def _table(rows: Iterable[KeyRow], escrow_id: str | None) -> pa.Table:
         "ciphertext": [r.ciphertext for r in rows],
         "aad_sha256": [r.aad_sha256 for r in rows],
     }
-    schema = SCHEMA
+    schema = SCHEMA_V1 if version == 1 else SCHEMA
+    if version != 1:
+        columns["wrapped_key"] = [r.wrapped_key for r in rows]
+    meta = dict(schema.metadata)
     if escrow_id is not None:
         if not isinstance(escrow_id, str) or not escrow_id:
             raise ValueError("escrow_id must be a non-empty string or None")
-        schema = SCHEMA.with_metadata({**SCHEMA.metadata, ESCROW_ID_META: escrow_id.encode()})
-    return pa.Table.from_pydict(columns, schema=schema)
+        meta[ESCROW_ID_META] = escrow_id.encode()
+    if kms_blob:
+        meta[KMS_BLOB_META] = base64.b64encode(kms_blob)
+    return pa.Table.from_pydict(columns, schema=schema.with_metadata(meta))
 
 
 def write_key_manifest(
@@ -107,22 +140,25 @@ def write_key_manifest(
     pq.write_table(table, where if not isinstance(where, Path) else str(where))
 
 
-def key_manifest_bytes(rows: Iterable[KeyRow], escrow_id: str | None = None) -> bytes:
+def key_manifest_bytes(
+    rows: Iterable[KeyRow], escrow_id: str | None = None, version: int = 2, kms_blob: bytes = b""
+) -> bytes:
     """The Parquet file as bytes (recording key epoch ``escrow_id``), for one rename or PUT."""
     sink = pa.BufferOutputStream()
-    pq.write_table(_table(rows, escrow_id), sink)
+    pq.write_table(_table(rows, escrow_id, version, kms_blob), sink)
     return sink.getvalue().to_pybytes()
 
 
-def _check_schema(schema: pa.Schema) -> None:
+def _check_schema(schema: pa.Schema) -> int:
     got = [(f.name, f.type) for f in schema]
-    want = [(f.name, f.type) for f in SCHEMA]
-    if got != want:
-        shown = ", ".join(f"{name}: {typ}" for name, typ in got)
-        raise ManifestError(
-            f"key manifest schema mismatch: expected {SCHEMA.names} with types "
-            f"{[str(t) for _, t in want]}, got [{shown}]"
-        )
+    for version, expected in ((2, SCHEMA), (1, SCHEMA_V1)):
+        if got == [(f.name, f.type) for f in expected]:
+            return version
+    shown = ", ".join(f"{name}: {typ}" for name, typ in got)
+    raise ManifestError(
+        f"key manifest schema mismatch: expected {SCHEMA.names} with types "
+        f"{[str(f.type) for f in SCHEMA]}, got [{shown}]"
+    )
 
 
 def _escrow_id(schema: pa.Schema) -> str | None:
@@ -161,7 +197,7 @@ def load_key_manifest(src: str | Path | bytes | BinaryIO) -> KeyManifest:
         table = pq.read_table(str(source) if isinstance(source, Path) else source)
     except (pa.ArrowException, OSError) as exc:
         raise ManifestError(f"not a readable Parquet key manifest ({type(exc).__name__})") from None
-    _check_schema(table.schema)
+    version = _check_schema(table.schema)
     rows = []
     for rec in table.to_pylist():
         for name in ("key", "face", "nonce", "ciphertext", "aad_sha256"):
@@ -178,9 +214,15 @@ def load_key_manifest(src: str | Path | bytes | BinaryIO) -> KeyManifest:
                 rec["nonce"],
                 rec["ciphertext"],
                 rec["aad_sha256"],
+                rec.get("wrapped_key"),
             )
         )
-    return KeyManifest(_escrow_id(table.schema), tuple(rows))
+    blob = (table.schema.metadata or {}).get(KMS_BLOB_META, b"")
+    try:
+        kms_blob = base64.b64decode(blob, validate=True) if blob else b""
+    except ValueError:
+        raise ManifestError("key manifest records a malformed KMS blob") from None
+    return KeyManifest(_escrow_id(table.schema), tuple(rows), version, kms_blob)
 
 
 def open_row(envelope: Envelope, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
@@ -211,18 +253,21 @@ def reencrypt_rows(
 
 
 class ShardSealer:
-    """Collects the sealed rows of one shard while a worker processes its samples.
+    """Collects the sealed rows (format 2) of one shard while a worker processes its samples.
 
-    ``shard`` is the shard's name as in ``keys/<shard>.parquet`` (``shard-000000``); a trailing
-    ``.tar`` is dropped, so ``shard-000000.tar`` seals the same way. The manifest records the
-    envelope's key epoch (:attr:`escrow_id`, from ``envelope.escrow_id``).
+    ``shard`` is the shard's name as in ``keys/<shard>.parquet`` (``shard-000000``; a trailing
+    ``.tar`` is dropped). Each sample's rows are sealed under its own data key from ``keys``
+    (:class:`~manifests.sealing.ShardKeys`); the sample's wrapped key goes on its whole-sample
+    row. The manifest records the key epoch and, with KMS, the shard key's blob.
     """
 
-    def __init__(self, envelope: Envelope, shard: str) -> None:
-        self.envelope = envelope
+    def __init__(self, keys: ShardKeys, shard: str) -> None:
+        self.keys = keys
+        self.job_id = keys.epoch.job_id
         self.shard = shard.removesuffix(".tar")
-        self.escrow_id = envelope.escrow_id
+        self.escrow_id = keys.epoch.escrow_id
         self._rows: list[KeyRow] = []
+        self._sample_keys: dict[str, tuple[bytes, bytes | None]] = {}
 
     def _add(
         self,
@@ -232,8 +277,13 @@ class ShardSealer:
         payload: Payload,
         anon_sha256: str,
     ) -> KeyRow:
-        box = self.envelope.seal(self.shard, key, face, payload.to_bytes(), anon_sha256)
-        row = KeyRow(key, face, bbox, box.nonce, box.ciphertext, box.aad_sha256)
+        if key not in self._sample_keys:
+            self._sample_keys[key] = self.keys.sample(key)
+        data_key, wrapped = self._sample_keys[key]
+        aad = row_aad(self.job_id, self.shard, key, face, bbox, anon_sha256)
+        nonce, ciphertext = seal_row(data_key, aad, payload.to_bytes())
+        digest = hashlib.sha256(aad).hexdigest()
+        row = KeyRow(key, face, bbox, nonce, ciphertext, digest, wrapped if face < 0 else None)
         self._rows.append(row)
         return row
 
@@ -271,6 +321,10 @@ class ShardSealer:
         """The rows sealed so far, in order."""
         return list(self._rows)
 
+    def commitment(self) -> dict:
+        """The row list's commitment, for the shard's marker and the job-signed log."""
+        return commitment([(r.key, r.face, r.aad_sha256, r.sealed_bytes()) for r in self._rows])
+
     def manifest_bytes(self) -> bytes:
         """The shard's key manifest as Parquet bytes, recording its key epoch."""
-        return key_manifest_bytes(self._rows, self.escrow_id)
+        return key_manifest_bytes(self._rows, self.escrow_id, 2, self.keys.kms_blob)
