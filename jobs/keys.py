@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import ray
 
 from jobs.config import EscrowConfig
 from jobs.storage import Location
+from manifests.sealing import EpochSealing
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +24,24 @@ class EscrowRefused(ValueError):
 @dataclass(frozen=True)
 class Secrets:
     """What actors need that must never touch disk: the job secret (opens sealed source URIs);
-    with escrow, the envelope that seals originals; with ``--method surrogate``, the team's
-    pseudonym key and ``transit``, a key made for this run only that encrypts what carries
-    original pixels between processes (face tables, the donor bank)."""
+    with ``--method surrogate``, the team's pseudonym key and ``transit``, a key made for this
+    run only that encrypts what carries original pixels between processes (face tables, the
+    donor bank). With escrow, ``sealing`` holds the key epoch's *public* sealing values: no
+    actor ever holds a key that opens sealed originals."""
 
     secret: bytes
-    envelope: object | None = None
+    sealing: EpochSealing | None = None
     pseudonym_key: bytes | None = None
     transit: bytes | None = None
 
     def sealer(self, shard: str):
         """A ShardSealer for ``shard``, or None when the job runs without escrow."""
-        if self.envelope is None:
+        if self.sealing is None:
             return None
         from manifests.keymanifest import ShardSealer
 
-        return ShardSealer(self.envelope, shard.removesuffix(".tar"))
+        stem = shard.removesuffix(".tar")
+        return ShardSealer(self.sealing.shard_keys(stem), stem)
 
     def __repr__(self) -> str:
         return "Secrets(<redacted>)"
@@ -129,29 +133,79 @@ def escrow_mode(escrow: EscrowConfig, job: dict, resuming: bool) -> str:
 def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
     """JobKeys for this run, or None without escrow; publishes escrow.json before any sealing.
 
-    A resumed job keeps its escrow policy and gets a new key epoch (the first run's master key
-    is gone by design); flags given on resume must match what the job recorded.
+    A resumed job keeps its escrow policy and gets a new key epoch; the policy must be the one
+    the job's signed log records (its start entry, or a later reshare or rekey): escrow flags
+    given on resume, and the policy of ``escrow.json``, are checked against it and any
+    difference is refused before anything is sealed.
     """
-    from manifests.custodian import CustodianPublic
-    from manifests.escrow import Escrow, make_kms_client
-    from manifests.jobkeys import JobKeys, parse_kms_spec
+    from manifests.escrow import ESCROW_FORMAT, Escrow, escrow_format
+    from manifests.jobkeys import JobKeys
 
     mode = escrow_mode(escrow, job, resuming)
     if mode == "none":
         log.warning("no escrow: originals are not sealed and can never be restored")
         return None
     if resuming and out.exists(ESCROW_FILE):
-        existing = Escrow.loads(out.read_bytes(ESCROW_FILE))
-        kms = make_kms_client(existing.key_arn) if existing.scheme == "kms" else None
-        keys = JobKeys.resume(existing, job["job_id"], kms=kms)
-    elif mode == "shamir":
-        custodians = [CustodianPublic.load(p) for p in escrow.custodians]
-        keys = JobKeys.create(job["job_id"], custodians=custodians, threshold=escrow.threshold)
+        data = out.read_bytes(ESCROW_FILE)
+        if escrow_format(data) != ESCROW_FORMAT:
+            raise EscrowRefused(
+                "this job's escrow.json is of an earlier format (master keys); its samples can "
+                "be restored, but a resume would mix formats: finish it with the release that "
+                "started it, or start a new job"
+            )
+        existing = Escrow.loads(data)
+        _check_resume_policy(existing, escrow, out)
+        keys = JobKeys.resume(existing, job["job_id"])
     else:
-        arn = parse_kms_spec(escrow.kms)
-        keys = JobKeys.create(job["job_id"], kms_arn=arn, kms=make_kms_client(arn))
+        keys = JobKeys.create(job["job_id"], policy_from_flags(escrow))
     out.publish_bytes(keys.escrow.dumps(), ESCROW_FILE)
     return keys
+
+
+def policy_from_flags(escrow: EscrowConfig):
+    """The escrow policy the run flags ask for (Shamir or KMS)."""
+    from manifests.custodian import CustodianPublic
+    from manifests.escrow import KmsPolicy, ShamirPolicy
+    from manifests.jobkeys import parse_kms_spec
+
+    if escrow.kms:
+        return KmsPolicy(parse_kms_spec(escrow.kms))
+    custodians = tuple(CustodianPublic.load(p) for p in escrow.custodians)
+    return ShamirPolicy(escrow.threshold, custodians)
+
+
+def recorded_policy(out: Location):
+    """The escrow policy the job's audit log records last (job.start, escrow.reshare or
+    escrow.rekey), or None if the log records none."""
+    from manifests.escrow import policy_from_json
+
+    if not out.exists("audit.jsonl"):
+        return None
+    found = None
+    for line in out.read_bytes("audit.jsonl").splitlines():
+        entry = json.loads(line)
+        details = entry.get("details") or {}
+        if entry.get("action") in ("job.start", "job.resume"):
+            found = (details.get("escrow") or {}).get("policy", found)
+        elif entry.get("action") in ("escrow.reshare", "escrow.rekey"):
+            found = details.get("policy", found)
+    return None if found is None else policy_from_json(found)
+
+
+def _check_resume_policy(existing, escrow: EscrowConfig, out: Location) -> None:
+    recorded = recorded_policy(out)
+    if recorded is None:
+        raise EscrowRefused("the job's audit log records no escrow policy; refusing to resume")
+    if existing.policy != recorded:
+        raise EscrowRefused(
+            "escrow.json's policy differs from the policy the job's signed log records "
+            f"({recorded.describe()}): escrow.json was altered; refusing to resume"
+        )
+    if not _nothing_given(escrow) and policy_from_flags(escrow) != recorded:
+        raise EscrowRefused(
+            f"the escrow flags differ from this job's policy ({recorded.describe()}); "
+            "a resume keeps the policy: give the same flags, or none"
+        )
 
 
 def _nothing_given(escrow: EscrowConfig) -> bool:

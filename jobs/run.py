@@ -253,9 +253,9 @@ def run_job(config: JobConfig) -> JobSummary:
     summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
     if keys is not None:
         details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks)}
-        audit(out, keys, "job.start", details)
+        audit(out, keys, keys.start_action, details)
     transit = os.urandom(32) if pseudonym_key is not None else None
-    secrets = Secrets(secret, keys.envelope if keys is not None else None, pseudonym_key, transit)
+    secrets = Secrets(secret, keys.sealing if keys is not None else None, pseudonym_key, transit)
     try:
         _process(config, tasks, secrets, summary, job, (src, entries))
     finally:
@@ -376,6 +376,9 @@ def _finish_job(out: Location, job: dict, summary: JobSummary, keys) -> None:
                shards={"total": summary.shards_total, "done": len(markers)},
                failed=summary.failed)  # fmt: skip
     if keys is not None:
+        sealed = {m["shard"].removesuffix(".tar"): m["manifest"] for m in markers
+                  if m.get("escrow_id") == keys.escrow_id}  # fmt: skip
+        audit(out, keys, "job.manifests", {"escrow_id": keys.escrow_id, "manifests": sealed})
         details = {"status": job["status"], "totals": totals, "failed_shards": len(summary.failed)}
         job.update(keys.job_json_fields(audit(out, keys, "job.end", details)))
     out.publish_json(job, JOB_FILE)

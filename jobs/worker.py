@@ -65,9 +65,12 @@ class ShardSummary:
 class ShardSealer(Protocol):
     """Seals originals of one shard (the key-manifest seam); see ``manifests.keymanifest``."""
 
+    escrow_id: str
+
     def seal_face(self, key, face, bbox, png_bytes, source_uri, anon_sha256): ...
     def seal_sample(self, key, source_uri, anon_sha256, original_bytes): ...
     def manifest_bytes(self) -> bytes: ...
+    def commitment(self) -> dict: ...
 
 
 class Observer(Protocol):
@@ -212,6 +215,9 @@ class _ShardOutput:
         blobs = {"quarantine": (_quarantine_bytes(self._quarantine), f"quarantine/{stem}.parquet")}
         if self.sealer is not None:
             blobs["keys"] = (self.sealer.manifest_bytes(), f"keys/{stem}.parquet")
+            # The row list's commitment, also signed by the job into its log (job.manifests).
+            extra = {**extra, "escrow_id": self.sealer.escrow_id,
+                     "manifest": self.sealer.commitment()}  # fmt: skip
         for name, (path, target) in files.items():
             out.publish_file(path, target)
             s.files[name] = {"path": target, "sha256": file_sha256(path)}

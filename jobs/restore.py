@@ -1,0 +1,314 @@
+"""The restore engine: find the requested samples, check their manifests against the row lists
+the job signed, open exactly the released samples and rebuild their originals.
+
+Called by the ``faceveil restore`` handlers (:mod:`jobs.keys_cli`) and by the rekey engine
+(:mod:`jobs.rekey`). Output trees are read through :class:`jobs.storage.Location` (local paths
+or ``s3://``); restored originals go to a local folder, mode 0700/0600, published only when
+every requested sample opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+from jobs.storage import Location
+from manifests.custodian import write_private_file
+from manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
+from manifests.errors import DecryptionError, EscrowError, RestoreError
+from manifests.escrow import (
+    ESCROW_FORMAT,
+    Escrow,
+    KmsClient,
+    KmsPolicy,
+    escrow_format,
+    kms_open_shard_key,
+)
+from manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
+from manifests.restore import SampleRef
+from manifests.sealing import kms_sample_key, open_row, row_aad
+
+log = logging.getLogger(__name__)
+
+ESCROW_FILE = "escrow.json"
+REKEY_DIR = "_rekey"
+IMAGE_EXTS = frozenset({"png", "jpg", "jpeg"})
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Entries that fix a shard's row list: the job's own, and a rekey's (which re-seals every row).
+COMMITTING_ACTIONS = ("job.manifests", "escrow.rekey")
+
+
+def read_escrow(out: Location) -> Escrow:
+    """``escrow.json`` (format 3), checked against ``job.json``'s job id."""
+    data = out.read_bytes(ESCROW_FILE)
+    if escrow_format(data) != ESCROW_FORMAT:
+        raise EscrowError(
+            "escrow.json is of the earlier master-key format; see 'faceveil restore' for "
+            "restoring such outputs"
+        )
+    escrow = Escrow.loads(data)
+    if escrow.job_id != out.read_json("job.json")["job_id"]:
+        raise EscrowError("escrow.json belongs to another job than job.json")
+    return escrow
+
+
+def is_legacy(out: Location) -> bool:
+    """Whether the output's escrow is of the earlier master-key format (escrow format 2)."""
+    return escrow_format(out.read_bytes(ESCROW_FILE)) != ESCROW_FORMAT
+
+
+def refuse_pending_rekey(out: Location) -> None:
+    """EscrowError while an interrupted rekey waits to be finished."""
+    if out.exists(REKEY_DIR, "COMPLETE"):
+        raise EscrowError(
+            "an interrupted rekey is pending: run 'faceveil escrow rekey OUT --finish' first"
+        )
+
+
+def log_entries(out: Location) -> list[dict]:
+    """The audit log's entries, in order (verification is :mod:`jobs.auditlog`'s)."""
+    if not out.exists("audit.jsonl"):
+        return []
+    return [json.loads(line) for line in out.read_bytes("audit.jsonl").splitlines()]
+
+
+def log_tail(out: Location) -> str | None:
+    """``SEQ:SHA256`` of the audit log's last line, or None without a log."""
+    if not out.exists("audit.jsonl"):
+        return None
+    lines = out.read_bytes("audit.jsonl").splitlines()
+    if not lines:
+        return None
+    return f"{len(lines)}:{hashlib.sha256(lines[-1]).hexdigest()}"
+
+
+def signed_commitments(entries: Iterable[dict]) -> dict[str, list[dict]]:
+    """Shard -> every row-list commitment the (verified) log signed for it: the job's when it
+    sealed the shard, and each rekey's."""
+    found: dict[str, list[dict]] = {}
+    for entry in entries:
+        if entry.get("action") in COMMITTING_ACTIONS:
+            for shard, commitment in ((entry.get("details") or {}).get("manifests") or {}).items():
+                found.setdefault(shard, []).append(commitment)
+    return found
+
+
+def manifest_names(out: Location) -> list[str]:
+    """The shards that have a key manifest (``shard-000000``), sorted."""
+    return [n.removesuffix(".parquet") for n in out.listdir("keys") if n.endswith(".parquet")]
+
+
+def load_checked(
+    out: Location, shard: str, escrow: Escrow, commitments: Mapping[str, list[dict]]
+) -> KeyManifest:
+    """``keys/SHARD.parquet``, refused unless its row list is the one the job signed and its
+    epoch is one of ``escrow``'s."""
+    manifest = load_key_manifest(out.read_bytes("keys", f"{shard}.parquet"))
+    signed = commitments.get(shard)
+    if not signed:
+        raise RestoreError(
+            f"keys/{shard}.parquet is not in the row lists the job signed (job.manifests): "
+            "a foreign or planted manifest"
+        )
+    got = manifest.commitment()
+    if got not in signed:
+        want = signed[-1]
+        raise RestoreError(
+            f"keys/{shard}.parquet differs from the row list the job signed ({got['rows']} rows "
+            f"of {got['samples']} samples, signed {want['rows']} of {want['samples']}): "
+            "rows were dropped, added, moved or altered"
+        )
+    if manifest.escrow_id not in escrow.escrow_ids:
+        raise EscrowError(f"keys/{shard}.parquet was sealed under a key epoch escrow.json lacks")
+    return manifest
+
+
+def sample_refs(
+    out: Location,
+    escrow: Escrow,
+    wanted: Iterable[str] | None,
+    commitments: Mapping[str, list[dict]],
+) -> list[SampleRef]:
+    """The requested samples (``None``: all) with their wrapped keys; RestoreError naming how
+    many are in no manifest."""
+    wanted_set = None if wanted is None else set(wanted)
+    refs: dict[str, SampleRef] = {}
+    for shard in manifest_names(out):
+        manifest = load_checked(out, shard, escrow, commitments)
+        for row in manifest.rows:
+            if row.face >= 0 or (wanted_set is not None and row.key not in wanted_set):
+                continue
+            if row.key in refs:
+                raise RestoreError(f"sample {row.key!r} appears in two key manifests")
+            refs[row.key] = SampleRef(shard, row.key, manifest.escrow_id, row.wrapped_key or b"")
+    if wanted_set is not None and wanted_set - set(refs):
+        missing = sorted(wanted_set - set(refs))
+        raise RestoreError(
+            f"{len(missing)} requested sample(s) are in no key manifest of this job, e.g. "
+            f"{missing[0]!r}"
+        )
+    return [refs[k] for k in sorted(refs)]
+
+
+def kms_data_keys(
+    out: Location, escrow: Escrow, refs: Iterable[SampleRef], kms: KmsClient
+) -> dict[tuple[str, str], bytes]:
+    """Data keys of ``refs`` under a KMS escrow: one KMS Decrypt per shard they touch."""
+    policy = escrow.policy
+    if not isinstance(policy, KmsPolicy):
+        raise EscrowError("this escrow is not a KMS escrow")
+    shard_keys: dict[str, bytes] = {}
+    out_keys = {}
+    for ref in refs:
+        if ref.shard not in shard_keys:
+            manifest = load_key_manifest(out.read_bytes("keys", f"{ref.shard}.parquet"))
+            shard_keys[ref.shard] = kms_open_shard_key(
+                kms, policy, escrow.job_id, ref.escrow_id, ref.shard, manifest.kms_blob
+            )
+        label = escrow.epoch(ref.escrow_id).label(ref.shard, ref.key)
+        out_keys[(ref.shard, ref.key)] = kms_sample_key(shard_keys[ref.shard], escrow.job_id, label)
+    return out_keys
+
+
+# ---- opening rows and rebuilding originals ------------------------------------------------------
+
+
+def iter_images(out: Location, shard: str) -> Iterator[tuple[str, str, bytes]]:
+    """(key, ext, bytes) of each image in ``data/SHARD.tar``, streamed, never extracted."""
+    if not out.exists("data", f"{shard}.tar"):
+        return
+    with (
+        out.fs.open(out.path("data", f"{shard}.tar"), "rb") as f,
+        tarfile.open(fileobj=f, mode="r|") as tar,
+    ):
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, base = posixpath.split(member.name)
+            stem, _, ext = base.partition(".")
+            if ext.lower() in IMAGE_EXTS:
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                yield posixpath.join(folder, stem), ext.lower(), data
+
+
+def open_v2_row(data_key: bytes, job_id: str, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
+    """Decrypt and parse one format-2 row; DecryptionError on any mismatch."""
+    aad = row_aad(job_id, shard, row.key, row.face, row.bbox, anon_sha256)
+    what = f"row key={row.key!r} face={row.face} of {shard!r}"
+    payload = Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, what))
+    if (row.face >= 0) != (payload.kind is PayloadKind.FACE_PNG):
+        raise DecryptionError(f"{what}: payload kind does not match")
+    return payload
+
+
+RowOpener = Callable[[KeyRow, str], Payload]
+
+
+def ext_of(uri: str) -> str:
+    """The file extension a restored original gets (from its source URI)."""
+    suffix = PurePosixPath(urlparse(uri).path).suffix.lower().lstrip(".")
+    return suffix if re.fullmatch(r"[a-z0-9]{1,5}", suffix) else "bin"
+
+
+def paste_faces(image: bytes, faces: list[tuple[KeyRow, Payload]]) -> bytes:
+    """The anonymized ``image`` with each sealed face region put back, as PNG."""
+    with Image.open(io.BytesIO(image)) as img:
+        canvas = np.array(img.convert("RGB"))
+    height, width = canvas.shape[:2]
+    for row, payload in faces:
+        x1, y1, x2, y2 = row.bbox or (0, 0, 0, 0)
+        if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+            raise RestoreError(f"sample {row.key!r} face {row.face}: bbox outside the image")
+        with Image.open(io.BytesIO(payload.data)) as face:
+            if face.mode not in ("RGB", "L"):
+                raise RestoreError(f"sample {row.key!r} face {row.face}: face PNG is {face.mode}")
+            patch = np.array(face.convert("RGB"))
+        if patch.shape != (y2 - y1, x2 - x1, 3):
+            raise RestoreError(f"sample {row.key!r} face {row.face}: face size differs from bbox")
+        canvas[y1:y2, x1:x2] = patch
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rebuild(
+    opener: RowOpener, shard: str, key: str, rows: list[KeyRow], image: bytes | None
+) -> tuple[str, bytes, str]:
+    """(extension, bytes, source URI) of one restored original."""
+    if not _SAFE_KEY.fullmatch(key):
+        raise RestoreError("a sample key in the manifest is not a plain name")
+    if not any(row.face < 0 for row in rows):
+        raise RestoreError(f"sample {key!r} of {shard}: its whole-sample row is missing")
+    sha = hashlib.sha256(image).hexdigest() if image is not None else EMPTY_SHA256
+    opened = [(row, opener(row, sha)) for row in sorted(rows, key=lambda r: r.face)]
+    whole = [payload for row, payload in opened if row.face < 0][0]
+    if whole.kind is PayloadKind.ORIGINAL_FILE:
+        return ext_of(whole.source_uri), whole.data, whole.source_uri
+    if image is None:
+        raise RestoreError(
+            f"sample {key!r}: no anonymized image in data/{shard}.tar and no sealed original file"
+        )
+    faces = [(row, payload) for row, payload in opened if row.face >= 0]
+    return "png", paste_faces(image, faces), whole.source_uri
+
+
+def restore_samples(
+    out: Location,
+    escrow: Escrow,
+    refs: list[SampleRef],
+    data_keys: Mapping[tuple[str, str], bytes],
+    commitments: Mapping[str, list[dict]],
+    staging: Path,
+) -> dict[str, tuple[str, str]]:
+    """Open and rebuild exactly ``refs`` into ``staging``; key -> (file name, source URI).
+
+    Each manifest touched must match the row list the job signed.
+    """
+    by_shard: dict[str, list[SampleRef]] = {}
+    for ref in refs:
+        by_shard.setdefault(ref.shard, []).append(ref)
+    restored = {}
+    for shard, shard_refs in sorted(by_shard.items()):
+        manifest = load_checked(out, shard, escrow, commitments)
+        keys = {ref.key for ref in shard_refs}
+        rows: dict[str, list[KeyRow]] = {}
+        for row in manifest.rows:
+            if row.key in keys:
+                rows.setdefault(row.key, []).append(row)
+        images = {k: data for k, _, data in iter_images(out, shard) if k in keys}
+        for ref in shard_refs:
+            data_key = data_keys[(shard, ref.key)]
+
+            def opener(row: KeyRow, sha: str, dk: bytes = data_key, at: str = shard) -> Payload:
+                return open_v2_row(dk, escrow.job_id, at, row, sha)
+
+            ext, data, uri = rebuild(
+                opener, shard, ref.key, rows.get(ref.key, []), images.get(ref.key)
+            )
+            write_private_file(staging / f"{ref.key}.{ext}", data, overwrite=True)
+            restored[ref.key] = (f"{ref.key}.{ext}", uri)
+    return restored
+
+
+def publish_restored(staging: Path, dest: Path, restored: dict[str, tuple[str, str]]) -> None:
+    """Move the staged originals into ``dest`` and merge ``dest/restored.json`` (key -> URI)."""
+    for name, _ in restored.values():
+        os.replace(staging / name, dest / name)
+    index_path = dest / "restored.json"
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
+    index.update({key: uri for key, (_, uri) in restored.items()})
+    data = (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
+    write_private_file(index_path, data, overwrite=True)
