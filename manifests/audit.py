@@ -203,7 +203,8 @@ def _split(lines: bytes | Iterable[bytes | str]) -> list[bytes]:
     return [ln.encode("utf-8") if isinstance(ln, str) else bytes(ln) for ln in lines]
 
 
-def _check_line(n: int, raw: bytes, prev_sha: str, trusted: Mapping[str, bytes]) -> None:
+def _parse_line(n: int, raw: bytes, prev_sha: str) -> dict:
+    """One line's entry, checked for form, order and chaining (not yet for its signature)."""
     if not raw.endswith(b"\n"):
         raise AuditError("line is cut (no final newline): truncated log", n)
     body = raw[:-1]
@@ -223,9 +224,10 @@ def _check_line(n: int, raw: bytes, prev_sha: str, trusted: Mapping[str, bytes])
         raise AuditError(
             "does not chain to the previous line: a line was edited, deleted or moved", n
         )
-    public = trusted.get(entry["signer"]) if isinstance(entry["signer"], str) else None
-    if public is None:
-        raise AuditError("signed by a key that is not trusted", n)
+    return entry
+
+
+def _check_signature(n: int, entry: dict, public: bytes) -> None:
     unsigned = {k: v for k, v in entry.items() if k != "signature"}
     try:
         signature = base64.b64decode(entry["signature"], validate=True)
@@ -234,6 +236,14 @@ def _check_line(n: int, raw: bytes, prev_sha: str, trusted: Mapping[str, bytes])
         raise AuditError(
             "bad signature: the entry was edited or signed by another key", n
         ) from None
+
+
+def _check_line(n: int, raw: bytes, prev_sha: str, trusted: Mapping[str, bytes]) -> None:
+    entry = _parse_line(n, raw, prev_sha)
+    public = trusted.get(entry["signer"]) if isinstance(entry["signer"], str) else None
+    if public is None:
+        raise AuditError("signed by a key that is not trusted", n)
+    _check_signature(n, entry, public)
 
 
 def verify(
@@ -266,3 +276,244 @@ def verify(
         if hashlib.sha256(line).hexdigest() != expected_tail.sha256:
             raise AuditError("differs from the recorded tail", expected_tail.seq)
     return AuditTail(count, prev_sha)
+
+
+JOB_ACTIONS = frozenset({"job.start", "job.resume", "job.end", "job.manifests"})
+CUSTODIAN_ACTIONS = frozenset({"restore.approve"})
+REQUESTER_ACTIONS = frozenset(
+    {"restore.request", "restore.apply", "restore.failed", "escrow.reshare", "escrow.rekey"}
+)
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+ApprovalCheck = Callable[[Mapping, bytes], None]
+"""Checks a ``restore.approve`` entry's ``details`` against the custodian's raw Ed25519 public
+key (the custodian's signed statement); raises :class:`AuditError` when it does not hold."""
+
+
+@dataclass(frozen=True)
+class LogReport:
+    """What :func:`verify_log` found in a log that verifies.
+
+    ``line_sha256[i]`` is the sha256 hex of line ``i + 1`` (without its newline); ``job_keys``
+    the job key ids the runs declared, in order; ``job_id`` and ``anchor`` are what the signed
+    ``job.start`` entry records (``details.job_id``, ``details.audit_anchor``), or None.
+    """
+
+    tail: AuditTail
+    line_sha256: tuple[str, ...]
+    entries: tuple[dict, ...]
+    job_keys: tuple[str, ...]
+    job_id: str | None
+    anchor: str | None
+
+
+def _b64_key(n: int, value: object, what: str) -> bytes:
+    try:
+        public = base64.b64decode(value, validate=True)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise AuditError(f"{what} is not base64", n) from None
+    if len(public) != 32:
+        raise AuditError(f"{what} is not a raw Ed25519 public key (32 bytes)", n)
+    return public
+
+
+def _field(n: int, details: Mapping, name: str, pattern: re.Pattern) -> str:
+    value = details.get(name)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise AuditError(f"details.{name} is missing or malformed", n)
+    return value
+
+
+class _Roles:
+    """The keys a log declares so far, each of one kind, and what each may sign next."""
+
+    def __init__(self, pins: frozenset[str] | None, approval_check: ApprovalCheck | None):
+        self.pins, self.approval_check = pins, approval_check
+        self.publics: dict[str, bytes] = {}
+        self.labels: dict[str, str] = {}  # key id -> "job"/"custodian"/"requester" + who
+        self.kinds: dict[str, str] = {}
+        self.job_keys: list[str] = []
+        self.live_job: str | None = None
+        self.custodians: dict[str, str] = {}  # the policy in force: key id -> name
+        self.requests: dict[str, tuple[str, str]] = {}  # request id -> (key id, request sha)
+        self.job_id: str | None = None
+        self.anchor: str | None = None
+
+    def describe(self, kid: object) -> str:
+        if kid not in self.kinds:
+            return f"{kid}, a key no earlier entry declares"
+        return f"{kid}, {self.labels[kid]}"  # type: ignore[index]
+
+    def _declare(self, n: int, kid: str, public: bytes, kind: str, label: str) -> None:
+        if self.kinds.get(kid, kind) != kind:
+            raise AuditError(f"declares as a {kind} key {self.describe(kid)}", n)
+        self.publics[kid], self.kinds[kid], self.labels[kid] = public, kind, label
+
+    def signer_key(self, n: int, entry: dict) -> bytes:
+        """The public key that must have signed ``entry`` under the role rules."""
+        action, details = entry["action"], entry["details"]
+        if not isinstance(details, dict):
+            raise AuditError("details is not an object", n)
+        if action in ("job.start", "job.resume"):
+            return self._run_key(n, entry)
+        if n == 1:
+            raise AuditError("the log begins with job.start, and only there", n)
+        if action in JOB_ACTIONS:
+            return self._expect(n, entry, self.live_job, "the running job's key")
+        if action == "restore.request":
+            return self._request_key(n, entry)
+        if action in CUSTODIAN_ACTIONS:
+            return self._approver_key(n, entry)
+        if action in REQUESTER_ACTIONS:
+            kid, _ = self._request(n, details)
+            return self._expect(n, entry, kid, "the requester key of its request")
+        raise AuditError(f"unknown action {action!r}", n)
+
+    def _expect(self, n: int, entry: dict, kid: str | None, who: str) -> bytes:
+        signer = entry["signer"]
+        if kid is None or signer != kid:
+            if self.kinds.get(signer) == "job" and entry["action"] in JOB_ACTIONS:
+                why = "a job key signs after its run ended (job.end or a later run)"
+                raise AuditError(f"{entry['action']}: {why}: signed by {self.describe(signer)}", n)
+            raise AuditError(
+                f"{entry['action']} must be signed by {who}; signed by {self.describe(signer)}", n
+            )
+        return self.publics[kid]
+
+    def _run_key(self, n: int, entry: dict) -> bytes:
+        action, details, signer = entry["action"], entry["details"], entry["signer"]
+        if signer in self.kinds:
+            raise AuditError(
+                f"{action} declares a job key already known: {self.describe(signer)}", n
+            )
+        if (action == "job.start") != (n == 1):
+            raise AuditError("the log begins with job.start, and only there", n)
+        public = _b64_key(n, details.get("audit_public_key"), "details.audit_public_key")
+        kid = key_id(public)
+        if details.get("audit_key_id") != kid or signer != kid:
+            raise AuditError(f"{action} must be signed by the job key it declares ({kid})", n)
+        if self.pins is not None and kid not in self.pins:
+            raise AuditError(f"the job key {kid} is not pinned (--job-key)", n)
+        if action == "job.resume" and details.get("audit_anchor", self.anchor) != self.anchor:
+            raise AuditError("a resumed run names another audit anchor than job.start", n)
+        return public
+
+    def _request(self, n: int, details: Mapping) -> tuple[str, str]:
+        rid = _field(n, details, "request_id", _REQUEST_ID)
+        if rid not in self.requests:
+            raise AuditError(f"request {rid} is not recorded by an earlier restore.request", n)
+        return self.requests[rid]
+
+    def _request_key(self, n: int, entry: dict) -> bytes:
+        details = entry["details"]
+        rid = _field(n, details, "request_id", _REQUEST_ID)
+        _field(n, details, "request_sha256", _SHA256)
+        if rid in self.requests:
+            raise AuditError(f"request {rid} is already recorded", n)
+        public = _b64_key(n, details.get("requester_key"), "details.requester_key")
+        if entry["signer"] != key_id(public):
+            why = f"signed by {self.describe(entry['signer'])}"
+            raise AuditError(f"restore.request must be signed by the key it declares; {why}", n)
+        if self.kinds.get(key_id(public), "requester") != "requester":
+            raise AuditError(f"declares as a requester key {self.describe(key_id(public))}", n)
+        return public
+
+    def _approver_key(self, n: int, entry: dict) -> bytes:
+        details, signer = entry["details"], entry["signer"]
+        requester, request_sha = self._request(n, details)
+        custodian = details.get("custodian_key_id")
+        if custodian not in self.custodians:
+            raise AuditError(
+                f"the approval's custodian key {custodian} is not in the escrow policy", n
+            )
+        if details.get("request_sha256") != request_sha:
+            raise AuditError("the approval names another request than its request_id's", n)
+        if signer not in (custodian, requester):
+            raise AuditError(
+                f"restore.approve must be signed by the custodian {custodian} or by the "
+                f"requester key of its request; signed by {self.describe(signer)}",
+                n,
+            )
+        return self.publics[signer]
+
+    def record(self, n: int, entry: dict) -> None:
+        """Take in what a verified ``entry`` declares or ends."""
+        action, details, signer = entry["action"], entry["details"], entry["signer"]
+        if action in ("job.start", "job.resume"):
+            public = _b64_key(n, details["audit_public_key"], "details.audit_public_key")
+            self._declare(n, signer, public, "job", f"the job key of the run declared at line {n}")
+            self.job_keys.append(signer)
+            self.live_job = signer
+        if action == "job.start":
+            self.job_id, self.anchor = details.get("job_id"), details.get("audit_anchor")
+            self._set_custodians(n, (details.get("escrow") or {}).get("custodians", []))
+        elif action == "job.end":
+            self.live_job = None
+        elif action == "restore.request":
+            public = _b64_key(n, details["requester_key"], "details.requester_key")
+            label = f"the requester key of request {details['request_id']}"
+            self._declare(n, signer, public, "requester", label)
+            self.requests[details["request_id"]] = (signer, details["request_sha256"])
+        elif action == "restore.approve":
+            self._check_approval(n, details)
+        elif action in ("escrow.reshare", "escrow.rekey") and "custodians" in details:
+            self._set_custodians(n, details["custodians"])
+
+    def _set_custodians(self, n: int, listed: object) -> None:
+        if not isinstance(listed, list):
+            raise AuditError("the custodian list is not a list", n)
+        policy = {}
+        for item in listed:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise AuditError("a custodian without a name", n)
+            public = _b64_key(n, item.get("ed25519"), f"custodian {item['name']!r}'s key")
+            self._declare(n, key_id(public), public, "custodian",
+                          f"the custodian key of {item['name']!r}")  # fmt: skip
+            policy[key_id(public)] = item["name"]
+        self.custodians = policy
+
+    def _check_approval(self, n: int, details: Mapping) -> None:
+        if self.approval_check is None:
+            raise AuditError("no checker for the custodian's signed statement was given", n)
+        try:
+            self.approval_check(details, self.publics[details["custodian_key_id"]])
+        except AuditError as exc:
+            raise AuditError(str(exc), n) from None
+
+
+def verify_log(
+    lines: bytes | Iterable[bytes | str],
+    pinned_job_keys: Iterable[str] | None = None,
+    approval_check: ApprovalCheck | None = None,
+) -> LogReport:
+    """Verify a log on its own: chain, order, canonical form, signatures and signer roles.
+
+    Every key is declared by the log itself (see the module's trust model): each run's job key
+    by its run's first entry, custodian keys by ``job.start``'s escrow policy and later
+    ``escrow.reshare``/``escrow.rekey`` entries, requester keys by their ``restore.request``.
+    ``pinned_job_keys`` (when given, even empty): every job key the log declares must be one
+    of them, and each of them must be declared. ``approval_check`` checks each approval's
+    custodian statement; without one, a log with approvals fails. Raises :class:`AuditError`
+    naming the first bad line and why.
+    """
+    pins = None if pinned_job_keys is None else frozenset(pinned_job_keys)
+    roles, prev_sha = _Roles(pins, approval_check), GENESIS
+    hashes, entries = [], []
+    for n, raw in enumerate(_split(lines), start=1):
+        entry = _parse_line(n, raw, prev_sha)
+        _check_signature(n, entry, roles.signer_key(n, entry))
+        roles.record(n, entry)
+        prev_sha = hashlib.sha256(raw[:-1]).hexdigest()
+        hashes.append(prev_sha)
+        entries.append(entry)
+    if not entries:
+        raise AuditError("the audit log is empty", 1)
+    missing = sorted((pins or set()) - set(roles.job_keys))
+    if missing:
+        raise AuditError(
+            f"the pinned job key {missing[0]} is not declared in the log (cut or replaced)"
+        )
+    tail = AuditTail(len(entries), prev_sha)
+    return LogReport(tail, tuple(hashes), tuple(entries), tuple(roles.job_keys),
+                     roles.job_id, roles.anchor)  # fmt: skip
