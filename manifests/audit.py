@@ -11,43 +11,46 @@ its newline; 64 zeros for line 1); ``signer`` is :func:`key_id` of an Ed25519 pu
 shares, passphrases, pixels or source paths.
 
 Trust model
-    Two kinds of keys sign entries. (1) *Job signing keys*: one Ed25519 key per run of the job
-    (the first ``faceveil run`` and every ``--resume``: one per key epoch, see
-    :mod:`manifests.escrow`); each signs its own run's entries (job start or resume, job end).
-    The first epoch's key is the job's long-lived key: it also signs every entry written later
-    by whoever recovers the master keys (restore, reshare, rekey), and a rekey keeps it. Each
-    private half is kept only sealed under its own epoch's master key inside ``escrow.json``
-    (and in memory while its run runs), so nobody can sign as a run without M custodians or KMS
-    access. Each public key is recorded in its epoch of ``escrow.json`` (``audit_key.public``)
-    and in its run's first entry, and is bound into that epoch's sealed shares and KMS
-    encryption context, so a swapped key makes every approval fail. (2) *Custodian keys*: each
-    custodian signs their own approval entries with the Ed25519 key listed in ``escrow.json``.
+    The log declares its own keys, each of exactly one kind, and each kind signs only its own
+    actions (:func:`verify_log`; anything else fails, naming the line and why):
 
-    Entries signed by a job key that set up or change the escrow list keys that are trusted too
-    (:func:`declared_keys`): the custodians' Ed25519 keys (``details.custodians[].ed25519``, or
-    ``details.escrow.custodians`` in a run's first entry), and, in a rekey entry, which
-    collapses every epoch into one, the retired epochs' job keys
-    (``details.audit_keys[].ed25519``). This goes one level deep only (keys declared by the
-    escrow's own job keys), and keeps verifiable the approvals of a custodian that a reshare
-    removed and the entries of runs whose epoch a rekey retired.
+    - *job key* (``job.start``, ``job.resume``, ``job.end``, ``job.manifests``): one Ed25519 key
+      made in memory per run (the first ``faceveil run`` and each ``--resume``) and destroyed at
+      run end, never escrowed. The run's first entry declares it (``details.audit_public_key``
+      b64 raw, ``details.audit_key_id``) and is signed by it: ``job.start`` as line 1 and only
+      there, ``job.resume`` for a resumed run. A job key signs only after its declaring entry
+      and no more after its run's ``job.end`` or after a later run was declared.
+    - *custodian key* (``restore.approve``): declared by the escrow policy in ``job.start``
+      (``details.escrow.custodians[] = {name, fingerprint, ed25519}``), replaced by the new
+      policy of each ``escrow.reshare``/``escrow.rekey`` entry that lists
+      ``details.custodians[]``. An approval names ``details.request_id`` of a recorded
+      request, ``details.custodian_key_id`` of a custodian of the policy in force, and embeds
+      the custodian's signed statement (``details.statement``,
+      ``details.custodian_signature``), which the caller's ``approval_check`` verifies against
+      that custodian's key. The entry is signed by the custodian or by the requester key of the
+      request it names.
+    - *requester key* (``restore.request``, ``restore.apply``, ``restore.failed``,
+      ``escrow.reshare``, ``escrow.rekey``): a ``restore.request`` declares its requester key
+      (``details.requester_key`` b64 raw, ``details.request_id`` 32 hex,
+      ``details.request_sha256``) and is signed by it; the other actions name
+      ``details.request_id`` and are signed by that request's requester key.
 
-    A verifier trusts exactly the keys it is given (``trusted_keys``). ``faceveil audit
-    verify`` trusts the *union* of the job keys of every epoch in ``escrow.json`` (the key in
-    ``job.json`` must be one of them, or a retired one) plus the declared keys, and prints every
-    job key's id, to be compared with the ids published out of band when each run started. The
-    union is weaker than the single job key it replaces: whoever can write ``escrow.json`` can
-    add an epoch with a key of their own, as they could before replace the one key wholesale;
-    both are detected only by that comparison, or by pinning every expected job key id with
-    ``--job-key`` (repeatable; a job key of ``escrow.json`` that is not pinned fails).
+    Nothing outside the log is a trust root: not ``escrow.json`` (unsigned, writable by
+    whoever holds OUT) nor ``job.json``. The self-declared job keys are trusted through the ids
+    published when each run started (``faceveil run`` prints them), which a verifier pins
+    (``pinned_job_keys``, ``faceveil audit verify --job-key``): every job key the log declares
+    must be pinned and every pinned key declared; and through the anchor below, which a
+    replaced log does not match.
 
 Truncation
     A last line without a newline is reported as cut. Whole trailing lines removed cannot be
-    seen from the log alone: writers return the new tail (``seq`` and sha256 of the last line),
-    ``faceveil run`` records it in ``job.json`` (``audit.tail``), and a verifier given the
-    expected tail reports a log that ends before it, or whose line at that ``seq`` differs.
-    Entries appended after the recorded tail are accepted (restores happen after the job);
-    every CLI command that appends prints the new tail, for whoever needs to check later that
-    their entry is still there (``faceveil audit verify OUT --expect-tail SEQ:SHA256``).
+    seen from the log alone. ``faceveil run --audit-anchor URL`` records the anchor in the
+    signed ``job.start`` (``details.audit_anchor``), and every append also writes the new tail
+    there as a new object (:mod:`jobs.auditlog`); ``faceveil audit verify`` then fails on a
+    log that is behind its anchor, differs from it, or has lines it does not anchor. Without
+    an anchor it says that truncation after the last line cannot be detected. :func:`verify`
+    (with ``expected_tail``) is the low-level check of chain and signatures against given
+    keys only; it knows nothing of roles.
 """
 
 from __future__ import annotations
@@ -171,7 +174,8 @@ def declared_keys(
     Collects custodian keys (``details.custodians[].ed25519``, and ``details.escrow.custodians``
     as in ``job.start``) and retired job signing keys (``details.audit_keys[].ed25519``), one
     level deep: keys declared by declared keys are not
-    collected. This only collects keys; :func:`verify` still checks every entry.
+    collected. This only collects keys; :func:`verify` still checks every entry. The trust
+    model of :func:`verify_log` (what ``faceveil audit verify`` uses) does not use it.
     """
     authorities = [authority] if isinstance(authority, bytes | bytearray) else list(authority)
     authority_ids, keys = {key_id(bytes(a)) for a in authorities}, {}
