@@ -7,7 +7,9 @@ new tail there as a new object ``URL/{seq:012d}.json`` holding ``{"job_id", "seq
 (canonical JSON), never overwriting one (an object that exists with other content fails the
 append), and only then appends the line: a failed anchor write leaves the log as it was.
 The anchor is meant to be outside the reach of whoever can write OUT, e.g. an S3 bucket with
-Object Lock.
+Object Lock. On S3 the verifier reads every object version (``s3:ListBucketVersions``): on a
+versioned bucket a plain DELETE only adds a delete marker and a PUT adds a version, and either
+fails verification instead of hiding a cut log. Other object stores are read as listed.
 
 :func:`verify_tree` checks the log on its own (:func:`manifests.audit.verify_log`: chain,
 signatures, signer roles, pins), every approval's custodian statement (:func:`check_approval`),
@@ -85,11 +87,35 @@ class Anchor:
         except OSError as exc:
             raise AuditError(f"cannot write the audit anchor {self.url}: {exc}") from None
 
+    def _s3_names(self) -> list[str]:
+        """Names under an S3 anchor, from every version: an object hidden by a delete marker
+        or overwritten (Object Lock keeps the old versions) fails."""
+        bucket, prefix, _ = self.loc.fs.split_path(self.loc.root)
+        prefix = prefix.rstrip("/") + "/"
+        etags: dict[str, set[str]] = {}
+        args = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = self.loc.fs.call_s3("list_object_versions", **args)
+            for marker in page.get("DeleteMarkers", []):
+                name = marker["Key"][len(prefix) :]
+                raise AuditError(f"the anchor object {name} was deleted (a delete marker hides it)")
+            for version in page.get("Versions", []):
+                etags.setdefault(version["Key"][len(prefix) :], set()).add(version["ETag"])
+            if not page.get("IsTruncated"):
+                break
+            args |= {"KeyMarker": page["NextKeyMarker"]}
+            args |= {"VersionIdMarker": page["NextVersionIdMarker"]}
+        for name, tags in etags.items():
+            if len(tags) > 1:
+                raise AuditError(f"the anchor object {name} was overwritten")
+        return sorted(etags)
+
     def read(self, job_id: str | None) -> dict[int, str]:
         """``seq -> sha256`` of every anchored tail; AuditError on an object that is not one
-        of this job's tails."""
+        of this job's tails (or, on S3, on one deleted or overwritten)."""
         tails = {}
-        for name in self.loc.listdir():
+        on_s3 = "s3" in self.loc.fs.protocol
+        for name in self._s3_names() if on_s3 else self.loc.listdir():
             match = _ANCHOR_NAME.fullmatch(name)
             if not match:
                 raise AuditError(f"the anchor {self.url} holds a foreign object {name!r}")
