@@ -218,6 +218,8 @@ def _parse_line(n: int, raw: bytes, prev_sha: str) -> dict:
         raise AuditError("not valid JSON", n) from None
     if not isinstance(entry, dict) or set(entry) != FIELDS:
         raise AuditError("not an audit entry (wrong fields)", n)
+    if not all(isinstance(entry[k], str) for k in ("action", "signer", "signature")):
+        raise AuditError("not an audit entry (action, signer and signature are strings)", n)
     if _canonical(entry) != body:
         raise AuditError("not in canonical form: the line was edited", n)
     if entry["seq"] != n:
@@ -451,7 +453,12 @@ class _Roles:
             self.live_job = signer
         if action == "job.start":
             self.job_id, self.anchor = details.get("job_id"), details.get("audit_anchor")
-            self._set_custodians(n, (details.get("escrow") or {}).get("custodians", []))
+            if not isinstance(self.anchor, str | None):
+                raise AuditError("details.audit_anchor is not a URL", n)
+            escrow = details.get("escrow")
+            self._set_custodians(
+                n, escrow.get("custodians", []) if isinstance(escrow, dict) else []
+            )
         elif action == "job.end":
             self.live_job = None
         elif action == "restore.request":

@@ -412,3 +412,18 @@ def test_pinned_job_keys(role_log):
     _fails(role_log, 1, "is not pinned", pins=[wrong])
     with pytest.raises(AuditError, match=f"pinned job key {wrong} is not declared"):
         verify_log(role_log, [key_id(_pub(JOB_KEY)), wrong], check_approval)
+
+
+def test_odd_start_details_fail_closed_without_a_crash():
+    odd = _run_details(JOB_KEY, escrow="kms", audit_anchor=5)
+    data, _ = _w(JOB_KEY, "operator").append(b"", "job.start", odd)
+    _fails(data, 1, "audit_anchor is not a URL")
+    data, _ = _w(JOB_KEY, "operator").append(b"", "job.start", _run_details(JOB_KEY, escrow="kms"))
+    data, _ = _w(REQUESTER, "requester:dpo").append(data, "restore.request", _request())
+    data, _ = _w(ALICE, "custodian:alice").append(
+        data, "restore.approve", _approval("alice", ALICE)
+    )
+    _fails(data, 3, "not in the escrow policy")
+    entry = json.loads(_lines(data)[0])
+    entry["signer"] = ["not", "a", "string"]
+    _fails(canonical_json(entry) + b"\n", 1, "are strings")
