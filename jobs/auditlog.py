@@ -139,13 +139,20 @@ def _start_entry(log_bytes: bytes) -> dict:
         raise AuditError("the first line is not an audit entry", 1) from None
 
 
+def _log_bytes(tree: Tree) -> bytes:
+    path = tree.path(LOG_FILE)
+    return tree.fs.cat_file(path) if tree.fs.exists(path) else b""
+
+
+def log_started(out: Tree | str) -> bool:
+    """Whether the log has an entry (a run whose ``job.start`` failed left none)."""
+    return bool(_log_bytes(_tree(out)))
+
+
 def recorded_anchor(out: Tree | str) -> str | None:
     """The anchor URL the log's first entry names (None: no log, or an unanchored one)."""
-    tree = _tree(out)
-    path = tree.path(LOG_FILE)
-    if not tree.fs.exists(path):
-        return None
-    return _start_entry(tree.fs.cat_file(path)).get("audit_anchor")
+    log_bytes = _log_bytes(_tree(out))
+    return _start_entry(log_bytes).get("audit_anchor") if log_bytes else None
 
 
 # The anchor (and job id) for a new entry after ``old``: the start entry's, checked against

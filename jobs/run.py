@@ -237,6 +237,7 @@ def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
 
 def run_job(config: JobConfig) -> JobSummary:
     """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
+    from jobs.auditlog import log_started
     from jobs.keys import Secrets, audit, escrow_mode, open_keys
     from jobs.secrets import load_secret
 
@@ -254,10 +255,11 @@ def run_job(config: JobConfig) -> JobSummary:
     tasks = pending_tasks(src, entries, out, config.resume)
     summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
     if keys is not None:
-        anchor = _audit_anchor(config, out, resuming)
+        started = log_started(out)  # a run whose job.start failed wrote no entry
+        anchor = _audit_anchor(config, out, started)
         details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks),
                    "audit_anchor": anchor}  # fmt: skip
-        audit(out, keys, "job.resume" if resuming else "job.start", details, anchor)
+        audit(out, keys, "job.resume" if started else "job.start", details, anchor)
     elif config.audit.anchor:
         raise JobError("--audit-anchor anchors the signed audit log, which a run without "
                        "escrow does not write")  # fmt: skip
@@ -271,12 +273,12 @@ def run_job(config: JobConfig) -> JobSummary:
     return summary
 
 
-def _audit_anchor(config: JobConfig, out: Location, resuming: bool) -> str | None:
-    """The run's audit anchor: ``--audit-anchor``, or on resume the one the log's start entry
-    names (a resume cannot change it)."""
+def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None:
+    """The run's audit anchor: ``--audit-anchor``, or once the log has begun the one its start
+    entry names (a resume cannot change it)."""
     from jobs.auditlog import recorded_anchor
 
-    if not resuming:
+    if not started:
         return config.audit.anchor
     recorded = recorded_anchor(out)
     if config.audit.anchor and config.audit.anchor.rstrip("/") != (recorded or "").rstrip("/"):

@@ -180,12 +180,14 @@ def test_s3_object_lock_anchor_detects_the_last_three_lines_cut(tmp_path, locked
 # ---- through the CLI: a real escrowed run with an anchor -----------------------------------------
 
 
-def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_file, capsys):
+def _photos_and_custodians(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
+    """``count`` demo photos and two custodians made with the CLI; returns the photo folder
+    and the escrow flags (2 of 2)."""
     from jobs.demo import sample_images
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name, data in sample_images(4):
+    for name, data in sample_images(count):
         (photos / name).write_bytes(data)
     pass_file = tmp_path / "pass.txt"
     pass_file.write_text("alice-orchid-Lantern-4417\n")
@@ -195,43 +197,53 @@ def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_f
         assert (
             jobs.cli.main([*keygen, "--kdf-work", "10", "--passphrase-file", str(pass_file)]) == 0
         )
+    pubs = [str(tmp_path / f"keys/{c}.pub") for c in ("alice", "bob")]
+    return photos, ["--custodians", *pubs, "--threshold", "2"]
+
+
+def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_file, capsys):
+    photos, escrow = _photos_and_custodians(tmp_path, 4)
     out, anchor = tmp_path / "out", str(tmp_path / "anchor")
     run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
-    escrow = ["--custodians", *(str(tmp_path / f"keys/{c}.pub") for c in ("alice", "bob"))]
-    escrow += ["--threshold", "2"]
     capsys.readouterr()
     assert jobs.cli.main([*run, *escrow, "--audit-anchor", anchor]) == 0
     printed = capsys.readouterr().out
     job_key = printed.split("audit: job signing key ")[1].split(",")[0]
     assert jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 0
     assert "anchored: lines 1..2" in capsys.readouterr().out
+    other = str(tmp_path / "other-anchor")
+    assert jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 2
+    assert "anchored at" in capsys.readouterr().err and not Path(other).exists()
+    assert jobs.cli.main([*run, "--resume"]) == 0  # keeps the anchor the start entry names
+    resumed = capsys.readouterr().out.split("audit: job signing key ")[1].split(",")[0]
+    pins = ["--job-key", job_key, "--job-key", resumed]
+    assert jobs.cli.main(["audit", "verify", str(out), *pins]) == 0
+    printed = capsys.readouterr().out
+    assert "anchored: lines 1..4" in printed and " job.resume " in printed
     _cut(out, 1)
     assert jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 1
-    assert "but " + anchor + " anchors line 2: lines were removed" in capsys.readouterr().err
+    assert "but " + anchor + " anchors line 4: lines were removed" in capsys.readouterr().err
 
 
-def test_unwritable_anchor_fails_the_first_append_and_writes_nothing(tmp_path):
+def test_run_with_an_unwritable_anchor_fails_before_any_work(
+    tmp_path, ray_local, secret_file, capsys
+):
+    photos, escrow = _photos_and_custodians(tmp_path, 2)
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "out"
-    with pytest.raises(AuditError, match="cannot write the audit anchor"):
-        _write_job(out, str(tmp_path / "a-file" / "anchor"))
+    run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
+    anchor = ["--audit-anchor", str(tmp_path / "a-file" / "anchor")]
+    capsys.readouterr()
+    assert jobs.cli.main([*run, *escrow, *anchor]) == 2
+    assert "cannot write the audit anchor" in capsys.readouterr().err
+    assert not (out / "data").exists() or not list((out / "data").iterdir())
     assert not (out / "audit.jsonl").exists() or not (out / "audit.jsonl").read_bytes()
-
-
-def test_s3_anchor_objects_hidden_or_overwritten_are_seen(tmp_path, locked_bucket, s3):
-    """On a versioned (Object Lock) bucket a plain DELETE only adds a delete marker and a PUT
-    a new version: the verifier reads every version, so neither hides a cut log."""
-    out, prefix = tmp_path / "out", tmp_path.name
-    _write_job(out, f"s3://{locked_bucket}/{prefix}")
-    client = s3.client()
-    _cut(out, 3)
-    for seq in (4, 5, 6):
-        client.delete_object(Bucket=locked_bucket, Key=f"{prefix}/{seq:012d}.json")
-    with pytest.raises(AuditError, match="000000000004.json was deleted"):
-        verify_tree(str(out))
-    _write_job(tmp_path / "out2", f"s3://{locked_bucket}/{prefix}-2")
-    key = f"{prefix}-2/000000000006.json"
-    body = json.loads(client.get_object(Bucket=locked_bucket, Key=key)["Body"].read())
-    client.put_object(Bucket=locked_bucket, Key=key, Body=json.dumps(body | {"seq": 6}).encode())
-    with pytest.raises(AuditError, match="000000000006.json was overwritten"):
-        verify_tree(str(tmp_path / "out2"))
+    anchor = ["--audit-anchor", str(tmp_path / "anchor")]  # fixed: the resume starts the log
+    assert jobs.cli.main([*run, "--resume", *anchor]) == 0
+    capsys.readouterr()
+    assert jobs.cli.main(["audit", "verify", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "anchored: lines 1..2" in printed and " job.start " in printed
+    bare = ["run", str(photos), str(tmp_path / "bare"), "--secret-file", str(secret_file)]
+    assert jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 2
+    assert "without escrow" in capsys.readouterr().err
