@@ -175,6 +175,10 @@ def test_s3_object_lock_anchor_detects_the_last_three_lines_cut(tmp_path, locked
     assert err.value.line == 4
     with pytest.raises(AuditError, match="already holds another line 4"):
         Anchor(anchor).write(JOB_ID, AuditTail(4, "0" * 64))
+    racing = Anchor(anchor)  # another writer got there between the check and the PUT
+    racing.loc.exists = lambda *parts: False
+    with pytest.raises(AuditError, match="already holds a line 4"):
+        racing.write(JOB_ID, AuditTail(4, "0" * 64))
 
 
 # ---- through the CLI: a real escrowed run with an anchor -----------------------------------------
@@ -247,3 +251,30 @@ def test_run_with_an_unwritable_anchor_fails_before_any_work(
     bare = ["run", str(photos), str(tmp_path / "bare"), "--secret-file", str(secret_file)]
     assert jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 2
     assert "without escrow" in capsys.readouterr().err
+
+
+def test_unwritable_anchor_fails_the_first_append_and_writes_nothing(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "out"
+    with pytest.raises(AuditError, match="cannot write the audit anchor"):
+        _write_job(out, str(tmp_path / "a-file" / "anchor"))
+    assert not (out / "audit.jsonl").exists() or not (out / "audit.jsonl").read_bytes()
+
+
+def test_s3_anchor_objects_hidden_or_overwritten_are_seen(tmp_path, locked_bucket, s3):
+    """On a versioned (Object Lock) bucket a plain DELETE only adds a delete marker and a PUT
+    a new version: the verifier reads every version, so neither hides a cut log."""
+    out, prefix = tmp_path / "out", tmp_path.name
+    _write_job(out, f"s3://{locked_bucket}/{prefix}")
+    client = s3.client()
+    _cut(out, 3)
+    for seq in (4, 5, 6):
+        client.delete_object(Bucket=locked_bucket, Key=f"{prefix}/{seq:012d}.json")
+    with pytest.raises(AuditError, match="000000000004.json was deleted"):
+        verify_tree(str(out))
+    _write_job(tmp_path / "out2", f"s3://{locked_bucket}/{prefix}-2")
+    key = f"{prefix}-2/000000000006.json"
+    body = json.loads(client.get_object(Bucket=locked_bucket, Key=key)["Body"].read())
+    client.put_object(Bucket=locked_bucket, Key=key, Body=json.dumps(body | {"seq": 6}).encode())
+    with pytest.raises(AuditError, match="000000000006.json was overwritten"):
+        verify_tree(str(tmp_path / "out2"))
