@@ -75,6 +75,9 @@ def _add_run_options(p) -> None:
     escrow.add_argument("--kms", metavar="aws-kms:KEY_ARN", help="wrap the master key with KMS")
     escrow.add_argument("--no-escrow", action="store_true",
                         help="seal nothing: the originals become unrecoverable")  # fmt: skip
+    p.add_argument("--audit-anchor", metavar="URL", help="also write every tail of the audit log "
+                   "here, each as a new object (a path or s3://bucket/prefix, ideally with S3 "
+                   "Object Lock), so that `faceveil audit verify` detects a cut log")  # fmt: skip
 
 
 def _add_run(sub) -> None:
@@ -128,7 +131,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
     escrow = EscrowConfig(tuple(args.custodians), args.threshold, args.kms, args.no_escrow)
     audit = AuditConfig(args.audit_sample, args.audit_seed, args.audit_attacker,
-                        args.report_originals)  # fmt: skip
+                        args.report_originals, args.audit_anchor)  # fmt: skip
     return JobConfig(
         input=args.input,
         output=args.output,
@@ -163,6 +166,9 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = run_job(job_config(args))
     print(summary.line())
+    if summary.audit_key_id:
+        print(f"audit: job signing key {summary.audit_key_id}, tail {summary.audit_tail} "
+              "(record both outside OUT: faceveil audit verify OUT --job-key ID)")  # fmt: skip
     return 0
 
 

@@ -39,12 +39,14 @@ class EscrowConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The in-job audit: a random ``fraction`` of faces measured inside the actors."""
+    """The in-job audit: a random ``fraction`` of faces measured inside the actors; and
+    ``anchor``, where each tail of the signed audit log is also written (fsspec URL)."""
 
     fraction: float = 0.0
     seed: str = "0"
     attacker: str | None = None
     report_originals: bool = False
+    anchor: str | None = None
 
 
 @dataclass(frozen=True)

@@ -212,8 +212,9 @@ def _nothing_given(escrow: EscrowConfig) -> bool:
     return not (escrow.custodians or escrow.kms or escrow.no_escrow)
 
 
-def audit(out: Location, keys, action: str, details: dict):
-    """Append a signed entry to OUT/audit.jsonl; returns the new tail."""
-    from jobs.keys_cli import OutTree, append_audit
+def audit(out: Location, keys, action: str, details: dict, anchor: str | None = None):
+    """Append a signed entry to OUT/audit.jsonl, and its tail to the log's anchor (``anchor``,
+    when given, must be the one the log's start entry names); returns the new tail."""
+    from jobs.auditlog import append
 
-    return append_audit(OutTree(out.uri), keys.audit, action, details)
+    return append(out, keys.audit, action, details, anchor)

@@ -4,8 +4,8 @@
 ``handler`` (and ``func``), takes the parsed ``args`` and returns an exit code. Output trees
 are read and written through fsspec (local paths or ``s3://``); restored originals go to a
 local folder.
-:class:`OutTree` and :func:`append_audit` are also what ``faceveil run`` uses to publish
-``escrow.json`` and to append signed audit entries.
+:class:`OutTree` is also what ``faceveil run`` uses to publish ``escrow.json``; ``append_audit``
+is :func:`jobs.auditlog.append`, the one function that appends (and anchors) audit entries.
 
 A job's escrow may hold several key epochs (one per run: first run and each resume). Every
 command works on all of them at once: a restore recovers every epoch's master key and opens each
@@ -30,7 +30,6 @@ apply. Messages go to stderr wherever stdout carries a document.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import getpass
 import hashlib
@@ -44,7 +43,7 @@ import secrets
 import shutil
 import sys
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -54,12 +53,13 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
-from manifests.audit import AuditTail, AuditWriter, declared_keys, key_id, verify
+from jobs.auditlog import append as append_audit
+from jobs.auditlog import verify_tree
+from manifests.audit import AuditTail, AuditWriter, key_id
 from manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
-    b64d,
     b64e,
     canonical_json,
     keygen,
@@ -67,7 +67,7 @@ from manifests.custodian import (
     write_private_file,
 )
 from manifests.envelope import EMPTY_SHA256, Envelope, MasterKey, Payload, PayloadKind
-from manifests.errors import AuditError, EscrowError, KeyLibraryError, RestoreError
+from manifests.errors import EscrowError, KeyLibraryError, RestoreError
 from manifests.escrow import Escrow, make_kms_client, rekey, reshare
 from manifests.jobkeys import custodian_details, parse_kms_spec
 from manifests.keymanifest import (
@@ -83,7 +83,6 @@ from manifests.restore import (
     RestoreRequest,
     approve,
     check_request,
-    check_statement,
     create_request,
     load_request_key,
     recover_masters,
@@ -154,27 +153,6 @@ class OutTree:
         if escrow.job_id != job_id:
             raise EscrowError("escrow.json belongs to another job than job.json")
         return escrow
-
-
-def append_audit(tree: OutTree, writer: AuditWriter, action: str, details: Mapping) -> AuditTail:
-    """Append one signed entry to ``audit.jsonl`` (under a file lock when local)."""
-    if not tree.is_local:
-        old = tree.read("audit.jsonl") if tree.exists("audit.jsonl") else b""
-        new, tail = writer.append(old, action, details)
-        tree.fs.pipe_file(tree.path("audit.jsonl"), new)
-        return tail
-    path = tree.path("audit.jsonl")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "ab+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        old = f.read()
-        new, tail = writer.append(old, action, details)
-        f.write(new[len(old) :])
-        f.flush()
-        os.fsync(f.fileno())
-    log.debug("audit entry %d (%s) appended", tail.seq, action)
-    return tail
 
 
 # (key, ext, bytes) of each image in ``data/SHARD.tar``, streamed, never extracted.
@@ -723,73 +701,6 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-# The job signing keys to trust as roots: every epoch's (escrow.json), else job.json's.
-def _root_job_keys(tree: OutTree) -> tuple[dict[str, bytes], dict[str, bytes], dict]:
-    roots: dict[str, bytes] = {}
-    signers: dict[str, bytes] = {}
-    if tree.exists("escrow.json"):
-        escrow = Escrow.loads(tree.read("escrow.json"))
-        roots, signers = escrow.audit_keys(), escrow.signers()
-    audit = json.loads(tree.read("job.json")).get("audit", {}) if tree.exists("job.json") else {}
-    if not roots and audit.get("public_key"):
-        public = b64d(audit["public_key"], "job.json audit public key", 32)
-        roots = {key_id(public): public}
-    if not roots:
-        raise AuditError("neither escrow.json nor job.json names a job signing key")
-    return roots, signers, audit
-
-
-def _check_pins(roots: Mapping[str, bytes], pinned: Iterable[str] | None) -> None:
-    if pinned:
-        for n, kid in enumerate(roots, start=1):
-            if kid not in pinned:
-                raise AuditError(
-                    f"the job signing key of key epoch {n}, {kid}, is not pinned (--job-key)"
-                )
-
-
-# Trusted signers (job keys of every epoch, declared keys, custodians), the job keys' ids, and
-# the tail job.json recorded.
-def _trusted_keys(
-    tree: OutTree, log_bytes: bytes, pinned: list[str] | None
-) -> tuple[dict[str, bytes], list[str], str | None]:
-    roots, signers, audit = _root_job_keys(tree)
-    _check_pins(roots, pinned)
-    declared = declared_keys(log_bytes, roots.values())
-    if audit.get("public_key"):
-        public = b64d(audit["public_key"], "job.json audit public key", 32)
-        if key_id(public) not in roots and key_id(public) not in declared:
-            raise AuditError("job.json's audit key is not a job signing key of escrow.json")
-    trusted = {**signers, **declared, **roots}
-    return trusted, list(roots), audit.get("tail")
-
-
-# Check the custodian signature of every approval statement recorded in the (verified) log.
-def _check_recorded_approvals(entries: list[dict], trusted: Mapping[str, bytes]) -> None:
-    for n, entry in enumerate(entries, start=1):
-        details = entry["details"]
-        if entry["action"] != "restore.approve" or "statement" not in details:
-            continue
-        try:
-            statement, custodian = details["statement"], details["custodian"]
-            public = trusted.get(details["custodian_key_id"])
-            signature = b64d(details["custodian_signature"], "custodian signature", 64)
-            same = (statement["request_sha256"], statement["custodian"]) == (
-                details["request_sha256"],
-                custodian,
-            )
-        except (KeyError, TypeError, ValueError):
-            raise AuditError("a malformed approval record", n) from None
-        if public is None:
-            raise AuditError(f"the approval by {custodian!r} is signed by an untrusted key", n)
-        if not same:
-            raise AuditError("the approval record does not match its signed statement", n)
-        try:
-            check_statement(statement, signature, public)
-        except RestoreError:
-            raise AuditError(f"the approval by {custodian!r}: bad custodian signature", n) from None
-
-
 def _entry_line(entry: dict) -> str:
     details = entry["details"] if isinstance(entry["details"], dict) else {}
     about = f" request {details['request_id']}" if "request_id" in details else ""
@@ -798,23 +709,14 @@ def _entry_line(entry: dict) -> str:
 
 @_handler
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """``faceveil audit verify OUT``: chain, order, signatures (recorded approvals included)
-    and the recorded tail; lists the entries."""
-    tree = OutTree(args.out_tree)
-    log_bytes = tree.read("audit.jsonl")
-    trusted, job_keys, recorded = _trusted_keys(tree, log_bytes, args.job_key)
-    tail_text = args.expect_tail or recorded
-    expected = AuditTail.parse(tail_text) if tail_text else None
-    tail = verify(log_bytes, trusted, expected)
-    entries = [json.loads(line) for line in log_bytes.splitlines()]
-    _check_recorded_approvals(entries, trusted)
-    print(
-        f"audit log OK: {tail.seq} entries, tail {tail}, job signing key(s) "
-        f"{', '.join(job_keys)}"
-        + ("" if expected else "\nwarning: no recorded tail, trailing lines could be missing")
-    )
+    """``faceveil audit verify OUT``: the log's chain, signatures and signer roles, then its
+    anchor (see :mod:`jobs.auditlog`); lists the entries. Exit 0 also for an unanchored log,
+    whose possible truncation the output states."""
+    expected = AuditTail.parse(args.expect_tail) if args.expect_tail else None
+    result = verify_tree(OutTree(args.out_tree), args.job_key, args.anchor, expected)
+    print("\n".join(result.summary()))
     if not args.quiet:
-        print("\n".join(_entry_line(e) for e in entries))
+        print("\n".join(_entry_line(e) for e in result.report.entries))
     return 0
 
 
@@ -1089,8 +991,13 @@ def _add_audit_and_escrow(sub: argparse._SubParsersAction) -> argparse._SubParse
         "--job-key",
         metavar="ID",
         action="append",
-        help="pin a job signing key id (ed25519:...); repeat for every key epoch: "
-        "a job key of escrow.json that is not pinned fails",
+        help="pin a job signing key id (ed25519:...); repeat for every run: a job key the log "
+        "declares that is not pinned, or a pinned one it does not declare, fails",
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="URL",
+        help="the audit anchor (fsspec URL); must equal the one the log's start entry names",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="do not list the entries")
     p.set_defaults(func=cmd_audit_verify, handler=cmd_audit_verify)

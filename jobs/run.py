@@ -58,6 +58,8 @@ class JobSummary:
     quarantined: int = 0
     faces: int = 0
     seconds: float = 0.0
+    audit_key_id: str | None = None  # this run's job signing key (with escrow)
+    audit_tail: str | None = None  # the audit log's tail at the run's end
 
     def line(self) -> str:
         rate = self.samples_in / self.seconds if self.seconds else 0.0
@@ -235,6 +237,7 @@ def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
 
 def run_job(config: JobConfig) -> JobSummary:
     """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
+    from jobs.auditlog import log_started
     from jobs.keys import Secrets, audit, escrow_mode, open_keys
     from jobs.secrets import load_secret
 
@@ -252,8 +255,14 @@ def run_job(config: JobConfig) -> JobSummary:
     tasks = pending_tasks(src, entries, out, config.resume)
     summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
     if keys is not None:
-        details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks)}
-        audit(out, keys, keys.start_action, details)
+        started = log_started(out)  # a run whose job.start failed wrote no entry
+        anchor = _audit_anchor(config, out, started)
+        details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks),
+                   "audit_anchor": anchor}  # fmt: skip
+        audit(out, keys, "job.resume" if started else "job.start", details, anchor)
+    elif config.audit.anchor:
+        raise JobError("--audit-anchor anchors the signed audit log, which a run without "
+                       "escrow does not write")  # fmt: skip
     transit = os.urandom(32) if pseudonym_key is not None else None
     secrets = Secrets(secret, keys.sealing if keys is not None else None, pseudonym_key, transit)
     try:
@@ -262,6 +271,20 @@ def run_job(config: JobConfig) -> JobSummary:
         summary.seconds = time.monotonic() - started
         _finish_job(out, job, summary, keys)
     return summary
+
+
+def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None:
+    """The run's audit anchor: ``--audit-anchor``, or once the log has begun the one its start
+    entry names (a resume cannot change it)."""
+    from jobs.auditlog import recorded_anchor
+
+    if not started:
+        return config.audit.anchor
+    recorded = recorded_anchor(out)
+    if config.audit.anchor and config.audit.anchor.rstrip("/") != (recorded or "").rstrip("/"):
+        raise JobError(f"this job's audit log is anchored at {recorded!r}, not at "
+                       f"{config.audit.anchor!r}")  # fmt: skip
+    return recorded
 
 
 def _pseudonym_key(config: JobConfig) -> bytes | None:
@@ -380,7 +403,9 @@ def _finish_job(out: Location, job: dict, summary: JobSummary, keys) -> None:
                   if m.get("escrow_id") == keys.escrow_id}  # fmt: skip
         audit(out, keys, "job.manifests", {"escrow_id": keys.escrow_id, "manifests": sealed})
         details = {"status": job["status"], "totals": totals, "failed_shards": len(summary.failed)}
-        job.update(keys.job_json_fields(audit(out, keys, "job.end", details)))
+        tail = audit(out, keys, "job.end", details)
+        summary.audit_key_id, summary.audit_tail = keys.audit.signer, str(tail)
+        job.update(keys.job_json_fields(tail))
     out.publish_json(job, JOB_FILE)
     if summary.failed:
         names = ", ".join(f["shard"] for f in summary.failed[:10])

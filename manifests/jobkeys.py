@@ -77,7 +77,6 @@ class JobKeys:
     sealing: EpochSealing
     audit: AuditWriter
     escrow: Escrow
-    resumed: bool = False
 
     @classmethod
     def create(cls, job_id: str, policy: Policy, actor: str = "operator") -> JobKeys:
@@ -93,7 +92,7 @@ class JobKeys:
         escrow = add_epoch(escrow)
         log.info("job %s resumed with key epoch %d of its escrow", job_id, len(escrow.epochs))
         sealing = epoch_sealing(escrow, escrow.escrow_ids[-1])
-        return cls(job_id, sealing, _writer(actor), escrow, resumed=True)
+        return cls(job_id, sealing, _writer(actor), escrow)
 
     @property
     def escrow_id(self) -> str:
@@ -104,11 +103,6 @@ class JobKeys:
     def audit_public_key(self) -> bytes:
         """This run's signing key's raw Ed25519 public key."""
         return self.audit.public_key
-
-    @property
-    def start_action(self) -> str:
-        """``job.start`` for the first run, ``job.resume`` for a resumed one."""
-        return "job.resume" if self.resumed else "job.start"
 
     def start_details(self) -> dict:
         """``details`` of the run's first entry: job id, signing key, key epoch, policy."""

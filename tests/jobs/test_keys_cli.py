@@ -15,9 +15,10 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
-from jobs.keys_cli import OutTree, append_audit, main
+from jobs.keys_cli import OutTree, _approval_entry, _request_entry, append_audit, main
 from manifests.audit import AuditWriter, key_id
 from manifests.custodian import CustodianPrivate, CustodianPublic, canonical_json
 from manifests.envelope import EMPTY_SHA256
@@ -343,28 +344,27 @@ def test_failures_restore_nothing(world, capsys):
 
 def test_audit_verify_names_the_bad_line(world, capsys):
     w = world
-    _approve(w, _request(w), "alice", tree=str(w["out"]))
     log = w["out"] / "audit.jsonl"
     good = log.read_bytes()
     lines = good.splitlines(keepends=True)
     entry = json.loads(lines[1])
     entry["details"]["shards"] = 3
-    log.write_bytes(
-        lines[0]
-        + json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
-        + b"\n"
-        + lines[2]
-    )
+    log.write_bytes(lines[0] + canonical_json(entry) + b"\n")
     assert main(["audit", "verify", str(w["out"])]) == 1
     assert "audit line 2" in capsys.readouterr().err
-    log.write_bytes(lines[0])
-    assert main(["audit", "verify", str(w["out"])]) == 1
-    assert "trailing lines were removed" in capsys.readouterr().err
     log.write_bytes(good[:-5])
     assert main(["audit", "verify", str(w["out"])]) == 1
-    assert "audit line 3" in capsys.readouterr().err
+    assert "audit line 2" in capsys.readouterr().err
+    # Cut to line 1 without an anchor: verify cannot see it, says so, and does not trust the
+    # tail that job.json (unsigned) records.
+    log.write_bytes(lines[0])
+    assert main(["audit", "verify", str(w["out"])]) == 0
+    out = capsys.readouterr().out
+    assert "unanchored: truncation after line 1 cannot be detected" in out
+    assert "hint: job.json (unsigned, not trusted) records tail 2:" in out
     log.write_bytes(good)
     assert main(["audit", "verify", str(w["out"]), "--job-key", "ed25519:" + "0" * 32]) == 1
+    assert "is not pinned (--job-key)" in capsys.readouterr().err
 
 
 def test_reshare_then_rekey(world, capsys):
@@ -629,23 +629,29 @@ def test_request_with_a_forged_escrow_copy_is_refused(world, capsys):
 
 
 def test_audit_verify_checks_recorded_approval_signatures(world, capsys):
+    """A real approval recorded by the requester: its custodian signature is checked."""
     w = world
     req = _request(w)
-    approvals = [_approve(w, req, "alice"), _approve(w, req, "bob")]
-    assert _apply(w, req, approvals, w["tmp"] / "d") == 0
+    request = RestoreRequest.loads(req.read_bytes())
+    approval = Approval.loads(_approve(w, req, "alice").read_bytes())
+    custodian = w["keys"].escrow.custodian(approval.fingerprint)
+    requester = Ed25519PrivateKey.generate()
+    public = base64.b64encode(requester.public_key().public_bytes_raw()).decode()
+    writer = AuditWriter(requester, "requester:bob-the-dpo")
     tree = OutTree(str(w["out"]))
-    lines = (w["out"] / "audit.jsonl").read_bytes().splitlines(keepends=True)
-    n = next(i for i, line in enumerate(lines) if b'"restore.approve"' in line)
-    entry = json.loads(lines[n])
-    entry["details"]["statement"]["time"] = "2000-01-01T00:00:00Z"
-    # Rewritten by someone holding the job signing key: the chain and the entry's signature
-    # are fine, the custodian's signature over the statement is not.
-    (w["out"] / "audit.jsonl").write_bytes(b"".join(lines[:n]))
-    writer = AuditWriter(w["keys"].audit._key, entry["actor"])
-    append_audit(tree, writer, "restore.approve", entry["details"])
+    append_audit(
+        tree, writer, "restore.request", _request_entry(request) | {"requester_key": public}
+    )
+    good = (w["out"] / "audit.jsonl").read_bytes()
+    details = _approval_entry(request, approval, custodian)
+    append_audit(tree, writer, "restore.approve", details)
+    assert main(["audit", "verify", str(w["out"]), "-q"]) == 0
+    (w["out"] / "audit.jsonl").write_bytes(good)
+    details["statement"]["time"] = "2000-01-01T00:00:00Z"
+    append_audit(tree, writer, "restore.approve", details)
     capsys.readouterr()
     assert main(["audit", "verify", str(w["out"]), "-q"]) == 1
-    assert f"audit line {n + 1}: the approval by 'alice': bad custodian signature" in (
+    assert "audit line 4: the approval by 'alice': bad custodian signature" in (
         capsys.readouterr().err
     )
 
@@ -853,7 +859,7 @@ def test_reshare_covers_every_epoch(resumed_world, capsys):
     assert main(["audit", "verify", str(w["out"])]) == 0
 
 
-def test_audit_verify_trusts_every_epoch_and_names_the_bad_line(resumed_world, capsys):
+def test_audit_verify_trusts_every_run_key_and_names_the_bad_line(resumed_world, capsys):
     w = resumed_world
     k1, k2 = (key_id(k.audit_public_key) for k in (w["keys"], w["resumed"]))
     log = w["out"] / "audit.jsonl"
@@ -862,23 +868,25 @@ def test_audit_verify_trusts_every_epoch_and_names_the_bad_line(resumed_world, c
     assert [json.loads(line)["signer"] for line in lines] == [k1, k2, k2]
     assert main(["audit", "verify", str(w["out"]), "--job-key", k1, "--job-key", k2]) == 0
     assert main(["audit", "verify", str(w["out"]), "--job-key", k1]) == 1
-    assert f"key epoch 2, {k2}, is not pinned" in capsys.readouterr().err
+    assert f"audit line 2: the job key {k2} is not pinned" in capsys.readouterr().err
     entry = json.loads(lines[2])
     entry["details"]["shards"] = 3
     log.write_bytes(b"".join(lines[:2]) + canonical_json(entry) + b"\n")
     assert main(["audit", "verify", str(w["out"])]) == 1
     assert "audit line 3: bad signature" in capsys.readouterr().err
+    # escrow.json is no trust root any more: dropping an epoch changes nothing.
     log.write_bytes(good)
     escrow = json.loads((w["out"] / "escrow.json").read_text())
     escrow["epochs"] = escrow["epochs"][:1]
     (w["out"] / "escrow.json").write_text(json.dumps(escrow))
+    assert main(["audit", "verify", str(w["out"]), "--job-key", k1, "--job-key", k2]) == 0
+    # The first run's key, after the resume declared the second run's key, signs nothing.
+    log.write_bytes(b"".join(lines[:2]))
+    append_audit(
+        OutTree(str(w["out"])), AuditWriter(w["keys"].audit._key, "operator"), "job.end", {}
+    )
     assert main(["audit", "verify", str(w["out"])]) == 1
-    assert "job.json's audit key is not a job signing key" in capsys.readouterr().err
-    job = json.loads((w["out"] / "job.json").read_text())
-    job["audit"]["public_key"] = base64.b64encode(w["keys"].audit_public_key).decode()
-    (w["out"] / "job.json").write_text(json.dumps(job))
-    assert main(["audit", "verify", str(w["out"])]) == 1
-    assert "audit line 2: signed by a key that is not trusted" in capsys.readouterr().err
+    assert "audit line 3: job.end: a job key signs after its run ended" in capsys.readouterr().err
 
 
 def test_kms_epochs_round_trip_against_moto_server(tmp_path, aws_kms, capsys):

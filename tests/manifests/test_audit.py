@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from jobs.auditlog import check_approval
 from manifests.audit import (
     GENESIS,
     AuditTail,
@@ -18,8 +19,11 @@ from manifests.audit import (
     key_id,
     tail_of,
     verify,
+    verify_log,
 )
+from manifests.custodian import canonical_json
 from manifests.errors import AuditError
+from manifests.restore import _APPROVAL_LABEL
 
 JOB_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 CUSTODIAN_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -226,3 +230,200 @@ def test_declared_keys_of_several_job_keys_one_level_deep():
     with pytest.raises(AuditError, match="not trusted") as err:
         verify(data, roots)
     assert err.value.line == 4
+
+
+# ---- signer roles (verify_log) ------------------------------------------------------------------
+
+ALICE = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
+BOB = Ed25519PrivateKey.from_private_bytes(bytes(range(3, 35)))
+REQUESTER = Ed25519PrivateKey.from_private_bytes(bytes(range(4, 36)))
+REQUEST_ID = "ab" * 16
+REQUEST_SHA = "cd" * 32
+
+
+def _b64(key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(_pub(key)).decode()
+
+
+def _custodian(name: str, key: Ed25519PrivateKey) -> dict:
+    return {"name": name, "fingerprint": "fp-" + name, "ed25519": _b64(key)}
+
+
+def _run_details(key: Ed25519PrivateKey, **extra) -> dict:
+    return {"audit_public_key": _b64(key), "audit_key_id": key_id(_pub(key)), **extra}
+
+
+def _approval(custodian: str, key: Ed25519PrivateKey, request_id=REQUEST_ID) -> dict:
+    statement = {"request_sha256": REQUEST_SHA, "custodian": custodian, "sealed_shares": []}
+    signature = key.sign(_APPROVAL_LABEL + canonical_json(statement))
+    return {
+        "request_id": request_id,
+        "request_sha256": REQUEST_SHA,
+        "custodian": custodian,
+        "custodian_key_id": key_id(_pub(key)),
+        "statement": statement,
+        "custodian_signature": base64.b64encode(signature).decode(),
+    }
+
+
+def _request(key: Ed25519PrivateKey = REQUESTER, request_id: str = REQUEST_ID) -> dict:
+    return {"request_id": request_id, "request_sha256": REQUEST_SHA, "requester_key": _b64(key)}
+
+
+def _w(key: Ed25519PrivateKey, actor: str) -> AuditWriter:
+    return AuditWriter(key, actor, clock=_clock())
+
+
+@pytest.fixture
+def role_log() -> bytes:
+    """A job with custodians alice and bob, a restore approved by both (alice signs her own
+    entry, the requester records bob's signed statement), applied, then a reshare to bob."""
+    job, req = _w(JOB_KEY, "operator"), _w(REQUESTER, "requester:dpo")
+    escrow = {"custodians": [_custodian("alice", ALICE), _custodian("bob", BOB)]}
+    data, _ = job.append(b"", "job.start", _run_details(JOB_KEY, job_id="j1", escrow=escrow))
+    data, _ = job.append(data, "job.end", {"status": "complete"})
+    data, _ = req.append(data, "restore.request", _request())
+    data, _ = _w(ALICE, "custodian:alice").append(
+        data, "restore.approve", _approval("alice", ALICE)
+    )
+    data, _ = req.append(data, "restore.approve", _approval("bob", BOB))
+    data, _ = req.append(data, "restore.apply", {"request_id": REQUEST_ID})
+    reshare = {"request_id": REQUEST_ID, "custodians": [_custodian("bob", BOB)]}
+    data, _ = req.append(data, "escrow.reshare", reshare)
+    return data
+
+
+def test_role_log_verifies(role_log):
+    report = verify_log(role_log, approval_check=check_approval)
+    assert report.tail.seq == 7
+    assert report.job_keys == (key_id(_pub(JOB_KEY)),)
+    assert (report.job_id, report.anchor) == ("j1", None)
+    assert report.line_sha256[-1] == report.tail.sha256
+    assert verify_log(role_log, [key_id(_pub(JOB_KEY))], check_approval).tail == report.tail
+
+
+def _fails(data: bytes, line: int, match: str, pins=None) -> None:
+    with pytest.raises(AuditError, match=match) as err:
+        verify_log(data, pins, check_approval)
+    assert err.value.line == line
+
+
+def _first(role_log: bytes, n: int) -> bytes:
+    return b"".join(_lines(role_log)[:n])
+
+
+def test_custodian_key_cannot_sign_job_end(role_log):
+    data, _ = _w(ALICE, "operator").append(_first(role_log, 4), "job.end", {"status": "x"})
+    _fails(data, 5, "job.end must be signed by the running job's key.*custodian key of 'alice'")
+    early, _ = _w(ALICE, "operator").append(_first(role_log, 1), "job.end", {"status": "x"})
+    _fails(early, 2, "job.end must be signed by the running job's key")
+
+
+def test_requester_key_cannot_sign_job_start(role_log):
+    forged = _run_details(REQUESTER, job_id="j1")
+    data, _ = _w(REQUESTER, "operator").append(_first(role_log, 3), "job.start", forged)
+    _fails(data, 4, "declares a job key already known.*requester key of request")
+    data, _ = _w(REQUESTER, "operator").append(_first(role_log, 3), "job.resume", forged)
+    _fails(data, 4, "requester key of request")
+
+
+def test_job_key_cannot_sign_after_its_job_end(role_log):
+    for action in ("job.end", "job.manifests"):
+        data, _ = _w(JOB_KEY, "operator").append(_first(role_log, 2), action, {})
+        _fails(data, 3, "signs after its run ended")
+
+
+def test_job_key_of_an_earlier_run_cannot_sign_after_a_resume(role_log):
+    resumed = Ed25519PrivateKey.generate()
+    data, _ = _w(resumed, "operator").append(
+        _first(role_log, 1), "job.resume", _run_details(resumed)
+    )
+    data, _ = _w(resumed, "operator").append(data, "job.end", {})
+    assert verify_log(data).job_keys == (key_id(_pub(JOB_KEY)), key_id(_pub(resumed)))
+    data, _ = _w(JOB_KEY, "operator").append(_first(data, 2), "job.end", {})
+    _fails(data, 3, "signs after its run ended")
+
+
+def test_apply_must_be_signed_by_the_requester_of_its_request(role_log):
+    other = Ed25519PrivateKey.generate()
+    base = _first(role_log, 5)
+    for key in (other, JOB_KEY, ALICE):
+        data, _ = _w(key, "requester:dpo").append(base, "restore.apply", {"request_id": REQUEST_ID})
+        _fails(data, 6, "must be signed by the requester key of its request")
+    second, _ = _w(other, "requester:eve").append(
+        base, "restore.request", _request(other, "ef" * 16)
+    )
+    data, _ = _w(other, "requester:eve").append(second, "restore.apply", {"request_id": REQUEST_ID})
+    _fails(data, 7, "requester key of its request; signed by .*request efef")
+    unknown, _ = _w(REQUESTER, "requester:dpo").append(
+        base, "restore.apply", {"request_id": "0" * 32}
+    )
+    _fails(unknown, 6, "not recorded by an earlier restore.request")
+
+
+def test_job_key_cannot_sign_escrow_or_restore_entries(role_log):
+    """Row 7 of the review: a job key recovered in an earlier restore signs a forged entry."""
+    base = _first(role_log, 6)
+    for action in ("escrow.rekey", "escrow.reshare", "restore.failed"):
+        data, _ = _w(JOB_KEY, "requester:dpo").append(base, action, {"request_id": REQUEST_ID})
+        _fails(data, 7, f"{action} must be signed by the requester key of its request")
+    data, _ = _w(JOB_KEY, "requester:x").append(
+        base, "restore.request", _request(JOB_KEY, "12" * 16)
+    )
+    _fails(data, 7, "declares as a requester key .*job key")
+
+
+def test_approvals_are_checked_against_the_policy_in_force(role_log):
+    base = _first(role_log, 7)  # after the reshare: bob only
+    data, _ = _w(ALICE, "custodian:alice").append(
+        base, "restore.approve", _approval("alice", ALICE)
+    )
+    _fails(data, 8, "not in the escrow policy")
+    data, _ = _w(BOB, "custodian:bob").append(base, "restore.approve", _approval("bob", BOB))
+    assert verify_log(data, approval_check=check_approval).tail.seq == 8
+    forged = _approval("bob", BOB) | {"custodian_signature": base64.b64encode(b"x" * 64).decode()}
+    data, _ = _w(REQUESTER, "requester:dpo").append(base, "restore.approve", forged)
+    _fails(data, 8, "bad custodian signature")
+    data, _ = _w(ALICE, "custodian:alice").append(base, "restore.approve", _approval("bob", BOB))
+    _fails(data, 8, "must be signed by the custodian .* or by the requester")
+    with pytest.raises(AuditError, match="no checker") as err:
+        verify_log(role_log)
+    assert err.value.line == 4
+
+
+def test_unknown_action_and_undeclared_signer_fail(role_log):
+    data, _ = _w(JOB_KEY, "operator").append(_first(role_log, 1), "escrow.create", {})
+    _fails(data, 2, "unknown action 'escrow.create'")
+    stranger = Ed25519PrivateKey.generate()
+    data, _ = _w(stranger, "operator").append(_first(role_log, 1), "job.end", {})
+    _fails(data, 2, "a key no earlier entry declares")
+    data, _ = _w(REQUESTER, "requester:dpo").append(b"", "restore.request", _request())
+    _fails(data, 1, "begins with job.start")
+    fresh = Ed25519PrivateKey.generate()
+    data, _ = _w(fresh, "operator").append(b"", "job.resume", _run_details(fresh))
+    _fails(data, 1, "begins with job.start")
+    again = _run_details(fresh, escrow={"custodians": [_custodian("mallory", fresh)]})
+    data, _ = _w(fresh, "operator").append(_first(role_log, 2), "job.start", again)
+    _fails(data, 3, "begins with job.start, and only there")
+
+
+def test_pinned_job_keys(role_log):
+    wrong = "ed25519:" + "0" * 32
+    _fails(role_log, 1, "is not pinned", pins=[wrong])
+    with pytest.raises(AuditError, match=f"pinned job key {wrong} is not declared"):
+        verify_log(role_log, [key_id(_pub(JOB_KEY)), wrong], check_approval)
+
+
+def test_odd_start_details_fail_closed_without_a_crash():
+    odd = _run_details(JOB_KEY, escrow="kms", audit_anchor=5)
+    data, _ = _w(JOB_KEY, "operator").append(b"", "job.start", odd)
+    _fails(data, 1, "audit_anchor is not a URL")
+    data, _ = _w(JOB_KEY, "operator").append(b"", "job.start", _run_details(JOB_KEY, escrow="kms"))
+    data, _ = _w(REQUESTER, "requester:dpo").append(data, "restore.request", _request())
+    data, _ = _w(ALICE, "custodian:alice").append(
+        data, "restore.approve", _approval("alice", ALICE)
+    )
+    _fails(data, 3, "not in the escrow policy")
+    entry = json.loads(_lines(data)[0])
+    entry["signer"] = ["not", "a", "string"]
+    _fails(canonical_json(entry) + b"\n", 1, "are strings")
