@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -174,18 +173,15 @@ def policy_from_flags(escrow: EscrowConfig):
     return ShamirPolicy(escrow.threshold, custodians)
 
 
-def recorded_policy(out: Location):
-    """The escrow policy the job's audit log records last (job.start, escrow.reshare or
-    escrow.rekey), or None if the log records none."""
+def recorded_policy(entries: list[dict]):
+    """The escrow policy a (verified) audit log records last: its job.start, or a later
+    escrow.reshare or escrow.rekey; None if it records none."""
     from manifests.escrow import policy_from_json
 
-    if not out.exists("audit.jsonl"):
-        return None
     found = None
-    for line in out.read_bytes("audit.jsonl").splitlines():
-        entry = json.loads(line)
+    for entry in entries:
         details = entry.get("details") or {}
-        if entry.get("action") in ("job.start", "job.resume"):
+        if entry.get("action") == "job.start":
             found = (details.get("escrow") or {}).get("policy", found)
         elif entry.get("action") in ("escrow.reshare", "escrow.rekey"):
             found = details.get("policy", found)
@@ -193,7 +189,10 @@ def recorded_policy(out: Location):
 
 
 def _check_resume_policy(existing, escrow: EscrowConfig, out: Location) -> None:
-    recorded = recorded_policy(out)
+    from jobs.auditlog import verify_tree
+
+    entries = list(verify_tree(out).report.entries) if out.exists("audit.jsonl") else []
+    recorded = recorded_policy(entries)
     if recorded is None:
         raise EscrowRefused("the job's audit log records no escrow policy; refusing to resume")
     if existing.policy != recorded:

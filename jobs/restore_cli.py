@@ -1,0 +1,709 @@
+"""The ``faceveil restore`` and ``faceveil escrow`` subcommands: parsers and handlers only.
+
+The workflow as a user runs it (every command also runs from a script: ``--passphrase-file``,
+``--yes``)::
+
+    faceveil restore request OUT --key SAMPLEKEY... --reason R > req.json        # signed request
+    faceveil restore approve req.json --identity alice.key > alice.approval       # offline
+    faceveil restore apply OUT req.json alice.approval bob.approval --dest restored/
+    faceveil restore request OUT --purpose reshare --custodians a.pub b.pub d.pub --threshold 2 ...
+    faceveil escrow reshare OUT --request req.json --approvals a.approval b.approval
+
+The engines are :mod:`manifests.restore` (requests, approvals, partials), :mod:`jobs.restore`
+and :mod:`jobs.rekey`; outputs of the earlier master-key format go to :mod:`jobs.restore_legacy`.
+Handlers print one ``error: ...`` line and return 1 for a refused operation; argparse returns 2
+for a usage error. Messages go to stderr wherever stdout carries a document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from jobs import restore_legacy
+from jobs.auditlog import append as append_audit
+from jobs.auditlog import verify_tree
+from jobs.rekey import mark_complete, publish_rekey, stage_rekey
+from jobs.restore import (
+    REKEY_DIR,
+    is_legacy,
+    kms_data_keys,
+    log_entries,
+    publish_restored,
+    read_escrow,
+    refuse_pending_rekey,
+    restore_samples,
+    sample_refs,
+    signed_commitments,
+)
+from jobs.storage import Location
+from manifests.audit import AuditWriter, key_id
+from manifests.custodian import (
+    CustodianPrivate,
+    CustodianPublic,
+    ScryptParams,
+    b64e,
+    read_passphrase,
+    write_private_file,
+)
+from manifests.errors import EscrowError, KeyLibraryError, RestoreError
+from manifests.escrow import (
+    Escrow,
+    KmsPolicy,
+    Policy,
+    ShamirPolicy,
+    create_escrow,
+    make_kms_client,
+)
+from manifests.jobkeys import parse_kms_spec, policy_details
+from manifests.restore import (
+    REQUEST_FORMAT,
+    Approval,
+    RequestKeys,
+    RestoreRequest,
+    approve,
+    assemble_reshare,
+    check_request,
+    create_request,
+    load_request_key,
+    recover_data_keys,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _handler(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the library's errors into one ``error:`` line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (KeyLibraryError, OSError, ValueError, KeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _emit(data: bytes, out: str | None) -> str:
+    """Write ``data`` to the file ``out``, or to stdout without one; returns where it went."""
+    if out:
+        Path(out).write_bytes(data)
+        return out
+    sys.stdout.write(data.decode("utf-8"))
+    sys.stdout.flush()
+    return "stdout"
+
+
+def _has_tty() -> bool:
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
+
+
+def passphrase(path: str | None, prompt: str, confirm: bool = False) -> str:
+    """A passphrase from ``--passphrase-file`` or the terminal; never from stdin."""
+    if path is None and not _has_tty():
+        raise ValueError("no terminal to ask for the passphrase on: pass --passphrase-file FILE")
+    return read_passphrase(path, prompt, confirm)
+
+
+def _request_format(path: str) -> str:
+    try:
+        return str(json.loads(Path(path).read_bytes()).get("format"))
+    except (ValueError, AttributeError):
+        raise RestoreError(f"{path} is not a faceveil request") from None
+
+
+def _verified_entries(out: Location) -> list[dict]:
+    """The audit log's entries once it verifies (roles, approvals, anchor)."""
+    return list(verify_tree(out).report.entries)
+
+
+# ---- request -----------------------------------------------------------------------------------
+
+
+def _requested_samples(args: argparse.Namespace) -> list[str] | None:
+    samples = list(args.samples or [])
+    if args.samples_file:
+        lines = Path(args.samples_file).read_text(encoding="utf-8").splitlines()
+        samples += [line.strip() for line in lines if line.strip()]
+    if args.purpose != "restore":
+        if samples or args.all:
+            raise ValueError(f"a {args.purpose} request covers the whole job: name no samples")
+        return None
+    if args.all:
+        return None
+    if not samples:
+        raise ValueError("name samples (--key SAMPLEKEY, --samples-file FILE) or ask for --all")
+    return samples
+
+
+def _requester(args: argparse.Namespace) -> str:
+    if args.requester:
+        return args.requester
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ValueError("cannot tell the OS user name: pass --requester NAME") from None
+
+
+def _new_policy(args: argparse.Namespace, escrow: Escrow) -> Policy | None:
+    """The policy a reshare or rekey request names (a rekey defaults to the current one)."""
+    if args.purpose == "restore":
+        if args.custodians or args.kms or args.threshold:
+            raise ValueError("a restore request names no new policy (--custodians, --kms)")
+        return None
+    if args.kms:
+        if args.purpose == "reshare":
+            raise ValueError("a reshare moves the key to custodians; rekey to move it to KMS")
+        return KmsPolicy(parse_kms_spec(args.kms))
+    if args.custodians:
+        if not args.threshold:
+            raise ValueError("--custodians needs --threshold M")
+        return ShamirPolicy(args.threshold, tuple(CustodianPublic.load(p) for p in args.custodians))
+    if args.purpose == "reshare":
+        raise ValueError(
+            "a reshare request names the new custodians: --custodians PUB... --threshold M"
+        )
+    return escrow.policy
+
+
+def request_details(request: RestoreRequest) -> dict:
+    """``restore.request`` details: who asks, for what, with which key."""
+    new = None if request.new_policy is None else request.new_policy.to_json()
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "requester_key": b64e(request.requester_ed25519),
+        "requester_key_id": key_id(request.requester_ed25519),
+        "purpose": request.purpose,
+        "requester": request.requester,
+        "reason": request.reason,
+        "created": request.created,
+        "expires": request.expires,
+        "revision": request.revision,
+        "samples": len(request.samples),
+        "samples_sha256": request.samples_sha256(),
+        "new_policy": new,
+        "log_tail": request.log_tail,
+    }
+
+
+@_handler
+def cmd_restore_request(args: argparse.Namespace) -> int:
+    """``faceveil restore request OUT --key SAMPLEKEY... | --all --reason R``: a signed request
+    (to ``--out`` or stdout) and its key file (``--key-out`` or ``./REQUEST_ID.key``); the
+    request is recorded in OUT/audit.jsonl, signed by its requester key."""
+    out = Location(args.out_tree)
+    refuse_pending_rekey(out)
+    if is_legacy(out):
+        return restore_legacy.cmd_request(args)
+    escrow = read_escrow(out)
+    verified = verify_tree(out)
+    commitments = signed_commitments(verified.report.entries)
+    wanted = _requested_samples(args)
+    new_policy = _new_policy(args, escrow)
+    refs = [] if args.purpose == "reshare" else sample_refs(out, escrow, wanted, commitments)
+    secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
+    request, key_file = create_request(
+        escrow, args.purpose, refs, args.reason, _requester(args), secret, new_policy,
+        log_tail=str(verified.report.tail), valid_for=timedelta(days=args.valid_days),
+        params=ScryptParams(n=2**args.kdf_work),
+    )  # fmt: skip
+    key_out = Path(args.key_out or f"{request.request_id}.key")
+    write_private_file(key_out, key_file)
+    keys = load_request_key(request, key_file, secret)
+    tail = _record_request(out, request, keys)
+    where = _emit(request.dumps(), args.out)
+    _say(
+        f"request {request.request_id} ({request.purpose} of {len(refs)} sample(s)) written to "
+        f"{where}\nrequest sha256: {request.sha256()}\n"
+        f"request key: {key_out} (mode 0600; keep it: 'restore apply' needs it)\naudit tail: {tail}"
+    )
+    return 0
+
+
+def _requester_writer(request: RestoreRequest, keys: RequestKeys) -> AuditWriter:
+    return AuditWriter(keys.ed25519, f"requester:{request.requester}")
+
+
+def _record_request(out: Location, request: RestoreRequest, keys: RequestKeys) -> str:
+    """Append ``restore.request`` unless the log has it; returns the tail."""
+    for entry in log_entries(out):
+        if (
+            entry["action"] == "restore.request"
+            and entry["details"].get("request_sha256") == request.sha256()
+        ):
+            return "(request already recorded)"
+    return str(
+        append_audit(
+            out, _requester_writer(request, keys), "restore.request", request_details(request)
+        )
+    )
+
+
+def approval_details(
+    request: RestoreRequest, approval: Approval, custodian: CustodianPublic
+) -> dict:
+    """``restore.approve`` details: the custodian's signed statement (no partials) and
+    signature, which ``audit verify`` checks."""
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "custodian": approval.custodian,
+        "fingerprint": approval.fingerprint,
+        "custodian_key_id": key_id(custodian.ed25519),
+        "approval_sha256": approval.sha256(),
+        "statement": approval.statement(),
+        "custodian_signature": b64e(approval.signature),
+    }
+
+
+def _record_approvals(
+    out: Location,
+    escrow: Escrow,
+    request: RestoreRequest,
+    keys: RequestKeys,
+    approvals: list[Approval],
+) -> None:
+    """Record the request and each approval (signed by the requester key; each carries its
+    custodian's signed statement) unless the log has them already."""
+    _record_request(out, request, keys)
+    seen = {
+        e["details"].get("approval_sha256")
+        for e in log_entries(out)
+        if e["action"] == "restore.approve"
+    }
+    assert isinstance(escrow.policy, ShamirPolicy)
+    for approval in approvals:
+        if approval.sha256() not in seen:
+            custodian = escrow.policy.custodian(approval.fingerprint)
+            details = approval_details(request, approval, custodian)
+            append_audit(out, _requester_writer(request, keys), "restore.approve", details)
+
+
+def apply_details(request: RestoreRequest, approvals: list[Approval]) -> dict:
+    """What ``restore.apply``, ``restore.failed``, ``escrow.reshare`` and ``escrow.rekey`` record
+    of the request and its approvals."""
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "purpose": request.purpose,
+        "revision": request.revision,
+        "samples": len(request.samples),
+        "samples_sha256": request.samples_sha256(),
+        "approvals": [
+            {"custodian": a.custodian, "fingerprint": a.fingerprint, "approval_sha256": a.sha256()}
+            for a in approvals
+        ],
+    }
+
+
+# ---- approve -----------------------------------------------------------------------------------
+
+
+def _ask_tty(text: str) -> str:
+    """Show ``text`` on the controlling terminal and read one answer line from it."""
+    try:
+        with open("/dev/tty", "r+", encoding="utf-8") as tty:
+            tty.write(text)
+            tty.flush()
+            return tty.readline()
+    except OSError:
+        raise ValueError(
+            "no terminal to confirm on: read the request, then approve it with --yes"
+        ) from None
+
+
+def describe_request(request: RestoreRequest) -> str:
+    """What a custodian is shown before approving: purpose, samples, reason, requester, policy."""
+    escrow = request.escrow
+    if request.purpose == "reshare":
+        what = f"reshare of the escrow key to {request.new_policy.describe()}"
+    elif request.purpose == "rekey":
+        what = f"rekey of all {len(request.samples)} sample(s) to {request.new_policy.describe()}"
+    else:
+        shown = ", ".join(f"{s.key} ({s.shard})" for s in request.samples[:10])
+        more = f" and {len(request.samples) - 10} more" if len(request.samples) > 10 else ""
+        what = f"restore of {len(request.samples)} sample(s): {shown}{more}"
+    return (
+        f"Request {request.request_id} (sha256 {request.sha256()[:16]}...)\n"
+        f"Requester: {request.requester} (key {key_id(request.requester_ed25519)})\n"
+        f"Reason: {request.reason}\nPurpose: {what}\n"
+        f"Job {escrow.job_id}, escrow revision {escrow.revision} ({escrow.policy.describe()}), "
+        f"{len(escrow.epochs)} key epoch(s)\n"
+        f"Audit log tail when requested: {request.log_tail}\n"
+        f"Created {request.created}, expires {request.expires}\n"
+    )
+
+
+@_handler
+def cmd_restore_approve(args: argparse.Namespace) -> int:
+    """``faceveil restore approve REQUEST --identity NAME.key``: offline, from the request alone.
+    With ``--out-tree OUT`` the request is also checked against OUT and the approval recorded
+    in OUT/audit.jsonl, signed by the custodian."""
+    identity = args.identity or args.legacy_identity
+    if not identity:
+        raise ValueError("the custodian's private key file is needed: --identity NAME.key")
+    out_tree, request_path = (
+        (args.request, args.legacy_request)
+        if args.legacy_request
+        else (args.out_tree, args.request)
+    )
+    if _request_format(request_path) != REQUEST_FORMAT:
+        return restore_legacy.cmd_approve(args, out_tree, request_path, identity)
+    request = RestoreRequest.loads(Path(request_path).read_bytes())
+    out = Location(out_tree) if out_tree else None
+    tail = None
+    if out is not None:
+        check_request(read_escrow(out), request, request.purpose)
+        tail = str(verify_tree(out).report.tail)
+    if not args.yes and _ask_tty(
+        describe_request(request) + "Approve this request? [y/N] "
+    ).strip().lower() not in ("y", "yes"):
+        _say("not approved")
+        return 1
+    secret = passphrase(args.passphrase_file, f"Passphrase for {Path(identity).stem}'s key: ")
+    custodian = CustodianPrivate.load(identity, secret)
+    approval = approve(request, custodian, log_tail=tail)
+    if out is not None and not args.no_audit:
+        writer = AuditWriter(custodian.ed25519, f"custodian:{custodian.name}")
+        details = approval_details(request, approval, custodian.public())
+        _say(f"audit tail: {append_audit(out, writer, 'restore.approve', details)}")
+    where = _emit(approval.dumps(), args.out)
+    _say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
+    return 0
+
+
+# ---- apply, reshare, rekey ---------------------------------------------------------------------
+
+
+def _recovery_inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
+    if args.request_pos and args.request_opt:
+        raise ValueError("give the request once: as REQUEST or as --request, not both")
+    if args.approvals_pos and args.approvals_opt:
+        raise ValueError("give the approvals once: after REQUEST or after --approvals, not both")
+    request = args.request_pos or args.request_opt
+    if not request:
+        raise ValueError("the request file is needed: OUT REQUEST APPROVAL... or --request")
+    return request, list(args.approvals_pos or args.approvals_opt)
+
+
+def _request_key_path(args: argparse.Namespace, request_id: str, request_path: str) -> Path:
+    """--request-key, else ./ID.key, else ID.key or REQ.key beside the request."""
+    if args.request_key:
+        return Path(args.request_key)
+    beside = Path(request_path)
+    for path in (
+        Path(f"{request_id}.key"),
+        beside.with_name(f"{request_id}.key"),
+        beside.with_suffix(".key"),
+    ):
+        if path.is_file():
+            return path
+    raise ValueError(
+        f"no request key file ({request_id}.key in this folder or beside {request_path}); "
+        "pass --request-key FILE"
+    )
+
+
+def _open_request(args: argparse.Namespace, out: Location, purpose: str):
+    """(escrow, request, requester keys, approvals) for a recovering command, all checked."""
+    request_path, approval_paths = _recovery_inputs(args)
+    escrow = read_escrow(out)
+    request = RestoreRequest.loads(Path(request_path).read_bytes())
+    check_request(escrow, request, purpose)
+    key_path = _request_key_path(args, request.request_id, request_path)
+    secret = passphrase(args.passphrase_file, "Passphrase of the request key: ")
+    keys = load_request_key(request, key_path.read_bytes(), secret)
+    approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
+    if escrow.scheme == "kms" and approvals:
+        log.warning("KMS escrow: approvals are not used; access is the KMS key's policy")
+    return escrow, request, keys, approvals
+
+
+def _data_keys(args, out, escrow, request, keys, approvals, commitments):
+    if escrow.scheme == "kms":
+        client = make_kms_client(escrow.policy.key_arn, args.kms_endpoint)
+        return kms_data_keys(out, escrow, request.samples, client), []
+    return recover_data_keys(escrow, request, keys, approvals, request.purpose), approvals
+
+
+@_handler
+def cmd_restore_apply(args: argparse.Namespace) -> int:
+    """``faceveil restore apply OUT REQUEST APPROVAL... --dest DIR``: opens exactly the samples
+    the request lists. Nothing is left in ``--dest`` when anything fails."""
+    out = Location(args.out_tree)
+    refuse_pending_rekey(out)
+    if is_legacy(out):
+        return restore_legacy.cmd_apply(args)
+    commitments = signed_commitments(_verified_entries(out))
+    escrow, request, keys, approvals = _open_request(args, out, "restore")
+    data_keys, used = _data_keys(args, out, escrow, request, keys, approvals, commitments)
+    if used:
+        _record_approvals(out, escrow, request, keys, used)
+    else:
+        _record_request(out, request, keys)
+    writer, details = _requester_writer(request, keys), apply_details(request, used)
+    dest = Path(args.dest)
+    created = not dest.exists()
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = dest / f".restore-{request.request_id}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        restored = restore_samples(
+            out, escrow, list(request.samples), data_keys, commitments, staging
+        )
+        details["restored"] = len(restored)
+        tail = append_audit(out, writer, "restore.apply", details)
+        publish_restored(staging, dest, restored)
+    except KeyLibraryError as exc:
+        append_audit(out, writer, "restore.failed", details | {"error": str(exc)})
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not (dest / "restored.json").exists():
+            shutil.rmtree(dest, ignore_errors=True)
+    print(
+        f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\naudit tail: {tail}"
+    )
+    return 0
+
+
+def _check_named_policy(args: argparse.Namespace, request: RestoreRequest) -> None:
+    """A policy given on the command line must be the one the request names."""
+    given = None
+    if getattr(args, "kms", None):
+        given = KmsPolicy(parse_kms_spec(args.kms))
+    elif args.custodians:
+        given = ShamirPolicy(
+            args.threshold or 0, tuple(CustodianPublic.load(p) for p in args.custodians)
+        )
+    if given is not None and given != request.new_policy:
+        raise RestoreError(
+            f"the approved request moves the escrow to {request.new_policy.describe()}, not to "
+            f"{given.describe()}: approvals authorize only what their request names"
+        )
+
+
+def policy_entry(request: RestoreRequest, old: Escrow, new: Escrow) -> dict:
+    """What ``escrow.reshare`` and ``escrow.rekey`` record of the move."""
+    return {
+        "old_revision": old.revision,
+        "old_epochs": list(old.escrow_ids),
+        "new_revision": new.revision,
+        "new_epochs": list(new.escrow_ids),
+        **policy_details(new.policy),
+    }
+
+
+@_handler
+def cmd_escrow_reshare(args: argparse.Namespace) -> int:
+    """``faceveil escrow reshare OUT --request REQ --approvals A...``: the escrow key moves to the
+    custodians the request names; nobody rebuilds it."""
+    out = Location(args.out_tree)
+    refuse_pending_rekey(out)
+    if is_legacy(out):
+        raise EscrowError("this output has the earlier master-key escrow: reshare is not supported")
+    _verified_entries(out)
+    escrow, request, keys, approvals = _open_request(args, out, "reshare")
+    _check_named_policy(args, request)
+    new = assemble_reshare(escrow, request, approvals)
+    _record_approvals(out, escrow, request, keys, approvals)
+    details = apply_details(request, approvals) | policy_entry(request, escrow, new)
+    tail = append_audit(out, _requester_writer(request, keys), "escrow.reshare", details)
+    out.publish_bytes(new.dumps(), "escrow.json")
+    print(
+        f"escrow reshared to {new.policy.describe()} ({len(new.epochs)} key epoch(s), "
+        f"revision {new.revision})\naudit tail: {tail}"
+    )
+    return 0
+
+
+@_handler
+def cmd_escrow_rekey(args: argparse.Namespace) -> int:
+    """``faceveil escrow rekey OUT --request REQ --approvals A...``: every sample gets a new data
+    key under one new epoch of the policy the request names; every manifest is re-sealed."""
+    out = Location(args.out_tree)
+    staged = out.exists(REKEY_DIR, "COMPLETE")
+    if args.finish or staged:
+        if not (args.finish and staged):
+            raise EscrowError(
+                "an interrupted rekey is pending: rerun with --finish" if staged
+                else "--finish: no staged rekey to publish"
+            )  # fmt: skip
+        print(f"published the staged rekey ({publish_rekey(out)} manifests)")
+        return 0
+    if is_legacy(out):
+        raise EscrowError("this output has the earlier master-key escrow: rekey is not supported")
+    commitments = signed_commitments(_verified_entries(out))
+    escrow, request, keys, approvals = _open_request(args, out, "rekey")
+    _check_named_policy(args, request)
+    data_keys, used = _data_keys(args, out, escrow, request, keys, approvals, commitments)
+    new_escrow = create_escrow(escrow.job_id, request.new_policy)
+    kms = (
+        make_kms_client(new_escrow.policy.key_arn, args.kms_endpoint)
+        if isinstance(new_escrow.policy, KmsPolicy)
+        else None
+    )
+    plan = stage_rekey(out, escrow, data_keys, new_escrow, commitments, kms)
+    if used:
+        _record_approvals(out, escrow, request, keys, used)
+    else:
+        _record_request(out, request, keys)
+    details = apply_details(request, used) | policy_entry(request, escrow, new_escrow)
+    details["manifests"] = {shard: e["commitment"] for shard, e in plan["manifests"].items()}
+    tail = append_audit(out, _requester_writer(request, keys), "escrow.rekey", details)
+    mark_complete(out, plan)
+    count = publish_rekey(out)
+    print(
+        f"rekeyed: {count} manifests re-sealed under key epoch {new_escrow.escrow_ids[0]} "
+        f"({new_escrow.policy.describe()})\naudit tail: {tail}"
+    )
+    return 0
+
+
+# ---- parsers -----------------------------------------------------------------------------------
+
+
+def passphrase_arg(parser: argparse.ArgumentParser) -> None:
+    """``--passphrase-file``."""
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="read the passphrase from the first line of FILE instead of a prompt",
+    )
+
+
+def kdf_arg(parser: argparse.ArgumentParser) -> None:
+    """``--kdf-work`` (scrypt cost, log2 N)."""
+    parser.add_argument(
+        "--kdf-work", type=int, default=17, metavar="LOG2N",
+        help="scrypt cost as log2(N) (default: %(default)s = 128 MiB; 15..22)",
+    )  # fmt: skip
+
+
+def _policy_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--custodians", nargs="+", metavar="PUB", help=f"the new custodians ({what})"
+    )
+    parser.add_argument("--threshold", type=int, metavar="M", help="approvals the new policy needs")
+    parser.add_argument("--kms", metavar="aws-kms:ARN", help="rekey to this KMS key")
+
+
+def _recovery_args(parser: argparse.ArgumentParser, positional_help: bool = True) -> None:
+    parser.add_argument("out_tree", metavar="OUT", help="job output tree (path or s3:// URL)")
+    shown = positional_help or None
+    parser.add_argument(
+        "request_pos",
+        metavar="REQUEST",
+        nargs="?",
+        help="the request file (req.json)" if shown else argparse.SUPPRESS,
+    )
+    parser.add_argument("approvals_pos", metavar="APPROVAL", nargs="*",
+                        help="custodian approvals" if shown else argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--request", dest="request_opt", metavar="REQUEST", help="the request")
+    parser.add_argument(
+        "--approvals", dest="approvals_opt", nargs="+", default=[], metavar="APPROVAL"
+    )
+    parser.add_argument(
+        "--request-key",
+        metavar="FILE",
+        help="the request key file (default: ./REQUEST_ID.key, or beside REQUEST)",
+    )
+    parser.add_argument("--kms-endpoint", metavar="URL", help="KMS endpoint URL (KMS escrows)")
+    passphrase_arg(parser)
+
+
+def _add_request(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser("request", help="ask custodians to release samples (or move the key)")
+    p.add_argument("out_tree", metavar="OUT")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--key",
+        "--samples",
+        dest="samples",
+        action="extend",
+        nargs="+",
+        metavar="SAMPLEKEY",
+        help="a sample key (__key__) to restore; repeat or list several",
+    )
+    which.add_argument("--samples-file", metavar="FILE", help="one sample key per line")
+    which.add_argument("--all", action="store_true", help="every sample of the job")
+    p.add_argument(
+        "--purpose",
+        choices=("restore", "reshare", "rekey"),
+        default="restore",
+        help="default: %(default)s",
+    )
+    _policy_args(p, "reshare or rekey")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--requester", metavar="NAME", help="who asks (default: the OS user name)")
+    p.add_argument("--valid-days", type=float, default=7.0, help="default: %(default)s")
+    p.add_argument("--out", metavar="FILE", help="write the request here (default: stdout)")
+    p.add_argument("--key-out", metavar="FILE", help="request key file (default: ./REQUEST_ID.key)")
+    passphrase_arg(p)
+    kdf_arg(p)
+    p.set_defaults(func=cmd_restore_request, handler=cmd_restore_request)  # fmt: skip
+
+
+def _add_approve(actions: argparse._SubParsersAction) -> None:
+    p = actions.add_parser("approve", help="approve a request as one custodian (offline)")
+    p.add_argument("request", metavar="REQUEST", help="the request file")
+    p.add_argument("legacy_request", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--identity", metavar="KEYFILE", help="your custodian key file (NAME.key)")
+    p.add_argument("--key", dest="legacy_identity", help=argparse.SUPPRESS)
+    p.add_argument("--out", metavar="FILE", help="write the approval here (default: stdout)")
+    p.add_argument(
+        "--out-tree",
+        metavar="OUT",
+        help="also check the request against OUT and record the approval in "
+        "OUT/audit.jsonl now (otherwise 'restore apply' records it)",
+    )
+    p.add_argument("--no-audit", action="store_true", help="with --out-tree: record nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    passphrase_arg(p)
+    p.set_defaults(func=cmd_restore_approve, handler=cmd_restore_approve)  # fmt: skip
+
+
+def add_restore_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``restore`` (request, approve, apply) and ``escrow`` (reshare, rekey)."""
+    group = sub.add_parser("restore", help="restore originals with M-of-N approval")
+    actions = group.add_subparsers(dest="restore_command", required=True)
+    _add_request(actions)
+    _add_approve(actions)
+    p = actions.add_parser("apply", help="open the approved samples and write their originals")
+    _recovery_args(p)
+    p.add_argument("--dest", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_restore_apply, handler=cmd_restore_apply)
+    escrow = sub.add_parser("escrow", help="escrow maintenance").add_subparsers(
+        dest="escrow_command", required=True
+    )
+    p = escrow.add_parser("reshare", help="the same escrow key, moved to the request's custodians")
+    _recovery_args(p, positional_help=False)
+    _policy_args(p, "must be the request's, if given")
+    p.set_defaults(func=cmd_escrow_reshare, handler=cmd_escrow_reshare)
+    p = escrow.add_parser(
+        "rekey", help="new data keys under the request's policy; manifests re-sealed"
+    )
+    _recovery_args(p, positional_help=False)
+    _policy_args(p, "must be the request's, if given")
+    p.add_argument("--finish", action="store_true", help="publish an interrupted rekey")
+    p.set_defaults(func=cmd_escrow_rekey, handler=cmd_escrow_rekey)

@@ -1,0 +1,196 @@
+"""Restoring outputs of the earlier master-key escrow (``escrow.json`` format 2, key manifests
+format 1): request, approve and apply, kept so that those outputs stay restorable.
+
+In that format every approval carries the custodian's Shamir share of each epoch's *master key*:
+M approvals of any request rebuild keys that open every sample of the job. Each command says so
+before it acts. Reshare and rekey of such outputs are not offered; restore what is needed and
+run the job again to move it to the current format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+
+from jobs.auditlog import append as append_audit
+from jobs.restore import iter_images, manifest_names, publish_restored, rebuild
+from jobs.storage import Location
+from manifests.audit import AuditWriter, key_id
+from manifests.custodian import CustodianPrivate, ScryptParams, b64e, write_private_file
+from manifests.envelope import Envelope, MasterKey
+from manifests.errors import EscrowError, RestoreError
+from manifests.escrow_v2 import Escrow
+from manifests.keymanifest import KeyRow, load_key_manifest, open_row
+from manifests.restore_v2 import (
+    Approval,
+    RestoreRequest,
+    approve,
+    check_request,
+    create_request,
+    load_request_key,
+    recover_masters,
+)
+
+log = logging.getLogger(__name__)
+
+WARNING = (
+    "warning: this output uses the earlier master-key escrow (format 2): M approvals of any "
+    "request rebuild keys that open EVERY sample of the job, not only the requested ones"
+)
+
+
+def _warn() -> None:
+    log.warning(WARNING)
+    print(WARNING, file=sys.stderr)
+
+
+def read_escrow(out: Location) -> Escrow:
+    """``escrow.json`` (format 2), checked against ``job.json``'s job id."""
+    escrow = Escrow.loads(out.read_bytes("escrow.json"))
+    if escrow.job_id != out.read_json("job.json")["job_id"]:
+        raise EscrowError("escrow.json belongs to another job than job.json")
+    return escrow
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    """``restore request`` on a format-2 output (restore of named samples or all)."""
+    from jobs.restore_cli import _emit, _requested_samples, _requester, _say, passphrase
+
+    _warn()
+    if args.purpose != "restore":
+        raise EscrowError(
+            "this output has the earlier master-key escrow: only restores are offered"
+        )
+    escrow = read_escrow(Location(args.out_tree))
+    secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
+    request, key_file = create_request(
+        escrow, "restore", _requested_samples(args), args.reason, _requester(args), secret,
+        timedelta(days=args.valid_days), params=ScryptParams(n=2**args.kdf_work),
+    )  # fmt: skip
+    key_out = Path(args.key_out or f"{request.request_id}.key")
+    write_private_file(key_out, key_file)
+    where = _emit(request.dumps(), args.out)
+    _say(f"request {request.request_id} written to {where}\nrequest key: {key_out} (mode 0600)")
+    return 0
+
+
+def cmd_approve(
+    args: argparse.Namespace, out_tree: str | None, request_path: str, identity: str
+) -> int:
+    """``restore approve`` of a format-2 request: the custodian's share of every master key."""
+    from jobs.restore_cli import _ask_tty, _emit, _say, passphrase
+
+    _warn()
+    request = RestoreRequest.loads(Path(request_path).read_bytes())
+    if out_tree:
+        check_request(read_escrow(Location(out_tree)), request, request.purpose)
+    check_request(request.escrow, request, request.purpose)
+    count = "all samples" if request.samples is None else f"{len(request.samples)} sample(s)"
+    text = (
+        f"Request {request.request_id}\nRequester: {request.requester}\nReason: {request.reason}\n"
+        f"Restore of {count}. {WARNING}\nApprove this request? [y/N] "
+    )
+    if not args.yes and _ask_tty(text).strip().lower() not in ("y", "yes"):
+        _say("not approved")
+        return 1
+    custodian = CustodianPrivate.load(identity, passphrase(args.passphrase_file, "Passphrase: "))
+    approval = approve(request.escrow, request, custodian)
+    where = _emit(approval.dumps(), args.out)
+    _say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
+    return 0
+
+
+def _rows(
+    out: Location, escrow: Escrow, wanted: set[str] | None
+) -> dict[str, tuple[str, dict[str, list[KeyRow]]]]:
+    found: dict[str, tuple[str, dict[str, list[KeyRow]]]] = {}
+    seen: set[str] = set()
+    for shard in manifest_names(out):
+        manifest = load_key_manifest(out.read_bytes("keys", f"{shard}.parquet"))
+        if manifest.version != 1 or manifest.escrow_id not in escrow.escrow_ids:
+            raise EscrowError(f"keys/{shard}.parquet is not a format-1 manifest of this escrow")
+        grouped: dict[str, list[KeyRow]] = {}
+        for row in manifest.rows:
+            if wanted is None or row.key in wanted:
+                grouped.setdefault(row.key, []).append(row)
+        if seen & set(grouped):
+            raise RestoreError(f"a sample appears in two key manifests (at {shard})")
+        seen |= set(grouped)
+        if grouped:
+            found[shard] = (manifest.escrow_id, grouped)
+    if wanted is not None and wanted - seen:
+        raise RestoreError(f"{len(wanted - seen)} requested sample(s) are in no key manifest")
+    return found
+
+
+def _restore_to(
+    out: Location, masters: Mapping[str, MasterKey], job_id: str, wanted, staging: Path
+) -> dict:
+    restored = {}
+    escrow = read_escrow(out)
+    for shard, (escrow_id, groups) in _rows(out, escrow, wanted).items():
+        envelope = Envelope(masters[escrow_id], job_id, escrow_id)
+        images = {k: data for k, _, data in iter_images(out, shard) if k in groups}
+
+        def opener(row: KeyRow, sha: str, env: Envelope = envelope, at: str = shard):
+            return open_row(env, at, row, sha)
+
+        for key, rows in groups.items():
+            ext, data, uri = rebuild(opener, shard, key, rows, images.get(key))
+            write_private_file(staging / f"{key}.{ext}", data, overwrite=True)
+            restored[key] = (f"{key}.{ext}", uri)
+    return restored
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """``restore apply`` on a format-2 output (recovers every epoch's master key)."""
+    from jobs.restore_cli import _recovery_inputs, _request_key_path, passphrase
+
+    _warn()
+    out = Location(args.out_tree)
+    escrow = read_escrow(out)
+    request_path, approval_paths = _recovery_inputs(args)
+    request = RestoreRequest.loads(Path(request_path).read_bytes())
+    approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
+    check_request(escrow, request, "restore")
+    key_path = _request_key_path(args, request.request_id, request_path)
+    request_key = load_request_key(
+        request,
+        key_path.read_bytes(),
+        passphrase(args.passphrase_file, "Passphrase of the request key: "),
+    )
+    masters = recover_masters(escrow, request, request_key, approvals, "restore")
+    writer = AuditWriter(escrow.audit_signing_key(masters), f"requester:{request.requester}")
+    details = {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "format": 2,
+        "approvals": [{"custodian": a.custodian, "approval_sha256": a.sha256()} for a in approvals],
+        "job_key_id": key_id(writer.public_key),
+        "signer_key": b64e(writer.public_key),
+    }
+    dest = Path(args.dest)
+    created = not dest.exists()
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = dest / f".restore-{request.request_id}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        wanted = None if request.samples is None else set(request.samples)
+        restored = _restore_to(out, masters, escrow.job_id, wanted, staging)
+        details["restored"] = len(restored)
+        tail = append_audit(out, writer, "restore.apply", details)
+        publish_restored(staging, dest, restored)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not (dest / "restored.json").exists():
+            shutil.rmtree(dest, ignore_errors=True)
+    print(
+        f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\naudit tail: {tail}"
+    )
+    return 0
