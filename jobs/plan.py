@@ -76,6 +76,7 @@ def plan_name(shard: str) -> str:
 
 
 def is_plan_file(uri: str) -> bool:
+    """Whether a shard task's ``uri`` is a plan file (sources read in place), not a tar."""
     return uri.endswith(".json")
 
 
