@@ -82,7 +82,7 @@ def _add_run_options(p) -> None:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="anonymize a dataset into OUT on a Ray actor pool")
-    p.add_argument("input", help="sharded input (with shards.json) or loose images to shard")
+    p.add_argument("input", help="sharded input (with shards.json) or loose images (read in place)")
     p.add_argument("output")
     _add_run_options(p)
     add_audit_run_options(p)

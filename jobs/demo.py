@@ -70,21 +70,22 @@ def before_after(originals: list[bytes], anonymized: list[bytes], path: Path) ->
     Image.fromarray(np.vstack(tiles)).save(path)
 
 
-def _pairs(out: Path, limit: int) -> tuple[list[bytes], list[bytes]]:
-    """Up to ``limit`` different-looking samples with faces: original bytes (from the
-    intermediate shard) and anonymized bytes (from the output shard), matched by sample key."""
+def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[bytes]]:
+    """Up to ``limit`` different-looking samples with faces: original bytes (read from the input
+    photos, in listing order, matched by sample key) and anonymized bytes (from the output
+    shard)."""
+    from jobs.shard import list_sources, sample_key
     from jobs.shardio import iter_samples
 
     with open(out / "anon" / "data" / "shard-000000.tar", "rb") as f:
         anonymized = {s.key: s for s in iter_samples(f)}
     originals, results = [], []
-    with open(out / "anon" / "shards" / "shard-000000.tar", "rb") as f:
-        for sample in iter_samples(f):
-            done = anonymized.get(sample.key)
-            if done is None or b'"faces":[]' in done.members["json"]:
-                continue
-            originals.append(next(v for k, v in sample.members.items() if k not in ("src", "err")))
-            results.append(next(v for k, v in done.members.items() if k != "json"))
+    for source in list_sources(str(out / "photos")):
+        done = anonymized.get(sample_key(secret, source.uri))
+        if done is None or b'"faces":[]' in done.members["json"]:
+            continue
+        originals.append(Path(source.path).read_bytes())
+        results.append(next(v for k, v in done.members.items() if k != "json"))
     picks: list[int] = []
     colours = [decode_image(o).rgb.reshape(-1, 3).mean(axis=0) for o in originals]
     for i, colour in enumerate(colours):  # greedy: each pick looks unlike the ones before
@@ -99,7 +100,7 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     """Write sample photos under ``args.out``/photos, anonymize them, save a before/after PNG;
     returns the lines to show the user."""
     from jobs.cli import build_parser, job_config
-    from jobs.keyfile import new_key_file
+    from jobs.keyfile import load_key_file, new_key_file
     from jobs.run import run_job
 
     out = Path(args.out).resolve()
@@ -115,7 +116,7 @@ def run_demo(args: argparse.Namespace) -> list[str]:
          "--secret-file", str(secret), "--shard-size", "50", "--resume", *_escrow_args(out)]
     )  # fmt: skip
     summary = run_job(job_config(run_args))
-    originals, anonymized = _pairs(out, 4)
+    originals, anonymized = _pairs(out, load_key_file(secret), 4)
     picture = out / "before_after.png"
     before_after(originals, anonymized, picture)
     keys = out / "custodians"

@@ -31,9 +31,8 @@ from jobs.keys import Secrets, open_object, seal_object
 from jobs.progress import BufferedProgress
 from jobs.raypool import actor_device, map_over_shards, shard_tasks
 from jobs.shard import ShardEntry
-from jobs.shardio import ShardFormatError, iter_verified
-from jobs.storage import Location
-from jobs.worker import ShardTask, classify_sample
+from jobs.shardio import ShardFormatError
+from jobs.worker import ShardTask, classify_sample, shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,9 @@ class FaceCollector:
         self.landmarks = Dlib68()
         self.embedder = build_embedder(anon)
         self.max_donor_faces = max_donor_faces
-        self.transit = ray.get(key_holder.get.remote()).transit
+        secrets = ray.get(key_holder.get.remote())
+        self.transit = secrets.transit
+        self.secret = secrets.secret  # finds the sources of a planned shard
         self.progress = BufferedProgress(counter) if counter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -114,10 +115,9 @@ class FaceCollector:
 
     def _images(self, task: ShardTask) -> Iterator[tuple[str, np.ndarray]]:
         """(sample key, RGB) of every sample the second pass would anonymize."""
-        src = Location(task.uri)
         seen: set[str] = set()
-        with src.fs.open(src.root, "rb") as f:
-            for sample in iter_verified(f, task.sha256):
+        with shard_samples(task, self.secret) as samples:
+            for sample in samples:
                 if self.progress is not None:
                     self.progress(1, 0, 0)
                 pending = classify_sample(sample, seen, None)

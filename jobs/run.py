@@ -1,4 +1,5 @@
-"""``faceveil run``: shard if needed, then anonymize every shard on a Ray Data actor pool."""
+"""``faceveil run``: plan loose images (read in place, never copied) or take sharded input as it
+is, then anonymize every shard on a Ray Data actor pool."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import ray
 from anon_core.accel import select_backend
 from anon_core.detectors import build_detector
 from anon_core.pipeline import AnonConfig, FaceAnonymizer, build_embedder
+from jobs import plan as planning
 from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
@@ -39,7 +41,6 @@ from jobs.worker import ShardSummary, ShardTask, process_shard
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
-SHARDS_DIR = "shards"
 
 
 class JobError(RuntimeError):
@@ -126,7 +127,9 @@ _SUMMARY_COLUMNS = ("shard", "samples_in", "anonymized", "no_face", "quarantined
 
 
 def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Location, list]:
-    """Shards of a sharded input as they are; loose images are sharded into OUT/shards first."""
+    """Shards of a sharded input as they are; loose images are planned into OUT/plan (shard lists
+    of sealed URIs: the actors read each source in place, no copy is written). ``--resume``
+    reuses a complete plan made with the same secret instead of listing the input again."""
     src = Location(config.input)
     if src.exists(sharding.INDEX):
         theirs = src.read_json(sharding.INDEX).get("secret_fingerprint")
@@ -134,14 +137,13 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Loc
             raise JobError(f"{src.uri} was sharded with another job secret; pass the same "
                            "--secret-file that `faceveil shard` used")  # fmt: skip
         return src, sharding.read_index(src)
-    target = out.child(SHARDS_DIR)
-    if config.resume and target.exists(sharding.INDEX):
-        doc = target.read_json(sharding.INDEX)
-        if doc.get("secret_fingerprint") == sharding.secret_fingerprint(secret):
-            return target, sharding.read_index(target)
-    log.info("sharding %s into %s", config.input, target.uri)
-    sharding.write_shards(config.input, target.uri, secret, config.shard_size)
-    return target, sharding.read_index(target)
+    target = out.child(planning.PLAN_DIR)
+    if config.resume and (entries := planning.reusable_plan(target, secret)) is not None:
+        log.info("resuming with the plan in %s", target.uri)
+        return target, entries
+    log.info("planning %s into %s", config.input, target.uri)
+    planning.write_plan(config.input, target, secret, config.shard_size)
+    return target, planning.read_plan(target)
 
 
 def open_job(config: JobConfig, out: Location) -> dict:
@@ -180,7 +182,7 @@ def _versions() -> dict:
 def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> list[ShardTask]:
     done = {name.removesuffix(".json") for name in out.listdir("_done")} if resume else set()
     return [
-        ShardTask(e.shard, src.url(e.shard), e.samples, e.sha256)
+        ShardTask(e.shard, src.url(e.file), e.samples, e.sha256)
         for e in entries
         if e.shard.removesuffix(".tar") not in done
     ]

@@ -1,4 +1,7 @@
-"""``faceveil shard``: list sources in a stable order, key them pseudonymously, write tar shards."""
+"""``faceveil shard``: list sources in a stable order, key them pseudonymously, write tar shards.
+
+The tars hold the originals: they are made only on request. ``faceveil run`` uses the listing
+and keys here but reads loose images in place from a plan (``jobs.plan``), writing no copy."""
 
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ class ShardEntry:
     samples: int
     sha256: str
     bytes: int
+
+    @property
+    def file(self) -> str:
+        """The file that holds this shard's input, in its folder: the tar itself."""
+        return self.shard
 
 
 def shard_name(index: int) -> str:

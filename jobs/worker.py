@@ -1,4 +1,7 @@
-"""Anonymize one shard: read samples in order, batch them through anon_core, publish outputs."""
+"""Anonymize one shard: read samples in order, batch them through anon_core, publish outputs.
+
+A shard is a WebDataset tar, or a plan file of loose sources (``jobs.plan``) that are read in
+place, each checked against its planned size and sha256; no copy of them is written."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,6 +22,7 @@ import pyarrow.parquet as pq
 from anon_core.imageio import crop_png
 from anon_core.models import file_sha256
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
+from jobs.plan import is_plan_file, iter_planned
 from jobs.shard import IMAGE_EXTS, open_uri
 from jobs.shardio import RawSample, ShardFormatError, TarWriter, iter_verified
 from jobs.storage import Location, canonical_json
@@ -35,7 +40,8 @@ QUARANTINE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class ShardTask:
-    """What a worker needs to process one shard: where it is and what its index promises."""
+    """What a worker needs to process one shard: where it is (a tar, or a plan file) and what its
+    index promises (sample count, sha256 of the tar or plan file)."""
 
     shard: str
     uri: str
@@ -259,15 +265,14 @@ def process_shard(
 ) -> ShardSummary:
     """Anonymize every sample of one shard, in input order, and publish its outputs.
 
-    ``secret`` opens the sealed source URIs (needed only to seal them into the key manifest).
+    ``secret`` opens the sealed source URIs (needed to seal them into the key manifest, and to
+    read a planned shard's sources).
     Raises ShardFormatError when the shard differs from its index (count or sha256): nothing of
     that shard is published then, so a rerun redoes it whole.
     """
-    src = Location(task.uri)
     output = _ShardOutput(task.shard, sealer, observer)
     try:
-        with src.fs.open(src.root, "rb") as f:
-            samples = iter_verified(f, task.sha256)
+        with shard_samples(task, secret) as samples:
             for p in _batches(samples, batch_size, anonymizer, secret):
                 faces, bad = output.add(p)
                 if progress is not None:
@@ -279,3 +284,18 @@ def process_shard(
         return output.publish(out, marker_extra or {})
     finally:
         output.close()
+
+
+@contextmanager
+def shard_samples(task: ShardTask, secret: bytes | None) -> Iterator[Iterator[RawSample]]:
+    """The samples of one shard in order: a plan file's sources read in place (a source that
+    vanished or changed since planning comes as an ``err`` sample), or a tar's members; both
+    checked against the index's sha256."""
+    src = Location(task.uri)
+    if is_plan_file(task.uri):
+        if secret is None:
+            raise ValueError("a planned shard needs the job secret to find its sources")
+        yield iter_planned(src.read_bytes(), task.sha256, secret)
+        return
+    with src.fs.open(src.root, "rb") as f:
+        yield iter_verified(f, task.sha256)

@@ -101,6 +101,22 @@ def test_no_source_name_anywhere_in_output(first_run, dataset):
             assert not any(n.decode() in str(path.relative_to(first_run)) for n in needles)
 
 
+def test_no_original_bytes_anywhere_in_output(first_run, dataset):
+    """Loose images are read in place: no file under OUT holds an input file, whole or in part."""
+    inputs = [p.read_bytes() for p in (dataset[0] / "photos").rglob("*") if p.is_file()]
+    windows = [data[1000:1064] for data in inputs if len(data) >= 1064]
+    digests = {hashlib.sha256(data).hexdigest() for data in inputs if data}
+    assert len(windows) >= 96
+    scanned = 0
+    for path in first_run.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            scanned += 1
+            assert hashlib.sha256(blob).hexdigest() not in digests, f"an input file is {path}"
+            assert not any(w in blob for w in windows), f"original bytes in {path}"
+    assert scanned >= 13  # data/, quarantine/, _done/ of 4 shards and job.json at least
+
+
 def test_rerun_is_byte_identical(first_run, dataset, ray_local):
     second = dataset[0] / "out2"
     assert _run(dataset, second) == 0

@@ -1,0 +1,237 @@
+"""Plan loose-image input as shard lists of sealed source URIs, read in place by the actors.
+
+Loose images (a folder, a glob, an ``s3://`` prefix, and the image members of any raw ``.tar``
+found there) are never copied: the plan lists them, and each actor reads every source where it
+is. Nothing under OUT holds an original's bytes, its name or its path in clear. Layout:
+
+``OUT/plan/plan.json``, the index::
+
+    {"version": 1, "shard_size": N, "total_samples": N, "secret_fingerprint": "...",
+     "shards": [{"shard": "shard-000000.tar", "samples": N, "sha256": "...", "bytes": N}, ...]}
+
+where ``shard`` is the output name (``data/shard-000000.tar``) and ``sha256``/``bytes`` are those of
+the shard's plan file, ``OUT/plan/shard-000000.json``::
+
+    {"version": 1, "shard": "shard-000000.tar", "samples": [{"key": K, "src": B64, "check": B64}]}
+
+with the samples in input order. ``key`` is the sample key (``jobs.shard.sample_key``), ``src``
+the source URI sealed by ``jobs.shard.seal_uri`` (the bytes of a tar's ``KEY.src`` member), and
+``check`` seals, under another key derived from the job secret, the JSON
+``{"protocol", "path", "start", "end", "ext", "size", "sha256"}`` of the source as planned
+(``start``/``end``: the byte range of a member of an input tar, else null), or ``{"error": REASON}``
+when it could not be read while planning. ``check`` is AES-256-GCM with the sample key as AAD and
+a synthetic nonce (an HMAC of the plaintext), so the same input and secret give the same plan and
+a nonce only repeats with its plaintext. Plan files are written first, the index last: a plan
+without an index is redone; ``--resume`` reuses a plan made with the same secret.
+
+Reading a planned shard yields ``RawSample``s shaped like a tar's (``src`` plus the image member,
+or ``src`` plus ``err``): a source that vanished, changed (size or sha256) or cannot be read is
+quarantined by the worker at stage ``read`` with a reason that names no path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import fsspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from jobs import shard as sharding
+from jobs.shard import ShardEntry, Source, sample_key, seal_uri, secret_fingerprint, shard_name
+from jobs.shardio import RawSample, ShardFormatError
+from jobs.storage import Location, RetryPolicy, canonical_json
+
+log = logging.getLogger(__name__)
+
+PLAN_DIR = "plan"
+INDEX = "plan.json"
+VERSION = 1
+VANISHED = "source vanished since planning"
+CHANGED = "source changed since planning"
+
+
+@dataclass(frozen=True)
+class PlanEntry(ShardEntry):
+    """A planned shard: ``shard`` is its output name, ``file`` the plan file listing it."""
+
+    @property
+    def file(self) -> str:
+        return plan_name(self.shard)
+
+
+def plan_name(shard: str) -> str:
+    """The plan file of output shard ``shard``: ``shard-000000.tar`` -> ``shard-000000.json``."""
+    return shard.removesuffix(".tar") + ".json"
+
+
+def is_plan_file(uri: str) -> bool:
+    """Whether a shard task's ``uri`` is a plan file (sources read in place), not a tar."""
+    return uri.endswith(".json")
+
+
+def _check_cipher(secret: bytes) -> AESGCM:
+    key = HKDF(hashes.SHA256(), 32, salt=None, info=b"faceveil plan-check v1").derive(secret)
+    return AESGCM(key)
+
+
+def seal_check(secret: bytes, key: str, doc: dict) -> bytes:
+    """``doc`` (where the source is, its size and sha256) sealed for sample ``key``."""
+    plain = canonical_json(doc)
+    nonce = hmac.new(secret, b"plan-check-nonce:" + plain, hashlib.sha256).digest()[:12]
+    return nonce + _check_cipher(secret).encrypt(nonce, plain, key.encode())
+
+
+def open_check(secret: bytes, key: str, blob: bytes) -> dict:
+    """The document sealed by ``seal_check``; raises ValueError with the wrong secret or key."""
+    try:
+        return json.loads(_check_cipher(secret).decrypt(blob[:12], blob[12:], key.encode()))
+    except InvalidTag:
+        raise ValueError("a plan entry does not open with this job secret") from None
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def _describe(loc: Location, source: Source) -> dict:
+    """What the plan checks at processing time: where the source is, its size and sha256."""
+    data, error = sharding._read_source(loc, source)
+    if data is None:
+        return {"error": error}
+    return {"protocol": _protocol(source.uri), "path": source.path, "start": source.start,
+            "end": source.end, "ext": source.ext, "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+
+
+def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, threads: int):
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        checks = list(pool.map(lambda s: _describe(loc, s), sources))
+    samples = []
+    for source, check in zip(sources, checks, strict=True):
+        key = sample_key(secret, source.uri)
+        samples.append({"key": key, "src": _b64(seal_uri(secret, key, source.uri)),
+                        "check": _b64(seal_check(secret, key, check))})  # fmt: skip
+    return {"version": VERSION, "shard": name, "samples": samples}
+
+
+def write_plan(
+    input_uri: str, out: Location, secret: bytes, shard_size: int = 1000, threads: int = 8
+) -> list[PlanEntry]:
+    """Plan ``input_uri`` into ``out`` (the plan folder): one plan file per shard, index last.
+
+    Every source is read once here for its size and sha256; nothing of it is written.
+    """
+    if shard_size < 1:
+        raise ValueError("shard size must be at least 1")
+    sources = sharding.list_sources(input_uri)
+    if not sources:
+        raise FileNotFoundError(f"no images found under {input_uri}")
+    glob = sharding._is_glob(input_uri)
+    src_loc = Location(input_uri if not glob else input_uri.split("*", 1)[0])
+    entries = []
+    for index, start in enumerate(range(0, len(sources), shard_size)):
+        chunk = sources[start : start + shard_size]
+        entry = PlanEntry(shard_name(index), len(chunk), "", 0)
+        data = canonical_json(_plan_doc(src_loc, entry.shard, chunk, secret, threads))
+        out.publish_bytes(data, entry.file)
+        entries.append(PlanEntry(entry.shard, len(chunk), hashlib.sha256(data).hexdigest(),
+                                 len(data)))  # fmt: skip
+        log.info("planned %s (%d samples)", entry.shard, len(chunk))
+    index_doc = {
+        "version": VERSION,
+        "shard_size": shard_size,
+        "total_samples": len(sources),
+        "secret_fingerprint": secret_fingerprint(secret),
+        "shards": [e.__dict__ for e in entries],
+    }
+    out.publish_json(index_doc, INDEX)
+    return entries
+
+
+def read_plan(loc: Location) -> list[PlanEntry]:
+    """The shards of a plan, from its index."""
+    doc = loc.read_json(INDEX)
+    if doc.get("version") != VERSION:
+        raise ValueError(f"{loc.url(INDEX)}: unsupported plan version {doc.get('version')}")
+    return [PlanEntry(**e) for e in doc["shards"]]
+
+
+def reusable_plan(loc: Location, secret: bytes) -> list[PlanEntry] | None:
+    """The plan in ``loc`` when it is complete and was made with ``secret``, else None."""
+    if not loc.exists(INDEX):
+        return None
+    if loc.read_json(INDEX).get("secret_fingerprint") != secret_fingerprint(secret):
+        return None
+    return read_plan(loc)
+
+
+def _read_planned(check: dict, retry: RetryPolicy) -> tuple[bytes | None, str]:
+    """The source's bytes if they are still those planned, else (None, reason without path)."""
+    fs = fsspec.filesystem(check["protocol"])
+
+    def read() -> bytes:
+        if check["start"] is None:
+            return fs.cat_file(check["path"])
+        return fs.cat_file(check["path"], start=check["start"], end=check["end"])
+
+    try:
+        data = retry.call(read, "read of a source image")
+    except FileNotFoundError:
+        return None, VANISHED
+    except OSError as exc:
+        return None, f"unreadable source ({type(exc).__name__})"
+    if len(data) != check["size"] or hashlib.sha256(data).hexdigest() != check["sha256"]:
+        return None, CHANGED
+    return data, ""
+
+
+def _load(secret: bytes, sample: dict, retry: RetryPolicy) -> RawSample:
+    key, src = sample["key"], base64.b64decode(sample["src"])
+    check = open_check(secret, key, base64.b64decode(sample["check"]))
+    if "error" in check:
+        return RawSample(key, {"src": src, "err": check["error"].encode()})
+    data, reason = _read_planned(check, retry)
+    if data is None:
+        return RawSample(key, {"src": src, "err": reason.encode()})
+    return RawSample(key, {"src": src, check["ext"]: data})
+
+
+def iter_planned(
+    plan_bytes: bytes, expected_sha256: str | None, secret: bytes, threads: int = 8
+) -> Iterator[RawSample]:
+    """The samples of one plan file in order, each source read in place (``threads`` reads
+    ahead) and checked against the plan; raises ShardFormatError if the file is not the one
+    the index names."""
+    if expected_sha256 and hashlib.sha256(plan_bytes).hexdigest() != expected_sha256:
+        raise ShardFormatError("sha256 differs from the plan index (altered plan file)")
+    try:
+        doc = json.loads(plan_bytes)
+    except ValueError:
+        raise ShardFormatError("unreadable plan file") from None
+    if doc.get("version") != VERSION:
+        raise ShardFormatError(f"unsupported plan file version {doc.get('version')}")
+    samples = iter(doc["samples"])
+    retry = RetryPolicy()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        ahead: deque = deque()
+        for sample in samples:
+            ahead.append(pool.submit(_load, secret, sample, retry))
+            if len(ahead) > threads:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+def _b64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode()
