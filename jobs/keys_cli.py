@@ -972,9 +972,10 @@ def _kdf_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kdf-work",
         type=int,
+        choices=range(15, 23),
         default=17,
         metavar="LOG2N",
-        help="scrypt cost as log2(N) (default 17 = 128 MiB; 10..22)",
+        help="scrypt cost as log2(N) (default 17 = 128 MiB; 15..22, 15 is the floor)",
     )
 
 
