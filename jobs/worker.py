@@ -96,12 +96,14 @@ def _source_uri(sample: RawSample, secret: bytes | None) -> str:
 
 
 def classify_sample(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pending:
-    """The sample with its image bytes, or already quarantined (a duplicate key, a read error,
-    no image member); ``seen`` collects the keys met so far in the shard."""
+    """The sample with its image bytes, or already quarantined (a duplicate key, a refused tar
+    member, a read error, no image member); ``seen`` collects the keys met so far in the shard."""
     source = _source_uri(sample, secret)
     if sample.key in seen:
         return _Pending(sample, source, None, quarantined("input", DUPLICATE_KEY))
     seen.add(sample.key)
+    if sample.refused:
+        return _Pending(sample, source, None, quarantined("input", sample.refused))
     if "err" in sample.members:
         reason = sample.members["err"].decode(errors="replace")
         return _Pending(sample, source, None, quarantined("read", reason))
