@@ -40,7 +40,6 @@ import logging
 import os
 import posixpath
 import re
-import secrets
 import shutil
 import sys
 import tarfile
@@ -54,6 +53,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
+from jobs.storage import publish_local
 from manifests.audit import AuditTail, AuditWriter, declared_keys, key_id, verify
 from manifests.custodian import (
     CustodianPrivate,
@@ -129,18 +129,12 @@ class OutTree:
         return sorted(posixpath.relpath(p, root) for p in self.fs.glob(self.path(pattern)))
 
     def write(self, rel: str, data: bytes) -> None:
-        """Publish ``data`` at ``rel`` atomically (rename locally, one PUT on object stores)."""
+        """Publish ``data`` at ``rel`` atomically (0600 temp + rename locally, one PUT on S3)."""
         path = self.path(rel)
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{secrets.token_hex(6)}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish_local(path, lambda f: f.write(data))  # mkstemp: 0600, also on a rewrite
 
     def remove_tree(self, rel: str) -> None:
         """Delete ``rel`` recursively if it exists."""
