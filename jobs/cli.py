@@ -17,6 +17,7 @@ from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, Surrog
 from jobs.evaluate import add_audit_faces_command, add_audit_run_options, add_eval_command
 from jobs.keyfile import KeyFileError, add_key_command
 from jobs.keys_cli import add_key_commands
+from jobs.lookup_cli import add_lookup_command
 from jobs.progress import configure_logging
 from manifests.errors import KeyLibraryError
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_shard, _add_run, _add_demo, add_key_command, add_eval_command,
-                add_cluster_command):  # fmt: skip
+                add_cluster_command, add_lookup_command):  # fmt: skip
         add(sub)
     add_audit_faces_command(add_key_commands(sub))
     return parser
