@@ -121,3 +121,17 @@ def test_sparse_member_of_an_input_tar_is_quarantined_at_read(tmp_path):
     assert samples[sparse].members["err"] == b"tar member is a GNU sparse file"
     assert "jpg" not in samples[sparse].members
     assert samples[small].members["jpg"] == b"small member"
+
+
+def test_residual_audit_reader_refuses_a_sparse_member(tmp_path):
+    import fsspec
+
+    from jobs.evaluate import residual
+
+    tar = _gnu_sparse_tar(tmp_path / "in")
+    fs = fsspec.filesystem("file")
+    samples, peak = _peak(lambda: list(residual.iter_samples(fs, str(tar))))
+    assert peak < SMALL_PEAK
+    assert [k for k, _ in samples] == ["aaaa", "bbbb"]
+    assert set(samples[0][1]) == {residual.REFUSED}
+    assert samples[1][1] == {"jpg": b"small member"}
