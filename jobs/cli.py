@@ -10,7 +10,7 @@ from pathlib import Path
 
 from anon_core import methods
 from anon_core.detectors import NAMES as DETECTORS
-from anon_core.imageio import DEFAULT_MAX_PIXELS
+from anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
 from cluster.local import add_cluster_command
 from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
@@ -24,11 +24,18 @@ from manifests.errors import KeyLibraryError
 log = logging.getLogger("faceveil")
 
 
+def _max_file_bytes_arg(p) -> None:
+    p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                   help="larger image files and tar members are quarantined unread "
+                   "(default 256 MiB)")  # fmt: skip
+
+
 def _add_shard(sub) -> None:
     p = sub.add_parser("shard", help="list and key input images into tar shards")
     p.add_argument("input", help="folder, glob, s3:// prefix, or a folder of .tar files")
     p.add_argument("output", help="where shard-NNNNNN.tar and shards.json go")
     p.add_argument("--shard-size", type=int, default=1000)
+    _max_file_bytes_arg(p)
     p.add_argument("--secret-file", help="32-byte key file for sample keys "
                    "(default ~/.faceveil/secret.key, created if missing)")  # fmt: skip
     p.set_defaults(handler=_shard)
@@ -41,6 +48,7 @@ def _add_run_options(p) -> None:
     p.add_argument("--det-threshold", type=float, help="detector score threshold (default: "
                    "low, favouring recall)")  # fmt: skip
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    _max_file_bytes_arg(p)
     p.add_argument("--num-actors", type=int)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
@@ -124,6 +132,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         model_root=args.model_root,
         threshold=args.det_threshold,
         max_pixels=args.max_pixels,
+        max_file_bytes=args.max_file_bytes,
         recognizer=_recognizer(args),
     )
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
@@ -153,7 +162,9 @@ def _shard(args: argparse.Namespace) -> int:
     from jobs.secrets import load_secret
     from jobs.shard import write_shards
 
-    entries = write_shards(args.input, args.output, load_secret(args.secret_file), args.shard_size)
+    secret = load_secret(args.secret_file)
+    entries = write_shards(args.input, args.output, secret, args.shard_size,
+                           max_member_bytes=args.max_file_bytes)  # fmt: skip
     total = sum(e.samples for e in entries)
     print(f"wrote {len(entries)} shards ({total} samples) and shards.json to {args.output}")
     return 0

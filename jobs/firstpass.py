@@ -117,7 +117,7 @@ class FaceCollector:
         src = Location(task.uri)
         seen: set[str] = set()
         with src.fs.open(src.root, "rb") as f:
-            for sample in iter_verified(f, task.sha256):
+            for sample in iter_verified(f, task.sha256, self.anon.max_file_bytes):
                 if self.progress is not None:
                     self.progress(1, 0, 0)
                 pending = classify_sample(sample, seen, None)

@@ -90,6 +90,7 @@ class ShardProcessor:
             self.anonymizer = select_backend(anon)  # the accelerated path when device is cuda
         self.out = Location(out_uri)
         self.batch_size = batch_size
+        self.max_file_bytes = anon.max_file_bytes
         self.progress = BufferedProgress(counter)
         self.observer = observer  # the in-job audit sampler, or None
         self.actor_id = uuid.uuid4().hex
@@ -113,6 +114,7 @@ class ShardProcessor:
                 progress=self.progress,
                 marker_extra={"input_sha256": task.sha256, "node": self.node},
                 secret=self.secrets.secret,
+                max_member_bytes=self.max_file_bytes,
             )  # fmt: skip
         except (ShardFormatError, OSError, RuntimeError, ValueError) as exc:
             log.error("shard %s failed: %s", task.shard, exc)
@@ -138,7 +140,8 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Loc
         if doc.get("secret_fingerprint") == sharding.secret_fingerprint(secret):
             return target, sharding.read_index(target)
     log.info("sharding %s into %s", config.input, target.uri)
-    sharding.write_shards(config.input, target.uri, secret, config.shard_size)
+    sharding.write_shards(config.input, target.uri, secret, config.shard_size,
+                          max_member_bytes=config.anon.max_file_bytes)  # fmt: skip
     return target, sharding.read_index(target)
 
 

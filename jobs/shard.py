@@ -129,25 +129,31 @@ def _tar_sources(
 
 
 def list_sources(input_uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> list[Source]:
-    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI."""
+    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI.
+
+    An image file or tar member over ``max_member_bytes`` is listed with its refusal (never read).
+    """
     loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
     protocol = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
     if _is_glob(input_uri):
-        paths = loc.fs.glob(loc.fs._strip_protocol(input_uri))
+        found = loc.fs.glob(loc.fs._strip_protocol(input_uri), detail=True)
     elif loc.fs.isfile(loc.root):
-        paths = [loc.root]
+        found = {loc.root: loc.fs.info(loc.root)}
     else:
-        paths = loc.fs.find(loc.root)
+        found = loc.fs.find(loc.root, detail=True)
     sources: list[Source] = []
     skipped = 0
     tars = 0
-    for path in sorted(paths):
+    for path in sorted(found):
         uri = protocol + path if protocol else path
         if path.lower().endswith(".tar"):
             tars += 1
             sources.extend(_tar_sources(loc, path, uri, tars, max_member_bytes))
         elif ext := _ext(path):
-            sources.append(Source(uri, path, ext))
+            size = found[path].get("size") or 0
+            too_large = size > max_member_bytes
+            error = f"file of {size} bytes exceeds the cap of {max_member_bytes} bytes"
+            sources.append(Source(uri, path, ext, error=error if too_large else ""))
         else:
             skipped += 1
     if skipped:
@@ -199,12 +205,20 @@ def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads
 
 
 def write_shards(
-    input_uri: str, out_uri: str, secret: bytes, shard_size: int = 1000, threads: int = 8
+    input_uri: str,
+    out_uri: str,
+    secret: bytes,
+    shard_size: int = 1000,
+    threads: int = 8,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> list[ShardEntry]:
-    """Shard ``input_uri`` into ``out_uri``/shard-NNNNNN.tar plus the ``shards.json`` index."""
+    """Shard ``input_uri`` into ``out_uri``/shard-NNNNNN.tar plus the ``shards.json`` index.
+
+    A source over ``max_member_bytes`` (a file, or a member of an input tar) is not read: its
+    sample carries the reason and is quarantined by the job."""
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
-    sources = list_sources(input_uri)
+    sources = list_sources(input_uri, max_member_bytes)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     src_loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])

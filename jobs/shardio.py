@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from anon_core.imageio import DEFAULT_MAX_FILE_BYTES
+
 # The largest tar member read into memory; a larger one is refused, never read.
-DEFAULT_MAX_MEMBER_BYTES = 256 * 2**20
+DEFAULT_MAX_MEMBER_BYTES = DEFAULT_MAX_FILE_BYTES
 # The largest pax or GNU long-name header tarfile may read before a member is seen.
 MAX_HEADER_BYTES = 2**20
 _HEADER_TYPES = (

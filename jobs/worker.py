@@ -19,7 +19,13 @@ from anon_core.imageio import crop_png
 from anon_core.models import file_sha256
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
 from jobs.shard import IMAGE_EXTS, open_uri
-from jobs.shardio import RawSample, ShardFormatError, TarWriter, iter_verified
+from jobs.shardio import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    RawSample,
+    ShardFormatError,
+    TarWriter,
+    iter_verified,
+)
 from jobs.storage import Location, canonical_json
 
 log = logging.getLogger(__name__)
@@ -252,10 +258,12 @@ def process_shard(
     progress: Progress | None = None,
     marker_extra: dict | None = None,
     secret: bytes | None = None,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> ShardSummary:
     """Anonymize every sample of one shard, in input order, and publish its outputs.
 
-    ``secret`` opens the sealed source URIs (needed only to seal them into the key manifest).
+    ``secret`` opens the sealed source URIs (needed only to seal them into the key manifest);
+    a tar member over ``max_member_bytes`` is not read and its sample is quarantined.
     Raises ShardFormatError when the shard differs from its index (count or sha256): nothing of
     that shard is published then, so a rerun redoes it whole.
     """
@@ -263,7 +271,7 @@ def process_shard(
     output = _ShardOutput(task.shard, sealer, observer)
     try:
         with src.fs.open(src.root, "rb") as f:
-            samples = iter_verified(f, task.sha256)
+            samples = iter_verified(f, task.sha256, max_member_bytes)
             for p in _batches(samples, batch_size, anonymizer, secret):
                 faces, bad = output.add(p)
                 if progress is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import tarfile
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from jobs.cli import main
 from jobs.keyfile import new_key_file
-from tests.factories import tar_members, varied_faces, write_folder
+from tests.factories import gnu_sparse_tar, tar_members, varied_faces, write_folder
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +28,13 @@ def job(tmp_path_factory, ray_local):
         info.size = len(files[1][1])
         tar.addfile(info, io.BytesIO(files[1][1]))
     (root / "photos" / "archive.tar").write_bytes(buf.getvalue())
+    gnu_sparse_tar(root / "photos" / "sparse")  # a 10 KiB tar claiming a 512 MiB member
+    (root / "photos" / "Big_Person_0001.jpg").write_bytes(os.urandom(3 * 2**20))
     secret = new_key_file(root / "secret.key")
     out = root / "out"
     argv = ["run", str(root / "photos"), str(out), "--shard-size", "4", "--batch-size", "4",
-            "--secret-file", str(secret), "--no-escrow", "--no-progress"]  # fmt: skip
+            "--secret-file", str(secret), "--no-escrow", "--no-progress",
+            "--max-file-bytes", str(2 * 2**20)]  # fmt: skip
     assert main(argv) == 0
     return root, out, secret, files
 
@@ -86,3 +91,20 @@ def test_lookup_usage_errors_exit_2(job, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["lookup", str(out), "x.jpg"])  # no --secret-file
     assert exit_.value.code == 2
+
+
+def test_sparse_and_oversized_sources_are_quarantined_unread(job, capsys):
+    root, out, secret, _ = job
+    sparse = f"{root}/photos/sparse/input.tar#aaaa.jpg"
+    rc, rows = _lookup(capsys, out, secret, sparse, root / "photos" / "Big_Person_0001.jpg")
+    assert rc == 0
+    assert rows[0][2].endswith(": read: tar member is a GNU sparse file")
+    assert rows[1][2].endswith(
+        f": read: file of {3 * 2**20} bytes exceeds the cap of {2 * 2**20} bytes"
+    )
+    markers = [json.loads(p.read_text()) for p in (out / "_done").glob("*.json")]
+    assert (
+        sum(m["samples_in"] for m in markers) == 11
+    )  # 6 faces, 1 bad, 1 in archive, 2 sparse, 1 big
+    for m in markers:
+        assert m["samples_in"] == m["anonymized"] + m["no_face"] + m["quarantined"]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import subprocess
 import tarfile
 import tracemalloc
-from pathlib import Path
 
 import pytest
 
@@ -14,28 +12,10 @@ from jobs.shard import build_shard, list_sources, sample_key
 from jobs.shardio import ShardFormatError, iter_samples
 from jobs.storage import Location
 from jobs.worker import classify_sample
+from tests.factories import gnu_sparse_tar
 
 SECRET = bytes(range(32))
 SMALL_PEAK = 8 * 2**20  # far below the 512 MiB a sparse member claims
-
-
-def _gnu_sparse_tar(folder: Path, claimed: str = "512M") -> Path:
-    """A real GNU tar (``tar --sparse``) of a 512 MiB sparse file and a small one: ~10 KiB."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sparse = folder / "aaaa.jpg"
-    subprocess.run(["truncate", "-s", claimed, str(sparse)], check=True)
-    with open(sparse, "r+b") as f:
-        f.write(b"\xff\xd8\xff not really a jpeg")
-    (folder / "bbbb.jpg").write_bytes(b"small member")
-    tar = folder / "input.tar"
-    subprocess.run(
-        ["tar", "--sparse", "--format=gnu", "-cf", str(tar), "-C", str(folder), "aaaa.jpg",
-         "bbbb.jpg"],
-        check=True,
-    )  # fmt: skip
-    sparse.unlink()
-    (folder / "bbbb.jpg").unlink()
-    return tar
 
 
 def _peak(fn):
@@ -48,7 +28,7 @@ def _peak(fn):
 
 
 def test_gnu_sparse_member_is_refused_before_any_allocation(tmp_path):
-    tar = _gnu_sparse_tar(tmp_path / "in")
+    tar = gnu_sparse_tar(tmp_path / "in")
     assert tar.stat().st_size < 64 * 1024
     with tarfile.open(tar) as t:
         assert t.getmember("aaaa.jpg").issparse() and t.getmember("aaaa.jpg").size == 512 * 2**20
@@ -110,7 +90,7 @@ def test_huge_pax_header_fails_the_shard_clearly():
 
 
 def test_sparse_member_of_an_input_tar_is_quarantined_at_read(tmp_path):
-    _gnu_sparse_tar(tmp_path / "in")
+    gnu_sparse_tar(tmp_path / "in")
     sources = list_sources(str(tmp_path / "in"))
     assert [s.uri.rsplit("#", 1)[1] for s in sources] == ["aaaa.jpg", "bbbb.jpg"]
     assert sources[0].error == "tar member is a GNU sparse file" and sources[1].error == ""
@@ -128,7 +108,7 @@ def test_residual_audit_reader_refuses_a_sparse_member(tmp_path):
 
     from jobs.evaluate import residual
 
-    tar = _gnu_sparse_tar(tmp_path / "in")
+    tar = gnu_sparse_tar(tmp_path / "in")
     fs = fsspec.filesystem("file")
     samples, peak = _peak(lambda: list(residual.iter_samples(fs, str(tar))))
     assert peak < SMALL_PEAK
