@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# The largest image file (or tar member) read into memory; a larger one is refused unread.
+DEFAULT_MAX_FILE_BYTES = 256 * 2**20
 MIN_SIDE = 8
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "TIFF", "GIF"})
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})

@@ -14,6 +14,7 @@ from anon_core.detectors import Detector, build_detector
 from anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
 from anon_core.faces import Faces
 from anon_core.imageio import (
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     ImageError,
@@ -39,6 +40,7 @@ class AnonConfig:
     device: str = "cpu"
     threads: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     recognizer: str | None = None  # InsightFace recognition ONNX; None: dlib's embedded ResNet
 
 

@@ -10,17 +10,24 @@ from pathlib import Path
 
 from anon_core import methods
 from anon_core.detectors import NAMES as DETECTORS
-from anon_core.imageio import DEFAULT_MAX_PIXELS
+from anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
 from cluster.local import add_cluster_command
 from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
 from jobs.evaluate import add_audit_faces_command, add_audit_run_options, add_eval_command
 from jobs.keyfile import KeyFileError, add_key_command
 from jobs.keys_cli import add_key_commands
+from jobs.lookup_cli import add_lookup_command
 from jobs.progress import configure_logging
 from manifests.errors import KeyLibraryError
 
 log = logging.getLogger("faceveil")
+
+
+def _max_file_bytes_arg(p) -> None:
+    p.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                   help="larger image files and tar members are quarantined unread "
+                   "(default 256 MiB)")  # fmt: skip
 
 
 def _add_shard(sub) -> None:
@@ -28,6 +35,7 @@ def _add_shard(sub) -> None:
     p.add_argument("input", help="folder, glob, s3:// prefix, or a folder of .tar files")
     p.add_argument("output", help="where shard-NNNNNN.tar and shards.json go")
     p.add_argument("--shard-size", type=int, default=1000)
+    _max_file_bytes_arg(p)
     p.add_argument("--secret-file", help="32-byte key file for sample keys "
                    "(default ~/.faceveil/secret.key, created if missing)")  # fmt: skip
     p.set_defaults(handler=_shard)
@@ -40,6 +48,7 @@ def _add_run_options(p) -> None:
     p.add_argument("--det-threshold", type=float, help="detector score threshold (default: "
                    "low, favouring recall)")  # fmt: skip
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    _max_file_bytes_arg(p)
     p.add_argument("--num-actors", type=int)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
@@ -126,6 +135,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         model_root=args.model_root,
         threshold=args.det_threshold,
         max_pixels=args.max_pixels,
+        max_file_bytes=args.max_file_bytes,
         recognizer=_recognizer(args),
     )
     pool = PoolConfig(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
@@ -155,7 +165,9 @@ def _shard(args: argparse.Namespace) -> int:
     from jobs.secrets import load_secret
     from jobs.shard import write_shards
 
-    entries = write_shards(args.input, args.output, load_secret(args.secret_file), args.shard_size)
+    secret = load_secret(args.secret_file)
+    entries = write_shards(args.input, args.output, secret, args.shard_size,
+                           max_member_bytes=args.max_file_bytes)  # fmt: skip
     total = sum(e.samples for e in entries)
     print(f"wrote {len(entries)} shards ({total} samples) and shards.json to {args.output}")
     return 0
@@ -196,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_shard, _add_run, _add_demo, add_key_command, add_eval_command,
-                add_cluster_command):  # fmt: skip
+                add_cluster_command, add_lookup_command):  # fmt: skip
         add(sub)
     add_audit_faces_command(add_key_commands(sub))
     return parser

@@ -116,7 +116,7 @@ class FaceCollector:
     def _images(self, task: ShardTask) -> Iterator[tuple[str, np.ndarray]]:
         """(sample key, RGB) of every sample the second pass would anonymize."""
         seen: set[str] = set()
-        with shard_samples(task, self.secret) as samples:
+        with shard_samples(task, self.secret, self.anon.max_file_bytes) as samples:
             for sample in samples:
                 if self.progress is not None:
                     self.progress(1, 0, 0)

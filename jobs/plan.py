@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jobs import shard as sharding
 from jobs.shard import ShardEntry, Source, sample_key, seal_uri, secret_fingerprint, shard_name
-from jobs.shardio import RawSample, ShardFormatError
+from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, RawSample, ShardFormatError
 from jobs.storage import Location, RetryPolicy, canonical_json
 
 log = logging.getLogger(__name__)
@@ -126,15 +126,21 @@ def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, th
 
 
 def write_plan(
-    input_uri: str, out: Location, secret: bytes, shard_size: int = 1000, threads: int = 8
+    input_uri: str,
+    out: Location,
+    secret: bytes,
+    shard_size: int = 1000,
+    threads: int = 8,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> list[PlanEntry]:
     """Plan ``input_uri`` into ``out`` (the plan folder): one plan file per shard, index last.
 
-    Every source is read once here for its size and sha256; nothing of it is written.
+    Every source is read once here for its size and sha256; nothing of it is written. A source
+    over ``max_member_bytes`` is not read: the plan records its refusal.
     """
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
-    sources = sharding.list_sources(input_uri)
+    sources = sharding.list_sources(input_uri, max_member_bytes)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     glob = sharding._is_glob(input_uri)
@@ -182,6 +188,9 @@ def _read_planned(check: dict, retry: RetryPolicy) -> tuple[bytes | None, str]:
 
     def read() -> bytes:
         if check["start"] is None:
+            # A file that grew since planning is not read at all (it may be of any size now).
+            if fs.size(check["path"]) != check["size"]:
+                return b""
             return fs.cat_file(check["path"])
         return fs.cat_file(check["path"], start=check["start"], end=check["end"])
 
@@ -208,7 +217,10 @@ def _load(secret: bytes, sample: dict, retry: RetryPolicy) -> RawSample:
 
 
 def iter_planned(
-    plan_bytes: bytes, expected_sha256: str | None, secret: bytes, threads: int = 8
+    plan_bytes: bytes,
+    expected_sha256: str | None,
+    secret: bytes,
+    threads: int = 8,
 ) -> Iterator[RawSample]:
     """The samples of one plan file in order, each source read in place (``threads`` reads
     ahead) and checked against the plan; raises ShardFormatError if the file is not the one

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, member_refusal
 from jobs.storage import Location
 from manifests.custodian import write_private_file
 from manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
@@ -185,8 +186,11 @@ def kms_data_keys(
 # ---- opening rows and rebuilding originals ------------------------------------------------------
 
 
-def iter_images(out: Location, shard: str) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, bytes) of each image in ``data/SHARD.tar``, streamed, never extracted."""
+def iter_images(
+    out: Location, shard: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, str, bytes]]:
+    """(key, ext, bytes) of each image in ``data/SHARD.tar``, streamed, never extracted; a
+    member that is sparse, not a regular file or over ``max_bytes`` stops the read."""
     if not out.exists("data", f"{shard}.tar"):
         return
     with (
@@ -194,8 +198,11 @@ def iter_images(out: Location, shard: str) -> Iterator[tuple[str, str, bytes]]:
         tarfile.open(fileobj=f, mode="r|") as tar,
     ):
         for member in tar:
-            if not member.isfile():
+            if member.isdir():
                 continue
+            refused = member_refusal(member, max_bytes)
+            if refused:
+                raise RestoreError(f"data/{shard}.tar: {refused}")
             folder, base = posixpath.split(member.name)
             stem, _, ext = base.partition(".")
             if ext.lower() in IMAGE_EXTS:

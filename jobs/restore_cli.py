@@ -595,8 +595,8 @@ def passphrase_arg(parser: argparse.ArgumentParser) -> None:
 def kdf_arg(parser: argparse.ArgumentParser) -> None:
     """``--kdf-work`` (scrypt cost, log2 N)."""
     parser.add_argument(
-        "--kdf-work", type=int, default=17, metavar="LOG2N",
-        help="scrypt cost as log2(N) (default: %(default)s = 128 MiB; 15..22)",
+        "--kdf-work", type=int, choices=range(15, 23), default=17, metavar="LOG2N",
+        help="scrypt cost as log2(N) (default: %(default)s = 128 MiB; 15..22, 15 is the floor)",
     )  # fmt: skip
 
 

@@ -93,6 +93,7 @@ class ShardProcessor:
             self.anonymizer = select_backend(anon)  # the accelerated path when device is cuda
         self.out = Location(out_uri)
         self.batch_size = batch_size
+        self.max_file_bytes = anon.max_file_bytes
         self.progress = BufferedProgress(counter)
         self.observer = observer  # the in-job audit sampler, or None
         self.actor_id = uuid.uuid4().hex
@@ -116,6 +117,7 @@ class ShardProcessor:
                 progress=self.progress,
                 marker_extra={"input_sha256": task.sha256, "node": self.node},
                 secret=self.secrets.secret,
+                max_member_bytes=self.max_file_bytes,
             )  # fmt: skip
         except (ShardFormatError, OSError, RuntimeError, ValueError) as exc:
             log.error("shard %s failed: %s", task.shard, exc)
@@ -142,7 +144,8 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Loc
         log.info("resuming with the plan in %s", target.uri)
         return target, entries
     log.info("planning %s into %s", config.input, target.uri)
-    planning.write_plan(config.input, target, secret, config.shard_size)
+    planning.write_plan(config.input, target, secret, config.shard_size,
+                        max_member_bytes=config.anon.max_file_bytes)  # fmt: skip
     return target, planning.read_plan(target)
 
 

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import io
 import logging
-import tarfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from jobs.shardio import TarWriter
+from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, TarWriter, member_refusal, open_tar
 from jobs.storage import Location, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,8 @@ KEY_CHARS = 32
 class Source:
     """One input image: its URI, where its bytes are, and its normalised extension.
 
-    Images inside input tars have a URI ``TAR#MEMBER`` and a byte range in that tar.
+    Images inside input tars have a URI ``TAR#MEMBER`` and a byte range in that tar; ``error``
+    says why a tar member is refused unread (sparse, not a regular file, too large).
     """
 
     uri: str
@@ -42,6 +42,7 @@ class Source:
     ext: str
     start: int | None = None
     end: int | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,14 @@ class TruncatedInputError(ValueError):
     """An input tar that does not end with tar's end-of-archive marker (two zero blocks)."""
 
 
-def _tar_sources(loc: Location, path: str, uri: str, number: int) -> list[Source]:
+def _tar_sources(
+    loc: Location, path: str, uri: str, number: int, max_member_bytes: int
+) -> list[Source]:
     """Image members of an input tar, with byte ranges, found by reading its headers.
 
     A tar cut at a header boundary reads without error, so its end is checked explicitly; the
-    error names the tar by its place in the sorted listing, not by its path.
+    error names the tar by its place in the sorted listing, not by its path. A member that is
+    sparse, not a regular file or over ``max_member_bytes`` is listed with its refusal.
     """
     found = []
     seen: dict[str, int] = {}
@@ -118,38 +122,46 @@ def _tar_sources(loc: Location, path: str, uri: str, number: int) -> list[Source
             raise TruncatedInputError(f"input tar number {number} of the sorted listing is "
                                       "truncated (no end-of-archive marker)")  # fmt: skip
         f.seek(0)
-        with tarfile.open(fileobj=f, mode="r:") as tar:
+        with open_tar(f, "r:") as tar:
             for info in tar:
-                ext = _ext(info.name) if info.isfile() else None
+                ext = None if info.isdir() else _ext(info.name)
                 if ext:
                     start, end = info.offset_data, info.offset_data + info.size
+                    refused = member_refusal(info, max_member_bytes)
                     # A tar may hold one name twice: each copy gets its own URI, hence its key.
                     seen[info.name] = seen.get(info.name, 0) + 1
                     copy = f"~{seen[info.name]}" if seen[info.name] > 1 else ""
-                    found.append(Source(f"{uri}#{info.name}{copy}", path, ext, start, end))
+                    name = f"{uri}#{info.name}{copy}"
+                    found.append(Source(name, path, ext, start, end, refused))
     return found
 
 
-def list_sources(input_uri: str) -> list[Source]:
-    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI."""
+def list_sources(input_uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> list[Source]:
+    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI.
+
+    An image file or tar member over ``max_member_bytes`` is listed with its refusal (never read).
+    """
     loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
     protocol = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
     if _is_glob(input_uri):
-        paths = loc.fs.glob(loc.fs._strip_protocol(input_uri))
+        found = loc.fs.glob(loc.fs._strip_protocol(input_uri), detail=True)
     elif loc.fs.isfile(loc.root):
-        paths = [loc.root]
+        found = {loc.root: loc.fs.info(loc.root)}
     else:
-        paths = loc.fs.find(loc.root)
+        found = loc.fs.find(loc.root, detail=True)
     sources: list[Source] = []
     skipped = 0
     tars = 0
-    for path in sorted(paths):
+    for path in sorted(found):
         uri = protocol + path if protocol else path
         if path.lower().endswith(".tar"):
             tars += 1
-            sources.extend(_tar_sources(loc, path, uri, tars))
+            sources.extend(_tar_sources(loc, path, uri, tars, max_member_bytes))
         elif ext := _ext(path):
-            sources.append(Source(uri, path, ext))
+            size = found[path].get("size") or 0
+            too_large = size > max_member_bytes
+            error = f"file of {size} bytes exceeds the cap of {max_member_bytes} bytes"
+            sources.append(Source(uri, path, ext, error=error if too_large else ""))
         else:
             skipped += 1
     if skipped:
@@ -166,6 +178,9 @@ def _read_source(loc: Location, source: Source) -> tuple[bytes | None, str]:
 
     Neither the retry log nor the reason names the object: source paths are people's names.
     """
+
+    if source.error:
+        return None, source.error
 
     def read() -> bytes:
         if source.start is None:
@@ -198,12 +213,20 @@ def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads
 
 
 def write_shards(
-    input_uri: str, out_uri: str, secret: bytes, shard_size: int = 1000, threads: int = 8
+    input_uri: str,
+    out_uri: str,
+    secret: bytes,
+    shard_size: int = 1000,
+    threads: int = 8,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> list[ShardEntry]:
-    """Shard ``input_uri`` into ``out_uri``/shard-NNNNNN.tar plus the ``shards.json`` index."""
+    """Shard ``input_uri`` into ``out_uri``/shard-NNNNNN.tar plus the ``shards.json`` index.
+
+    A source over ``max_member_bytes`` (a file, or a member of an input tar) is not read: its
+    sample carries the reason and is quarantined by the job."""
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
-    sources = list_sources(input_uri)
+    sources = list_sources(input_uri, max_member_bytes)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     src_loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])

@@ -9,17 +9,65 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from anon_core.imageio import DEFAULT_MAX_FILE_BYTES
+
+# The largest tar member read into memory; a larger one is refused, never read.
+DEFAULT_MAX_MEMBER_BYTES = DEFAULT_MAX_FILE_BYTES
+# The largest pax or GNU long-name header tarfile may read before a member is seen.
+MAX_HEADER_BYTES = 2**20
+_HEADER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
 
 class ShardFormatError(ValueError):
     """A shard whose bytes do not match its index (truncated, altered) or that cannot be read."""
 
 
+class _CappedTarInfo(tarfile.TarInfo):
+    """Refuses a pax or GNU long-name header over MAX_HEADER_BYTES before tarfile reads it."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise ShardFormatError(
+                f"tar extension header of {self.size} bytes exceeds the cap of {MAX_HEADER_BYTES}"
+            )
+        return super()._proc_member(tarfile_)
+
+
+def open_tar(fileobj: BinaryIO, mode: str = "r|") -> tarfile.TarFile:
+    """A tar reader whose extension headers are capped (see :data:`MAX_HEADER_BYTES`)."""
+    return tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_CappedTarInfo)
+
+
+def member_refusal(info: tarfile.TarInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> str:
+    """Why ``info`` must not be read (sparse, not a regular file, too large), or ``""``.
+
+    Decided from the header alone, before any of the member's data is read or allocated.
+    """
+    if info.issparse():
+        return "tar member is a GNU sparse file"
+    if not info.isreg():
+        return f"tar member of type {info.type!r} is not a regular file"
+    if info.size > max_bytes:
+        return f"tar member of {info.size} bytes exceeds the cap of {max_bytes} bytes"
+    return ""
+
+
 @dataclass
 class RawSample:
-    """One sample of a shard: its key and its members by extension, in file order."""
+    """One sample of a shard: its key and its members by extension, in file order.
+
+    ``refused`` says why a member of the sample was not read (the sample is quarantined then).
+    """
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
+    refused: str = ""
 
 
 class TarWriter:
@@ -75,29 +123,41 @@ def split_member(name: str) -> tuple[str, str]:
     return prefix + key, ext
 
 
-def iter_samples(fileobj: BinaryIO) -> Iterator[RawSample]:
-    """Samples in file order; a sample is the run of adjacent members sharing a key."""
+def iter_samples(
+    fileobj: BinaryIO, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[RawSample]:
+    """Samples in file order; a sample is the run of adjacent members sharing a key.
+
+    A member that is sparse, not a regular file, or larger than ``max_member_bytes`` is not
+    read: its sample carries the reason in ``refused``. Directories are skipped.
+    """
     current: RawSample | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        with open_tar(fileobj) as tar:
             for info in tar:
-                if not info.isfile():
+                if info.isdir():
                     continue
                 key, ext = split_member(info.name)
-                data = tar.extractfile(info).read()
+                refused = member_refusal(info, max_member_bytes)
+                data = b"" if refused else tar.extractfile(info).read()
                 if current is not None and (current.key != key or ext in current.members):
                     yield current  # a repeated member starts a new sample: duplicates stay visible
                     current = None
                 if current is None:
                     current = RawSample(key)
                 current.members[ext] = data
+                current.refused = current.refused or refused
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ShardFormatError(f"unreadable tar ({type(exc).__name__}: {exc})") from None
     if current is not None:
         yield current
 
 
-def iter_verified(fileobj: BinaryIO, expected_sha256: str | None) -> Iterator[RawSample]:
+def iter_verified(
+    fileobj: BinaryIO,
+    expected_sha256: str | None,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> Iterator[RawSample]:
     """Like ``iter_samples``, then checks the sha256 of every byte read against the index.
 
     Samples are yielded as they are read; the check runs after the last one, so the caller must
@@ -105,7 +165,7 @@ def iter_verified(fileobj: BinaryIO, expected_sha256: str | None) -> Iterator[Ra
     """
     reader = _HashingReader(fileobj)
     stream = io.BufferedReader(reader, 1 << 20)
-    yield from iter_samples(stream)
+    yield from iter_samples(stream, max_member_bytes)
     stream.read()
     reader.drain()
     if expected_sha256 and reader.digest.hexdigest() != expected_sha256:

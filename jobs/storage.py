@@ -167,7 +167,7 @@ class Location:
         target, url = self.path(*parts), self.url(*parts)
         with _clear_errors(url):
             if self.is_local:
-                _publish_local(target, lambda f: f.write(data))
+                publish_local(target, lambda f: f.write(data))
             else:
                 self.retry.call(lambda: self.fs.pipe_file(target, data), f"write {url}")
 
@@ -176,7 +176,7 @@ class Location:
         target, url = self.path(*parts), self.url(*parts)
         with _clear_errors(url):
             if self.is_local:
-                _publish_local(target, lambda f: _copy_into(local_path, f))
+                publish_local(target, lambda f: _copy_into(local_path, f))
             else:
                 self.retry.call(lambda: self.fs.put_file(local_path, target), f"write {url}")
 
@@ -202,8 +202,12 @@ def _clear_errors(url: str):
         raise StorageError(exc.errno, f"cannot write {url}: {reason}") from exc
 
 
-def _publish_local(target: str, write: Callable) -> None:
-    """Write through ``write(file)`` to a temp file beside ``target``, fsync, then rename."""
+def publish_local(target: str, write: Callable) -> None:
+    """Write through ``write(file)`` to a temp file beside ``target``, fsync, then rename.
+
+    The temp file comes from ``mkstemp`` (mode 0600 by construction), so a private file never
+    exists with a wider mode, even while being rewritten.
+    """
     folder = os.path.dirname(target)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)

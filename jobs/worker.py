@@ -24,7 +24,13 @@ from anon_core.models import file_sha256
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
 from jobs.plan import is_plan_file, iter_planned
 from jobs.shard import IMAGE_EXTS, open_uri
-from jobs.shardio import RawSample, ShardFormatError, TarWriter, iter_verified
+from jobs.shardio import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    RawSample,
+    ShardFormatError,
+    TarWriter,
+    iter_verified,
+)
 from jobs.storage import Location, canonical_json
 
 log = logging.getLogger(__name__)
@@ -105,12 +111,14 @@ def _source_uri(sample: RawSample, secret: bytes | None) -> str:
 
 
 def classify_sample(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pending:
-    """The sample with its image bytes, or already quarantined (a duplicate key, a read error,
-    no image member); ``seen`` collects the keys met so far in the shard."""
+    """The sample with its image bytes, or already quarantined (a duplicate key, a refused tar
+    member, a read error, no image member); ``seen`` collects the keys met so far in the shard."""
     source = _source_uri(sample, secret)
     if sample.key in seen:
         return _Pending(sample, source, None, quarantined("input", DUPLICATE_KEY))
     seen.add(sample.key)
+    if sample.refused:
+        return _Pending(sample, source, None, quarantined("input", sample.refused))
     if "err" in sample.members:
         reason = sample.members["err"].decode(errors="replace")
         return _Pending(sample, source, None, quarantined("read", reason))
@@ -262,17 +270,19 @@ def process_shard(
     progress: Progress | None = None,
     marker_extra: dict | None = None,
     secret: bytes | None = None,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
 ) -> ShardSummary:
     """Anonymize every sample of one shard, in input order, and publish its outputs.
 
     ``secret`` opens the sealed source URIs (needed to seal them into the key manifest, and to
-    read a planned shard's sources).
+    read a planned shard's sources); a source or tar member over ``max_member_bytes`` is not
+    read and its sample is quarantined.
     Raises ShardFormatError when the shard differs from its index (count or sha256): nothing of
     that shard is published then, so a rerun redoes it whole.
     """
     output = _ShardOutput(task.shard, sealer, observer)
     try:
-        with shard_samples(task, secret) as samples:
+        with shard_samples(task, secret, max_member_bytes) as samples:
             for p in _batches(samples, batch_size, anonymizer, secret):
                 faces, bad = output.add(p)
                 if progress is not None:
@@ -287,7 +297,9 @@ def process_shard(
 
 
 @contextmanager
-def shard_samples(task: ShardTask, secret: bytes | None) -> Iterator[Iterator[RawSample]]:
+def shard_samples(
+    task: ShardTask, secret: bytes | None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[Iterator[RawSample]]:
     """The samples of one shard in order: a plan file's sources read in place (a source that
     vanished or changed since planning comes as an ``err`` sample), or a tar's members; both
     checked against the index's sha256."""
@@ -298,4 +310,4 @@ def shard_samples(task: ShardTask, secret: bytes | None) -> Iterator[Iterator[Ra
         yield iter_planned(src.read_bytes(), task.sha256, secret)
         return
     with src.fs.open(src.root, "rb") as f:
-        yield iter_verified(f, task.sha256)
+        yield iter_verified(f, task.sha256, max_member_bytes)

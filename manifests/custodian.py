@@ -53,6 +53,9 @@ KEY_FORMAT = "faceveil-custodian-key/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ECIES_INFO = b"faceveil/ecies/v1|"
 _ECIES_VERSION = b"\x01"
+MIN_SCRYPT_N = 2**15
+MIN_SCRYPT_R = 8
+MIN_PASSPHRASE_CHARS = 12
 
 
 def b64e(data: bytes) -> str:
@@ -115,18 +118,17 @@ class ScryptParams:
     p: int = 1
 
     def check(self) -> None:
-        """Refuse parameters that are too weak or absurdly expensive (from a tampered file)."""
+        """Refuse parameters below the floor (n >= 2**15, r >= 8) or absurdly expensive ones."""
         n, r, p = self.n, self.r, self.p
-        ok = (
-            isinstance(n, int)
-            and isinstance(r, int)
-            and isinstance(p, int)
-            and 2**10 <= n <= 2**22
-            and n & (n - 1) == 0
-            and 1 <= r <= 32
-            and 1 <= p <= 16
-            and 128 * n * r <= 2**31
-        )
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, r, p)):
+            raise CustodianKeyError("key file has unacceptable scrypt parameters")
+        if n < MIN_SCRYPT_N or r < MIN_SCRYPT_R:
+            raise CustodianKeyError(
+                f"scrypt parameters n={n}, r={r} are below the floor "
+                f"(n >= 2**15 = {MIN_SCRYPT_N}, r >= {MIN_SCRYPT_R}); "
+                "re-create the key file with stronger parameters"
+            )
+        ok = n <= 2**22 and n & (n - 1) == 0 and r <= 32 and 1 <= p <= 16 and 128 * n * r <= 2**31
         if not ok:
             raise CustodianKeyError("key file has unacceptable scrypt parameters")
 
@@ -141,8 +143,7 @@ def passphrase_seal(
     header: dict, secret: bytes, passphrase: str, params: ScryptParams | None = None
 ) -> dict:
     """A key-file document: ``header`` + scrypt KDF + AES-256-GCM ciphertext of ``secret``."""
-    if not passphrase:
-        raise CustodianKeyError("an empty passphrase is not accepted")
+    check_new_passphrase(passphrase)
     params = params or ScryptParams()
     salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
     doc = dict(header)
@@ -171,8 +172,19 @@ def passphrase_open(doc: dict, passphrase: str, expected_format: str) -> bytes:
         raise CustodianKeyError("wrong passphrase or damaged key file") from None
 
 
+def check_new_passphrase(passphrase: str) -> None:
+    """Refuse a passphrase for a new key file that is shorter than 12 characters."""
+    if not isinstance(passphrase, str) or len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise CustodianKeyError(
+            f"a new key file needs a passphrase of at least {MIN_PASSPHRASE_CHARS} characters"
+        )
+
+
 def read_passphrase(passphrase_file: str | Path | None, prompt: str, confirm: bool = False) -> str:
-    """A passphrase from ``passphrase_file`` (first line) or, without one, from a getpass prompt."""
+    """A passphrase from ``passphrase_file`` (first line) or, without one, from a getpass prompt.
+
+    ``confirm`` marks a new passphrase: asked twice at a prompt, and at least 12 characters.
+    """
     if passphrase_file is not None:
         path = Path(passphrase_file)
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -184,6 +196,8 @@ def read_passphrase(passphrase_file: str | Path | None, prompt: str, confirm: bo
             raise CustodianKeyError("the passphrases do not match")
     if not text:
         raise CustodianKeyError("an empty passphrase is not accepted")
+    if confirm:
+        check_new_passphrase(text)
     return text
 
 

@@ -75,3 +75,25 @@ def tar_members(source: Path | bytes) -> dict[str, bytes]:
     fileobj = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     with fileobj, tarfile.open(fileobj=fileobj) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+def gnu_sparse_tar(folder: Path, claimed: str = "512M") -> Path:
+    """``folder/input.tar``: a real GNU tar (``tar --sparse``) of ``aaaa.jpg``, a sparse file of
+    ``claimed`` bytes, and ``bbbb.jpg`` (12 bytes); about 10 KiB on disk."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sparse = folder / "aaaa.jpg"
+    subprocess.run(["truncate", "-s", claimed, str(sparse)], check=True)
+    with open(sparse, "r+b") as f:
+        f.write(b"\xff\xd8\xff not really a jpeg")
+    (folder / "bbbb.jpg").write_bytes(b"small member")
+    tar = folder / "input.tar"
+    subprocess.run(
+        ["tar", "--sparse", "--format=gnu", "-cf", str(tar), "-C", str(folder), "aaaa.jpg",
+         "bbbb.jpg"],
+        check=True,
+    )  # fmt: skip
+    sparse.unlink()
+    (folder / "bbbb.jpg").unlink()
+    return tar

@@ -23,6 +23,8 @@ from jobs.evaluate.output import dumps, write_files
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "png")
+MAX_MEMBER_BYTES = 256 * 2**20  # as jobs.shardio: a larger member is never read
+REFUSED = "!refused"  # the parts entry that says why a member was not read
 
 
 @dataclass(frozen=True)
@@ -102,17 +104,23 @@ def _split(name: str) -> tuple[str, str]:
 def iter_samples(
     fs: fsspec.AbstractFileSystem, path: str
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order."""
+    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order.
+
+    A sparse, non-regular or oversized member is not read: ``parts[REFUSED]`` says why.
+    """
     key, parts = None, {}
     with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
-            if not member.isfile():
+            if member.isdir():
                 continue
             k, ext = _split(member.name)
             if k != key and key is not None:
                 yield key, parts
                 parts = {}
             key = k
+            if member.issparse() or not member.isreg() or member.size > MAX_MEMBER_BYTES:
+                parts[REFUSED] = b"tar member is sparse, not a regular file, or over the size cap"
+                continue
             parts[ext] = tar.extractfile(member).read()
     if key is not None:
         yield key, parts
@@ -121,6 +129,8 @@ def iter_samples(
 def _check(
     key: str, parts: dict[str, bytes], detector, config: ResidualConfig
 ) -> list[Residual] | str:
+    if REFUSED in parts:
+        return parts[REFUSED].decode()
     ext = next((e for e in IMAGE_EXTS if e in parts), None)
     if ext is None or "json" not in parts:
         return "sample has no image or no metadata"

@@ -150,3 +150,53 @@ def test_every_command_in_the_readme_parses():
         args = parser.parse_args(shlex.split(command)[1:])
         if args.command == "run":
             job_config(args)
+
+
+RAY_SECURITY_ENV = {
+    "RAY_USE_TLS": "1",
+    "RAY_TLS_SERVER_CERT": "tls.crt",
+    "RAY_TLS_SERVER_KEY": "tls.key",
+    "RAY_TLS_CA_CERT": "ca.crt",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN_PATH": "token",
+}
+
+
+def _check_security_env(env: dict[str, str], mounts: list[str]) -> None:
+    """TLS and token auth are on, and every file they name lies under a mounted folder."""
+    for name, want in RAY_SECURITY_ENV.items():
+        assert name in env, name
+        if name in ("RAY_USE_TLS", "RAY_AUTH_MODE"):
+            assert env[name] == want, name
+        else:
+            assert env[name].endswith("/" + want), name
+            assert any(env[name].startswith(m.rstrip("/") + "/") for m in mounts), env[name]
+
+
+@pytest.mark.parametrize("name", ["k8s/raycluster.yaml", "k8s/rayjob.yaml"])
+def test_every_ray_container_runs_with_tls_and_token_auth(name):
+    doc = _load(name)
+    cluster = doc["spec"].get("rayClusterSpec", doc["spec"])
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        spec = pod["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (tls_init,) = [c for c in spec["initContainers"] if c["name"] == "ray-tls"]
+        assert {m["name"] for m in tls_init["volumeMounts"]} == {"ray-ca", "ray-tls"}
+        for container in spec["containers"]:
+            env = {e["name"]: e["value"] for e in container["env"]}
+            mounts = [m["mountPath"] for m in container["volumeMounts"]]
+            _check_security_env(env, mounts)
+            names = {m["name"] for m in container["volumeMounts"]}
+            assert "ray-ca" not in names, "the CA key stays in the init container"
+            assert volumes["ray-auth"]["secret"]["secretName"]
+
+
+def test_launcher_nodes_run_with_tls_and_token_auth():
+    launcher = _load("ray-cluster-aws.yaml")
+    options = launcher["docker"]["run_options"]
+    env = dict(o.removeprefix("--env ").split("=", 1) for o in options if o.startswith("--env "))
+    generated = "/home/ray/tls"  # made on every node by setup_commands
+    assert any(f"mkdir -p {generated}" in c for c in launcher["setup_commands"])
+    _check_security_env(env, [*launcher["file_mounts"], generated])
+    assert not launcher["docker"].get("head_run_options"), "options must reach every node"

@@ -82,8 +82,8 @@ def bad_job(bad_bucket, s3, secret_file, ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad") / "out"
     listing = sharding.list_sources
 
-    def list_then_delete(uri: str):
-        sources = listing(uri)
+    def list_then_delete(uri: str, *args):
+        sources = listing(uri, *args)
         s3.client().delete_object(Bucket="bad-inputs", Key="in/vanished.jpg")
         return sources
 

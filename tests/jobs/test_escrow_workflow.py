@@ -149,7 +149,7 @@ class World:
 
     def request(self, *which: str, purpose: str = "restore") -> tuple[Path, RestoreRequest]:
         argv = ["restore", "request", self.out, *which, "--reason", "subject access request 7"]
-        argv += ["--purpose", purpose, "--kdf-work", 10]
+        argv += ["--purpose", purpose, "--kdf-work", 15]
         result = cli(
             self.journal,
             *argv,
@@ -201,7 +201,7 @@ def world(tmp_path_factory, ray_local, journal) -> World:
         w.passfiles[who].write_text(text + "\n")
         w.passfiles[who].chmod(0o600)
     for who in CUSTODIANS:
-        argv = ["custodian", "keygen", "--name", who, "--out", root / "keys", "--kdf-work", 10]
+        argv = ["custodian", "keygen", "--name", who, "--out", root / "keys", "--kdf-work", 15]
         assert cli(journal, *argv, "--passphrase-file", w.passfiles[who]).rc == 0
     result = w.run("--custodians", *w.pubs, "--threshold", 2)
     assert result.rc == 0, result.err

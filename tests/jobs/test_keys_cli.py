@@ -40,7 +40,7 @@ FACES = [(5, 6, 20, 22), (18, 3, 35, 15)]
 PASS = {
     "alice": "alice pass phrase",
     "bob": "bob pass phrase",
-    "carol": "carol pass",
+    "carol": "carol pass phrase",
     "req": "requester pass",
 }
 
@@ -145,7 +145,7 @@ def _custodians(tmp_path: Path, passfiles: dict[str, Path]) -> list[CustodianPub
                     "--passphrase-file",
                     str(passfiles[name]),
                     "--kdf-work",
-                    "10",
+                    "15",
                 ]
             )
             == 0
@@ -223,7 +223,7 @@ def _request(w, name="req", purpose="restore", samples=(PNG_KEY, JPG_KEY, QUAR_K
         "--passphrase-file",
         str(w["pass"]["req"]),
         "--kdf-work",
-        "10",
+        "15",
     ]
     if purpose == "restore" and samples != "all":
         argv += [arg for key in samples for arg in ("--key", key)]
@@ -284,6 +284,19 @@ def _check_restored(w, dest: Path) -> None:
 
 def _actions(out: Path) -> list[str]:
     return [json.loads(line)["action"] for line in (out / "audit.jsonl").read_text().splitlines()]
+
+
+def test_keygen_refuses_weak_scrypt_and_short_passphrases(tmp_path, capsys):
+    argv = ["custodian", "keygen", "--name", "erin", "--out", str(tmp_path / "keys")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--kdf-work", "10"])
+    assert exit_.value.code == 2 and "--kdf-work" in capsys.readouterr().err
+    short = tmp_path / "short.pass"
+    short.write_text("eleven char\n")
+    short.chmod(0o600)
+    assert main([*argv, "--passphrase-file", str(short), "--kdf-work", "15"]) == 1
+    assert "at least 12 characters" in capsys.readouterr().err
+    assert not (tmp_path / "keys/erin.key").exists()
 
 
 def test_full_workflow_restores_exact_originals(world, caplog, capsys):
@@ -550,7 +563,7 @@ def test_request_and_approval_on_stdout_approved_offline(world, monkeypatch, cap
     monkeypatch.setenv("USER", "dpo-on-duty")
     monkeypatch.setenv("LOGNAME", "dpo-on-duty")
     argv = ["restore", "request", str(w["out"]), "--key", PNG_KEY, "--key", FILE_KEY]
-    argv += ["--reason", "subject access request 2026-114", "--kdf-work", "10"]
+    argv += ["--reason", "subject access request 2026-114", "--kdf-work", "15"]
     assert main([*argv, "--passphrase-file", str(w["pass"]["req"])]) == 0
     shown = capsys.readouterr()
     request = RestoreRequest.loads(shown.out)
@@ -913,7 +926,7 @@ def test_kms_epochs_round_trip_against_moto_server(tmp_path, aws_kms, capsys):
 def test_request_sample_aliases_and_whole_job_purposes(world, capsys):
     w = world
     base = ["restore", "request", str(w["out"]), "--reason", "r", "--requester", "dpo"]
-    base += ["--passphrase-file", str(w["pass"]["req"]), "--kdf-work", "10"]
+    base += ["--passphrase-file", str(w["pass"]["req"]), "--kdf-work", "15"]
     assert main([*base, "--samples", PNG_KEY, JPG_KEY]) == 0
     assert RestoreRequest.loads(capsys.readouterr().out).samples == (PNG_KEY, JPG_KEY)
     listed = w["tmp"] / "samples.txt"

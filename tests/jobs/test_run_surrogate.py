@@ -291,7 +291,7 @@ def test_surrogate_output_restores_pixel_exact_under_escrow(tmp_path, ray_local)
         passes[who].chmod(0o600)
     for who in ("alice", "bob", "carol"):
         assert main(["custodian", "keygen", "--name", who, "--out", str(tmp_path / "keys"),
-                     "--kdf-work", "10", "--passphrase-file", str(passes[who])]) == 0  # fmt: skip
+                     "--kdf-work", "15", "--passphrase-file", str(passes[who])]) == 0  # fmt: skip
     out = tmp_path / "out"
     args = _surrogate_args(photos, out, secret, key)
     args.remove("--no-escrow")
@@ -302,7 +302,7 @@ def test_surrogate_output_restores_pixel_exact_under_escrow(tmp_path, ray_local)
     req = tmp_path / "req.json"
     assert main(["restore", "request", str(out), "--reason", "subject access request 9",
                  "--requester", "dpo", "--out", str(req), "--purpose", "restore", "--all",
-                 "--passphrase-file", str(passes["dpo"]), "--kdf-work", "10"]) == 0  # fmt: skip
+                 "--passphrase-file", str(passes["dpo"]), "--kdf-work", "15"]) == 0  # fmt: skip
     approvals = []
     for who in ("alice", "carol"):
         approvals.append(tmp_path / f"{who}.approval")

@@ -12,7 +12,7 @@ import pytest
 from manifests.custodian import CustodianPrivate, ScryptParams
 from tests.conftest import moto_server
 
-FAST_KDF = ScryptParams(n=2**10, r=8, p=1)
+FAST_KDF = ScryptParams(n=2**15, r=8, p=1)  # the floor: about 30 ms
 DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -37,7 +37,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fast_kdf() -> ScryptParams:
-    """Cheap scrypt parameters for tests (production default is n = 2**17)."""
+    """Cheap scrypt parameters for tests (the floor n = 2**15; production default is n = 2**17)."""
     return FAST_KDF
 
 

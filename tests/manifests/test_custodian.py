@@ -20,7 +20,7 @@ from manifests.custodian import (
 from manifests.errors import CustodianKeyError, DecryptionError
 
 PASS = "correct horse battery staple"
-FAST_KDF = ScryptParams(n=2**10)
+FAST_KDF = ScryptParams(n=2**15)  # the floor: about 30 ms
 
 
 def test_keygen_writes_public_and_0600_private_files(tmp_path):
@@ -52,7 +52,7 @@ def test_wrong_passphrase_is_one_clear_error(tmp_path):
     [
         lambda d: d.update(name="mallory"),
         lambda d: d.update(fingerprint="0" * 64),
-        lambda d: d["kdf"].update(n=2**11),
+        lambda d: d["kdf"].update(n=2**16),
         lambda d: d["kdf"].update(n=2**40),
         lambda d: d.update(ciphertext=d["ciphertext"][:-4] + "AAA="),
     ],
@@ -64,6 +64,34 @@ def test_edited_key_file_does_not_open(tmp_path, edit):
     key_path.write_text(json.dumps(doc))
     with pytest.raises(CustodianKeyError):
         CustodianPrivate.load(key_path, PASS)
+
+
+@pytest.mark.parametrize("weak", [ScryptParams(n=2**14), ScryptParams(n=2**15, r=4)])
+def test_new_key_file_below_the_scrypt_floor_is_refused(tmp_path, weak):
+    with pytest.raises(CustodianKeyError, match=r"below the floor \(n >= 2\*\*15"):
+        keygen("erin", tmp_path, PASS, weak)
+    assert not list(tmp_path.iterdir())
+
+
+def test_key_file_with_weak_scrypt_params_does_not_open(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:  # a key file written before the floor existed
+        m.setattr(ScryptParams, "check", lambda self: None)
+        _, key_path = keygen("frank", tmp_path, PASS, ScryptParams(n=2**10))
+    with pytest.raises(CustodianKeyError, match=r"n=1024, r=8 are below the floor"):
+        CustodianPrivate.load(key_path, PASS)
+
+
+def test_new_key_file_needs_a_12_character_passphrase(tmp_path):
+    for short in ("", "eleven char"):
+        with pytest.raises(CustodianKeyError, match="at least 12 characters"):
+            keygen("grace", tmp_path, short, FAST_KDF)
+    assert not list(tmp_path.iterdir())
+    path = tmp_path / "short.txt"
+    path.write_text("eleven char\n")
+    path.chmod(0o600)
+    with pytest.raises(CustodianKeyError, match="at least 12 characters"):
+        read_passphrase(path, "p: ", confirm=True)
+    assert read_passphrase(path, "p: ") == "eleven char"  # opening an existing file: any length
 
 
 def test_public_file_with_wrong_fingerprint_is_rejected(tmp_path):

@@ -1,0 +1,40 @@
+"""``faceveil lookup OUT --secret-file FILE FILE_OR_URI...``: parse, call jobs.lookup, print."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs.lookup import ABSENT, QUARANTINED, lookup
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from jobs.secrets import load_secret
+    from jobs.storage import Location
+
+    results = lookup(Location(args.out), load_secret(args.secret_file), args.sources)
+    for r in results:
+        where = f"{r.status} ({r.shard})" if r.shard else r.status
+        if r.status == QUARANTINED:
+            where += f": {r.stage}: {r.reason}"
+        print(f"{r.given}\t{r.key}\t{where}")
+    return 1 if any(r.status == ABSENT for r in results) else 0
+
+
+def add_lookup_command(sub) -> None:
+    """``faceveil lookup``: exit 0 when every sample is in the job, 1 when some are not."""
+    p = sub.add_parser(
+        "lookup",
+        help="subject access: the sample key of each file or URI and where it is in OUT",
+        description="Prints, per FILE_OR_URI, its pseudonymous sample key and whether that "
+        "sample is in data/ (anonymized), in quarantine/ (with its reason) or not in this job. "
+        "Exit status: 0 all found, 1 some not in this job, 2 usage error.",
+    )
+    p.add_argument("out", metavar="OUT", help="the job's output tree (path or s3:// URL)")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="FILE_OR_URI",
+        help="a source file or URI as the job read it; TAR#MEMBER for a member of an input tar",
+    )
+    p.add_argument("--secret-file", required=True, help="the job secret (--secret-file of the run)")
+    p.set_defaults(handler=_lookup)
