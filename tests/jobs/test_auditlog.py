@@ -199,7 +199,7 @@ def _photos_and_custodians(tmp_path: Path, count: int) -> tuple[Path, list[str]]
     for who in ("alice", "bob"):
         keygen = ["custodian", "keygen", "--name", who, "--out", str(tmp_path / "keys")]
         assert (
-            jobs.cli.main([*keygen, "--kdf-work", "10", "--passphrase-file", str(pass_file)]) == 0
+            jobs.cli.main([*keygen, "--kdf-work", "15", "--passphrase-file", str(pass_file)]) == 0
         )
     pubs = [str(tmp_path / f"keys/{c}.pub") for c in ("alice", "bob")]
     return photos, ["--custodians", *pubs, "--threshold", "2"]
