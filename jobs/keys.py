@@ -144,7 +144,7 @@ def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
     if mode == "none":
         log.warning("no escrow: originals are not sealed and can never be restored")
         return None
-    if resuming and out.exists(ESCROW_FILE):
+    if resuming and out.exists(ESCROW_FILE) and _log_started(out):
         data = out.read_bytes(ESCROW_FILE)
         if escrow_format(data) != ESCROW_FORMAT:
             raise EscrowRefused(
@@ -156,6 +156,10 @@ def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
         _check_resume_policy(existing, escrow, out)
         keys = JobKeys.resume(existing, job["job_id"])
     else:
+        # A first run, or one whose job.start was never written: nothing was sealed under an
+        # escrow.json that no signed entry vouches for, so it is replaced from the flags.
+        if _nothing_given(escrow):
+            raise EscrowRefused("the job's log records no escrow policy yet: give the escrow flags")
         keys = JobKeys.create(job["job_id"], policy_from_flags(escrow))
     out.publish_bytes(keys.escrow.dumps(), ESCROW_FILE)
     return keys
@@ -205,6 +209,12 @@ def _check_resume_policy(existing, escrow: EscrowConfig, out: Location) -> None:
             f"the escrow flags differ from this job's policy ({recorded.describe()}); "
             "a resume keeps the policy: give the same flags, or none"
         )
+
+
+def _log_started(out: Location) -> bool:
+    from jobs.auditlog import log_started
+
+    return log_started(out)
 
 
 def _nothing_given(escrow: EscrowConfig) -> bool:

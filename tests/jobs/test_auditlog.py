@@ -214,7 +214,7 @@ def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_f
     printed = capsys.readouterr().out
     job_key = printed.split("audit: job signing key ")[1].split(",")[0]
     assert jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 0
-    assert "anchored: lines 1..2" in capsys.readouterr().out
+    assert "anchored: lines 1..3" in capsys.readouterr().out  # job.start, job.manifests, job.end
     other = str(tmp_path / "other-anchor")
     assert jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 2
     assert "anchored at" in capsys.readouterr().err and not Path(other).exists()
@@ -223,10 +223,10 @@ def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_f
     pins = ["--job-key", job_key, "--job-key", resumed]
     assert jobs.cli.main(["audit", "verify", str(out), *pins]) == 0
     printed = capsys.readouterr().out
-    assert "anchored: lines 1..4" in printed and " job.resume " in printed
+    assert "anchored: lines 1..6" in printed and " job.resume " in printed
     _cut(out, 1)
     assert jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 1
-    assert "but " + anchor + " anchors line 4: lines were removed" in capsys.readouterr().err
+    assert "but " + anchor + " anchors line 6: lines were removed" in capsys.readouterr().err
 
 
 def test_run_with_an_unwritable_anchor_fails_before_any_work(
@@ -243,11 +243,14 @@ def test_run_with_an_unwritable_anchor_fails_before_any_work(
     assert not (out / "data").exists() or not list((out / "data").iterdir())
     assert not (out / "audit.jsonl").exists() or not (out / "audit.jsonl").read_bytes()
     anchor = ["--audit-anchor", str(tmp_path / "anchor")]  # fixed: the resume starts the log
-    assert jobs.cli.main([*run, "--resume", *anchor]) == 0
+    # No signed entry vouches for the escrow.json the failed run left: the flags are needed.
+    assert jobs.cli.main([*run, "--resume", *anchor]) == 2
+    assert "give the escrow flags" in capsys.readouterr().err
+    assert jobs.cli.main([*run, "--resume", *escrow, *anchor]) == 0
     capsys.readouterr()
     assert jobs.cli.main(["audit", "verify", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "anchored: lines 1..2" in printed and " job.start " in printed
+    assert "anchored: lines 1..3" in printed and " job.start " in printed
     bare = ["run", str(photos), str(tmp_path / "bare"), "--secret-file", str(secret_file)]
     assert jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 2
     assert "without escrow" in capsys.readouterr().err

@@ -216,7 +216,9 @@ def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
     quarantined sample)."""
     from anon_core.pipeline import AnonConfig, FaceAnonymizer
     from jobs.worker import ShardTask, process_shard
-    from manifests.envelope import Envelope, MasterKey
+    from manifests.custodian import CustodianPrivate
+    from manifests.escrow import ShamirPolicy, create_escrow
+    from manifests.jobkeys import epoch_sealing
     from manifests.keymanifest import ShardSealer
 
     secret = bytes(range(32))
@@ -230,7 +232,10 @@ def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
     (tmp_path / "shard.tar").write_bytes(data)
     task = ShardTask("shard-000000.tar", str(tmp_path / "shard.tar"), 3,
                      hashlib.sha256(data).hexdigest())  # fmt: skip
-    sealer = ShardSealer(Envelope(MasterKey.generate(), "job-1"), "shard-000000")
+    custodians = tuple(CustodianPrivate.generate(n).public() for n in ("alice", "bob"))
+    escrow = create_escrow("job-1", ShamirPolicy(2, custodians))
+    sealing = epoch_sealing(escrow, escrow.escrow_ids[0])
+    sealer = ShardSealer(sealing.shard_keys("shard-000000"), "shard-000000")
     out = Location(str(tmp_path / "out"))
     summary = process_shard(task, FaceAnonymizer(AnonConfig(threads=1)), out, sealer=sealer,
                             secret=secret)  # fmt: skip
