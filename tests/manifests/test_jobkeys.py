@@ -97,7 +97,7 @@ def test_workers_seal_under_the_run_epoch(policy, custodians):
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.escrow_id == resumed.escrow_id
     wrapped = threshold.WrappedKey.from_bytes(manifest.rows[0].wrapped_key)
-    now, before = resumed.escrow.epochs
+    before, now = resumed.escrow.epochs
     label = before.label("shard-000003", "k1")
     with pytest.raises(threshold.ThresholdError):
         wrapped.check_label(label)
