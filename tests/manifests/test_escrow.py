@@ -3,14 +3,17 @@ KMS shard keys against a real moto server, and reshares that never rebuild the k
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import pickle
 
 import boto3
 import pytest
 
 from manifests import threshold
 from manifests.custodian import CustodianPrivate, b64d, b64e, seal_to
-from manifests.errors import DecryptionError, EscrowError, KeyLibraryError
+from manifests.errors import DecryptionError, EscrowError, RestoreError
 from manifests.escrow import (
     SHARE_CONTEXT,
     Epoch,
@@ -40,6 +43,21 @@ from manifests.sealing import EpochSealing
 from tests.manifests.conftest import FAST_KDF as FAST
 
 PASSPHRASE = "requester passphrase 123"
+L = 2**252 + 27742317777372353535851937790883648493
+
+
+def stream(seed: bytes):
+    """A deterministic ``randbytes``: SHA-256(seed | counter) blocks, consumed in order."""
+    state = {"counter": 0, "buf": b""}
+
+    def randbytes(n: int) -> bytes:
+        while len(state["buf"]) < n:
+            state["buf"] += hashlib.sha256(seed + state["counter"].to_bytes(8, "big")).digest()
+            state["counter"] += 1
+        out, state["buf"] = state["buf"][:n], state["buf"][n:]
+        return out
+
+    return randbytes
 
 
 @pytest.fixture
@@ -170,7 +188,7 @@ def test_reordered_custodians_fail_loading_or_opening(escrow, custodians):
     doc["epochs"][0]["shares"] = doc["epochs"][0]["shares"][::-1]
     reordered = Escrow.loads(json.dumps(doc))  # public shares still on one polynomial
     for c in custodians:
-        with pytest.raises(KeyLibraryError):
+        with pytest.raises(DecryptionError):
             reordered.epochs[0].open_share(c)
 
 
@@ -316,40 +334,61 @@ def _restore(escrow, samples, approvers):
     return recover_data_keys(escrow, request, keys, approvals, "restore")
 
 
-def test_reshare_moves_every_epoch_to_new_custodians(escrow, custodians, newcomer):
+@pytest.mark.parametrize(("m", "members"), [(2, (1, 2, 3)), (3, (0, 1, 2, 3))])
+def test_reshare_moves_every_epoch_to_new_custodians(escrow, custodians, newcomer, m, members):
+    everyone = [*custodians, newcomer]
+    new_custodians = [everyone[i] for i in members]
+    removed = [c for c in custodians if c not in new_custodians]
     old = add_epoch(escrow)
     sealed = {}
-    for epoch in old.epochs:
+    for n, epoch in enumerate(old.epochs):
         sealing = EpochSealing("job-1", epoch.escrow_id, "shamir", public_key=epoch.public_key)
-        data_key, wrapped = sealing.shard_keys("shard-000000").sample(f"k{len(sealed)}")
-        sealed[epoch.escrow_id] = (f"k{len(sealed)}", data_key, wrapped)
-    new_custodians = [custodians[1], custodians[2], newcomer]
-    new_policy = ShamirPolicy(2, tuple(c.public() for c in new_custodians))
+        data_key, wrapped = sealing.shard_keys("shard-000000").sample(f"k{n}")
+        sealed[epoch.escrow_id] = (f"k{n}", data_key, wrapped)
+    new_policy = ShamirPolicy(m, tuple(c.public() for c in new_custodians))
     request, _ = create_request(
-        old, "reshare", [], "alice leaves", "bob", PASSPHRASE, new_policy=new_policy, params=FAST
-    )
+        old, "reshare", [], "custodians change", "bob", PASSPHRASE, new_policy=new_policy,
+        params=FAST,
+    )  # fmt: skip
     approvals = [approve(request, c) for c in custodians[:2]]
     new = assemble_reshare(old, request, approvals)
     assert new.escrow_ids == old.escrow_ids and new.policy == new_policy
     assert new.revision != old.revision and Escrow.loads(new.dumps()) == new
     for before, after in zip(old.epochs, new.epochs, strict=True):
         assert after.public_key == before.public_key
-        assert after.public_shares != before.public_shares
         shares = [after.open_share(c) for c in new_custodians]
         assert [s.public() for s in shares] == list(after.public_shares)
-        for pair in ((0, 1), (0, 2), (1, 2)):
-            points = {shares[i].index: shares[i].public() for i in pair}
-            assert threshold.interpolate(points) == after.public_key
+        for subset in itertools.combinations(shares, m):
+            assert threshold.interpolate({s.index: s.public() for s in subset}) == after.public_key
+        for subset in itertools.combinations(shares, m - 1):
+            assert threshold.interpolate({s.index: s.public() for s in subset}) != after.public_key
         assert all(p.source in (1, 2) for parts in after.shares for p in parts)
-        with pytest.raises(EscrowError, match="no custodian"):
-            after.open_share(custodians[0])
+        for gone in removed:
+            with pytest.raises(EscrowError, match="no custodian"):
+                after.open_share(gone)
     # The key was never rebuilt, yet the new custodians open what was sealed before the reshare.
     refs = [SampleRef("shard-000000", k, eid, w) for eid, (k, _, w) in sealed.items()]
-    released = _restore(new, refs, [newcomer, custodians[2]])
+    released = _restore(new, refs, new_custodians[-m:])
     assert released == {("shard-000000", k): dk for k, dk, _ in sealed.values()}
-    # The old custodians' approvals do not count on the new escrow.
-    with pytest.raises(KeyLibraryError):
-        _restore(new, refs, [custodians[0], custodians[1]])
+    with pytest.raises(RestoreError, match=f"needs {m}"):
+        _restore(new, refs, new_custodians[-(m - 1) :])
+    for gone in removed:
+        with pytest.raises(EscrowError, match="no custodian"):
+            _restore(new, refs, [gone, *new_custodians[-m:]])
+
+
+def test_the_escrow_secret_is_in_no_output(policy, custodians):
+    """With injected randomness the test knows the escrow secret x (the first draw): it is in
+    no returned object, no escrow.json, and no share equals it."""
+    draw = stream(b"escrow-secret")
+    x = (int.from_bytes(draw(64), "little") % L).to_bytes(32, "little")
+    epoch = new_epoch("job-1", policy, randbytes=stream(b"escrow-secret"))
+    assert threshold.base_mult(x) == epoch.public_key  # x is indeed this epoch's secret
+    escrow = Escrow("job-1", "ab" * 16, policy, (epoch,))
+    blobs = [pickle.dumps(epoch), escrow.dumps(), repr(escrow).encode()]
+    for form in (x, x.hex().encode(), b64e(x).encode()):
+        assert all(form not in blob for blob in blobs)
+    assert all(epoch.open_share(c).value != x for c in custodians)
 
 
 def test_a_reshared_part_does_not_open_in_another_epoch_or_after_tampering(

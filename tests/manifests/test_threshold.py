@@ -3,8 +3,10 @@ against libsodium and plain integer arithmetic, and properties over random M-of-
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import pickle
 
 import pytest
 from hypothesis import given, settings
@@ -120,6 +122,9 @@ def test_shares_are_the_documented_polynomial_in_plain_integers():
         raw = bytes.fromhex(share)
         assert raw[0] == i and _le(raw[1:]) == (x + a1 * i) % L
     assert na.crypto_scalarmult_ed25519_base_noclamp(x.to_bytes(32, "little")).hex() == KAT_PUBLIC
+    key = t.split_new_key(3, 2, stream(b"faceveil-kat/key"))
+    assert {f.name for f in dataclasses.fields(key)} == {"public", "public_shares", "shares"}
+    assert x.to_bytes(32, "little") not in pickle.dumps(key)  # the secret is not kept
 
 
 def test_lagrange_matches_plain_integer_arithmetic():
