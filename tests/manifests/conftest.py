@@ -45,3 +45,9 @@ def fast_kdf() -> ScryptParams:
 def custodians() -> list[CustodianPrivate]:
     """Three custodians (alice, bob, carol) with keys in memory."""
     return [CustodianPrivate.generate(name) for name in ("alice", "bob", "carol")]
+
+
+@pytest.fixture(scope="session")
+def newcomer() -> CustodianPrivate:
+    """A fourth custodian (dave), for reshares to a new custodian set."""
+    return CustodianPrivate.generate("dave")

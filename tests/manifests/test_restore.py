@@ -1,5 +1,5 @@
-"""The request -> approve -> apply workflow over every key epoch, every way it must refuse, and
-that nothing leaks."""
+"""Scoped release: a signed request names samples, M custodians send proven partial
+decryptions of exactly those samples' wrapped keys, and nothing else can be opened with them."""
 
 from __future__ import annotations
 
@@ -7,168 +7,489 @@ import base64
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from manifests.audit import AuditWriter, verify
-from manifests.custodian import CustodianPrivate, ScryptParams
-from manifests.envelope import Envelope, MasterKey
+from manifests import restore, threshold
+from manifests.custodian import CustodianPrivate, canonical_json, open_sealed, seal_to
+from manifests.envelope import Payload, PayloadKind
 from manifests.errors import CustodianKeyError, DecryptionError, KeyLibraryError, RestoreError
-from manifests.escrow import add_epoch, create_shamir_escrow, rekey
-from manifests.keymanifest import ShardSealer, open_row, read_key_manifest
+from manifests.escrow import (
+    SHARE_CONTEXT,
+    Escrow,
+    KmsPolicy,
+    ShamirPolicy,
+    add_epoch,
+    create_escrow,
+    reshare_part_aad,
+)
+from manifests.jobkeys import epoch_sealing
+from manifests.keymanifest import ShardSealer, load_key_manifest
 from manifests.restore import (
     Approval,
     RestoreRequest,
+    SampleRef,
     approve,
+    assemble_reshare,
     check_statement,
     create_request,
     load_request_key,
-    recover_masters,
+    recover_data_keys,
 )
+from manifests.sealing import open_row, row_aad
+from tests.manifests.conftest import FAST_KDF
 
-FAST = ScryptParams(n=2**15)  # the floor: about 30 ms
 PASSPHRASE = "requester passphrase 123"
-FACE_PNG = b"\x89PNG\r\n\x1a\n original face pixels \x00\x01\x02"
-SOURCE = "s3://raw/people/Jane_Doe_0001.jpg"
+SHARD = "shard-000000"
 ANON = hashlib.sha256(b"anonymized").hexdigest()
+KEYS = ("k1", "k2", "k3")
+
+
+def _face(key: str) -> bytes:
+    return b"\x89PNG\r\n\x1a\n face of " + key.encode()
+
+
+def _source(key: str) -> str:
+    return f"s3://raw/people/Person_{key}.jpg"
 
 
 @pytest.fixture
-def job(custodians):
-    master = MasterKey.generate()
-    escrow = create_shamir_escrow(
-        master, "job-1", [c.public() for c in custodians], 2, Ed25519PrivateKey.generate()
-    )
-    return master, escrow
+def escrow(custodians) -> Escrow:
+    return create_escrow("job-1", ShamirPolicy(2, tuple(c.public() for c in custodians)))
+
+
+def _seal_shard(escrow: Escrow, escrow_id: str, shard: str = SHARD, keys=KEYS):
+    sealer = ShardSealer(epoch_sealing(escrow, escrow_id).shard_keys(shard), shard)
+    for key in keys:
+        sealer.seal_face(key, 0, (1, 2, 11, 12), _face(key), _source(key), ANON)
+        sealer.seal_sample(key, _source(key), ANON)
+    return load_key_manifest(sealer.manifest_bytes())
 
 
 @pytest.fixture
-def resumed(job):
-    """A job resumed once: two key epochs, and both master keys by escrow id."""
-    master1, escrow = job
-    master2 = MasterKey.generate()
-    both = add_epoch(escrow, master2, Ed25519PrivateKey.generate())
-    return dict(zip(both.escrow_ids, (master1, master2), strict=True)), both
+def manifest(escrow):
+    """The key manifest of a 3-sample shard, as it is published."""
+    return _seal_shard(escrow, escrow.escrow_ids[0])
 
 
-def recover_master(escrow, request, key, approvals, purpose, now=None):
-    """The master key of a one-epoch escrow."""
-    (master,) = recover_masters(escrow, request, key, approvals, purpose, now).values()
-    return master
+def _refs(manifest, keys, shard: str = SHARD) -> list[SampleRef]:
+    wraps = {r.key: r.wrapped_key for r in manifest.rows if r.face == -1}
+    return [SampleRef(shard, k, manifest.escrow_id, wraps[k]) for k in keys]
 
 
-def _request(escrow, purpose="restore", samples=("k1",), **kw):
+def _request(escrow, samples, purpose="restore", **kw):
     request, key_file = create_request(
-        escrow,
-        purpose,
-        list(samples) if samples else None,
-        "court order 42",
-        "bob",
-        PASSPHRASE,
-        params=FAST,
-        **kw,
+        escrow, purpose, samples, "court order 42", "bob", PASSPHRASE, params=FAST_KDF, **kw
     )
     request = RestoreRequest.loads(request.dumps())
     return request, load_request_key(request, key_file, PASSPHRASE), key_file
 
 
-def _approvals(escrow, request, custodians):
-    return [Approval.loads(approve(escrow, request, c).dumps()) for c in custodians]
+def _approvals(request, custodians):
+    return [Approval.loads(approve(request, c).dumps()) for c in custodians]
 
 
-def test_two_of_three_approvals_recover_the_key(job, custodians):
-    master, escrow = job
-    request, key, _ = _request(escrow)
-    approvals = _approvals(escrow, request, custodians[1:])
-    assert recover_master(escrow, request, key, approvals, "restore") == master
-    assert recover_master(escrow, request, key, approvals[::-1], "restore") == master
+def _open_face(manifest, data_key, key, shard=SHARD) -> Payload:
+    (row,) = [r for r in manifest.rows if r.key == key and r.face == 0]
+    aad = row_aad("job-1", shard, key, 0, row.bbox, ANON)
+    return Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, key))
 
 
-def test_m_minus_one_approvals_are_refused(job, custodians):
-    _, escrow = job
-    request, key, _ = _request(escrow)
-    with pytest.raises(RestoreError, match="needs 2"):
-        recover_master(escrow, request, key, _approvals(escrow, request, custodians[:1]), "restore")
+def _resign(request: RestoreRequest, keys, **changes) -> RestoreRequest:
+    """``request`` changed and signed again by its own requester key (a dishonest requester)."""
+    unsigned = replace(request, **changes, signature=b"")
+    signature = keys.ed25519.sign(restore._REQUEST_LABEL + canonical_json(unsigned.unsigned_doc()))
+    return replace(unsigned, signature=signature)
 
 
-def test_duplicated_approval_counts_once(job, custodians):
-    _, escrow = job
-    request, key, _ = _request(escrow)
-    approval = _approvals(escrow, request, custodians[:1])[0]
-    again = approve(escrow, request, custodians[0])
-    for pair in ([approval, approval], [approval, again]):
-        with pytest.raises(RestoreError, match="counts once"):
-            recover_master(escrow, request, key, pair, "restore")
+def _forged_approval(request, custodian, partials: bytes) -> Approval:
+    """A custodian-signed approval carrying ``partials`` (a faulty or dishonest custodian)."""
+    honest = approve(request, custodian)
+    fp = custodian.public().fingerprint
+    sealed = seal_to(
+        request.ephemeral_x25519, partials, restore.PARTIALS_CONTEXT,
+        restore._partials_aad(request, fp),
+    )  # fmt: skip
+    unsigned = replace(honest, sealed_partials=sealed, signature=b"")
+    return replace(unsigned, signature=custodian.sign(unsigned.signing_bytes()))
 
 
-def test_approval_for_another_request_is_refused(job, custodians):
-    _, escrow = job
-    request, key, _ = _request(escrow)
-    other, _, _ = _request(escrow, samples=("k2",))
-    mixed = _approvals(escrow, request, custodians[:1]) + _approvals(escrow, other, custodians[1:2])
-    with pytest.raises(RestoreError, match="approval 2 .* for another request"):
-        recover_master(escrow, request, key, mixed, "restore")
+# ---- the request -------------------------------------------------------------------------------
 
 
-def test_bad_signature_and_outsider_are_refused(job, custodians):
-    _, escrow = job
-    request, key, _ = _request(escrow)
-    good = _approvals(escrow, request, custodians[:2])
-    doc = json.loads(good[1].dumps())
-    doc["time"] = "2000-01-01T00:00:00Z"
-    with pytest.raises(RestoreError, match="approval 2 .* bad signature"):
-        recover_master(escrow, request, key, [good[0], Approval.loads(json.dumps(doc))], "restore")
-    outsider = CustodianPrivate.generate("mallory")
-    doc = json.loads(good[1].dumps()) | {
-        "custodian": "mallory",
-        "fingerprint": outsider.public().fingerprint,
-    }
-    with pytest.raises(RestoreError, match="not a custodian"):
-        recover_master(escrow, request, key, [good[0], Approval.loads(json.dumps(doc))], "restore")
-
-
-def test_wrong_request_key_passphrase_or_file(job, custodians):
-    _, escrow = job
-    request, _, key_file = _request(escrow)
-    with pytest.raises(CustodianKeyError, match="wrong passphrase"):
-        load_request_key(request, key_file, "guess")
-    other, _, other_file = _request(escrow)
-    with pytest.raises(RestoreError, match="another request"):
-        load_request_key(request, other_file, PASSPHRASE)
-    _, other_key, _ = _request(escrow)
-    with pytest.raises(RestoreError, match="does not open"):
-        recover_master(
-            escrow, request, other_key, _approvals(escrow, request, custodians[:2]), "restore"
+def test_request_round_trips_and_an_edit_breaks_its_signature(escrow, manifest):
+    request, _, _ = _request(escrow, _refs(manifest, ["k1"]))
+    assert RestoreRequest.loads(request.dumps()) == request
+    doc = json.loads(request.dumps())
+    assert [s["key"] for s in doc["samples"]] == ["k1"] and doc["purpose"] == "restore"
+    for edit in (
+        {"reason": "curiosity"},
+        {"expires": "2999-01-01T00:00:00Z"},
+        {"samples": [doc["samples"][0] | {"key": "k2"}]},
+        {"requester_ed25519": doc["ephemeral_x25519"]},
+    ):
+        changed = doc | edit
+        with pytest.raises(RestoreError, match="signature does not verify"):
+            RestoreRequest.loads(json.dumps(changed))
+    stranger = _request(escrow, _refs(manifest, ["k1"]))[0]
+    with pytest.raises(RestoreError, match="signature does not verify"):
+        RestoreRequest.loads(
+            json.dumps(doc | {"signature": json.loads(stranger.dumps())["signature"]})
         )
 
 
-def test_purpose_expiry_and_other_escrow(job, custodians):
-    master, escrow = job
-    request, key, _ = _request(escrow)
-    approvals = _approvals(escrow, request, custodians[:2])
-    with pytest.raises(RestoreError, match="not 'rekey'"):
-        recover_master(escrow, request, key, approvals, "rekey")
+@pytest.mark.parametrize(
+    "request_id",
+    ["x/../../tmp/victim", "../" + "a" * 29, "A" * 32, "a" * 31, "a" * 33, 12345, None],
+)
+def test_request_id_must_be_32_lowercase_hex(escrow, manifest, request_id):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    doc = json.loads(request.dumps()) | {"request_id": request_id}
+    with pytest.raises(RestoreError, match="request_id"):
+        RestoreRequest.loads(json.dumps(doc))
+    if isinstance(request_id, str):
+        with pytest.raises(RestoreError, match="request_id"):
+            _resign(request, keys, request_id=request_id)
+
+
+def test_request_shape_is_checked(escrow, manifest, custodians):
+    refs = _refs(manifest, ["k1", "k2"])
+    new_policy = ShamirPolicy(2, tuple(c.public() for c in custodians[1:]))
+    for purpose, samples, kw in (
+        ("bogus", refs, {}),
+        ("restore", [], {}),
+        ("restore", refs, {"new_policy": new_policy}),
+        ("reshare", [], {}),
+        ("reshare", [], {"new_policy": KmsPolicy("arn:aws:kms:us-east-1:123456789012:key/x")}),
+        ("restore", [refs[0], refs[0]], {}),
+        ("restore", [refs[0], replace(refs[1], key="k1")], {}),
+        ("restore", [replace(refs[0], escrow_id="f" * 32)], {}),
+    ):
+        with pytest.raises(KeyLibraryError):
+            create_request(escrow, purpose, samples, "r", "bob", PASSPHRASE, params=FAST_KDF, **kw)
+    for bad in ({"shard": "../shard-000000"}, {"key": "k/1"}, {"key": ""}):
+        with pytest.raises(RestoreError, match="malformed"):
+            replace(refs[0], **bad)
+    with pytest.raises(ValueError):
+        create_request(escrow, "restore", refs, " ", "bob", PASSPHRASE, params=FAST_KDF)
+
+
+def test_expiry_and_purpose_are_enforced(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    approvals = _approvals(request, custodians[:2])
     later = datetime.now(UTC) + timedelta(days=8)
     with pytest.raises(RestoreError, match="expired"):
-        recover_master(escrow, request, key, approvals, "restore", now=later)
-    _, new_escrow = rekey(escrow, {escrow.escrow_ids[0]: master})
-    with pytest.raises(RestoreError, match="another job or another escrow"):
-        recover_master(new_escrow, request, key, approvals, "restore")
+        recover_data_keys(escrow, request, keys, approvals, "restore", now=later)
+    with pytest.raises(RestoreError, match="expired"):
+        approve(request, custodians[2], clock=lambda: later)
+    with pytest.raises(RestoreError, match="not 'rekey'"):
+        recover_data_keys(escrow, request, keys, approvals, "rekey")
+    with pytest.raises(RestoreError, match="not 'reshare'"):
+        assemble_reshare(escrow, request, approvals)
+    assert recover_data_keys(escrow, request, keys, approvals, "restore")
 
 
-def test_rekeyed_manifests_do_not_open_with_the_old_shares(job, custodians):
-    master, escrow = job
-    new_master, new_escrow = rekey(escrow, {escrow.escrow_ids[0]: master})
-    sealer = ShardSealer(Envelope(new_master, "job-1"), "shard-000000")
-    row = sealer.seal_face("k1", 0, (0, 0, 4, 4), FACE_PNG, SOURCE, ANON)
-    request, key, _ = _request(escrow)
-    old_master = recover_master(
-        escrow, request, key, _approvals(escrow, request, custodians[:2]), "restore"
+def test_request_key_file_is_bound_to_its_request(escrow, manifest, custodians):
+    request, _, key_file = _request(escrow, _refs(manifest, ["k1"]))
+    with pytest.raises(CustodianKeyError, match="wrong passphrase"):
+        load_request_key(request, key_file, "a wrong passphrase")
+    other, other_keys, other_file = _request(escrow, _refs(manifest, ["k1"]))
+    with pytest.raises(RestoreError, match="another request"):
+        load_request_key(request, other_file, PASSPHRASE)
+    approvals = _approvals(request, custodians[:2])
+    with pytest.raises(RestoreError, match="does not open with this request's key"):
+        recover_data_keys(escrow, request, other_keys, approvals, "restore")
+
+
+# ---- release of exactly the listed samples -----------------------------------------------------
+
+
+def test_approvals_release_exactly_the_listed_samples(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1", "k3"]))
+    for approvers in (custodians[:2], custodians[1:], custodians[::-2], custodians):
+        released = recover_data_keys(
+            escrow, request, keys, _approvals(request, approvers), "restore"
+        )
+        assert set(released) == {(SHARD, "k1"), (SHARD, "k3")}
+        for key in ("k1", "k3"):
+            payload = _open_face(manifest, released[(SHARD, key)], key)
+            assert payload.kind is PayloadKind.FACE_PNG and payload.data == _face(key)
+            assert payload.source_uri == _source(key)
+        with pytest.raises(DecryptionError):
+            _open_face(manifest, released[(SHARD, "k1")], "k2")
+
+
+def test_the_one_sample_attack_gets_one_sample(escrow, manifest, custodians):
+    """Everything the requester of ONE sample holds (request, request keys, 2-of-3 approvals,
+    escrow, manifest) opens that sample and no other."""
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    approvals = _approvals(request, custodians[:2])
+    released = recover_data_keys(escrow, request, keys, approvals, "restore")
+    assert list(released) == [(SHARD, "k1")]
+    assert _open_face(manifest, released[(SHARD, "k1")], "k1").data == _face("k1")
+    for key in ("k2", "k3"):
+        with pytest.raises(DecryptionError):
+            _open_face(manifest, released[(SHARD, "k1")], key)
+
+    epoch = escrow.epochs[0]
+    partials = [restore._open_partials(request, keys, ap) for ap in approvals]
+    assert [len(p) for p in partials] == [1, 1]
+    shares = [epoch.open_share(c) for c in custodians]
+    for ap, plain in zip(approvals, partials, strict=True):
+        raw = b"".join(p.to_bytes() for p in plain)
+        assert all(s.value not in raw for s in shares)  # partials, never a share
+        assert all(s.value not in ap.dumps() for s in shares)
+    combined = threshold.combine_partials([p[0] for p in partials], 2)
+    (k1_ref,) = _refs(manifest, ["k1"])
+    k1_wrap = threshold.WrappedKey.from_bytes(k1_ref.wrapped)
+    assert threshold.unwrap(epoch.public_key, k1_wrap, epoch.label(SHARD, "k1"), combined)
+    for other in _refs(manifest, ["k2", "k3"]):
+        wrapped = threshold.WrappedKey.from_bytes(other.wrapped)
+        for label in (epoch.label(SHARD, other.key), epoch.label(SHARD, "k1")):
+            with pytest.raises(threshold.ThresholdError):
+                threshold.unwrap(epoch.public_key, wrapped, label, combined)
+        for (p,), ap in zip(partials, approvals, strict=True):
+            index = escrow.policy.index_of(ap.fingerprint)
+            assert not threshold.verify_partial(
+                epoch.public_shares[index - 1], wrapped, epoch.label(SHARD, other.key), p
+            )
+    # Asking for k2 under k1's name (B's wrap in A's entry) is refused by every custodian.
+    forged = [SampleRef(SHARD, "k1", epoch.escrow_id, _refs(manifest, ["k2"])[0].wrapped)]
+    forged_request, _, _ = _request(escrow, forged)
+    for c in custodians:
+        with pytest.raises(RestoreError, match="not made for that sample"):
+            approve(forged_request, c)
+
+
+def test_a_wrap_carried_to_another_shard_or_epoch_is_refused(escrow, custodians):
+    both = add_epoch(escrow)
+    first, second = both.escrow_ids
+    m1 = _seal_shard(both, first, "shard-000000", ("k1",))
+    m2 = _seal_shard(both, second, "shard-000001", ("k9",))
+    (k1,) = _refs(m1, ["k1"])
+    for forged in (
+        replace(k1, shard="shard-000001"),
+        replace(k1, escrow_id=second),
+        replace(k1, wrapped=_refs(m2, ["k9"], "shard-000001")[0].wrapped),
+    ):
+        request, _, _ = _request(both, [forged])
+        with pytest.raises(RestoreError, match="not made for that sample"):
+            approve(request, custodians[0])
+    # A flipped ciphertext byte keeps the label proof: custodians approve, the key does not open.
+    flipped = replace(k1, wrapped=k1.wrapped[:-1] + bytes([k1.wrapped[-1] ^ 1]))
+    request, keys, _ = _request(both, [flipped])
+    approvals = _approvals(request, custodians[:2])
+    with pytest.raises(RestoreError, match="'k1': its data key did not open"):
+        recover_data_keys(both, request, keys, approvals, "restore")
+    request, keys, _ = _request(both, [k1, *_refs(m2, ["k9"], "shard-000001")])
+    released = recover_data_keys(
+        both, request, keys, _approvals(request, custodians[1:]), "restore"
     )
-    with pytest.raises(DecryptionError):
-        open_row(Envelope(old_master, "job-1"), "shard-000000", row, ANON)
+    assert set(released) == {("shard-000000", "k1"), ("shard-000001", "k9")}
+
+
+def test_a_bad_partial_is_named(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1", "k2"]))
+    alice, bob = custodians[:2]
+    good = _approvals(request, [alice, bob])
+    honest = restore._open_partials(request, keys, good[1])
+    shifted = threshold.Partial(
+        2, threshold.add(honest[1].d, threshold.BASE_POINT), honest[1].proof
+    )
+    stolen = restore._open_partials(request, keys, good[0])  # alice's, index 1
+    for partials, sample in (
+        (honest[0].to_bytes() + shifted.to_bytes(), "k2"),
+        (stolen[0].to_bytes() + honest[1].to_bytes(), "k1"),
+        (honest[1].to_bytes() + honest[0].to_bytes(), "k1"),
+    ):
+        bad = _forged_approval(request, bob, partials)
+        with pytest.raises(RestoreError, match=f"custodian 'bob' sent a bad partial .* '{sample}'"):
+            recover_data_keys(escrow, request, keys, [good[0], bad], "restore")
+    short = _forged_approval(request, bob, honest[0].to_bytes())
+    with pytest.raises(RestoreError, match="'bob' does not cover"):
+        recover_data_keys(escrow, request, keys, [good[0], short], "restore")
+
+
+def test_approvals_for_another_request_are_refused(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    other, _, _ = _request(escrow, _refs(manifest, ["k2"]))
+    mixed = _approvals(request, custodians[:1]) + _approvals(other, custodians[1:2])
+    with pytest.raises(RestoreError, match="approval 2 .* for another request"):
+        recover_data_keys(escrow, request, keys, mixed, "restore")
+    # Relabelling the other request's approval breaks its custodian signature.
+    relabelled = replace(mixed[1], request_id=request.request_id, request_sha256=request.sha256())
+    with pytest.raises(RestoreError, match="approval 2 .* bad signature"):
+        recover_data_keys(escrow, request, keys, [mixed[0], relabelled], "restore")
+
+
+def test_duplicate_approvals_count_once_and_fewer_than_m_fail(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    (first,) = _approvals(request, custodians[:1])
+    again = approve(request, custodians[0])
+    for pair in ([first, first], [first, again]):
+        with pytest.raises(RestoreError, match="counts once"):
+            recover_data_keys(escrow, request, keys, pair, "restore")
+    with pytest.raises(RestoreError, match="1 valid approval.*needs 2"):
+        recover_data_keys(escrow, request, keys, [first], "restore")
+    with pytest.raises(RestoreError, match="0 valid approval"):
+        recover_data_keys(escrow, request, keys, [], "restore")
+
+
+def test_bad_signature_and_outsider_are_refused(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    good = _approvals(request, custodians[:2])
+    doc = json.loads(good[1].dumps()) | {"time": "2000-01-01T00:00:00Z"}
+    with pytest.raises(RestoreError, match="approval 2 .* bad signature"):
+        recover_data_keys(
+            escrow, request, keys, [good[0], Approval.loads(json.dumps(doc))], "restore"
+        )
+    mallory = CustodianPrivate.generate("mallory")
+    with pytest.raises(KeyLibraryError, match="no custodian"):
+        approve(request, mallory)
+    doc = json.loads(good[1].dumps()) | {
+        "custodian": "mallory",
+        "fingerprint": mallory.public().fingerprint,
+    }
+    with pytest.raises(RestoreError, match="not a custodian"):
+        recover_data_keys(
+            escrow, request, keys, [good[0], Approval.loads(json.dumps(doc))], "restore"
+        )
+    for bad in (b"{}", b"not json", json.dumps(doc | {"format": "x"}).encode()):
+        with pytest.raises(RestoreError, match="invalid approval"):
+            Approval.loads(bad)
+
+
+def test_a_request_made_before_the_escrow_changed_is_refused(escrow, manifest, custodians):
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    approvals = _approvals(request, custodians[:2])
+    later = add_epoch(escrow)
+    with pytest.raises(RestoreError, match="another escrow"):
+        recover_data_keys(later, request, keys, approvals, "restore")
+
+
+def test_a_forged_escrow_copy_is_refused_against_the_real_escrow(escrow, manifest, custodians):
+    """A requester can sign any escrow copy; custodians approve against the copy, but the
+    release compares it with the job's escrow.json."""
+    request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
+    doc = json.loads(escrow.dumps())
+    doc["epochs"][0]["shares"][2]["parts"][0]["sealed"] = base64.b64encode(b"\x01" * 80).decode()
+    forged = _resign(request, keys, escrow=Escrow.loads(json.dumps(doc)))
+    approvals = [approve(forged, c) for c in custodians[:2]]
+    with pytest.raises(RestoreError, match="forged or altered request"):
+        recover_data_keys(escrow, forged, keys, approvals, "restore")
+
+
+def test_kms_escrows_take_no_custodian_approvals(custodians):
+    kms = create_escrow("job-k", KmsPolicy("arn:aws:kms:us-east-1:123456789012:key/x"))
+    request, _, _ = _request(kms, [SampleRef(SHARD, "k1", kms.escrow_ids[0])])
+    with pytest.raises(RestoreError, match="Shamir escrows only"):
+        approve(request, custodians[0])
+
+
+def test_a_rekey_releases_every_listed_sample_across_epochs(escrow, custodians):
+    both = add_epoch(escrow)
+    m1 = _seal_shard(both, both.escrow_ids[0], "shard-000000", ("k1", "k2"))
+    m2 = _seal_shard(both, both.escrow_ids[1], "shard-000001", ("k3",))
+    refs = _refs(m1, ["k1", "k2"]) + _refs(m2, ["k3"], "shard-000001")
+    new_policy = KmsPolicy("arn:aws:kms:us-east-1:123456789012:key/new")
+    request, keys, _ = _request(both, refs, "rekey", new_policy=new_policy)
+    released = recover_data_keys(both, request, keys, _approvals(request, custodians[:2]), "rekey")
+    assert set(released) == {("shard-000000", "k1"), ("shard-000000", "k2"), ("shard-000001", "k3")}
+    assert _open_face(m2, released[("shard-000001", "k3")], "k3", "shard-000001").data == _face(
+        "k3"
+    )
+
+
+# ---- reshare approvals -------------------------------------------------------------------------
+
+
+def test_reshare_parts_are_sealed_only_to_the_named_new_custodians(escrow, custodians, newcomer):
+    named = [custodians[1], custodians[2], newcomer]
+    policy = ShamirPolicy(2, tuple(c.public() for c in named))
+    request, _, _ = _request(escrow, [], "reshare", new_policy=policy)
+    approvals = _approvals(request, custodians[:2])
+    epoch = escrow.epochs[0]
+    for ap, source in zip(approvals, (1, 2), strict=True):
+        assert ap.sealed_partials == b"" and len(ap.reshare) == 1
+        (block,) = ap.reshare
+        assert block.escrow_id == epoch.escrow_id and len(block.sealed_parts) == 3
+        for j, c in enumerate(named):
+            aad = reshare_part_aad(
+                "job-1", epoch.escrow_id, epoch.public_key, policy, request.sha256(),
+                c.public().fingerprint, source,
+            )  # fmt: skip
+            part = threshold.ScalarShare.from_bytes(
+                open_sealed(c.x25519, block.sealed_parts[j], SHARE_CONTEXT, aad)
+            )
+            assert part.index == j + 1 and part.public() == block.public_parts[j]
+            for k, other in enumerate(named):
+                if k != j:
+                    with pytest.raises(DecryptionError):
+                        open_sealed(other.x25519, block.sealed_parts[j], SHARE_CONTEXT, aad)
+            with pytest.raises(DecryptionError):
+                open_sealed(custodians[0].x25519, block.sealed_parts[j], SHARE_CONTEXT, aad)
+    new = assemble_reshare(escrow, request, approvals)
+    assert new.policy == policy and new.epochs[0].public_key == epoch.public_key
+
+
+def test_a_reshare_approval_cannot_be_retargeted(escrow, custodians, newcomer):
+    policy = ShamirPolicy(2, tuple(c.public() for c in (custodians[1], newcomer)))
+    request, _, _ = _request(escrow, [], "reshare", new_policy=policy)
+    approvals = _approvals(request, custodians[:2])
+    mallory = CustodianPrivate.generate("mallory")
+    evil = ShamirPolicy(2, tuple(c.public() for c in (custodians[1], mallory)))
+    other, _, _ = _request(escrow, [], "reshare", new_policy=evil)
+    with pytest.raises(RestoreError, match="for another request"):
+        assemble_reshare(escrow, other, approvals)
+    relabelled = [
+        replace(a, request_id=other.request_id, request_sha256=other.sha256()) for a in approvals
+    ]
+    with pytest.raises(RestoreError, match="bad signature"):
+        assemble_reshare(escrow, other, relabelled)
+    # Even with the parts carried over by hand, the AAD names the request and the recipient.
+    reshared = assemble_reshare(escrow, request, approvals)
+    doc = json.loads(reshared.dumps())
+    doc["custodians"][1] = {k: v for k, v in mallory.public().to_json().items() if k != "format"}
+    doc["epochs"][0]["shares"][1]["fingerprint"] = mallory.public().fingerprint
+    with pytest.raises(KeyLibraryError):
+        Escrow.loads(json.dumps(doc)).epochs[0].open_share(mallory)
+
+
+def test_a_reshare_contribution_must_resplit_the_custodians_share(escrow, custodians, newcomer):
+    policy = ShamirPolicy(2, tuple(c.public() for c in (custodians[1], newcomer)))
+    request, _, _ = _request(escrow, [], "reshare", new_policy=policy)
+    honest = _approvals(request, custodians[:2])
+    block = honest[1].reshare[0]
+    fake = threshold.split_scalar(threshold.scalar_from_int(99), 2, 2)
+    bad_block = replace(block, public_parts=tuple(p.public() for p in fake))
+    unsigned = replace(honest[1], reshare=(bad_block,), signature=b"")
+    bad = replace(unsigned, signature=custodians[1].sign(unsigned.signing_bytes()))
+    with pytest.raises(RestoreError, match="'bob' does not re-split"):
+        assemble_reshare(escrow, request, [honest[0], bad])
+    unsigned = replace(honest[1], reshare=(), signature=b"")
+    empty = replace(unsigned, signature=custodians[1].sign(unsigned.signing_bytes()))
+    with pytest.raises(RestoreError, match="'bob' does not reshare epoch"):
+        assemble_reshare(escrow, request, [honest[0], empty])
+
+
+# ---- statements and secrecy --------------------------------------------------------------------
+
+
+def test_approval_statement_verifies_without_the_partials(escrow, manifest, custodians):
+    request, _, _ = _request(escrow, _refs(manifest, ["k1"]))
+    (approval,) = _approvals(request, custodians[:1])
+    statement = approval.statement()
+    assert statement["sealed_partials"] == hashlib.sha256(approval.sealed_partials).hexdigest()
+    assert statement["samples_sha256"] == request.samples_sha256()
+    check_statement(statement, approval.signature, custodians[0].public().ed25519)
+    with pytest.raises(RestoreError, match="does not verify"):
+        check_statement(
+            statement | {"custodian": "bob"}, approval.signature, custodians[0].public().ed25519
+        )
+    with pytest.raises(RestoreError, match="does not verify"):
+        check_statement(statement, approval.signature, custodians[1].public().ed25519)
 
 
 def _forms(secret: bytes) -> list[str]:
@@ -181,154 +502,37 @@ def _forms(secret: bytes) -> list[str]:
     ]
 
 
-def test_nothing_secret_reaches_logs_or_errors(job, custodians, caplog):
+def test_nothing_secret_reaches_logs_errors_or_reprs(escrow, manifest, custodians, caplog):
     caplog.set_level(logging.DEBUG)
-    master, escrow = job
-    sealer = ShardSealer(Envelope(master, "job-1"), "shard-000000")
-    sealer.seal_face("k1", 0, (0, 0, 4, 4), FACE_PNG, SOURCE, ANON)
-    sealer.seal_sample("k1", SOURCE, ANON)
-    request, key, key_file = _request(escrow)
-    approvals = _approvals(escrow, request, custodians[:2])
-    recovered = recover_master(escrow, request, key, approvals, "restore")
-    rows = read_key_manifest(sealer.manifest_bytes())
-    payloads = [open_row(Envelope(recovered, "job-1"), "shard-000000", r, ANON) for r in rows]
-    writer = AuditWriter(escrow.epochs[0].audit_signing_key(recovered), "requester:bob")
-    audit_log, _ = writer.append(b"", "restore.apply", {"request_id": request.request_id})
-    verify(audit_log, escrow.signers())
+    request, keys, key_file = _request(escrow, _refs(manifest, ["k1"]))
+    approvals = _approvals(request, custodians[:2])
+    released = recover_data_keys(escrow, request, keys, approvals, "restore")
     errors = []
     for attempt in (
-        lambda: recover_master(escrow, request, key, approvals[:1], "restore"),
-        lambda: load_request_key(request, key_file, "wrong"),
-        lambda: open_row(Envelope(MasterKey.generate(), "job-1"), "shard-000000", rows[0], ANON),
-        lambda: escrow.epochs[0].recover([escrow.epochs[0].open_share(custodians[0])] * 2),
+        lambda: recover_data_keys(escrow, request, keys, approvals[:1], "restore"),
+        lambda: load_request_key(request, key_file, "a wrong passphrase"),
+        lambda: _open_face(manifest, released[(SHARD, "k1")], "k2"),
+        lambda: recover_data_keys(
+            escrow,
+            request,
+            keys,
+            [approvals[0], _forged_approval(request, custodians[1], approvals[0].sealed_partials)],
+            "restore",
+        ),  # fmt: skip
     ):
         with pytest.raises(KeyLibraryError) as err:
             attempt()
         errors.append(f"{err.value!r} {err.value}")
     shares = [escrow.epochs[0].open_share(c) for c in custodians]
-    secrets_ = [
-        master.reveal(),
-        PASSPHRASE.encode(),
-        FACE_PNG,
-        SOURCE.encode(),
-        key.private_bytes_raw(),
-        escrow.epochs[0].audit_signing_key(master).private_bytes_raw(),
-    ]
-    secrets_ += [s.y for s in shares] + [s.to_bytes() for s in shares]
-    secrets_ += [c.x25519.private_bytes_raw() for c in custodians]
-    secrets_ += [c.ed25519.private_bytes_raw() for c in custodians]
+    secrets_ = [*released.values(), PASSPHRASE.encode(), _face("k1"), _source("k1").encode()]
+    secrets_ += [keys.x25519.private_bytes_raw(), keys.ed25519.private_bytes_raw()]
+    secrets_ += [s.value for s in shares] + [c.x25519.private_bytes_raw() for c in custodians]
     text = "\n".join(
         [r.getMessage() for r in caplog.records]
         + errors
-        + [repr(p) for p in payloads]
-        + [repr(master), repr(shares), repr(custodians), repr(approvals)]
+        + [repr(shares), repr(custodians), repr(approvals), repr(request), repr(keys)]
     )
     assert caplog.records, "the workflow should log something"
     for secret in secrets_:
         for form in _forms(secret):
             assert form not in text
-
-
-def test_one_request_recovers_every_epoch(resumed, custodians):
-    masters, escrow = resumed
-    request, key, _ = _request(escrow, samples=("k1", "k2"))
-    assert request.epochs == escrow.escrow_ids and request.revision == escrow.revision
-    approvals = _approvals(escrow, request, custodians[::2])
-    assert all(list(a.sealed_shares) == list(escrow.escrow_ids) for a in approvals)
-    assert recover_masters(escrow, request, key, approvals, "restore") == masters
-    assert recover_masters(escrow, request, key, approvals[::-1], "restore") == masters
-
-
-def _resign(approval: Approval, custodian: CustodianPrivate, **changes) -> Approval:
-    unsigned = Approval(**{**approval.__dict__, **changes, "signature": b""})
-    signature = custodian.sign(unsigned.signing_bytes())
-    return Approval.loads(Approval(**{**unsigned.__dict__, "signature": signature}).dumps())
-
-
-def test_approval_missing_an_epoch_is_refused(resumed, custodians):
-    _, escrow = resumed
-    request, key, _ = _request(escrow)
-    good = _approvals(escrow, request, custodians[:2])
-    first, second = escrow.escrow_ids
-    partial = _resign(good[1], custodians[1], sealed_shares={first: good[1].sealed_shares[first]})
-    with pytest.raises(
-        RestoreError,
-        match=f"approval 2 .* no share for key epoch {second} "
-        r"\(2 of 2\)",
-    ):
-        recover_masters(escrow, request, key, [good[0], partial], "restore")
-    extra = _resign(good[1], custodians[1], sealed_shares={**good[1].sealed_shares, "f" * 32: b"x"})
-    with pytest.raises(RestoreError, match="does not cover"):
-        recover_masters(escrow, request, key, [good[0], extra], "restore")
-    unsigned = Approval(**{**good[1].__dict__, "sealed_shares": {first: b"x"}})
-    with pytest.raises(RestoreError, match="bad signature"):
-        recover_masters(escrow, request, key, [good[0], unsigned], "restore")
-
-
-def test_shares_are_bound_to_their_epoch(resumed, custodians):
-    _, escrow = resumed
-    request, key, _ = _request(escrow)
-    good = _approvals(escrow, request, custodians[:2])
-    first, second = escrow.escrow_ids
-    swapped = {first: good[1].sealed_shares[second], second: good[1].sealed_shares[first]}
-    with pytest.raises(RestoreError, match="approval 2 .* key epoch .* does not open"):
-        recover_masters(
-            escrow,
-            request,
-            key,
-            [good[0], _resign(good[1], custodians[1], sealed_shares=swapped)],
-            "restore",
-        )
-
-
-def test_request_made_before_a_new_epoch_is_refused(job, custodians):
-    _, escrow = job
-    request, key, _ = _request(escrow)
-    approvals = _approvals(escrow, request, custodians[:2])
-    later = add_epoch(escrow, MasterKey.generate(), Ed25519PrivateKey.generate())
-    with pytest.raises(RestoreError, match="another escrow .* new key epoch"):
-        recover_masters(later, request, key, approvals, "restore")
-    with pytest.raises(RestoreError, match="another escrow"):
-        approve(later, request, custodians[2])
-
-
-def test_request_carries_the_escrow_for_offline_approval(resumed, custodians):
-    masters, escrow = resumed
-    request, key, _ = _request(escrow)
-    assert request.escrow == escrow
-    assert json.loads(request.dumps())["escrow"] == json.loads(escrow.dumps())
-    approvals = [approve(request.escrow, request, c) for c in custodians[1:]]
-    assert recover_masters(escrow, request, key, approvals, "restore") == masters
-
-
-def test_forged_escrow_copy_is_refused(job, custodians):
-    """A request whose escrow copy differs from escrow.json (same job, revision and epochs)
-    can be approved offline, but its approvals are refused against the real escrow."""
-    _, escrow = job
-    request, key, _ = _request(escrow)
-    doc = json.loads(request.dumps())
-    doc["escrow"]["epochs"][0]["audit_key"]["sealed"] = base64.b64encode(b"x" * 60).decode()
-    forged = RestoreRequest.loads(json.dumps(doc))
-    approvals = [approve(forged.escrow, forged, c) for c in custodians[:2]]
-    with pytest.raises(RestoreError, match="forged or altered request"):
-        recover_masters(escrow, forged, key, approvals, "restore")
-    with pytest.raises(RestoreError, match="forged or altered request"):
-        approve(escrow, forged, custodians[2])
-    doc["escrow"]["revision"] = "0" * 32
-    with pytest.raises(RestoreError, match="escrow copy"):
-        RestoreRequest.loads(json.dumps(doc))
-
-
-def test_approval_statement_verifies_without_the_shares(job, custodians):
-    _, escrow = job
-    request, _, _ = _request(escrow)
-    (approval,) = _approvals(escrow, request, custodians[:1])
-    statement = approval.statement()
-    assert all(set(s) == {"escrow_id", "sha256"} for s in statement["sealed_shares"])
-    check_statement(statement, approval.signature, custodians[0].public().ed25519)
-    with pytest.raises(RestoreError, match="does not verify"):
-        check_statement(
-            statement | {"custodian": "bob"}, approval.signature, custodians[0].public().ed25519
-        )
-    with pytest.raises(RestoreError, match="does not verify"):
-        check_statement(statement, approval.signature, custodians[1].public().ed25519)
