@@ -265,6 +265,8 @@ class ShardSealer:
         self.keys = keys
         self.job_id = keys.epoch.job_id
         self.shard = shard.removesuffix(".tar")
+        if keys.shard != self.shard:
+            raise ValueError(f"data keys made for {keys.shard!r} cannot seal {self.shard!r}")
         self.escrow_id = keys.epoch.escrow_id
         self._rows: list[KeyRow] = []
         self._sample_keys: dict[str, tuple[bytes, bytes | None]] = {}

@@ -85,6 +85,10 @@ def _scalar_random(randbytes: RandBytes | None) -> bytes:
     return na.crypto_core_ed25519_scalar_reduce(raw)
 
 
+def _is_reduced(scalar: bytes) -> bool:
+    return na.crypto_core_ed25519_scalar_reduce(scalar + bytes(32)) == scalar
+
+
 def scalar_from_int(value: int) -> bytes:
     """The scalar ``value mod L`` (``value`` >= 0, below 2^256)."""
     return na.crypto_core_ed25519_scalar_reduce(value.to_bytes(64, "little"))
@@ -155,6 +159,8 @@ def verify_dleq(b1: bytes, p1: bytes, b2: bytes, p2: bytes, proof: bytes, contex
     if not isinstance(proof, bytes) or len(proof) != PROOF_SIZE:
         return False
     c, z = proof[:32], proof[32:]
+    if not (_is_reduced(c) and _is_reduced(z)):
+        return False  # one encoding per proof: scalars at or above L are refused
     try:
         # A = z*B - c*P, computed as z*B + (L - c)*P.
         neg_c = na.crypto_core_ed25519_scalar_negate(c)
@@ -180,7 +186,7 @@ class ScalarShare:
             raise ThresholdError("a share's index is 1..255")
         if not isinstance(self.value, bytes) or len(self.value) != SCALAR_SIZE:
             raise ThresholdError("a share is a 32-byte scalar")
-        if na.crypto_core_ed25519_scalar_reduce(self.value + bytes(32)) != self.value:
+        if not _is_reduced(self.value):
             raise ThresholdError("a share is not a reduced scalar")
 
     def public(self) -> bytes:

@@ -257,13 +257,6 @@ def test_shard_name_is_the_manifest_stem(escrow):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="PRODUCTION BUG: ShardSealer takes ShardKeys made for another shard (or for the "
-    "'.tar' name it strips) without a check; with a Shamir escrow every wrap is then labelled "
-    "for the wrong shard and no custodian will ever approve its restore",
-)
 def test_shard_sealer_refuses_keys_made_for_another_shard(escrow):
     sealing = epoch_sealing(escrow, escrow.escrow_ids[0])
     for keys_for, sealer_for in (("shard-000007.tar", "shard-000007.tar"), (SHARD, "shard-000001")):
