@@ -74,8 +74,9 @@ def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[byte
     """Up to ``limit`` different-looking samples with faces: original bytes (read from the input
     photos, in listing order, matched by sample key) and anonymized bytes (from the output
     shard)."""
-    from jobs.shard import list_sources, sample_key
+    from jobs.shard import list_sources
     from jobs.shardio import iter_samples
+    from manifests.jobsecret import sample_key
 
     with open(out / "anon" / "data" / "shard-000000.tar", "rb") as f:
         anonymized = {s.key: s for s in iter_samples(f)}

@@ -4,8 +4,8 @@ Actors collect the faces of a sample of the shards in parallel (detect, 68 landm
 embeddings, donor candidates); the driver merges their tables into identity clusters and a donor
 bank; the second pass's actors receive that context. Face tables and the context hold original
 pixels, so they cross process boundaries only sealed under the run's transit key
-(``jobs.keys.seal_object``): whatever Ray spills to disk is ciphertext, and nothing is written
-to the output or to a temp file.
+(``manifests.jobsecret.seal_object``): whatever Ray spills to disk is ciphertext, and nothing is
+written to the output or to a temp file.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from anon_core.pipeline import AnonConfig, build_embedder
 from anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_probes
 from anon_core.surrogate.context import FaceTable, collect_faces, context_from_table
 from jobs.config import JobConfig
-from jobs.keys import Secrets, open_object, seal_object
+from jobs.keys import Secrets
 from jobs.progress import BufferedProgress
 from jobs.raypool import actor_device, map_over_shards, shard_tasks
 from jobs.shard import ShardEntry
 from jobs.shardio import ShardFormatError
 from jobs.worker import ShardTask, classify_sample, shard_samples
+from manifests.jobsecret import open_object, seal_object
 
 log = logging.getLogger(__name__)
 

@@ -46,36 +46,6 @@ class Secrets:
         return "Secrets(<redacted>)"
 
 
-_NONCE = 12
-
-
-def seal_object(key: bytes, obj: object) -> bytes:
-    """``obj`` pickled and encrypted (AES-256-GCM) under ``key``, for the object store: what
-    Ray spills to disk is then ciphertext."""
-    import os
-    import pickle
-
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    nonce = os.urandom(_NONCE)
-    return nonce + AESGCM(key).encrypt(nonce, pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), None)
-
-
-def open_object(key: bytes, blob: bytes) -> object:
-    """The object ``seal_object`` sealed; ValueError when ``blob`` was not sealed under ``key``
-    or was changed (nothing is unpickled then)."""
-    import pickle
-
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    try:
-        plain = AESGCM(key).decrypt(bytes(blob[:_NONCE]), bytes(blob[_NONCE:]), None)
-    except InvalidTag:
-        raise ValueError("sealed object does not open with this run's transit key") from None
-    return pickle.loads(plain)  # authenticated: written by this run's own processes
-
-
 @ray.remote(num_cpus=0, max_restarts=0)
 class KeyHolder:
     """Holds Secrets in process memory on the driver's node for the actors to fetch.

@@ -1,9 +1,9 @@
 """Subject access: the pseudonymous key a source file got in a job, and where that sample is.
 
-The key is the job's own HMAC of the source URI (``jobs.shard.sample_key``), so a URI must be
-written exactly as the planner (``jobs.shard.list_sources``) wrote it: the input's protocol (if
-any) followed by the fsspec path, absolute for local files, and ``TAR#MEMBER`` for an image inside
-an input tar. Only shards with a ``_done`` marker count; nothing here logs a path or a URI.
+The key is the job's own HMAC of the source URI (``manifests.jobsecret.sample_key``), so a URI
+must be written exactly as the planner (``jobs.shard.list_sources``) wrote it: the input's protocol
+(if any) followed by the fsspec path, absolute for local files, and ``TAR#MEMBER`` for an image
+inside an input tar. Only shards with a ``_done`` marker count; nothing here logs a path or a URI.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from jobs.plan import INDEX as PLAN_INDEX
 from jobs.plan import PLAN_DIR
-from jobs.shard import sample_key, secret_fingerprint
 from jobs.shardio import open_tar, split_member
 from jobs.storage import Location
+from manifests.jobsecret import sample_key, secret_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ the shard's plan file, ``OUT/plan/shard-000000.json``::
 
     {"version": 1, "shard": "shard-000000.tar", "samples": [{"key": K, "src": B64, "check": B64}]}
 
-with the samples in input order. ``key`` is the sample key (``jobs.shard.sample_key``), ``src``
-the source URI sealed by ``jobs.shard.seal_uri`` (the bytes of a tar's ``KEY.src`` member), and
-``check`` seals, under another key derived from the job secret, the JSON
+with the samples in input order. ``key`` is the sample key, ``src`` the sealed source URI (the
+bytes of a tar's ``KEY.src`` member), and ``check`` seals, under another key derived from the job
+secret (all three: :mod:`manifests.jobsecret`), the JSON
 ``{"protocol", "path", "start", "end", "ext", "size", "sha256"}`` of the source as planned
 (``start``/``end``: the byte range of a member of an input tar, else null), or ``{"error": REASON}``
 when it could not be read while planning. ``check`` is AES-256-GCM with the sample key as AAD and
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import logging
 from collections import deque
@@ -42,15 +41,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fsspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jobs import shard as sharding
-from jobs.shard import ShardEntry, Source, sample_key, seal_uri, secret_fingerprint, shard_name
+from jobs.shard import ShardEntry, Source, shard_name
 from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, RawSample, ShardFormatError
 from jobs.storage import Location, RetryPolicy, canonical_json
+from manifests.jobsecret import open_check, sample_key, seal_check, seal_uri, secret_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +74,6 @@ def plan_name(shard: str) -> str:
 def is_plan_file(uri: str) -> bool:
     """Whether a shard task's ``uri`` is a plan file (sources read in place), not a tar."""
     return uri.endswith(".json")
-
-
-def _check_cipher(secret: bytes) -> AESGCM:
-    key = HKDF(hashes.SHA256(), 32, salt=None, info=b"faceveil plan-check v1").derive(secret)
-    return AESGCM(key)
-
-
-def seal_check(secret: bytes, key: str, doc: dict) -> bytes:
-    """``doc`` (where the source is, its size and sha256) sealed for sample ``key``."""
-    plain = canonical_json(doc)
-    nonce = hmac.new(secret, b"plan-check-nonce:" + plain, hashlib.sha256).digest()[:12]
-    return nonce + _check_cipher(secret).encrypt(nonce, plain, key.encode())
-
-
-def open_check(secret: bytes, key: str, blob: bytes) -> dict:
-    """The document sealed by ``seal_check``; raises ValueError with the wrong secret or key."""
-    try:
-        return json.loads(_check_cipher(secret).decrypt(blob[:12], blob[12:], key.encode()))
-    except InvalidTag:
-        raise ValueError("a plan entry does not open with this job secret") from None
 
 
 def _protocol(uri: str) -> str:

@@ -37,6 +37,7 @@ from jobs.raypool import (
 from jobs.shardio import ShardFormatError
 from jobs.storage import Location
 from jobs.worker import ShardSummary, ShardTask, process_shard
+from manifests.jobsecret import secret_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Loc
     src = Location(config.input)
     if src.exists(sharding.INDEX):
         theirs = src.read_json(sharding.INDEX).get("secret_fingerprint")
-        if theirs != sharding.secret_fingerprint(secret):
+        if theirs != secret_fingerprint(secret):
             raise JobError(f"{src.uri} was sharded with another job secret; pass the same "
                            "--secret-file that `faceveil shard` used")  # fmt: skip
         return src, sharding.read_index(src)

@@ -6,27 +6,21 @@ and keys here but reads loose images in place from a plan (``jobs.plan``), writi
 from __future__ import annotations
 
 import hashlib
-import hmac
 import io
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, TarWriter, member_refusal, open_tar
 from jobs.storage import Location, RetryPolicy
+from manifests.jobsecret import sample_key, seal_uri, secret_fingerprint
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp",
               "tif": "tif", "tiff": "tif", "gif": "gif"}  # fmt: skip
 INDEX = "shards.json"
-KEY_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -60,39 +54,6 @@ class ShardEntry:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
-
-
-def sample_key(secret: bytes, uri: str) -> str:
-    """Pseudonymous sample key: HMAC-SHA256 of the source URI under the job secret, 32 hex chars."""
-    return hmac.new(secret, uri.encode(), hashlib.sha256).hexdigest()[:KEY_CHARS]
-
-
-def _uri_cipher(secret: bytes) -> AESGCM:
-    key = HKDF(hashes.SHA256(), 32, salt=None, info=b"faceveil source-uri v1").derive(secret)
-    return AESGCM(key)
-
-
-def seal_uri(secret: bytes, key: str, uri: str) -> bytes:
-    """The source URI encrypted for the ``KEY.src`` member, so shards hold no file names.
-
-    Deterministic (the nonce is derived from the sample key, itself an HMAC of the URI), so
-    shards stay byte-reproducible; a nonce only repeats for the same URI and plaintext.
-    """
-    nonce = hmac.new(secret, b"uri-nonce:" + key.encode(), hashlib.sha256).digest()[:12]
-    return nonce + _uri_cipher(secret).encrypt(nonce, uri.encode(), key.encode())
-
-
-def open_uri(secret: bytes, key: str, blob: bytes) -> str:
-    """The source URI sealed by ``seal_uri``; raises ValueError with the wrong secret."""
-    try:
-        return _uri_cipher(secret).decrypt(blob[:12], blob[12:], key.encode()).decode()
-    except InvalidTag:
-        raise ValueError("source URI does not open with this job secret") from None
-
-
-def secret_fingerprint(secret: bytes) -> str:
-    """A public check value that tells whether two runs used the same secret (not the secret)."""
-    return hmac.new(secret, b"faceveil shard-secret fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
 def _ext(path: str) -> str | None:

@@ -23,7 +23,7 @@ from anon_core.imageio import crop_png
 from anon_core.models import file_sha256
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
 from jobs.plan import is_plan_file, iter_planned
-from jobs.shard import IMAGE_EXTS, open_uri
+from jobs.shard import IMAGE_EXTS
 from jobs.shardio import (
     DEFAULT_MAX_MEMBER_BYTES,
     RawSample,
@@ -32,6 +32,7 @@ from jobs.shardio import (
     iter_verified,
 )
 from jobs.storage import Location, canonical_json
+from manifests.jobsecret import open_uri
 
 log = logging.getLogger(__name__)
 

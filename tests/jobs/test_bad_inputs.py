@@ -19,8 +19,9 @@ from jobs import shard as sharding
 from jobs.config import EscrowConfig, JobConfig
 from jobs.keyfile import load_key_file
 from jobs.run import run_job
-from jobs.shard import Source, build_shard, sample_key, secret_fingerprint, shard_name
+from jobs.shard import Source, build_shard, shard_name
 from jobs.storage import Location
+from manifests.jobsecret import sample_key, secret_fingerprint
 from tests.jobs.corpus import corpus, large_photos
 
 UNREADABLE = {

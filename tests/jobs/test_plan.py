@@ -17,13 +17,13 @@ from jobs.plan import (
     INDEX,
     VANISHED,
     iter_planned,
-    open_check,
     read_plan,
     write_plan,
 )
-from jobs.shard import list_sources, open_uri, sample_key
+from jobs.shard import list_sources
 from jobs.shardio import ShardFormatError
 from jobs.storage import Location
+from manifests.jobsecret import open_check, open_uri, sample_key
 from tests.factories import varied_faces, write_folder
 
 SECRET = b"k" * 32

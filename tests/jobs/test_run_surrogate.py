@@ -20,8 +20,8 @@ import pytest
 from jobs.cli import main
 from jobs.firstpass import first_pass_entries, key_fingerprint
 from jobs.keyfile import load_key_file, new_key_file
-from jobs.keys import open_object, seal_object
-from jobs.shard import ShardEntry, list_sources, sample_key
+from jobs.shard import ShardEntry, list_sources
+from manifests.jobsecret import open_object, sample_key, seal_object
 from tests.factories import lfw_people, shared_path, tar_members, varied_faces, write_folder
 
 PEOPLE = 24

@@ -5,9 +5,10 @@ import io
 
 import pytest
 
-from jobs.shard import list_sources, open_uri, read_index, sample_key, write_shards
+from jobs.shard import list_sources, read_index, write_shards
 from jobs.shardio import ShardFormatError, iter_samples, iter_verified
 from jobs.storage import Location
+from manifests.jobsecret import open_uri, sample_key
 from tests.factories import tar_members, varied_faces, write_folder
 
 SECRET = bytes(range(32))
@@ -102,7 +103,7 @@ def test_truncated_or_altered_tar_is_detected(photos, tmp_path):
 
 
 def test_sealed_uri_needs_the_secret():
-    from jobs.shard import seal_uri
+    from manifests.jobsecret import seal_uri
 
     blob = seal_uri(SECRET, "k" * 32, "/photos/jane_doe.jpg")
     assert b"jane" not in blob and blob == seal_uri(SECRET, "k" * 32, "/photos/jane_doe.jpg")

@@ -8,10 +8,11 @@ import tracemalloc
 
 import pytest
 
-from jobs.shard import build_shard, list_sources, sample_key
+from jobs.shard import build_shard, list_sources
 from jobs.shardio import ShardFormatError, iter_samples
 from jobs.storage import Location
 from jobs.worker import classify_sample
+from manifests.jobsecret import sample_key
 from tests.factories import gnu_sparse_tar
 
 SECRET = bytes(range(32))
