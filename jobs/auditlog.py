@@ -28,8 +28,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.storage import Location, canonical_json
+from jobs.storage import Location
 from manifests.audit import AuditTail, AuditWriter, LogReport, verify_log
+from manifests.canonical import canonical_json
 from manifests.custodian import b64d
 from manifests.errors import AuditError, RestoreError
 from manifests.restore import check_statement

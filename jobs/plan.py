@@ -45,7 +45,8 @@ import fsspec
 from jobs import shard as sharding
 from jobs.shard import ShardEntry, Source, shard_name
 from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, RawSample, ShardFormatError
-from jobs.storage import Location, RetryPolicy, canonical_json
+from jobs.storage import Location, RetryPolicy
+from manifests.canonical import canonical_json
 from manifests.jobsecret import open_check, sample_key, seal_check, seal_uri, secret_fingerprint
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ from typing import TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from manifests.canonical import canonical_json
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -225,11 +227,6 @@ def publish_local(target: str, write: Callable) -> None:
 def _copy_into(local_path: str, f) -> None:
     with open(local_path, "rb") as src:
         shutil.copyfileobj(src, f, 1 << 20)
-
-
-def canonical_json(obj: object) -> bytes:
-    """Sorted, compact, UTF-8 JSON: the same object always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _remove_quietly(path: str) -> None:

@@ -31,7 +31,8 @@ from jobs.shardio import (
     TarWriter,
     iter_verified,
 )
-from jobs.storage import Location, canonical_json
+from jobs.storage import Location
+from manifests.canonical import canonical_json
 from manifests.jobsecret import open_uri
 
 log = logging.getLogger(__name__)

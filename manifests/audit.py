@@ -66,6 +66,7 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from manifests.canonical import canonical_json
 from manifests.errors import AuditError
 
 GENESIS = "0" * 64
@@ -73,10 +74,6 @@ FIELDS = frozenset(
     {"seq", "time", "actor", "action", "details", "prev_sha256", "signer", "signature"}
 )
 _TAIL = re.compile(r"(\d+):([0-9a-f]{64})")
-
-
-def _canonical(doc: object) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def key_id(public: bytes) -> str:
@@ -155,9 +152,9 @@ class AuditWriter:
             "prev_sha256": prev.sha256 if prev else GENESIS,
             "signer": self.signer,
         }
-        signature = self._key.sign(_canonical(entry))
+        signature = self._key.sign(canonical_json(entry))
         entry["signature"] = base64.b64encode(signature).decode("ascii")
-        return _canonical(entry) + b"\n"
+        return canonical_json(entry) + b"\n"
 
     def append(self, log: bytes, action: str, details: Mapping) -> tuple[bytes, AuditTail]:
         """``log`` extended by one entry, and the new tail."""
@@ -220,7 +217,7 @@ def _parse_line(n: int, raw: bytes, prev_sha: str) -> dict:
         raise AuditError("not an audit entry (wrong fields)", n)
     if not all(isinstance(entry[k], str) for k in ("action", "signer", "signature")):
         raise AuditError("not an audit entry (action, signer and signature are strings)", n)
-    if _canonical(entry) != body:
+    if canonical_json(entry) != body:
         raise AuditError("not in canonical form: the line was edited", n)
     if entry["seq"] != n:
         raise AuditError(
@@ -237,7 +234,7 @@ def _check_signature(n: int, entry: dict, public: bytes) -> None:
     unsigned = {k: v for k, v in entry.items() if k != "signature"}
     try:
         signature = base64.b64decode(entry["signature"], validate=True)
-        Ed25519PublicKey.from_public_bytes(public).verify(signature, _canonical(unsigned))
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, canonical_json(unsigned))
     except (InvalidSignature, ValueError, TypeError):
         raise AuditError(
             "bad signature: the entry was edited or signed by another key", n

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from manifests.canonical import canonical_json
 from manifests.errors import CustodianKeyError, DecryptionError
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,6 @@ def b64d(text: str, what: str, size: int | None = None) -> bytes:
     if size is not None and len(raw) != size:
         raise ValueError(f"{what} must be {size} bytes")
     return raw
-
-
-def canonical_json(doc: object) -> bytes:
-    """Sorted-key, whitespace-free, ASCII JSON: the byte form that is hashed and signed."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def check_name(name: str) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from manifests.canonical import canonical_json
 from manifests.errors import DecryptionError
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def aad_bytes(job_id: str, shard: str, key: str, face: int, anon_sha256: str) ->
         "shard": shard,
         "v": AAD_VERSION,
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return canonical_json(doc)
 
 
 class Envelope:

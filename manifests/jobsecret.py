@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from manifests.canonical import canonical_json
+
 KEY_CHARS = 32
 _NONCE = 12
 
@@ -71,7 +73,7 @@ def open_uri(secret: bytes, key: str, blob: bytes) -> str:
 
 def seal_check(secret: bytes, key: str, doc: dict) -> bytes:
     """``doc`` (where the source is, its size and sha256) sealed for sample ``key``."""
-    plain = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    plain = canonical_json(doc)
     nonce = hmac.new(secret, b"plan-check-nonce:" + plain, hashlib.sha256).digest()[:_NONCE]
     return nonce + _cipher(secret, b"faceveil plan-check v1").encrypt(nonce, plain, key.encode())
 

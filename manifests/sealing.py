@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from manifests import threshold
+from manifests.canonical import canonical_json
 from manifests.envelope import aad_bytes
 from manifests.errors import DecryptionError
 from manifests.escrow import sample_label
@@ -56,7 +57,7 @@ def row_aad(
         raise ValueError("face rows have a bbox; the whole-sample row (face -1) has none")
     base = json.loads(aad_bytes(job_id, shard, key, face, anon_sha256))  # checks the fields
     doc = base | {"v": AAD_VERSION, "bbox": None if bbox is None else [int(v) for v in bbox]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return canonical_json(doc)
 
 
 def seal_row(data_key: bytes, aad: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
