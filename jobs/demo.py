@@ -139,7 +139,8 @@ def _escrow_args(out: Path) -> list[str]:
     for real: each custodian keeps their own key and passphrase on their own machine)."""
     import secrets
 
-    from manifests.custodian import keygen, write_private_file
+    from manifests.custodian import keygen
+    from manifests.files import write_private_file
 
     folder = out / "custodians"
     passphrase = folder / "demo-passphrase.txt"

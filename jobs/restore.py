@@ -26,7 +26,6 @@ from PIL import Image
 
 from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, member_refusal
 from jobs.storage import Location
-from manifests.custodian import write_private_file
 from manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
 from manifests.errors import DecryptionError, EscrowError, RestoreError
 from manifests.escrow import (
@@ -37,6 +36,7 @@ from manifests.escrow import (
     escrow_format,
     kms_open_shard_key,
 )
+from manifests.files import write_private_file
 from manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
 from manifests.restore import SampleRef
 from manifests.sealing import kms_sample_key, open_row, row_aad

@@ -52,7 +52,6 @@ from manifests.custodian import (
     ScryptParams,
     b64e,
     read_passphrase,
-    write_private_file,
 )
 from manifests.errors import EscrowError, KeyLibraryError, RestoreError
 from manifests.escrow import (
@@ -63,6 +62,7 @@ from manifests.escrow import (
     create_escrow,
     make_kms_client,
 )
+from manifests.files import write_private_file
 from manifests.jobkeys import parse_kms_spec, policy_details
 from manifests.restore import (
     REQUEST_FORMAT,

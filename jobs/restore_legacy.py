@@ -21,10 +21,11 @@ from jobs.auditlog import append as append_audit
 from jobs.restore import iter_images, manifest_names, publish_restored, rebuild
 from jobs.storage import Location
 from manifests.audit import AuditWriter, key_id
-from manifests.custodian import CustodianPrivate, ScryptParams, b64e, write_private_file
+from manifests.custodian import CustodianPrivate, ScryptParams, b64e
 from manifests.envelope import Envelope, MasterKey
 from manifests.errors import EscrowError, RestoreError
 from manifests.escrow_v2 import Escrow
+from manifests.files import write_private_file
 from manifests.keymanifest import KeyRow, load_key_manifest, open_row
 from manifests.restore_v2 import (
     Approval,

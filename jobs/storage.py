@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from manifests.canonical import canonical_json
+from manifests.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Location:
         target, url = self.path(*parts), self.url(*parts)
         with _clear_errors(url):
             if self.is_local:
-                publish_local(target, lambda f: f.write(data))
+                atomic_write(target, lambda f: f.write(data))
             else:
                 self.retry.call(lambda: self.fs.pipe_file(target, data), f"write {url}")
 
@@ -178,7 +178,7 @@ class Location:
         target, url = self.path(*parts), self.url(*parts)
         with _clear_errors(url):
             if self.is_local:
-                publish_local(target, lambda f: _copy_into(local_path, f))
+                atomic_write(target, lambda f: _copy_into(local_path, f))
             else:
                 self.retry.call(lambda: self.fs.put_file(local_path, target), f"write {url}")
 
@@ -202,26 +202,6 @@ def _clear_errors(url: str):
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise StorageError(exc.errno, f"cannot write {url}: {reason}") from exc
-
-
-def publish_local(target: str, write: Callable) -> None:
-    """Write through ``write(file)`` to a temp file beside ``target``, fsync, then rename.
-
-    The temp file comes from ``mkstemp`` (mode 0600 by construction), so a private file never
-    exists with a wider mode, even while being rewritten.
-    """
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 def _copy_into(local_path: str, f) -> None:

@@ -28,7 +28,6 @@ import getpass
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import stat
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from manifests.canonical import canonical_json
 from manifests.errors import CustodianKeyError, DecryptionError
+from manifests.files import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +80,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError("custodian names are 1-64 characters of letters, digits, '_', '.', '-'")
     return name
-
-
-def write_private_file(path: str | Path, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to a new file with mode 0600 (atomically; refuses to clobber by default)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- passphrase-protected secrets ---------------------------------------------------------------
