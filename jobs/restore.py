@@ -14,9 +14,7 @@ import io
 import json
 import logging
 import os
-import posixpath
 import re
-import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -24,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, member_refusal
+from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS, iter_samples
 from jobs.storage import Location
 from manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
 from manifests.errors import DecryptionError, EscrowError, RestoreError
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 
 ESCROW_FILE = "escrow.json"
 REKEY_DIR = "_rekey"
-IMAGE_EXTS = frozenset({"png", "jpg", "jpeg"})
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Entries that fix a shard's row list: the job's own, and a rekey's (which re-seals every row).
 COMMITTING_ACTIONS = ("job.manifests", "escrow.rekey")
@@ -189,26 +186,17 @@ def kms_data_keys(
 def iter_images(
     out: Location, shard: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES
 ) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, bytes) of each image in ``data/SHARD.tar``, streamed, never extracted; a
-    member that is sparse, not a regular file or over ``max_bytes`` stops the read."""
+    """(key, ext, bytes) of each image in ``data/SHARD.tar``, streamed (the shard reader of
+    :mod:`jobs.shardio`); a member it refuses (sparse, not a file, too large) stops the read."""
     if not out.exists("data", f"{shard}.tar"):
         return
-    with (
-        out.fs.open(out.path("data", f"{shard}.tar"), "rb") as f,
-        tarfile.open(fileobj=f, mode="r|") as tar,
-    ):
-        for member in tar:
-            if member.isdir():
-                continue
-            refused = member_refusal(member, max_bytes)
-            if refused:
-                raise RestoreError(f"data/{shard}.tar: {refused}")
-            folder, base = posixpath.split(member.name)
-            stem, _, ext = base.partition(".")
-            if ext.lower() in IMAGE_EXTS:
-                handle = tar.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                yield posixpath.join(folder, stem), ext.lower(), data
+    with out.fs.open(out.path("data", f"{shard}.tar"), "rb") as f:
+        for sample in iter_samples(f, max_bytes):
+            if sample.refused:
+                raise RestoreError(f"data/{shard}.tar: {sample.refused}")
+            for ext, data in sample.members.items():
+                if ext.lower() in IMAGE_MEMBER_EXTS:
+                    yield sample.key, ext.lower(), data
 
 
 def open_v2_row(data_key: bytes, job_id: str, shard: str, row: KeyRow, anon_sha256: str) -> Payload:

@@ -12,14 +12,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, TarWriter, member_refusal, open_tar
+from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTS, TarWriter, member_refusal, open_tar
 from jobs.storage import Location, RetryPolicy
 from manifests.jobsecret import sample_key, seal_uri, secret_fingerprint
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp",
-              "tif": "tif", "tiff": "tif", "gif": "gif"}  # fmt: skip
 INDEX = "shards.json"
 
 

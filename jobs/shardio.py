@@ -23,6 +23,11 @@ _HEADER_TYPES = (
     tarfile.SOLARIS_XHDTYPE,
 )
 
+# Image file extensions -> the one each is stored under; an image member has either.
+IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp",
+              "tif": "tif", "tiff": "tif", "gif": "gif"}  # fmt: skip
+IMAGE_MEMBER_EXTS = frozenset(IMAGE_EXTS) | frozenset(IMAGE_EXTS.values())
+
 
 class ShardFormatError(ValueError):
     """A shard whose bytes do not match its index (truncated, altered) or that cannot be read."""

@@ -23,9 +23,9 @@ from anon_core.imageio import crop_png
 from anon_core.models import file_sha256
 from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
 from jobs.plan import is_plan_file, iter_planned
-from jobs.shard import IMAGE_EXTS
 from jobs.shardio import (
     DEFAULT_MAX_MEMBER_BYTES,
+    IMAGE_MEMBER_EXTS,
     RawSample,
     ShardFormatError,
     TarWriter,
@@ -37,7 +37,6 @@ from manifests.jobsecret import open_uri
 
 log = logging.getLogger(__name__)
 
-IMAGE_MEMBER_EXTS = set(IMAGE_EXTS.values()) | set(IMAGE_EXTS)
 # A second sample under a key already seen in the shard (a shard not written by faceveil shard):
 # quarantined, and not sealed, so the key's escrow rows stay those of the first sample.
 DUPLICATE_KEY = "duplicate key in shard"
