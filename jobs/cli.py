@@ -162,7 +162,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from jobs.secrets import load_secret
+    from jobs.keyfile import load_secret
     from jobs.shard import write_shards
 
     secret = load_secret(args.secret_file)

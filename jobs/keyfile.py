@@ -1,4 +1,4 @@
-"""Key files: 32 random bytes stored as hex, owner-only (0600); ``faceveil key new``.
+"""Key files: 32 random bytes stored as hex, owner-only (0600); ``faceveil key new``; the job secret.
 
 Format: 64 lowercase hex characters and a newline, so a key can be read, copied and escrowed as
 text. Errors name the file, never its content.
@@ -77,3 +77,22 @@ def add_key_command(subparsers) -> None:
     new = sub.add_parser("new", help="create a new random key file (mode 0600)")
     new.add_argument("path")
     new.set_defaults(handler=_key_new)
+
+
+DEFAULT_SECRET = "~/.faceveil/secret.key"
+
+
+def load_secret(path: str | None) -> bytes:
+    """The 32-byte secret in ``path`` (default ~/.faceveil/secret.key, made if missing).
+
+    Sample keys are HMACs of source URIs under this secret: keep the file to rerun a job with
+    the same keys, and keep it private, since it turns guessed file names into sample keys.
+    """
+    target = Path(os.path.expanduser(path or os.environ.get("FACEVEIL_SECRET", DEFAULT_SECRET)))
+    if not target.exists():
+        if path is not None:
+            raise FileNotFoundError(f"secret file {target} does not exist")
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        new_key_file(target)
+        log.info("created a new job secret at %s; keep it to rerun with the same keys", target)
+    return load_key_file(target)

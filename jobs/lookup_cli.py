@@ -8,7 +8,7 @@ from jobs.lookup import ABSENT, QUARANTINED, lookup
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    from jobs.secrets import load_secret
+    from jobs.keyfile import load_secret
     from jobs.storage import Location
 
     results = lookup(Location(args.out), load_secret(args.secret_file), args.sources)

@@ -244,8 +244,8 @@ def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
 def run_job(config: JobConfig) -> JobSummary:
     """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
     from jobs.auditlog import log_started
+    from jobs.keyfile import load_secret
     from jobs.keys import Secrets, audit, escrow_mode, open_keys
-    from jobs.secrets import load_secret
 
     started = time.monotonic()
     out = Location(config.output)
