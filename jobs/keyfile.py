@@ -1,4 +1,4 @@
-"""Key files: 32 random bytes stored as hex, owner-only (0600); ``faceveil key new``; the job secret.
+"""Key files (32 random bytes as hex, owner-only), ``faceveil key new``, and the job secret.
 
 Format: 64 lowercase hex characters and a newline, so a key can be read, copied and escrowed as
 text. Errors name the file, never its content.
