@@ -31,6 +31,7 @@ from manifests.escrow import (
     Escrow,
     KmsClient,
     KmsPolicy,
+    ShardRef,
     escrow_format,
     kms_open_shard_key,
 )
@@ -172,9 +173,8 @@ def kms_data_keys(
     for ref in refs:
         if ref.shard not in shard_keys:
             manifest = load_key_manifest(out.read_bytes("keys", f"{ref.shard}.parquet"))
-            shard_keys[ref.shard] = kms_open_shard_key(
-                kms, policy, escrow.job_id, ref.escrow_id, ref.shard, manifest.kms_blob
-            )
+            where = ShardRef(escrow.job_id, ref.escrow_id, ref.shard)
+            shard_keys[ref.shard] = kms_open_shard_key(kms, policy, where, manifest.kms_blob)
         label = escrow.epoch(ref.escrow_id).label(ref.shard, ref.key)
         out_keys[(ref.shard, ref.key)] = kms_sample_key(shard_keys[ref.shard], escrow.job_id, label)
     return out_keys
@@ -201,7 +201,7 @@ def iter_images(
 
 def open_v2_row(data_key: bytes, job_id: str, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
     """Decrypt and parse one format-2 row; DecryptionError on any mismatch."""
-    aad = row_aad(job_id, shard, row.key, row.face, row.bbox, anon_sha256)
+    aad = row_aad(job_id, shard, row, anon_sha256)
     what = f"row key={row.key!r} face={row.face} of {shard!r}"
     payload = Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, what))
     if (row.face >= 0) != (payload.kind is PayloadKind.FACE_PNG):

@@ -228,15 +228,10 @@ class Epoch:
         """
         if source == 0:
             return canonical_json({"epoch": self.header(), "fingerprint": fingerprint, "source": 0})
-        return reshare_part_aad(
-            self.job_id,
-            self.escrow_id,
-            self.public_key,
-            self.policy,
-            self.origin,
-            fingerprint,
-            source,
+        target = ReshareTarget(
+            self.job_id, self.escrow_id, self.public_key, self.policy, self.origin
         )
+        return target.part_aad(fingerprint, source)
 
     def label(self, shard: str, key: str) -> bytes:
         """The label of sample ``key`` of ``shard`` sealed in this epoch."""
@@ -355,28 +350,31 @@ class Escrow:
             raise EscrowError(f"invalid escrow.json: {exc}") from None
 
 
-def reshare_part_aad(
-    job_id: str,
-    escrow_id: str,
-    public_key: bytes,
-    policy: Policy,
-    request_sha256: str,
-    fingerprint: str,
-    source: int,
-) -> bytes:
-    """AAD of a part that old custodian ``source`` seals to a new custodian in a reshare."""
-    return canonical_json(
-        {
-            "format": EPOCH_FORMAT,
-            "job_id": job_id,
-            "escrow_id": escrow_id,
-            "public_key": b64e(public_key),
-            "policy": policy.to_json(),
-            "reshare_request": request_sha256,
-            "fingerprint": fingerprint,
-            "source": source,
-        }
-    )
+@dataclass(frozen=True)
+class ReshareTarget:
+    """Where a reshare moves an epoch: the same job, epoch and public key, a new custodian
+    ``policy``, under the reshare request ``request_sha256``."""
+
+    job_id: str
+    escrow_id: str
+    public_key: bytes
+    policy: Policy
+    request_sha256: str
+
+    def part_aad(self, fingerprint: str, source: int) -> bytes:
+        """AAD of the part old custodian ``source`` seals to the new one with ``fingerprint``."""
+        return canonical_json(
+            {
+                "format": EPOCH_FORMAT,
+                "job_id": self.job_id,
+                "escrow_id": self.escrow_id,
+                "public_key": b64e(self.public_key),
+                "policy": self.policy.to_json(),
+                "reshare_request": self.request_sha256,
+                "fingerprint": fingerprint,
+                "source": source,
+            }
+        )
 
 
 def escrow_format(data: bytes | str) -> str:
@@ -471,32 +469,43 @@ def kms_call(kms: KmsClient, op: str, **kwargs: Any) -> dict:
         raise EscrowError(f"KMS {op} failed: {type(exc).__name__}") from None
 
 
-def kms_shard_key(
-    kms: KmsClient, policy: KmsPolicy, job_id: str, escrow_id: str, shard: str
-) -> tuple[bytes, bytes]:
-    """A new data key for ``shard``: (plaintext, KMS ciphertext blob)."""
-    if not _SHARD.fullmatch(shard):
-        raise ValueError("a shard name is shard-NNNNNN")
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard of one key epoch of a job: what a KMS shard key is bound to."""
+
+    job_id: str
+    escrow_id: str
+    shard: str
+
+    def __post_init__(self) -> None:
+        if not _SHARD.fullmatch(self.shard):
+            raise ValueError("a shard name is shard-NNNNNN")
+
+    def context(self) -> dict[str, str]:
+        """The KMS encryption context of this shard's data key."""
+        return kms_context(self.job_id, self.escrow_id, self.shard)
+
+
+def kms_shard_key(kms: KmsClient, policy: KmsPolicy, ref: ShardRef) -> tuple[bytes, bytes]:
+    """A new data key for the shard ``ref``: (plaintext, KMS ciphertext blob)."""
     reply = kms_call(
         kms,
         "generate_data_key",
         KeyId=policy.key_arn,
         NumberOfBytes=32,
-        EncryptionContext=kms_context(job_id, escrow_id, shard),
+        EncryptionContext=ref.context(),
     )
     return bytes(reply["Plaintext"]), bytes(reply["CiphertextBlob"])
 
 
-def kms_open_shard_key(
-    kms: KmsClient, policy: KmsPolicy, job_id: str, escrow_id: str, shard: str, blob: bytes
-) -> bytes:
-    """The data key of ``shard`` from its KMS blob (needs kms:Decrypt on the key)."""
+def kms_open_shard_key(kms: KmsClient, policy: KmsPolicy, ref: ShardRef, blob: bytes) -> bytes:
+    """The data key of the shard ``ref`` from its KMS blob (needs kms:Decrypt on the key)."""
     reply = kms_call(
         kms,
         "decrypt",
         CiphertextBlob=blob,
         KeyId=policy.key_arn,
-        EncryptionContext=kms_context(job_id, escrow_id, shard),
+        EncryptionContext=ref.context(),
     )
     key = reply.get("Plaintext", b"")
     if len(key) != 32:

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from manifests.envelope import EMPTY_SHA256, Envelope, Payload, PayloadKind
 from manifests.errors import DecryptionError, ManifestError
-from manifests.sealing import ShardKeys, commitment, row_aad, seal_row
+from manifests.sealing import RowName, ShardKeys, commitment, row_aad, seal_row
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class ShardSealer:
         if key not in self._sample_keys:
             self._sample_keys[key] = self.keys.sample(key)
         data_key, wrapped = self._sample_keys[key]
-        aad = row_aad(self.job_id, self.shard, key, face, bbox, anon_sha256)
+        aad = row_aad(self.job_id, self.shard, RowName(key, face, bbox), anon_sha256)
         nonce, ciphertext = seal_row(data_key, aad, payload.to_bytes())
         digest = hashlib.sha256(aad).hexdigest()
         row = KeyRow(key, face, bbox, nonce, ciphertext, digest, wrapped if face < 0 else None)

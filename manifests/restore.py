@@ -64,10 +64,10 @@ from manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
     Policy,
+    ReshareTarget,
     SealedPart,
     ShamirPolicy,
     policy_from_json,
-    reshare_part_aad,
     reshared_epoch,
 )
 
@@ -522,20 +522,13 @@ def _reshare_epoch(
     assert isinstance(policy, ShamirPolicy)
     epoch = request.escrow.epoch(escrow_id)
     parts = threshold.split_scalar(share.value, len(policy.custodians), policy.threshold, randbytes)
+    target = ReshareTarget(epoch.job_id, escrow_id, epoch.public_key, policy, request.sha256())
     sealed = tuple(
         seal_to(
             c.x25519,
             part.to_bytes(),
             SHARE_CONTEXT,
-            reshare_part_aad(
-                epoch.job_id,
-                escrow_id,
-                epoch.public_key,
-                policy,
-                request.sha256(),
-                c.fingerprint,
-                share.index,
-            ),
+            target.part_aad(c.fingerprint, share.index),
         )
         for c, part in zip(policy.custodians, parts, strict=True)
     )

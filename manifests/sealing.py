@@ -27,6 +27,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -44,15 +45,26 @@ NONCE_SIZE = 12
 _KMS_SAMPLE_INFO = b"faceveil/kms-sample/v1|"
 
 
-def row_aad(
-    job_id: str,
-    shard: str,
-    key: str,
-    face: int,
-    bbox: tuple[int, int, int, int] | None,
-    anon_sha256: str,
-) -> bytes:
-    """The AAD (format 2) of one row."""
+class RowId(Protocol):
+    """What names a row inside its shard (a :class:`~manifests.keymanifest.KeyRow` is one)."""
+
+    key: str
+    face: int
+    bbox: tuple[int, int, int, int] | None
+
+
+@dataclass(frozen=True)
+class RowName:
+    """A row's name before it is sealed: sample key, face index (-1: whole sample), face box."""
+
+    key: str
+    face: int
+    bbox: tuple[int, int, int, int] | None = None
+
+
+def row_aad(job_id: str, shard: str, row: RowId, anon_sha256: str) -> bytes:
+    """The AAD (format 2) of ``row`` of ``shard``."""
+    key, face, bbox = row.key, row.face, row.bbox
     if (face < 0) != (bbox is None):
         raise ValueError("face rows have a bbox; the whole-sample row (face -1) has none")
     base = json.loads(aad_bytes(job_id, shard, key, face, anon_sha256))  # checks the fields
@@ -99,11 +111,12 @@ class EpochSealing:
     def shard_keys(self, shard: str, kms=None) -> ShardKeys:
         """The data-key source for one shard (KMS: one GenerateDataKey call, ``kms`` a client)."""
         if self.scheme == "kms":
-            from manifests.escrow import KmsPolicy, kms_shard_key, make_kms_client
+            from manifests.escrow import KmsPolicy, ShardRef, kms_shard_key, make_kms_client
 
             client = kms or make_kms_client(self.key_arn)
             policy = KmsPolicy(self.key_arn)
-            plain, blob = kms_shard_key(client, policy, self.job_id, self.escrow_id, shard)
+            ref = ShardRef(self.job_id, self.escrow_id, shard)
+            plain, blob = kms_shard_key(client, policy, ref)
             return ShardKeys(self, shard, plain, blob)
         return ShardKeys(self, shard)
 

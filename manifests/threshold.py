@@ -154,8 +154,12 @@ def prove_dleq(
     return c + z
 
 
-def verify_dleq(b1: bytes, p1: bytes, b2: bytes, p2: bytes, proof: bytes, context: bytes) -> bool:
-    """Whether ``proof`` shows ``log_b1 p1 == log_b2 p2`` (all points already checked)."""
+def verify_dleq(
+    bases: tuple[bytes, bytes], points: tuple[bytes, bytes], proof: bytes, context: bytes
+) -> bool:
+    """Whether ``proof`` shows ``log_b1 p1 == log_b2 p2`` for ``bases = (b1, b2)`` and
+    ``points = (p1, p2)`` (all points already checked)."""
+    (b1, b2), (p1, p2) = bases, points
     if not isinstance(proof, bytes) or len(proof) != PROOF_SIZE:
         return False
     c, z = proof[:32], proof[32:]
@@ -334,7 +338,7 @@ class WrappedKey:
     def check_label(self, label: bytes) -> None:
         """ThresholdError unless this wrap was made for ``label`` (its proof verifies)."""
         if not verify_dleq(
-            BASE_POINT, self.u, SECOND_GENERATOR, self.v, self.proof, _LABEL_PROOF + label
+            (BASE_POINT, SECOND_GENERATOR), (self.u, self.v), self.proof, _LABEL_PROOF + label
         ):
             raise ThresholdError("the wrapped key was not made for this label")
 
@@ -412,7 +416,7 @@ def verify_partial(
 ) -> bool:
     """Whether ``partial`` is ``f(i)*U`` for the custodian whose public share is given."""
     context = _PARTIAL_PROOF + label
-    return verify_dleq(BASE_POINT, public_share, wrapped.u, partial.d, partial.proof, context)
+    return verify_dleq((BASE_POINT, wrapped.u), (public_share, partial.d), partial.proof, context)
 
 
 def combine_partials(partials: Sequence[Partial], threshold: int) -> bytes:

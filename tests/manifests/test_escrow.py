@@ -21,6 +21,7 @@ from manifests.escrow import (
     KmsPolicy,
     SealedPart,
     ShamirPolicy,
+    ShardRef,
     add_epoch,
     create_escrow,
     escrow_format,
@@ -279,10 +280,10 @@ def test_kms_epoch_round_trip(kms):
 def test_kms_shard_keys_are_bound_to_their_shard(kms):
     client, policy = kms
     eid = "ab" * 16
-    plain, blob = kms_shard_key(client, policy, "job-k", eid, "shard-000001")
+    plain, blob = kms_shard_key(client, policy, ShardRef("job-k", eid, "shard-000001"))
     assert len(plain) == 32 and plain not in blob
-    assert kms_open_shard_key(client, policy, "job-k", eid, "shard-000001", blob) == plain
-    other, _ = kms_shard_key(client, policy, "job-k", eid, "shard-000001")
+    assert kms_open_shard_key(client, policy, ShardRef("job-k", eid, "shard-000001"), blob) == plain
+    other, _ = kms_shard_key(client, policy, ShardRef("job-k", eid, "shard-000001"))
     assert other != plain
     for job, escrow_id, shard in (
         ("job-k", eid, "shard-000002"),
@@ -290,11 +291,11 @@ def test_kms_shard_keys_are_bound_to_their_shard(kms):
         ("job-k", "cd" * 16, "shard-000001"),
     ):
         with pytest.raises(EscrowError, match="KMS decrypt failed"):
-            kms_open_shard_key(client, policy, job, escrow_id, shard, blob)
+            kms_open_shard_key(client, policy, ShardRef(job, escrow_id, shard), blob)
     with pytest.raises(EscrowError, match="KMS decrypt failed"):
-        kms_open_shard_key(client, policy, "job-k", eid, "shard-000001", blob[:-1] + b"x")
+        kms_open_shard_key(client, policy, ShardRef("job-k", eid, "shard-000001"), blob[:-1] + b"x")
     with pytest.raises(ValueError, match="shard-NNNNNN"):
-        kms_shard_key(client, policy, "job-k", eid, "../shard-000001")
+        kms_shard_key(client, policy, ShardRef("job-k", eid, "../shard-000001"))
 
 
 def test_kms_sealing_opens_per_sample_keys(kms):
@@ -305,7 +306,7 @@ def test_kms_sealing_opens_per_sample_keys(kms):
     k1, wrapped = keys.sample("k1")
     assert wrapped is None and k1 != keys.sample("k2")[0] and k1 == keys.sample("k1")[0]
     shard_key = kms_open_shard_key(
-        client, policy, "job-k", escrow.escrow_ids[0], "shard-000003", keys.kms_blob
+        client, policy, ShardRef("job-k", escrow.escrow_ids[0], "shard-000003"), keys.kms_blob
     )
     assert shard_key == keys.shard_key
 

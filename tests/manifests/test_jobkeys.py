@@ -14,7 +14,7 @@ from manifests import threshold
 from manifests.audit import key_id, verify_log
 from manifests.custodian import b64d, b64e
 from manifests.errors import EscrowError
-from manifests.escrow import Escrow, KmsPolicy, ShamirPolicy, kms_open_shard_key
+from manifests.escrow import Escrow, KmsPolicy, ShamirPolicy, ShardRef, kms_open_shard_key
 from manifests.jobkeys import JobKeys, epoch_sealing, parse_kms_spec
 from manifests.keymanifest import ShardSealer, load_key_manifest
 from manifests.sealing import EpochSealing
@@ -130,11 +130,13 @@ def test_kms_job_keys_against_moto_server(moto_endpoint, aws_env):
     }
     keys = second.sealing.shard_keys("shard-000000", kms=client)
     opened = kms_open_shard_key(
-        client, policy, "job-k", second.escrow_id, "shard-000000", keys.kms_blob
+        client, policy, ShardRef("job-k", second.escrow_id, "shard-000000"), keys.kms_blob
     )
     assert opened == keys.shard_key
     with pytest.raises(EscrowError, match="KMS decrypt failed"):
-        kms_open_shard_key(client, policy, "job-k", first.escrow_id, "shard-000000", keys.kms_blob)
+        kms_open_shard_key(
+            client, policy, ShardRef("job-k", first.escrow_id, "shard-000000"), keys.kms_blob
+        )
 
 
 def test_parse_kms_spec():

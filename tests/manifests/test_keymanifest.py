@@ -16,7 +16,14 @@ import pytest
 from manifests import threshold
 from manifests.envelope import EMPTY_SHA256, Envelope, MasterKey, Payload, PayloadKind
 from manifests.errors import DecryptionError, ManifestError
-from manifests.escrow import Escrow, KmsPolicy, ShamirPolicy, create_escrow, kms_open_shard_key
+from manifests.escrow import (
+    Escrow,
+    KmsPolicy,
+    ShamirPolicy,
+    ShardRef,
+    create_escrow,
+    kms_open_shard_key,
+)
 from manifests.jobkeys import epoch_sealing
 from manifests.keymanifest import (
     ESCROW_ID_META,
@@ -34,7 +41,7 @@ from manifests.keymanifest import (
     reencrypt_rows,
     write_key_manifest,
 )
-from manifests.sealing import kms_sample_key, row_aad, seal_row
+from manifests.sealing import RowName, kms_sample_key, row_aad, seal_row
 from manifests.sealing import open_row as open_sealed_row
 
 ANON = hashlib.sha256(b"anon").hexdigest()
@@ -72,7 +79,7 @@ def data_key(escrow: Escrow, manifest: KeyManifest, key: str, custodians) -> byt
 
 def open_v2(dk: bytes, row: KeyRow, anon: str) -> Payload:
     """A row of SHARD of job-1, opened where it claims to be."""
-    aad = row_aad("job-1", SHARD, row.key, row.face, row.bbox, anon)
+    aad = row_aad("job-1", SHARD, RowName(row.key, row.face, row.bbox), anon)
     assert hashlib.sha256(aad).hexdigest() == row.aad_sha256
     return Payload.from_bytes(open_sealed_row(dk, aad, row.nonce, row.ciphertext, row.key))
 
@@ -117,19 +124,19 @@ def test_the_bbox_is_in_the_aad(sealer, escrow, custodians):
     row = manifest.rows[0]
     assert open_v2(dk, row, ANON).data == b"png0"
     for bbox in ((1, 2, 11, 13), (0, 0, 100, 100), (20, 20, 30, 30)):
-        aad = row_aad("job-1", SHARD, "k1", 0, bbox, ANON)
+        aad = row_aad("job-1", SHARD, RowName("k1", 0, bbox), ANON)
         with pytest.raises(DecryptionError, match="re-boxed"):
             open_sealed_row(dk, aad, row.nonce, row.ciphertext, "k1")
-    doc = json.loads(row_aad("job-1", SHARD, "k1", 0, (1, 2, 11, 12), ANON))
+    doc = json.loads(row_aad("job-1", SHARD, RowName("k1", 0, (1, 2, 11, 12)), ANON))
     assert doc == {
         "anon_sha256": ANON, "bbox": [1, 2, 11, 12], "face": 0, "job_id": "job-1",
         "key": "k1", "shard": SHARD, "v": "faceveil-aad/2",
     }  # fmt: skip
-    assert json.loads(row_aad("job-1", SHARD, "k1", -1, None, ANON))["bbox"] is None
+    assert json.loads(row_aad("job-1", SHARD, RowName("k1", -1, None), ANON))["bbox"] is None
     with pytest.raises(ValueError):
-        row_aad("job-1", SHARD, "k1", 0, None, ANON)
+        row_aad("job-1", SHARD, RowName("k1", 0, None), ANON)
     with pytest.raises(ValueError):
-        row_aad("job-1", SHARD, "k1", -1, (0, 0, 1, 1), ANON)
+        row_aad("job-1", SHARD, RowName("k1", -1, (0, 0, 1, 1)), ANON)
 
 
 @pytest.mark.parametrize(
@@ -149,17 +156,17 @@ def test_a_moved_row_does_not_open(sealer, escrow, custodians, where):
     row = manifest.rows[0]
     at = {"job": "job-1", "shard": SHARD, "key": "k1", "face": 0, "bbox": row.bbox, "anon": ANON}
     at |= where
-    aad = row_aad(at["job"], at["shard"], at["key"], at["face"], at["bbox"], at["anon"])
+    aad = row_aad(at["job"], at["shard"], RowName(at["key"], at["face"], at["bbox"]), at["anon"])
     with pytest.raises(DecryptionError) as err:
         open_sealed_row(dk, aad, row.nonce, row.ciphertext, "a row")
     assert "png0" not in str(err.value)
     with pytest.raises(DecryptionError):
-        open_sealed_row(dk, row_aad("job-1", SHARD, "k1", 0, row.bbox, ANON), row.nonce[:-1],
-                        row.ciphertext, "a row")  # fmt: skip
+        aad = row_aad("job-1", SHARD, RowName("k1", 0, row.bbox), ANON)
+        open_sealed_row(dk, aad, row.nonce[:-1], row.ciphertext, "a row")
 
 
 def test_seal_row_uses_fresh_nonces():
-    aad = row_aad("j", SHARD, "k", -1, None, ANON)
+    aad = row_aad("j", SHARD, RowName("k", -1, None), ANON)
     (n1, c1), (n2, c2) = seal_row(b"\x01" * 32, aad, b"x"), seal_row(b"\x01" * 32, aad, b"x")
     assert n1 != n2 and c1 != c2 and len(n1) == 12
 
@@ -209,7 +216,7 @@ def test_kms_manifests_carry_the_shard_key_blob(moto_endpoint, aws_env):
     sealer.seal_sample("k1", SOURCE, ANON)
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.kms_blob and all(r.wrapped_key is None for r in manifest.rows)
-    shard_key = kms_open_shard_key(client, policy, "job-1", eid, SHARD, manifest.kms_blob)
+    shard_key = kms_open_shard_key(client, policy, ShardRef("job-1", eid, SHARD), manifest.kms_blob)
     dk = kms_sample_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k1"))
     assert open_v2(dk, manifest.rows[0], ANON).data == b"png"
     other = kms_sample_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k2"))
@@ -253,7 +260,9 @@ def test_shard_name_is_the_manifest_stem(escrow):
     assert sealer.shard == "shard-000007"
     assert (
         row.aad_sha256
-        == hashlib.sha256(row_aad("job-1", "shard-000007", "k", -1, None, ANON)).hexdigest()
+        == hashlib.sha256(
+            row_aad("job-1", "shard-000007", RowName("k", -1, None), ANON)
+        ).hexdigest()
     )
 
 

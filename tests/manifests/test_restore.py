@@ -20,10 +20,10 @@ from manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
     KmsPolicy,
+    ReshareTarget,
     ShamirPolicy,
     add_epoch,
     create_escrow,
-    reshare_part_aad,
 )
 from manifests.jobkeys import epoch_sealing
 from manifests.keymanifest import ShardSealer, load_key_manifest
@@ -38,7 +38,7 @@ from manifests.restore import (
     load_request_key,
     recover_data_keys,
 )
-from manifests.sealing import open_row, row_aad
+from manifests.sealing import RowName, open_row, row_aad
 from tests.manifests.conftest import FAST_KDF
 
 PASSPHRASE = "requester passphrase 123"
@@ -93,7 +93,7 @@ def _approvals(request, custodians):
 
 def _open_face(manifest, data_key, key, shard=SHARD) -> Payload:
     (row,) = [r for r in manifest.rows if r.key == key and r.face == 0]
-    aad = row_aad("job-1", shard, key, 0, row.bbox, ANON)
+    aad = row_aad("job-1", shard, RowName(key, 0, row.bbox), ANON)
     return Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, key))
 
 
@@ -416,10 +416,10 @@ def test_reshare_parts_are_sealed_only_to_the_named_new_custodians(escrow, custo
         (block,) = ap.reshare
         assert block.escrow_id == epoch.escrow_id and len(block.sealed_parts) == 3
         for j, c in enumerate(named):
-            aad = reshare_part_aad(
-                "job-1", epoch.escrow_id, epoch.public_key, policy, request.sha256(),
-                c.public().fingerprint, source,
-            )  # fmt: skip
+            target = ReshareTarget(
+                "job-1", epoch.escrow_id, epoch.public_key, policy, request.sha256()
+            )
+            aad = target.part_aad(c.public().fingerprint, source)
             part = threshold.ScalarShare.from_bytes(
                 open_sealed(c.x25519, block.sealed_parts[j], SHARE_CONTEXT, aad)
             )

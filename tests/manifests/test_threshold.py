@@ -307,12 +307,12 @@ def test_dleq_proof_is_bound_to_context_and_witness():
     b2 = t.SECOND_GENERATOR
     p1, p2 = t.base_mult(w), t.mult(w, b2)
     proof = t.prove_dleq(w, t.BASE_POINT, b2, b"ctx")
-    assert t.verify_dleq(t.BASE_POINT, p1, b2, p2, proof, b"ctx")
-    assert not t.verify_dleq(t.BASE_POINT, p1, b2, p2, proof, b"other ctx")
-    assert not t.verify_dleq(t.BASE_POINT, p1, b2, t.mult(other, b2), proof, b"ctx")
+    assert t.verify_dleq((t.BASE_POINT, b2), (p1, p2), proof, b"ctx")
+    assert not t.verify_dleq((t.BASE_POINT, b2), (p1, p2), proof, b"other ctx")
+    assert not t.verify_dleq((t.BASE_POINT, b2), (p1, t.mult(other, b2)), proof, b"ctx")
     forged = t.prove_dleq(other, t.BASE_POINT, b2, b"ctx")
-    assert not t.verify_dleq(t.BASE_POINT, p1, b2, p2, forged, b"ctx")
-    assert not t.verify_dleq(t.BASE_POINT, p1, b2, p2, proof[:63], b"ctx")
+    assert not t.verify_dleq((t.BASE_POINT, b2), (p1, p2), forged, b"ctx")
+    assert not t.verify_dleq((t.BASE_POINT, b2), (p1, p2), proof[:63], b"ctx")
 
 
 def test_dleq_proof_refuses_a_non_canonical_response(setup):
