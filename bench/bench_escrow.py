@@ -99,13 +99,17 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
 def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object]:
     from jobs.restore import open_v2_row
     from manifests.custodian import ScryptParams
-    from manifests.restore import create_request, load_request_key, recover_data_keys
+    from manifests.restore import (
+        RequestSpec,
+        create_request,
+        load_request_key,
+        recover_data_keys,
+    )
 
     wanted = refs[:count]
     secret = "bench passphrase"
-    request, key_file = create_request(
-        escrow, "restore", wanted, "bench", "bench", secret, params=ScryptParams(n=2**15)
-    )
+    spec = RequestSpec("restore", tuple(wanted), "bench", "bench")
+    request, key_file = create_request(escrow, spec, secret, params=ScryptParams(n=2**15))
     keys = load_request_key(request, key_file, secret)
     approve_s, approvals = [], []
     for custodian in custodians[:2]:

@@ -68,6 +68,7 @@ from manifests.restore import (
     REQUEST_FORMAT,
     Approval,
     RequestKeys,
+    RequestSpec,
     RestoreRequest,
     approve,
     assemble_reshare,
@@ -221,11 +222,12 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     new_policy = _new_policy(args, escrow)
     refs = [] if args.purpose == "reshare" else sample_refs(out, escrow, wanted, commitments)
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
-    request, key_file = create_request(
-        escrow, args.purpose, refs, args.reason, _requester(args), secret, new_policy,
+    spec = RequestSpec(
+        args.purpose, tuple(refs), args.reason, _requester(args), new_policy,
         log_tail=str(verified.report.tail), valid_for=timedelta(days=args.valid_days),
-        params=ScryptParams(n=2**args.kdf_work),
     )  # fmt: skip
+    params = ScryptParams(n=2**args.kdf_work)
+    request, key_file = create_request(escrow, spec, secret, params=params)
     key_out = Path(args.key_out or f"{request.request_id}.key")
     write_private_file(key_out, key_file)
     keys = load_request_key(request, key_file, secret)

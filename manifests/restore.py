@@ -243,21 +243,28 @@ class RequestKeys:
     ed25519: Ed25519PrivateKey = field(repr=False)
 
 
+@dataclass(frozen=True)
+class RequestSpec:
+    """What a request asks for (see :class:`RestoreRequest`)."""
+
+    purpose: str
+    samples: tuple[SampleRef, ...]
+    reason: str
+    requester: str
+    new_policy: Policy | None = None
+    log_tail: str | None = None
+    valid_for: timedelta = timedelta(days=7)
+
+
 def create_request(
     escrow: Escrow,
-    purpose: str,
-    samples: Sequence[SampleRef],
-    reason: str,
-    requester: str,
+    spec: RequestSpec,
     passphrase: str,
-    new_policy: Policy | None = None,
-    log_tail: str | None = None,
-    valid_for: timedelta = timedelta(days=7),
     clock: Callable[[], datetime] = utc_now,
     params: ScryptParams | None = None,
 ) -> tuple[RestoreRequest, bytes]:
     """A new signed request and its requester key file (bytes; write with mode 0600)."""
-    if not reason.strip() or not requester.strip():
+    if not spec.reason.strip() or not spec.requester.strip():
         raise ValueError("a request needs a reason and a requester")
     keys = RequestKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
     now = clock()
@@ -265,14 +272,14 @@ def create_request(
         request_id=secrets.token_hex(16),
         job_id=escrow.job_id,
         revision=escrow.revision,
-        purpose=purpose,
-        samples=tuple(samples),
-        new_policy=new_policy,
-        reason=reason,
-        requester=requester,
+        purpose=spec.purpose,
+        samples=tuple(spec.samples),
+        new_policy=spec.new_policy,
+        reason=spec.reason,
+        requester=spec.requester,
         created=_iso(now),
-        expires=_iso(now + valid_for),
-        log_tail=log_tail,
+        expires=_iso(now + spec.valid_for),
+        log_tail=spec.log_tail,
         ephemeral_x25519=keys.x25519.public_key().public_bytes_raw(),
         requester_ed25519=keys.ed25519.public_key().public_bytes_raw(),
         escrow=escrow,
@@ -287,7 +294,7 @@ def create_request(
     secret = keys.x25519.private_bytes_raw() + keys.ed25519.private_bytes_raw()
     doc = passphrase_seal(header, secret, passphrase, params)
     log.info(
-        "request %s created (purpose %s, %d samples)", request.request_id, purpose, len(samples)
+        "request %s created (%s, %d samples)", request.request_id, spec.purpose, len(spec.samples)
     )
     return request, json.dumps(doc, indent=1).encode()
 

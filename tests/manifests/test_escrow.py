@@ -33,6 +33,7 @@ from manifests.escrow import (
     sample_label,
 )
 from manifests.restore import (
+    RequestSpec,
     SampleRef,
     approve,
     assemble_reshare,
@@ -327,9 +328,8 @@ def test_kms_arn_validation():
 
 
 def _restore(escrow, samples, approvers):
-    request, key_file = create_request(
-        escrow, "restore", samples, "audit 7", "bob", PASSPHRASE, params=FAST
-    )
+    spec = RequestSpec("restore", tuple(samples), "audit 7", "bob")
+    request, key_file = create_request(escrow, spec, PASSPHRASE, params=FAST)
     keys = load_request_key(request, key_file, PASSPHRASE)
     approvals = [approve(request, c) for c in approvers]
     return recover_data_keys(escrow, request, keys, approvals, "restore")
@@ -347,10 +347,8 @@ def test_reshare_moves_every_epoch_to_new_custodians(escrow, custodians, newcome
         data_key, wrapped = sealing.shard_keys("shard-000000").sample(f"k{n}")
         sealed[epoch.escrow_id] = (f"k{n}", data_key, wrapped)
     new_policy = ShamirPolicy(m, tuple(c.public() for c in new_custodians))
-    request, _ = create_request(
-        old, "reshare", [], "custodians change", "bob", PASSPHRASE, new_policy=new_policy,
-        params=FAST,
-    )  # fmt: skip
+    spec = RequestSpec("reshare", (), "custodians change", "bob", new_policy=new_policy)
+    request, _ = create_request(old, spec, PASSPHRASE, params=FAST)
     approvals = [approve(request, c) for c in custodians[:2]]
     new = assemble_reshare(old, request, approvals)
     assert new.escrow_ids == old.escrow_ids and new.policy == new_policy
@@ -397,9 +395,8 @@ def test_a_reshared_part_does_not_open_in_another_epoch_or_after_tampering(
 ):
     old = add_epoch(escrow)
     new_policy = ShamirPolicy(2, tuple(c.public() for c in (custodians[1], newcomer)))
-    request, _ = create_request(
-        old, "reshare", [], "rotate", "bob", PASSPHRASE, new_policy=new_policy, params=FAST
-    )
+    spec = RequestSpec("reshare", (), "rotate", "bob", new_policy=new_policy)
+    request, _ = create_request(old, spec, PASSPHRASE, params=FAST)
     new = assemble_reshare(old, request, [approve(request, c) for c in custodians[1:]])
     doc = json.loads(new.dumps())
     doc["epochs"][0]["shares"], doc["epochs"][1]["shares"] = (

@@ -29,6 +29,7 @@ from manifests.jobkeys import epoch_sealing
 from manifests.keymanifest import ShardSealer, load_key_manifest
 from manifests.restore import (
     Approval,
+    RequestSpec,
     RestoreRequest,
     SampleRef,
     approve,
@@ -80,9 +81,8 @@ def _refs(manifest, keys, shard: str = SHARD) -> list[SampleRef]:
 
 
 def _request(escrow, samples, purpose="restore", **kw):
-    request, key_file = create_request(
-        escrow, purpose, samples, "court order 42", "bob", PASSPHRASE, params=FAST_KDF, **kw
-    )
+    spec = RequestSpec(purpose, tuple(samples), "court order 42", "bob", **kw)
+    request, key_file = create_request(escrow, spec, PASSPHRASE, params=FAST_KDF)
     request = RestoreRequest.loads(request.dumps())
     return request, load_request_key(request, key_file, PASSPHRASE), key_file
 
@@ -168,12 +168,13 @@ def test_request_shape_is_checked(escrow, manifest, custodians):
         ("restore", [replace(refs[0], escrow_id="f" * 32)], {}),
     ):
         with pytest.raises(KeyLibraryError):
-            create_request(escrow, purpose, samples, "r", "bob", PASSPHRASE, params=FAST_KDF, **kw)
+            spec = RequestSpec(purpose, tuple(samples), "r", "bob", **kw)
+            create_request(escrow, spec, PASSPHRASE, params=FAST_KDF)
     for bad in ({"shard": "../shard-000000"}, {"key": "k/1"}, {"key": ""}):
         with pytest.raises(RestoreError, match="malformed"):
             replace(refs[0], **bad)
     with pytest.raises(ValueError):
-        create_request(escrow, "restore", refs, " ", "bob", PASSPHRASE, params=FAST_KDF)
+        create_request(escrow, RequestSpec("restore", tuple(refs), " ", "bob"), PASSPHRASE)
 
 
 def test_expiry_and_purpose_are_enforced(escrow, manifest, custodians):
