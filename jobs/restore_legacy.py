@@ -24,7 +24,7 @@ from manifests.audit import AuditWriter, key_id
 from manifests.custodian import CustodianPrivate, ScryptParams, b64e
 from manifests.envelope import Envelope, MasterKey
 from manifests.errors import EscrowError, RestoreError
-from manifests.escrow_v2 import Escrow
+from manifests.escrow_v2 import Escrow, make_kms_client
 from manifests.files import write_private_file
 from manifests.keymanifest import KeyRow, load_key_manifest, open_row
 from manifests.restore_v2 import (
@@ -159,13 +159,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     request = RestoreRequest.loads(Path(request_path).read_bytes())
     approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
     check_request(escrow, request, "restore")
-    key_path = _request_key_path(args, request.request_id, request_path)
-    request_key = load_request_key(
-        request,
-        key_path.read_bytes(),
-        passphrase(args.passphrase_file, "Passphrase of the request key: "),
-    )
-    masters = recover_masters(escrow, request, request_key, approvals, "restore")
+    if escrow.scheme == "kms":
+        masters = escrow.unwrap_kms(make_kms_client(escrow.key_arn, args.kms_endpoint))
+    else:
+        key_path = _request_key_path(args, request.request_id, request_path)
+        secret = passphrase(args.passphrase_file, "Passphrase of the request key: ")
+        request_key = load_request_key(request, key_path.read_bytes(), secret)
+        masters = recover_masters(escrow, request, request_key, approvals, "restore")
     writer = AuditWriter(escrow.audit_signing_key(masters), f"requester:{request.requester}")
     details = {
         "request_id": request.request_id,

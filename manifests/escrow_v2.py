@@ -1,5 +1,9 @@
-"""The job's ``escrow.json``: one escrowed master key per key epoch, split M-of-N to custodians
-or wrapped by AWS KMS, all under one policy.
+"""Reading ``escrow.json`` of format 2 (earlier releases): one escrowed master key per key
+epoch, split M-of-N to custodians or wrapped by AWS KMS, all under one policy.
+
+This module only reads and recovers (so that such outputs stay restorable); nothing writes this
+format any more. Recovering a master key opens every sample of its epoch: that is why format 3
+(:mod:`manifests.escrow`) replaced it.
 
 Key epochs
     Each run of a job (the first run and every ``--resume``) makes its own master key, because
@@ -46,8 +50,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -63,7 +67,6 @@ from manifests.custodian import (
     b64e,
     canonical_json,
     open_sealed,
-    seal_to,
 )
 from manifests.envelope import MasterKey
 from manifests.errors import CustodianKeyError, EscrowError, ShareError
@@ -294,10 +297,6 @@ class Escrow:
         keys.update({key_id(c.ed25519): c.ed25519 for c in self.custodians})
         return keys
 
-    def with_epoch(self, epoch: Epoch) -> Escrow:
-        """This escrow with ``epoch`` appended (same policy) and a new revision."""
-        return Escrow(self.job_id, secrets.token_hex(16), (*self.epochs, epoch))
-
     def open_shares(self, custodian: CustodianPrivate) -> dict[str, shamir.Share]:
         """The custodian's share of every epoch, by escrow id."""
         return {e.escrow_id: e.open_share(custodian) for e in self.epochs}
@@ -419,14 +418,6 @@ def _audit_aad(job_id: str, public: bytes) -> bytes:
     return canonical_json({"job_id": job_id, "audit_public": b64e(public), "v": 1})
 
 
-def _seal_audit_key(master: MasterKey, job_id: str, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
-    public = key.public_key().public_bytes_raw()
-    wrap = master.derive(job_id.encode(), _AUDIT_WRAP_INFO)
-    nonce = secrets.token_bytes(12)
-    aad = _audit_aad(job_id, public)
-    return public, nonce + AESGCM(wrap).encrypt(nonce, key.private_bytes_raw(), aad)
-
-
 def _kms_call(kms: KmsClient, op: str, **kwargs: Any) -> dict:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -439,104 +430,6 @@ def _kms_call(kms: KmsClient, op: str, **kwargs: Any) -> dict:
         raise EscrowError(f"KMS {op} failed: {type(exc).__name__}") from None
 
 
-def shamir_epoch(
-    master: MasterKey,
-    job_id: str,
-    custodians: Sequence[CustodianPublic],
-    threshold: int,
-    audit_key: Ed25519PrivateKey,
-    escrow_id: str | None = None,
-    randbytes: Callable[[int], bytes] | None = None,
-) -> Epoch:
-    """``master`` split M-of-N, share i sealed to custodian i, and the sealed job signing key.
-
-    ``escrow_id`` is new unless given (a reshare keeps each epoch's id).
-    """
-    _check_policy(custodians, threshold)
-    public, sealed_audit = _seal_audit_key(master, job_id, audit_key)
-    base = Epoch(
-        job_id=job_id,
-        escrow_id=escrow_id or secrets.token_hex(16),
-        key_check=master.check_value(job_id),
-        scheme="shamir",
-        audit_public=public,
-        audit_sealed=sealed_audit,
-        threshold=threshold,
-        custodians=tuple(custodians),
-    )
-    shares = shamir.split(master.reveal(), len(custodians), threshold, randbytes)
-    sealed = tuple(
-        seal_to(c.x25519, s.to_bytes(), SHARE_CONTEXT, base.share_aad(c.fingerprint))
-        for c, s in zip(custodians, shares, strict=True)
-    )
-    log.info("key epoch %s: master key split %d-of-%d", base.escrow_id, threshold, len(custodians))
-    return replace(base, shares=sealed)
-
-
-def kms_epoch(
-    master: MasterKey, job_id: str, key_arn: str, kms: KmsClient, audit_key: Ed25519PrivateKey
-) -> Epoch:
-    """``master`` wrapped with the KMS key ``key_arn``, and the sealed job signing key."""
-    if not _ARN.fullmatch(key_arn):
-        raise EscrowError("expected a KMS key ARN: arn:aws:kms:REGION:ACCOUNT:key/ID")
-    public, sealed_audit = _seal_audit_key(master, job_id, audit_key)
-    base = Epoch(
-        job_id=job_id,
-        escrow_id=secrets.token_hex(16),
-        key_check=master.check_value(job_id),
-        scheme="kms",
-        audit_public=public,
-        audit_sealed=sealed_audit,
-        key_arn=key_arn,
-    )
-    reply = _kms_call(
-        kms,
-        "encrypt",
-        KeyId=key_arn,
-        Plaintext=master.reveal(),
-        EncryptionContext=base.kms_context(),
-    )
-    log.info("key epoch %s: master key wrapped by KMS", base.escrow_id)
-    return replace(base, wrapped_key=reply["CiphertextBlob"])
-
-
-def create_shamir_escrow(
-    master: MasterKey,
-    job_id: str,
-    custodians: Sequence[CustodianPublic],
-    threshold: int,
-    audit_key: Ed25519PrivateKey,
-    randbytes: Callable[[int], bytes] | None = None,
-) -> Escrow:
-    """A one-epoch escrow: ``master`` split M-of-N to ``custodians`` (see :func:`shamir_epoch`)."""
-    epoch = shamir_epoch(master, job_id, custodians, threshold, audit_key, randbytes=randbytes)
-    return Escrow(job_id, secrets.token_hex(16), (epoch,))
-
-
-def create_kms_escrow(
-    master: MasterKey, job_id: str, key_arn: str, kms: KmsClient, audit_key: Ed25519PrivateKey
-) -> Escrow:
-    """A one-epoch escrow: ``master`` wrapped by the KMS key ``key_arn``."""
-    epoch = kms_epoch(master, job_id, key_arn, kms, audit_key)
-    return Escrow(job_id, secrets.token_hex(16), (epoch,))
-
-
-def add_epoch(
-    escrow: Escrow, master: MasterKey, audit_key: Ed25519PrivateKey, kms: KmsClient | None = None
-) -> Escrow:
-    """``escrow`` plus a new epoch for ``master`` under the same policy (a resumed run).
-
-    A KMS escrow needs ``kms`` (a client for ``escrow.key_arn``).
-    """
-    if escrow.scheme == "kms":
-        if kms is None:
-            raise EscrowError("a KMS client is needed to add a key epoch to a KMS escrow")
-        epoch = kms_epoch(master, escrow.job_id, escrow.key_arn, kms, audit_key)
-    else:
-        epoch = shamir_epoch(master, escrow.job_id, escrow.custodians, escrow.threshold, audit_key)
-    return escrow.with_epoch(epoch)
-
-
 def make_kms_client(key_arn: str, endpoint_url: str | None = None) -> KmsClient:
     """A boto3 KMS client in the ARN's region (``endpoint_url`` or boto3's env settings)."""
     import boto3
@@ -545,54 +438,3 @@ def make_kms_client(key_arn: str, endpoint_url: str | None = None) -> KmsClient:
     if not match:
         raise EscrowError("expected a KMS key ARN: arn:aws:kms:REGION:ACCOUNT:key/ID")
     return boto3.client("kms", region_name=match.group(1), endpoint_url=endpoint_url)
-
-
-def reshare(
-    escrow: Escrow,
-    masters: Mapping[str, MasterKey],
-    custodians: Sequence[CustodianPublic],
-    threshold: int,
-) -> Escrow:
-    """Every epoch's (checked) master key split again for another custodian set.
-
-    Each epoch keeps its escrow id and its job signing key; the escrow gets a new revision.
-    """
-    escrow.check(masters)
-    epochs = tuple(
-        shamir_epoch(
-            masters[e.escrow_id],
-            escrow.job_id,
-            custodians,
-            threshold,
-            e.audit_signing_key(masters[e.escrow_id]),
-            escrow_id=e.escrow_id,
-        )
-        for e in escrow.epochs
-    )
-    return Escrow(escrow.job_id, secrets.token_hex(16), epochs)
-
-
-def rekey(
-    escrow: Escrow,
-    masters: Mapping[str, MasterKey],
-    custodians: Sequence[CustodianPublic] | None = None,
-    threshold: int | None = None,
-    kms: KmsClient | None = None,
-    key_arn: str | None = None,
-) -> tuple[MasterKey, Escrow]:
-    """One fresh master key in a one-epoch escrow that replaces every epoch of ``escrow``.
-
-    The new epoch keeps the first epoch's job signing key. Defaults to the old policy: the same
-    custodians and threshold, or the same KMS key. Re-encrypt every manifest into it after.
-    """
-    escrow.check(masters)
-    audit_key = escrow.audit_signing_key(masters)
-    new = MasterKey.generate()
-    if key_arn or (escrow.scheme == "kms" and custodians is None):
-        if kms is None:
-            raise EscrowError("a KMS client is needed to rekey to a KMS escrow")
-        return new, create_kms_escrow(new, escrow.job_id, key_arn or escrow.key_arn, kms, audit_key)
-    chosen = custodians if custodians is not None else escrow.custodians
-    return new, create_shamir_escrow(
-        new, escrow.job_id, chosen, threshold or escrow.threshold, audit_key
-    )
