@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -20,7 +21,8 @@ import jobs.cli
 from anon_core.imageio import decode_image
 from jobs.demo import sample_images
 from jobs.keyfile import new_key_file
-from manifests.restore import RestoreRequest
+from manifests.custodian import ScryptParams, b64e, canonical_json, passphrase_seal
+from manifests.restore import REQUEST_KEY_FORMAT, RestoreRequest, load_request_key
 
 CUSTODIANS = ("alice", "bob", "carol")
 OTHERS = ("dave", "mallory1", "mallory2")
@@ -34,6 +36,7 @@ PASSPHRASES = {
     "requester": "dpo-copper-Willow-7788",
 }
 REASON = "subject access request 7"
+REQUEST_LABEL = b"faceveil/request/v4|"
 
 
 @dataclass
@@ -201,3 +204,28 @@ def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None
 
 def actions(out: Path) -> list[str]:
     return [json.loads(line)["action"] for line in (out / "audit.jsonl").read_text().splitlines()]
+
+
+def request_keys(req: Path):
+    """A request file's request and the private keys of its key file (``REQ.key``)."""
+    request = RestoreRequest.loads(req.read_bytes())
+    key_file = req.with_suffix(".key").read_bytes()
+    return request, load_request_key(request, key_file, PASSPHRASES["requester"])
+
+
+def resign(req: Path, **changes) -> Path:
+    """``req`` with ``changes`` made and signed again with its requester key (which the
+    requester holds): a well-formed, properly signed forgery."""
+    request, keys = request_keys(req)
+    doc = request.unsigned_doc() | changes
+    signature = keys.ed25519.sign(REQUEST_LABEL + canonical_json(doc))
+    forged = req.with_name(f"forged-{req.name}")
+    forged.write_text(json.dumps(doc | {"signature": b64e(signature)}))
+    header = {"format": REQUEST_KEY_FORMAT, "request_id": doc["request_id"]}
+    header["request_sha256"] = hashlib.sha256(
+        canonical_json(doc | {"signature": b64e(signature)})
+    ).hexdigest()
+    secret = keys.x25519.private_bytes_raw() + keys.ed25519.private_bytes_raw()
+    sealed = passphrase_seal(header, secret, PASSPHRASES["requester"], ScryptParams(n=2**15))
+    forged.with_suffix(".key").write_text(json.dumps(sealed))
+    return forged

@@ -12,9 +12,12 @@ import json
 import boto3
 import pytest
 
+from jobs.auditlog import append
 from jobs.keys_cli import main
-from manifests.escrow import Escrow
-from manifests.keymanifest import key_manifest_epoch
+from jobs.restore_cli import approval_details
+from manifests.audit import AuditWriter
+from manifests.escrow import Escrow, new_epoch
+from manifests.keymanifest import key_manifest_bytes, key_manifest_epoch, load_key_manifest
 from manifests.restore import Approval
 from tests.jobs.escrow_world import (
     CUSTODIANS,
@@ -26,6 +29,8 @@ from tests.jobs.escrow_world import (
     make_world,
     pick,
     public_metadata,
+    request_keys,
+    resign,
 )
 
 
@@ -269,3 +274,95 @@ def test_request_names_samples_or_the_whole_job(world):
     assert "covers the whole job" in error
     missing = w.request_result("--key", "f" * 32).one_error()
     assert "in no key manifest" in missing
+
+
+def test_interrupted_rekey_must_be_finished(world, monkeypatch):
+    """A rekey that stops after its audit entry and COMPLETE marker blocks every request until
+    ``escrow rekey OUT --finish`` publishes the stage; then restores work again."""
+    w = world
+    out = w.copy("out-interrupted")
+    req, _ = w.request("--purpose", "rekey", out=out)
+    approvals = [w.approve(req, "alice"), w.approve(req, "bob")]
+
+    def crash(location):
+        raise OSError("simulated crash before publishing")
+
+    monkeypatch.setattr("jobs.restore_cli.publish_rekey", crash)
+    argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
+    argv += ["--request-key", req.with_suffix(".key")]
+    assert (
+        "simulated crash" in cli(*argv, "--passphrase-file", w.passfiles["requester"]).one_error()
+    )
+    monkeypatch.undo()
+    assert (out / "_rekey/COMPLETE").exists()
+    assert "an interrupted rekey is pending" in w.request_result("--all", out=out).one_error()
+    assert "rerun with --finish" in cli("escrow", "rekey", out).one_error()
+    result = cli("escrow", "rekey", out, "--finish")
+    assert result.rc == 0 and "published the staged rekey (2 manifests)" in result.out
+    assert not (out / "_rekey").exists()
+    png = pick(out, "png")
+    req, _ = w.request("--samples", png, out=out)
+    dest = w.root / "after-finish"
+    result = w.apply(req, [w.approve(req, "bob"), w.approve(req, "carol")], dest, out=out)
+    assert result.rc == 0, result.err
+    check_restored(w, dest, {png}, out=out)
+    assert cli("audit", "verify", out, "-q").rc == 0
+
+
+def test_request_with_a_forged_escrow_copy_is_refused(world):
+    """A request re-signed by its requester with another escrow copy: a swapped public share
+    does not even parse; a valid escrow of a fresh key under the same custodians, epoch id and
+    revision is refused by custodians checking against OUT and by apply."""
+    w = world
+    req, request = w.request("--key", pick(w.out, "png"))
+    doc = request.escrow.to_json()
+    shares = doc["epochs"][0]["public_shares"]
+    doc["epochs"][0]["public_shares"] = [shares[1], *shares[1:]]
+    error = w.approve_result(resign(req, escrow=doc), "alice").one_error()
+    assert "the public shares do not interpolate to the escrow public key" in error
+    escrow = request.escrow
+    (epoch,) = escrow.epochs
+    fresh = new_epoch(escrow.job_id, escrow.policy, epoch.escrow_id)
+    other = Escrow(escrow.job_id, escrow.revision, escrow.policy, (fresh,))
+    forged = resign(req, escrow=other.to_json())
+    approve = w.approve_result(forged, "carol", "--out-tree", w.out).one_error()
+    assert "forged or altered request" in approve
+    approvals = [w.approve(forged, "alice"), w.approve(forged, "bob")]
+    dest = w.root / "forged-escrow"
+    assert "forged or altered request" in w.apply(forged, approvals, dest).one_error()
+    assert not dest.exists()
+
+
+def test_audit_verify_checks_recorded_approval_signatures(world):
+    """An approval recorded by the requester: its custodian's signed statement is checked."""
+    w = world
+    out = w.copy("out-approval-signature")
+    req, _ = w.request("--key", pick(out, "png"), out=out)
+    request, keys = request_keys(req)
+    approval = Approval.loads(w.approve(req, "alice").read_bytes())
+    escrow = Escrow.loads((out / "escrow.json").read_bytes())
+    details = approval_details(request, approval, escrow.policy.custodian(approval.fingerprint))
+    writer = AuditWriter(keys.ed25519, "requester:dpo-on-duty")
+    good = (out / "audit.jsonl").read_bytes()
+    append(str(out), writer, "restore.approve", details)
+    assert cli("audit", "verify", out, "-q").rc == 0
+    (out / "audit.jsonl").write_bytes(good)
+    details["statement"]["time"] = "2000-01-01T00:00:00Z"
+    append(str(out), writer, "restore.approve", details)
+    line = len(good.splitlines()) + 1
+    error = cli("audit", "verify", out, "-q").one_error()
+    assert f"audit line {line}: the approval by 'alice': bad custodian signature" in error
+
+
+def test_manifest_of_an_unknown_epoch_is_one_clear_error(world):
+    w = world
+    req, _ = w.request("--all")
+    approvals = [w.approve(req, "alice"), w.approve(req, "bob")]
+    out = w.copy("out-unknown-epoch")
+    manifest = out / "keys/shard-000001.parquet"
+    parsed = load_key_manifest(manifest.read_bytes())
+    manifest.write_bytes(key_manifest_bytes(parsed.rows, "0" * 32, parsed.version))
+    dest = w.root / "unknown-epoch"
+    error = w.apply(req, approvals, dest, out=out).one_error()
+    assert "keys/shard-000001.parquet was sealed under a key epoch escrow.json lacks" in error
+    assert not dest.exists()

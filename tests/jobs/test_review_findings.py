@@ -33,19 +33,14 @@ from manifests.audit import AuditWriter
 from manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
-    ScryptParams,
     b64e,
-    canonical_json,
-    passphrase_seal,
 )
 from manifests.errors import KeyLibraryError
 from manifests.escrow import Escrow, ShamirPolicy, new_epoch
 from manifests.restore import (
-    REQUEST_KEY_FORMAT,
     Approval,
     RestoreRequest,
     _open_partials,
-    load_request_key,
     recover_data_keys,
 )
 from tests.jobs.escrow_world import (
@@ -56,39 +51,16 @@ from tests.jobs.escrow_world import (
     cli,
     make_world,
     pick,
+    request_keys,
+    resign,
 )
 
 LEGACY = Path(__file__).parents[1] / "data" / "legacy_v2"
-REQUEST_LABEL = b"faceveil/request/v4|"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, ray_local) -> World:
     return make_world(tmp_path_factory.mktemp("review"))
-
-
-def _request_keys(w: World, req: Path):
-    request = RestoreRequest.loads(req.read_bytes())
-    key_file = req.with_suffix(".key").read_bytes()
-    return request, load_request_key(request, key_file, PASSPHRASES["requester"])
-
-
-def _resigned(w: World, req: Path, **changes) -> Path:
-    """``req`` with ``changes`` made and signed again with its requester key (which the
-    requester holds): a well-formed, properly signed forgery."""
-    request, keys = _request_keys(w, req)
-    doc = request.unsigned_doc() | changes
-    signature = keys.ed25519.sign(REQUEST_LABEL + canonical_json(doc))
-    forged = req.with_name(f"forged-{req.name}")
-    forged.write_text(json.dumps(doc | {"signature": b64e(signature)}))
-    header = {"format": REQUEST_KEY_FORMAT, "request_id": doc["request_id"]}
-    header["request_sha256"] = hashlib.sha256(
-        canonical_json(doc | {"signature": b64e(signature)})
-    ).hexdigest()
-    secret = keys.x25519.private_bytes_raw() + keys.ed25519.private_bytes_raw()
-    sealed = passphrase_seal(header, secret, PASSPHRASES["requester"], ScryptParams(n=2**15))
-    forged.with_suffix(".key").write_text(json.dumps(sealed))
-    return forged
 
 
 def _files(*roots: Path) -> set[Path]:
@@ -117,7 +89,7 @@ def test_row1_approved_one_sample_request_opens_no_other_sample_library(world, o
     req, approval_paths, _ = one_sample
     out = Location(str(world.out))
     escrow = read_escrow(out)
-    request, keys = _request_keys(world, req)
+    request, keys = request_keys(req)
     approvals = [Approval.loads(p.read_bytes()) for p in approval_paths]
     data_keys = recover_data_keys(escrow, request, keys, approvals, "restore")
     (wanted,) = request.samples
@@ -155,7 +127,7 @@ def test_row1_approved_one_sample_request_opens_no_other_sample_cli(world, one_s
         [other],
         signed_commitments(verify_tree(str(world.out)).report.entries),
     )
-    forged = _resigned(world, req, samples=[ref.to_json()])
+    forged = resign(req, samples=[ref.to_json()])
     assert RestoreRequest.loads(forged.read_bytes()).request_id == request.request_id
     assert "is for another request" in world.apply(forged, approvals, refused).one_error()
     assert not refused.exists()
@@ -302,7 +274,7 @@ def rekeyed(world):
 def _forge(w: World, out: Path, req: Path, action: str, details: dict) -> str:
     """Append ``action`` signed by ``req``'s requester key; the verify error (or "")."""
     good = (out / "audit.jsonl").read_bytes()
-    _, keys = _request_keys(w, req)
+    _, keys = request_keys(req)
     append(str(out), AuditWriter(keys.ed25519, "requester:dpo-on-duty"), action, details)
     try:
         result = cli("audit", "verify", out, "-q")
@@ -377,7 +349,7 @@ def test_row10_request_id_with_a_path_is_refused(world, tmp_path):
     edited = req.with_name("edited.json")
     edited.write_text(json.dumps(json.loads(req.read_text()) | {"request_id": evil}))
     shutil.copy(req.with_suffix(".key"), edited.with_suffix(".key"))
-    resigned = _resigned(w, req, request_id=evil)
+    resigned = resign(req, request_id=evil)
     before = _files(w.root)
     victims = set(Path("/tmp").glob("victim*"))
     for forged in (edited, resigned):
