@@ -141,8 +141,7 @@ def test_row3_resume_refuses_escrow_json_swapped_to_attacker_custodians(world):
     OUT had the next epoch sealed to keys of their choosing. Now refused, escrow.json kept."""
     out = world.copy("out-row3")
     escrow = Escrow.loads((out / "escrow.json").read_bytes())
-    attackers = tuple(CustodianPublic.load(world.pub(m)) for m in ("mallory1", "mallory2"))
-    policy = ShamirPolicy(2, attackers)
+    policy = _mallory_policy(world)
     swapped = Escrow(escrow.job_id, escrow.revision, policy, (new_epoch(escrow.job_id, policy),))
     (out / "escrow.json").write_bytes(swapped.dumps())
     (out / "_done/shard-000001.json").unlink()
@@ -152,6 +151,49 @@ def test_row3_resume_refuses_escrow_json_swapped_to_attacker_custodians(world):
     assert "policy differs from the policy the job's signed log records" in result.err
     assert (out / "escrow.json").read_bytes() == swapped.dumps()
     assert not (out / "_done/shard-000001.json").exists()
+
+
+def _mallory_policy(w: World) -> ShamirPolicy:
+    return ShamirPolicy(2, tuple(CustodianPublic.load(w.pub(m)) for m in ("mallory1", "mallory2")))
+
+
+def _forged_policy_entry(request: RestoreRequest, policy: ShamirPolicy) -> dict:
+    """``escrow.rekey`` details that move the logged policy to ``policy``."""
+    return {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "purpose": "rekey",
+        "policy": policy.to_json(),
+        "custodians": [
+            {"name": c.name, "fingerprint": c.fingerprint, "ed25519": b64e(c.ed25519)}
+            for c in policy.custodians
+        ],
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="manifests/audit.py _Roles.signer_key accepts an escrow.rekey signed by the key of "
+    "any recorded request (here a restore request), so jobs/keys.py recorded_policy takes "
+    "mallory's policy from it and _check_resume_policy accepts the swapped escrow.json",
+)
+def test_row3_resume_refuses_attacker_policy_logged_by_a_forged_rekey(world, one_sample):
+    """Row 3 again, by someone who also made a restore request: they append an escrow.rekey
+    naming their own request (signed by its key) that moves the logged policy to mallory, then
+    swap escrow.json to mallory's custodians. A resume must still refuse."""
+    out = world.copy("out-row3-forged-rekey")
+    req, _, _ = one_sample
+    request, keys = request_keys(req)
+    policy = _mallory_policy(world)
+    writer = AuditWriter(keys.ed25519, "requester:dpo-on-duty")
+    append(str(out), writer, "escrow.rekey", _forged_policy_entry(request, policy))
+    escrow = Escrow.loads((out / "escrow.json").read_bytes())
+    swapped = Escrow(escrow.job_id, escrow.revision, policy, (new_epoch(escrow.job_id, policy),))
+    (out / "escrow.json").write_bytes(swapped.dumps())
+    (out / "_done/shard-000001.json").unlink()
+    result = world.run(out, "--resume")
+    assert result.rc != 0, "the resume sealed shard-000001 to mallory's custodians"
+    assert (out / "escrow.json").read_bytes() == swapped.dumps()
 
 
 # ---- row 5: altered key manifests --------------------------------------------------------------
