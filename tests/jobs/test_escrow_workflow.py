@@ -17,7 +17,7 @@ import logging
 import shutil
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil, floor
 from pathlib import Path
 
@@ -148,8 +148,11 @@ class World:
         return cli(self.journal, *argv, "--no-progress", *extra)
 
     def request(self, *which: str, purpose: str = "restore") -> tuple[Path, RestoreRequest]:
+        return self.request_with(*which, "--purpose", purpose)
+
+    def request_with(self, *which: object) -> tuple[Path, RestoreRequest]:
         argv = ["restore", "request", self.out, *which, "--reason", "subject access request 7"]
-        argv += ["--purpose", purpose, "--kdf-work", 15]
+        argv += ["--kdf-work", 15]
         result = cli(
             self.journal,
             *argv,
@@ -367,6 +370,58 @@ def test_one_request_restores_both_epochs(world, resumed):
         "restore.approve",
         "restore.apply",
     ]
+
+
+def _copy_of(w: World, name: str) -> World:
+    """The same world on a copy of its output (the copy is altered, not the output)."""
+    shutil.copytree(w.out, w.root / name)
+    return replace(w, out=w.root / name)
+
+
+def _escrow_command(w: World, command: str, request: Path, approvals: list[Path]) -> Result:
+    argv = ["escrow", command, w.out, "--request", request, "--approvals", *approvals]
+    return cli(w.journal, *argv, "--passphrase-file", w.passfiles["requester"], cwd=w.requester)
+
+
+def test_rekey_collapses_both_epochs_into_one(world, resumed):
+    """A rekey of the resumed job: every manifest re-sealed under one new epoch; a restore
+    after it is exact."""
+    w = _copy_of(world, "out-rekey-epochs")
+    request, _ = w.request(purpose="rekey")
+    result = _escrow_command(
+        w, "rekey", request, [w.approve(request, "alice"), w.approve(request, "bob")]
+    )
+    assert result.rc == 0, result.err
+    escrow = Escrow.loads((w.out / "escrow.json").read_bytes())
+    (epoch,) = escrow.escrow_ids
+    assert epoch not in resumed.epochs
+    assert {key_manifest_epoch(p) for p in (w.out / "keys").glob("*.parquet")} == {epoch}
+    request, _ = w.request("--all")
+    dest = w.root / "restored-after-rekey"
+    result = w.apply(request, [w.approve(request, "bob"), w.approve(request, "carol")], dest)
+    assert result.rc == 0, result.err
+    check_restored(w, dest, set(public_metadata(w.out)))
+
+
+def test_reshare_covers_every_epoch(world, resumed):
+    """A reshare of the resumed job to 3 of 3: both epochs move; two approvals no longer do."""
+    w = _copy_of(world, "out-reshare-epochs")
+    argv = ["--purpose", "reshare", "--custodians", *w.pubs, "--threshold", 3]
+    request, _ = w.request_with(*argv)
+    result = _escrow_command(
+        w, "reshare", request, [w.approve(request, "alice"), w.approve(request, "carol")]
+    )
+    assert result.rc == 0, result.err
+    escrow = Escrow.loads((w.out / "escrow.json").read_bytes())
+    assert escrow.escrow_ids == resumed.epochs and escrow.policy.threshold == 3
+    request, _ = w.request("--all")
+    approvals = [w.approve(request, who) for who in CUSTODIANS]
+    dest = w.root / "restored-after-reshare"
+    refused = w.apply(request, approvals[:2], dest)
+    assert "this escrow needs 3" in refused.one_error() and not dest.exists()
+    result = w.apply(request, approvals, dest)
+    assert result.rc == 0, result.err
+    check_restored(w, dest, set(public_metadata(w.out)))
 
 
 # ---- refusals -----------------------------------------------------------------------------------
