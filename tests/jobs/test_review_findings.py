@@ -33,7 +33,10 @@ from manifests.audit import AuditWriter
 from manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
+    ScryptParams,
     b64e,
+    passphrase_open,
+    passphrase_seal,
 )
 from manifests.errors import KeyLibraryError
 from manifests.escrow import Escrow, ShamirPolicy, new_epoch
@@ -43,6 +46,8 @@ from manifests.restore import (
     _open_partials,
     recover_data_keys,
 )
+from manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
+from manifests.restore_v2 import RestoreRequest as RestoreRequestV2
 from tests.jobs.escrow_world import (
     CUSTODIANS,
     PASSPHRASES,
@@ -412,12 +417,8 @@ def test_row10_request_id_with_a_path_is_refused(world, tmp_path):
 def test_legacy_v2_output_restores_with_a_warning(tmp_path):
     """The committed format-2 output: request (warns), two approvals, apply restores both PNGs
     byte-exact (their sha256 is the inputs'), with the warning on stderr."""
-    root = tmp_path / "legacy"
-    shutil.copytree(LEGACY, root)
-    for path in (root / "keys").glob("*.pass"):
-        path.chmod(0o600)
+    root = _legacy_copy(tmp_path)
     out, work = root / "tree", root / "work"
-    work.mkdir()
     argv = ["restore", "request", out, "--all", "--reason", "legacy audit", "--kdf-work", 15]
     argv += ["--out", work / "req.json", "--key-out", work / "req.key", "--requester", "dpo"]
     result = cli(*argv, "--passphrase-file", root / "keys/alice.pass")
@@ -460,3 +461,54 @@ def _legacy_input(name: str) -> bytes:
     buf = io.BytesIO()
     photo.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="manifests/restore_v2.py RestoreRequest.loads does not check request_id, and "
+    "jobs/restore_legacy.py cmd_apply stages in dest / f'.restore-{request_id}.partial' and "
+    "shutil.rmtree()s it: a format-2 request with request_id 'x/../../victim' is approved, "
+    "and apply deletes (then stages originals in) a folder outside --dest",
+)
+def test_row10_legacy_request_id_with_a_path_is_refused(tmp_path):
+    """Row 10 on the format-2 path: the requester edits request_id (format-2 requests are
+    unsigned) and re-seals their key file to it; custodians and apply must refuse it."""
+    root = _legacy_copy(tmp_path)
+    out, work = root / "tree", root / "work"
+    passphrase = (root / "keys/alice.pass").read_text().strip()
+    argv = ["restore", "request", out, "--all", "--reason", "legacy audit", "--kdf-work", 15]
+    argv += ["--out", work / "req.json", "--key-out", work / "req.key", "--requester", "dpo"]
+    assert cli(*argv, "--passphrase-file", root / "keys/alice.pass").rc == 0
+    doc = json.loads((work / "req.json").read_text()) | {"request_id": "x/../../victim"}
+    (work / "evil.json").write_text(json.dumps(doc))
+    evil = RestoreRequestV2.loads((work / "evil.json").read_text())
+    secret = passphrase_open(json.loads((work / "req.key").read_text()), passphrase, V2_KEY)
+    header = {"format": V2_KEY, "request_id": evil.request_id, "request_sha256": evil.sha256()}
+    sealed = passphrase_seal(header, secret, passphrase, ScryptParams(n=2**15))
+    (work / "evil.key").write_text(json.dumps(sealed))
+    approvals = []
+    for who in ("alice", "bob"):
+        argv = ["restore", "approve", work / "evil.json", "--identity", root / f"keys/{who}.key"]
+        argv += ["--yes", "--out", work / f"{who}.approval"]
+        approvals.append(cli(*argv, "--passphrase-file", root / f"keys/{who}.pass"))
+    dest, victim = root / "dest", root / "victim.partial"
+    (dest / ".restore-x").mkdir(parents=True)
+    victim.mkdir()
+    (victim / "precious.txt").write_text("not the restore's to delete")
+    if all(a.rc == 0 for a in approvals):
+        argv = ["restore", "apply", out, work / "evil.json", work / "alice.approval"]
+        argv += [work / "bob.approval", "--dest", dest, "--request-key", work / "evil.key"]
+        applied = cli(*argv, "--passphrase-file", root / "keys/alice.pass")
+        assert (victim / "precious.txt").exists(), "apply deleted a folder outside --dest"
+        assert "request_id" in applied.one_error()
+    for approval in approvals:
+        assert "request_id" in approval.one_error()
+
+
+def _legacy_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "legacy"
+    shutil.copytree(LEGACY, root)
+    for path in (root / "keys").glob("*.pass"):
+        path.chmod(0o600)
+    (root / "work").mkdir()
+    return root
