@@ -366,3 +366,28 @@ def test_manifest_of_an_unknown_epoch_is_one_clear_error(world):
     error = w.apply(req, approvals, dest, out=out).one_error()
     assert "keys/shard-000001.parquet was sealed under a key epoch escrow.json lacks" in error
     assert not dest.exists()
+
+
+def test_rekey_to_kms_then_restore_without_approvals(world, s3):
+    """``restore request --purpose rekey --kms``, two approvals, ``escrow rekey``: every
+    manifest re-sealed under a KMS epoch (moto); a restore then needs no approval."""
+    w = world
+    out = w.copy("out-rekey-kms")
+    kms = boto3.client("kms", endpoint_url=s3.direct, region_name="us-east-1")
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    req, request = w.request("--purpose", "rekey", "--kms", f"aws-kms:{arn}", out=out)
+    assert request.new_policy.describe() == f"KMS key {arn}"
+    approvals = [w.approve(req, "alice"), w.approve(req, "carol")]
+    argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
+    argv += ["--request-key", req.with_suffix(".key"), "--kms-endpoint", s3.endpoint]
+    result = cli(*argv, "--passphrase-file", w.passfiles["requester"])
+    assert result.rc == 0, result.err
+    assert json.loads((out / "escrow.json").read_text())["scheme"] == "kms"
+    req, _ = w.request("--all", out=out)
+    dest = w.root / "after-kms-rekey"
+    argv = ["restore", "apply", out, req, "--dest", dest, "--kms-endpoint", s3.endpoint]
+    argv += ["--request-key", req.with_suffix(".key")]
+    result = cli(*argv, "--passphrase-file", w.passfiles["requester"])
+    assert result.rc == 0, result.err
+    check_restored(w, dest, set(public_metadata(out)), out=out)
+    assert cli("audit", "verify", out, "-q").rc == 0
