@@ -17,7 +17,7 @@ import logging
 import shutil
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil, floor
 from pathlib import Path
 
@@ -148,8 +148,11 @@ class World:
         return cli(self.journal, *argv, "--no-progress", *extra)
 
     def request(self, *which: str, purpose: str = "restore") -> tuple[Path, RestoreRequest]:
+        return self.request_with(*which, "--purpose", purpose)
+
+    def request_with(self, *which: object) -> tuple[Path, RestoreRequest]:
         argv = ["restore", "request", self.out, *which, "--reason", "subject access request 7"]
-        argv += ["--purpose", purpose, "--kdf-work", 15]
+        argv += ["--kdf-work", 15]
         result = cli(
             self.journal,
             *argv,
@@ -291,16 +294,18 @@ def first_restores(world) -> Restores:
 
 def test_run_escrows_the_job_to_three_custodians(world):
     escrow = Escrow.loads((world.out / "escrow.json").read_bytes())
-    assert escrow.scheme == "shamir" and escrow.threshold == 2 and len(escrow.epochs) == 1
-    assert [c.name for c in escrow.custodians] == list(CUSTODIANS)
+    assert escrow.scheme == "shamir" and escrow.policy.threshold == 2 and len(escrow.epochs) == 1
+    assert [c.name for c in escrow.policy.custodians] == list(CUSTODIANS)
     shards = sorted(p.stem for p in (world.out / "keys").glob("*.parquet"))
     assert shards == [f"shard-{i:06d}" for i in range(3)]
     assert len(public_metadata(world.out)) == len(world.photos)
+    assert not (world.out / "shards").exists()  # review row 4: loose inputs are read in place
 
 
 def test_restore_by_sample_key_is_exact(world, first_restores):
     r = first_restores
-    assert r.request_keys.samples == r.by_key and r.request_keys.requester
+    assert {s.key for s in r.request_keys.samples} == set(r.by_key)
+    assert r.request_keys.requester
     check_restored(world, r.dest_keys, set(r.by_key))
 
 
@@ -365,6 +370,58 @@ def test_one_request_restores_both_epochs(world, resumed):
         "restore.approve",
         "restore.apply",
     ]
+
+
+def _copy_of(w: World, name: str) -> World:
+    """The same world on a copy of its output (the copy is altered, not the output)."""
+    shutil.copytree(w.out, w.root / name)
+    return replace(w, out=w.root / name)
+
+
+def _escrow_command(w: World, command: str, request: Path, approvals: list[Path]) -> Result:
+    argv = ["escrow", command, w.out, "--request", request, "--approvals", *approvals]
+    return cli(w.journal, *argv, "--passphrase-file", w.passfiles["requester"], cwd=w.requester)
+
+
+def test_rekey_collapses_both_epochs_into_one(world, resumed):
+    """A rekey of the resumed job: every manifest re-sealed under one new epoch; a restore
+    after it is exact."""
+    w = _copy_of(world, "out-rekey-epochs")
+    request, _ = w.request(purpose="rekey")
+    result = _escrow_command(
+        w, "rekey", request, [w.approve(request, "alice"), w.approve(request, "bob")]
+    )
+    assert result.rc == 0, result.err
+    escrow = Escrow.loads((w.out / "escrow.json").read_bytes())
+    (epoch,) = escrow.escrow_ids
+    assert epoch not in resumed.epochs
+    assert {key_manifest_epoch(p) for p in (w.out / "keys").glob("*.parquet")} == {epoch}
+    request, _ = w.request("--all")
+    dest = w.root / "restored-after-rekey"
+    result = w.apply(request, [w.approve(request, "bob"), w.approve(request, "carol")], dest)
+    assert result.rc == 0, result.err
+    check_restored(w, dest, set(public_metadata(w.out)))
+
+
+def test_reshare_covers_every_epoch(world, resumed):
+    """A reshare of the resumed job to 3 of 3: both epochs move; two approvals no longer do."""
+    w = _copy_of(world, "out-reshare-epochs")
+    argv = ["--purpose", "reshare", "--custodians", *w.pubs, "--threshold", 3]
+    request, _ = w.request_with(*argv)
+    result = _escrow_command(
+        w, "reshare", request, [w.approve(request, "alice"), w.approve(request, "carol")]
+    )
+    assert result.rc == 0, result.err
+    escrow = Escrow.loads((w.out / "escrow.json").read_bytes())
+    assert escrow.escrow_ids == resumed.epochs and escrow.policy.threshold == 3
+    request, _ = w.request("--all")
+    approvals = [w.approve(request, who) for who in CUSTODIANS]
+    dest = w.root / "restored-after-reshare"
+    refused = w.apply(request, approvals[:2], dest)
+    assert "this escrow needs 3" in refused.one_error() and not dest.exists()
+    result = w.apply(request, approvals, dest)
+    assert result.rc == 0, result.err
+    check_restored(w, dest, set(public_metadata(w.out)))
 
 
 # ---- refusals -----------------------------------------------------------------------------------
@@ -432,7 +489,10 @@ def test_tampered_key_manifest_restores_nothing(world, ready):
     _flip_a_ciphertext_byte(copy / "keys/shard-000001.parquet")
     dest = world.root / "refused-tampered"
     result = world.apply(ready.request, [ready.alice, ready.bob], dest, out=copy)
-    assert "of 'shard-000001' did not decrypt" in result.one_error()
+    # The row list no longer matches the one the job signed (job.manifests): refused before
+    # anything is decrypted.
+    error = result.one_error()
+    assert "keys/shard-000001.parquet differs from the row list the job signed" in error
     assert not dest.exists()
     assert audit_actions(copy)[-1] == "restore.failed"
 
@@ -477,7 +537,7 @@ def test_no_secret_or_source_name_in_logs_console_or_public_files(world, resumed
     private keys, original bytes and source names appear in no log record (DEBUG), no console
     output, and no file outside restored.json and the restore destinations."""
     text = world.journal.text()
-    assert "restore.apply" in text and "DEBUG manifests" in text
+    assert "restore.apply" in text and "DEBUG jobs.auditlog" in text
     secrets_ = [p.encode() for p in PASSPHRASES.values()] + _key_file_secrets(world)
     secrets_ += [data[200:248] for data in world.photos.values()]
     for secret in secrets_:
