@@ -286,6 +286,8 @@ CUSTODIAN_ACTIONS = frozenset({"restore.approve"})
 REQUESTER_ACTIONS = frozenset(
     {"restore.request", "restore.apply", "restore.failed", "escrow.reshare", "escrow.rekey"}
 )
+# What each requester action needs its request to have asked for (restore.failed: any).
+ACTION_PURPOSES = {"restore.apply": "restore", "escrow.reshare": "reshare", "escrow.rekey": "rekey"}
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -339,7 +341,10 @@ class _Roles:
         self.job_keys: list[str] = []
         self.live_job: str | None = None
         self.custodians: dict[str, str] = {}  # the policy in force: key id -> name
+        self.threshold = 0  # approvals the policy in force needs (0: a KMS policy)
         self.requests: dict[str, tuple[str, str]] = {}  # request id -> (key id, request sha)
+        self.purposes: dict[str, str] = {}  # request id -> what the request asks for
+        self.approved: dict[str, set[str]] = {}  # request id -> custodian key ids recorded
         self.job_id: str | None = None
         self.anchor: str | None = None
 
@@ -370,7 +375,9 @@ class _Roles:
             return self._approver_key(n, entry)
         if action in REQUESTER_ACTIONS:
             kid, _ = self._request(n, details)
-            return self._expect(n, entry, kid, "the requester key of its request")
+            public = self._expect(n, entry, kid, "the requester key of its request")
+            self._check_authorized(n, action, details["request_id"])
+            return public
         raise AuditError(f"unknown action {action!r}", n)
 
     def _expect(self, n: int, entry: dict, kid: str | None, who: str) -> bytes:
@@ -408,12 +415,34 @@ class _Roles:
             raise AuditError(f"request {rid} is not recorded by an earlier restore.request", n)
         return self.requests[rid]
 
+    def _check_authorized(self, n: int, action: str, rid: str) -> None:
+        """An apply, reshare or rekey must act on a request of that purpose which M custodians
+        of the policy in force approved (their approvals recorded earlier in the log)."""
+        wanted = ACTION_PURPOSES.get(action)
+        if wanted is None:
+            return
+        if self.purposes.get(rid) != wanted:
+            raise AuditError(
+                f"{action} acts on request {rid}, which asked for {self.purposes.get(rid)!r}, "
+                f"not {wanted!r}",
+                n,
+            )
+        got = len(self.approved.get(rid, set()) & set(self.custodians))
+        if got < self.threshold:
+            raise AuditError(
+                f"{action} acts on request {rid} with {got} recorded approval(s) of the "
+                f"custodians in force; the policy needs {self.threshold}",
+                n,
+            )
+
     def _request_key(self, n: int, entry: dict) -> bytes:
         details = entry["details"]
         rid = _field(n, details, "request_id", _REQUEST_ID)
         _field(n, details, "request_sha256", _SHA256)
         if rid in self.requests:
             raise AuditError(f"request {rid} is already recorded", n)
+        if details.get("purpose") not in set(ACTION_PURPOSES.values()):
+            raise AuditError("details.purpose is missing or unknown", n)
         public = _b64_key(n, details.get("requester_key"), "details.requester_key")
         if entry["signer"] != key_id(public):
             why = f"signed by {self.describe(entry['signer'])}"
@@ -453,9 +482,7 @@ class _Roles:
             if not isinstance(self.anchor, str | None):
                 raise AuditError("details.audit_anchor is not a URL", n)
             escrow = details.get("escrow")
-            self._set_custodians(
-                n, escrow.get("custodians", []) if isinstance(escrow, dict) else []
-            )
+            self._set_policy(n, escrow if isinstance(escrow, dict) else {})
         elif action == "job.end":
             self.live_job = None
         elif action == "restore.request":
@@ -463,10 +490,21 @@ class _Roles:
             label = f"the requester key of request {details['request_id']}"
             self._declare(n, signer, public, "requester", label)
             self.requests[details["request_id"]] = (signer, details["request_sha256"])
+            self.purposes[details["request_id"]] = details["purpose"]
         elif action == "restore.approve":
             self._check_approval(n, details)
-        elif action in ("escrow.reshare", "escrow.rekey") and "custodians" in details:
-            self._set_custodians(n, details["custodians"])
+            approved = self.approved.setdefault(details["request_id"], set())
+            approved.add(details["custodian_key_id"])
+        elif action in ("escrow.reshare", "escrow.rekey"):
+            self._set_policy(n, details)
+
+    def _set_policy(self, n: int, policy: Mapping) -> None:
+        """The policy in force from now: custodians (none for KMS) and threshold."""
+        threshold = policy.get("threshold", 0) if policy.get("custodians") else 0
+        if policy.get("custodians") and (type(threshold) is not int or threshold < 1):
+            raise AuditError("the policy names custodians but no threshold of approvals", n)
+        self._set_custodians(n, policy.get("custodians", []))
+        self.threshold = threshold
 
     def _set_custodians(self, n: int, listed: object) -> None:
         if not isinstance(listed, list):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,7 @@ REQUEST_KEY_FORMAT = "faceveil-request-key/1"
 PURPOSES = ("restore", "reshare", "rekey")
 RESTORE_SHARE_CONTEXT = "restore-share"
 _APPROVAL_LABEL = b"faceveil/approval/v2|"
+_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _iso(when: datetime) -> str:
@@ -143,6 +145,8 @@ class RestoreRequest:
             doc = json.loads(data)
             if doc.pop("format") != REQUEST_FORMAT or doc["purpose"] not in PURPOSES:
                 raise ValueError("not a faceveil restore request (of this version)")
+            if not isinstance(doc["request_id"], str) or not _ID.fullmatch(doc["request_id"]):
+                raise ValueError("request_id must be 32 lowercase hex characters")
             samples = doc["samples"]
             doc["samples"] = None if samples == "all" else tuple(str(s) for s in samples)
             doc["epochs"] = tuple(str(e) for e in doc["epochs"])

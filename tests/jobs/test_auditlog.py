@@ -44,6 +44,7 @@ def _write_job(out: Path | str, anchor: str | None) -> None:
         "request_id": "ab" * 16,
         "request_sha256": "cd" * 32,
         "requester_key": _b64(REQUESTER),
+        "purpose": "restore",
     }
     append(str(out), req, "restore.request", request)
     for error in ("one", "two", "three"):

@@ -239,6 +239,8 @@ BOB = Ed25519PrivateKey.from_private_bytes(bytes(range(3, 35)))
 REQUESTER = Ed25519PrivateKey.from_private_bytes(bytes(range(4, 36)))
 REQUEST_ID = "ab" * 16
 REQUEST_SHA = "cd" * 32
+RESHARE_ID = "5e" * 16
+RESHARE_SHA = "7a" * 32
 
 
 def _b64(key: Ed25519PrivateKey) -> str:
@@ -253,12 +255,15 @@ def _run_details(key: Ed25519PrivateKey, **extra) -> dict:
     return {"audit_public_key": _b64(key), "audit_key_id": key_id(_pub(key)), **extra}
 
 
-def _approval(custodian: str, key: Ed25519PrivateKey, request_id=REQUEST_ID) -> dict:
-    statement = {"request_sha256": REQUEST_SHA, "custodian": custodian, "sealed_shares": []}
+def _approval(
+    custodian: str, key: Ed25519PrivateKey, request_id=REQUEST_ID, request_sha=None
+) -> dict:
+    request_sha = request_sha or REQUEST_SHA
+    statement = {"request_sha256": request_sha, "custodian": custodian, "sealed_shares": []}
     signature = key.sign(_APPROVAL_LABEL + canonical_json(statement))
     return {
         "request_id": request_id,
-        "request_sha256": REQUEST_SHA,
+        "request_sha256": request_sha,
         "custodian": custodian,
         "custodian_key_id": key_id(_pub(key)),
         "statement": statement,
@@ -266,8 +271,12 @@ def _approval(custodian: str, key: Ed25519PrivateKey, request_id=REQUEST_ID) -> 
     }
 
 
-def _request(key: Ed25519PrivateKey = REQUESTER, request_id: str = REQUEST_ID) -> dict:
-    return {"request_id": request_id, "request_sha256": REQUEST_SHA, "requester_key": _b64(key)}
+def _request(
+    key: Ed25519PrivateKey = REQUESTER, request_id: str = REQUEST_ID, purpose: str = "restore"
+) -> dict:
+    sha = REQUEST_SHA if request_id == REQUEST_ID else RESHARE_SHA
+    return {"request_id": request_id, "request_sha256": sha, "requester_key": _b64(key),
+            "purpose": purpose}  # fmt: skip
 
 
 def _w(key: Ed25519PrivateKey, actor: str) -> AuditWriter:
@@ -276,10 +285,11 @@ def _w(key: Ed25519PrivateKey, actor: str) -> AuditWriter:
 
 @pytest.fixture
 def role_log() -> bytes:
-    """A job with custodians alice and bob, a restore approved by both (alice signs her own
-    entry, the requester records bob's signed statement), applied, then a reshare to bob."""
+    """A job with custodians alice and bob (2 of 2), a restore approved by both (alice signs her
+    own entry, the requester records bob's signed statement), applied, then a reshare request
+    approved by both and applied: bob alone from then on."""
     job, req = _w(JOB_KEY, "operator"), _w(REQUESTER, "requester:dpo")
-    escrow = {"custodians": [_custodian("alice", ALICE), _custodian("bob", BOB)]}
+    escrow = {"custodians": [_custodian("alice", ALICE), _custodian("bob", BOB)], "threshold": 2}
     data, _ = job.append(b"", "job.start", _run_details(JOB_KEY, job_id="j1", escrow=escrow))
     data, _ = job.append(data, "job.end", {"status": "complete"})
     data, _ = req.append(data, "restore.request", _request())
@@ -288,14 +298,18 @@ def role_log() -> bytes:
     )
     data, _ = req.append(data, "restore.approve", _approval("bob", BOB))
     data, _ = req.append(data, "restore.apply", {"request_id": REQUEST_ID})
-    reshare = {"request_id": REQUEST_ID, "custodians": [_custodian("bob", BOB)]}
+    data, _ = req.append(data, "restore.request", _request(REQUESTER, RESHARE_ID, "reshare"))
+    for name, key in (("alice", ALICE), ("bob", BOB)):
+        approval = _approval(name, key, RESHARE_ID, RESHARE_SHA)
+        data, _ = req.append(data, "restore.approve", approval)
+    reshare = {"request_id": RESHARE_ID, "custodians": [_custodian("bob", BOB)], "threshold": 1}
     data, _ = req.append(data, "escrow.reshare", reshare)
     return data
 
 
 def test_role_log_verifies(role_log):
     report = verify_log(role_log, approval_check=check_approval)
-    assert report.tail.seq == 7
+    assert report.tail.seq == 10
     assert report.job_keys == (key_id(_pub(JOB_KEY)),)
     assert (report.job_id, report.anchor) == ("j1", None)
     assert report.line_sha256[-1] == report.tail.sha256
@@ -374,18 +388,18 @@ def test_job_key_cannot_sign_escrow_or_restore_entries(role_log):
 
 
 def test_approvals_are_checked_against_the_policy_in_force(role_log):
-    base = _first(role_log, 7)  # after the reshare: bob only
+    base = _first(role_log, 10)  # after the reshare: bob only
     data, _ = _w(ALICE, "custodian:alice").append(
         base, "restore.approve", _approval("alice", ALICE)
     )
-    _fails(data, 8, "not in the escrow policy")
+    _fails(data, 11, "not in the escrow policy")
     data, _ = _w(BOB, "custodian:bob").append(base, "restore.approve", _approval("bob", BOB))
-    assert verify_log(data, approval_check=check_approval).tail.seq == 8
+    assert verify_log(data, approval_check=check_approval).tail.seq == 11
     forged = _approval("bob", BOB) | {"custodian_signature": base64.b64encode(b"x" * 64).decode()}
     data, _ = _w(REQUESTER, "requester:dpo").append(base, "restore.approve", forged)
-    _fails(data, 8, "bad custodian signature")
+    _fails(data, 11, "bad custodian signature")
     data, _ = _w(ALICE, "custodian:alice").append(base, "restore.approve", _approval("bob", BOB))
-    _fails(data, 8, "must be signed by the custodian .* or by the requester")
+    _fails(data, 11, "must be signed by the custodian .* or by the requester")
     with pytest.raises(AuditError, match="no checker") as err:
         verify_log(role_log)
     assert err.value.line == 4
