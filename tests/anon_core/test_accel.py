@@ -9,15 +9,17 @@ import torch
 
 from anon_core import AnonConfig, FaceAnonymizer, methods
 from anon_core.accel import (
-    AcceleratedAnonymizer,
+    AcceleratedStage,
     AccelOptions,
     Prefetcher,
     TorchRegionMethods,
+    accelerated_anonymizer,
     select_backend,
 )
 from anon_core.faces import Faces
 from anon_core.imageio import decode_image
 from anon_core.pipeline import AnonResult
+from anon_core.stage import CpuStage, Stage
 from tests.factories import rgb
 
 DEMO = Path(__file__).resolve().parents[2] / "anon_core" / "demo_data"
@@ -207,7 +209,7 @@ def plain():
 
 @pytest.fixture(scope="module")
 def accel(plain):
-    anonymizer = AcceleratedAnonymizer(AnonConfig(method="blur"), detector=plain.detector)
+    anonymizer = accelerated_anonymizer(AnonConfig(method="blur"), detector=plain.detector)
     yield anonymizer
     anonymizer.close()
 
@@ -274,7 +276,7 @@ def test_pixelate_and_mask_match_opencv(name, plain):
 
 def test_mask_through_the_accelerated_batch_is_identical(plain):
     config = AnonConfig(method="mask", method_options={"color": (10, 200, 30)})
-    accel = AcceleratedAnonymizer(config, detector=plain.detector)
+    accel = accelerated_anonymizer(config, detector=plain.detector)
     reference = methods.create("mask", color=(10, 200, 30))
     images = [rgb("obama_small.jpg"), rgb("astronaut.png")]
     for image, result in zip(images, accel.batch(images), strict=True):
@@ -357,27 +359,27 @@ def test_prefetcher_turns_per_item_crashes_into_quarantine():
 
 
 def test_device_failure_quarantines_instead_of_passing_through(plain, monkeypatch):
-    accel = AcceleratedAnonymizer(AnonConfig(method="blur"), detector=plain.detector)
+    accel = accelerated_anonymizer(AnonConfig(method="blur"), detector=plain.detector)
     image = rgb("obama_small.jpg")
 
     def broken(*args):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(accel.regions_method, "apply", broken)
+    monkeypatch.setattr(accel.stage.regions_method, "apply", broken)
     results = accel.batch([image, image])
     assert [(r.status, r.stage, r.encoded) for r in results] == [
         ("quarantined", "anonymize", b"")
     ] * 2
-    monkeypatch.setattr(accel.device_detector, "_run", broken)
+    monkeypatch.setattr(accel.stage.device_detector, "_run", broken)
     assert accel(image).stage == "detect"
     accel.close()
 
 
 def test_other_methods_run_on_the_host_after_device_detection(plain):
-    accel = AcceleratedAnonymizer(
+    accel = accelerated_anonymizer(
         AnonConfig(), detector=plain.detector, method=methods.create("blur")
     )
-    assert accel.regions_method is None
+    assert accel.stage.regions_method is None
     image = rgb("obama_small.jpg")
     result, expected = accel(image), plain(image)
     assert result.status == "anonymized" and np.array_equal(
@@ -387,7 +389,8 @@ def test_other_methods_run_on_the_host_after_device_detection(plain):
 
 
 def test_select_backend_cpu_is_the_plain_pipeline():
-    assert type(select_backend(AnonConfig())) is FaceAnonymizer
+    anonymizer = select_backend(AnonConfig())
+    assert type(anonymizer) is FaceAnonymizer and type(anonymizer.stage) is CpuStage
     with pytest.raises(ValueError, match="unknown device"):
         select_backend(AnonConfig(device="tpu"))
 
@@ -398,14 +401,23 @@ def test_selecting_cuda_without_a_gpu_fails_at_once_and_clearly():
     with pytest.raises(RuntimeError, match="device 'cuda' requested"):
         select_backend(AnonConfig(device="cuda"))
     with pytest.raises(RuntimeError, match="cuda"):
-        AcceleratedAnonymizer(AnonConfig(device="cuda"))
+        accelerated_anonymizer(AnonConfig(device="cuda"))
     assert time.monotonic() - started < 10
+
+
+def test_select_backend_injects_the_accelerated_stage(plain):
+    anonymizer = select_backend(AnonConfig(), accelerated=True)
+    assert type(anonymizer) is FaceAnonymizer and type(anonymizer.stage) is AcceleratedStage
+    assert isinstance(anonymizer.stage, Stage) and isinstance(CpuStage(AnonConfig()), Stage)
+    assert anonymizer.method is anonymizer.stage.regions_method
+    with pytest.raises(ValueError, match="to the stage"):
+        FaceAnonymizer(AnonConfig(), detector=plain.detector, stage=anonymizer.stage)
 
 
 def test_gpu_only_options_are_refused_on_cpu():
     for options in (AccelOptions(tensorrt=True), AccelOptions(nvjpeg=True)):
         with pytest.raises(ValueError, match="need device 'cuda'"):
-            AcceleratedAnonymizer(AnonConfig(), options)
+            accelerated_anonymizer(AnonConfig(), options)
     with pytest.raises(ValueError, match="fp16"):
         TorchRegionMethods("blur", half=True)
     with pytest.raises(ValueError, match="no torch version"):
