@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from anon_core import methods
-from anon_core.detectors import Detector, build_detector
+from anon_core.detectors import Detector
 from anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
 from anon_core.faces import Faces
 from anon_core.imageio import (
@@ -23,7 +22,10 @@ from anon_core.imageio import (
 )
 from anon_core.landmarks import Dlib68, LandmarkModel
 from anon_core.methods.base import Anonymizer, MethodOutput
+from anon_core.prefetch import Prefetcher
+from anon_core.results import AnonResult, quarantined
 from anon_core.runtime import INFERENCE_ERRORS
+from anon_core.stage import CpuStage, Stage
 
 log = logging.getLogger(__name__)
 
@@ -45,51 +47,12 @@ class AnonConfig:
 
 
 @dataclass
-class AnonResult:
-    """The outcome for one image: anonymized bytes and public metadata, or a quarantine reason.
+class Staged:
+    """One image after the stage, waiting to be encoded."""
 
-    ``original`` keeps the decoded input in memory so a caller can seal the changed regions; it
-    is never part of the public metadata.
-    """
-
-    status: str  # "anonymized", "no_face" or "quarantined"
-    stage: str = ""
-    reason: str = ""
-    encoded: bytes = b""
-    ext: str = ""
-    faces: Faces = field(default_factory=Faces.empty)
-    output: MethodOutput | None = None
-    original: DecodedImage | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "quarantined"
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.encoded).hexdigest()
-
-    def metadata(self) -> dict:
-        """Public per-sample metadata: size, faces and status; no embeddings, paths or pixels."""
-        if not self.ok or self.original is None or self.output is None:
-            return {"status": self.status, "stage": self.stage, "reason": self.reason}
-        h, w = self.original.rgb.shape[:2]
-        pseudonyms = self.output.pseudonyms or (None,) * len(self.faces)
-        faces = [
-            {
-                "bbox": [round(float(v), 1) for v in self.faces.boxes[i, :4]],
-                "score": round(float(self.faces.boxes[i, 4]), 4),
-                "landmarks5": [round(float(v), 1) for v in self.faces.landmarks5[i]],
-                "method": self.output.methods[i],
-                "pseudonym": pseudonyms[i],
-            }
-            for i in range(len(self.faces))
-        ]
-        return {"width": w, "height": h, "faces": faces, "status": self.status}
-
-
-def quarantined(stage: str, reason: str) -> AnonResult:
-    return AnonResult(status="quarantined", stage=stage, reason=reason)
+    image: DecodedImage
+    faces: Faces
+    output: MethodOutput
 
 
 def build_embedder(config: AnonConfig) -> Embedder:
@@ -100,10 +63,16 @@ def build_embedder(config: AnonConfig) -> Embedder:
 
 
 class FaceAnonymizer:
-    """Loads the detector and method once; ``__call__`` anonymizes one image, ``batch`` many.
+    """Loads the models once; ``__call__`` anonymizes one image, ``batch`` many, ``map`` a stream
+    of batches.
 
-    Fail closed: an image that cannot be decoded, detected or anonymized comes back quarantined
-    with its stage and reason, never as output.
+    Detection and the method run in ``stage``: ``CpuStage`` (built from ``detector`` and
+    ``method``) by default, or another such as ``anon_core.accel.AcceleratedStage``. Decoding,
+    the face stage (landmarks, embeddings), quarantine and encoding are done here, the same for
+    every stage; ``decode``, ``process`` and ``finish`` are the three steps ``Prefetcher``
+    overlaps when the stage asks for worker threads. Fail closed: an image that cannot be
+    decoded, detected or anonymized comes back quarantined with its stage and reason, never as
+    output.
     """
 
     def __init__(
@@ -111,45 +80,63 @@ class FaceAnonymizer:
         config: AnonConfig,
         detector: Detector | None = None,
         method: Anonymizer | None = None,
+        stage: Stage | None = None,
     ) -> None:
+        if stage is not None and (detector is not None or method is not None):
+            raise ValueError("give the detector and method to the stage, not next to it")
         self.config = config
-        self.detector = detector or build_detector(
-            config.detector, config.model_root, config.threshold, config.device, config.threads
-        )
-        self.method = method or methods.create(config.method, **dict(config.method_options))
+        self.stage = stage or CpuStage(config, detector, method)
         self.landmarks: LandmarkModel | None = (
             Dlib68() if getattr(self.method, "needs_landmarks68", False) else None
         )
         self.embedder: Embedder | None = (
             build_embedder(config) if getattr(self.method, "needs_embeddings", False) else None
         )
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def detector(self) -> Detector:
+        return self.stage.detector
+
+    @property
+    def method(self) -> Anonymizer:
+        return self.stage.method
 
     def __call__(self, image: bytes | np.ndarray) -> AnonResult:
         return self.batch([image])[0]
 
     def batch(self, images: Sequence[bytes | np.ndarray]) -> list[AnonResult]:
-        decoded: list[DecodedImage | AnonResult] = [self._decode(i) for i in images]
-        ready = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
-        results: list[AnonResult] = [d if isinstance(d, AnonResult) else None for d in decoded]
-        try:
-            found = self.detector([decoded[i].rgb for i in ready])
-        except INFERENCE_ERRORS as exc:
-            log.warning("detector failed on a batch of %d: %s", len(ready), type(exc).__name__)
-            found = [None] * len(ready)
-        if self.landmarks or self.embedder:
-            try:
-                found = self.prepare_faces([decoded[i].rgb for i in ready], found)
-            except (*INFERENCE_ERRORS, TypeError) as exc:
-                log.warning("landmarks/embeddings failed on a batch: %s", type(exc).__name__)
-                found = [None] * len(ready)
-        for i, faces in zip(ready, found, strict=True):
-            if faces is None:
-                results[i] = self._detect_one(decoded[i])
-            else:
-                results[i] = self._anonymize(decoded[i], faces)
-        return results
+        """One result per image, in order."""
+        if not self.stage.workers:
+            return [self.finish(s) for s in self.process([self.decode(i) for i in images])]
+        return next(Prefetcher(self, pool=self.pool()).map([images]))
 
-    def _decode(self, image: bytes | np.ndarray) -> DecodedImage | AnonResult:
+    def map(self, windows: Iterable[Sequence[bytes | np.ndarray]]) -> Iterator[list[AnonResult]]:
+        """Results per window; with stage workers, decode and encode overlap the stage."""
+        if not self.stage.workers:
+            yield from (self.batch(window) for window in windows)
+            return
+        yield from Prefetcher(self, pool=self.pool()).map(windows)
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The decode/encode thread pool of a stage with workers, started on first use."""
+        if self._pool is None:
+            workers = max(1, self.stage.workers)
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="faceveil-io")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the thread pool (a later call starts a new one)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def decode(self, image: bytes | np.ndarray) -> DecodedImage | AnonResult:
+        """Bytes or an RGB array to pixels, or a quarantined result."""
+        if isinstance(image, bytes):
+            decoded = self.stage.decode(image, self.config.max_pixels)
+            if decoded is not None:
+                return decoded
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 return quarantined("decode", f"array must be H x W x 3 uint8, got {image.shape}")
@@ -161,24 +148,67 @@ class FaceAnonymizer:
         except MemoryError:
             return quarantined("decode", "out of memory while decoding")
 
-    def _detect_one(self, image: DecodedImage) -> AnonResult:
-        try:
-            faces = self.detector([image.rgb])[0]
-        except INFERENCE_ERRORS as exc:
-            return quarantined("detect", f"detector failed ({type(exc).__name__})")
-        try:
-            faces = self.prepare_faces([image.rgb], [faces])[0]
-        except (*INFERENCE_ERRORS, TypeError) as exc:
-            return quarantined("landmarks", f"landmarks/embeddings failed ({type(exc).__name__})")
-        return self._anonymize(image, faces)
+    def process(self, decoded: Sequence[DecodedImage | AnonResult]) -> list[Staged | AnonResult]:
+        """Detect, prepare and anonymize every decoded image, in the stage's groups."""
+        out: list[Staged | AnonResult] = list(decoded)
+        ready = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
+        for group in self.stage.groups([decoded[i].rgb.shape for i in ready]):
+            members = [ready[k] for k in group]
+            for i, result in zip(members, self._run([decoded[i] for i in members]), strict=True):
+                out[i] = result
+        return out
 
-    def prepare_faces(
-        self, images: Sequence[np.ndarray], found: Sequence[Faces | None]
-    ) -> list[Faces | None]:
+    def finish(self, staged: Staged | AnonResult) -> AnonResult:
+        """Encode, with no metadata, in the input's format."""
+        if isinstance(staged, AnonResult):
+            return staged
+        image, output = staged.image, staged.output
+        try:
+            encoded = encode_image(output.image, image.output_ext)
+        except INFERENCE_ERRORS as exc:
+            return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
+        status = "anonymized" if len(staged.faces) else "no_face"
+        return AnonResult(status, "", "", encoded, image.output_ext, staged.faces, output, image)
+
+    def _run(self, images: list[DecodedImage]) -> list[Staged | AnonResult]:
+        """One group through the stage; a failing group is retried image by image."""
+        rgb = [d.rgb for d in images]
+        try:
+            batch = self.stage.load(rgb)
+            found = self.stage.detect(batch, rgb)
+        except INFERENCE_ERRORS as exc:
+            return self._retry(images, "detect", exc)
+        try:
+            found = self.prepare_faces(rgb, found)
+        except (*INFERENCE_ERRORS, TypeError) as exc:
+            return self._retry(images, "landmarks", exc)
+        try:
+            outputs = self.stage.anonymize(batch, rgb, found)
+        except INFERENCE_ERRORS as exc:
+            return self._retry(images, "anonymize", exc)
+        return [
+            Staged(d, f, o)
+            if len(o.methods) == len(f)
+            else quarantined("anonymize", "method did not account for every face")
+            for d, f, o in zip(images, found, outputs, strict=True)
+        ]
+
+    def _retry(
+        self, images: list[DecodedImage], step: str, exc: BaseException
+    ) -> list[Staged | AnonResult]:
+        """Each image of a failed group alone; a single image that fails is quarantined."""
+        where = self.stage.where(step)
+        on = f" on {where}" if where else ""
+        log.warning("%s failed%s on %d images: %s", step, on, len(images), type(exc).__name__)
+        if len(images) > 1:
+            return [r for d in images for r in self._run([d])]
+        name = {"detect": "detector", "landmarks": "landmarks/embeddings"}.get(step)
+        return [quarantined(step, f"{name or self.method.name} failed{on} ({type(exc).__name__})")]
+
+    def prepare_faces(self, images: Sequence[np.ndarray], found: Sequence[Faces]) -> list[Faces]:
         """The batched face stage: fill landmarks68, extras['reliable'], embeddings and
-        extras['embedder'] when the method needs them. Entries that are None (detection failed)
-        stay None."""
-        todo = [i for i, f in enumerate(found) if f is not None and len(f)]
+        extras['embedder'] when the method needs them."""
+        todo = [i for i, f in enumerate(found) if len(f)]
         if not todo or (self.landmarks is None and self.embedder is None):
             return list(found)
         rgb = [images[i] for i in todo]
@@ -196,14 +226,3 @@ class FaceAnonymizer:
         for i, f in zip(todo, faces, strict=True):
             out[i] = f
         return out
-
-    def _anonymize(self, image: DecodedImage, faces: Faces) -> AnonResult:
-        try:
-            output = self.method(image.rgb, faces)
-            encoded = encode_image(output.image, image.output_ext)
-        except INFERENCE_ERRORS as exc:
-            return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
-        if len(output.methods) != len(faces):
-            return quarantined("anonymize", "method did not account for every face")
-        status = "anonymized" if len(faces) else "no_face"
-        return AnonResult(status, "", "", encoded, image.output_ext, faces, output, image)

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from anon_core import methods  # noqa: E402
-from anon_core.accel import AcceleratedAnonymizer, AccelOptions, describe  # noqa: E402
+from anon_core.accel import AccelOptions, accelerated_anonymizer, describe  # noqa: E402
 from anon_core.detectors import build_detector  # noqa: E402
 from anon_core.imageio import DecodedImage  # noqa: E402
 from anon_core.pipeline import AnonConfig, FaceAnonymizer  # noqa: E402
@@ -196,16 +196,16 @@ class Run:
 
 def build_accelerated(
     method: str, args: argparse.Namespace, method_options: dict | None = None
-) -> AcceleratedAnonymizer:
+) -> FaceAnonymizer:
     options = AccelOptions(
         half=args.half, tensorrt=args.tensorrt, nvjpeg=args.nvjpeg, workers=args.workers
     )
     threads = 1 if args.device == "cuda" else 0  # onnxruntime's CPU threads idle on a GPU
     config = AnonConfig(method, method_options or {}, device=args.device, threads=threads)
-    return AcceleratedAnonymizer(config, options)
+    return accelerated_anonymizer(config, options)
 
 
-def time_end_to_end(anon: AcceleratedAnonymizer, data: list[bytes], run: Run, args) -> Run:
+def time_end_to_end(anon: FaceAnonymizer, data: list[bytes], run: Run, args) -> Run:
     """Bytes in, encoded bytes out, decode and encode overlapped on threads (Prefetcher)."""
     for _ in anon.map(windows(data[: args.batch_size], args.batch_size)):
         pass  # warm-up: models, kernels, pinned buffers
@@ -220,7 +220,7 @@ def time_end_to_end(anon: AcceleratedAnonymizer, data: list[bytes], run: Run, ar
     return run
 
 
-def time_device_stage(anon: AcceleratedAnonymizer, data: list[bytes], run: Run, args) -> Run:
+def time_device_stage(anon: FaceAnonymizer, data: list[bytes], run: Run, args) -> Run:
     """Only the device stage (detect + method), on images decoded beforehand."""
     decoded = list(anon.pool().map(anon.decode, data))
     ready = [d for d in decoded if isinstance(d, DecodedImage)]
@@ -286,14 +286,17 @@ def time_cpu(method: str, options: dict, data: list[bytes], run: Run, args) -> R
 # --- recall -----------------------------------------------------------------------------------
 
 
-def recall(sources: list[Path], accel: AcceleratedAnonymizer, batch: int) -> dict:
+def recall(sources: list[Path], accel: FaceAnonymizer, batch: int) -> dict:
     """Faces found on lfw_dev by the plain CPU path and by the accelerated path, side by side."""
     data = [p.read_bytes() for p in sources]
     plain = FaceAnonymizer(AnonConfig(method="blur"), detector=accel.detector)
     cpu = [r for w in windows(data, batch) for r in plain.batch(w)]
     acc = [r for w in accel.map(windows(data, batch)) for r in w]
     figures = {}
-    for name, results in (("plain CPU path", cpu), (f"accelerated ({accel.device.type})", acc)):
+    for name, results in (
+        ("plain CPU path", cpu),
+        (f"accelerated ({accel.stage.device.type})", acc),
+    ):
         figures[name] = {
             "images": len(results),
             "with_face": sum(len(r.faces) > 0 for r in results),
@@ -394,7 +397,7 @@ def run_size(side: int, method: str, options: dict, sources: list[Path], args) -
     data = synthetic(sources, args.images, side)
     anon = build_accelerated(method, args, options)
     try:
-        path = f"accelerated, end to end ({args.device}, {anon.workers} I/O threads)"
+        path = f"accelerated, end to end ({args.device}, {anon.stage.workers} I/O threads)"
         runs = [time_end_to_end(anon, data, Run(side, method, path), args)]
         path = f"accelerated, device stage only ({args.device}, pre-decoded)"
         runs.append(time_device_stage(anon, data, Run(side, method, path), args))

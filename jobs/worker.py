@@ -144,8 +144,8 @@ def _windows(samples: Iterator[RawSample], size: int, secret) -> Iterator[list[_
 def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer, secret):
     """Pending samples in input order, each with its result.
 
-    An anonymizer with ``map`` (the accelerated one) gets the windows as a stream, so it can
-    decode the next window and encode the last one on CPU threads while the device works.
+    The anonymizer gets the windows as a stream (``FaceAnonymizer.map``), so an accelerated
+    one can decode the next window and encode the last one on CPU threads while the device works.
     """
     queued: deque[list[_Pending]] = deque()
 
@@ -154,8 +154,7 @@ def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer
             queued.append(window)
             yield [p.image for p in window if p.result is None]
 
-    run = getattr(anonymizer, "map", None) or (lambda windows: map(anonymizer.batch, windows))
-    for results in run(images()):
+    for results in anonymizer.map(images()):
         window = queued.popleft()
         for p, result in zip([p for p in window if p.result is None], results, strict=True):
             p.result = result

@@ -1,24 +1,24 @@
 """GPU throughput path: batched detection and region methods on a torch device, one switch.
 
-``AnonConfig.device`` is the switch: ``select_backend(config)`` gives the plain CPU
-``FaceAnonymizer`` for 'cpu' and the ``AcceleratedAnonymizer`` for 'cuda' (an unusable CUDA
-raises at once). ``AcceleratedAnonymizer(AnonConfig(device="cpu"))`` runs the accelerated code
+``AnonConfig.device`` is the switch: ``select_backend(config)`` gives a ``FaceAnonymizer`` with
+the plain CPU stage for 'cpu' and with the ``AcceleratedStage`` for 'cuda' (an unusable CUDA
+raises at once). ``accelerated_anonymizer(AnonConfig(device="cpu"))`` runs the accelerated code
 on the CPU, which is how it is tested on machines without a GPU.
 """
 
 from __future__ import annotations
 
-from anon_core.accel.anonymizer import AcceleratedAnonymizer, AccelOptions, Staged
 from anon_core.accel.device import describe, nvjpeg_available, tensorrt_available, torch_device
-from anon_core.accel.prefetch import Prefetcher
 from anon_core.accel.regions import SUPPORTED, TorchRegionMethods
+from anon_core.accel.stage import AcceleratedStage, AccelOptions, accelerated_anonymizer
 from anon_core.pipeline import AnonConfig, FaceAnonymizer
+from anon_core.prefetch import Prefetcher
 
 
 def select_backend(
     config: AnonConfig, options: AccelOptions | None = None, *, accelerated: bool | None = None
 ) -> FaceAnonymizer:
-    """The anonymizer for ``config``: plain on 'cpu', accelerated on 'cuda'.
+    """The anonymizer for ``config``: the CPU stage on 'cpu', the accelerated stage on 'cuda'.
 
     ``accelerated`` overrides the choice: True runs the accelerated path on 'cpu' (tests);
     False on 'cuda' gives the plain pipeline with only onnxruntime on the GPU. Raises
@@ -29,17 +29,17 @@ def select_backend(
     if accelerated is None:
         accelerated = config.device == "cuda"
     if accelerated:
-        return AcceleratedAnonymizer(config, options)
+        return accelerated_anonymizer(config, options)
     return FaceAnonymizer(config)
 
 
 __all__ = [
     "SUPPORTED",
     "AccelOptions",
-    "AcceleratedAnonymizer",
+    "AcceleratedStage",
     "Prefetcher",
-    "Staged",
     "TorchRegionMethods",
+    "accelerated_anonymizer",
     "describe",
     "nvjpeg_available",
     "select_backend",

@@ -2,8 +2,8 @@
 
 The plain detector builds a float32 N x 3 x H x W blob on the CPU and copies it to the
 accelerator; here the blob is made from the uint8 images already on the device, the network's
-outputs stay there, and only the few above-threshold points come back to the host. Box decoding
-mirrors ``CenterFace._decode`` step for step (same dtypes), so detections match the CPU path.
+outputs stay there, and only the few above-threshold points come back to the host, where they
+are decoded by the CPU detector's own ``centerface.decode_points``.
 Images larger than the multi-scale detector's ``max_side`` (and any detector other than
 CenterFace) go through the plain detector, on the same onnxruntime session.
 """
@@ -20,11 +20,10 @@ import torch
 
 from anon_core.detectors import Detector, MultiScaleDetector
 from anon_core.detectors import centerface as cf
-from anon_core.faces import Faces, nms
+from anon_core.faces import Faces
 
 log = logging.getLogger(__name__)
 
-_STRIDE = 4
 _CHANNELS = (1, 2, 2, 10)  # heatmap, log-scale, offset, landmarks
 
 
@@ -68,6 +67,11 @@ class DeviceDetector:
             for i, (h, w) in enumerate(sizes)
         ]
 
+    def _decode(self, where: np.ndarray, values: np.ndarray, h: int, w: int) -> Faces:
+        """One image's gathered cells (rows of y, x and 15 map values) through the shared decode."""
+        ys, xs, v = where[:, 0], where[:, 1], values.T
+        return cf.decode_points(ys, xs, v[0], v[1:3], v[3:5], v[5:], h, w, self.base.nms_threshold)
+
     def _run(self, blob: torch.Tensor) -> list[torch.Tensor]:
         """Run the network with its input and outputs bound to device memory."""
         n, _, ph, pw = blob.shape
@@ -75,7 +79,7 @@ class DeviceDetector:
         index = blob.device.index or 0
         outs = [
             torch.empty(
-                (n, c, ph // _STRIDE, pw // _STRIDE), dtype=torch.float32, device=blob.device
+                (n, c, ph // cf.STRIDE, pw // cf.STRIDE), dtype=torch.float32, device=blob.device
             )
             for c in _CHANNELS
         ]
@@ -88,27 +92,6 @@ class DeviceDetector:
         self.base.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return outs
-
-    def _decode(self, where: np.ndarray, values: np.ndarray, h: int, w: int) -> Faces:
-        """Boxes and landmarks from the points above threshold, as ``CenterFace._decode``."""
-        if len(where) == 0:
-            return Faces.empty()
-        ys, xs = where[:, 0], where[:, 1]
-        score, scale, offset, lm = values[:, 0], values[:, 1:3], values[:, 3:5], values[:, 5:].T
-        bh = np.exp(scale[:, 0]) * 4
-        bw = np.exp(scale[:, 1]) * 4
-        cy = (ys + offset[:, 0] + 0.5) * 4
-        cx = (xs + offset[:, 1] + 0.5) * 4
-        x1 = np.clip(cx - bw / 2, 0, w)
-        y1 = np.clip(cy - bh / 2, 0, h)
-        boxes = np.stack(
-            [x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h), score], axis=1
-        ).astype(np.float32)
-        points = np.empty((len(ys), 10), np.float32)
-        points[:, 0::2] = (lm[1::2] * bw + x1).T
-        points[:, 1::2] = (lm[0::2] * bh + y1).T
-        keep = nms(boxes, self.base.nms_threshold)
-        return Faces(boxes[keep], points[keep])
 
 
 def use_tensorrt(detector: DeviceDetector, half: bool, cache_dir: str | Path) -> None:

@@ -271,21 +271,14 @@ class TorchRegionMethods:
 
     def _stages(self, h: int, w: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
         """The (rows, cols, rounding) stages that rewrite one h x w region."""
+        plan = self.reference.plan(h, w)
+        sh, sw = plan.height, plan.width
+        area_path = sh <= h and sw <= w
+        shrink = (area_weights(h, sh, area_path), area_weights(w, sw, area_path), "even")
         if self.name == "blur":
-            sigma = max(1.0, self.reference.strength * max(h, w))
-            factor = max(1.0, sigma / 4.0)
-            sw, sh = max(1, round(w / factor)), max(1, round(h / factor))
-            area_path = sh <= h and sw <= w
-            small = sigma / factor
             return [
-                (area_weights(h, sh, area_path), area_weights(w, sw, area_path), "even"),
-                (gaussian_weights(sh, small), gaussian_weights(sw, small), "up"),
+                shrink,
+                (gaussian_weights(sh, plan.sigma), gaussian_weights(sw, plan.sigma), "up"),
                 (linear_weights(h, sh), linear_weights(w, sw), "up"),
             ]
-        cell = max(h, w) / self.reference.blocks
-        sw, sh = max(1, round(w / cell)), max(1, round(h / cell))
-        area_path = sh <= h and sw <= w
-        return [
-            (area_weights(h, sh, area_path), area_weights(w, sw, area_path), "even"),
-            (nearest_weights(h, sh), nearest_weights(w, sw), ""),
-        ]
+        return [shrink, (nearest_weights(h, sh), nearest_weights(w, sw), "")]

@@ -16,6 +16,7 @@ from anon_core.runtime import make_session
 
 _INPUT = "input.1"
 _OUTPUTS = ["537", "538", "539", "540"]  # heatmap, log-scale, offset, landmarks (stride 4)
+STRIDE = 4  # input pixels per output map cell
 
 
 def bundled_model_path() -> Path:
@@ -79,25 +80,62 @@ class CenterFace:
                 blob[row, :, :h, :w] = images[i].transpose(2, 0, 1)
             heat, scale, offset, marks = self.session.run(_OUTPUTS, {_INPUT: blob})
             for row, i in enumerate(members):
-                results[i] = self._decode(heat[row, 0], scale[row], offset[row], marks[row], h, w)
+                maps = (heat[row, 0], scale[row], offset[row], marks[row])
+                results[i] = decode(*maps, h, w, self.threshold, self.nms_threshold)
         return results
 
-    def _decode(self, heat, scale, offset, marks, h: int, w: int) -> Faces:
-        ys, xs = np.nonzero(heat > self.threshold)
-        if len(ys) == 0:
-            return Faces.empty()
-        bh = np.exp(scale[0, ys, xs]) * 4
-        bw = np.exp(scale[1, ys, xs]) * 4
-        cy = (ys + offset[0, ys, xs] + 0.5) * 4
-        cx = (xs + offset[1, ys, xs] + 0.5) * 4
-        x1 = np.clip(cx - bw / 2, 0, w)
-        y1 = np.clip(cy - bh / 2, 0, h)
-        boxes = np.stack(
-            [x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h), heat[ys, xs]], axis=1
-        ).astype(np.float32)
-        lm = marks[:, ys, xs]  # 10 x K, as (y, x) pairs relative to the box
-        points = np.empty((len(ys), 10), np.float32)
-        points[:, 0::2] = (lm[1::2] * bw + x1).T
-        points[:, 1::2] = (lm[0::2] * bh + y1).T
-        keep = nms(boxes, self.nms_threshold)
-        return Faces(boxes[keep], points[keep])
+
+def decode(
+    heat: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    marks: np.ndarray,
+    h: int,
+    w: int,
+    threshold: float,
+    nms_threshold: float,
+) -> Faces:
+    """Faces in an h x w input from one image's output maps, at ``STRIDE`` input pixels a cell.
+
+    ``heat`` is the H x W heatmap; ``scale``, ``offset`` and ``marks`` are the 2, 2 and 10 x H x W
+    maps. Points above ``threshold`` are decoded by ``decode_points``.
+    """
+    ys, xs = np.nonzero(heat > threshold)
+    points = (heat[ys, xs], scale[:, ys, xs], offset[:, ys, xs], marks[:, ys, xs])
+    return decode_points(ys, xs, *points, h, w, nms_threshold)
+
+
+def decode_points(
+    ys: np.ndarray,
+    xs: np.ndarray,
+    score: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    marks: np.ndarray,
+    h: int,
+    w: int,
+    nms_threshold: float,
+) -> Faces:
+    """Faces from K above-threshold map cells (``ys``, ``xs``) and their values, after NMS.
+
+    ``score`` is K heatmap values; ``scale`` (log box height, width), ``offset`` (y, x) and
+    ``marks`` (5 points as (y, x) pairs relative to the box) are 2, 2 and 10 x K, float32.
+    Boxes are clipped to the h x w input. Both the host detector and the device path
+    (``anon_core.accel.detect``, which gathers the cells on the device) decode here.
+    """
+    if len(ys) == 0:
+        return Faces.empty()
+    bh = np.exp(scale[0]) * STRIDE
+    bw = np.exp(scale[1]) * STRIDE
+    cy = (ys + offset[0] + 0.5) * STRIDE
+    cx = (xs + offset[1] + 0.5) * STRIDE
+    x1 = np.clip(cx - bw / 2, 0, w)
+    y1 = np.clip(cy - bh / 2, 0, h)
+    boxes = np.stack(
+        [x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h), score], axis=1
+    ).astype(np.float32)
+    points = np.empty((len(ys), 10), np.float32)
+    points[:, 0::2] = (marks[1::2] * bw + x1).T
+    points[:, 1::2] = (marks[0::2] * bh + y1).T
+    keep = nms(boxes, nms_threshold)
+    return Faces(boxes[keep], points[keep])

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 from anon_core.faces import Faces, face_regions
 from anon_core.methods.base import MethodOutput, register
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """How blur and pixelate rewrite a crop: area-shrink it to ``width`` x ``height``, Gaussian-blur
+    that with ``sigma`` (0: no blur), and enlarge it back. The device versions
+    (``anon_core.accel.regions``) follow the same plan."""
+
+    width: int
+    height: int
+    sigma: float = 0.0
 
 
 class _RegionMethod:
@@ -49,14 +62,17 @@ class Blur(_RegionMethod):
             raise ValueError(f"strength must be positive, got {strength}")
         self.strength = strength
 
+    def plan(self, h: int, w: int) -> ResizePlan:
+        """Blur a small copy then enlarge: the look of a huge kernel at a fraction of the cost."""
+        sigma = max(1.0, self.strength * max(h, w))
+        factor = max(1.0, sigma / 4.0)
+        return ResizePlan(max(1, round(w / factor)), max(1, round(h / factor)), sigma / factor)
+
     def rewrite(self, crop: np.ndarray) -> np.ndarray:
         h, w = crop.shape[:2]
-        sigma = max(1.0, self.strength * max(h, w))
-        # Blur a small copy then enlarge: the same look as a huge kernel at a fraction of the cost.
-        factor = max(1.0, sigma / 4.0)
-        sw, sh = max(1, round(w / factor)), max(1, round(h / factor))
-        small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA)
-        small = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_REPLICATE)
+        plan = self.plan(h, w)
+        small = cv2.resize(crop, (plan.width, plan.height), interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (0, 0), plan.sigma, borderType=cv2.BORDER_REPLICATE)
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -72,11 +88,15 @@ class Pixelate(_RegionMethod):
             raise ValueError(f"blocks must be in [2, 64], got {blocks}")
         self.blocks = blocks
 
+    def plan(self, h: int, w: int) -> ResizePlan:
+        """Square cells, ``blocks`` of them across the longer side."""
+        cell = max(h, w) / self.blocks
+        return ResizePlan(max(1, round(w / cell)), max(1, round(h / cell)))
+
     def rewrite(self, crop: np.ndarray) -> np.ndarray:
         h, w = crop.shape[:2]
-        cell = max(h, w) / self.blocks
-        sw, sh = max(1, round(w / cell)), max(1, round(h / cell))
-        small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA)
+        plan = self.plan(h, w)
+        small = cv2.resize(crop, (plan.width, plan.height), interpolation=cv2.INTER_AREA)
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
 
 

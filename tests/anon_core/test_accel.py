@@ -9,15 +9,17 @@ import torch
 
 from anon_core import AnonConfig, FaceAnonymizer, methods
 from anon_core.accel import (
-    AcceleratedAnonymizer,
+    AcceleratedStage,
     AccelOptions,
     Prefetcher,
     TorchRegionMethods,
+    accelerated_anonymizer,
     select_backend,
 )
 from anon_core.faces import Faces
 from anon_core.imageio import decode_image
 from anon_core.pipeline import AnonResult
+from anon_core.stage import CpuStage, Stage
 from tests.factories import rgb
 
 DEMO = Path(__file__).resolve().parents[2] / "anon_core" / "demo_data"
@@ -25,6 +27,179 @@ BUNDLED = sorted([*DEMO.glob("*.jpg"), *DEMO.glob("*.png")])
 NO_CUDA = not torch.cuda.is_available()
 BLUR_MAX_DIFF = 1  # measured max |torch - OpenCV| on the bundled images; pixelate measured 0
 OVERLAP_MAX_DIFF = 2  # a later region blurs an earlier one's result, so differences add up
+
+# Boxes (x1, y1, x2, y2, score) and landmarks5 on the bundled photos, recorded before the CPU
+# and device paths shared one CenterFace decode; both paths must still give exactly these.
+PINNED_DETECTIONS = {
+    "astronaut.png": (
+        [[181.5298, 58.202, 269.8827, 177.8111, 0.9291]],
+        [
+            [
+                203.1539,
+                101.6795,
+                247.0072,
+                104.5138,
+                223.2649,
+                125.0758,
+                203.3779,
+                142.3272,
+                241.3349,
+                144.4188,
+            ]
+        ],
+    ),
+    "biden.jpg": (
+        [[420.8005, 161.7632, 729.5391, 588.95, 0.8809]],
+        [
+            [
+                531.1865,
+                318.1407,
+                671.4533,
+                350.5086,
+                594.6948,
+                415.342,
+                506.5203,
+                462.4794,
+                627.4528,
+                488.6939,
+            ]
+        ],
+    ),
+    "obama.jpg": (
+        [[371.841, 111.6673, 600.1627, 420.4927, 0.9052]],
+        [
+            [
+                437.6815,
+                219.5101,
+                554.9987,
+                210.932,
+                507.387,
+                268.2217,
+                449.793,
+                327.6753,
+                552.3268,
+                320.5504,
+            ]
+        ],
+    ),
+    "obama2.jpg": (
+        [[194.0333, 216.0821, 473.7108, 659.6103, 0.747]],
+        [
+            [
+                236.6063,
+                358.4186,
+                376.0837,
+                379.6265,
+                272.8965,
+                450.4608,
+                228.9192,
+                517.8932,
+                351.3495,
+                532.9955,
+            ]
+        ],
+    ),
+    "obama3.jpg": (
+        [[626.9974, 239.9535, 911.7166, 628.002, 0.8977]],
+        [
+            [
+                732.5425,
+                376.9142,
+                865.0671,
+                389.1053,
+                804.9825,
+                455.0978,
+                724.4447,
+                517.0172,
+                836.0587,
+                527.4181,
+            ]
+        ],
+    ),
+    "obama_partial_face.jpg": (
+        [[0.0, 73.9054, 183.4814, 441.9814, 0.8917]],
+        [
+            [
+                19.0625,
+                208.4161,
+                146.7466,
+                207.4858,
+                72.9408,
+                280.3775,
+                24.054,
+                338.996,
+                135.5727,
+                336.7838,
+            ]
+        ],
+    ),
+    "obama_partial_face2.jpg": (
+        [[382.2102, 89.5257, 549.8785, 442.6902, 0.8972]],
+        [
+            [
+                435.0282,
+                212.0609,
+                539.6586,
+                210.0465,
+                498.0454,
+                279.7648,
+                438.1435,
+                342.8772,
+                528.9402,
+                341.5118,
+            ]
+        ],
+    ),
+    "obama_small.jpg": (
+        [[107.5426, 36.3599, 216.2702, 191.4627, 0.9518]],
+        [
+            [
+                134.5522,
+                98.9737,
+                188.0483,
+                94.7605,
+                162.7086,
+                125.3264,
+                138.1678,
+                149.512,
+                185.2123,
+                145.676,
+            ]
+        ],
+    ),
+    "two_people.jpg": (
+        [
+            [230.4086, 21.358, 389.916, 230.7739, 0.8898],
+            [780.5365, 39.0031, 951.2546, 268.8762, 0.8833],
+        ],
+        [
+            [
+                285.811,
+                93.2175,
+                361.6388,
+                98.9865,
+                325.8302,
+                135.1649,
+                282.6979,
+                169.5869,
+                346.643,
+                174.4196,
+            ],
+            [
+                841.7779,
+                122.0835,
+                920.2554,
+                138.3357,
+                879.746,
+                174.5504,
+                830.7887,
+                201.2757,
+                897.6329,
+                214.4898,
+            ],
+        ],
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +209,7 @@ def plain():
 
 @pytest.fixture(scope="module")
 def accel(plain):
-    anonymizer = AcceleratedAnonymizer(AnonConfig(method="blur"), detector=plain.detector)
+    anonymizer = accelerated_anonymizer(AnonConfig(method="blur"), detector=plain.detector)
     yield anonymizer
     anonymizer.close()
 
@@ -66,6 +241,17 @@ def test_same_detections_as_plain_path_on_bundled_images(bundled):
         assert acc.metadata()["faces"][0]["method"] == "blur"
 
 
+@pytest.mark.parametrize("path", ["plain", "accelerated"])
+def test_pinned_detections_on_bundled_images(bundled, path):
+    assert sorted(PINNED_DETECTIONS) == [name for name, _, _ in bundled]
+    for name, cpu, acc in bundled:
+        faces = cpu.faces if path == "plain" else acc.faces
+        boxes, landmarks = (np.array(v, np.float64) for v in PINNED_DETECTIONS[name])
+        assert faces.boxes.shape == boxes.shape, name
+        np.testing.assert_allclose(faces.boxes, boxes, rtol=0, atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(faces.landmarks5, landmarks, rtol=0, atol=1e-3, err_msg=name)
+
+
 def test_blur_changes_every_region_and_nothing_outside(bundled):
     for name, cpu, acc in bundled:
         _changed_inside_only(acc.original.rgb, acc.output.image, acc.output.regions)
@@ -90,7 +276,7 @@ def test_pixelate_and_mask_match_opencv(name, plain):
 
 def test_mask_through_the_accelerated_batch_is_identical(plain):
     config = AnonConfig(method="mask", method_options={"color": (10, 200, 30)})
-    accel = AcceleratedAnonymizer(config, detector=plain.detector)
+    accel = accelerated_anonymizer(config, detector=plain.detector)
     reference = methods.create("mask", color=(10, 200, 30))
     images = [rgb("obama_small.jpg"), rgb("astronaut.png")]
     for image, result in zip(images, accel.batch(images), strict=True):
@@ -173,27 +359,27 @@ def test_prefetcher_turns_per_item_crashes_into_quarantine():
 
 
 def test_device_failure_quarantines_instead_of_passing_through(plain, monkeypatch):
-    accel = AcceleratedAnonymizer(AnonConfig(method="blur"), detector=plain.detector)
+    accel = accelerated_anonymizer(AnonConfig(method="blur"), detector=plain.detector)
     image = rgb("obama_small.jpg")
 
     def broken(*args):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(accel.regions_method, "apply", broken)
+    monkeypatch.setattr(accel.stage.regions_method, "apply", broken)
     results = accel.batch([image, image])
     assert [(r.status, r.stage, r.encoded) for r in results] == [
         ("quarantined", "anonymize", b"")
     ] * 2
-    monkeypatch.setattr(accel.device_detector, "_run", broken)
+    monkeypatch.setattr(accel.stage.device_detector, "_run", broken)
     assert accel(image).stage == "detect"
     accel.close()
 
 
 def test_other_methods_run_on_the_host_after_device_detection(plain):
-    accel = AcceleratedAnonymizer(
+    accel = accelerated_anonymizer(
         AnonConfig(), detector=plain.detector, method=methods.create("blur")
     )
-    assert accel.regions_method is None
+    assert accel.stage.regions_method is None
     image = rgb("obama_small.jpg")
     result, expected = accel(image), plain(image)
     assert result.status == "anonymized" and np.array_equal(
@@ -203,7 +389,8 @@ def test_other_methods_run_on_the_host_after_device_detection(plain):
 
 
 def test_select_backend_cpu_is_the_plain_pipeline():
-    assert type(select_backend(AnonConfig())) is FaceAnonymizer
+    anonymizer = select_backend(AnonConfig())
+    assert type(anonymizer) is FaceAnonymizer and type(anonymizer.stage) is CpuStage
     with pytest.raises(ValueError, match="unknown device"):
         select_backend(AnonConfig(device="tpu"))
 
@@ -214,14 +401,23 @@ def test_selecting_cuda_without_a_gpu_fails_at_once_and_clearly():
     with pytest.raises(RuntimeError, match="device 'cuda' requested"):
         select_backend(AnonConfig(device="cuda"))
     with pytest.raises(RuntimeError, match="cuda"):
-        AcceleratedAnonymizer(AnonConfig(device="cuda"))
+        accelerated_anonymizer(AnonConfig(device="cuda"))
     assert time.monotonic() - started < 10
+
+
+def test_select_backend_injects_the_accelerated_stage(plain):
+    anonymizer = select_backend(AnonConfig(), accelerated=True)
+    assert type(anonymizer) is FaceAnonymizer and type(anonymizer.stage) is AcceleratedStage
+    assert isinstance(anonymizer.stage, Stage) and isinstance(CpuStage(AnonConfig()), Stage)
+    assert anonymizer.method is anonymizer.stage.regions_method
+    with pytest.raises(ValueError, match="to the stage"):
+        FaceAnonymizer(AnonConfig(), detector=plain.detector, stage=anonymizer.stage)
 
 
 def test_gpu_only_options_are_refused_on_cpu():
     for options in (AccelOptions(tensorrt=True), AccelOptions(nvjpeg=True)):
         with pytest.raises(ValueError, match="need device 'cuda'"):
-            AcceleratedAnonymizer(AnonConfig(), options)
+            accelerated_anonymizer(AnonConfig(), options)
     with pytest.raises(ValueError, match="fp16"):
         TorchRegionMethods("blur", half=True)
     with pytest.raises(ValueError, match="no torch version"):

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from anon_core import AnonConfig, FaceAnonymizer
+from anon_core import AnonConfig, FaceAnonymizer, Faces, methods
 from anon_core.imageio import decode_image
+from anon_core.stage import CpuStage
 from jobs.demo import jpeg_with_gps
 from tests.factories import rgb
 
@@ -56,6 +57,47 @@ def test_failing_method_quarantines_instead_of_passing_through():
     result = FaceAnonymizer(AnonConfig(), method=Broken())(rgb("astronaut.png"))
     assert result.status == "quarantined" and result.stage == "anonymize"
     assert result.encoded == b""
+
+
+class _FixedFace:
+    """A detector that finds one face in the top-left corner of every image and counts calls."""
+
+    name = "fixed"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, images):
+        self.calls.append(len(images))
+        box = np.array([[2, 2, 20, 20, 0.9]], np.float32)
+        return [Faces(box, np.zeros((1, 10), np.float32)) for _ in images]
+
+
+class _FailsOnBlack:
+    name = "picky"
+    needs_landmarks68 = needs_embeddings = False
+
+    def __call__(self, image, faces):
+        if not image.any():
+            raise RuntimeError("boom")
+        return methods.create("mask")(image, faces)
+
+
+def test_injected_stage_does_the_work_and_a_failing_image_is_quarantined_alone():
+    detector = _FixedFace()
+    stage = CpuStage(AnonConfig(), detector=detector, method=_FailsOnBlack())
+    anonymizer = FaceAnonymizer(AnonConfig(), stage=stage)
+    assert anonymizer.detector is detector and anonymizer.method is stage.method
+    white, black = np.full((32, 32, 3), 255, np.uint8), np.zeros((32, 32, 3), np.uint8)
+    results = anonymizer.batch([white, black, b"", white])
+    assert [(r.status, r.stage, r.reason) for r in results[1:3]] == [
+        ("quarantined", "anonymize", "picky failed (RuntimeError)"),
+        ("quarantined", "decode", results[2].reason),
+    ]
+    assert results[0].status == results[3].status == "anonymized"
+    assert (results[0].output.image[2:20, 2:20] == 96).all()
+    assert detector.calls == [3, 1, 1, 1]  # the failing group, then image by image
+    assert [len(w) for w in anonymizer.map([[white], [], [black, white]])] == [1, 0, 2]
 
 
 def test_same_input_same_bytes(anonymizer):

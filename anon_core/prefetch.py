@@ -11,13 +11,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from anon_core.imageio import DecodedImage
-from anon_core.pipeline import AnonResult, quarantined
+from anon_core.results import AnonResult, quarantined
 
 log = logging.getLogger(__name__)
 
 
 class Stages(Protocol):
-    """An anonymizer split into a CPU decode, a device stage over a window, and a CPU encode."""
+    """An anonymizer split into a CPU decode, a stage over a window (``FaceAnonymizer.process``),
+    and a CPU encode."""
 
     def decode(self, item: bytes | np.ndarray) -> DecodedImage | AnonResult: ...
     def process(self, decoded: Sequence[DecodedImage | AnonResult]) -> list[Any]: ...

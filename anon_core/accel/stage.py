@@ -1,0 +1,161 @@
+"""``AcceleratedStage``: detection and the baseline methods batched on a torch device ('cuda', or
+'cpu' to test the same code without a GPU), as a stage of ``FaceAnonymizer``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anon_core.accel.detect import DeviceDetector, use_tensorrt
+from anon_core.accel.device import nvjpeg_available, torch_device
+from anon_core.accel.regions import SUPPORTED, TorchRegionMethods
+from anon_core.detectors import Detector
+from anon_core.faces import Faces
+from anon_core.imageio import DecodedImage
+from anon_core.methods.base import Anonymizer, MethodOutput
+from anon_core.pipeline import AnonConfig, FaceAnonymizer
+from anon_core.stage import config_detector, config_method
+
+log = logging.getLogger(__name__)
+
+_PAD = 32  # the detector's own padding; images of one padded size share a device batch
+
+
+@dataclass(frozen=True)
+class AccelOptions:
+    """How the accelerated path runs; the device itself is ``AnonConfig.device``.
+
+    ``half``: float16 products in the region methods and TensorRT fp16 (CUDA only).
+    ``tensorrt``: detector on onnxruntime's TensorRT provider, engines cached in ``trt_cache``.
+    ``nvjpeg``: decode plain RGB JPEGs on the GPU (needs torchvision with CUDA).
+    ``workers``: decode/encode threads (0: ``AnonConfig.threads``, or 4 when that is 0).
+    ``batch_pixels``: padded pixels per device batch (2**24 is 64 images of 512 x 512).
+    """
+
+    half: bool = False
+    tensorrt: bool = False
+    trt_cache: str = "~/.cache/faceveil/tensorrt"
+    nvjpeg: bool = False
+    workers: int = 0
+    batch_pixels: int = 1 << 24
+
+
+def _padded(shape: tuple[int, ...]) -> tuple[int, int]:
+    return -(-shape[0] // _PAD) * _PAD, -(-shape[1] // _PAD) * _PAD
+
+
+class AcceleratedStage:
+    """Detection and blur/pixelate/mask of batches on a torch device.
+
+    Images are grouped by their size padded to 32, uploaded once as uint8, detected and
+    rewritten there, and copied back. Other methods (such as ``surrogate``) get device
+    detection and then the plain per-image method on the host. 'cuda' that cannot be used
+    raises RuntimeError here; there is no quiet CPU fallback.
+    """
+
+    def __init__(
+        self,
+        config: AnonConfig,
+        options: AccelOptions | None = None,
+        detector: Detector | None = None,
+        method: Anonymizer | None = None,
+    ) -> None:
+        self.options = options or AccelOptions()
+        self.device = torch_device(config.device)
+        if self.device.type != "cuda" and (self.options.tensorrt or self.options.nvjpeg):
+            raise ValueError("tensorrt and nvjpeg need device 'cuda'")
+        if self.options.nvjpeg and not nvjpeg_available():
+            raise RuntimeError("nvjpeg requested but torchvision with CUDA is not importable")
+        self.detector = detector or config_detector(config)
+        self.device_detector = DeviceDetector(self.detector, self.device)
+        if self.options.tensorrt:
+            use_tensorrt(
+                self.device_detector, self.options.half, Path(self.options.trt_cache).expanduser()
+            )
+        self.regions_method: TorchRegionMethods | None = None
+        if method is None and config.method in SUPPORTED:
+            self.regions_method = TorchRegionMethods(
+                config.method, config.method_options, self.device, self.options.half
+            )
+        self.method: Anonymizer = self.regions_method or method or config_method(config)
+        self.workers = self.options.workers or (config.threads if config.threads > 0 else 4)
+        log.info("accelerated stage on %s (method %s)", self.device, config.method)
+
+    def decode(self, data: bytes, max_pixels: int) -> DecodedImage | None:
+        """A plain JPEG decoded on the GPU when ``nvjpeg`` is on; None: decode on the CPU."""
+        if not self.options.nvjpeg:
+            return None
+        from anon_core.accel.jpeg import gpu_decode
+
+        return gpu_decode(data, max_pixels, self.device)
+
+    def groups(self, shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:
+        """Indices grouped by padded size, each group within the pixel budget."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, shape in enumerate(shapes):
+            by_size.setdefault(_padded(shape), []).append(i)
+        groups = []
+        for (ph, pw), members in by_size.items():
+            step = max(1, self.options.batch_pixels // (ph * pw))
+            groups.extend(members[i : i + step] for i in range(0, len(members), step))
+        return groups
+
+    def load(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The images as one zero-padded n x H x W x 3 uint8 tensor on the device."""
+        ph = max(_padded(image.shape)[0] for image in images)
+        pw = max(_padded(image.shape)[1] for image in images)
+        cuda = self.device.type == "cuda"
+        host = torch.empty((len(images), ph, pw, 3), dtype=torch.uint8, pin_memory=cuda)
+        view = host.numpy()
+        for k, image in enumerate(images):
+            h, w = image.shape[:2]
+            view[k, :h, :w] = image
+            view[k, h:] = 0
+            view[k, :h, w:] = 0
+        return host.to(self.device, non_blocking=True) if cuda else host
+
+    def detect(self, batch: torch.Tensor, images: Sequence[np.ndarray]) -> list[Faces]:
+        return self.device_detector(batch, [image.shape[:2] for image in images], images)
+
+    def anonymize(
+        self, batch: torch.Tensor, images: Sequence[np.ndarray], faces: Sequence[Faces]
+    ) -> list[MethodOutput]:
+        """The region method over the device batch, or the host method image by image."""
+        method = self.regions_method
+        if method is None:
+            return [self.method(image, f) for image, f in zip(images, faces, strict=True)]
+        regions = [method.regions(f, image.shape) for image, f in zip(images, faces, strict=True)]
+        host = self._download(method.apply(batch, regions))
+        outputs = []
+        for k, image in enumerate(images):
+            h, w = image.shape[:2]
+            n = len(regions[k])
+            pixels = np.ascontiguousarray(host[k, :h, :w])
+            outputs.append(MethodOutput(pixels, regions[k], (method.name,) * n, (None,) * n))
+        return outputs
+
+    def where(self, step: str) -> str:
+        on_device = step == "detect" or (step == "anonymize" and self.regions_method is not None)
+        return self.device.type if on_device else ""
+
+    def _download(self, batch: torch.Tensor) -> np.ndarray:
+        """The batch back in host memory (through a pinned buffer from a GPU)."""
+        if batch.device.type != "cuda":
+            return batch.numpy()
+        host = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
+        return host.copy_(batch).numpy()
+
+
+def accelerated_anonymizer(
+    config: AnonConfig,
+    options: AccelOptions | None = None,
+    detector: Detector | None = None,
+    method: Anonymizer | None = None,
+) -> FaceAnonymizer:
+    """A ``FaceAnonymizer`` whose stage is an ``AcceleratedStage`` on ``config.device``."""
+    return FaceAnonymizer(config, stage=AcceleratedStage(config, options, detector, method))
