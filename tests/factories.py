@@ -14,9 +14,13 @@ from jobs.demo import sample_images
 
 
 def shared_dir() -> Path:
-    """``../shared`` beside the checkout, or FACEVEIL_SHARED."""
-    env = os.environ.get("FACEVEIL_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
+    """The one way tests find ``../shared``: FACEVEIL_SHARED, else the parent of
+    FACEVEIL_TEST_DATA (which names its ``data`` folder), else ``../shared`` beside the checkout."""
+    if os.environ.get("FACEVEIL_SHARED"):
+        return Path(os.environ["FACEVEIL_SHARED"])
+    if os.environ.get("FACEVEIL_TEST_DATA"):
+        return Path(os.environ["FACEVEIL_TEST_DATA"]).parent
+    return Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def shared_path(*parts: str) -> Path:

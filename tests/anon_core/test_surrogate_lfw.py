@@ -7,7 +7,6 @@ themself; another key gives unrelated pseudonyms and donors. Skipped when the da
 from __future__ import annotations
 
 import csv
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from anon_core.embeddings import DlibEmbedder
 from anon_core.landmarks import Dlib68
 from anon_core.methods.surrogate import Surrogate
 from anon_core.surrogate import collect_faces, context_from_table
+from tests.factories import shared_path
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
@@ -28,11 +28,7 @@ PHOTOS = 4
 
 
 def _data_root() -> Path:
-    env = os.environ.get("FACEVEIL_TEST_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not (root / "lfw_dev" / "manifest.csv").is_file():
-        pytest.skip(f"needs LFW at {root}/lfw_dev (set FACEVEIL_TEST_DATA or add ../shared/data)")
-    return root / "lfw_dev"
+    return shared_path("data", "lfw_dev", "manifest.csv").parent
 
 
 @pytest.fixture(scope="module")

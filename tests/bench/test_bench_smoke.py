@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.factories import shared_path
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = (
@@ -38,11 +39,7 @@ HEADER = ("machine:", "versions:", "commands (round 1):", "loop:", "faceveil:", 
 
 
 def _lfw_images() -> Path:
-    shared = os.environ.get("FACEVEIL_SHARED") or REPO.parent / "shared"
-    path = Path(shared) / "data" / "lfw_dev" / "images"
-    if not path.is_dir():
-        pytest.skip("needs ../shared/data/lfw_dev/images (not present beside this checkout)")
-    return path
+    return shared_path("data", "lfw_dev", "images")
 
 
 @pytest.mark.slow
