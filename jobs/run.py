@@ -329,7 +329,8 @@ def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, 
                      secrets, job: dict):  # fmt: skip
     """Run the first pass over (a sample of) every shard, done or not, so a resumed job gets
     the same identities and donors; records its summary in ``job``."""
-    from jobs.firstpass import FirstPassError, attribute_probes, first_pass_entries, run_first_pass
+    from anon_core.surrogate.build import attribute_probes
+    from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
 
     src, entries = sources
     chosen = first_pass_entries(entries, config.surrogate.first_pass_shards)

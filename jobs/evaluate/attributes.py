@@ -11,8 +11,8 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from tqdm import tqdm
 
 from anon_core.detectors import Detector
+from anon_core.labels import AttributeSet, decoded
 from jobs.evaluate.attackers import Attacker
-from jobs.evaluate.dataset import AttributeSet, decoded
 from jobs.evaluate.metrics import central_face
 
 log = logging.getLogger(__name__)

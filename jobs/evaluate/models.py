@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from anon_core.detectors import Detector, MultiScaleDetector, build_detector
+from anon_core.labels import load_attribute_set
 from anon_core.landmarks import Dlib68
 from anon_core.models import dlib_model, sha256_file
 from jobs.evaluate.attackers import Attacker, DlibAttacker, build_attackers
 from jobs.evaluate.attributes import AttributeModel, fit_attribute_model
 from jobs.evaluate.config import EvalConfig
-from jobs.evaluate.dataset import load_attribute_set
 
 log = logging.getLogger(__name__)
 
