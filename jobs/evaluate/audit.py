@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces, face_regions
+from anon_core.faces import Faces, face_regions, matched
+from anon_core.landmarks import landmark_error
 from anon_core.models import dlib_model, sha256_file
-from jobs.evaluate.metrics import landmark_error, matched
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ class _Models:
     """The models an audit needs, loaded on first use inside the worker."""
 
     def __init__(self, sampler: AuditSampler) -> None:
+        from anon_core.attackers import build_attackers
         from anon_core.detectors import build_detector
         from anon_core.landmarks import Dlib68
-        from jobs.evaluate.attackers import build_attackers
 
         paths = [sampler.attacker] if sampler.attacker else []
         self.attacker = build_attackers(paths, sampler.device, sampler.threads)[0]

@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from jobs.evaluate import page
+from anon_core import report_page as page
+from anon_core.report_page import clean, dumps
 from jobs.evaluate.audit import LMK_BINS, SIM_BINS, merge
-from jobs.evaluate.output import clean, dumps, write_files
+from jobs.evaluate.output import write_files
 
 log = logging.getLogger(__name__)
 

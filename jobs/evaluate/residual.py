@@ -14,11 +14,11 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from anon_core.detectors import build_detector
+from anon_core.detectors import build_detector, detector_info
 from anon_core.faces import Faces, face_regions, iou_matrix
 from anon_core.imageio import ImageError, decode_image
-from jobs.evaluate.models import detector_info
-from jobs.evaluate.output import dumps, write_files
+from anon_core.report_page import dumps
+from jobs.evaluate.output import write_files
 
 log = logging.getLogger(__name__)
 

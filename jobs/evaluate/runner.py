@@ -15,16 +15,17 @@ import numpy as np
 from tqdm import tqdm
 
 from anon_core import demo_data
-from anon_core.faces import Faces
+from anon_core.attackers import warn_if_same_model
+from anon_core.faces import Faces, matched
 from anon_core.imageio import decode_image
 from anon_core.labels import decoded
+from anon_core.landmarks import landmark_error
 from anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
 from jobs.evaluate import figures
-from jobs.evaluate.attackers import warn_if_same_model
 from jobs.evaluate.config import EvalConfig, MethodSpec
 from jobs.evaluate.dataset import LabelledSet, load_labelled_set
 from jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
-from jobs.evaluate.metrics import central_face, landmark_error, matched, ssim_outside
+from jobs.evaluate.metrics import central_face, ssim_outside
 from jobs.evaluate.models import EvalModels, load_models
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ import pytest
 
 from anon_core import methods
 from anon_core.faces import Faces
+from anon_core.landmarks import landmark_error
 from jobs.evaluate.config import MethodSpec, parse_method_spec, parse_methods
 from jobs.evaluate.methods import (
     IdentityMethod,
@@ -19,7 +20,6 @@ from jobs.evaluate.methods import (
 )
 from jobs.evaluate.metrics import (
     central_face,
-    landmark_error,
     outside_mask,
     rank1,
     ssim_map,
