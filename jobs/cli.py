@@ -14,11 +14,12 @@ from anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from anon_core.pipeline import AnonConfig
 from cluster.local import add_cluster_command
 from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
-from jobs.evaluate import add_audit_faces_command, add_audit_run_options, add_eval_command
+from jobs.evaluate.cli import add_eval_command
 from jobs.keyfile import KeyFileError, add_key_command
 from jobs.keys_cli import add_key_commands
 from jobs.lookup_cli import add_lookup_command
 from jobs.progress import configure_logging
+from jobs.residual_cli import add_audit_faces_command
 from manifests.errors import KeyLibraryError
 
 log = logging.getLogger("faceveil")
@@ -89,12 +90,28 @@ def _add_run_options(p) -> None:
                    "Object Lock), so that `faceveil audit verify` detects a cut log")  # fmt: skip
 
 
+def _add_privacy_sample_options(p) -> None:
+    g = p.add_argument_group("in-job privacy sample (writes OUT/report/)")
+    g.add_argument(
+        "--audit-sample", type=float, default=0.0, metavar="F",
+        help="measure a random fraction F of faces inside the workers (0: off)",
+    )  # fmt: skip
+    g.add_argument("--audit-seed", default="0", help="seed of the sample's face selection")
+    g.add_argument(
+        "--audit-attacker", help="recognition ONNX for the sample (default: dlib's recognizer)"
+    )
+    g.add_argument(
+        "--report-originals", action="store_true",
+        help="keep and show original face crops beside anonymized ones in the sample's report",
+    )  # fmt: skip
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="anonymize a dataset into OUT on a Ray actor pool")
     p.add_argument("input", help="sharded input (with shards.json) or loose images (read in place)")
     p.add_argument("output")
     _add_run_options(p)
-    add_audit_run_options(p)
+    _add_privacy_sample_options(p)
     p.set_defaults(handler=_run)
 
 

@@ -28,7 +28,7 @@ from jobs.evaluate.metrics import (
     threshold_at_far,
     verification_scores,
 )
-from jobs.evaluate.residual import ResidualConfig, covered
+from jobs.residual import ResidualConfig, covered
 
 
 def _context() -> MethodContext:
