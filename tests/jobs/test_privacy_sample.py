@@ -13,9 +13,10 @@ import pytest
 
 from anon_core import AnonConfig, FaceAnonymizer
 from anon_core.imageio import decode_image
-from jobs.cli import build_parser, job_config
+from jobs.cli import build_parser
 from jobs.privacy_report import write_privacy_report
 from jobs.privacy_sample import PrivacySampler, merge, privacy_sampler
+from jobs.run_cli import job_config
 from tests.factories import rgb
 
 
