@@ -102,3 +102,10 @@ def nms(boxes: np.ndarray, threshold: float) -> np.ndarray:
         overlap = iou_matrix(boxes[i : i + 1], boxes[order[1:]])[0]
         order = order[1:][overlap < threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+def matched(found: Faces, box: np.ndarray, min_iou: float = 0.3) -> bool:
+    """Whether any detection in ``found`` overlaps ``box`` with IoU of at least ``min_iou``."""
+    if len(found) == 0:
+        return False
+    return bool(iou_matrix(found.boxes, np.asarray(box, np.float64)[None, :4]).max() >= min_iou)

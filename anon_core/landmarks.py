@@ -82,3 +82,14 @@ class Dlib68:
         )
         extras = {**faces.extras, "reliable": reliable}
         return replace(faces, landmarks68=points, extras=extras)
+
+
+def inter_ocular(points68: np.ndarray) -> float:
+    """Distance between the two eye centres of one 68 x 2 shape."""
+    return float(np.linalg.norm(points68[LEFT_EYE].mean(0) - points68[RIGHT_EYE].mean(0)))
+
+
+def landmark_error(original68: np.ndarray, anonymized68: np.ndarray) -> float:
+    """Mean point distance between two 68-point shapes over the original's inter-ocular distance."""
+    dist = np.linalg.norm(original68 - anonymized68, axis=1).mean()
+    return float(dist / max(inter_ocular(original68), 1e-6))

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     table = collect_faces(_donor_images(data), detector, landmarks, embedder)
     probes = ()
     if args.labels:
-        from jobs.firstpass import attribute_probes
+        from anon_core.surrogate.build import attribute_probes
 
         probes = attribute_probes(args.labels, detector, embedder)
     context = context_from_table(table, attributes=probes)

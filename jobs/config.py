@@ -39,8 +39,9 @@ class EscrowConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The in-job audit: a random ``fraction`` of faces measured inside the actors; and
-    ``anchor``, where each tail of the signed audit log is also written (fsspec URL)."""
+    """The in-job privacy sample (``jobs.privacy_sample``): a random ``fraction`` of faces
+    measured inside the actors; and ``anchor``, where each tail of the signed audit log is also
+    written (fsspec URL)."""
 
     fraction: float = 0.0
     seed: str = "0"

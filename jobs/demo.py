@@ -100,9 +100,9 @@ def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[byte
 def run_demo(args: argparse.Namespace) -> list[str]:
     """Write sample photos under ``args.out``/photos, anonymize them, save a before/after PNG;
     returns the lines to show the user."""
-    from jobs.cli import build_parser, job_config
     from jobs.keyfile import load_key_file, new_key_file
     from jobs.run import run_job
+    from jobs.run_cli import add_run_command, job_config
 
     out = Path(args.out).resolve()
     photos = out / "photos"
@@ -112,7 +112,10 @@ def run_demo(args: argparse.Namespace) -> list[str]:
     secret = out / "demo-secret.key"
     if not secret.exists():
         new_key_file(secret)
-    run_args = build_parser().parse_args(
+    parser = argparse.ArgumentParser(prog="faceveil")
+    parser.set_defaults(log_format="text")
+    add_run_command(parser.add_subparsers(dest="command", required=True))
+    run_args = parser.parse_args(
         ["run", str(photos), str(out / "anon"), "--method", args.method,
          "--secret-file", str(secret), "--shard-size", "50", "--resume", *_escrow_args(out)]
     )  # fmt: skip

@@ -18,14 +18,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import ray
 
-from anon_core import methods
-from anon_core.detectors import Detector, build_detector
-from anon_core.embeddings import Embedder
+from anon_core.detectors import build_detector
 from anon_core.imageio import ImageError, decode_image
 from anon_core.landmarks import Dlib68
 from anon_core.pipeline import AnonConfig, build_embedder
-from anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_probes
-from anon_core.surrogate.context import FaceTable, collect_faces, context_from_table
+from anon_core.surrogate.attributes import LinearAttribute
+from anon_core.surrogate.build import surrogate_from_context, surrogate_from_table
+from anon_core.surrogate.context import FaceTable, collect_faces
 from jobs.config import JobConfig
 from jobs.keys import Secrets
 from jobs.progress import BufferedProgress
@@ -48,22 +47,6 @@ def key_fingerprint(key: bytes) -> str:
     import hmac
 
     return hmac.new(key, b"faceveil pseudonym-key fingerprint", hashlib.sha256).hexdigest()[:16]
-
-
-def attribute_probes(
-    labels: str, detector: Detector, embedder: Embedder
-) -> tuple[LinearAttribute, ...]:
-    """Gender and age probes fitted on the user's labelled faces (a UTKFace-style CSV: path,
-    age, gender 0 male / 1 female, race; paths relative to it) with ``embedder``."""
-    from jobs.evaluate.dataset import decoded, load_attribute_set
-
-    data = load_attribute_set(labels)
-    numbered = ((rgb, float(i)) for i, rgb in enumerate(decoded(data.paths)))
-    embeddings, rows = embed_labelled(numbered, detector, Dlib68(), embedder)
-    rows = rows.astype(np.int64)
-    probes = fit_probes(embeddings, data.gender[rows], data.age[rows], embedder.name)
-    log.info("attribute probes fitted on %d of %d labelled faces", len(rows), len(data.paths))
-    return probes
 
 
 def first_pass_entries(entries: list[ShardEntry], limit: int | None) -> list[ShardEntry]:
@@ -178,9 +161,9 @@ def run_first_pass(
     if table is None or len(table) == 0:
         raise FirstPassError("the first pass found no face with reliable landmarks")
     try:
-        context = context_from_table(table, attributes=attributes)
-        method = methods.create("surrogate", key=secrets.pseudonym_key, context=context,
-                                **dict(anon.method_options))  # fmt: skip
+        method, context = surrogate_from_table(
+            secrets.pseudonym_key, table, anon.method_options, attributes
+        )
     except ValueError as exc:
         raise FirstPassError(f"the surrogate cannot be built from this dataset: {exc}") from None
     info = {
@@ -202,5 +185,4 @@ def run_first_pass(
 def surrogate_method(anon: AnonConfig, secrets: Secrets, context_ref: ray.ObjectRef):
     """The surrogate method of a second-pass actor, built from the sealed context."""
     context = open_object(secrets.transit, ray.get(context_ref))
-    return methods.create("surrogate", key=secrets.pseudonym_key, context=context,
-                          **dict(anon.method_options))  # fmt: skip
+    return surrogate_from_context(secrets.pseudonym_key, context, anon.method_options)

@@ -25,6 +25,7 @@ from jobs import plan as planning
 from jobs import shard as sharding
 from jobs.config import JobConfig
 from jobs.keys import hold_secrets
+from jobs.privacy_sample import privacy_sampler
 from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
 from jobs.raypool import (
     actor_device,
@@ -96,7 +97,7 @@ class ShardProcessor:
         self.batch_size = batch_size
         self.max_file_bytes = anon.max_file_bytes
         self.progress = BufferedProgress(counter)
-        self.observer = observer  # the in-job audit sampler, or None
+        self.observer = observer  # the in-job privacy sampler, or None
         self.actor_id = uuid.uuid4().hex
         log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
 
@@ -104,7 +105,7 @@ class ShardProcessor:
         rows = [self._one(task) for task in shard_tasks(batch)]
         self.progress.flush()
         out = {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
-        # The audit summary is cumulative per actor: the driver keeps each actor's latest.
+        # The privacy summary is cumulative per actor: the driver keeps each actor's latest.
         audit = json.dumps(self.observer.summary()) if self.observer is not None else ""
         out.update(actor=[self.actor_id] * len(rows), audit=[audit] * len(rows))
         return out
@@ -218,21 +219,10 @@ def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors
         summary.quarantined += row["quarantined"]
         summary.faces += row["faces"]
     if observer is not None and audits:
-        from jobs.evaluate import write_report
+        from jobs.privacy_report import write_privacy_report
 
-        write_report(f"{config.output.rstrip('/')}/report", list(audits.values()),
-                     keep_originals=config.audit.report_originals)  # fmt: skip
-
-
-def audit_sampler(config: JobConfig):
-    """The in-job audit's sampler (picklable, loads its models in the actor), or None."""
-    if config.audit.fraction <= 0:
-        return None
-    from jobs.evaluate.audit import AuditSampler
-
-    return AuditSampler(config.audit.fraction, seed=config.audit.seed,
-                        attacker=config.audit.attacker, model_root=config.anon.model_root,
-                        keep_originals=config.audit.report_originals)  # fmt: skip
+        write_privacy_report(f"{config.output.rstrip('/')}/report", list(audits.values()),
+                             keep_originals=config.audit.report_originals)  # fmt: skip
 
 
 def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
@@ -330,7 +320,8 @@ def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, 
                      secrets, job: dict):  # fmt: skip
     """Run the first pass over (a sample of) every shard, done or not, so a resumed job gets
     the same identities and donors; records its summary in ``job``."""
-    from jobs.firstpass import FirstPassError, attribute_probes, first_pass_entries, run_first_pass
+    from anon_core.surrogate.build import attribute_probes
+    from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
 
     src, entries = sources
     chosen = first_pass_entries(entries, config.surrogate.first_pass_shards)
@@ -371,7 +362,7 @@ def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSum
         log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
         with _live_progress(config, sum(t.samples for t in tasks), "anonymize") as counter:
             _execute(tasks, config, anon, actors, counter, holder, summary,
-                     audit_sampler(config), context)  # fmt: skip
+                     privacy_sampler(config), context)  # fmt: skip
     finally:
         if we_started:
             ray.shutdown()

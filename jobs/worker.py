@@ -87,7 +87,7 @@ class ShardSealer(Protocol):
 
 
 class Observer(Protocol):
-    """Sees original and anonymized pixels of each anonymized sample (the in-job audit seam)."""
+    """Sees original and anonymized pixels of each anonymized sample (the privacy sample seam)."""
 
     def observe(self, key, original_rgb, anonymized_rgb, faces) -> None: ...
 

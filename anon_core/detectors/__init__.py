@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from anon_core.detectors.base import Detector, MultiScaleDetector
+from anon_core.models import sha256_file
 
 NAMES = ("centerface", "scrfd")
 
@@ -36,4 +38,18 @@ def build_detector(
     return MultiScaleDetector(base) if multiscale else base
 
 
-__all__ = ["NAMES", "Detector", "MultiScaleDetector", "build_detector"]
+def detector_info(detector: Detector) -> dict:
+    """Name, weight file and sha256 of a detector (through the multi-scale wrapper)."""
+    base = detector.base if isinstance(detector, MultiScaleDetector) else detector
+    path = getattr(base, "model_path", None)
+    if path is None and base.name == "centerface":
+        from anon_core.detectors.centerface import bundled_model_path
+
+        path = bundled_model_path()
+    info = {"name": base.name, "threshold": getattr(base, "threshold", None)}
+    if path is not None:
+        info.update(file=os.path.basename(str(path)), sha256=sha256_file(str(path)))
+    return info
+
+
+__all__ = ["NAMES", "Detector", "MultiScaleDetector", "build_detector", "detector_info"]

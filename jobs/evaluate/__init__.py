@@ -1,4 +1,7 @@
-"""Evaluation and audit reports: ``faceveil eval``, the in-job audit sampler, residual faces.
+"""``faceveil eval``: privacy, utility, recall and throughput of anonymization methods, in-process.
+
+Needs ``anon_core`` only; nothing in the job imports it (the in-job privacy sample is
+``jobs.privacy_sample``, the residual-face check ``jobs.residual``).
 
 Flow of ``faceveil eval`` (``runner.run_eval``): load the labelled set (salted sample ids) ->
 load detectors, attackers, landmarks, attribute probes (``models``) -> one pass over the
@@ -8,25 +11,7 @@ originals (faces, attacker embeddings aligned by their own landmarks) -> per met
 (``figures``, ``metrics``) -> ``report.write_eval_report`` (report.json, index.html, examples).
 """
 
-from jobs.evaluate.audit import AuditSampler, merge
-from jobs.evaluate.audit_report import write_report
-from jobs.evaluate.cli import (
-    add_audit_faces_command,
-    add_audit_run_options,
-    add_eval_command,
-    audit_sampler_from_args,
-)
+from jobs.evaluate.cli import add_eval_command
 from jobs.evaluate.config import EvalConfig, MethodSpec, parse_methods
 
-__all__ = [
-    "AuditSampler",
-    "EvalConfig",
-    "MethodSpec",
-    "add_audit_faces_command",
-    "add_audit_run_options",
-    "add_eval_command",
-    "audit_sampler_from_args",
-    "merge",
-    "parse_methods",
-    "write_report",
-]
+__all__ = ["EvalConfig", "MethodSpec", "add_eval_command", "parse_methods"]

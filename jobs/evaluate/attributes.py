@@ -10,9 +10,9 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from tqdm import tqdm
 
+from anon_core.attackers import Attacker
 from anon_core.detectors import Detector
-from jobs.evaluate.attackers import Attacker
-from jobs.evaluate.dataset import AttributeSet, decoded
+from anon_core.labels import AttributeSet, decoded
 from jobs.evaluate.metrics import central_face
 
 log = logging.getLogger(__name__)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jobs.evaluate.attributes import agreement
 from jobs.evaluate.config import EvalConfig, MethodSpec
 from jobs.evaluate.dataset import LabelledSet
+from jobs.evaluate.measurements import MethodRun, Originals
 from jobs.evaluate.metrics import rank1, tar_at_far, verification_scores
 from jobs.evaluate.models import EvalModels, versions
-
-if TYPE_CHECKING:
-    from jobs.evaluate.runner import MethodRun, Originals
 
 DEFINITIONS = {
     "rank1": "share of probes (every non-gallery image of an identity, anonymized) whose most "

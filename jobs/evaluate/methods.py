@@ -1,5 +1,6 @@
-"""How each evaluated method is built: the production registry, plus hooks for methods that need
-context (surrogate) and the eval-only ``identity`` no-op that shows the metrics can fail."""
+"""How each evaluated method is built: from the production registry (``anon_core.methods``), the
+surrogate through ``anon_core.surrogate.build`` after a first pass over the originals, plus the
+eval-only ``identity`` no-op that shows the metrics can fail."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 
 from anon_core import methods
 from anon_core.detectors import Detector
-from anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
+from anon_core.embeddings import Embedder
 from anon_core.faces import Faces, face_regions
 from anon_core.landmarks import Dlib68, LandmarkModel
 from anon_core.methods.base import Anonymizer, MethodOutput
+from anon_core.pipeline import AnonConfig, build_embedder
 from jobs.evaluate.config import MethodSpec
 
 log = logging.getLogger(__name__)
@@ -42,33 +44,23 @@ class MethodContext:
     memo: dict = field(default_factory=dict, compare=False)  # first passes, probes: per run
 
 
-MethodBuilder = Callable[[MethodSpec, MethodContext], Anonymizer]
-_BUILDERS: dict[str, MethodBuilder] = {}
-
-
-def method_builder(name: str) -> Callable[[MethodBuilder], MethodBuilder]:
-    """Register how the method ``name`` is built for evaluation (overrides the plain registry)."""
-
-    def add(builder: MethodBuilder) -> MethodBuilder:
-        _BUILDERS[name] = builder
-        return builder
-
-    return add
-
-
 def build_method(spec: MethodSpec, context: MethodContext) -> Anonymizer:
-    """The anonymizer for ``spec``; raises MethodUnavailable when it cannot be built here."""
-    builder = _BUILDERS.get(spec.name)
-    if builder is not None:
-        return builder(spec, context)
+    """The anonymizer for ``spec`` from the registry (the surrogate after its first pass, the
+    eval-only ``identity`` apart); raises MethodUnavailable when it cannot be built here."""
+    if spec.name == "identity":
+        if spec.options:
+            raise ValueError("the identity method takes no options")
+        return IdentityMethod()
     if spec.name not in methods.available():
         raise MethodUnavailable(f"no method {spec.name!r} (have {methods.available()})")
+    if spec.name == "surrogate":
+        return _surrogate(spec, context)
     return methods.create(spec.name, **dict(spec.options))
 
 
 def eval_method_names() -> list[str]:
-    """Every name ``build_method`` may accept (production registry plus eval hooks)."""
-    return sorted(set(methods.available()) | set(_BUILDERS))
+    """Every name ``build_method`` may accept (the registry's and ``identity``)."""
+    return sorted({*methods.available(), "identity"})
 
 
 class IdentityMethod:
@@ -82,13 +74,6 @@ class IdentityMethod:
         regions = face_regions(faces, image.shape)
         n = len(faces)
         return MethodOutput(image.copy(), regions, (self.name,) * n, (None,) * n)
-
-
-@method_builder("identity")
-def _identity(spec: MethodSpec, context: MethodContext) -> Anonymizer:
-    if spec.options:
-        raise ValueError("the identity method takes no options")
-    return IdentityMethod()
 
 
 class WithFaceDetails:
@@ -112,9 +97,9 @@ class WithFaceDetails:
 
 
 def _surrogate_embedder(option: object, context: MethodContext) -> Embedder:
-    if option in (None, "dlib"):
-        return DlibEmbedder()
-    return InsightFaceEmbedder(str(option), context.device, context.threads)
+    recognizer = None if option in (None, "dlib") else str(option)
+    return build_embedder(AnonConfig(recognizer=recognizer, device=context.device,
+                                     threads=context.threads))  # fmt: skip
 
 
 def _embedder_id(embedder: Embedder) -> tuple[str, str]:
@@ -134,7 +119,6 @@ def _first_pass_table(context: MethodContext, landmarks, embedder: Embedder, lim
     return context.memo[key]
 
 
-@method_builder("surrogate")
 def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     """The surrogate needs a first pass over the originals (donor bank, identity clusters) and a
     key; this is the one place that knows how to give it both. Options ``embedder`` ("dlib" or
@@ -142,12 +126,10 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     gender and age probes on, as ``run --attributes``) are for the first pass; the rest go to
     the method (``privacy``, ``donors``, ``grow``)."""
     try:
-        import anon_core.methods.surrogate  # noqa: F401  (registers "surrogate")
-        from anon_core.surrogate.context import DEFAULT_MAX_DONORS, context_from_table
+        from anon_core.surrogate.build import attribute_probes, surrogate_from_table
+        from anon_core.surrogate.context import DEFAULT_MAX_DONORS
     except ImportError as exc:
         raise MethodUnavailable(f"surrogate is not importable ({exc})") from None
-    if "surrogate" not in methods.available():
-        raise MethodUnavailable("anon_core.methods has no 'surrogate' registered")
     options = dict(spec.options)
     embedder = _surrogate_embedder(options.pop("embedder", None), context)
     limit = options.pop("max_donor_faces", DEFAULT_MAX_DONORS)
@@ -155,14 +137,11 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     labels = options.pop("attributes", None)
     probes = ()
     if labels:
-        from jobs.firstpass import attribute_probes
-
         key = ("probes", str(labels), *_embedder_id(embedder))
         if key not in context.memo:
             context.memo[key] = attribute_probes(str(labels), context.detector, embedder)
         probes = context.memo[key]
     landmarks = Dlib68()
     table = _first_pass_table(context, landmarks, embedder, int(limit))
-    surrogate_context = context_from_table(table, threshold, attributes=probes)
-    method = methods.create("surrogate", key=context.key, context=surrogate_context, **options)
+    method, _ = surrogate_from_table(context.key, table, options, probes, threshold)
     return WithFaceDetails(method, landmarks, embedder)

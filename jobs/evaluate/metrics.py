@@ -1,13 +1,12 @@
 """The figures of the report as plain numpy functions: identification, verification, landmark
-error, SSIM outside the face regions, and box matching."""
+error (``anon_core.landmarks``), SSIM outside the face regions."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces, iou_matrix
-from anon_core.landmarks import LEFT_EYE, RIGHT_EYE
+from anon_core.faces import Faces
 
 
 def rank1(
@@ -60,24 +59,6 @@ def central_face(faces: Faces, shape: tuple[int, ...]) -> int | None:
     if not inside.any():
         return None
     return int(np.argmax(np.where(inside, b[:, 4], -np.inf)))
-
-
-def matched(found: Faces, box: np.ndarray, min_iou: float = 0.3) -> bool:
-    """Whether any detection in ``found`` overlaps ``box`` with IoU of at least ``min_iou``."""
-    if len(found) == 0:
-        return False
-    return bool(iou_matrix(found.boxes, np.asarray(box, np.float64)[None, :4]).max() >= min_iou)
-
-
-def inter_ocular(points68: np.ndarray) -> float:
-    """Distance between the two eye centres of one 68 x 2 shape."""
-    return float(np.linalg.norm(points68[LEFT_EYE].mean(0) - points68[RIGHT_EYE].mean(0)))
-
-
-def landmark_error(original68: np.ndarray, anonymized68: np.ndarray) -> float:
-    """Mean point distance between two 68-point shapes over the original's inter-ocular distance."""
-    dist = np.linalg.norm(original68 - anonymized68, axis=1).mean()
-    return float(dist / max(inter_ocular(original68), 1e-6))
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:

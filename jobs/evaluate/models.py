@@ -9,13 +9,13 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from anon_core.detectors import Detector, MultiScaleDetector, build_detector
+from anon_core.attackers import Attacker, DlibAttacker, build_attackers
+from anon_core.detectors import Detector, build_detector, detector_info
+from anon_core.labels import load_attribute_set
 from anon_core.landmarks import Dlib68
 from anon_core.models import dlib_model, sha256_file
-from jobs.evaluate.attackers import Attacker, DlibAttacker, build_attackers
 from jobs.evaluate.attributes import AttributeModel, fit_attribute_model
 from jobs.evaluate.config import EvalConfig
-from jobs.evaluate.dataset import load_attribute_set
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,6 @@ PACKAGES = (
     "scikit-learn",
     "pillow",
 )
-
-
-def detector_info(detector: Detector) -> dict:
-    """Name, weight file and sha256 of a detector (through the multi-scale wrapper)."""
-    base = detector.base if isinstance(detector, MultiScaleDetector) else detector
-    path = getattr(base, "model_path", None)
-    if path is None and base.name == "centerface":
-        from anon_core.detectors.centerface import bundled_model_path
-
-        path = bundled_model_path()
-    info = {"name": base.name, "threshold": getattr(base, "threshold", None)}
-    if path is not None:
-        info.update(file=os.path.basename(str(path)), sha256=sha256_file(str(path)))
-    return info
 
 
 def versions() -> dict:

@@ -1,31 +1,10 @@
-"""Report output helpers: strict JSON, thumbnails, and writing files to a path or fsspec URL."""
+"""Report output helpers: thumbnails, and writing files to a path or fsspec URL."""
 
 from __future__ import annotations
-
-import json
-import math
 
 import cv2
 import fsspec
 import numpy as np
-
-
-def clean(value: object) -> object:
-    """JSON-safe copy: NaN/inf become None, numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def dumps(report: dict) -> str:
-    """report.json text (strict JSON, no NaN)."""
-    return json.dumps(clean(report), indent=2, allow_nan=False) + "\n"
 
 
 def encode_jpeg(rgb: np.ndarray) -> bytes:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from jobs.evaluate import page
-from jobs.evaluate.output import clean, dumps, encode_jpeg, write_files
+from anon_core import report_page as page
+from anon_core.report_page import clean, dumps
+from jobs.evaluate.output import encode_jpeg, write_files
 from jobs.evaluate.runner import EvalResult
 
 log = logging.getLogger(__name__)

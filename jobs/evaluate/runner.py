@@ -6,65 +6,31 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from anon_core import demo_data
-from anon_core.faces import Faces
+from anon_core.attackers import warn_if_same_model
+from anon_core.faces import Faces, matched
 from anon_core.imageio import decode_image
+from anon_core.labels import decoded
+from anon_core.landmarks import landmark_error
 from anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
 from jobs.evaluate import figures
-from jobs.evaluate.attackers import warn_if_same_model
 from jobs.evaluate.config import EvalConfig, MethodSpec
-from jobs.evaluate.dataset import LabelledSet, decoded, load_labelled_set
+from jobs.evaluate.dataset import LabelledSet, load_labelled_set
+from jobs.evaluate.measurements import MethodRun, Originals
 from jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
-from jobs.evaluate.metrics import central_face, landmark_error, matched, ssim_outside
+from jobs.evaluate.metrics import central_face, ssim_outside
 from jobs.evaluate.models import EvalModels, load_models
 
 log = logging.getLogger(__name__)
 
 THUMB_SIDE = 160
-
-
-@dataclass
-class Originals:
-    """What the pass over the unmodified images found, per sample (index as in the set)."""
-
-    faces: list[Faces]
-    central: list[int | None]
-    guides: dict[str, list[np.ndarray | None]]
-    embeddings: dict[str, np.ndarray]
-    points68: list[np.ndarray | None]
-    redetected: np.ndarray
-    ids: np.ndarray
-    gallery: np.ndarray
-    attribute_rows: np.ndarray
-
-    @property
-    def has_face(self) -> np.ndarray:
-        return np.array([k is not None for k in self.central])
-
-
-@dataclass
-class MethodRun:
-    """Per-sample measurements of one method (NaN / False where not measured)."""
-
-    embeddings: dict[str, np.ndarray]
-    valid: np.ndarray
-    redetected: np.ndarray
-    landmark_error: np.ndarray
-    ssim_method: np.ndarray
-    ssim_encoded: np.ndarray
-    central_method: np.ndarray  # the method applied to each image's central face ("" if none)
-    statuses: Counter = field(default_factory=Counter)
-    applied: Counter = field(default_factory=Counter)
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
 
 
 @dataclass

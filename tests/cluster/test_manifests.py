@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import build_parser, job_config
+from jobs.cli import build_parser
 from jobs.raypool import size_pool
+from jobs.run_cli import job_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 

@@ -9,6 +9,7 @@ import pytest
 
 from anon_core import methods
 from anon_core.faces import Faces
+from anon_core.landmarks import landmark_error
 from jobs.evaluate.config import MethodSpec, parse_method_spec, parse_methods
 from jobs.evaluate.methods import (
     IdentityMethod,
@@ -19,7 +20,6 @@ from jobs.evaluate.methods import (
 )
 from jobs.evaluate.metrics import (
     central_face,
-    landmark_error,
     outside_mask,
     rank1,
     ssim_map,
@@ -28,7 +28,7 @@ from jobs.evaluate.metrics import (
     threshold_at_far,
     verification_scores,
 )
-from jobs.evaluate.residual import ResidualConfig, covered
+from jobs.residual import ResidualConfig, covered
 
 
 def _context() -> MethodContext:

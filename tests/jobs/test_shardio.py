@@ -107,7 +107,7 @@ def test_sparse_member_of_an_input_tar_is_quarantined_at_read(tmp_path):
 def test_residual_audit_reader_refuses_a_sparse_member(tmp_path):
     import fsspec
 
-    from jobs.evaluate import residual
+    from jobs import residual
 
     tar = gnu_sparse_tar(tmp_path / "in")
     fs = fsspec.filesystem("file")

@@ -1,9 +1,8 @@
-"""The in-job audit sampler: deterministic selection, per-face figures, merging across actors,
+"""The in-job privacy sampler: deterministic selection, per-face figures, merging across actors,
 nothing kept but anonymized crops by default, and its report page (bundled images only)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 from pathlib import Path
@@ -14,34 +13,33 @@ import pytest
 
 from anon_core import AnonConfig, FaceAnonymizer
 from anon_core.imageio import decode_image
-from jobs.evaluate import (
-    AuditSampler,
-    add_audit_run_options,
-    audit_sampler_from_args,
-    merge,
-    write_report,
-)
+from jobs.cli import build_parser
+from jobs.privacy_report import write_privacy_report
+from jobs.privacy_sample import PrivacySampler, merge, privacy_sampler
+from jobs.run_cli import job_config
 from tests.factories import rgb
 
 
 def test_selection_is_deterministic_and_proportional() -> None:
-    a, b = AuditSampler(0.25, seed=7), AuditSampler(0.25, seed=7)
+    a, b = PrivacySampler(0.25, seed=7), PrivacySampler(0.25, seed=7)
     keys = [(f"{k:032x}", face) for k in range(2000) for face in range(2)]
     picks = [a.draw(k, f) < a.fraction for k, f in keys]
     assert picks == [b.draw(k, f) < b.fraction for k, f in keys]
     assert 0.23 < np.mean(picks) < 0.27
-    other = AuditSampler(0.25, seed=8)
+    other = PrivacySampler(0.25, seed=8)
     assert picks != [other.draw(k, f) < other.fraction for k, f in keys]
     with pytest.raises(ValueError):
-        AuditSampler(1.5)
+        PrivacySampler(1.5)
 
 
 def test_run_options_build_the_sampler() -> None:
-    parser = argparse.ArgumentParser()
-    add_audit_run_options(parser)
-    assert audit_sampler_from_args(parser.parse_args([])) is None
-    args = parser.parse_args(["--audit-sample", "0.05", "--audit-seed", "9", "--report-originals"])
-    sampler = audit_sampler_from_args(args, model_root="models")
+    def sampler_of(*flags: str) -> PrivacySampler | None:
+        args = build_parser().parse_args(["run", "in", "out", *flags])
+        return privacy_sampler(job_config(args))
+
+    assert sampler_of() is None
+    flags = ["--audit-sample", "0.05", "--audit-seed", "9", "--report-originals"]
+    sampler = sampler_of(*flags, "--model-root", "models")
     assert (sampler.fraction, sampler.seed, sampler.keep_originals) == (0.05, "9", True)
     assert sampler.detector == "scrfd" and sampler.attacker is None
 
@@ -65,14 +63,14 @@ def pairs() -> dict[str, tuple[np.ndarray, np.ndarray, object]]:
     return out
 
 
-def _observe(sampler: AuditSampler, pairs, prefix: str) -> None:
+def _observe(sampler: PrivacySampler, pairs, prefix: str) -> None:
     for name, (original, anonymized, faces) in pairs.items():
         if name.startswith(prefix):
             sampler.observe(f"{name}-key", original, anonymized, faces)
 
 
 def test_sampler_measures_merges_and_keeps_no_originals(pairs) -> None:
-    fresh = AuditSampler(1.0, seed=1, max_examples=3)
+    fresh = PrivacySampler(1.0, seed=1, max_examples=3)
     copy = pickle.loads(pickle.dumps(fresh))  # shipped to a worker before use
     _observe(fresh, pairs, "none/")
     _observe(copy, pairs, "mask/")
@@ -98,7 +96,7 @@ def test_sampler_measures_merges_and_keeps_no_originals(pairs) -> None:
 
 
 def test_a_face_that_cannot_be_measured_is_counted_not_fatal(pairs) -> None:
-    sampler = AuditSampler(1.0)
+    sampler = PrivacySampler(1.0)
     _observe(sampler, pairs, "mask/obama")
 
     def broken(images, guides):
@@ -112,31 +110,33 @@ def test_a_face_that_cannot_be_measured_is_counted_not_fatal(pairs) -> None:
 
 
 def test_fraction_zero_loads_no_model(pairs) -> None:
-    sampler = AuditSampler(0.0)
+    sampler = PrivacySampler(0.0)
     _observe(sampler, pairs, "mask/")
     assert sampler._models is None and sampler.summary()["faces_sampled"] == 0
     assert sampler.summary()["faces_seen"] == 4
 
 
 def test_report_shows_anonymized_faces_only_by_default(pairs, tmp_path: Path) -> None:
-    sampler = AuditSampler(1.0, seed=3, keep_originals=True)
+    sampler = PrivacySampler(1.0, seed=3, keep_originals=True)
     _observe(sampler, pairs, "blur/")
-    report = write_report(str(tmp_path / "plain"), [sampler.summary()], keep_originals=False)
+    report = write_privacy_report(
+        str(tmp_path / "plain"), [sampler.summary()], keep_originals=False
+    )
     files = sorted(p.name for p in (tmp_path / "plain" / "examples").iterdir())
     assert len(files) == 4 and not any("original" in f for f in files)
     page = (tmp_path / "plain" / "index.html").read_text()
     assert "Anonymized faces only" in page and not report["originals_shown"]
     assert report["figures"]["faces_sampled"] == 4
-    shown = write_report(str(tmp_path / "shown"), [sampler.summary()], keep_originals=True)
+    shown = write_privacy_report(str(tmp_path / "shown"), [sampler.summary()], keep_originals=True)
     assert shown["originals_shown"]
     assert len(list((tmp_path / "shown" / "examples").glob("*-original.png"))) == 4
     assert "Original faces are shown" in (tmp_path / "shown" / "index.html").read_text()
 
 
 def test_report_goes_through_fsspec(pairs) -> None:
-    sampler = AuditSampler(1.0)
+    sampler = PrivacySampler(1.0)
     _observe(sampler, pairs, "blur/obama")
-    write_report("memory://faceveil-audit/report", [sampler.summary()])
+    write_privacy_report("memory://faceveil-audit/report", [sampler.summary()])
     fs = fsspec.filesystem("memory")
     assert json.loads(fs.cat("/faceveil-audit/report/report.json"))["kind"] == "faceveil-audit"
     assert fs.exists("/faceveil-audit/report/index.html")
@@ -145,10 +145,10 @@ def test_report_goes_through_fsspec(pairs) -> None:
 def test_audit_page_renders_in_chromium(pairs, tmp_path: Path) -> None:
     from tests.jobs.test_evaluate_report import render_in_chromium
 
-    samplers = [AuditSampler(1.0, seed=5), AuditSampler(1.0, seed=5)]
+    samplers = [PrivacySampler(1.0, seed=5), PrivacySampler(1.0, seed=5)]
     _observe(samplers[0], pairs, "blur/")
     _observe(samplers[1], pairs, "mask/")
-    write_report(str(tmp_path / "report"), [s.summary() for s in samplers])
+    write_privacy_report(str(tmp_path / "report"), [s.summary() for s in samplers])
     shot = tmp_path / "audit.png"
     attrs, log = render_in_chromium(tmp_path / "report" / "index.html", shot, 1600)
     assert attrs.get("ready") == "1", log[-2000:]

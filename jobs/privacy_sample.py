@@ -1,12 +1,13 @@
-"""In-job audit: measure a random fraction of faces inside the workers, where the original and
-the anonymized face are both in memory, and merge the partial figures into one report.
+"""In-job privacy sample (``run --audit-sample``): measure a random fraction of faces inside the
+workers, where the original and the anonymized face are both in memory, and merge the partial
+figures into one report. (Not the signed audit log: that is ``jobs.auditlog``.)
 
 Worker use::
 
-    sampler = AuditSampler(0.01, seed=job_seed, attacker="models/mobilefacenet_128d.onnx")
+    sampler = PrivacySampler(0.01, seed=job_seed, attacker="models/mobilefacenet_128d.onnx")
     sampler.observe(key, original_rgb, anonymized_rgb, faces)   # per anonymized sample
     partial = sampler.summary()                                 # JSON-able, per actor / shard
-    write_report(f"{out}/report", partials, keep_originals=False)  # on the driver
+    write_privacy_report(f"{out}/report", partials)             # on the driver (privacy_report)
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces, face_regions
+from anon_core.faces import Faces, face_regions, matched
+from anon_core.landmarks import landmark_error
 from anon_core.models import dlib_model, sha256_file
-from jobs.evaluate.metrics import landmark_error, matched
+from jobs.config import JobConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def _bin(value: float, lo: float, hi: float, bins: int) -> int:
 def _png_b64(rgb: np.ndarray) -> str:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
-        raise ValueError("could not encode an audit crop")
+        raise ValueError("could not encode a sampled crop")
     return base64.b64encode(buf.tobytes()).decode()
 
 
@@ -55,12 +57,12 @@ def _crop(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
 
 
 class _Models:
-    """The models an audit needs, loaded on first use inside the worker."""
+    """The models the privacy sample needs, loaded on first use inside the worker."""
 
-    def __init__(self, sampler: AuditSampler) -> None:
+    def __init__(self, sampler: PrivacySampler) -> None:
+        from anon_core.attackers import build_attackers
         from anon_core.detectors import build_detector
         from anon_core.landmarks import Dlib68
-        from jobs.evaluate.attackers import build_attackers
 
         paths = [sampler.attacker] if sampler.attacker else []
         self.attacker = build_attackers(paths, sampler.device, sampler.threads)[0]
@@ -70,8 +72,8 @@ class _Models:
         self.landmarks = Dlib68()
 
 
-class AuditSampler:
-    """Picklable per-actor accumulator of audit figures for a random ``fraction`` of faces.
+class PrivacySampler:
+    """Picklable per-actor accumulator of privacy figures for a random ``fraction`` of faces.
 
     A face is sampled when ``sha256(seed, key, face index)`` falls below ``fraction``, so the
     selection is the same on every run and worker. No pixels are kept except small anonymized
@@ -144,7 +146,7 @@ class AuditSampler:
             try:
                 self._measure(key, face, original_rgb, anonymized_rgb, found)
             except (ValueError, RuntimeError) as exc:  # e.g. degenerate landmarks: not fatal
-                log.debug("audit could not measure a face: %s", type(exc).__name__)
+                log.debug("privacy sample could not measure a face: %s", type(exc).__name__)
                 self._state["faces_failed"] += 1
                 continue
             self._example(key, i, u, regions[i], original_rgb, anonymized_rgb)
@@ -222,7 +224,7 @@ def merge(summaries: Sequence[dict]) -> dict:
     """One summary from the partial summaries of many actors (counts and histograms add up;
     examples keep the lowest draws)."""
     if not summaries:
-        raise ValueError("no audit summaries to merge")
+        raise ValueError("no privacy sample summaries to merge")
     first = summaries[0]
     merged = {k: first[k] for k in ("fraction", "seed", "attacker", "detector", "max_examples")}
     merged["kind"] = "faceveil-audit"
@@ -233,3 +235,13 @@ def merge(summaries: Sequence[dict]) -> dict:
     examples = sorted((e for s in summaries for e in s["examples"]), key=lambda e: e["draw"])
     merged["examples"] = examples[: merged["max_examples"]]
     return merged
+
+
+def privacy_sampler(config: JobConfig) -> PrivacySampler | None:
+    """The job's privacy sampler (picklable, loads its models in the actor), or None when
+    ``--audit-sample`` is 0."""
+    if config.audit.fraction <= 0:
+        return None
+    return PrivacySampler(config.audit.fraction, seed=config.audit.seed,
+                          attacker=config.audit.attacker, model_root=config.anon.model_root,
+                          keep_originals=config.audit.report_originals)  # fmt: skip

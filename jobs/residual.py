@@ -14,11 +14,11 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from anon_core.detectors import build_detector
+from anon_core.detectors import build_detector, detector_info
 from anon_core.faces import Faces, face_regions, iou_matrix
 from anon_core.imageio import ImageError, decode_image
-from jobs.evaluate.models import detector_info
-from jobs.evaluate.output import dumps, write_files
+from anon_core.report_page import dumps
+from jobs.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,6 @@ def write_residual_report(config: ResidualConfig, report: ResidualReport) -> str
         "residual_faces": [asdict(r) for r in report.leaks],
         "unchecked": report.unchecked,
     }
-    target = f"{config.out.rstrip('/')}/report"
-    write_files(target, {"residual_faces.json": dumps(body).encode()})
-    return f"{target}/residual_faces.json"
+    out = Location(config.out)
+    out.publish_bytes(dumps(body).encode(), "report", "residual_faces.json")
+    return out.url("report", "residual_faces.json")

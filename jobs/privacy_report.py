@@ -1,4 +1,5 @@
-"""``write_report``: the in-job audit's report.json and index.html, from the actors' summaries."""
+"""``write_privacy_report``: the in-job privacy sample's report.json and index.html (OUT/report/),
+from the actors' summaries."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from jobs.evaluate import page
-from jobs.evaluate.audit import LMK_BINS, SIM_BINS, merge
-from jobs.evaluate.output import clean, dumps, write_files
+from anon_core import report_page as page
+from anon_core.report_page import clean, dumps
+from jobs.privacy_sample import LMK_BINS, SIM_BINS, merge
+from jobs.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def _threshold_bin(impostor: Sequence[int], far: float) -> int | None:
 
 
 def figures(merged: dict, far: float) -> dict:
-    """Headline numbers of a merged audit summary."""
+    """Headline numbers of a merged privacy sample summary."""
     n = merged["faces_sampled"]
     b = _threshold_bin(merged["impostor_hist"], far)
     genuine = np.asarray(merged["similarity_hist"])
@@ -85,7 +87,7 @@ def _example_files(merged: dict, keep_originals: bool) -> tuple[dict[str, bytes]
     return files, entries
 
 
-def write_report(
+def write_privacy_report(
     report_dir: str, summaries: Sequence[dict], keep_originals: bool = False, far: float = 1e-3
 ) -> dict:
     """Merge ``summaries`` and write report.json, index.html and example crops to ``report_dir``
@@ -107,9 +109,11 @@ def write_report(
         "definitions": DEFINITIONS,
     }
     files["report.json"] = dumps(report).encode()
-    files["index.html"] = render_audit_page(clean(report)).encode()
-    write_files(report_dir, files)
-    log.info("wrote the audit report to %s", report_dir)
+    files["index.html"] = render_privacy_page(clean(report)).encode()
+    out = Location(report_dir)
+    for name, data in files.items():
+        out.publish_bytes(data, *name.split("/"))
+    log.info("wrote the privacy sample report to %s", report_dir)
     return report
 
 
@@ -161,8 +165,8 @@ def _grid(report: dict) -> str:
     return page.paragraph(note, "note") + page.image_grid(items)
 
 
-def render_audit_page(report: dict) -> str:
-    """index.html for an in-job audit report (a JSON-clean report dict)."""
+def render_privacy_page(report: dict) -> str:
+    """index.html for an in-job privacy sample report (a JSON-clean report dict)."""
     f = report["figures"]
     subtitle = (
         f"sampled {page.pct(report['fraction'], 2)} of faces · attacker "

@@ -19,7 +19,7 @@ from anon_core.detectors import build_detector
 from anon_core.faces import iou_matrix
 from anon_core.imageio import encode_image
 from anon_core.methods import create
-from jobs.evaluate import add_audit_faces_command
+from jobs.residual_cli import add_audit_faces_command
 from tests.factories import rgb
 
 MODELS = (

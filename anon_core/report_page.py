@@ -1,10 +1,15 @@
-"""Self-contained HTML building blocks for the reports: page shell, tables, inline SVG charts and
-image grids. No external assets; images are files next to index.html, referenced relatively."""
+"""Self-contained HTML building blocks for the reports (evaluation, the job's privacy sample):
+page shell, tables, inline SVG charts, image grids, and strict JSON. Strings only, no files; no
+external assets; images are files next to index.html, referenced relatively."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from html import escape
+
+import numpy as np
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1180px;
@@ -223,3 +228,21 @@ def image_grid(images: Sequence[tuple[str, str]]) -> str:
         for cap, src in images
     )
     return f'<div class="grid">{cells}</div>'
+
+
+def clean(value: object) -> object:
+    """JSON-safe copy: NaN/inf become None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(report: dict) -> str:
+    """report.json text (strict JSON, no NaN)."""
+    return json.dumps(clean(report), indent=2, allow_nan=False) + "\n"

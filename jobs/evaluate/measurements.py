@@ -1,0 +1,47 @@
+"""What an evaluation measures per sample: the pass over the originals and each method's run
+(filled by ``runner``, read by ``figures``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anon_core.faces import Faces
+
+
+@dataclass
+class Originals:
+    """What the pass over the unmodified images found, per sample (index as in the set)."""
+
+    faces: list[Faces]
+    central: list[int | None]
+    guides: dict[str, list[np.ndarray | None]]
+    embeddings: dict[str, np.ndarray]
+    points68: list[np.ndarray | None]
+    redetected: np.ndarray
+    ids: np.ndarray
+    gallery: np.ndarray
+    attribute_rows: np.ndarray
+
+    @property
+    def has_face(self) -> np.ndarray:
+        return np.array([k is not None for k in self.central])
+
+
+@dataclass
+class MethodRun:
+    """Per-sample measurements of one method (NaN / False where not measured)."""
+
+    embeddings: dict[str, np.ndarray]
+    valid: np.ndarray
+    redetected: np.ndarray
+    landmark_error: np.ndarray
+    ssim_method: np.ndarray
+    ssim_encoded: np.ndarray
+    central_method: np.ndarray  # the method applied to each image's central face ("" if none)
+    statuses: Counter = field(default_factory=Counter)
+    applied: Counter = field(default_factory=Counter)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
