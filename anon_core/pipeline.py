@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from anon_core.config import AnonConfig
 from anon_core.detectors import Detector
 from anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
 from anon_core.faces import Faces
 from anon_core.imageio import (
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_PIXELS,
     DecodedImage,
     ImageError,
     decode_image,
@@ -28,22 +27,6 @@ from anon_core.runtime import INFERENCE_ERRORS
 from anon_core.stage import CpuStage, Stage
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AnonConfig:
-    """Everything that decides an anonymized image; the same config gives the same bytes."""
-
-    method: str = "blur"
-    method_options: Mapping[str, object] = field(default_factory=dict)
-    detector: str = "centerface"
-    model_root: str | None = None
-    threshold: float | None = None
-    device: str = "cpu"
-    threads: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    recognizer: str | None = None  # InsightFace recognition ONNX; None: dlib's embedded ResNet
 
 
 @dataclass

@@ -20,7 +20,7 @@ from anon_core.imageio import DecodedImage
 from anon_core.methods.base import Anonymizer, MethodOutput
 
 if TYPE_CHECKING:
-    from anon_core.pipeline import AnonConfig
+    from anon_core.config import AnonConfig
 
 
 @runtime_checkable

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,12 +17,13 @@ from anon_core.detectors import build_detector, detector_info
 from anon_core.faces import Faces, face_regions, iou_matrix
 from anon_core.imageio import ImageError, decode_image
 from anon_core.report_page import dumps
+from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS
+from jobs.shardio import iter_samples as read_samples
 from jobs.storage import Location
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "png")
-MAX_MEMBER_BYTES = 256 * 2**20  # as jobs.shardio: a larger member is never read
+MAX_MEMBER_BYTES = DEFAULT_MAX_MEMBER_BYTES
 REFUSED = "!refused"  # the parts entry that says why a member was not read
 
 
@@ -95,35 +95,16 @@ def covered(
     return bool((iw * ih / area).max() >= config.min_cover)
 
 
-def _split(name: str) -> tuple[str, str]:
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext
-
-
 def iter_samples(
     fs: fsspec.AbstractFileSystem, path: str
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order.
-
-    A sparse, non-regular or oversized member is not read: ``parts[REFUSED]`` says why.
-    """
-    key, parts = None, {}
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if member.isdir():
-                continue
-            k, ext = _split(member.name)
-            if k != key and key is not None:
-                yield key, parts
-                parts = {}
-            key = k
-            if member.issparse() or not member.isreg() or member.size > MAX_MEMBER_BYTES:
-                parts[REFUSED] = b"tar member is sparse, not a regular file, or over the size cap"
-                continue
-            parts[ext] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, parts
+    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order through
+    the one shard reader (:func:`jobs.shardio.iter_samples`); a member it refuses (sparse, not
+    a regular file, over its cap) is not read and ``parts[REFUSED]`` says why."""
+    with fs.open(path, "rb") as f:
+        for sample in read_samples(f, MAX_MEMBER_BYTES):
+            refused = {REFUSED: sample.refused.encode()} if sample.refused else None
+            yield sample.key, refused or dict(sample.members)
 
 
 def _check(
@@ -131,7 +112,7 @@ def _check(
 ) -> list[Residual] | str:
     if REFUSED in parts:
         return parts[REFUSED].decode()
-    ext = next((e for e in IMAGE_EXTS if e in parts), None)
+    ext = next((e for e in parts if e in IMAGE_MEMBER_EXTS), None)
     if ext is None or "json" not in parts:
         return "sample has no image or no metadata"
     try:

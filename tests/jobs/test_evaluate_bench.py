@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.factories import shared_dir
+
 REPO = Path(__file__).resolve().parents[2]
-SHARED = (
-    Path(os.environ["FACEVEIL_TEST_DATA"]).parent
-    if os.environ.get("FACEVEIL_TEST_DATA")
-    else REPO.parent / "shared"
-)
+SHARED = shared_dir()
 
 
 @pytest.mark.shared

@@ -26,13 +26,11 @@ from anon_core.methods.base import MethodOutput
 from anon_core.pipeline import AnonConfig, FaceAnonymizer
 from jobs.evaluate import EvalConfig, add_eval_command, parse_methods
 from jobs.evaluate.runner import run_eval
+from tests.factories import shared_dir
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
-DATA = Path(
-    os.environ.get("FACEVEIL_TEST_DATA")
-    or Path(__file__).resolve().parents[2].parent / "shared" / "data"
-)
+DATA = shared_dir() / "data"
 MODELS = DATA.parent / "models"
 LFW = DATA / "lfw_dev"
 ATTACKER = MODELS / "mobilefacenet_128d.onnx"
@@ -232,7 +230,6 @@ def test_surrogate_through_its_hook_with_the_same_model_warning(tmp_path, caplog
     """The surrogate row is built by the eval hook (first pass + key); with dlib as both the
     attacker and the surrogate's embedder, the report flags the attacker as not independent."""
     _require_shared()
-    pytest.importorskip("anon_core.surrogate.context", reason="surrogate not written yet")
     by_id = defaultdict(list)
     for row in _rows(LFW / "manifest.csv"):
         by_id[row["identity"]].append(row)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -20,13 +19,9 @@ from anon_core.faces import iou_matrix
 from anon_core.imageio import encode_image
 from anon_core.methods import create
 from jobs.residual_cli import add_audit_faces_command
-from tests.factories import rgb
+from tests.factories import rgb, shared_dir
 
-MODELS = (
-    Path(os.environ["FACEVEIL_TEST_DATA"]).parent / "models"
-    if os.environ.get("FACEVEIL_TEST_DATA")
-    else Path(__file__).resolve().parents[2].parent / "shared" / "models"
-)
+MODELS = shared_dir() / "models"
 
 
 def _tar(samples: dict[str, dict[str, bytes]]) -> bytes:
