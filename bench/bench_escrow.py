@@ -101,6 +101,7 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
     from manifests.custodian import ScryptParams
     from manifests.restore import (
         RequestSpec,
+        approve,
         create_request,
         load_request_key,
         recover_data_keys,
@@ -113,8 +114,6 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
     keys = load_request_key(request, key_file, secret)
     approve_s, approvals = [], []
     for custodian in custodians[:2]:
-        from manifests.restore import approve
-
         started = time.perf_counter()
         approvals.append(approve(request, custodian))
         approve_s.append(time.perf_counter() - started)
@@ -154,8 +153,8 @@ def restore_part(args: argparse.Namespace) -> str:
             "samples restored",
             "request KiB",
             "approval KiB",
-            "approve s / custodian",
-            "apply s",
+            "approve ms / custodian",
+            "apply ms",
             "rows opened",
         ],
         rows,
@@ -170,7 +169,7 @@ def _run_job(
 ) -> tuple[float, float, int]:
     secret = str(workdir / "job.secret")
     command = [sys.executable, "-m", "jobs.cli", "run", str(images), str(out), "--method",
-               "blur", "--secret-file", secret, "--log-format", "json", *escrow_args]  # fmt: skip
+               "blur", "--secret-file", secret, "--no-progress", *escrow_args]  # fmt: skip
     measured = run_measured(command, workdir / out.name, env=env, cwd=REPO)
     if measured.returncode != 0:
         raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
