@@ -153,8 +153,8 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> ShardSour
         log.info("resuming with the plan in %s", target.uri)
         return ShardSources(target, entries)
     log.info("planning %s into %s", config.input, target.uri)
-    planning.write_plan(config.input, target, secret, config.shard_size,
-                        max_member_bytes=config.anon.max_file_bytes)  # fmt: skip
+    reading = sharding.ReadOptions(max_member_bytes=config.anon.max_file_bytes)
+    planning.write_plan(config.input, target, secret, config.shard_size, reading)
     return ShardSources(target, planning.read_plan(target))
 
 
