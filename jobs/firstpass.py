@@ -103,9 +103,12 @@ class FaceCollector:
     def _one(self, task: ShardTask) -> tuple[str, bytes, str]:
         try:
             table = collect_faces(
-                self._images(task), self.detector, self.landmarks, self.embedder,
+                self._images(task),
+                self.detector,
+                self.landmarks,
+                self.embedder,
                 self.max_donor_faces,
-            )  # fmt: skip
+            )
         except ShardFormatError as exc:  # the second pass fails this shard too, and says so
             log.warning("first pass leaves out shard %s: %s", task.shard, exc)
             return task.shard, b"", ""
@@ -172,8 +175,9 @@ def run_first_pass(
         raise FirstPassError("the first pass found no face with reliable landmarks")
     try:
         context = context_from_table(table, attributes=attributes)
-        method = methods.create("surrogate", key=secrets.pseudonym_key, context=context,
-                                **dict(anon.method_options))  # fmt: skip
+        method = methods.create(
+            "surrogate", key=secrets.pseudonym_key, context=context, **dict(anon.method_options)
+        )
     except ValueError as exc:
         raise FirstPassError(f"the surrogate cannot be built from this dataset: {exc}") from None
     info = {
@@ -186,8 +190,12 @@ def run_first_pass(
         "embedder": context.embedder,
         "attribute_probes": [p.name for p in attributes],
     }
-    log.info("first pass: %d faces of %d identities; donor bank %r", len(table),
-             len(context.clusters), context.bank)  # fmt: skip
+    log.info(
+        "first pass: %d faces of %d identities; donor bank %r",
+        len(table),
+        len(context.clusters),
+        context.bank,
+    )
     del method
     return SurrogateSetup(ray.put(seal_object(secrets.transit, context)), info)
 
@@ -195,5 +203,6 @@ def run_first_pass(
 def surrogate_method(anon: AnonConfig, secrets: Secrets, context_ref: ray.ObjectRef):
     """The surrogate method of a second-pass actor, built from the sealed context."""
     context = open_object(secrets.transit, ray.get(context_ref))
-    return methods.create("surrogate", key=secrets.pseudonym_key, context=context,
-                          **dict(anon.method_options))  # fmt: skip
+    return methods.create(
+        "surrogate", key=secrets.pseudonym_key, context=context, **dict(anon.method_options)
+    )

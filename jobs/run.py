@@ -125,8 +125,16 @@ class ShardProcessor:
             return ShardSummary(task.shard, status=ShardStatus.FAILED, error=error)
 
 
-_SUMMARY_COLUMNS = ("shard", "samples_in", "anonymized", "no_face", "quarantined", "faces",
-                    "status", "error")  # fmt: skip
+_SUMMARY_COLUMNS = (
+    "shard",
+    "samples_in",
+    "anonymized",
+    "no_face",
+    "quarantined",
+    "faces",
+    "status",
+    "error",
+)
 
 
 @dataclass(frozen=True)
@@ -145,8 +153,10 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> ShardSour
     if src.exists(sharding.INDEX):
         theirs = src.read_json(sharding.INDEX).get("secret_fingerprint")
         if theirs != secret_fingerprint(secret):
-            raise JobError(f"{src.uri} was sharded with another job secret; pass the same "
-                           "--secret-file that `faceveil shard` used")  # fmt: skip
+            raise JobError(
+                f"{src.uri} was sharded with another job secret; pass the same "
+                "--secret-file that `faceveil shard` used"
+            )
         return ShardSources(src, sharding.read_index(src))
     target = out.child(planning.PLAN_DIR)
     if config.resume and (entries := planning.reusable_plan(target, secret)) is not None:
@@ -164,11 +174,15 @@ def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
     if out.exists(JOB_FILE):
         doc = out.read_json(JOB_FILE)
         if not config.resume:
-            raise JobError(f"{out.uri} already holds job {doc['job_id']}; pass --resume to "
-                           "finish it or choose an empty output")  # fmt: skip
+            raise JobError(
+                f"{out.uri} already holds job {doc['job_id']}; pass --resume to "
+                "finish it or choose an empty output"
+            )
         if doc.get("config_sha256") != config.output_config_sha256():
-            raise JobError(f"{out.uri} holds a job with another config; --resume needs the same "
-                           "method, detector and options")  # fmt: skip
+            raise JobError(
+                f"{out.uri} holds a job with another config; --resume needs the same "
+                "method, detector and options"
+            )
         try:
             return JobManifest.from_json(doc), True
         except (JobFileError, KeyError, TypeError, ValueError) as exc:
@@ -186,8 +200,12 @@ def _versions() -> dict:
 
     from jobs import __version__
 
-    return {"faceveil": __version__, "python": platform.python_version(),
-            "ray": ray.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    return {
+        "faceveil": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> list[ShardTask]:
@@ -205,9 +223,13 @@ def audit_sampler(config: JobConfig):
         return None
     from jobs.evaluate.audit import AuditSampler
 
-    return AuditSampler(config.audit.fraction, seed=config.audit.seed,
-                        attacker=config.audit.attacker, model_root=config.anon.model_root,
-                        keep_originals=config.audit.report_originals)  # fmt: skip
+    return AuditSampler(
+        config.audit.fraction,
+        seed=config.audit.seed,
+        attacker=config.audit.attacker,
+        model_root=config.anon.model_root,
+        keep_originals=config.audit.report_originals,
+    )
 
 
 def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
@@ -225,8 +247,9 @@ def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None
         return config.audit.anchor
     recorded = recorded_anchor(out)
     if config.audit.anchor and config.audit.anchor.rstrip("/") != (recorded or "").rstrip("/"):
-        raise JobError(f"this job's audit log is anchored at {recorded!r}, not at "
-                       f"{config.audit.anchor!r}")  # fmt: skip
+        raise JobError(
+            f"this job's audit log is anchored at {recorded!r}, not at {config.audit.anchor!r}"
+        )
     return recorded
 
 
@@ -238,13 +261,17 @@ def _pseudonym_key(config: JobConfig) -> bytes | None:
         if config.surrogate.key_file:
             raise JobError("--key-file is used by --method surrogate only")
         return None
-    for flag, path in (("--attributes", config.surrogate.attributes),
-                       ("--recognizer", config.anon.recognizer)):  # fmt: skip
+    for flag, path in (
+        ("--attributes", config.surrogate.attributes),
+        ("--recognizer", config.anon.recognizer),
+    ):
         if path and not Path(path).is_file():
             raise JobError(f"{flag} {path} is not a file")
     if not config.surrogate.key_file:
-        raise JobError("--method surrogate needs --key-file, the team's pseudonym key; create "
-                       "one with `faceveil key new team.key` and keep it safe")  # fmt: skip
+        raise JobError(
+            "--method surrogate needs --key-file, the team's pseudonym key; create "
+            "one with `faceveil key new team.key` and keep it safe"
+        )
     return load_key_file(config.surrogate.key_file)
 
 
