@@ -38,7 +38,8 @@ class JobManifest:
     ``--method surrogate``, ``surrogate`` holds the pseudonym key's fingerprint and the first
     pass's public summary. ``totals``, ``shards`` and ``failed`` are recorded when a run ends;
     ``audit`` (with escrow) is the job's audit key and the log's tail at that end, a hint only.
-    Fields left None are not written.
+    Fields left None are not written. The schema is written by ``to_json`` and checked by
+    ``from_json``; it is not a field.
     """
 
     job_id: str
@@ -53,7 +54,6 @@ class JobManifest:
     shards: dict | None = None
     failed: list[dict] | None = None
     audit: dict | None = None
-    schema: str = SCHEMA
 
     @classmethod
     def new(cls, config: dict, config_sha256: str, versions: dict) -> JobManifest:
@@ -82,12 +82,11 @@ class JobManifest:
         schema = doc.get("schema", SCHEMA_V1)
         if schema not in READABLE_SCHEMAS:
             raise JobFileError(f"job.json is of schema {schema!r}, which this release cannot read")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(doc) - known)
+        values = {k: v for k, v in doc.items() if k != "schema"}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise JobFileError(f"job.json has fields its schema {schema} does not: {unknown}")
-        values = {**doc, "schema": SCHEMA, "status": JobStatus(doc["status"])}
-        return cls(**values)
+        return cls(**{**values, "status": JobStatus(values["status"])})
 
     def with_surrogate(self, **record) -> JobManifest:
         """This manifest with ``record`` merged into its surrogate record."""

@@ -346,8 +346,9 @@ class JobRun:
         # refuse missing escrow flags before sharding
         mode = escrow_mode(config.escrow, manifest.escrow_mode, self.resuming)
         self.manifest = replace(manifest, escrow_mode=mode)
-        self.keys = None
-        self.secrets: Secrets | None = None
+        self.keys = None  # JobKeys once open_keys ran, with escrow
+        self._secret = b""  # the job secret, loaded by find_shards
+        self.secrets: Secrets | None = None  # what the actors get, once open_keys ran
 
     def find_shards(self) -> ShardSources:
         """Load the job secret and find the shards (loose images are planned into OUT/plan)."""

@@ -50,3 +50,17 @@ def test_statuses_serialise_as_plain_strings():
 def test_an_unknown_schema_or_field_is_refused(doc):
     with pytest.raises(JobFileError):
         JobManifest.from_json(doc)
+
+
+def test_resume_opens_a_version_1_job_json(tmp_path):
+    from jobs.config import JobConfig
+    from jobs.run import open_job
+    from jobs.storage import Location
+
+    config = JobConfig(str(tmp_path / "in"), str(tmp_path / "out"), resume=True)
+    doc = {**V1, "config": config.output_config(), "config_sha256": config.output_config_sha256()}
+    out = Location(config.output)
+    out.publish_json(doc, "job.json")
+    manifest, resumed = open_job(config, out)
+    assert resumed and manifest == JobManifest.from_json(doc)
+    assert manifest.to_json() == {"schema": SCHEMA, **doc}
