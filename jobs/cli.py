@@ -34,11 +34,11 @@ def _add_shard(sub) -> None:
 
 def _shard(args: argparse.Namespace) -> int:
     from jobs.keyfile import load_secret
-    from jobs.shard import write_shards
+    from jobs.shard import ReadOptions, write_shards
 
     secret = load_secret(args.secret_file)
-    entries = write_shards(args.input, args.output, secret, args.shard_size,
-                           max_member_bytes=args.max_file_bytes)  # fmt: skip
+    reading = ReadOptions(max_member_bytes=args.max_file_bytes)
+    entries = write_shards(args.input, args.output, secret, args.shard_size, reading)
     total = sum(e.samples for e in entries)
     print(f"wrote {len(entries)} shards ({total} samples) and shards.json to {args.output}")
     return 0

@@ -25,10 +25,9 @@ from anon_core.pipeline import AnonConfig, build_embedder
 from anon_core.surrogate.attributes import LinearAttribute
 from anon_core.surrogate.build import surrogate_from_context, surrogate_from_table
 from anon_core.surrogate.context import FaceTable, collect_faces
-from jobs.config import JobConfig
 from jobs.keys import Secrets
 from jobs.progress import BufferedProgress
-from jobs.raypool import actor_device, map_over_shards, shard_tasks
+from jobs.raypool import ActorSpec, actor_device, map_over_shards, shard_tasks
 from jobs.shard import ShardEntry
 from jobs.shardio import ShardFormatError
 from jobs.worker import ShardTask, classify_sample, shard_samples
@@ -61,22 +60,22 @@ def first_pass_entries(entries: list[ShardEntry], limit: int | None) -> list[Sha
 class FaceCollector:
     """Ray Data actor of the first pass: one shard in, its face table (sealed) out."""
 
-    def __init__(self, anon: AnonConfig, max_donor_faces: int, key_holder, counter=None):
+    def __init__(self, spec: ActorSpec):
         import cv2
 
-        cv2.setNumThreads(max(1, anon.threads))
-        anon = replace(anon, device=actor_device(anon.device))
+        cv2.setNumThreads(max(1, spec.anon.threads))
+        anon = replace(spec.anon, device=actor_device(spec.anon.device))
         self.anon = anon
         self.detector = build_detector(
             anon.detector, anon.model_root, anon.threshold, anon.device, anon.threads
         )
         self.landmarks = Dlib68()
         self.embedder = build_embedder(anon)
-        self.max_donor_faces = max_donor_faces
-        secrets = ray.get(key_holder.get.remote())
+        self.max_donor_faces = spec.max_donor_faces
+        secrets = ray.get(spec.key_holder.get.remote())
         self.transit = secrets.transit
         self.secret = secrets.secret  # finds the sources of a planned shard
-        self.progress = BufferedProgress(counter) if counter is not None else None
+        self.progress = BufferedProgress(spec.counter) if spec.counter is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows = [self._one(task) for task in shard_tasks(batch)]
@@ -87,9 +86,12 @@ class FaceCollector:
     def _one(self, task: ShardTask) -> tuple[str, bytes, str]:
         try:
             table = collect_faces(
-                self._images(task), self.detector, self.landmarks, self.embedder,
+                self._images(task),
+                self.detector,
+                self.landmarks,
+                self.embedder,
                 self.max_donor_faces,
-            )  # fmt: skip
+            )
         except ShardFormatError as exc:  # the second pass fails this shard too, and says so
             log.warning("first pass leaves out shard %s: %s", task.shard, exc)
             return task.shard, b"", ""
@@ -140,24 +142,18 @@ def _merge(rows, transit: bytes, limit: int) -> tuple[FaceTable | None, list[str
 
 
 def run_first_pass(
-    config: JobConfig,
     tasks: list[ShardTask],
-    anon: AnonConfig,
-    actors: int,
-    key_holder,
+    spec: ActorSpec,
     secrets: Secrets,
     attributes: tuple[LinearAttribute, ...] = (),
-    counter=None,
 ) -> SurrogateSetup:
-    """Collect faces of ``tasks`` on an actor pool, build the surrogate context on the driver,
-    check that the method can be built from it, and put it (sealed) in the object store."""
-    ds = map_over_shards(tasks, FaceCollector, max(1, min(actors, len(tasks))), config.pool, {
-        "anon": anon,
-        "max_donor_faces": config.surrogate.max_donor_faces,
-        "key_holder": key_holder,
-        "counter": counter,
-    })  # fmt: skip
-    table, left_out = _merge(ds.iter_rows(), secrets.transit, config.surrogate.max_donor_faces)
+    """Collect faces of ``tasks`` on the actor pool ``spec`` (at most one actor per task), build
+    the surrogate context on the driver, check that the method can be built from it, and put it
+    (sealed) in the object store."""
+    anon = spec.anon
+    spec = replace(spec, size=max(1, min(spec.size, len(tasks))))
+    ds = map_over_shards(tasks, FaceCollector, spec)
+    table, left_out = _merge(ds.iter_rows(), secrets.transit, spec.max_donor_faces)
     if table is None or len(table) == 0:
         raise FirstPassError("the first pass found no face with reliable landmarks")
     try:
@@ -176,8 +172,12 @@ def run_first_pass(
         "embedder": context.embedder,
         "attribute_probes": [p.name for p in attributes],
     }
-    log.info("first pass: %d faces of %d identities; donor bank %r", len(table),
-             len(context.clusters), context.bank)  # fmt: skip
+    log.info(
+        "first pass: %d faces of %d identities; donor bank %r",
+        len(table),
+        len(context.clusters),
+        context.bank,
+    )
     del method
     return SurrogateSetup(ray.put(seal_object(secrets.transit, context)), info)
 

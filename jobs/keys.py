@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import ray
 
 from jobs.config import EscrowConfig
+from jobs.jobmanifest import JobManifest
 from jobs.storage import Location
 from manifests.sealing import EpochSealing
 
@@ -89,18 +90,18 @@ def _mode(escrow: EscrowConfig) -> str:
     return chosen[0]
 
 
-def escrow_mode(escrow: EscrowConfig, job: dict, resuming: bool) -> str:
-    """'shamir', 'kms' or 'none', checked against what a resumed job recorded; records it."""
-    recorded = job.get("escrow_mode")
+def escrow_mode(escrow: EscrowConfig, recorded: str | None, resuming: bool) -> str | None:
+    """'shamir', 'kms' or 'none': the flags' choice, checked against ``recorded``, what a resumed
+    job recorded (a resume may give no escrow flags)."""
     given = None if resuming and _nothing_given(escrow) else _mode(escrow)
     if recorded is not None and given is not None and given != recorded:
         raise EscrowRefused(f"this job was run with escrow '{recorded}', not '{given}'")
-    job["escrow_mode"] = recorded or given
-    return job["escrow_mode"]
+    return recorded or given
 
 
-def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
-    """JobKeys for this run, or None without escrow; publishes escrow.json before any sealing.
+def open_keys(escrow: EscrowConfig, out: Location, job: JobManifest, resuming: bool):
+    """JobKeys for this run, or None without escrow (``job.escrow_mode``, from ``escrow_mode``,
+    is 'none'); publishes escrow.json before any sealing.
 
     A resumed job keeps its escrow policy and gets a new key epoch; the policy must be the one
     the job's signed log records (its start entry, or a later reshare or rekey): escrow flags
@@ -110,8 +111,7 @@ def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
     from manifests.escrow import ESCROW_FORMAT, Escrow, escrow_format
     from manifests.jobkeys import JobKeys
 
-    mode = escrow_mode(escrow, job, resuming)
-    if mode == "none":
+    if job.escrow_mode == "none":
         log.warning("no escrow: originals are not sealed and can never be restored")
         return None
     if resuming and out.exists(ESCROW_FILE) and _log_started(out):
@@ -124,13 +124,13 @@ def open_keys(escrow: EscrowConfig, out: Location, job: dict, resuming: bool):
             )
         existing = Escrow.loads(data)
         _check_resume_policy(existing, escrow, out)
-        keys = JobKeys.resume(existing, job["job_id"])
+        keys = JobKeys.resume(existing, job.job_id)
     else:
         # A first run, or one whose job.start was never written: nothing was sealed under an
         # escrow.json that no signed entry vouches for, so it is replaced from the flags.
         if _nothing_given(escrow):
             raise EscrowRefused("the job's log records no escrow policy yet: give the escrow flags")
-        keys = JobKeys.create(job["job_id"], policy_from_flags(escrow))
+        keys = JobKeys.create(job.job_id, policy_from_flags(escrow))
     out.publish_bytes(keys.escrow.dumps(), ESCROW_FILE)
     return keys
 

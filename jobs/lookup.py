@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import fsspec
 import pyarrow.parquet as pq
@@ -23,7 +24,14 @@ from manifests.jobsecret import sample_key, secret_fingerprint
 
 log = logging.getLogger(__name__)
 
-ANONYMIZED, QUARANTINED, ABSENT = "anonymized", "quarantined", "not in this job"
+
+class LookupStatus(StrEnum):
+    """Where a looked-up sample is: in ``data/``, in quarantine, or in none of the job's
+    finished shards."""
+
+    ANONYMIZED = "anonymized"
+    QUARANTINED = "quarantined"
+    ABSENT = "not in this job"
 
 
 class JobLookupError(ValueError):
@@ -36,7 +44,7 @@ class Lookup:
 
     given: str
     key: str
-    status: str
+    status: LookupStatus
     shard: str = ""
     stage: str = ""
     reason: str = ""
@@ -104,12 +112,12 @@ def lookup(out: Location, secret: bytes, given: list[str]) -> list[Lookup]:
     for item in given:
         key = sample_key(secret, normalise_uri(item))
         if key in index.anonymized:
-            found.append(Lookup(item, key, ANONYMIZED, index.anonymized[key]))
+            found.append(Lookup(item, key, LookupStatus.ANONYMIZED, index.anonymized[key]))
         elif key in index.quarantined:
             shard, stage, reason = index.quarantined[key]
-            found.append(Lookup(item, key, QUARANTINED, shard, stage, reason))
+            found.append(Lookup(item, key, LookupStatus.QUARANTINED, shard, stage, reason))
         else:
-            found.append(Lookup(item, key, ABSENT))
+            found.append(Lookup(item, key, LookupStatus.ABSENT))
     log.info("looked up %d samples: %d not in this job", len(found),
-             sum(f.status == ABSENT for f in found))  # fmt: skip
+             sum(f.status == LookupStatus.ABSENT for f in found))  # fmt: skip
     return found

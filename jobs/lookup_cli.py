@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.lookup import ABSENT, QUARANTINED, lookup
+from jobs.lookup import LookupStatus, lookup
 
 
 def _lookup(args: argparse.Namespace) -> int:
@@ -14,10 +14,10 @@ def _lookup(args: argparse.Namespace) -> int:
     results = lookup(Location(args.out), load_secret(args.secret_file), args.sources)
     for r in results:
         where = f"{r.status} ({r.shard})" if r.shard else r.status
-        if r.status == QUARANTINED:
+        if r.status == LookupStatus.QUARANTINED:
             where += f": {r.stage}: {r.reason}"
         print(f"{r.given}\t{r.key}\t{where}")
-    return 1 if any(r.status == ABSENT for r in results) else 0
+    return 1 if any(r.status == LookupStatus.ABSENT for r in results) else 0
 
 
 def add_lookup_command(sub) -> None:

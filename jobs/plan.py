@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import fsspec
 
 from jobs import shard as sharding
-from jobs.shard import ShardEntry, Source, shard_name
-from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, RawSample, ShardFormatError
+from jobs.shard import ReadOptions, ShardEntry, Source, shard_name
+from jobs.shardio import RawSample, ShardFormatError
 from jobs.storage import Location, RetryPolicy
 from manifests.canonical import canonical_json
 from manifests.jobsecret import open_check, sample_key, seal_check, seal_uri, secret_fingerprint
@@ -107,17 +107,17 @@ def write_plan(
     out: Location,
     secret: bytes,
     shard_size: int = 1000,
-    threads: int = 8,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    reading: ReadOptions | None = None,
 ) -> list[PlanEntry]:
     """Plan ``input_uri`` into ``out`` (the plan folder): one plan file per shard, index last.
 
     Every source is read once here for its size and sha256; nothing of it is written. A source
-    over ``max_member_bytes`` is not read: the plan records its refusal.
+    over ``reading.max_member_bytes`` is not read: the plan records its refusal.
     """
+    reading = reading or ReadOptions()
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
-    sources = sharding.list_sources(input_uri, max_member_bytes)
+    sources = sharding.list_sources(input_uri, reading.max_member_bytes)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     glob = sharding._is_glob(input_uri)
@@ -126,7 +126,7 @@ def write_plan(
     for index, start in enumerate(range(0, len(sources), shard_size)):
         chunk = sources[start : start + shard_size]
         entry = PlanEntry(shard_name(index), len(chunk), "", 0)
-        data = canonical_json(_plan_doc(src_loc, entry.shard, chunk, secret, threads))
+        data = canonical_json(_plan_doc(src_loc, entry.shard, chunk, secret, reading.threads))
         out.publish_bytes(data, entry.file)
         entries.append(PlanEntry(entry.shard, len(chunk), hashlib.sha256(data).hexdigest(),
                                  len(data)))  # fmt: skip

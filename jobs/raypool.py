@@ -6,9 +6,11 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import ray
 
+from anon_core.pipeline import AnonConfig
 from jobs.config import PoolConfig
 from jobs.worker import ShardTask
 
@@ -141,10 +143,32 @@ def actor_device(requested: str) -> str:
 TASK_COLUMNS = ("shard", "uri", "samples", "sha256")
 
 
-def map_over_shards(tasks: list[ShardTask], actor: type, actors: int, pool: PoolConfig,
-                    kwargs: dict) -> ray.data.Dataset:  # fmt: skip
-    """Ray Data over ``tasks``, one shard per row and block, mapped by ``actors`` instances of
-    ``actor`` (built with ``kwargs``), each holding the pool's CPUs and GPUs."""
+@dataclass(frozen=True)
+class ActorSpec:
+    """A pool of Ray Data actors for ``map_over_shards``: ``size`` instances, each holding
+    ``pool``'s CPUs and GPUs and built from this spec, its one constructor argument.
+
+    Every actor runs ``anon`` (device and threads chosen by the driver), fetches the Secrets from
+    ``key_holder`` and reports progress to ``counter`` (None: no progress). Second-pass actors
+    (``ShardProcessor``) publish into ``out_uri``, feed ``observer`` (the in-job audit sampler)
+    and, with the surrogate, build it from ``surrogate_context``; first-pass actors
+    (``FaceCollector``) keep up to ``max_donor_faces`` donor candidates.
+    """
+
+    anon: AnonConfig
+    key_holder: object
+    pool: PoolConfig
+    size: int = 1
+    counter: object = None
+    out_uri: str = ""
+    observer: object = None
+    surrogate_context: object = None
+    max_donor_faces: int = 1024
+
+
+def map_over_shards(tasks: list[ShardTask], actor: type, spec: ActorSpec) -> ray.data.Dataset:
+    """Ray Data over ``tasks``, one shard per row and block, mapped by the pool ``spec`` of
+    ``actor`` instances."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -153,10 +177,10 @@ def map_over_shards(tasks: list[ShardTask], actor: type, actors: int, pool: Pool
     return ds.map_batches(
         actor,
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=pool.cpus_per_actor,
-        num_gpus=pool.gpus_per_actor or None,
-        fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(size=spec.size),
+        num_cpus=spec.pool.cpus_per_actor,
+        num_gpus=spec.pool.gpus_per_actor or None,
+        fn_constructor_args=(spec,),
     )
 
 

@@ -15,7 +15,14 @@ import json
 import logging
 from collections.abc import Mapping
 
-from jobs.restore import REKEY_DIR, iter_images, load_checked, manifest_names, open_v2_row
+from jobs.restore import (
+    REKEY_DIR,
+    RestoreContext,
+    iter_images,
+    load_checked,
+    manifest_names,
+    open_v2_row,
+)
 from jobs.storage import Location
 from manifests.envelope import EMPTY_SHA256, PayloadKind
 from manifests.escrow import Escrow, KmsClient
@@ -26,22 +33,21 @@ log = logging.getLogger(__name__)
 
 
 def stage_rekey(
-    out: Location,
-    escrow: Escrow,
+    ctx: RestoreContext,
     data_keys: Mapping[tuple[str, str], bytes],
     new_escrow: Escrow,
-    commitments: Mapping[str, list[dict]],
     kms: KmsClient | None = None,
 ) -> dict:
     """Re-seal every manifest under ``new_escrow``'s one epoch into ``_rekey/``; returns the plan
     (per manifest: old and new sha256 and the new commitment)."""
+    out, escrow = ctx.out, ctx.escrow
     sealing = epoch_sealing(new_escrow, new_escrow.escrow_ids[0])
     if out.exists(REKEY_DIR):
         out.fs.rm(out.path(REKEY_DIR), recursive=True)
     plan: dict = {"new_escrow_id": sealing.escrow_id, "manifests": {}}
     for shard in manifest_names(out):
         old_bytes = out.read_bytes("keys", f"{shard}.parquet")
-        manifest = load_checked(out, shard, escrow, commitments)
+        manifest = load_checked(out, shard, escrow, ctx.commitments)
         sealer = ShardSealer(sealing.shard_keys(shard, kms), shard)
         shas = {k: hashlib.sha256(data).hexdigest() for k, _, data in iter_images(out, shard)}
         for row in manifest.rows:

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -47,6 +48,17 @@ REKEY_DIR = "_rekey"
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Entries that fix a shard's row list: the job's own, and a rekey's (which re-seals every row).
 COMMITTING_ACTIONS = ("job.manifests", "escrow.rekey")
+
+
+@dataclass(frozen=True)
+class RestoreContext:
+    """What opening a job's sealed originals works against: its output tree, its escrow, and the
+    row-list commitments its signed log records (per manifest), which each manifest opened must
+    match."""
+
+    out: Location
+    escrow: Escrow
+    commitments: Mapping[str, list[dict]]
 
 
 def read_escrow(out: Location) -> Escrow:
@@ -261,23 +273,22 @@ def rebuild(
 
 
 def restore_samples(
-    out: Location,
-    escrow: Escrow,
+    ctx: RestoreContext,
     refs: list[SampleRef],
     data_keys: Mapping[tuple[str, str], bytes],
-    commitments: Mapping[str, list[dict]],
     staging: Path,
 ) -> dict[str, tuple[str, str]]:
     """Open and rebuild exactly ``refs`` into ``staging``; key -> (file name, source URI).
 
     Each manifest touched must match the row list the job signed.
     """
+    out, escrow = ctx.out, ctx.escrow
     by_shard: dict[str, list[SampleRef]] = {}
     for ref in refs:
         by_shard.setdefault(ref.shard, []).append(ref)
     restored = {}
     for shard, shard_refs in sorted(by_shard.items()):
-        manifest = load_checked(out, shard, escrow, commitments)
+        manifest = load_checked(out, shard, escrow, ctx.commitments)
         keys = {ref.key for ref in shard_refs}
         rows: dict[str, list[KeyRow]] = {}
         for row in manifest.rows:

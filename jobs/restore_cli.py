@@ -34,6 +34,7 @@ from jobs.auditlog import verify_tree
 from jobs.rekey import mark_complete, publish_rekey, stage_rekey
 from jobs.restore import (
     REKEY_DIR,
+    RestoreContext,
     is_legacy,
     kms_data_keys,
     log_entries,
@@ -440,10 +441,11 @@ def _open_request(args: argparse.Namespace, out: Location, purpose: str):
     return escrow, request, keys, approvals
 
 
-def _data_keys(args, out, escrow, request, keys, approvals, commitments):
+def _data_keys(args, ctx: RestoreContext, request, keys, approvals):
+    escrow = ctx.escrow
     if escrow.scheme == "kms":
         client = make_kms_client(escrow.policy.key_arn, args.kms_endpoint)
-        return kms_data_keys(out, escrow, request.samples, client), []
+        return kms_data_keys(ctx.out, escrow, request.samples, client), []
     return recover_data_keys(escrow, request, keys, approvals, request.purpose), approvals
 
 
@@ -457,7 +459,8 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
         return restore_legacy.cmd_apply(args)
     commitments = signed_commitments(_verified_entries(out))
     escrow, request, keys, approvals = _open_request(args, out, "restore")
-    data_keys, used = _data_keys(args, out, escrow, request, keys, approvals, commitments)
+    ctx = RestoreContext(out, escrow, commitments)
+    data_keys, used = _data_keys(args, ctx, request, keys, approvals)
     if used:
         _record_approvals(out, escrow, request, keys, used)
     else:
@@ -470,9 +473,7 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
     try:
-        restored = restore_samples(
-            out, escrow, list(request.samples), data_keys, commitments, staging
-        )
+        restored = restore_samples(ctx, list(request.samples), data_keys, staging)
         details["restored"] = len(restored)
         tail = append_audit(out, writer, "restore.apply", details)
         publish_restored(staging, dest, restored)
@@ -558,14 +559,15 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
     commitments = signed_commitments(_verified_entries(out))
     escrow, request, keys, approvals = _open_request(args, out, "rekey")
     _check_named_policy(args, request)
-    data_keys, used = _data_keys(args, out, escrow, request, keys, approvals, commitments)
+    ctx = RestoreContext(out, escrow, commitments)
+    data_keys, used = _data_keys(args, ctx, request, keys, approvals)
     new_escrow = create_escrow(escrow.job_id, request.new_policy)
     kms = (
         make_kms_client(new_escrow.policy.key_arn, args.kms_endpoint)
         if isinstance(new_escrow.policy, KmsPolicy)
         else None
     )
-    plan = stage_rekey(out, escrow, data_keys, new_escrow, commitments, kms)
+    plan = stage_rekey(ctx, data_keys, new_escrow, kms)
     if used:
         _record_approvals(out, escrow, request, keys, used)
     else:

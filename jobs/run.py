@@ -20,14 +20,16 @@ import ray
 
 from anon_core.accel import select_backend
 from anon_core.detectors import build_detector
-from anon_core.pipeline import AnonConfig, FaceAnonymizer, build_embedder
+from anon_core.pipeline import FaceAnonymizer, build_embedder
 from jobs import plan as planning
 from jobs import shard as sharding
 from jobs.config import JobConfig
-from jobs.keys import hold_secrets
+from jobs.jobmanifest import JOB_FILE, JobFileError, JobManifest, JobStatus
+from jobs.keys import Secrets, hold_secrets
 from jobs.privacy_sample import privacy_sampler
 from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
 from jobs.raypool import (
+    ActorSpec,
     actor_device,
     connect,
     map_over_shards,
@@ -37,12 +39,10 @@ from jobs.raypool import (
 )
 from jobs.shardio import ShardFormatError
 from jobs.storage import Location
-from jobs.worker import ShardSummary, ShardTask, process_shard
+from jobs.worker import ShardOptions, ShardStatus, ShardSummary, ShardTask, process_shard
 from manifests.jobsecret import secret_fingerprint
 
 log = logging.getLogger(__name__)
-
-JOB_FILE = "job.json"
 
 
 class JobError(RuntimeError):
@@ -78,26 +78,30 @@ class JobSummary:
 class ShardProcessor:
     """Ray Data actor: loads models once, then processes whole shards one row at a time."""
 
-    def __init__(self, anon: AnonConfig, out_uri: str, batch_size: int, counter, key_holder,
-                 observer=None, surrogate_context=None):  # fmt: skip
+    def __init__(self, spec: ActorSpec):
         import cv2
 
-        cv2.setNumThreads(max(1, anon.threads))
-        anon = replace(anon, device=actor_device(anon.device))
+        cv2.setNumThreads(max(1, spec.anon.threads))
+        anon = replace(spec.anon, device=actor_device(spec.anon.device))
         self.node = ray.get_runtime_context().get_node_id()
-        self.secrets = ray.get(key_holder.get.remote())
-        if surrogate_context is not None:
+        self.secrets = ray.get(spec.key_holder.get.remote())
+        if spec.surrogate_context is not None:
             from jobs.firstpass import surrogate_method
 
-            method = surrogate_method(anon, self.secrets, surrogate_context)
+            method = surrogate_method(anon, self.secrets, spec.surrogate_context)
             self.anonymizer = FaceAnonymizer(anon, method=method)  # per-face work runs on CPU
         else:
             self.anonymizer = select_backend(anon)  # the accelerated path when device is cuda
-        self.out = Location(out_uri)
-        self.batch_size = batch_size
-        self.max_file_bytes = anon.max_file_bytes
-        self.progress = BufferedProgress(counter)
-        self.observer = observer  # the in-job privacy sampler, or None
+        self.out = Location(spec.out_uri)
+        self.progress = BufferedProgress(spec.counter)
+        self.observer = spec.observer  # the in-job privacy sampler, or None
+        self.options = ShardOptions(
+            batch_size=spec.pool.batch_size,
+            secret=self.secrets.secret,
+            max_member_bytes=anon.max_file_bytes,
+            observer=self.observer,
+            progress=self.progress,
+        )
         self.actor_id = uuid.uuid4().hex
         log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
 
@@ -105,6 +109,7 @@ class ShardProcessor:
         rows = [self._one(task) for task in shard_tasks(batch)]
         self.progress.flush()
         out = {k: [getattr(r, k) for r in rows] for k in _SUMMARY_COLUMNS}
+        out["status"] = [str(status) for status in out["status"]]  # a plain string column
         # The privacy summary is cumulative per actor: the driver keeps each actor's latest.
         audit = json.dumps(self.observer.summary()) if self.observer is not None else ""
         out.update(actor=[self.actor_id] * len(rows), audit=[audit] * len(rows))
@@ -112,25 +117,36 @@ class ShardProcessor:
 
     def _one(self, task: ShardTask) -> ShardSummary:
         sealer = self.secrets.sealer(task.shard)
+        options = self.options.for_marker(input_sha256=task.sha256, node=self.node)
         try:
-            return process_shard(
-                task, self.anonymizer, self.out, self.batch_size, sealer,
-                observer=self.observer,
-                progress=self.progress,
-                marker_extra={"input_sha256": task.sha256, "node": self.node},
-                secret=self.secrets.secret,
-                max_member_bytes=self.max_file_bytes,
-            )  # fmt: skip
+            return process_shard(task, self.anonymizer, self.out, sealer, options)
         except (ShardFormatError, OSError, RuntimeError, ValueError) as exc:
             log.error("shard %s failed: %s", task.shard, exc)
-            return ShardSummary(task.shard, status="failed", error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            return ShardSummary(task.shard, status=ShardStatus.FAILED, error=error)
 
 
-_SUMMARY_COLUMNS = ("shard", "samples_in", "anonymized", "no_face", "quarantined", "faces",
-                    "status", "error")  # fmt: skip
+_SUMMARY_COLUMNS = (
+    "shard",
+    "samples_in",
+    "anonymized",
+    "no_face",
+    "quarantined",
+    "faces",
+    "status",
+    "error",
+)
 
 
-def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Location, list]:
+@dataclass(frozen=True)
+class ShardSources:
+    """Where a job's shards are (a sharded input, or OUT/plan) and their index entries."""
+
+    location: Location
+    entries: list
+
+
+def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> ShardSources:
     """Shards of a sharded input as they are; loose images are planned into OUT/plan (shard lists
     of sealed URIs: the actors read each source in place, no copy is written). ``--resume``
     reuses a complete plan made with the same secret instead of listing the input again."""
@@ -138,41 +154,46 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> tuple[Loc
     if src.exists(sharding.INDEX):
         theirs = src.read_json(sharding.INDEX).get("secret_fingerprint")
         if theirs != secret_fingerprint(secret):
-            raise JobError(f"{src.uri} was sharded with another job secret; pass the same "
-                           "--secret-file that `faceveil shard` used")  # fmt: skip
-        return src, sharding.read_index(src)
+            raise JobError(
+                f"{src.uri} was sharded with another job secret; pass the same "
+                "--secret-file that `faceveil shard` used"
+            )
+        return ShardSources(src, sharding.read_index(src))
     target = out.child(planning.PLAN_DIR)
     if config.resume and (entries := planning.reusable_plan(target, secret)) is not None:
         log.info("resuming with the plan in %s", target.uri)
-        return target, entries
+        return ShardSources(target, entries)
     log.info("planning %s into %s", config.input, target.uri)
-    planning.write_plan(config.input, target, secret, config.shard_size,
-                        max_member_bytes=config.anon.max_file_bytes)  # fmt: skip
-    return target, planning.read_plan(target)
+    reading = sharding.ReadOptions(max_member_bytes=config.anon.max_file_bytes)
+    planning.write_plan(config.input, target, secret, config.shard_size, reading)
+    return ShardSources(target, planning.read_plan(target))
 
 
-def open_job(config: JobConfig, out: Location) -> dict:
-    """Start job.json, or on --resume reuse it after checking the config is the same."""
+def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
+    """A new job's manifest, or on --resume the recorded one after checking the config is the
+    same; and whether the job is resumed. Nothing is written."""
     if out.exists(JOB_FILE):
-        job = out.read_json(JOB_FILE)
+        doc = out.read_json(JOB_FILE)
         if not config.resume:
-            raise JobError(f"{out.uri} already holds job {job['job_id']}; pass --resume to "
-                           "finish it or choose an empty output")  # fmt: skip
-        if job.get("config_sha256") != config.output_config_sha256():
-            raise JobError(f"{out.uri} holds a job with another config; --resume needs the same "
-                           "method, detector and options")  # fmt: skip
-        return {**job, "_resumed": True}
+            raise JobError(
+                f"{out.uri} already holds job {doc['job_id']}; pass --resume to "
+                "finish it or choose an empty output"
+            )
+        if doc.get("config_sha256") != config.output_config_sha256():
+            raise JobError(
+                f"{out.uri} holds a job with another config; --resume needs the same "
+                "method, detector and options"
+            )
+        try:
+            return JobManifest.from_json(doc), True
+        except (JobFileError, KeyError, TypeError, ValueError) as exc:
+            raise JobError(f"{out.uri}/{JOB_FILE} cannot be resumed: {exc}") from None
     if out.listdir("_done"):
         raise JobError(f"{out.uri} has shard markers but no job.json; choose an empty output")
-    job = {
-        "job_id": uuid.uuid4().hex,
-        "created": time.time(),
-        "status": "running",
-        "config": config.output_config(),
-        "config_sha256": config.output_config_sha256(),
-        "versions": _versions(),
-    }
-    return job
+    manifest = JobManifest.new(
+        config.output_config(), config.output_config_sha256(), versions=_versions()
+    )
+    return manifest, False
 
 
 def _versions() -> dict:
@@ -180,8 +201,12 @@ def _versions() -> dict:
 
     from jobs import __version__
 
-    return {"faceveil": __version__, "python": platform.python_version(),
-            "ray": ray.__version__, "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    return {
+        "faceveil": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> list[ShardTask]:
@@ -193,80 +218,10 @@ def pending_tasks(src: Location, entries: list, out: Location, resume: bool) -> 
     ]
 
 
-def _execute(tasks: list[ShardTask], config: JobConfig, anon: AnonConfig, actors: int,
-             counter, key_holder, summary: JobSummary, observer=None,
-             surrogate_context=None) -> None:  # fmt: skip
-    """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
-    ds = map_over_shards(tasks, ShardProcessor, actors, config.pool, {
-        "anon": anon,
-        "out_uri": config.output,
-        "batch_size": config.pool.batch_size,
-        "counter": counter,
-        "key_holder": key_holder,
-        "observer": observer,
-        "surrogate_context": surrogate_context,
-    })  # fmt: skip
-    audits: dict[str, dict] = {}
-    for row in ds.iter_rows():
-        if row["audit"]:
-            audits[row["actor"]] = json.loads(row["audit"])
-        if row["status"] == "failed":
-            summary.failed.append({"shard": row["shard"], "error": row["error"]})
-            continue
-        summary.shards_done += 1
-        summary.samples_in += row["samples_in"]
-        summary.samples_out += row["anonymized"] + row["no_face"]
-        summary.quarantined += row["quarantined"]
-        summary.faces += row["faces"]
-    if observer is not None and audits:
-        from jobs.privacy_report import write_privacy_report
-
-        write_privacy_report(f"{config.output.rstrip('/')}/report", list(audits.values()),
-                             keep_originals=config.audit.report_originals)  # fmt: skip
-
-
 def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
     while not stop.wait(0.5):
         display.update(*ray.get(counter.get.remote()))
     display.update(*ray.get(counter.get.remote()))
-
-
-def run_job(config: JobConfig) -> JobSummary:
-    """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
-    from jobs.auditlog import log_started
-    from jobs.keyfile import load_secret
-    from jobs.keys import Secrets, audit, escrow_mode, open_keys
-
-    started = time.monotonic()
-    out = Location(config.output)
-    pseudonym_key = _pseudonym_key(config)
-    job = open_job(config, out)  # checks only: nothing is written before sharding succeeds
-    resuming = job.pop("_resumed", False)
-    _record_key(job, pseudonym_key)
-    escrow_mode(config.escrow, job, resuming)  # refuse missing escrow flags before sharding
-    secret = load_secret(config.secret_file)
-    src, entries = resolve_shards(config, out, secret)
-    keys = open_keys(config.escrow, out, job, resuming)
-    out.publish_json(job, JOB_FILE)
-    tasks = pending_tasks(src, entries, out, config.resume)
-    summary = JobSummary(job["job_id"], len(entries), shards_skipped=len(entries) - len(tasks))
-    if keys is not None:
-        started = log_started(out)  # a run whose job.start failed wrote no entry
-        anchor = _audit_anchor(config, out, started)
-        details = {**keys.start_details(), "resumed": resuming, "shards_to_do": len(tasks),
-                   "audit_anchor": anchor}  # fmt: skip
-        audit(out, keys, "job.resume" if started else "job.start", details, anchor)
-    elif config.audit.anchor:
-        raise JobError("--audit-anchor anchors the signed audit log, which a run without "
-                       "escrow does not write")  # fmt: skip
-    transit = os.urandom(32) if pseudonym_key is not None else None
-    secrets = Secrets(secret, keys.sealing if keys is not None else None, pseudonym_key, transit)
-    try:
-        _process(config, tasks, secrets, summary, job, (src, entries))
-    finally:
-        summary.seconds = time.monotonic() - started
-        _finish_job(out, job, summary, keys)
-    return summary
 
 
 def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None:
@@ -278,8 +233,9 @@ def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None
         return config.audit.anchor
     recorded = recorded_anchor(out)
     if config.audit.anchor and config.audit.anchor.rstrip("/") != (recorded or "").rstrip("/"):
-        raise JobError(f"this job's audit log is anchored at {recorded!r}, not at "
-                       f"{config.audit.anchor!r}")  # fmt: skip
+        raise JobError(
+            f"this job's audit log is anchored at {recorded!r}, not at {config.audit.anchor!r}"
+        )
     return recorded
 
 
@@ -291,81 +247,18 @@ def _pseudonym_key(config: JobConfig) -> bytes | None:
         if config.surrogate.key_file:
             raise JobError("--key-file is used by --method surrogate only")
         return None
-    for flag, path in (("--attributes", config.surrogate.attributes),
-                       ("--recognizer", config.anon.recognizer)):  # fmt: skip
+    for flag, path in (
+        ("--attributes", config.surrogate.attributes),
+        ("--recognizer", config.anon.recognizer),
+    ):
         if path and not Path(path).is_file():
             raise JobError(f"{flag} {path} is not a file")
     if not config.surrogate.key_file:
-        raise JobError("--method surrogate needs --key-file, the team's pseudonym key; create "
-                       "one with `faceveil key new team.key` and keep it safe")  # fmt: skip
+        raise JobError(
+            "--method surrogate needs --key-file, the team's pseudonym key; create "
+            "one with `faceveil key new team.key` and keep it safe"
+        )
     return load_key_file(config.surrogate.key_file)
-
-
-def _record_key(job: dict, key: bytes | None) -> None:
-    """Record the pseudonym key's fingerprint; a resumed job must use the same key."""
-    from jobs.firstpass import key_fingerprint
-
-    if key is None:
-        return
-    found = key_fingerprint(key)
-    recorded = job.get("surrogate", {}).get("key_fingerprint")
-    if recorded is not None and recorded != found:
-        raise JobError(f"this job's surrogates were made with another key (fingerprint "
-                       f"{recorded}, this --key-file has {found}); resume with that "
-                       "key")  # fmt: skip
-    job["surrogate"] = {**job.get("surrogate", {}), "key_fingerprint": found}
-
-
-def _surrogate_setup(config: JobConfig, sources, anon: AnonConfig, actors: int, holder,
-                     secrets, job: dict):  # fmt: skip
-    """Run the first pass over (a sample of) every shard, done or not, so a resumed job gets
-    the same identities and donors; records its summary in ``job``."""
-    from anon_core.surrogate.build import attribute_probes
-    from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
-
-    src, entries = sources
-    chosen = first_pass_entries(entries, config.surrogate.first_pass_shards)
-    tasks = pending_tasks(src, chosen, Location(config.output), resume=False)
-    log.info("surrogate first pass over %d of %d shards", len(tasks), len(entries))
-    try:
-        probes = ()
-        if config.surrogate.attributes:
-            cpu = replace(anon, device="cpu")
-            detector = build_detector(cpu.detector, cpu.model_root, cpu.threshold, "cpu")
-            probes = attribute_probes(config.surrogate.attributes, detector, build_embedder(cpu))
-        with _live_progress(config, sum(t.samples for t in tasks), "first pass") as counter:
-            setup = run_first_pass(config, tasks, anon, actors, holder, secrets, probes, counter)
-    except FirstPassError as exc:
-        raise JobError(str(exc)) from None
-    job["surrogate"]["first_pass"] = setup.info
-    return setup.context
-
-
-def _process(config: JobConfig, tasks: list[ShardTask], secrets, summary: JobSummary,
-             job: dict, sources) -> None:  # fmt: skip
-    """Start or join Ray, size the pool, and process ``tasks`` with a live progress display
-    (after the surrogate's first pass, which has a display of its own)."""
-    if not tasks:
-        return
-    we_started = connect(config.address)
-    try:
-        resources = wait_for_resources(config.pool, joined=not we_started)
-        pool = size_pool(config.pool, resources)
-        device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
-        anon = replace(config.anon, device=device,
-                       threads=max(1, int(config.pool.cpus_per_actor)))  # fmt: skip
-        holder = hold_secrets(secrets)
-        context = None
-        if secrets.pseudonym_key is not None:
-            context = _surrogate_setup(config, sources, anon, pool, holder, secrets, job)
-        actors = min(pool, len(tasks))
-        log.info("processing %d shards on %d actors (%s)", len(tasks), actors, device)
-        with _live_progress(config, sum(t.samples for t in tasks), "anonymize") as counter:
-            _execute(tasks, config, anon, actors, counter, holder, summary,
-                     privacy_sampler(config), context)  # fmt: skip
-    finally:
-        if we_started:
-            ray.shutdown()
 
 
 @contextmanager
@@ -384,28 +277,231 @@ def _live_progress(config: JobConfig, total: int, stage: str) -> Iterator:
         display.close()
 
 
-def _finish_job(out: Location, job: dict, summary: JobSummary, keys) -> None:
-    """Record totals in job.json (and the audit tail with escrow); raise if shards failed."""
-    from jobs.keys import audit
+def _record_key(job: JobManifest, key: bytes | None) -> JobManifest:
+    """Record the pseudonym key's fingerprint; a resumed job must use the same key."""
+    from jobs.firstpass import key_fingerprint
 
-    markers = [out.read_json("_done", n) for n in out.listdir("_done") if n.endswith(".json")]
-    totals = {k: sum(m[k] for m in markers)
-              for k in ("samples_in", "anonymized", "no_face", "quarantined", "faces")}  # fmt: skip
-    complete = not summary.failed and len(markers) == summary.shards_total
-    job.update(status="complete" if complete else "incomplete", totals=totals,
-               shards={"total": summary.shards_total, "done": len(markers)},
-               failed=summary.failed)  # fmt: skip
-    if keys is not None:
-        sealed = {m["shard"].removesuffix(".tar"): m["manifest"] for m in markers
-                  if m.get("escrow_id") == keys.escrow_id}  # fmt: skip
-        audit(out, keys, "job.manifests", {"escrow_id": keys.escrow_id, "manifests": sealed})
-        details = {"status": job["status"], "totals": totals, "failed_shards": len(summary.failed)}
-        tail = audit(out, keys, "job.end", details)
-        summary.audit_key_id, summary.audit_tail = keys.audit.signer, str(tail)
-        job.update(keys.job_json_fields(tail))
-    out.publish_json(job, JOB_FILE)
-    if summary.failed:
-        names = ", ".join(f["shard"] for f in summary.failed[:10])
-        raise JobError(f"{len(summary.failed)} shards failed ({names}; first: "
-                       f"{summary.failed[0]['error']}); fix the cause and rerun "
-                       "with --resume: done shards are kept")  # fmt: skip
+    if key is None:
+        return job
+    found = key_fingerprint(key)
+    recorded = (job.surrogate or {}).get("key_fingerprint")
+    if recorded is not None and recorded != found:
+        raise JobError(
+            f"this job's surrogates were made with another key (fingerprint "
+            f"{recorded}, this --key-file has {found}); resume with that "
+            "key"
+        )
+    return job.with_surrogate(key_fingerprint=found)
+
+
+def run_job(config: JobConfig) -> JobSummary:
+    """Run (or resume) a whole job; returns its summary, raises JobError if any shard failed."""
+    started = time.monotonic()
+    run = JobRun(config)  # checks only: nothing is written before sharding succeeds
+    sources = run.find_shards()
+    run.open_keys()
+    tasks = pending_tasks(sources.location, sources.entries, run.out, config.resume)
+    total = len(sources.entries)
+    summary = JobSummary(run.manifest.job_id, total, shards_skipped=total - len(tasks))
+    run.log_start(len(tasks))
+    try:
+        run.process(tasks, sources, summary)
+    finally:
+        summary.seconds = time.monotonic() - started
+        run.finish(summary)
+    return summary
+
+
+class JobRun:
+    """One run (or resume) of a job. It owns the output Location, the typed JobManifest (what
+    job.json holds), the job's keys (JobKeys: the escrow's public sealing values and this run's
+    audit signer; None without escrow) and the Secrets the actors get through a KeyHolder.
+
+    Building it only checks (the pseudonym key, job.json on resume, the escrow flags): nothing
+    is written before ``find_shards`` succeeds.
+    """
+
+    def __init__(self, config: JobConfig):
+        from jobs.keys import escrow_mode
+
+        self.config = config
+        self.out = Location(config.output)
+        self.pseudonym_key = _pseudonym_key(config)
+        manifest, self.resuming = open_job(config, self.out)
+        manifest = _record_key(manifest, self.pseudonym_key)
+        # refuse missing escrow flags before sharding
+        mode = escrow_mode(config.escrow, manifest.escrow_mode, self.resuming)
+        self.manifest = replace(manifest, escrow_mode=mode)
+        self.keys = None  # JobKeys once open_keys ran, with escrow
+        self._secret = b""  # the job secret, loaded by find_shards
+        self.secrets: Secrets | None = None  # what the actors get, once open_keys ran
+
+    def find_shards(self) -> ShardSources:
+        """Load the job secret and find the shards (loose images are planned into OUT/plan)."""
+        from jobs.keyfile import load_secret
+
+        self._secret = load_secret(self.config.secret_file)
+        return resolve_shards(self.config, self.out, self._secret)
+
+    def open_keys(self) -> None:
+        """Open the escrow (escrow.json is published before anything is sealed), publish
+        job.json, and gather the actors' Secrets."""
+        from jobs.keys import open_keys
+
+        self.keys = open_keys(self.config.escrow, self.out, self.manifest, self.resuming)
+        self.publish()
+        sealing = self.keys.sealing if self.keys is not None else None
+        transit = os.urandom(32) if self.pseudonym_key is not None else None
+        self.secrets = Secrets(self._secret, sealing, self.pseudonym_key, transit)
+
+    def publish(self) -> None:
+        """Write the manifest to OUT/job.json."""
+        self.out.publish_json(self.manifest.to_json(), JOB_FILE)
+
+    def log_start(self, shards_to_do: int) -> None:
+        """With escrow, sign job.start (or job.resume once the log has begun) into the audit
+        log; without escrow, refuse --audit-anchor (there is no signed log to anchor)."""
+        from jobs.auditlog import log_started
+        from jobs.keys import audit
+
+        if self.keys is None:
+            if self.config.audit.anchor:
+                raise JobError(
+                    "--audit-anchor anchors the signed audit log, which a run without "
+                    "escrow does not write"
+                )
+            return
+        begun = log_started(self.out)  # a run whose job.start failed wrote no entry
+        anchor = _audit_anchor(self.config, self.out, begun)
+        details = {
+            **self.keys.start_details(),
+            "resumed": self.resuming,
+            "shards_to_do": shards_to_do,
+            "audit_anchor": anchor,
+        }
+        audit(self.out, self.keys, "job.resume" if begun else "job.start", details, anchor)
+
+    def process(self, tasks: list[ShardTask], sources: ShardSources, summary: JobSummary) -> None:
+        """Start or join Ray, size the pool, and process ``tasks`` with a live progress display
+        (after the surrogate's first pass, which has a display of its own)."""
+        if not tasks:
+            return
+        config = self.config
+        we_started = connect(config.address)
+        try:
+            resources = wait_for_resources(config.pool, joined=not we_started)
+            pool = size_pool(config.pool, resources)
+            device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
+            anon = replace(
+                config.anon, device=device, threads=max(1, int(config.pool.cpus_per_actor))
+            )
+            spec = ActorSpec(
+                anon,
+                hold_secrets(self.secrets),
+                config.pool,
+                size=pool,
+                max_donor_faces=config.surrogate.max_donor_faces,
+            )
+            if self.secrets.pseudonym_key is not None:
+                spec = replace(spec, surrogate_context=self._first_pass(sources, spec))
+            spec = replace(
+                spec,
+                size=min(pool, len(tasks)),
+                out_uri=config.output,
+                observer=privacy_sampler(config),
+            )
+            log.info("processing %d shards on %d actors (%s)", len(tasks), spec.size, device)
+            with _live_progress(config, sum(t.samples for t in tasks), "anonymize") as counter:
+                self._execute(tasks, replace(spec, counter=counter), summary)
+        finally:
+            if we_started:
+                ray.shutdown()
+
+    def _first_pass(self, sources: ShardSources, spec: ActorSpec):
+        """Run the surrogate's first pass over (a sample of) every shard, done or not, so a
+        resumed job gets the same identities and donors; records its summary in the manifest
+        and returns the sealed context's object ref."""
+        from anon_core.surrogate.build import attribute_probes
+        from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
+
+        config = self.config
+        chosen = first_pass_entries(sources.entries, config.surrogate.first_pass_shards)
+        tasks = pending_tasks(sources.location, chosen, self.out, resume=False)
+        log.info("surrogate first pass over %d of %d shards", len(tasks), len(sources.entries))
+        try:
+            probes = ()
+            if config.surrogate.attributes:
+                cpu = replace(spec.anon, device="cpu")
+                detector = build_detector(cpu.detector, cpu.model_root, cpu.threshold, "cpu")
+                probes = attribute_probes(
+                    config.surrogate.attributes, detector, build_embedder(cpu)
+                )
+            with _live_progress(config, sum(t.samples for t in tasks), "first pass") as counter:
+                setup = run_first_pass(tasks, replace(spec, counter=counter), self.secrets, probes)
+        except FirstPassError as exc:
+            raise JobError(str(exc)) from None
+        self.manifest = self.manifest.with_surrogate(first_pass=setup.info)
+        return setup.context
+
+    def _execute(self, tasks: list[ShardTask], spec: ActorSpec, summary: JobSummary) -> None:
+        """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
+        audits: dict[str, dict] = {}
+        for row in map_over_shards(tasks, ShardProcessor, spec).iter_rows():
+            if row["audit"]:
+                audits[row["actor"]] = json.loads(row["audit"])
+            if row["status"] == ShardStatus.FAILED:
+                summary.failed.append({"shard": row["shard"], "error": row["error"]})
+                continue
+            summary.shards_done += 1
+            summary.samples_in += row["samples_in"]
+            summary.samples_out += row["anonymized"] + row["no_face"]
+            summary.quarantined += row["quarantined"]
+            summary.faces += row["faces"]
+        if spec.observer is not None and audits:
+            from jobs.privacy_report import write_privacy_report
+
+            write_privacy_report(
+                f"{self.config.output.rstrip('/')}/report",
+                list(audits.values()),
+                keep_originals=self.config.audit.report_originals,
+            )
+
+    def finish(self, summary: JobSummary) -> None:
+        """Record totals in job.json (and the audit tail with escrow); raise if shards failed."""
+        from jobs.keys import audit
+
+        out, keys = self.out, self.keys
+        markers = [out.read_json("_done", n) for n in out.listdir("_done") if n.endswith(".json")]
+        totals = {
+            k: sum(m[k] for m in markers)
+            for k in ("samples_in", "anonymized", "no_face", "quarantined", "faces")
+        }
+        complete = not summary.failed and len(markers) == summary.shards_total
+        status = JobStatus.COMPLETE if complete else JobStatus.INCOMPLETE
+        shards = {"total": summary.shards_total, "done": len(markers)}
+        self.manifest = replace(
+            self.manifest, status=status, totals=totals, shards=shards, failed=summary.failed
+        )
+        if keys is not None:
+            sealed = {
+                m["shard"].removesuffix(".tar"): m["manifest"]
+                for m in markers
+                if m.get("escrow_id") == keys.escrow_id
+            }
+            audit(out, keys, "job.manifests", {"escrow_id": keys.escrow_id, "manifests": sealed})
+            details = {
+                "status": str(status),
+                "totals": totals,
+                "failed_shards": len(summary.failed),
+            }
+            tail = audit(out, keys, "job.end", details)
+            summary.audit_key_id, summary.audit_tail = keys.audit.signer, str(tail)
+            self.manifest = replace(self.manifest, **keys.job_json_fields(tail))
+        self.publish()
+        if summary.failed:
+            names = ", ".join(f["shard"] for f in summary.failed[:10])
+            raise JobError(
+                f"{len(summary.failed)} shards failed ({names}; first: "
+                f"{summary.failed[0]['error']}); fix the cause and rerun "
+                "with --resume: done shards are kept"
+            )

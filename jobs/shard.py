@@ -50,6 +50,16 @@ class ShardEntry:
         return self.shard
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How sources are read when sharding or planning: ``threads`` at a time, and none over
+    ``max_member_bytes`` (a file, or a member of an input tar; it is listed with its refusal and
+    its sample is quarantined by the job)."""
+
+    threads: int = 8
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
@@ -176,16 +186,16 @@ def write_shards(
     out_uri: str,
     secret: bytes,
     shard_size: int = 1000,
-    threads: int = 8,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    reading: ReadOptions | None = None,
 ) -> list[ShardEntry]:
     """Shard ``input_uri`` into ``out_uri``/shard-NNNNNN.tar plus the ``shards.json`` index.
 
-    A source over ``max_member_bytes`` (a file, or a member of an input tar) is not read: its
-    sample carries the reason and is quarantined by the job."""
+    A source over ``reading.max_member_bytes`` (a file, or a member of an input tar) is not read:
+    its sample carries the reason and is quarantined by the job."""
+    reading = reading or ReadOptions()
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
-    sources = list_sources(input_uri, max_member_bytes)
+    sources = list_sources(input_uri, reading.max_member_bytes)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     src_loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
@@ -193,7 +203,7 @@ def write_shards(
     entries = []
     for index, start in enumerate(range(0, len(sources), shard_size)):
         chunk = sources[start : start + shard_size]
-        data = build_shard(src_loc, chunk, secret, threads)
+        data = build_shard(src_loc, chunk, secret, reading.threads)
         name = shard_name(index)
         out.publish_bytes(data, name)
         entries.append(ShardEntry(name, len(chunk), hashlib.sha256(data).hexdigest(), len(data)))

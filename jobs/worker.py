@@ -13,7 +13,8 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Protocol
 
 import pyarrow as pa
@@ -56,6 +57,13 @@ class ShardTask:
     sha256: str
 
 
+class ShardStatus(StrEnum):
+    """How a shard ended: ``done`` (published, marker last) or ``failed`` (nothing published)."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
 @dataclass
 class ShardSummary:
     """Counts for one shard; ``samples_in == anonymized + no_face + quarantined`` when done."""
@@ -66,7 +74,7 @@ class ShardSummary:
     no_face: int = 0
     quarantined: int = 0
     faces: int = 0
-    status: str = "done"
+    status: ShardStatus = ShardStatus.DONE
     error: str = ""
     files: dict = field(default_factory=dict)
 
@@ -93,6 +101,29 @@ class Observer(Protocol):
 
 
 Progress = Callable[[int, int, int], None]  # samples, faces, quarantined since the last call
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How a worker processes its shards. ``secret`` opens the sealed source URIs (needed to seal
+    them into the key manifest, and to read a planned shard's sources); a source or tar member
+    over ``max_member_bytes`` is not read and its sample is quarantined. ``observer`` sees each
+    anonymized sample (the in-job audit), ``progress`` gets counts as samples finish, and
+    ``marker_extra`` is added to the shard's ``_done`` marker."""
+
+    batch_size: int = 16
+    secret: bytes | None = None
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    observer: Observer | None = None
+    progress: Progress | None = None
+    marker_extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"ShardOptions(batch_size={self.batch_size}, <secret redacted>)"
+
+    def for_marker(self, **extra) -> ShardOptions:
+        """These options with ``extra`` as the marker's extra fields."""
+        return replace(self, marker_extra=extra)
 
 
 @dataclass
@@ -264,34 +295,29 @@ def process_shard(
     task: ShardTask,
     anonymizer: FaceAnonymizer,
     out: Location,
-    batch_size: int = 16,
     sealer: ShardSealer | None = None,
-    observer: Observer | None = None,
-    progress: Progress | None = None,
-    marker_extra: dict | None = None,
-    secret: bytes | None = None,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    options: ShardOptions | None = None,
 ) -> ShardSummary:
-    """Anonymize every sample of one shard, in input order, and publish its outputs.
+    """Anonymize every sample of one shard, in input order, and publish its outputs (sealing the
+    originals with ``sealer`` when the job has escrow).
 
-    ``secret`` opens the sealed source URIs (needed to seal them into the key manifest, and to
-    read a planned shard's sources); a source or tar member over ``max_member_bytes`` is not
-    read and its sample is quarantined.
     Raises ShardFormatError when the shard differs from its index (count or sha256): nothing of
     that shard is published then, so a rerun redoes it whole.
     """
-    output = _ShardOutput(task.shard, sealer, observer)
+    options = options or ShardOptions()
+    output = _ShardOutput(task.shard, sealer, options.observer)
+    secret = options.secret
     try:
-        with shard_samples(task, secret, max_member_bytes) as samples:
-            for p in _batches(samples, batch_size, anonymizer, secret):
+        with shard_samples(task, secret, options.max_member_bytes) as samples:
+            for p in _batches(samples, options.batch_size, anonymizer, secret):
                 faces, bad = output.add(p)
-                if progress is not None:
-                    progress(1, faces, bad)
+                if options.progress is not None:
+                    options.progress(1, faces, bad)
         if output.summary.samples_in != task.samples:
             raise ShardFormatError(
                 f"{output.summary.samples_in} samples read, index says {task.samples}"
             )
-        return output.publish(out, marker_extra or {})
+        return output.publish(out, options.marker_extra)
     finally:
         output.close()
 

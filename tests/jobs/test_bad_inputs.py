@@ -216,7 +216,7 @@ def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
     those of the first sample (whose restore would otherwise fail to open a row sealed for a
     quarantined sample)."""
     from anon_core.pipeline import AnonConfig, FaceAnonymizer
-    from jobs.worker import ShardTask, process_shard
+    from jobs.worker import ShardOptions, ShardTask, process_shard
     from manifests.custodian import CustodianPrivate
     from manifests.escrow import ShamirPolicy, create_escrow
     from manifests.jobkeys import epoch_sealing
@@ -238,8 +238,8 @@ def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
     sealing = epoch_sealing(escrow, escrow.escrow_ids[0])
     sealer = ShardSealer(sealing.shard_keys("shard-000000"), "shard-000000")
     out = Location(str(tmp_path / "out"))
-    summary = process_shard(task, FaceAnonymizer(AnonConfig(threads=1)), out, sealer=sealer,
-                            secret=secret)  # fmt: skip
+    anonymizer = FaceAnonymizer(AnonConfig(threads=1))
+    summary = process_shard(task, anonymizer, out, sealer, ShardOptions(secret=secret))
     assert (summary.samples_in, summary.quarantined) == (3, 1)
     dup = sample_key(secret, sources[0].uri)
     whole = [r for r in sealer.rows() if r.key == dup and r.face < 0]

@@ -31,7 +31,7 @@ from jobs.keyfile import load_key_file
 from jobs.run import JobError, run_job
 from jobs.shard import read_index, shard_name, write_shards
 from jobs.storage import Location, RetryPolicy, StorageError
-from jobs.worker import ShardTask, process_shard
+from jobs.worker import ShardOptions, ShardTask, process_shard
 from tests.jobs.corpus import large_photos
 from tests.jobs.procs import descendants, find, kill_survivors, wait_for
 
@@ -277,8 +277,8 @@ def test_store_full_fails_the_shard_with_a_clear_error(small, secret_file):
     task = ShardTask(entry.shard, str(small / entry.shard), entry.samples, entry.sha256)
     out = Location("fullstore://out")
     with pytest.raises(StorageError) as err:
-        process_shard(task, FaceAnonymizer(AnonConfig(threads=1)), out,
-                      secret=load_key_file(secret_file))  # fmt: skip
+        options = ShardOptions(secret=load_key_file(secret_file))
+        process_shard(task, FaceAnonymizer(AnonConfig(threads=1)), out, options=options)
     assert err.value.errno == errno.ENOSPC
     assert str(err.value) == (
         f"[Errno {errno.ENOSPC}] cannot write fullstore://out/data/{entry.shard}: "

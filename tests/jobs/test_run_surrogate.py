@@ -250,6 +250,7 @@ def test_first_pass_context_reaches_the_object_store_sealed(lfw_job, ray_local):
     from jobs.config import JobConfig
     from jobs.firstpass import run_first_pass
     from jobs.keys import Secrets, hold_secrets
+    from jobs.raypool import ActorSpec
     from jobs.run import pending_tasks
     from jobs.shard import read_index, write_shards
     from jobs.storage import Location
@@ -262,7 +263,8 @@ def test_first_pass_context_reaches_the_object_store_sealed(lfw_job, ray_local):
     config = JobConfig(str(shards), str(base / "unused"))
     anon = replace(config.anon, method="surrogate", method_options={"donors": 4}, threads=1)
     secrets = Secrets(load_key_file(secret), None, load_key_file(key), os.urandom(32))
-    setup = run_first_pass(config, tasks, anon, 1, hold_secrets(secrets), secrets)
+    spec = ActorSpec(anon, hold_secrets(secrets), config.pool, size=1)
+    setup = run_first_pass(tasks, spec, secrets)
     blob = ray.get(setup.context)
     context = open_object(secrets.transit, blob)
     assert isinstance(context, SurrogateContext) and len(context.bank) == setup.info["donors"]
