@@ -14,7 +14,8 @@ import sys
 
 from jobs.auditlog import append as append_audit
 from jobs.auditlog import verify_tree
-from jobs.restore_cli import _handler, add_restore_commands, kdf_arg, passphrase, passphrase_arg
+from jobs.cli_io import kdf_arg, passphrase, passphrase_arg, refusals
+from jobs.restore_cli import add_restore_commands
 from manifests.audit import AuditTail
 from manifests.custodian import CustodianPublic, ScryptParams, keygen
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = ["add_key_commands", "append_audit", "main"]
 
 
-@_handler
+@refusals
 def cmd_custodian_keygen(args: argparse.Namespace) -> int:
     """``faceveil custodian keygen --name NAME --out DIR``."""
     secret = passphrase(args.passphrase_file, f"Passphrase for {args.name}'s key: ", confirm=True)
@@ -41,7 +42,7 @@ def _entry_line(entry: dict) -> str:
     return f"{entry['seq']:>5} {entry['time']} {entry['action']:<16} {entry['actor']}{about}"
 
 
-@_handler
+@refusals
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """``faceveil audit verify OUT``: the log's chain, signatures and signer roles, then its
     anchor (see :mod:`jobs.auditlog`); lists the entries. Exit 0 also for an unanchored log,

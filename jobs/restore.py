@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -318,3 +319,30 @@ def publish_restored(staging: Path, dest: Path, restored: dict[str, tuple[str, s
     index.update({key: uri for key, (_, uri) in restored.items()})
     data = (json.dumps(index, indent=1, sort_keys=True) + "\n").encode()
     write_private_file(index_path, data, overwrite=True)
+
+
+def restore_into(
+    dest: Path,
+    request_id: str,
+    rebuild: Callable[[Path], dict[str, tuple[str, str]]],
+    record: Callable[[int], object],
+) -> tuple[int, object]:
+    """Rebuild originals into a private staging folder inside ``dest`` (``rebuild(staging)``),
+    record the apply (``record(count)``, its result returned), then publish them with
+    ``restored.json``. Nothing is left in ``dest`` when anything fails: the staging folder is
+    removed, and ``dest`` too when this call created it and published nothing."""
+    created = not dest.exists()
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = dest / f".restore-{request_id}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        restored = rebuild(staging)
+        recorded = record(len(restored))
+        publish_restored(staging, dest, restored)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not (dest / "restored.json").exists():
+            shutil.rmtree(dest, ignore_errors=True)
+    print(f"restored {len(restored)} sample(s) into {dest} (index: restored.json)")
+    return len(restored), recorded

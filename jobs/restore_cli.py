@@ -18,32 +18,47 @@ for a usage error. Messages go to stderr wherever stdout carries a document.
 from __future__ import annotations
 
 import argparse
-import functools
-import getpass
 import json
 import logging
-import shutil
-import sys
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from jobs import restore_legacy
+from jobs import cli_io, restore_legacy
 from jobs.auditlog import append as append_audit
 from jobs.auditlog import verify_tree
+from jobs.cli_io import (
+    emit,
+    kdf_arg,
+    passphrase,
+    passphrase_arg,
+    recovery_inputs,
+    refusals,
+    request_key_path,
+    requested_samples,
+    requester_name,
+    say,
+)
 from jobs.rekey import mark_complete, publish_rekey, stage_rekey
 from jobs.restore import (
     REKEY_DIR,
     RestoreContext,
     is_legacy,
     kms_data_keys,
-    log_entries,
-    publish_restored,
     read_escrow,
     refuse_pending_rekey,
+    restore_into,
     restore_samples,
     sample_refs,
     signed_commitments,
+)
+from jobs.restorelog import (
+    apply_details,
+    approval_details,
+    policy_entry,
+    record_approvals,
+    record_request,
+    requester_writer,
+    verified_entries,
 )
 from jobs.storage import Location
 from manifests.audit import AuditWriter, key_id
@@ -51,8 +66,6 @@ from manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
-    b64e,
-    read_passphrase,
 )
 from manifests.errors import EscrowError, KeyLibraryError, RestoreError
 from manifests.escrow import (
@@ -64,11 +77,10 @@ from manifests.escrow import (
     make_kms_client,
 )
 from manifests.files import write_private_file
-from manifests.jobkeys import parse_kms_spec, policy_details
+from manifests.jobkeys import parse_kms_spec
 from manifests.restore import (
     REQUEST_FORMAT,
     Approval,
-    RequestKeys,
     RequestSpec,
     RestoreRequest,
     approve,
@@ -82,49 +94,6 @@ from manifests.restore import (
 log = logging.getLogger(__name__)
 
 
-def _handler(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the library's errors into one ``error:`` line on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (KeyLibraryError, OSError, ValueError, KeyError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def _emit(data: bytes, out: str | None) -> str:
-    """Write ``data`` to the file ``out``, or to stdout without one; returns where it went."""
-    if out:
-        Path(out).write_bytes(data)
-        return out
-    sys.stdout.write(data.decode("utf-8"))
-    sys.stdout.flush()
-    return "stdout"
-
-
-def _has_tty() -> bool:
-    try:
-        with open("/dev/tty", "rb"):
-            return True
-    except OSError:
-        return False
-
-
-def passphrase(path: str | None, prompt: str, confirm: bool = False) -> str:
-    """A passphrase from ``--passphrase-file`` or the terminal; never from stdin."""
-    if path is None and not _has_tty():
-        raise ValueError("no terminal to ask for the passphrase on: pass --passphrase-file FILE")
-    return read_passphrase(path, prompt, confirm)
-
-
 def _request_format(path: str) -> str:
     try:
         return str(json.loads(Path(path).read_bytes()).get("format"))
@@ -132,37 +101,7 @@ def _request_format(path: str) -> str:
         raise RestoreError(f"{path} is not a faceveil request") from None
 
 
-def _verified_entries(out: Location) -> list[dict]:
-    """The audit log's entries once it verifies (roles, approvals, anchor)."""
-    return list(verify_tree(out).report.entries)
-
-
 # ---- request -----------------------------------------------------------------------------------
-
-
-def _requested_samples(args: argparse.Namespace) -> list[str] | None:
-    samples = list(args.samples or [])
-    if args.samples_file:
-        lines = Path(args.samples_file).read_text(encoding="utf-8").splitlines()
-        samples += [line.strip() for line in lines if line.strip()]
-    if args.purpose != "restore":
-        if samples or args.all:
-            raise ValueError(f"a {args.purpose} request covers the whole job: name no samples")
-        return None
-    if args.all:
-        return None
-    if not samples:
-        raise ValueError("name samples (--key SAMPLEKEY, --samples-file FILE) or ask for --all")
-    return samples
-
-
-def _requester(args: argparse.Namespace) -> str:
-    if args.requester:
-        return args.requester
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        raise ValueError("cannot tell the OS user name: pass --requester NAME") from None
 
 
 def _new_policy(args: argparse.Namespace, escrow: Escrow) -> Policy | None:
@@ -186,28 +125,7 @@ def _new_policy(args: argparse.Namespace, escrow: Escrow) -> Policy | None:
     return escrow.policy
 
 
-def request_details(request: RestoreRequest) -> dict:
-    """``restore.request`` details: who asks, for what, with which key."""
-    new = None if request.new_policy is None else request.new_policy.to_json()
-    return {
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-        "requester_key": b64e(request.requester_ed25519),
-        "requester_key_id": key_id(request.requester_ed25519),
-        "purpose": request.purpose,
-        "requester": request.requester,
-        "reason": request.reason,
-        "created": request.created,
-        "expires": request.expires,
-        "revision": request.revision,
-        "samples": len(request.samples),
-        "samples_sha256": request.samples_sha256(),
-        "new_policy": new,
-        "log_tail": request.log_tail,
-    }
-
-
-@_handler
+@refusals
 def cmd_restore_request(args: argparse.Namespace) -> int:
     """``faceveil restore request OUT --key SAMPLEKEY... | --all --reason R``: a signed request
     (to ``--out`` or stdout) and its key file (``--key-out`` or ``./REQUEST_ID.key``); the
@@ -219,12 +137,12 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     escrow = read_escrow(out)
     verified = verify_tree(out)
     commitments = signed_commitments(verified.report.entries)
-    wanted = _requested_samples(args)
+    wanted = requested_samples(args)
     new_policy = _new_policy(args, escrow)
     refs = [] if args.purpose == "reshare" else sample_refs(out, escrow, wanted, commitments)
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
     spec = RequestSpec(
-        args.purpose, tuple(refs), args.reason, _requester(args), new_policy,
+        args.purpose, tuple(refs), args.reason, requester_name(args), new_policy,
         log_tail=str(verified.report.tail), valid_for=timedelta(days=args.valid_days),
     )  # fmt: skip
     params = ScryptParams(n=2**args.kdf_work)
@@ -232,9 +150,9 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     key_out = Path(args.key_out or f"{request.request_id}.key")
     write_private_file(key_out, key_file)
     keys = load_request_key(request, key_file, secret)
-    tail = _record_request(out, request, keys)
-    where = _emit(request.dumps(), args.out)
-    _say(
+    tail = record_request(out, request, keys)
+    where = emit(request.dumps(), args.out)
+    say(
         f"request {request.request_id} ({request.purpose} of {len(refs)} sample(s)) written to "
         f"{where}\nrequest sha256: {request.sha256()}\n"
         f"request key: {key_out} (mode 0600; keep it: 'restore apply' needs it)\naudit tail: {tail}"
@@ -242,96 +160,7 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     return 0
 
 
-def _requester_writer(request: RestoreRequest, keys: RequestKeys) -> AuditWriter:
-    return AuditWriter(keys.ed25519, f"requester:{request.requester}")
-
-
-def _record_request(out: Location, request: RestoreRequest, keys: RequestKeys) -> str:
-    """Append ``restore.request`` unless the log has it; returns the tail."""
-    for entry in log_entries(out):
-        if (
-            entry["action"] == "restore.request"
-            and entry["details"].get("request_sha256") == request.sha256()
-        ):
-            return "(request already recorded)"
-    return str(
-        append_audit(
-            out, _requester_writer(request, keys), "restore.request", request_details(request)
-        )
-    )
-
-
-def approval_details(
-    request: RestoreRequest, approval: Approval, custodian: CustodianPublic
-) -> dict:
-    """``restore.approve`` details: the custodian's signed statement (no partials) and
-    signature, which ``audit verify`` checks."""
-    return {
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-        "custodian": approval.custodian,
-        "fingerprint": approval.fingerprint,
-        "custodian_key_id": key_id(custodian.ed25519),
-        "approval_sha256": approval.sha256(),
-        "statement": approval.statement(),
-        "custodian_signature": b64e(approval.signature),
-    }
-
-
-def _record_approvals(
-    out: Location,
-    escrow: Escrow,
-    request: RestoreRequest,
-    keys: RequestKeys,
-    approvals: list[Approval],
-) -> None:
-    """Record the request and each approval (signed by the requester key; each carries its
-    custodian's signed statement) unless the log has them already."""
-    _record_request(out, request, keys)
-    seen = {
-        e["details"].get("approval_sha256")
-        for e in log_entries(out)
-        if e["action"] == "restore.approve"
-    }
-    assert isinstance(escrow.policy, ShamirPolicy)
-    for approval in approvals:
-        if approval.sha256() not in seen:
-            custodian = escrow.policy.custodian(approval.fingerprint)
-            details = approval_details(request, approval, custodian)
-            append_audit(out, _requester_writer(request, keys), "restore.approve", details)
-
-
-def apply_details(request: RestoreRequest, approvals: list[Approval]) -> dict:
-    """What ``restore.apply``, ``restore.failed``, ``escrow.reshare`` and ``escrow.rekey`` record
-    of the request and its approvals."""
-    return {
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-        "purpose": request.purpose,
-        "revision": request.revision,
-        "samples": len(request.samples),
-        "samples_sha256": request.samples_sha256(),
-        "approvals": [
-            {"custodian": a.custodian, "fingerprint": a.fingerprint, "approval_sha256": a.sha256()}
-            for a in approvals
-        ],
-    }
-
-
 # ---- approve -----------------------------------------------------------------------------------
-
-
-def _ask_tty(text: str) -> str:
-    """Show ``text`` on the controlling terminal and read one answer line from it."""
-    try:
-        with open("/dev/tty", "r+", encoding="utf-8") as tty:
-            tty.write(text)
-            tty.flush()
-            return tty.readline()
-    except OSError:
-        raise ValueError(
-            "no terminal to confirm on: read the request, then approve it with --yes"
-        ) from None
 
 
 def describe_request(request: RestoreRequest) -> str:
@@ -356,7 +185,7 @@ def describe_request(request: RestoreRequest) -> str:
     )
 
 
-@_handler
+@refusals
 def cmd_restore_approve(args: argparse.Namespace) -> int:
     """``faceveil restore approve REQUEST --identity NAME.key``: offline, from the request alone.
     With ``--out-tree OUT`` the request is also checked against OUT and the approval recorded
@@ -377,10 +206,10 @@ def cmd_restore_approve(args: argparse.Namespace) -> int:
     if out is not None:
         check_request(read_escrow(out), request, request.purpose)
         tail = str(verify_tree(out).report.tail)
-    if not args.yes and _ask_tty(
+    if not args.yes and cli_io.ask_tty(
         describe_request(request) + "Approve this request? [y/N] "
     ).strip().lower() not in ("y", "yes"):
-        _say("not approved")
+        say("not approved")
         return 1
     secret = passphrase(args.passphrase_file, f"Passphrase for {Path(identity).stem}'s key: ")
     custodian = CustodianPrivate.load(identity, secret)
@@ -388,51 +217,22 @@ def cmd_restore_approve(args: argparse.Namespace) -> int:
     if out is not None and not args.no_audit:
         writer = AuditWriter(custodian.ed25519, f"custodian:{custodian.name}")
         details = approval_details(request, approval, custodian.public())
-        _say(f"audit tail: {append_audit(out, writer, 'restore.approve', details)}")
-    where = _emit(approval.dumps(), args.out)
-    _say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
+        say(f"audit tail: {append_audit(out, writer, 'restore.approve', details)}")
+    where = emit(approval.dumps(), args.out)
+    say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
     return 0
 
 
 # ---- apply, reshare, rekey ---------------------------------------------------------------------
 
 
-def _recovery_inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
-    if args.request_pos and args.request_opt:
-        raise ValueError("give the request once: as REQUEST or as --request, not both")
-    if args.approvals_pos and args.approvals_opt:
-        raise ValueError("give the approvals once: after REQUEST or after --approvals, not both")
-    request = args.request_pos or args.request_opt
-    if not request:
-        raise ValueError("the request file is needed: OUT REQUEST APPROVAL... or --request")
-    return request, list(args.approvals_pos or args.approvals_opt)
-
-
-def _request_key_path(args: argparse.Namespace, request_id: str, request_path: str) -> Path:
-    """--request-key, else ./ID.key, else ID.key or REQ.key beside the request."""
-    if args.request_key:
-        return Path(args.request_key)
-    beside = Path(request_path)
-    for path in (
-        Path(f"{request_id}.key"),
-        beside.with_name(f"{request_id}.key"),
-        beside.with_suffix(".key"),
-    ):
-        if path.is_file():
-            return path
-    raise ValueError(
-        f"no request key file ({request_id}.key in this folder or beside {request_path}); "
-        "pass --request-key FILE"
-    )
-
-
 def _open_request(args: argparse.Namespace, out: Location, purpose: str):
     """(escrow, request, requester keys, approvals) for a recovering command, all checked."""
-    request_path, approval_paths = _recovery_inputs(args)
+    request_path, approval_paths = recovery_inputs(args)
     escrow = read_escrow(out)
     request = RestoreRequest.loads(Path(request_path).read_bytes())
     check_request(escrow, request, purpose)
-    key_path = _request_key_path(args, request.request_id, request_path)
+    key_path = request_key_path(args, request.request_id, request_path)
     secret = passphrase(args.passphrase_file, "Passphrase of the request key: ")
     keys = load_request_key(request, key_path.read_bytes(), secret)
     approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
@@ -449,7 +249,7 @@ def _data_keys(args, ctx: RestoreContext, request, keys, approvals):
     return recover_data_keys(escrow, request, keys, approvals, request.purpose), approvals
 
 
-@_handler
+@refusals
 def cmd_restore_apply(args: argparse.Namespace) -> int:
     """``faceveil restore apply OUT REQUEST APPROVAL... --dest DIR``: opens exactly the samples
     the request lists. Nothing is left in ``--dest`` when anything fails."""
@@ -457,36 +257,28 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
     refuse_pending_rekey(out)
     if is_legacy(out):
         return restore_legacy.cmd_apply(args)
-    commitments = signed_commitments(_verified_entries(out))
+    commitments = signed_commitments(verified_entries(out))
     escrow, request, keys, approvals = _open_request(args, out, "restore")
     ctx = RestoreContext(out, escrow, commitments)
     data_keys, used = _data_keys(args, ctx, request, keys, approvals)
     if used:
-        _record_approvals(out, escrow, request, keys, used)
+        record_approvals(out, escrow, request, keys, used)
     else:
-        _record_request(out, request, keys)
-    writer, details = _requester_writer(request, keys), apply_details(request, used)
-    dest = Path(args.dest)
-    created = not dest.exists()
-    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = dest / f".restore-{request.request_id}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o700)
+        record_request(out, request, keys)
+    writer, details = requester_writer(request, keys), apply_details(request, used)
+
+    def record(count: int):
+        return append_audit(out, writer, "restore.apply", details | {"restored": count})
+
+    def rebuild(staging: Path) -> dict:
+        return restore_samples(ctx, list(request.samples), data_keys, staging)
+
     try:
-        restored = restore_samples(ctx, list(request.samples), data_keys, staging)
-        details["restored"] = len(restored)
-        tail = append_audit(out, writer, "restore.apply", details)
-        publish_restored(staging, dest, restored)
+        _, tail = restore_into(Path(args.dest), request.request_id, rebuild, record)
     except KeyLibraryError as exc:
         append_audit(out, writer, "restore.failed", details | {"error": str(exc)})
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not (dest / "restored.json").exists():
-            shutil.rmtree(dest, ignore_errors=True)
-    print(
-        f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\naudit tail: {tail}"
-    )
+    print(f"audit tail: {tail}")
     return 0
 
 
@@ -506,18 +298,7 @@ def _check_named_policy(args: argparse.Namespace, request: RestoreRequest) -> No
         )
 
 
-def policy_entry(request: RestoreRequest, old: Escrow, new: Escrow) -> dict:
-    """What ``escrow.reshare`` and ``escrow.rekey`` record of the move."""
-    return {
-        "old_revision": old.revision,
-        "old_epochs": list(old.escrow_ids),
-        "new_revision": new.revision,
-        "new_epochs": list(new.escrow_ids),
-        **policy_details(new.policy),
-    }
-
-
-@_handler
+@refusals
 def cmd_escrow_reshare(args: argparse.Namespace) -> int:
     """``faceveil escrow reshare OUT --request REQ --approvals A...``: the escrow key moves to the
     custodians the request names; nobody rebuilds it."""
@@ -525,13 +306,13 @@ def cmd_escrow_reshare(args: argparse.Namespace) -> int:
     refuse_pending_rekey(out)
     if is_legacy(out):
         raise EscrowError("this output has the earlier master-key escrow: reshare is not supported")
-    _verified_entries(out)
+    verified_entries(out)
     escrow, request, keys, approvals = _open_request(args, out, "reshare")
     _check_named_policy(args, request)
     new = assemble_reshare(escrow, request, approvals)
-    _record_approvals(out, escrow, request, keys, approvals)
+    record_approvals(out, escrow, request, keys, approvals)
     details = apply_details(request, approvals) | policy_entry(request, escrow, new)
-    tail = append_audit(out, _requester_writer(request, keys), "escrow.reshare", details)
+    tail = append_audit(out, requester_writer(request, keys), "escrow.reshare", details)
     out.publish_bytes(new.dumps(), "escrow.json")
     print(
         f"escrow reshared to {new.policy.describe()} ({len(new.epochs)} key epoch(s), "
@@ -540,7 +321,7 @@ def cmd_escrow_reshare(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler
+@refusals
 def cmd_escrow_rekey(args: argparse.Namespace) -> int:
     """``faceveil escrow rekey OUT --request REQ --approvals A...``: every sample gets a new data
     key under one new epoch of the policy the request names; every manifest is re-sealed."""
@@ -556,7 +337,7 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
         return 0
     if is_legacy(out):
         raise EscrowError("this output has the earlier master-key escrow: rekey is not supported")
-    commitments = signed_commitments(_verified_entries(out))
+    commitments = signed_commitments(verified_entries(out))
     escrow, request, keys, approvals = _open_request(args, out, "rekey")
     _check_named_policy(args, request)
     ctx = RestoreContext(out, escrow, commitments)
@@ -569,12 +350,12 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
     )
     plan = stage_rekey(ctx, data_keys, new_escrow, kms)
     if used:
-        _record_approvals(out, escrow, request, keys, used)
+        record_approvals(out, escrow, request, keys, used)
     else:
-        _record_request(out, request, keys)
+        record_request(out, request, keys)
     details = apply_details(request, used) | policy_entry(request, escrow, new_escrow)
     details["manifests"] = {shard: e["commitment"] for shard, e in plan["manifests"].items()}
-    tail = append_audit(out, _requester_writer(request, keys), "escrow.rekey", details)
+    tail = append_audit(out, requester_writer(request, keys), "escrow.rekey", details)
     mark_complete(out, plan)
     count = publish_rekey(out)
     print(
@@ -585,23 +366,6 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
 
 
 # ---- parsers -----------------------------------------------------------------------------------
-
-
-def passphrase_arg(parser: argparse.ArgumentParser) -> None:
-    """``--passphrase-file``."""
-    parser.add_argument(
-        "--passphrase-file",
-        metavar="FILE",
-        help="read the passphrase from the first line of FILE instead of a prompt",
-    )
-
-
-def kdf_arg(parser: argparse.ArgumentParser) -> None:
-    """``--kdf-work`` (scrypt cost, log2 N)."""
-    parser.add_argument(
-        "--kdf-work", type=int, choices=range(15, 23), default=17, metavar="LOG2N",
-        help="scrypt cost as log2(N) (default: %(default)s = 128 MiB; 15..22, 15 is the floor)",
-    )  # fmt: skip
 
 
 def _policy_args(parser: argparse.ArgumentParser, what: str) -> None:

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
 from jobs.auditlog import append as append_audit
-from jobs.restore import iter_images, manifest_names, publish_restored, rebuild
+from jobs.cli_io import (
+    ask_tty,
+    emit,
+    passphrase,
+    recovery_inputs,
+    request_key_path,
+    requested_samples,
+    requester_name,
+    say,
+)
+from jobs.restore import iter_images, manifest_names, rebuild, restore_into
 from jobs.storage import Location
 from manifests.audit import AuditWriter, key_id
 from manifests.custodian import CustodianPrivate, ScryptParams, b64e
@@ -60,7 +69,6 @@ def read_escrow(out: Location) -> Escrow:
 
 def cmd_request(args: argparse.Namespace) -> int:
     """``restore request`` on a format-2 output (restore of named samples or all)."""
-    from jobs.restore_cli import _emit, _requested_samples, _requester, _say, passphrase
 
     _warn()
     if args.purpose != "restore":
@@ -70,13 +78,13 @@ def cmd_request(args: argparse.Namespace) -> int:
     escrow = read_escrow(Location(args.out_tree))
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
     request, key_file = create_request(
-        escrow, "restore", _requested_samples(args), args.reason, _requester(args), secret,
+        escrow, "restore", requested_samples(args), args.reason, requester_name(args), secret,
         timedelta(days=args.valid_days), params=ScryptParams(n=2**args.kdf_work),
     )  # fmt: skip
     key_out = Path(args.key_out or f"{request.request_id}.key")
     write_private_file(key_out, key_file)
-    where = _emit(request.dumps(), args.out)
-    _say(f"request {request.request_id} written to {where}\nrequest key: {key_out} (mode 0600)")
+    where = emit(request.dumps(), args.out)
+    say(f"request {request.request_id} written to {where}\nrequest key: {key_out} (mode 0600)")
     return 0
 
 
@@ -84,7 +92,6 @@ def cmd_approve(
     args: argparse.Namespace, out_tree: str | None, request_path: str, identity: str
 ) -> int:
     """``restore approve`` of a format-2 request: the custodian's share of every master key."""
-    from jobs.restore_cli import _ask_tty, _emit, _say, passphrase
 
     _warn()
     request = RestoreRequest.loads(Path(request_path).read_bytes())
@@ -96,13 +103,13 @@ def cmd_approve(
         f"Request {request.request_id}\nRequester: {request.requester}\nReason: {request.reason}\n"
         f"Restore of {count}. {WARNING}\nApprove this request? [y/N] "
     )
-    if not args.yes and _ask_tty(text).strip().lower() not in ("y", "yes"):
-        _say("not approved")
+    if not args.yes and ask_tty(text).strip().lower() not in ("y", "yes"):
+        say("not approved")
         return 1
     custodian = CustodianPrivate.load(identity, passphrase(args.passphrase_file, "Passphrase: "))
     approval = approve(request.escrow, request, custodian)
-    where = _emit(approval.dumps(), args.out)
-    _say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
+    where = emit(approval.dumps(), args.out)
+    say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
     return 0
 
 
@@ -150,19 +157,18 @@ def _restore_to(
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """``restore apply`` on a format-2 output (recovers every epoch's master key)."""
-    from jobs.restore_cli import _recovery_inputs, _request_key_path, passphrase
 
     _warn()
     out = Location(args.out_tree)
     escrow = read_escrow(out)
-    request_path, approval_paths = _recovery_inputs(args)
+    request_path, approval_paths = recovery_inputs(args)
     request = RestoreRequest.loads(Path(request_path).read_bytes())
     approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
     check_request(escrow, request, "restore")
     if escrow.scheme == "kms":
         masters = escrow.unwrap_kms(make_kms_client(escrow.key_arn, args.kms_endpoint))
     else:
-        key_path = _request_key_path(args, request.request_id, request_path)
+        key_path = request_key_path(args, request.request_id, request_path)
         secret = passphrase(args.passphrase_file, "Passphrase of the request key: ")
         request_key = load_request_key(request, key_path.read_bytes(), secret)
         masters = recover_masters(escrow, request, request_key, approvals, "restore")
@@ -175,23 +181,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "job_key_id": key_id(writer.public_key),
         "signer_key": b64e(writer.public_key),
     }
-    dest = Path(args.dest)
-    created = not dest.exists()
-    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staging = dest / f".restore-{request.request_id}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o700)
-    try:
-        wanted = None if request.samples is None else set(request.samples)
-        restored = _restore_to(out, masters, escrow.job_id, wanted, staging)
-        details["restored"] = len(restored)
-        tail = append_audit(out, writer, "restore.apply", details)
-        publish_restored(staging, dest, restored)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not (dest / "restored.json").exists():
-            shutil.rmtree(dest, ignore_errors=True)
-    print(
-        f"restored {len(restored)} sample(s) into {dest} (index: restored.json)\naudit tail: {tail}"
-    )
+    wanted = None if request.samples is None else set(request.samples)
+
+    def record(count: int):
+        return append_audit(out, writer, "restore.apply", details | {"restored": count})
+
+    def stage(staging: Path) -> dict:
+        return _restore_to(out, masters, escrow.job_id, wanted, staging)
+
+    _, tail = restore_into(Path(args.dest), request.request_id, stage, record)
+    print(f"audit tail: {tail}")
     return 0

@@ -14,9 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("anon_core", "manifests", "jobs", "cluster")
 EVALUATE = "jobs.evaluate"
 EVAL_CLI = "jobs.cli"  # the top-level CLI registers ``eval``
-# Known cycle, left to the restore work: restore_legacy borrows restore_cli's prompt and output
-# helpers (function-level imports). Remove the entry once they live in a third module.
-KNOWN_CYCLE_EDGES = {("jobs.restore_legacy", "jobs.restore_cli")}
 
 
 def _modules() -> dict[str, Path]:
@@ -107,11 +104,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle() -> None:
-    graph = _graph()
-    for a, b in KNOWN_CYCLE_EDGES:
-        assert b in graph[a], f"{a} no longer imports {b}: drop it from KNOWN_CYCLE_EDGES"
-        graph[a].discard(b)
-    cycle = _cycle(graph)
+    cycle = _cycle(_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
