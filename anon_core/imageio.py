@@ -129,8 +129,9 @@ def _has_rotation(img: Image.Image) -> bool:
     return orientation not in (None, 1)
 
 
-def encode_image(rgb: np.ndarray, ext: str) -> bytes:
-    """Encode 8-bit RGB as ``jpg`` (quality 95) or ``png``, with no metadata at all.
+def encode_image(rgb: np.ndarray, ext: str, png_level: int = 6) -> bytes:
+    """Encode 8-bit RGB as ``jpg`` (quality 95) or ``png`` (zlib level ``png_level``), with no
+    metadata at all.
 
     The image is rebuilt from bare pixels, so EXIF, GPS, XMP, ICC profiles and comments of the
     input cannot reach the output. Output bytes depend only on the pixels (deterministic).
@@ -142,13 +143,17 @@ def encode_image(rgb: np.ndarray, ext: str) -> bytes:
     if ext == "jpg":
         img.save(buf, format="JPEG", quality=95, optimize=False, progressive=False)
     elif ext == "png":
-        img.save(buf, format="PNG", compress_level=6)
+        img.save(buf, format="PNG", compress_level=png_level)
     else:
         raise ValueError(f"unknown output extension {ext!r}")
     return buf.getvalue()
 
 
 def crop_png(rgb: np.ndarray, region: tuple[int, int, int, int]) -> bytes:
-    """Lossless PNG bytes of ``region`` (x1, y1, x2, y2): the original pixels to seal."""
+    """Lossless PNG bytes of ``region`` (x1, y1, x2, y2): the original pixels to seal.
+
+    zlib level 1: about 3x faster than level 6 for some 5% more bytes, and the bytes are sealed
+    (ciphertext) right after, so their size matters less than the time on every face.
+    """
     x1, y1, x2, y2 = region
-    return encode_image(np.ascontiguousarray(rgb[y1:y2, x1:x2]), "png")
+    return encode_image(np.ascontiguousarray(rgb[y1:y2, x1:x2]), "png", png_level=1)
