@@ -1,6 +1,6 @@
 """Per-image de-identification: image I/O, detectors, anonymizers. No Ray, no files, no keys."""
 
-from anon_core.faces import Faces
-from anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
 
 __all__ = ["AnonConfig", "AnonResult", "FaceAnonymizer", "Faces"]

@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder, align_112
-from anon_core.models import dlib_model, sha256_file
+from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder, align_112
+from faceveil.anon_core.models import dlib_model, sha256_file
 
 log = logging.getLogger(__name__)
 

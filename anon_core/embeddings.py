@@ -9,9 +9,9 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces
-from anon_core.models import dlib_model
-from anon_core.runtime import make_session
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.models import dlib_model
+from faceveil.anon_core.runtime import make_session
 
 
 @runtime_checkable

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anon_core.imageio import decode_image
+from faceveil.anon_core.imageio import decode_image
 
 
 def read_rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:

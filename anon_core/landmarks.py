@@ -8,8 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from anon_core.faces import Faces
-from anon_core.models import dlib_model
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.models import dlib_model
 
 # dlib 68-point indices of the points the 5-point detectors report (eye centres are means).
 LEFT_EYE = list(range(36, 42))

@@ -9,22 +9,22 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from anon_core.config import AnonConfig
-from anon_core.detectors import Detector
-from anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
-from anon_core.faces import Faces
-from anon_core.imageio import (
+from faceveil.anon_core.config import AnonConfig
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.imageio import (
     DecodedImage,
     ImageError,
     decode_image,
     encode_image,
 )
-from anon_core.landmarks import Dlib68, LandmarkModel
-from anon_core.methods.base import Anonymizer, MethodOutput
-from anon_core.prefetch import Prefetcher
-from anon_core.results import AnonResult, quarantined
-from anon_core.runtime import INFERENCE_ERRORS
-from anon_core.stage import CpuStage, Stage
+from faceveil.anon_core.landmarks import Dlib68, LandmarkModel
+from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
+from faceveil.anon_core.prefetch import Prefetcher
+from faceveil.anon_core.results import AnonResult, quarantined
+from faceveil.anon_core.runtime import INFERENCE_ERRORS
+from faceveil.anon_core.stage import CpuStage, Stage
 
 log = logging.getLogger(__name__)
 

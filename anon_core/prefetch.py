@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from anon_core.imageio import DecodedImage
-from anon_core.results import AnonResult, quarantined
+from faceveil.anon_core.imageio import DecodedImage
+from faceveil.anon_core.results import AnonResult, quarantined
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from anon_core.faces import Faces
-from anon_core.imageio import DecodedImage
-from anon_core.methods.base import MethodOutput
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.imageio import DecodedImage
+from faceveil.anon_core.methods.base import MethodOutput
 
 
 @dataclass

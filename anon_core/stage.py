@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from anon_core import methods
-from anon_core.detectors import Detector, build_detector
-from anon_core.faces import Faces
-from anon_core.imageio import DecodedImage
-from anon_core.methods.base import Anonymizer, MethodOutput
+from faceveil.anon_core import methods
+from faceveil.anon_core.detectors import Detector, build_detector
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.imageio import DecodedImage
+from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
 
 if TYPE_CHECKING:
-    from anon_core.config import AnonConfig
+    from faceveil.anon_core.config import AnonConfig
 
 
 @runtime_checkable

@@ -49,7 +49,7 @@ def _face_crops(source: Path, count: int) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
-    from anon_core.imageio import crop_png
+    from faceveil.anon_core.imageio import crop_png
 
     crops = []
     for path in source_images(source)[: min(count, 200)]:
@@ -62,11 +62,11 @@ def _face_crops(source: Path, count: int) -> list[bytes]:
 def _sealed_job(workdir: Path, samples: int, source: Path):
     """Shards of sealed samples as a worker writes them; returns (escrow, custodians, refs,
     manifests by shard, seconds spent sealing)."""
-    from manifests.custodian import CustodianPrivate
-    from manifests.escrow import ShamirPolicy, create_escrow
-    from manifests.jobkeys import epoch_sealing
-    from manifests.keymanifest import ShardSealer, load_key_manifest
-    from manifests.restore import SampleRef
+    from faceveil.manifests.custodian import CustodianPrivate
+    from faceveil.manifests.escrow import ShamirPolicy, create_escrow
+    from faceveil.manifests.jobkeys import epoch_sealing
+    from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+    from faceveil.manifests.restore import SampleRef
 
     custodians = [CustodianPrivate.generate(n) for n in ("alice", "bob", "carol")]
     escrow = create_escrow("bench", ShamirPolicy(2, tuple(c.public() for c in custodians)))
@@ -97,9 +97,9 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
 
 
 def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object]:
-    from jobs.restore import open_v2_row
-    from manifests.custodian import ScryptParams
-    from manifests.restore import (
+    from faceveil.jobs.restore import open_v2_row
+    from faceveil.manifests.custodian import ScryptParams
+    from faceveil.manifests.restore import (
         RequestSpec,
         approve,
         create_request,
@@ -168,7 +168,7 @@ def _run_job(
     images: Path, out: Path, escrow_args: list[str], workdir: Path, env: dict
 ) -> tuple[float, float, int]:
     secret = str(workdir / "job.secret")
-    command = [sys.executable, "-m", "jobs.cli", "run", str(images), str(out), "--method",
+    command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(images), str(out), "--method",
                "blur", "--secret-file", secret, "--no-progress", *escrow_args]  # fmt: skip
     measured = run_measured(command, workdir / out.name, env=env, cwd=REPO)
     if measured.returncode != 0:
@@ -181,7 +181,7 @@ def _run_job(
 def job_part(args: argparse.Namespace) -> str:
     import secrets as pysecrets
 
-    from manifests.custodian import ScryptParams, keygen
+    from faceveil.manifests.custodian import ScryptParams, keygen
 
     with tempfile.TemporaryDirectory(prefix="bench-escrow-job-") as tmp:
         work = Path(tmp)

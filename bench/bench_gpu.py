@@ -30,12 +30,12 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable like
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from anon_core import methods  # noqa: E402
-from anon_core.accel import AccelOptions, accelerated_anonymizer, describe  # noqa: E402
-from anon_core.detectors import build_detector  # noqa: E402
-from anon_core.imageio import DecodedImage  # noqa: E402
-from anon_core.pipeline import AnonConfig, FaceAnonymizer  # noqa: E402
 from bench.common import format_table, machine_info, source_images, versions  # noqa: E402
+from faceveil.anon_core import methods  # noqa: E402
+from faceveil.anon_core.accel import AccelOptions, accelerated_anonymizer, describe  # noqa: E402
+from faceveil.anon_core.detectors import build_detector  # noqa: E402
+from faceveil.anon_core.imageio import DecodedImage  # noqa: E402
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer  # noqa: E402
 
 TARGETS = {("blur", 512): 1500.0, ("surrogate", 512): 300.0}  # images/s on one H100
 ROWS = {"blur": "detect+blur", "surrogate": "surrogate"}
@@ -251,7 +251,7 @@ def _cpu_init(method: str, options: dict, barrier) -> None:
 
     cv2.setNumThreads(1)
     if method == "surrogate":
-        importlib.import_module("anon_core.methods.surrogate")
+        importlib.import_module("faceveil.anon_core.methods.surrogate")
     _CPU["anon"] = FaceAnonymizer(AnonConfig(method, options, threads=1))
     _CPU["barrier"] = barrier
 
@@ -324,10 +324,10 @@ def surrogate_options(sources: list[Path]) -> tuple[dict, str]:
     that faces really get surrogates rather than a fallback or quarantine.
     """
     try:
-        importlib.import_module("anon_core.methods.surrogate")
-        from anon_core.embeddings import DlibEmbedder
-        from anon_core.landmarks import Dlib68
-        from anon_core.surrogate.context import build_surrogate_context
+        importlib.import_module("faceveil.anon_core.methods.surrogate")
+        from faceveil.anon_core.embeddings import DlibEmbedder
+        from faceveil.anon_core.landmarks import Dlib68
+        from faceveil.anon_core.surrogate.context import build_surrogate_context
     except ImportError as exc:
         return {}, f"the surrogate method is not importable ({exc})"
     if "surrogate" not in methods.available():

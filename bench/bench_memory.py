@@ -62,7 +62,7 @@ def source_folder(args: argparse.Namespace, work: Path) -> Path:
     lfw = shared / "data" / "lfw_dev" / "images"
     if lfw.is_dir():
         return lfw
-    from jobs.demo import sample_images
+    from faceveil.jobs.demo import sample_images
 
     folder = work / "source"
     folder.mkdir(parents=True)

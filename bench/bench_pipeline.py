@@ -87,7 +87,7 @@ def loop_main(folder: Path, batch_size: int) -> None:
     """Child-process body: one process, one thread, anon_core over in-memory bytes."""
     import cv2
 
-    from anon_core.pipeline import AnonConfig, FaceAnonymizer
+    from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 
     cv2.setNumThreads(1)
     data = [p.read_bytes() for p in sorted(folder.iterdir())]

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from bench.common import format_table, machine_info
-from jobs.evaluate import EvalConfig, parse_methods
-from jobs.evaluate.runner import run_eval
+from faceveil.jobs.evaluate import EvalConfig, parse_methods
+from faceveil.jobs.evaluate.runner import run_eval
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.02

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from bench.bench_privacy import _shared
 from bench.common import format_table, machine_info
-from jobs.evaluate import EvalConfig, parse_methods
-from jobs.evaluate.runner import run_eval
+from faceveil.jobs.evaluate import EvalConfig, parse_methods
+from faceveil.jobs.evaluate.runner import run_eval
 
 TARGETS = {"rank1": 0.10, "redetected": 0.98, "landmark": 0.08, "gender": 0.95, "speed": 3.0}
 

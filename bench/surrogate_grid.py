@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anon_core import demo_data
-from anon_core.detectors import build_detector
-from anon_core.embeddings import DlibEmbedder
-from anon_core.imageio import decode_image
-from anon_core.landmarks import Dlib68
-from anon_core.methods.surrogate import Surrogate
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
-from anon_core.surrogate.context import collect_faces, context_from_table
 from bench.bench_privacy import _shared
+from faceveil.anon_core import demo_data
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.embeddings import DlibEmbedder
+from faceveil.anon_core.imageio import decode_image
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.surrogate.context import collect_faces, context_from_table
 
 PHOTOS = ("astronaut.png", "obama.jpg", "biden.jpg", "two_people.jpg", "obama3.jpg")
 TILE = 220
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     table = collect_faces(_donor_images(data), detector, landmarks, embedder)
     probes = ()
     if args.labels:
-        from anon_core.surrogate.build import attribute_probes
+        from faceveil.anon_core.surrogate.build import attribute_probes
 
         probes = attribute_probes(args.labels, detector, embedder)
     context = context_from_table(table, attributes=probes)

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 
-from jobs.raypool import FAKE_GPU_ENV
+from faceveil.jobs.raypool import FAKE_GPU_ENV
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.storage import Location
-from manifests.audit import AuditTail, AuditWriter, LogReport, verify_log
-from manifests.canonical import canonical_json
-from manifests.custodian import b64d
-from manifests.errors import AuditError, RestoreError
-from manifests.restore import check_statement
+from faceveil.jobs.storage import Location
+from faceveil.manifests.audit import AuditTail, AuditWriter, LogReport, verify_log
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.custodian import b64d
+from faceveil.manifests.errors import AuditError, RestoreError
+from faceveil.manifests.restore import check_statement
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from anon_core import methods
-from cluster.local import add_cluster_command
-from jobs.evaluate.cli import add_eval_command
-from jobs.keyfile import KeyFileError, add_key_command
-from jobs.keys_cli import add_key_commands
-from jobs.lookup_cli import add_lookup_command
-from jobs.progress import configure_logging
-from jobs.residual_cli import add_audit_faces_command
-from jobs.run_cli import add_max_file_bytes_arg, add_run_command
-from manifests.errors import KeyLibraryError
+from faceveil.anon_core import methods
+from faceveil.cluster.local import add_cluster_command
+from faceveil.jobs.evaluate.cli import add_eval_command
+from faceveil.jobs.keyfile import KeyFileError, add_key_command
+from faceveil.jobs.keys_cli import add_key_commands
+from faceveil.jobs.lookup_cli import add_lookup_command
+from faceveil.jobs.progress import configure_logging
+from faceveil.jobs.residual_cli import add_audit_faces_command
+from faceveil.jobs.run_cli import add_max_file_bytes_arg, add_run_command
+from faceveil.manifests.errors import KeyLibraryError
 
 log = logging.getLogger("faceveil")
 
@@ -33,8 +33,8 @@ def _add_shard(sub) -> None:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from jobs.keyfile import load_secret
-    from jobs.shard import ReadOptions, write_shards
+    from faceveil.jobs.keyfile import load_secret
+    from faceveil.jobs.shard import ReadOptions, write_shards
 
     secret = load_secret(args.secret_file)
     reading = ReadOptions(max_member_bytes=args.max_file_bytes)
@@ -45,7 +45,7 @@ def _shard(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from jobs.demo import run_demo
+    from faceveil.jobs.demo import run_demo
 
     for line in run_demo(args):
         print(line)

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from manifests.custodian import read_passphrase
-from manifests.errors import KeyLibraryError
+from faceveil.manifests.custodian import read_passphrase
+from faceveil.manifests.errors import KeyLibraryError
 
 
 def refusals(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from anon_core.pipeline import AnonConfig
+from faceveil.anon_core.pipeline import AnonConfig
 
 
 @dataclass(frozen=True)

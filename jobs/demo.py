@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anon_core import demo_data
-from anon_core.imageio import decode_image
+from faceveil.anon_core import demo_data
+from faceveil.anon_core.imageio import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[byte
     """Up to ``limit`` different-looking samples with faces: original bytes (read from the input
     photos, in listing order, matched by sample key) and anonymized bytes (from the output
     shard)."""
-    from jobs.shard import list_sources
-    from jobs.shardio import iter_samples
-    from manifests.jobsecret import sample_key
+    from faceveil.jobs.shard import list_sources
+    from faceveil.jobs.shardio import iter_samples
+    from faceveil.manifests.jobsecret import sample_key
 
     with open(out / "anon" / "data" / "shard-000000.tar", "rb") as f:
         anonymized = {s.key: s for s in iter_samples(f)}
@@ -100,9 +100,9 @@ def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[byte
 def run_demo(args: argparse.Namespace) -> list[str]:
     """Write sample photos under ``args.out``/photos, anonymize them, save a before/after PNG;
     returns the lines to show the user."""
-    from jobs.keyfile import load_key_file, new_key_file
-    from jobs.run import run_job
-    from jobs.run_cli import add_run_command, job_config
+    from faceveil.jobs.keyfile import load_key_file, new_key_file
+    from faceveil.jobs.run import run_job
+    from faceveil.jobs.run_cli import add_run_command, job_config
 
     out = Path(args.out).resolve()
     photos = out / "photos"
@@ -142,8 +142,8 @@ def _escrow_args(out: Path) -> list[str]:
     for real: each custodian keeps their own key and passphrase on their own machine)."""
     import secrets
 
-    from manifests.custodian import keygen
-    from manifests.files import write_private_file
+    from faceveil.manifests.custodian import keygen
+    from faceveil.manifests.files import write_private_file
 
     folder = out / "custodians"
     passphrase = folder / "demo-passphrase.txt"

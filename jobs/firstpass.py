@@ -18,20 +18,20 @@ from dataclasses import dataclass, replace
 import numpy as np
 import ray
 
-from anon_core.detectors import build_detector
-from anon_core.imageio import ImageError, decode_image
-from anon_core.landmarks import Dlib68
-from anon_core.pipeline import AnonConfig, build_embedder
-from anon_core.surrogate.attributes import LinearAttribute
-from anon_core.surrogate.build import surrogate_from_context, surrogate_from_table
-from anon_core.surrogate.context import FaceTable, collect_faces
-from jobs.keys import Secrets
-from jobs.progress import BufferedProgress
-from jobs.raypool import ActorSpec, actor_device, map_over_shards, shard_tasks
-from jobs.shard import ShardEntry
-from jobs.shardio import ShardFormatError
-from jobs.worker import ShardTask, classify_sample, shard_samples
-from manifests.jobsecret import open_object, seal_object
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.imageio import ImageError, decode_image
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.pipeline import AnonConfig, build_embedder
+from faceveil.anon_core.surrogate.attributes import LinearAttribute
+from faceveil.anon_core.surrogate.build import surrogate_from_context, surrogate_from_table
+from faceveil.anon_core.surrogate.context import FaceTable, collect_faces
+from faceveil.jobs.keys import Secrets
+from faceveil.jobs.progress import BufferedProgress
+from faceveil.jobs.raypool import ActorSpec, actor_device, map_over_shards, shard_tasks
+from faceveil.jobs.shard import ShardEntry
+from faceveil.jobs.shardio import ShardFormatError
+from faceveil.jobs.worker import ShardTask, classify_sample, shard_samples
+from faceveil.manifests.jobsecret import open_object, seal_object
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import ray
 
-from jobs.config import EscrowConfig
-from jobs.jobmanifest import JobManifest
-from jobs.storage import Location
-from manifests.sealing import EpochSealing
+from faceveil.jobs.config import EscrowConfig
+from faceveil.jobs.jobmanifest import JobManifest
+from faceveil.jobs.storage import Location
+from faceveil.manifests.sealing import EpochSealing
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Secrets:
         """A ShardSealer for ``shard``, or None when the job runs without escrow."""
         if self.sealing is None:
             return None
-        from manifests.keymanifest import ShardSealer
+        from faceveil.manifests.keymanifest import ShardSealer
 
         stem = shard.removesuffix(".tar")
         return ShardSealer(self.sealing.shard_keys(stem), stem)
@@ -108,8 +108,8 @@ def open_keys(escrow: EscrowConfig, out: Location, job: JobManifest, resuming: b
     given on resume, and the policy of ``escrow.json``, are checked against it and any
     difference is refused before anything is sealed.
     """
-    from manifests.escrow import ESCROW_FORMAT, Escrow, escrow_format
-    from manifests.jobkeys import JobKeys
+    from faceveil.manifests.escrow import ESCROW_FORMAT, Escrow, escrow_format
+    from faceveil.manifests.jobkeys import JobKeys
 
     if job.escrow_mode == "none":
         log.warning("no escrow: originals are not sealed and can never be restored")
@@ -137,9 +137,9 @@ def open_keys(escrow: EscrowConfig, out: Location, job: JobManifest, resuming: b
 
 def policy_from_flags(escrow: EscrowConfig):
     """The escrow policy the run flags ask for (Shamir or KMS)."""
-    from manifests.custodian import CustodianPublic
-    from manifests.escrow import KmsPolicy, ShamirPolicy
-    from manifests.jobkeys import parse_kms_spec
+    from faceveil.manifests.custodian import CustodianPublic
+    from faceveil.manifests.escrow import KmsPolicy, ShamirPolicy
+    from faceveil.manifests.jobkeys import parse_kms_spec
 
     if escrow.kms:
         return KmsPolicy(parse_kms_spec(escrow.kms))
@@ -150,7 +150,7 @@ def policy_from_flags(escrow: EscrowConfig):
 def recorded_policy(entries: list[dict]):
     """The escrow policy a (verified) audit log records last: its job.start, or a later
     escrow.reshare or escrow.rekey; None if it records none."""
-    from manifests.escrow import policy_from_json
+    from faceveil.manifests.escrow import policy_from_json
 
     found = None
     for entry in entries:
@@ -163,7 +163,7 @@ def recorded_policy(entries: list[dict]):
 
 
 def _check_resume_policy(existing, escrow: EscrowConfig, out: Location) -> None:
-    from jobs.auditlog import verify_tree
+    from faceveil.jobs.auditlog import verify_tree
 
     entries = list(verify_tree(out).report.entries) if out.exists("audit.jsonl") else []
     recorded = recorded_policy(entries)
@@ -182,7 +182,7 @@ def _check_resume_policy(existing, escrow: EscrowConfig, out: Location) -> None:
 
 
 def _log_started(out: Location) -> bool:
-    from jobs.auditlog import log_started
+    from faceveil.jobs.auditlog import log_started
 
     return log_started(out)
 
@@ -194,6 +194,6 @@ def _nothing_given(escrow: EscrowConfig) -> bool:
 def audit(out: Location, keys, action: str, details: dict, anchor: str | None = None):
     """Append a signed entry to OUT/audit.jsonl, and its tail to the log's anchor (``anchor``,
     when given, must be the one the log's start entry names); returns the new tail."""
-    from jobs.auditlog import append
+    from faceveil.jobs.auditlog import append
 
     return append(out, keys.audit, action, details, anchor)

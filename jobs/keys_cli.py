@@ -12,12 +12,12 @@ import argparse
 import logging
 import sys
 
-from jobs.auditlog import append as append_audit
-from jobs.auditlog import verify_tree
-from jobs.cli_io import kdf_arg, passphrase, passphrase_arg, refusals
-from jobs.restore_cli import add_restore_commands
-from manifests.audit import AuditTail
-from manifests.custodian import CustodianPublic, ScryptParams, keygen
+from faceveil.jobs.auditlog import append as append_audit
+from faceveil.jobs.auditlog import verify_tree
+from faceveil.jobs.cli_io import kdf_arg, passphrase, passphrase_arg, refusals
+from faceveil.jobs.restore_cli import add_restore_commands
+from faceveil.manifests.audit import AuditTail
+from faceveil.manifests.custodian import CustodianPublic, ScryptParams, keygen
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from enum import StrEnum
 import fsspec
 import pyarrow.parquet as pq
 
-from jobs.plan import INDEX as PLAN_INDEX
-from jobs.plan import PLAN_DIR
-from jobs.shardio import open_tar, split_member
-from jobs.storage import Location
-from manifests.jobsecret import sample_key, secret_fingerprint
+from faceveil.jobs.plan import INDEX as PLAN_INDEX
+from faceveil.jobs.plan import PLAN_DIR
+from faceveil.jobs.shardio import open_tar, split_member
+from faceveil.jobs.storage import Location
+from faceveil.manifests.jobsecret import sample_key, secret_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.lookup import LookupStatus, lookup
+from faceveil.jobs.lookup import LookupStatus, lookup
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    from jobs.keyfile import load_secret
-    from jobs.storage import Location
+    from faceveil.jobs.keyfile import load_secret
+    from faceveil.jobs.storage import Location
 
     results = lookup(Location(args.out), load_secret(args.secret_file), args.sources)
     for r in results:

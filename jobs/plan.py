@@ -42,12 +42,18 @@ from dataclasses import dataclass
 
 import fsspec
 
-from jobs import shard as sharding
-from jobs.shard import ReadOptions, ShardEntry, Source, shard_name
-from jobs.shardio import RawSample, ShardFormatError
-from jobs.storage import Location, RetryPolicy
-from manifests.canonical import canonical_json
-from manifests.jobsecret import open_check, sample_key, seal_check, seal_uri, secret_fingerprint
+from faceveil.jobs import shard as sharding
+from faceveil.jobs.shard import ReadOptions, ShardEntry, Source, shard_name
+from faceveil.jobs.shardio import RawSample, ShardFormatError
+from faceveil.jobs.storage import Location, RetryPolicy
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.jobsecret import (
+    open_check,
+    sample_key,
+    seal_check,
+    seal_uri,
+    secret_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 

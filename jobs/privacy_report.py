@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from anon_core import report_page as page
-from anon_core.report_page import clean, dumps
-from jobs.privacy_sample import LMK_BINS, SIM_BINS, merge
-from jobs.storage import Location
+from faceveil.anon_core import report_page as page
+from faceveil.anon_core.report_page import clean, dumps
+from faceveil.jobs.privacy_sample import LMK_BINS, SIM_BINS, merge
+from faceveil.jobs.storage import Location
 
 log = logging.getLogger(__name__)
 

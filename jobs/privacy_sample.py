@@ -22,10 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces, face_regions, matched
-from anon_core.landmarks import landmark_error
-from anon_core.models import dlib_model, sha256_file
-from jobs.config import JobConfig
+from faceveil.anon_core.faces import Faces, face_regions, matched
+from faceveil.anon_core.landmarks import landmark_error
+from faceveil.anon_core.models import dlib_model, sha256_file
+from faceveil.jobs.config import JobConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ class _Models:
     """The models the privacy sample needs, loaded on first use inside the worker."""
 
     def __init__(self, sampler: PrivacySampler) -> None:
-        from anon_core.attackers import build_attackers
-        from anon_core.detectors import build_detector
-        from anon_core.landmarks import Dlib68
+        from faceveil.anon_core.attackers import build_attackers
+        from faceveil.anon_core.detectors import build_detector
+        from faceveil.anon_core.landmarks import Dlib68
 
         paths = [sampler.attacker] if sampler.attacker else []
         self.attacker = build_attackers(paths, sampler.device, sampler.threads)[0]

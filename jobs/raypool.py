@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import ray
 
-from anon_core.pipeline import AnonConfig
-from jobs.config import PoolConfig
-from jobs.worker import ShardTask
+from faceveil.anon_core.pipeline import AnonConfig
+from faceveil.jobs.config import PoolConfig
+from faceveil.jobs.worker import ShardTask
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Mapping
 
-from jobs.restore import (
+from faceveil.jobs.restore import (
     REKEY_DIR,
     RestoreContext,
     iter_images,
@@ -23,11 +23,11 @@ from jobs.restore import (
     manifest_names,
     open_v2_row,
 )
-from jobs.storage import Location
-from manifests.envelope import EMPTY_SHA256, PayloadKind
-from manifests.escrow import Escrow, KmsClient
-from manifests.jobkeys import epoch_sealing
-from manifests.keymanifest import ShardSealer
+from faceveil.jobs.storage import Location
+from faceveil.manifests.envelope import EMPTY_SHA256, PayloadKind
+from faceveil.manifests.escrow import Escrow, KmsClient
+from faceveil.manifests.jobkeys import epoch_sealing
+from faceveil.manifests.keymanifest import ShardSealer
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from anon_core.detectors import build_detector, detector_info
-from anon_core.faces import Faces, face_regions, iou_matrix
-from anon_core.imageio import ImageError, decode_image
-from anon_core.report_page import dumps
-from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS
-from jobs.shardio import iter_samples as read_samples
-from jobs.storage import Location
+from faceveil.anon_core.detectors import build_detector, detector_info
+from faceveil.anon_core.faces import Faces, face_regions, iou_matrix
+from faceveil.anon_core.imageio import ImageError, decode_image
+from faceveil.anon_core.report_page import dumps
+from faceveil.jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS
+from faceveil.jobs.shardio import iter_samples as read_samples
+from faceveil.jobs.storage import Location
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def add_audit_faces_command(
 
 def audit_faces_command(args: argparse.Namespace) -> int:
     """Run ``faceveil audit faces``."""
-    from jobs.residual import ResidualConfig, find_residual_faces, write_residual_report
+    from faceveil.jobs.residual import ResidualConfig, find_residual_faces, write_residual_report
 
     config = ResidualConfig(
         out=args.out,

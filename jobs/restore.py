@@ -24,11 +24,11 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS, iter_samples
-from jobs.storage import Location
-from manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
-from manifests.errors import DecryptionError, EscrowError, RestoreError
-from manifests.escrow import (
+from faceveil.jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS, iter_samples
+from faceveil.jobs.storage import Location
+from faceveil.manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
+from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.escrow import (
     ESCROW_FORMAT,
     Escrow,
     KmsClient,
@@ -37,10 +37,10 @@ from manifests.escrow import (
     escrow_format,
     kms_open_shard_key,
 )
-from manifests.files import write_private_file
-from manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
-from manifests.restore import SampleRef
-from manifests.sealing import kms_sample_key, open_row, row_aad
+from faceveil.manifests.files import write_private_file
+from faceveil.manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
+from faceveil.manifests.restore import SampleRef
+from faceveil.manifests.sealing import kms_sample_key, open_row, row_aad
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from jobs import cli_io, restore_legacy
-from jobs.auditlog import append as append_audit
-from jobs.auditlog import verify_tree
-from jobs.cli_io import (
+from faceveil.jobs import cli_io, restore_legacy
+from faceveil.jobs.auditlog import append as append_audit
+from faceveil.jobs.auditlog import verify_tree
+from faceveil.jobs.cli_io import (
     emit,
     kdf_arg,
     passphrase,
@@ -38,8 +38,8 @@ from jobs.cli_io import (
     requester_name,
     say,
 )
-from jobs.rekey import mark_complete, publish_rekey, stage_rekey
-from jobs.restore import (
+from faceveil.jobs.rekey import mark_complete, publish_rekey, stage_rekey
+from faceveil.jobs.restore import (
     REKEY_DIR,
     RestoreContext,
     is_legacy,
@@ -51,7 +51,7 @@ from jobs.restore import (
     sample_refs,
     signed_commitments,
 )
-from jobs.restorelog import (
+from faceveil.jobs.restorelog import (
     apply_details,
     approval_details,
     policy_entry,
@@ -60,15 +60,15 @@ from jobs.restorelog import (
     requester_writer,
     verified_entries,
 )
-from jobs.storage import Location
-from manifests.audit import AuditWriter, key_id
-from manifests.custodian import (
+from faceveil.jobs.storage import Location
+from faceveil.manifests.audit import AuditWriter, key_id
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
 )
-from manifests.errors import EscrowError, KeyLibraryError, RestoreError
-from manifests.escrow import (
+from faceveil.manifests.errors import EscrowError, KeyLibraryError, RestoreError
+from faceveil.manifests.escrow import (
     Escrow,
     KmsPolicy,
     Policy,
@@ -76,9 +76,9 @@ from manifests.escrow import (
     create_escrow,
     make_kms_client,
 )
-from manifests.files import write_private_file
-from manifests.jobkeys import parse_kms_spec
-from manifests.restore import (
+from faceveil.manifests.files import write_private_file
+from faceveil.manifests.jobkeys import parse_kms_spec
+from faceveil.manifests.restore import (
     REQUEST_FORMAT,
     Approval,
     RequestSpec,

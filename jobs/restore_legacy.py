@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
-from jobs.auditlog import append as append_audit
-from jobs.cli_io import (
+from faceveil.jobs.auditlog import append as append_audit
+from faceveil.jobs.cli_io import (
     ask_tty,
     emit,
     passphrase,
@@ -27,16 +27,16 @@ from jobs.cli_io import (
     requester_name,
     say,
 )
-from jobs.restore import iter_images, manifest_names, rebuild, restore_into
-from jobs.storage import Location
-from manifests.audit import AuditWriter, key_id
-from manifests.custodian import CustodianPrivate, ScryptParams, b64e
-from manifests.envelope import Envelope, MasterKey
-from manifests.errors import EscrowError, RestoreError
-from manifests.escrow_v2 import Escrow, make_kms_client
-from manifests.files import write_private_file
-from manifests.keymanifest import KeyRow, load_key_manifest, open_row
-from manifests.restore_v2 import (
+from faceveil.jobs.restore import iter_images, manifest_names, rebuild, restore_into
+from faceveil.jobs.storage import Location
+from faceveil.manifests.audit import AuditWriter, key_id
+from faceveil.manifests.custodian import CustodianPrivate, ScryptParams, b64e
+from faceveil.manifests.envelope import Envelope, MasterKey
+from faceveil.manifests.errors import EscrowError, RestoreError
+from faceveil.manifests.escrow_v2 import Escrow, make_kms_client
+from faceveil.manifests.files import write_private_file
+from faceveil.manifests.keymanifest import KeyRow, load_key_manifest, open_row
+from faceveil.manifests.restore_v2 import (
     Approval,
     RestoreRequest,
     approve,

@@ -7,15 +7,15 @@ custodian's signature whoever appends it (:mod:`manifests.audit` for the roles).
 
 from __future__ import annotations
 
-from jobs.auditlog import append as append_audit
-from jobs.auditlog import verify_tree
-from jobs.restore import log_entries
-from jobs.storage import Location
-from manifests.audit import AuditWriter, key_id
-from manifests.custodian import CustodianPublic, b64e
-from manifests.escrow import Escrow, ShamirPolicy
-from manifests.jobkeys import policy_details
-from manifests.restore import Approval, RequestKeys, RestoreRequest
+from faceveil.jobs.auditlog import append as append_audit
+from faceveil.jobs.auditlog import verify_tree
+from faceveil.jobs.restore import log_entries
+from faceveil.jobs.storage import Location
+from faceveil.manifests.audit import AuditWriter, key_id
+from faceveil.manifests.custodian import CustodianPublic, b64e
+from faceveil.manifests.escrow import Escrow, ShamirPolicy
+from faceveil.manifests.jobkeys import policy_details
+from faceveil.manifests.restore import Approval, RequestKeys, RestoreRequest
 
 
 def request_details(request: RestoreRequest) -> dict:

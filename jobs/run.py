@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from anon_core.accel import select_backend
-from anon_core.detectors import build_detector
-from anon_core.pipeline import FaceAnonymizer, build_embedder
-from jobs import plan as planning
-from jobs import shard as sharding
-from jobs.config import JobConfig
-from jobs.jobmanifest import JOB_FILE, JobFileError, JobManifest, JobStatus
-from jobs.keys import Secrets, hold_secrets
-from jobs.privacy_sample import privacy_sampler
-from jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
-from jobs.raypool import (
+from faceveil.anon_core.accel import select_backend
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.pipeline import FaceAnonymizer, build_embedder
+from faceveil.jobs import plan as planning
+from faceveil.jobs import shard as sharding
+from faceveil.jobs.config import JobConfig
+from faceveil.jobs.jobmanifest import JOB_FILE, JobFileError, JobManifest, JobStatus
+from faceveil.jobs.keys import Secrets, hold_secrets
+from faceveil.jobs.privacy_sample import privacy_sampler
+from faceveil.jobs.progress import BufferedProgress, ProgressCounter, ProgressDisplay
+from faceveil.jobs.raypool import (
     ActorSpec,
     actor_device,
     connect,
@@ -37,10 +37,10 @@ from jobs.raypool import (
     size_pool,
     wait_for_resources,
 )
-from jobs.shardio import ShardFormatError
-from jobs.storage import Location
-from jobs.worker import ShardOptions, ShardStatus, ShardSummary, ShardTask, process_shard
-from manifests.jobsecret import secret_fingerprint
+from faceveil.jobs.shardio import ShardFormatError
+from faceveil.jobs.storage import Location
+from faceveil.jobs.worker import ShardOptions, ShardStatus, ShardSummary, ShardTask, process_shard
+from faceveil.manifests.jobsecret import secret_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ShardProcessor:
         self.node = ray.get_runtime_context().get_node_id()
         self.secrets = ray.get(spec.key_holder.get.remote())
         if spec.surrogate_context is not None:
-            from jobs.firstpass import surrogate_method
+            from faceveil.jobs.firstpass import surrogate_method
 
             method = surrogate_method(anon, self.secrets, spec.surrogate_context)
             self.anonymizer = FaceAnonymizer(anon, method=method)  # per-face work runs on CPU
@@ -199,7 +199,7 @@ def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
 def _versions() -> dict:
     import onnxruntime
 
-    from jobs import __version__
+    from faceveil.jobs import __version__
 
     return {
         "faceveil": __version__,
@@ -227,7 +227,7 @@ def _watch(counter, display: ProgressDisplay, stop: threading.Event) -> None:
 def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None:
     """The run's audit anchor: ``--audit-anchor``, or once the log has begun the one its start
     entry names (a resume cannot change it)."""
-    from jobs.auditlog import recorded_anchor
+    from faceveil.jobs.auditlog import recorded_anchor
 
     if not started:
         return config.audit.anchor
@@ -241,7 +241,7 @@ def _audit_anchor(config: JobConfig, out: Location, started: bool) -> str | None
 
 def _pseudonym_key(config: JobConfig) -> bytes | None:
     """The team's pseudonym key for --method surrogate (None for other methods)."""
-    from jobs.keyfile import load_key_file
+    from faceveil.jobs.keyfile import load_key_file
 
     if config.anon.method != "surrogate":
         if config.surrogate.key_file:
@@ -279,7 +279,7 @@ def _live_progress(config: JobConfig, total: int, stage: str) -> Iterator:
 
 def _record_key(job: JobManifest, key: bytes | None) -> JobManifest:
     """Record the pseudonym key's fingerprint; a resumed job must use the same key."""
-    from jobs.firstpass import key_fingerprint
+    from faceveil.jobs.firstpass import key_fingerprint
 
     if key is None:
         return job
@@ -322,7 +322,7 @@ class JobRun:
     """
 
     def __init__(self, config: JobConfig):
-        from jobs.keys import escrow_mode
+        from faceveil.jobs.keys import escrow_mode
 
         self.config = config
         self.out = Location(config.output)
@@ -338,7 +338,7 @@ class JobRun:
 
     def find_shards(self) -> ShardSources:
         """Load the job secret and find the shards (loose images are planned into OUT/plan)."""
-        from jobs.keyfile import load_secret
+        from faceveil.jobs.keyfile import load_secret
 
         self._secret = load_secret(self.config.secret_file)
         return resolve_shards(self.config, self.out, self._secret)
@@ -346,7 +346,7 @@ class JobRun:
     def open_keys(self) -> None:
         """Open the escrow (escrow.json is published before anything is sealed), publish
         job.json, and gather the actors' Secrets."""
-        from jobs.keys import open_keys
+        from faceveil.jobs.keys import open_keys
 
         self.keys = open_keys(self.config.escrow, self.out, self.manifest, self.resuming)
         self.publish()
@@ -361,8 +361,8 @@ class JobRun:
     def log_start(self, shards_to_do: int) -> None:
         """With escrow, sign job.start (or job.resume once the log has begun) into the audit
         log; without escrow, refuse --audit-anchor (there is no signed log to anchor)."""
-        from jobs.auditlog import log_started
-        from jobs.keys import audit
+        from faceveil.jobs.auditlog import log_started
+        from faceveil.jobs.keys import audit
 
         if self.keys is None:
             if self.config.audit.anchor:
@@ -421,8 +421,8 @@ class JobRun:
         """Run the surrogate's first pass over (a sample of) every shard, done or not, so a
         resumed job gets the same identities and donors; records its summary in the manifest
         and returns the sealed context's object ref."""
-        from anon_core.surrogate.build import attribute_probes
-        from jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
+        from faceveil.anon_core.surrogate.build import attribute_probes
+        from faceveil.jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
 
         config = self.config
         chosen = first_pass_entries(sources.entries, config.surrogate.first_pass_shards)
@@ -458,7 +458,7 @@ class JobRun:
             summary.quarantined += row["quarantined"]
             summary.faces += row["faces"]
         if spec.observer is not None and audits:
-            from jobs.privacy_report import write_privacy_report
+            from faceveil.jobs.privacy_report import write_privacy_report
 
             write_privacy_report(
                 f"{self.config.output.rstrip('/')}/report",
@@ -468,7 +468,7 @@ class JobRun:
 
     def finish(self, summary: JobSummary) -> None:
         """Record totals in job.json (and the audit tail with escrow); raise if shards failed."""
-        from jobs.keys import audit
+        from faceveil.jobs.keys import audit
 
         out, keys = self.out, self.keys
         markers = [out.read_json("_done", n) for n in out.listdir("_done") if n.endswith(".json")]

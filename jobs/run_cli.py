@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from anon_core import methods
-from anon_core.detectors import NAMES as DETECTORS
-from anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
-from anon_core.pipeline import AnonConfig
-from jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
+from faceveil.anon_core import methods
+from faceveil.anon_core.detectors import NAMES as DETECTORS
+from faceveil.anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
+from faceveil.anon_core.pipeline import AnonConfig
+from faceveil.jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
 
 
 def add_max_file_bytes_arg(p) -> None:
@@ -158,7 +158,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jobs.run import run_job
+    from faceveil.jobs.run import run_job
 
     summary = run_job(job_config(args))
     print(summary.line())

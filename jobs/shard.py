@@ -12,9 +12,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_EXTS, TarWriter, member_refusal, open_tar
-from jobs.storage import Location, RetryPolicy
-from manifests.jobsecret import sample_key, seal_uri, secret_fingerprint
+from faceveil.jobs.shardio import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    IMAGE_EXTS,
+    TarWriter,
+    member_refusal,
+    open_tar,
+)
+from faceveil.jobs.storage import Location, RetryPolicy
+from faceveil.manifests.jobsecret import sample_key, seal_uri, secret_fingerprint
 
 log = logging.getLogger(__name__)
 

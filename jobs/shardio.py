@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from anon_core.imageio import DEFAULT_MAX_FILE_BYTES
+from faceveil.anon_core.imageio import DEFAULT_MAX_FILE_BYTES
 
 # The largest tar member read into memory; a larger one is refused, never read.
 DEFAULT_MAX_MEMBER_BYTES = DEFAULT_MAX_FILE_BYTES

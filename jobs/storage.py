@@ -17,8 +17,8 @@ from typing import TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from manifests.canonical import canonical_json
-from manifests.files import atomic_write
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.files import atomic_write
 
 log = logging.getLogger(__name__)
 

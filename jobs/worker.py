@@ -20,11 +20,11 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anon_core.imageio import crop_png
-from anon_core.models import file_sha256
-from anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
-from jobs.plan import is_plan_file, iter_planned
-from jobs.shardio import (
+from faceveil.anon_core.imageio import crop_png
+from faceveil.anon_core.models import file_sha256
+from faceveil.anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
+from faceveil.jobs.plan import is_plan_file, iter_planned
+from faceveil.jobs.shardio import (
     DEFAULT_MAX_MEMBER_BYTES,
     IMAGE_MEMBER_EXTS,
     RawSample,
@@ -32,9 +32,9 @@ from jobs.shardio import (
     TarWriter,
     iter_verified,
 )
-from jobs.storage import Location
-from manifests.canonical import canonical_json
-from manifests.jobsecret import open_uri
+from faceveil.jobs.storage import Location
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.jobsecret import open_uri
 
 log = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from manifests.canonical import canonical_json
-from manifests.errors import AuditError
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.errors import AuditError
 
 GENESIS = "0" * 64
 FIELDS = frozenset(

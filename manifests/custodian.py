@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from manifests.canonical import canonical_json
-from manifests.errors import CustodianKeyError, DecryptionError
-from manifests.files import write_private_file
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.errors import CustodianKeyError, DecryptionError
+from faceveil.manifests.files import write_private_file
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from manifests.canonical import canonical_json
-from manifests.errors import DecryptionError
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.errors import DecryptionError
 
 log = logging.getLogger(__name__)
 

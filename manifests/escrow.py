@@ -47,8 +47,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from manifests import threshold
-from manifests.custodian import (
+from faceveil.manifests import threshold
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     b64d,
@@ -57,7 +57,7 @@ from manifests.custodian import (
     open_sealed,
     seal_to,
 )
-from manifests.errors import CustodianKeyError, EscrowError
+from faceveil.manifests.errors import CustodianKeyError, EscrowError
 
 log = logging.getLogger(__name__)
 

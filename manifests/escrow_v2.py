@@ -58,9 +58,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from manifests import shamir
-from manifests.audit import key_id
-from manifests.custodian import (
+from faceveil.manifests import shamir
+from faceveil.manifests.audit import key_id
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     b64d,
@@ -68,8 +68,8 @@ from manifests.custodian import (
     canonical_json,
     open_sealed,
 )
-from manifests.envelope import MasterKey
-from manifests.errors import CustodianKeyError, EscrowError, ShareError
+from faceveil.manifests.envelope import MasterKey
+from faceveil.manifests.errors import CustodianKeyError, EscrowError, ShareError
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from manifests.audit import AuditTail, AuditWriter, key_id
-from manifests.custodian import CustodianPublic, b64e
-from manifests.errors import EscrowError
-from manifests.escrow import Escrow, Policy, ShamirPolicy, add_epoch, create_escrow
-from manifests.sealing import EpochSealing
+from faceveil.manifests.audit import AuditTail, AuditWriter, key_id
+from faceveil.manifests.custodian import CustodianPublic, b64e
+from faceveil.manifests.errors import EscrowError
+from faceveil.manifests.escrow import Escrow, Policy, ShamirPolicy, add_epoch, create_escrow
+from faceveil.manifests.sealing import EpochSealing
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from manifests.canonical import canonical_json
+from faceveil.manifests.canonical import canonical_json
 
 KEY_CHARS = 32
 _NONCE = 12

@@ -46,9 +46,9 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.envelope import EMPTY_SHA256, Envelope, Payload, PayloadKind
-from manifests.errors import DecryptionError, ManifestError
-from manifests.sealing import RowName, ShardKeys, commitment, row_aad, seal_row
+from faceveil.manifests.envelope import EMPTY_SHA256, Envelope, Payload, PayloadKind
+from faceveil.manifests.errors import DecryptionError, ManifestError
+from faceveil.manifests.sealing import RowName, ShardKeys, commitment, row_aad, seal_row
 
 log = logging.getLogger(__name__)
 

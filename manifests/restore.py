@@ -46,9 +46,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from manifests import threshold
-from manifests.audit import utc_now
-from manifests.custodian import (
+from faceveil.manifests import threshold
+from faceveil.manifests.audit import utc_now
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     ScryptParams,
     b64d,
@@ -59,8 +59,8 @@ from manifests.custodian import (
     passphrase_seal,
     seal_to,
 )
-from manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
-from manifests.escrow import (
+from faceveil.manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
     Policy,

@@ -48,8 +48,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from manifests.audit import utc_now
-from manifests.custodian import (
+from faceveil.manifests.audit import utc_now
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     ScryptParams,
     b64d,
@@ -60,10 +60,10 @@ from manifests.custodian import (
     passphrase_seal,
     seal_to,
 )
-from manifests.envelope import MasterKey
-from manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
-from manifests.escrow_v2 import Escrow
-from manifests.shamir import Share
+from faceveil.manifests.envelope import MasterKey
+from faceveil.manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.escrow_v2 import Escrow
+from faceveil.manifests.shamir import Share
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from manifests import threshold
-from manifests.canonical import canonical_json
-from manifests.envelope import aad_bytes
-from manifests.errors import DecryptionError
-from manifests.escrow import sample_label
+from faceveil.manifests import threshold
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.envelope import aad_bytes
+from faceveil.manifests.errors import DecryptionError
+from faceveil.manifests.escrow import sample_label
 
 AAD_VERSION = "faceveil-aad/2"
 NONCE_SIZE = 12
@@ -111,7 +111,12 @@ class EpochSealing:
     def shard_keys(self, shard: str, kms=None) -> ShardKeys:
         """The data-key source for one shard (KMS: one GenerateDataKey call, ``kms`` a client)."""
         if self.scheme == "kms":
-            from manifests.escrow import KmsPolicy, ShardRef, kms_shard_key, make_kms_client
+            from faceveil.manifests.escrow import (
+                KmsPolicy,
+                ShardRef,
+                kms_shard_key,
+                make_kms_client,
+            )
 
             client = kms or make_kms_client(self.key_arn)
             policy = KmsPolicy(self.key_arn)

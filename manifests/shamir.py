@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from manifests.errors import ShareError
+from faceveil.manifests.errors import ShareError
 
 MAX_SHARES = 255
 _POLY = 0x11B

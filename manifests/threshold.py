@@ -57,7 +57,7 @@ from nacl import bindings as na
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 
-from manifests.errors import KeyLibraryError
+from faceveil.manifests.errors import KeyLibraryError
 
 RandBytes = Callable[[int], bytes]
 

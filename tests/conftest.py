@@ -249,6 +249,6 @@ def ray_local(s3: S3) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def secret_file(tmp_path_factory) -> Path:
     """A job secret key file shared by the session's jobs."""
-    from jobs.keyfile import new_key_file
+    from faceveil.jobs.keyfile import new_key_file
 
     return new_key_file(tmp_path_factory.mktemp("secret") / "secret.key")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_core import demo_data
-from jobs.demo import sample_images
+from faceveil.anon_core import demo_data
+from faceveil.jobs.demo import sample_images
 
 
 def shared_dir() -> Path:

@@ -8,19 +8,22 @@ to the packages above it, so a package ``__init__`` that re-exports its parts is
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("anon_core", "manifests", "jobs", "cluster")
-EVALUATE = "jobs.evaluate"
-EVAL_CLI = "jobs.cli"  # the top-level CLI registers ``eval``
+EVALUATE = "faceveil.jobs.evaluate"
+EVAL_CLI = "faceveil.jobs.cli"  # the top-level CLI registers ``eval``
 
 
 def _modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+            parts = ("faceveil", *path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join(parts)] = path
@@ -59,14 +62,16 @@ def _offences(rule) -> list[str]:
 
 
 def test_anon_core_imports_nothing_from_jobs_or_manifests() -> None:
-    assert _offences(lambda a, b: _inside(a, "anon_core") and not _inside(b, "anon_core")) == []
+    core = "faceveil.anon_core"
+    assert _offences(lambda a, b: _inside(a, core) and not _inside(b, core)) == []
 
 
 def test_evaluate_needs_only_anon_core() -> None:
     assert (
         _offences(
             lambda a, b: (
-                _inside(a, EVALUATE) and not (_inside(b, EVALUATE) or _inside(b, "anon_core"))
+                _inside(a, EVALUATE)
+                and not (_inside(b, EVALUATE) or _inside(b, "faceveil.anon_core"))
             )
         )
         == []
@@ -111,3 +116,22 @@ def test_no_import_cycle() -> None:
 def test_cycle_finder_reports_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_graph_sees_the_project_imports() -> None:
+    graph = _graph()
+    assert "faceveil.jobs.restore" in graph["faceveil.jobs.restore_cli"]
+    assert "faceveil.manifests.threshold" in graph["faceveil.manifests.escrow"]
+
+
+def test_installed_under_one_name(tmp_path) -> None:
+    """Installed, the packages answer only as faceveil.*: a bare ``import jobs`` from another
+    folder fails (no generic top-level names on a shared cluster image)."""
+    code = (
+        "import importlib.util, faceveil.jobs.cli, faceveil.anon_core.pipeline\n"
+        "assert all(importlib.util.find_spec(n) is None\n"
+        "           for n in ('jobs', 'anon_core', 'manifests', 'cluster'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from jobs.cli import build_parser
+from faceveil.jobs.cli import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # (command, subcommand) pairs that read a passphrase, and those that ask for confirmation.

@@ -8,11 +8,16 @@ on the CPU, which is how it is tested on machines without a GPU.
 
 from __future__ import annotations
 
-from anon_core.accel.device import describe, nvjpeg_available, tensorrt_available, torch_device
-from anon_core.accel.regions import SUPPORTED, TorchRegionMethods
-from anon_core.accel.stage import AcceleratedStage, AccelOptions, accelerated_anonymizer
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
-from anon_core.prefetch import Prefetcher
+from faceveil.anon_core.accel.device import (
+    describe,
+    nvjpeg_available,
+    tensorrt_available,
+    torch_device,
+)
+from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
+from faceveil.anon_core.accel.stage import AcceleratedStage, AccelOptions, accelerated_anonymizer
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.prefetch import Prefetcher
 
 
 def select_backend(

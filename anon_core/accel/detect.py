@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from anon_core.detectors import Detector, MultiScaleDetector
-from anon_core.detectors import centerface as cf
-from anon_core.faces import Faces
+from faceveil.anon_core.detectors import Detector, MultiScaleDetector
+from faceveil.anon_core.detectors import centerface as cf
+from faceveil.anon_core.faces import Faces
 
 log = logging.getLogger(__name__)
 

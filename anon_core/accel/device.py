@@ -8,7 +8,7 @@ import logging
 import onnxruntime as ort
 import torch
 
-from anon_core.runtime import providers_for
+from faceveil.anon_core.runtime import providers_for
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anon_core.imageio import MIN_SIDE, DecodedImage
+from faceveil.anon_core.imageio import MIN_SIDE, DecodedImage
 
 log = logging.getLogger(__name__)
 

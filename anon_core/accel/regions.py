@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from anon_core import methods
-from anon_core.faces import Faces, face_regions
-from anon_core.methods.base import MethodOutput
+from faceveil.anon_core import methods
+from faceveil.anon_core.faces import Faces, face_regions
+from faceveil.anon_core.methods.base import MethodOutput
 
 log = logging.getLogger(__name__)
 

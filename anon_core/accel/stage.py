@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anon_core.accel.detect import DeviceDetector, use_tensorrt
-from anon_core.accel.device import nvjpeg_available, torch_device
-from anon_core.accel.regions import SUPPORTED, TorchRegionMethods
-from anon_core.detectors import Detector
-from anon_core.faces import Faces
-from anon_core.imageio import DecodedImage
-from anon_core.methods.base import Anonymizer, MethodOutput
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
-from anon_core.stage import config_detector, config_method
+from faceveil.anon_core.accel.detect import DeviceDetector, use_tensorrt
+from faceveil.anon_core.accel.device import nvjpeg_available, torch_device
+from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.imageio import DecodedImage
+from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.stage import config_detector, config_method
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class AcceleratedStage:
         """A plain JPEG decoded on the GPU when ``nvjpeg`` is on; None: decode on the CPU."""
         if not self.options.nvjpeg:
             return None
-        from anon_core.accel.jpeg import gpu_decode
+        from faceveil.anon_core.accel.jpeg import gpu_decode
 
         return gpu_decode(data, max_pixels, self.device)
 

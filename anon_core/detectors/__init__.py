@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from anon_core.detectors.base import Detector, MultiScaleDetector
-from anon_core.models import sha256_file
+from faceveil.anon_core.detectors.base import Detector, MultiScaleDetector
+from faceveil.anon_core.models import sha256_file
 
 NAMES = ("centerface", "scrfd")
 
@@ -24,13 +24,13 @@ def build_detector(
     if threshold is not None:
         options["threshold"] = threshold
     if name == "centerface":
-        from anon_core.detectors.centerface import CenterFace
+        from faceveil.anon_core.detectors.centerface import CenterFace
 
         base: Detector = CenterFace(**options)
     elif name == "scrfd":
         if model_root is None:
             raise ValueError("the scrfd detector needs a model directory (--model-root)")
-        from anon_core.detectors.scrfd import SCRFD
+        from faceveil.anon_core.detectors.scrfd import SCRFD
 
         base = SCRFD(model_root, **options)
     else:
@@ -43,7 +43,7 @@ def detector_info(detector: Detector) -> dict:
     base = detector.base if isinstance(detector, MultiScaleDetector) else detector
     path = getattr(base, "model_path", None)
     if path is None and base.name == "centerface":
-        from anon_core.detectors.centerface import bundled_model_path
+        from faceveil.anon_core.detectors.centerface import bundled_model_path
 
         path = bundled_model_path()
     info = {"name": base.name, "threshold": getattr(base, "threshold", None)}

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces, nms
+from faceveil.anon_core.faces import Faces, nms
 
 
 @runtime_checkable

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
-from anon_core.faces import Faces, nms
-from anon_core.runtime import make_session
+from faceveil.anon_core.faces import Faces, nms
+from faceveil.anon_core.runtime import make_session
 
 _INPUT = "input.1"
 _OUTPUTS = ["537", "538", "539", "540"]  # heatmap, log-scale, offset, landmarks (stride 4)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anon_core.faces import Faces
-from anon_core.runtime import make_session
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.runtime import make_session
 
 DEFAULT_FILES = ("scrfd_2.5g_bnkps.onnx", "det_500m.onnx", "det_10g.onnx", "det_2.5g.onnx")
 

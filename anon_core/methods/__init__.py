@@ -1,9 +1,9 @@
 """Anonymization methods, chosen by name from one registry."""
 
-from anon_core.methods import (
+from faceveil.anon_core.methods import (
     baselines,  # noqa: F401  (registers blur, pixelate, mask)
     surrogate,  # noqa: F401  (registers surrogate)
 )
-from anon_core.methods.base import Anonymizer, MethodOutput, available, create, register
+from faceveil.anon_core.methods.base import Anonymizer, MethodOutput, available, create, register
 
 __all__ = ["Anonymizer", "MethodOutput", "available", "create", "register"]

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from anon_core.faces import Faces
+from faceveil.anon_core.faces import Faces
 
 
 @dataclass(frozen=True)

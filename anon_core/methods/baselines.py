@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces, face_regions
-from anon_core.methods.base import MethodOutput, register
+from faceveil.anon_core.faces import Faces, face_regions
+from faceveil.anon_core.methods.base import MethodOutput, register
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from collections import OrderedDict
 
 import numpy as np
 
-from anon_core.faces import Faces, face_regions
-from anon_core.methods.base import MethodOutput, register
-from anon_core.methods.baselines import Mask
-from anon_core.pseudonym import check_key, keyed_order, pseudonym, unclustered_id
-from anon_core.surrogate.attributes import BINARY
-from anon_core.surrogate.context import SurrogateContext
-from anon_core.surrogate.donors import MIN_DONORS, skin_tone
-from anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
+from faceveil.anon_core.faces import Faces, face_regions
+from faceveil.anon_core.methods.base import MethodOutput, register
+from faceveil.anon_core.methods.baselines import Mask
+from faceveil.anon_core.pseudonym import check_key, keyed_order, pseudonym, unclustered_id
+from faceveil.anon_core.surrogate.attributes import BINARY
+from faceveil.anon_core.surrogate.context import SurrogateContext
+from faceveil.anon_core.surrogate.donors import MIN_DONORS, skin_tone
+from faceveil.anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anon_core.detectors import Detector
-from anon_core.embeddings import Embedder
-from anon_core.landmarks import LandmarkModel
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.embeddings import Embedder
+from faceveil.anon_core.landmarks import LandmarkModel
 
 log = logging.getLogger(__name__)
 

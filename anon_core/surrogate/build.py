@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from anon_core import methods
-from anon_core.detectors import Detector
-from anon_core.embeddings import Embedder
-from anon_core.labels import decoded, load_attribute_set
-from anon_core.landmarks import Dlib68
-from anon_core.methods.base import Anonymizer
-from anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_probes
-from anon_core.surrogate.context import FaceTable, SurrogateContext, context_from_table
+from faceveil.anon_core import methods
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.embeddings import Embedder
+from faceveil.anon_core.labels import decoded, load_attribute_set
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.methods.base import Anonymizer
+from faceveil.anon_core.surrogate.attributes import LinearAttribute, embed_labelled, fit_probes
+from faceveil.anon_core.surrogate.context import FaceTable, SurrogateContext, context_from_table
 
 log = logging.getLogger(__name__)
 

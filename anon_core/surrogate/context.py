@@ -17,13 +17,13 @@ from itertools import islice
 
 import numpy as np
 
-from anon_core.detectors import Detector
-from anon_core.embeddings import Embedder
-from anon_core.faces import Faces
-from anon_core.landmarks import LandmarkModel
-from anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
-from anon_core.surrogate.attributes import LinearAttribute
-from anon_core.surrogate.donors import DonorBank, DonorFace, make_donor, skin_tone
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.embeddings import Embedder
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.landmarks import LandmarkModel
+from faceveil.anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
+from faceveil.anon_core.surrogate.attributes import LinearAttribute
+from faceveil.anon_core.surrogate.donors import DonorBank, DonorFace, make_donor, skin_tone
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anon_core.surrogate import geometry as geo
+from faceveil.anon_core.surrogate import geometry as geo
 
 log = logging.getLogger(__name__)
 

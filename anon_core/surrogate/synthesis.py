@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anon_core.surrogate import geometry as geo
-from anon_core.surrogate.donors import DonorBank
+from faceveil.anon_core.surrogate import geometry as geo
+from faceveil.anon_core.surrogate.donors import DonorBank
 
 RING_SCALE = 1.3
 # Pose-stable points used to fit the donors' mean shape to the original's pose.

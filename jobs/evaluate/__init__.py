@@ -11,7 +11,7 @@ originals (faces, attacker embeddings aligned by their own landmarks) -> per met
 (``figures``, ``metrics``) -> ``report.write_eval_report`` (report.json, index.html, examples).
 """
 
-from jobs.evaluate.cli import add_eval_command
-from jobs.evaluate.config import EvalConfig, MethodSpec, parse_methods
+from faceveil.jobs.evaluate.cli import add_eval_command
+from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec, parse_methods
 
 __all__ = ["EvalConfig", "MethodSpec", "add_eval_command", "parse_methods"]

@@ -10,10 +10,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from tqdm import tqdm
 
-from anon_core.attackers import Attacker
-from anon_core.detectors import Detector
-from anon_core.labels import AttributeSet, decoded
-from jobs.evaluate.metrics import central_face
+from faceveil.anon_core.attackers import Attacker
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.labels import AttributeSet, decoded
+from faceveil.jobs.evaluate.metrics import central_face
 
 log = logging.getLogger(__name__)
 

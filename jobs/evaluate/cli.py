@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.evaluate.config import JUDGES, EvalConfig, parse_methods
+from faceveil.jobs.evaluate.config import JUDGES, EvalConfig, parse_methods
 
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,8 +73,8 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def eval_command(args: argparse.Namespace) -> int:
     """Run ``faceveil eval``; 0 on success, 2 on bad input."""
-    from jobs.evaluate.report import text_table, write_eval_report
-    from jobs.evaluate.runner import run_eval
+    from faceveil.jobs.evaluate.report import text_table, write_eval_report
+    from faceveil.jobs.evaluate.runner import run_eval
 
     try:
         config = eval_config(args)

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from anon_core.labels import read_rows
+from faceveil.anon_core.labels import read_rows
 
 
 @dataclass(frozen=True)

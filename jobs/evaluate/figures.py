@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from jobs.evaluate.attributes import agreement
-from jobs.evaluate.config import EvalConfig, MethodSpec
-from jobs.evaluate.dataset import LabelledSet
-from jobs.evaluate.measurements import MethodRun, Originals
-from jobs.evaluate.metrics import rank1, tar_at_far, verification_scores
-from jobs.evaluate.models import EvalModels, versions
+from faceveil.jobs.evaluate.attributes import agreement
+from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec
+from faceveil.jobs.evaluate.dataset import LabelledSet
+from faceveil.jobs.evaluate.measurements import MethodRun, Originals
+from faceveil.jobs.evaluate.metrics import rank1, tar_at_far, verification_scores
+from faceveil.jobs.evaluate.models import EvalModels, versions
 
 DEFINITIONS = {
     "rank1": "share of probes (every non-gallery image of an identity, anonymized) whose most "

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from anon_core.faces import Faces
+from faceveil.anon_core.faces import Faces
 
 
 @dataclass

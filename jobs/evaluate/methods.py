@@ -10,14 +10,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from anon_core import methods
-from anon_core.detectors import Detector
-from anon_core.embeddings import Embedder
-from anon_core.faces import Faces, face_regions
-from anon_core.landmarks import Dlib68, LandmarkModel
-from anon_core.methods.base import Anonymizer, MethodOutput
-from anon_core.pipeline import AnonConfig, build_embedder
-from jobs.evaluate.config import MethodSpec
+from faceveil.anon_core import methods
+from faceveil.anon_core.detectors import Detector
+from faceveil.anon_core.embeddings import Embedder
+from faceveil.anon_core.faces import Faces, face_regions
+from faceveil.anon_core.landmarks import Dlib68, LandmarkModel
+from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
+from faceveil.anon_core.pipeline import AnonConfig, build_embedder
+from faceveil.jobs.evaluate.config import MethodSpec
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _embedder_id(embedder: Embedder) -> tuple[str, str]:
 def _first_pass_table(context: MethodContext, landmarks, embedder: Embedder, limit: int):
     """The faces of the originals (``collect_faces``), computed once per evaluation for every
     surrogate row with the same embedder and donor limit."""
-    from anon_core.surrogate.context import collect_faces
+    from faceveil.anon_core.surrogate.context import collect_faces
 
     key = ("table", *_embedder_id(embedder), limit)
     if key not in context.memo:
@@ -126,8 +126,8 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     gender and age probes on, as ``run --attributes``) are for the first pass; the rest go to
     the method (``privacy``, ``donors``, ``grow``)."""
     try:
-        from anon_core.surrogate.build import attribute_probes, surrogate_from_table
-        from anon_core.surrogate.context import DEFAULT_MAX_DONORS
+        from faceveil.anon_core.surrogate.build import attribute_probes, surrogate_from_table
+        from faceveil.anon_core.surrogate.context import DEFAULT_MAX_DONORS
     except ImportError as exc:
         raise MethodUnavailable(f"surrogate is not importable ({exc})") from None
     options = dict(spec.options)

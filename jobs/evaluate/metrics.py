@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from anon_core.faces import Faces
+from faceveil.anon_core.faces import Faces
 
 
 def rank1(

@@ -9,13 +9,13 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from anon_core.attackers import Attacker, DlibAttacker, build_attackers
-from anon_core.detectors import Detector, build_detector, detector_info
-from anon_core.labels import load_attribute_set
-from anon_core.landmarks import Dlib68
-from anon_core.models import dlib_model, sha256_file
-from jobs.evaluate.attributes import AttributeModel, fit_attribute_model
-from jobs.evaluate.config import EvalConfig
+from faceveil.anon_core.attackers import Attacker, DlibAttacker, build_attackers
+from faceveil.anon_core.detectors import Detector, build_detector, detector_info
+from faceveil.anon_core.labels import load_attribute_set
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.models import dlib_model, sha256_file
+from faceveil.jobs.evaluate.attributes import AttributeModel, fit_attribute_model
+from faceveil.jobs.evaluate.config import EvalConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from anon_core import report_page as page
-from anon_core.report_page import clean, dumps
-from jobs.evaluate.output import encode_jpeg, write_files
-from jobs.evaluate.runner import EvalResult
+from faceveil.anon_core import report_page as page
+from faceveil.anon_core.report_page import clean, dumps
+from faceveil.jobs.evaluate.output import encode_jpeg, write_files
+from faceveil.jobs.evaluate.runner import EvalResult
 
 log = logging.getLogger(__name__)
 

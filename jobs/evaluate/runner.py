@@ -13,20 +13,20 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from anon_core import demo_data
-from anon_core.attackers import warn_if_same_model
-from anon_core.faces import Faces, matched
-from anon_core.imageio import decode_image
-from anon_core.labels import decoded
-from anon_core.landmarks import landmark_error
-from anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
-from jobs.evaluate import figures
-from jobs.evaluate.config import EvalConfig, MethodSpec
-from jobs.evaluate.dataset import LabelledSet, load_labelled_set
-from jobs.evaluate.measurements import MethodRun, Originals
-from jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
-from jobs.evaluate.metrics import central_face, ssim_outside
-from jobs.evaluate.models import EvalModels, load_models
+from faceveil.anon_core import demo_data
+from faceveil.anon_core.attackers import warn_if_same_model
+from faceveil.anon_core.faces import Faces, matched
+from faceveil.anon_core.imageio import decode_image
+from faceveil.anon_core.labels import decoded
+from faceveil.anon_core.landmarks import landmark_error
+from faceveil.anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
+from faceveil.jobs.evaluate import figures
+from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec
+from faceveil.jobs.evaluate.dataset import LabelledSet, load_labelled_set
+from faceveil.jobs.evaluate.measurements import MethodRun, Originals
+from faceveil.jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
+from faceveil.jobs.evaluate.metrics import central_face, ssim_outside
+from faceveil.jobs.evaluate.models import EvalModels, load_models
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from anon_core import AnonConfig, FaceAnonymizer, methods
-from anon_core.accel import (
+from faceveil.anon_core import AnonConfig, FaceAnonymizer, methods
+from faceveil.anon_core.accel import (
     AcceleratedStage,
     AccelOptions,
     Prefetcher,
@@ -16,10 +16,10 @@ from anon_core.accel import (
     accelerated_anonymizer,
     select_backend,
 )
-from anon_core.faces import Faces
-from anon_core.imageio import decode_image
-from anon_core.pipeline import AnonResult
-from anon_core.stage import CpuStage, Stage
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.imageio import decode_image
+from faceveil.anon_core.pipeline import AnonResult
+from faceveil.anon_core.stage import CpuStage, Stage
 from tests.factories import rgb
 
 DEMO = Path(__file__).resolve().parents[2] / "anon_core" / "demo_data"

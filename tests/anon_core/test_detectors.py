@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from anon_core.detectors import build_detector
-from anon_core.detectors.base import MultiScaleDetector
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.detectors.base import MultiScaleDetector
 from tests.factories import rgb, shared_path
 
 
@@ -17,7 +17,7 @@ def centerface():
 @pytest.fixture(scope="module", params=["det_500m.onnx", "scrfd_2.5g_bnkps.onnx"])
 def scrfd(request):
     root = shared_path("models", request.param).parent
-    from anon_core.detectors.scrfd import SCRFD
+    from faceveil.anon_core.detectors.scrfd import SCRFD
 
     return MultiScaleDetector(SCRFD(root, model_name=request.param))
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_core.imageio import ImageError, crop_png, decode_image, encode_image
-from jobs.demo import jpeg_with_gps
+from faceveil.anon_core.imageio import ImageError, crop_png, decode_image, encode_image
+from faceveil.jobs.demo import jpeg_with_gps
 from tests.factories import rgb
 from tests.jobs.corpus import png_claiming
 

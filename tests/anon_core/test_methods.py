@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from anon_core import methods
-from anon_core.detectors import build_detector
-from anon_core.faces import Faces, face_regions
+from faceveil.anon_core import methods
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.faces import Faces, face_regions
 from tests.factories import rgb
 
 

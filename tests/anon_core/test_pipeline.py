@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from anon_core import AnonConfig, FaceAnonymizer, Faces, methods
-from anon_core.imageio import decode_image
-from anon_core.stage import CpuStage
-from jobs.demo import jpeg_with_gps
+from faceveil.anon_core import AnonConfig, FaceAnonymizer, Faces, methods
+from faceveil.anon_core.imageio import decode_image
+from faceveil.anon_core.stage import CpuStage
+from faceveil.jobs.demo import jpeg_with_gps
 from tests.factories import rgb
 
 

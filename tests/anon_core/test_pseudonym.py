@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anon_core import pseudonym as ps
-from anon_core.pseudonym import (
+from faceveil.anon_core import pseudonym as ps
+from faceveil.anon_core.pseudonym import (
     check_key,
     cluster_identities,
     keyed_order,

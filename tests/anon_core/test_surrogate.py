@@ -23,15 +23,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anon_core.detectors import build_detector
-from anon_core.embeddings import DlibEmbedder
-from anon_core.faces import Faces
-from anon_core.landmarks import Dlib68
-from anon_core.methods import create
-from anon_core.methods.surrogate import Surrogate
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
-from anon_core.pseudonym import pseudonym
-from anon_core.surrogate import (
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.embeddings import DlibEmbedder
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.methods import create
+from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.pseudonym import pseudonym
+from faceveil.anon_core.surrogate import (
     DonorBank,
     DonorFace,
     FaceTable,
@@ -39,8 +39,8 @@ from anon_core.surrogate import (
     collect_faces,
     context_from_table,
 )
-from anon_core.surrogate.attributes import BINARY, LinearAttribute
-from anon_core.surrogate.donors import CROP
+from faceveil.anon_core.surrogate.attributes import BINARY, LinearAttribute
+from faceveil.anon_core.surrogate.donors import CROP
 from tests.factories import rgb
 
 NAMES = ("astronaut.png", "obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "two_people.jpg")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anon_core.surrogate.attributes import (
+from faceveil.anon_core.surrogate.attributes import (
     AGE_TOLERANCE,
     BINARY,
     GENDER_TOLERANCE,

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from anon_core.detectors import build_detector
-from anon_core.embeddings import DlibEmbedder
-from anon_core.landmarks import Dlib68
-from anon_core.methods.surrogate import Surrogate
-from anon_core.surrogate import collect_faces, context_from_table
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.embeddings import DlibEmbedder
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.surrogate import collect_faces, context_from_table
 from tests.factories import shared_path
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import build_parser
-from jobs.raypool import size_pool
-from jobs.run_cli import job_config
+from faceveil.jobs.cli import build_parser
+from faceveil.jobs.raypool import size_pool
+from faceveil.jobs.run_cli import job_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 

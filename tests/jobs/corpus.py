@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from anon_core import demo_data
+from faceveil.anon_core import demo_data
 
 
 @dataclass(frozen=True)

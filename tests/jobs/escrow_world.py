@@ -1,6 +1,6 @@
 """A real escrowed job for the key-command tests: photos, custodian keys made with the CLI, a
 2-of-3 ``faceveil run`` on the session's local Ray, and helpers that drive every ``restore`` and
-``escrow`` command in-process through ``jobs.cli.main``."""
+``escrow`` command in-process through ``faceveil.jobs.cli.main``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-import jobs.cli
-from anon_core.imageio import decode_image
-from jobs.demo import sample_images
-from jobs.keyfile import new_key_file
-from manifests.custodian import ScryptParams, b64e, canonical_json, passphrase_seal
-from manifests.restore import REQUEST_KEY_FORMAT, RestoreRequest, load_request_key
+import faceveil.jobs.cli
+from faceveil.anon_core.imageio import decode_image
+from faceveil.jobs.demo import sample_images
+from faceveil.jobs.keyfile import new_key_file
+from faceveil.manifests.custodian import ScryptParams, b64e, canonical_json, passphrase_seal
+from faceveil.manifests.restore import REQUEST_KEY_FORMAT, RestoreRequest, load_request_key
 
 CUSTODIANS = ("alice", "bob", "carol")
 OTHERS = ("dave", "mallory1", "mallory2")
@@ -65,7 +65,7 @@ def cli(*argv: object, cwd: Path | None = None) -> Result:
         stack.enter_context(contextlib.redirect_stdout(out))
         stack.enter_context(contextlib.redirect_stderr(err))
         try:
-            rc = jobs.cli.main([str(a) for a in argv])
+            rc = faceveil.jobs.cli.main([str(a) for a in argv])
         finally:
             root.handlers[:] = saved[0]
             root.setLevel(saved[1])

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import jobs.cli
-from jobs.auditlog import Anchor, append, recorded_anchor, verify_tree
-from jobs.keys_cli import main as keys_main
-from jobs.storage import Location
-from manifests.audit import AuditTail, AuditWriter, key_id
-from manifests.errors import AuditError
+import faceveil.jobs.cli
+from faceveil.jobs.auditlog import Anchor, append, recorded_anchor, verify_tree
+from faceveil.jobs.keys_cli import main as keys_main
+from faceveil.jobs.storage import Location
+from faceveil.manifests.audit import AuditTail, AuditWriter, key_id
+from faceveil.manifests.errors import AuditError
 
 JOB_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 REQUESTER = Ed25519PrivateKey.from_private_bytes(bytes(range(4, 36)))
@@ -188,7 +188,7 @@ def test_s3_object_lock_anchor_detects_the_last_three_lines_cut(tmp_path, locked
 def _photos_and_custodians(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
     """``count`` demo photos and two custodians made with the CLI; returns the photo folder
     and the escrow flags (2 of 2)."""
-    from jobs.demo import sample_images
+    from faceveil.jobs.demo import sample_images
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -200,7 +200,10 @@ def _photos_and_custodians(tmp_path: Path, count: int) -> tuple[Path, list[str]]
     for who in ("alice", "bob"):
         keygen = ["custodian", "keygen", "--name", who, "--out", str(tmp_path / "keys")]
         assert (
-            jobs.cli.main([*keygen, "--kdf-work", "15", "--passphrase-file", str(pass_file)]) == 0
+            faceveil.jobs.cli.main(
+                [*keygen, "--kdf-work", "15", "--passphrase-file", str(pass_file)]
+            )
+            == 0
         )
     pubs = [str(tmp_path / f"keys/{c}.pub") for c in ("alice", "bob")]
     return photos, ["--custodians", *pubs, "--threshold", "2"]
@@ -211,22 +214,22 @@ def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_f
     out, anchor = tmp_path / "out", str(tmp_path / "anchor")
     run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
     capsys.readouterr()
-    assert jobs.cli.main([*run, *escrow, "--audit-anchor", anchor]) == 0
+    assert faceveil.jobs.cli.main([*run, *escrow, "--audit-anchor", anchor]) == 0
     printed = capsys.readouterr().out
     job_key = printed.split("audit: job signing key ")[1].split(",")[0]
-    assert jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 0
+    assert faceveil.jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 0
     assert "anchored: lines 1..3" in capsys.readouterr().out  # job.start, job.manifests, job.end
     other = str(tmp_path / "other-anchor")
-    assert jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 2
+    assert faceveil.jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 2
     assert "anchored at" in capsys.readouterr().err and not Path(other).exists()
-    assert jobs.cli.main([*run, "--resume"]) == 0  # keeps the anchor the start entry names
+    assert faceveil.jobs.cli.main([*run, "--resume"]) == 0  # keeps the anchor the start entry names
     resumed = capsys.readouterr().out.split("audit: job signing key ")[1].split(",")[0]
     pins = ["--job-key", job_key, "--job-key", resumed]
-    assert jobs.cli.main(["audit", "verify", str(out), *pins]) == 0
+    assert faceveil.jobs.cli.main(["audit", "verify", str(out), *pins]) == 0
     printed = capsys.readouterr().out
     assert "anchored: lines 1..6" in printed and " job.resume " in printed
     _cut(out, 1)
-    assert jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 1
+    assert faceveil.jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 1
     assert "but " + anchor + " anchors line 6: lines were removed" in capsys.readouterr().err
 
 
@@ -239,21 +242,21 @@ def test_run_with_an_unwritable_anchor_fails_before_any_work(
     run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
     anchor = ["--audit-anchor", str(tmp_path / "a-file" / "anchor")]
     capsys.readouterr()
-    assert jobs.cli.main([*run, *escrow, *anchor]) == 2
+    assert faceveil.jobs.cli.main([*run, *escrow, *anchor]) == 2
     assert "cannot write the audit anchor" in capsys.readouterr().err
     assert not (out / "data").exists() or not list((out / "data").iterdir())
     assert not (out / "audit.jsonl").exists() or not (out / "audit.jsonl").read_bytes()
     anchor = ["--audit-anchor", str(tmp_path / "anchor")]  # fixed: the resume starts the log
     # No signed entry vouches for the escrow.json the failed run left: the flags are needed.
-    assert jobs.cli.main([*run, "--resume", *anchor]) == 2
+    assert faceveil.jobs.cli.main([*run, "--resume", *anchor]) == 2
     assert "give the escrow flags" in capsys.readouterr().err
-    assert jobs.cli.main([*run, "--resume", *escrow, *anchor]) == 0
+    assert faceveil.jobs.cli.main([*run, "--resume", *escrow, *anchor]) == 0
     capsys.readouterr()
-    assert jobs.cli.main(["audit", "verify", str(out)]) == 0
+    assert faceveil.jobs.cli.main(["audit", "verify", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "anchored: lines 1..3" in printed and " job.start " in printed
     bare = ["run", str(photos), str(tmp_path / "bare"), "--secret-file", str(secret_file)]
-    assert jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 2
+    assert faceveil.jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 2
     assert "without escrow" in capsys.readouterr().err
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import shard as sharding
-from jobs.config import EscrowConfig, JobConfig
-from jobs.keyfile import load_key_file
-from jobs.run import run_job
-from jobs.shard import Source, build_shard, shard_name
-from jobs.storage import Location
-from manifests.jobsecret import sample_key, secret_fingerprint
+from faceveil.jobs import shard as sharding
+from faceveil.jobs.config import EscrowConfig, JobConfig
+from faceveil.jobs.keyfile import load_key_file
+from faceveil.jobs.run import run_job
+from faceveil.jobs.shard import Source, build_shard, shard_name
+from faceveil.jobs.storage import Location
+from faceveil.manifests.jobsecret import sample_key, secret_fingerprint
 from tests.jobs.corpus import corpus, large_photos
 
 UNREADABLE = {
@@ -215,12 +215,12 @@ def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
     """The second sample under a key is quarantined without sealing: the key's escrow rows stay
     those of the first sample (whose restore would otherwise fail to open a row sealed for a
     quarantined sample)."""
-    from anon_core.pipeline import AnonConfig, FaceAnonymizer
-    from jobs.worker import ShardOptions, ShardTask, process_shard
-    from manifests.custodian import CustodianPrivate
-    from manifests.escrow import ShamirPolicy, create_escrow
-    from manifests.jobkeys import epoch_sealing
-    from manifests.keymanifest import ShardSealer
+    from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+    from faceveil.jobs.worker import ShardOptions, ShardTask, process_shard
+    from faceveil.manifests.custodian import CustodianPrivate
+    from faceveil.manifests.escrow import ShamirPolicy, create_escrow
+    from faceveil.manifests.jobkeys import epoch_sealing
+    from faceveil.manifests.keymanifest import ShardSealer
 
     secret = bytes(range(32))
     (tmp_path / "photos").mkdir()

@@ -4,7 +4,8 @@ Custodian keygen, a 2-of-3 escrowed run on a local Ray, a restore request by sam
 for every sample, approvals made offline (the output tree out of reach) and captured from
 stdout, apply, audit verify; then a resumed run (a second key epoch) that one request restores
 across both epochs; every refusal through the CLI; and nothing secret in the logs (DEBUG) or on
-the console over the whole workflow. Every command runs in-process through ``jobs.cli.main``.
+the console over the whole workflow. Every command runs in-process through
+``faceveil.jobs.cli.main``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import jobs.cli
-from anon_core.imageio import decode_image
-from jobs.demo import NAMES, sample_images
-from jobs.keyfile import new_key_file
-from manifests.custodian import CustodianPrivate
-from manifests.escrow import Escrow
-from manifests.keymanifest import KeyRow, key_manifest_bytes, key_manifest_epoch, load_key_manifest
-from manifests.restore import RestoreRequest
+import faceveil.jobs.cli
+from faceveil.anon_core.imageio import decode_image
+from faceveil.jobs.demo import NAMES, sample_images
+from faceveil.jobs.keyfile import new_key_file
+from faceveil.manifests.custodian import CustodianPrivate
+from faceveil.manifests.escrow import Escrow
+from faceveil.manifests.keymanifest import (
+    KeyRow,
+    key_manifest_bytes,
+    key_manifest_epoch,
+    load_key_manifest,
+)
+from faceveil.manifests.restore import RestoreRequest
 
 CUSTODIANS = ("alice", "bob", "carol")
 PASSPHRASES = {
@@ -95,7 +101,7 @@ def journal() -> Iterator[Journal]:
     handler = Journal()
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    configure = jobs.cli.configure_logging
+    configure = faceveil.jobs.cli.configure_logging
 
     def configure_and_record(*args, **kwargs) -> None:
         configure(*args, **kwargs)
@@ -103,7 +109,7 @@ def journal() -> Iterator[Journal]:
         root.setLevel(logging.DEBUG)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(jobs.cli, "configure_logging", configure_and_record)
+        mp.setattr(faceveil.jobs.cli, "configure_logging", configure_and_record)
         yield handler
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
@@ -118,7 +124,7 @@ def cli(journal: Journal, *argv: object, cwd: Path | None = None) -> Result:
         stack.enter_context(contextlib.redirect_stdout(out))
         stack.enter_context(contextlib.redirect_stderr(err))
         try:
-            rc = jobs.cli.main([str(a) for a in argv])
+            rc = faceveil.jobs.cli.main([str(a) for a in argv])
         finally:  # DEBUG for the command only, not for the test's own decoding
             logging.getLogger().setLevel(logging.WARNING)
     journal.console += [out.getvalue(), err.getvalue()]

@@ -7,18 +7,18 @@ import sys
 import numpy as np
 import pytest
 
-from anon_core import methods
-from anon_core.faces import Faces
-from anon_core.landmarks import landmark_error
-from jobs.evaluate.config import MethodSpec, parse_method_spec, parse_methods
-from jobs.evaluate.methods import (
+from faceveil.anon_core import methods
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.landmarks import landmark_error
+from faceveil.jobs.evaluate.config import MethodSpec, parse_method_spec, parse_methods
+from faceveil.jobs.evaluate.methods import (
     IdentityMethod,
     MethodContext,
     MethodUnavailable,
     build_method,
     eval_method_names,
 )
-from jobs.evaluate.metrics import (
+from faceveil.jobs.evaluate.metrics import (
     central_face,
     outside_mask,
     rank1,
@@ -28,7 +28,7 @@ from jobs.evaluate.metrics import (
     threshold_at_far,
     verification_scores,
 )
-from jobs.residual import ResidualConfig, covered
+from faceveil.jobs.residual import ResidualConfig, covered
 
 
 def _context() -> MethodContext:
@@ -117,7 +117,7 @@ def test_identity_is_eval_only_and_changes_nothing() -> None:
 def test_unknown_and_unimportable_methods_are_unavailable(monkeypatch) -> None:
     with pytest.raises(MethodUnavailable, match="no method"):
         build_method(MethodSpec("nonexistent"), _context())
-    monkeypatch.setitem(sys.modules, "anon_core.surrogate.context", None)
+    monkeypatch.setitem(sys.modules, "faceveil.anon_core.surrogate.context", None)
     with pytest.raises(MethodUnavailable, match="surrogate"):
         build_method(MethodSpec("surrogate"), _context())
     assert build_method(MethodSpec("blur", {"strength": 0.2}), _context()).strength == 0.2

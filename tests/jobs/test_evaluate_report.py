@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anon_core.detectors import build_detector
-from anon_core.embeddings import InsightFaceEmbedder, align_112
-from anon_core.faces import face_regions
-from anon_core.imageio import decode_image
-from anon_core.methods.base import MethodOutput
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
-from jobs.evaluate import EvalConfig, add_eval_command, parse_methods
-from jobs.evaluate.runner import run_eval
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.embeddings import InsightFaceEmbedder, align_112
+from faceveil.anon_core.faces import face_regions
+from faceveil.anon_core.imageio import decode_image
+from faceveil.anon_core.methods.base import MethodOutput
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.jobs.evaluate import EvalConfig, add_eval_command, parse_methods
+from faceveil.jobs.evaluate.runner import run_eval
 from tests.factories import shared_dir
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]

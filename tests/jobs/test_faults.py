@@ -25,13 +25,13 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from anon_core.pipeline import AnonConfig, FaceAnonymizer
-from jobs.config import EscrowConfig, JobConfig
-from jobs.keyfile import load_key_file
-from jobs.run import JobError, run_job
-from jobs.shard import read_index, shard_name, write_shards
-from jobs.storage import Location, RetryPolicy, StorageError
-from jobs.worker import ShardOptions, ShardTask, process_shard
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.jobs.config import EscrowConfig, JobConfig
+from faceveil.jobs.keyfile import load_key_file
+from faceveil.jobs.run import JobError, run_job
+from faceveil.jobs.shard import read_index, shard_name, write_shards
+from faceveil.jobs.storage import Location, RetryPolicy, StorageError
+from faceveil.jobs.worker import ShardOptions, ShardTask, process_shard
 from tests.jobs.corpus import large_photos
 from tests.jobs.procs import descendants, find, kill_survivors, wait_for
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-import jobs.storage
-from jobs.storage import Location
+import faceveil.jobs.storage
+from faceveil.jobs.storage import Location
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def modes_at_rename(monkeypatch) -> list[int]:
         seen.append(stat.S_IMODE(os.stat(src).st_mode))
         real(src, dst)
 
-    monkeypatch.setattr(jobs.storage.os, "replace", replace)
+    monkeypatch.setattr(faceveil.jobs.storage.os, "replace", replace)
     return seen
 
 

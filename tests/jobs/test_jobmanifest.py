@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from jobs.jobmanifest import SCHEMA, JobFileError, JobManifest, JobStatus
-from manifests.canonical import canonical_json
+from faceveil.jobs.jobmanifest import SCHEMA, JobFileError, JobManifest, JobStatus
+from faceveil.manifests.canonical import canonical_json
 
 V1 = {
     "job_id": "0" * 32,
@@ -53,9 +53,9 @@ def test_an_unknown_schema_or_field_is_refused(doc):
 
 
 def test_resume_opens_a_version_1_job_json(tmp_path):
-    from jobs.config import JobConfig
-    from jobs.run import open_job
-    from jobs.storage import Location
+    from faceveil.jobs.config import JobConfig
+    from faceveil.jobs.run import open_job
+    from faceveil.jobs.storage import Location
 
     config = JobConfig(str(tmp_path / "in"), str(tmp_path / "out"), resume=True)
     doc = {**V1, "config": config.output_config(), "config_sha256": config.output_config_sha256()}

@@ -9,7 +9,13 @@ import stat
 
 import pytest
 
-from jobs.keyfile import KEY_BYTES, KeyFileError, add_key_command, load_key_file, new_key_file
+from faceveil.jobs.keyfile import (
+    KEY_BYTES,
+    KeyFileError,
+    add_key_command,
+    load_key_file,
+    new_key_file,
+)
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 

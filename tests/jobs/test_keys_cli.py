@@ -12,13 +12,13 @@ import json
 import boto3
 import pytest
 
-from jobs.auditlog import append
-from jobs.keys_cli import main
-from jobs.restorelog import approval_details
-from manifests.audit import AuditWriter
-from manifests.escrow import Escrow, new_epoch
-from manifests.keymanifest import key_manifest_bytes, key_manifest_epoch, load_key_manifest
-from manifests.restore import Approval
+from faceveil.jobs.auditlog import append
+from faceveil.jobs.keys_cli import main
+from faceveil.jobs.restorelog import approval_details
+from faceveil.manifests.audit import AuditWriter
+from faceveil.manifests.escrow import Escrow, new_epoch
+from faceveil.manifests.keymanifest import key_manifest_bytes, key_manifest_epoch, load_key_manifest
+from faceveil.manifests.restore import Approval
 from tests.jobs.escrow_world import (
     CUSTODIANS,
     REASON,
@@ -91,7 +91,7 @@ def test_approve_asks_on_the_terminal_before_approving(world, monkeypatch):
 
         return ask
 
-    monkeypatch.setattr("jobs.cli_io.ask_tty", answer("n\n"))
+    monkeypatch.setattr("faceveil.jobs.cli_io.ask_tty", answer("n\n"))
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
     argv = ["restore", "approve", req, "--identity", w.key("alice")]
     argv += ["--passphrase-file", w.passfiles["alice"]]
@@ -101,7 +101,7 @@ def test_approve_asks_on_the_terminal_before_approving(world, monkeypatch):
     assert REASON in text and "dpo-on-duty" in text and "restore of 2 sample(s)" in text
     for ref in request.samples:
         assert ref.key in text
-    monkeypatch.setattr("jobs.cli_io.ask_tty", answer("y\n"))
+    monkeypatch.setattr("faceveil.jobs.cli_io.ask_tty", answer("y\n"))
     result = cli(*argv)
     assert result.rc == 0, result.err
     approval = Approval.loads(result.out)
@@ -115,7 +115,7 @@ def test_approve_without_a_terminal_needs_yes(world, monkeypatch):
     def no_tty(*args, **kwargs):
         raise OSError(6, "No such device or address", "/dev/tty")
 
-    monkeypatch.setattr("jobs.cli_io.open", no_tty, raising=False)
+    monkeypatch.setattr("faceveil.jobs.cli_io.open", no_tty, raising=False)
     argv = ["restore", "approve", req, "--identity", w.key("alice")]
     result = cli(*argv, "--passphrase-file", w.passfiles["alice"])
     assert result.rc == 1 and "no terminal to confirm on" in result.err and not result.out
@@ -287,7 +287,7 @@ def test_interrupted_rekey_must_be_finished(world, monkeypatch):
     def crash(location):
         raise OSError("simulated crash before publishing")
 
-    monkeypatch.setattr("jobs.restore_cli.publish_rekey", crash)
+    monkeypatch.setattr("faceveil.jobs.restore_cli.publish_rekey", crash)
     argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
     argv += ["--request-key", req.with_suffix(".key")]
     assert (

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
-from jobs.keyfile import new_key_file
+from faceveil.jobs.cli import main
+from faceveil.jobs.keyfile import new_key_file
 from tests.factories import gnu_sparse_tar, tar_members, varied_faces, write_folder
 
 

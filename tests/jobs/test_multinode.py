@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import EscrowConfig, JobConfig, PoolConfig
-from jobs.keyfile import load_key_file
-from jobs.raypool import (
+from faceveil.jobs.config import EscrowConfig, JobConfig, PoolConfig
+from faceveil.jobs.keyfile import load_key_file
+from faceveil.jobs.raypool import (
     CLUSTER_WAIT_ENV,
     FAKE_GPU_ENV,
     ClusterError,
@@ -26,8 +26,8 @@ from jobs.raypool import (
     size_pool,
     wait_for_resources,
 )
-from jobs.run import run_job
-from jobs.shard import write_shards
+from faceveil.jobs.run import run_job
+from faceveil.jobs.shard import write_shards
 from tests.jobs.corpus import large_photos
 from tests.jobs.procs import descendants, kill_survivors
 
@@ -139,7 +139,7 @@ def test_surrogate_first_pass_and_context_cross_nodes(local_cluster, secret_file
                                                       tmp_path):  # fmt: skip
     """The sealed first-pass context reaches actors on other nodes, and the output is the
     same byte for byte as on one node: neither pass depends on where shards ran."""
-    from jobs.keyfile import new_key_file
+    from faceveil.jobs.keyfile import new_key_file
     from tests.factories import lfw_people
 
     lfw_people(tmp_path / "photos", 16, 2)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.cli import main
-from jobs.keyfile import load_key_file
-from jobs.plan import (
+from faceveil.jobs.cli import main
+from faceveil.jobs.keyfile import load_key_file
+from faceveil.jobs.plan import (
     CHANGED,
     INDEX,
     VANISHED,
@@ -20,10 +20,10 @@ from jobs.plan import (
     read_plan,
     write_plan,
 )
-from jobs.shard import list_sources
-from jobs.shardio import ShardFormatError
-from jobs.storage import Location
-from manifests.jobsecret import open_check, open_uri, sample_key
+from faceveil.jobs.shard import list_sources
+from faceveil.jobs.shardio import ShardFormatError
+from faceveil.jobs.storage import Location
+from faceveil.manifests.jobsecret import open_check, open_uri, sample_key
 from tests.factories import varied_faces, write_folder
 
 SECRET = b"k" * 32

@@ -11,12 +11,12 @@ import fsspec
 import numpy as np
 import pytest
 
-from anon_core import AnonConfig, FaceAnonymizer
-from anon_core.imageio import decode_image
-from jobs.cli import build_parser
-from jobs.privacy_report import write_privacy_report
-from jobs.privacy_sample import PrivacySampler, merge, privacy_sampler
-from jobs.run_cli import job_config
+from faceveil.anon_core import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.imageio import decode_image
+from faceveil.jobs.cli import build_parser
+from faceveil.jobs.privacy_report import write_privacy_report
+from faceveil.jobs.privacy_sample import PrivacySampler, merge, privacy_sampler
+from faceveil.jobs.run_cli import job_config
 from tests.factories import rgb
 
 

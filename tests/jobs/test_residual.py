@@ -13,12 +13,12 @@ import fsspec
 import numpy as np
 import pytest
 
-from anon_core import AnonConfig, FaceAnonymizer
-from anon_core.detectors import build_detector
-from anon_core.faces import iou_matrix
-from anon_core.imageio import encode_image
-from anon_core.methods import create
-from jobs.residual_cli import add_audit_faces_command
+from faceveil.anon_core import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.faces import iou_matrix
+from faceveil.anon_core.imageio import encode_image
+from faceveil.anon_core.methods import create
+from faceveil.jobs.residual_cli import add_audit_faces_command
 from tests.factories import rgb, shared_dir
 
 MODELS = shared_dir() / "models"

@@ -23,15 +23,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from anon_core import demo_data
-from anon_core.imageio import decode_image
-from jobs.auditlog import append, verify_tree
-from jobs.restore import read_escrow, sample_refs, signed_commitments
-from jobs.storage import Location
-from manifests import threshold
-from manifests.audit import AuditWriter
-from manifests.canonical import canonical_json
-from manifests.custodian import (
+from faceveil.anon_core import demo_data
+from faceveil.anon_core.imageio import decode_image
+from faceveil.jobs.auditlog import append, verify_tree
+from faceveil.jobs.restore import read_escrow, sample_refs, signed_commitments
+from faceveil.jobs.storage import Location
+from faceveil.manifests import threshold
+from faceveil.manifests.audit import AuditWriter
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
@@ -39,15 +39,15 @@ from manifests.custodian import (
     passphrase_open,
     passphrase_seal,
 )
-from manifests.errors import KeyLibraryError
-from manifests.escrow import Escrow, ShamirPolicy, new_epoch
-from manifests.restore import (
+from faceveil.manifests.errors import KeyLibraryError
+from faceveil.manifests.escrow import Escrow, ShamirPolicy, new_epoch
+from faceveil.manifests.restore import (
     Approval,
     RestoreRequest,
     _open_partials,
     recover_data_keys,
 )
-from manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
+from faceveil.manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
 from tests.jobs.escrow_world import (
     CUSTODIANS,
     PASSPHRASES,

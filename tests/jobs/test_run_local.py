@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs.cli import main
-from jobs.keyfile import new_key_file
+from faceveil.jobs.cli import main
+from faceveil.jobs.keyfile import new_key_file
 from tests.factories import tar_members, varied_faces, write_folder
 from tests.jobs.corpus import png_claiming
 

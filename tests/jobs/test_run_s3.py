@@ -4,7 +4,7 @@ import json
 
 import fsspec
 
-from jobs.cli import main
+from faceveil.jobs.cli import main
 from tests.factories import varied_faces
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.cli import main
-from jobs.firstpass import first_pass_entries, key_fingerprint
-from jobs.keyfile import load_key_file, new_key_file
-from jobs.shard import ShardEntry, list_sources
-from manifests.jobsecret import open_object, sample_key, seal_object
+from faceveil.jobs.cli import main
+from faceveil.jobs.firstpass import first_pass_entries, key_fingerprint
+from faceveil.jobs.keyfile import load_key_file, new_key_file
+from faceveil.jobs.shard import ShardEntry, list_sources
+from faceveil.manifests.jobsecret import open_object, sample_key, seal_object
 from tests.factories import lfw_people, shared_path, tar_members, varied_faces, write_folder
 
 PEOPLE = 24
@@ -246,14 +246,14 @@ def test_first_pass_context_reaches_the_object_store_sealed(lfw_job, ray_local):
 
     import ray
 
-    from anon_core.surrogate import SurrogateContext
-    from jobs.config import JobConfig
-    from jobs.firstpass import run_first_pass
-    from jobs.keys import Secrets, hold_secrets
-    from jobs.raypool import ActorSpec
-    from jobs.run import pending_tasks
-    from jobs.shard import read_index, write_shards
-    from jobs.storage import Location
+    from faceveil.anon_core.surrogate import SurrogateContext
+    from faceveil.jobs.config import JobConfig
+    from faceveil.jobs.firstpass import run_first_pass
+    from faceveil.jobs.keys import Secrets, hold_secrets
+    from faceveil.jobs.raypool import ActorSpec
+    from faceveil.jobs.run import pending_tasks
+    from faceveil.jobs.shard import read_index, write_shards
+    from faceveil.jobs.storage import Location
 
     base, photos, _, secret, key = lfw_job
     shards = base / "shards-direct"
@@ -278,7 +278,7 @@ def test_surrogate_output_restores_pixel_exact_under_escrow(tmp_path, ray_local)
     sealed regions must cover every changed pixel, so PNG inputs restore exactly."""
     from PIL import Image
 
-    from anon_core.imageio import decode_image
+    from faceveil.anon_core.imageio import decode_image
 
     jpgs = lfw_people(tmp_path / "jpg", 16, 2)
     photos = tmp_path / "photos"

@@ -5,10 +5,10 @@ import io
 
 import pytest
 
-from jobs.shard import list_sources, read_index, write_shards
-from jobs.shardio import ShardFormatError, iter_samples, iter_verified
-from jobs.storage import Location
-from manifests.jobsecret import open_uri, sample_key
+from faceveil.jobs.shard import list_sources, read_index, write_shards
+from faceveil.jobs.shardio import ShardFormatError, iter_samples, iter_verified
+from faceveil.jobs.storage import Location
+from faceveil.manifests.jobsecret import open_uri, sample_key
 from tests.factories import tar_members, varied_faces, write_folder
 
 SECRET = bytes(range(32))
@@ -104,7 +104,7 @@ def test_truncated_or_altered_tar_is_detected(photos, tmp_path):
 
 
 def test_sealed_uri_needs_the_secret():
-    from manifests.jobsecret import seal_uri
+    from faceveil.manifests.jobsecret import seal_uri
 
     blob = seal_uri(SECRET, "k" * 32, "/photos/jane_doe.jpg")
     assert b"jane" not in blob and blob == seal_uri(SECRET, "k" * 32, "/photos/jane_doe.jpg")
@@ -116,7 +116,7 @@ def test_sealed_uri_needs_the_secret():
 
 
 def test_truncated_input_tar_is_refused_without_naming_it(photos, tmp_path):
-    from jobs.shard import TruncatedInputError
+    from faceveil.jobs.shard import TruncatedInputError
 
     (entry,) = write_shards(str(photos), str(tmp_path / "in"), SECRET, shard_size=100)
     whole = (tmp_path / "in" / entry.shard).read_bytes()

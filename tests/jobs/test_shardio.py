@@ -8,11 +8,11 @@ import tracemalloc
 
 import pytest
 
-from jobs.shard import build_shard, list_sources
-from jobs.shardio import ShardFormatError, iter_samples
-from jobs.storage import Location
-from jobs.worker import classify_sample
-from manifests.jobsecret import sample_key
+from faceveil.jobs.shard import build_shard, list_sources
+from faceveil.jobs.shardio import ShardFormatError, iter_samples
+from faceveil.jobs.storage import Location
+from faceveil.jobs.worker import classify_sample
+from faceveil.manifests.jobsecret import sample_key
 from tests.factories import gnu_sparse_tar
 
 SECRET = bytes(range(32))
@@ -107,7 +107,7 @@ def test_sparse_member_of_an_input_tar_is_quarantined_at_read(tmp_path):
 def test_residual_audit_reader_refuses_a_sparse_member(tmp_path):
     import fsspec
 
-    from jobs import residual
+    from faceveil.jobs import residual
 
     tar = gnu_sparse_tar(tmp_path / "in")
     fs = fsspec.filesystem("file")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from manifests.custodian import CustodianPrivate, ScryptParams
+from faceveil.manifests.custodian import CustodianPrivate, ScryptParams
 from tests.conftest import moto_server
 
 FAST_KDF = ScryptParams(n=2**15, r=8, p=1)  # the floor: about 30 ms

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobs.auditlog import check_approval
-from manifests.audit import (
+from faceveil.jobs.auditlog import check_approval
+from faceveil.manifests.audit import (
     GENESIS,
     AuditTail,
     AuditWriter,
@@ -21,9 +21,9 @@ from manifests.audit import (
     verify,
     verify_log,
 )
-from manifests.custodian import canonical_json
-from manifests.errors import AuditError
-from manifests.restore import _APPROVAL_LABEL
+from faceveil.manifests.custodian import canonical_json
+from faceveil.manifests.errors import AuditError
+from faceveil.manifests.restore import _APPROVAL_LABEL
 
 JOB_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 CUSTODIAN_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))

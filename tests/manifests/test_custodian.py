@@ -8,7 +8,7 @@ import stat
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from manifests.custodian import (
+from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
@@ -17,7 +17,7 @@ from manifests.custodian import (
     read_passphrase,
     seal_to,
 )
-from manifests.errors import CustodianKeyError, DecryptionError
+from faceveil.manifests.errors import CustodianKeyError, DecryptionError
 
 PASS = "correct horse battery staple"
 FAST_KDF = ScryptParams(n=2**15)  # the floor: about 30 ms

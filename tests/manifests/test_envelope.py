@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from manifests.envelope import (
+from faceveil.manifests.envelope import (
     EMPTY_SHA256,
     Envelope,
     MasterKey,
@@ -21,7 +21,7 @@ from manifests.envelope import (
     PayloadKind,
     aad_bytes,
 )
-from manifests.errors import DecryptionError
+from faceveil.manifests.errors import DecryptionError
 
 MASTER = bytes(range(32))
 NONCE = bytes.fromhex("000102030405060708090a0b")

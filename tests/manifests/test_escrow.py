@@ -11,10 +11,10 @@ import pickle
 import boto3
 import pytest
 
-from manifests import threshold
-from manifests.custodian import CustodianPrivate, b64d, b64e, seal_to
-from manifests.errors import DecryptionError, EscrowError, RestoreError
-from manifests.escrow import (
+from faceveil.manifests import threshold
+from faceveil.manifests.custodian import CustodianPrivate, b64d, b64e, seal_to
+from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.escrow import (
     SHARE_CONTEXT,
     Epoch,
     Escrow,
@@ -32,7 +32,7 @@ from manifests.escrow import (
     policy_from_json,
     sample_label,
 )
-from manifests.restore import (
+from faceveil.manifests.restore import (
     RequestSpec,
     SampleRef,
     approve,
@@ -41,7 +41,7 @@ from manifests.restore import (
     load_request_key,
     recover_data_keys,
 )
-from manifests.sealing import EpochSealing
+from faceveil.manifests.sealing import EpochSealing
 from tests.manifests.conftest import FAST_KDF as FAST
 
 PASSPHRASE = "requester passphrase 123"

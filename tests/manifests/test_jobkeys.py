@@ -10,14 +10,14 @@ import pickle
 import boto3
 import pytest
 
-from manifests import threshold
-from manifests.audit import key_id, verify_log
-from manifests.custodian import b64d, b64e
-from manifests.errors import EscrowError
-from manifests.escrow import Escrow, KmsPolicy, ShamirPolicy, ShardRef, kms_open_shard_key
-from manifests.jobkeys import JobKeys, epoch_sealing, parse_kms_spec
-from manifests.keymanifest import ShardSealer, load_key_manifest
-from manifests.sealing import EpochSealing
+from faceveil.manifests import threshold
+from faceveil.manifests.audit import key_id, verify_log
+from faceveil.manifests.custodian import b64d, b64e
+from faceveil.manifests.errors import EscrowError
+from faceveil.manifests.escrow import Escrow, KmsPolicy, ShamirPolicy, ShardRef, kms_open_shard_key
+from faceveil.manifests.jobkeys import JobKeys, epoch_sealing, parse_kms_spec
+from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+from faceveil.manifests.sealing import EpochSealing
 
 ANON = hashlib.sha256(b"anon").hexdigest()
 

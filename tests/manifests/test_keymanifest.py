@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from manifests import threshold
-from manifests.envelope import EMPTY_SHA256, Envelope, MasterKey, Payload, PayloadKind
-from manifests.errors import DecryptionError, ManifestError
-from manifests.escrow import (
+from faceveil.manifests import threshold
+from faceveil.manifests.envelope import EMPTY_SHA256, Envelope, MasterKey, Payload, PayloadKind
+from faceveil.manifests.errors import DecryptionError, ManifestError
+from faceveil.manifests.escrow import (
     Escrow,
     KmsPolicy,
     ShamirPolicy,
@@ -24,8 +24,8 @@ from manifests.escrow import (
     create_escrow,
     kms_open_shard_key,
 )
-from manifests.jobkeys import epoch_sealing
-from manifests.keymanifest import (
+from faceveil.manifests.jobkeys import epoch_sealing
+from faceveil.manifests.keymanifest import (
     ESCROW_ID_META,
     KMS_BLOB_META,
     SCHEMA,
@@ -41,8 +41,8 @@ from manifests.keymanifest import (
     reencrypt_rows,
     write_key_manifest,
 )
-from manifests.sealing import RowName, kms_sample_key, row_aad, seal_row
-from manifests.sealing import open_row as open_sealed_row
+from faceveil.manifests.sealing import RowName, kms_sample_key, row_aad, seal_row
+from faceveil.manifests.sealing import open_row as open_sealed_row
 
 ANON = hashlib.sha256(b"anon").hexdigest()
 SHARD = "shard-000000"

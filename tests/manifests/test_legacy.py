@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from manifests import escrow as escrow_v3
-from manifests import escrow_v2, restore_v2
-from manifests.custodian import CustodianPrivate
-from manifests.envelope import Envelope
-from manifests.errors import EscrowError, RestoreError
-from manifests.keymanifest import load_key_manifest, open_row
+from faceveil.manifests import escrow as escrow_v3
+from faceveil.manifests import escrow_v2, restore_v2
+from faceveil.manifests.custodian import CustodianPrivate
+from faceveil.manifests.envelope import Envelope
+from faceveil.manifests.errors import EscrowError, RestoreError
+from faceveil.manifests.keymanifest import load_key_manifest, open_row
 from tests.manifests.conftest import FAST_KDF
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "legacy_v2"

@@ -12,11 +12,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from manifests import restore, threshold
-from manifests.custodian import CustodianPrivate, canonical_json, open_sealed, seal_to
-from manifests.envelope import Payload, PayloadKind
-from manifests.errors import CustodianKeyError, DecryptionError, KeyLibraryError, RestoreError
-from manifests.escrow import (
+from faceveil.manifests import restore, threshold
+from faceveil.manifests.custodian import CustodianPrivate, canonical_json, open_sealed, seal_to
+from faceveil.manifests.envelope import Payload, PayloadKind
+from faceveil.manifests.errors import (
+    CustodianKeyError,
+    DecryptionError,
+    KeyLibraryError,
+    RestoreError,
+)
+from faceveil.manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
     KmsPolicy,
@@ -25,9 +30,9 @@ from manifests.escrow import (
     add_epoch,
     create_escrow,
 )
-from manifests.jobkeys import epoch_sealing
-from manifests.keymanifest import ShardSealer, load_key_manifest
-from manifests.restore import (
+from faceveil.manifests.jobkeys import epoch_sealing
+from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+from faceveil.manifests.restore import (
     Approval,
     RequestSpec,
     RestoreRequest,
@@ -39,7 +44,7 @@ from manifests.restore import (
     load_request_key,
     recover_data_keys,
 )
-from manifests.sealing import RowName, open_row, row_aad
+from faceveil.manifests.sealing import RowName, open_row, row_aad
 from tests.manifests.conftest import FAST_KDF
 
 PASSPHRASE = "requester passphrase 123"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manifests import shamir
-from manifests.errors import ShareError
+from faceveil.manifests import shamir
+from faceveil.manifests.errors import ShareError
 
 
 def ref_mul(a: int, b: int) -> int:

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl import bindings as na
 
-from manifests import threshold as t
-from manifests.threshold import ThresholdError
+from faceveil.manifests import threshold as t
+from faceveil.manifests.threshold import ThresholdError
 
 L = 2**252 + 27742317777372353535851937790883648493
 P = 2**255 - 19
