@@ -543,7 +543,7 @@ def test_no_secret_or_source_name_in_logs_console_or_public_files(world, resumed
     private keys, original bytes and source names appear in no log record (DEBUG), no console
     output, and no file outside restored.json and the restore destinations."""
     text = world.journal.text()
-    assert "restore.apply" in text and "DEBUG jobs.auditlog" in text
+    assert "restore.apply" in text and "DEBUG faceveil.jobs.auditlog" in text
     secrets_ = [p.encode() for p in PASSPHRASES.values()] + _key_file_secrets(world)
     secrets_ += [data[200:248] for data in world.photos.values()]
     for secret in secrets_:
