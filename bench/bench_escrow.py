@@ -66,7 +66,7 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
     from faceveil.manifests.escrow import ShamirPolicy, create_escrow
     from faceveil.manifests.jobkeys import epoch_sealing
     from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
-    from faceveil.manifests.restore import SampleRef
+    from faceveil.manifests.request import SampleRef
 
     custodians = [CustodianPrivate.generate(n) for n in ("alice", "bob", "carol")]
     escrow = create_escrow("bench", ShamirPolicy(2, tuple(c.public() for c in custodians)))
@@ -99,13 +99,8 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
 def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object]:
     from faceveil.jobs.restore import open_v2_row
     from faceveil.manifests.custodian import ScryptParams
-    from faceveil.manifests.restore import (
-        RequestSpec,
-        approve,
-        create_request,
-        load_request_key,
-        recover_data_keys,
-    )
+    from faceveil.manifests.request import RequestSpec, create_request, load_request_key
+    from faceveil.manifests.restore import approve, recover_data_keys
 
     wanted = refs[:count]
     secret = "bench passphrase"

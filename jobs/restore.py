@@ -39,7 +39,7 @@ from faceveil.manifests.escrow import (
 )
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
-from faceveil.manifests.restore import SampleRef
+from faceveil.manifests.request import SampleRef
 from faceveil.manifests.sealing import kms_sample_key, open_row, row_aad
 
 log = logging.getLogger(__name__)

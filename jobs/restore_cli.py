@@ -78,18 +78,15 @@ from faceveil.manifests.escrow import (
 )
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.jobkeys import parse_kms_spec
-from faceveil.manifests.restore import (
+from faceveil.manifests.request import (
     REQUEST_FORMAT,
-    Approval,
     RequestSpec,
     RestoreRequest,
-    approve,
-    assemble_reshare,
     check_request,
     create_request,
     load_request_key,
-    recover_data_keys,
 )
+from faceveil.manifests.restore import Approval, approve, assemble_reshare, recover_data_keys
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from faceveil.manifests.audit import AuditWriter, key_id
 from faceveil.manifests.custodian import CustodianPublic, b64e
 from faceveil.manifests.escrow import Escrow, ShamirPolicy
 from faceveil.manifests.jobkeys import policy_details
-from faceveil.manifests.restore import Approval, RequestKeys, RestoreRequest
+from faceveil.manifests.request import RequestKeys, RestoreRequest
+from faceveil.manifests.restore import Approval
 
 
 def request_details(request: RestoreRequest) -> dict:

@@ -1,19 +1,7 @@
-"""Restore, reshare and rekey as a workflow: a signed request, M custodian approvals, then the
-release of exactly what the request names (escrow format 3, :mod:`manifests.escrow`).
+"""Approvals and release: M custodian approvals of a request (:mod:`manifests.request`), then
+exactly what the request names (escrow format 3, :mod:`manifests.escrow`).
 
-1. *Request* (``req.json``, public, signed): ``request_id`` (32 hex), ``job_id``, ``revision``
-   (of ``escrow.json``), ``purpose`` (``restore``, ``reshare`` or ``rekey``), ``samples`` (each
-   ``{shard, key, escrow_id, wrapped}``: the sample's wrapped data key as its manifest holds it;
-   for a restore, only the samples asked for; for a rekey, every sample), ``new_policy`` (the
-   custodians and threshold, or KMS key, a reshare or rekey moves to; absent for a restore),
-   ``reason``, ``requester``, ``created``, ``expires``, ``log_tail`` (the audit log's tail when
-   the request was made), ``ephemeral_x25519`` and ``requester_ed25519`` (public halves of two
-   keys made for this request only), ``escrow`` (a copy of ``escrow.json``, so custodians can
-   approve offline), and ``signature`` (Ed25519 by the requester key over
-   ``"faceveil/request/v4|"`` + canonical JSON of every other field). The private halves go to
-   a passphrase-protected requester key file. The request's identity is the sha256 of its
-   canonical JSON, signature included.
-2. *Approval* (``NAME.approval``): the custodian checks the request's signature and expiry,
+1. *Approval* (``NAME.approval``): the custodian checks the request's signature and expiry,
    opens their share of each epoch involved, and for each listed sample checks that the wrap was
    made for *that* sample (its label proof) before computing their partial decryption with a
    proof (:mod:`manifests.threshold`). The partials are sealed to the request's X25519 key
@@ -23,12 +11,13 @@ release of exactly what the request names (escrow format 3, :mod:`manifests.escr
    values. The custodian signs a *statement* (``"faceveil/approval/v4|"`` + canonical JSON of
    every field, the sealed partials replaced by their sha256): it names the request, the log
    tail seen and what was released.
-3. *Apply*: the request must be for this job and revision, with an escrow copy identical to
-   ``escrow.json``, the expected purpose, unexpired, signed by its requester key; M approvals of
-   *that* request from distinct custodians of the escrow with good signatures; every partial's
-   proof checks against the custodian's public share (a bad one names its custodian); M good
-   partials per sample combine into that sample's data key, and nothing else. No function here
-   returns a key that opens a sample the request does not list.
+2. *Apply*: the request must be for this job and revision, with an escrow copy identical to
+   ``escrow.json``, the expected purpose, unexpired, signed by its requester key
+   (:func:`manifests.request.check_request`); M approvals of *that* request from distinct
+   custodians of the escrow with good signatures; every partial's proof checks against the
+   custodian's public share (a bad one names its custodian); M good partials per sample combine
+   into that sample's data key, and nothing else. No function here returns a key that opens a
+   sample the request does not list.
 """
 
 from __future__ import annotations
@@ -36,291 +25,46 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from faceveil.manifests import threshold
 from faceveil.manifests.audit import utc_now
 from faceveil.manifests.custodian import (
     CustodianPrivate,
-    ScryptParams,
     b64d,
     b64e,
     canonical_json,
     open_sealed,
-    passphrase_open,
-    passphrase_seal,
     seal_to,
 )
-from faceveil.manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
 from faceveil.manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
-    Policy,
     ReshareTarget,
     SealedPart,
     ShamirPolicy,
-    policy_from_json,
     reshared_epoch,
+)
+from faceveil.manifests.request import (
+    RequestKeys,
+    RestoreRequest,
+    SampleRef,
+    check_request,
+    iso_time,
 )
 
 log = logging.getLogger(__name__)
 
-REQUEST_FORMAT = "faceveil-restore-request/4"
 APPROVAL_FORMAT = "faceveil-restore-approval/4"
-REQUEST_KEY_FORMAT = "faceveil-request-key/2"
-PURPOSES = ("restore", "reshare", "rekey")
 PARTIALS_CONTEXT = "restore-partials"
-REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-_REQUEST_LABEL = b"faceveil/request/v4|"
 _APPROVAL_LABEL = b"faceveil/approval/v4|"
-_SHARD = re.compile(r"shard-\d{6,}")
-_SAMPLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-@dataclass(frozen=True)
-class SampleRef:
-    """One sample a request names: where it is, its key epoch, and its wrapped data key
-    (empty for a KMS escrow)."""
-
-    shard: str
-    key: str
-    escrow_id: str
-    wrapped: bytes = field(default=b"", repr=False)
-
-    def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.key):
-            raise RestoreError("a requested sample has a malformed shard or sample key")
-
-    def to_json(self) -> dict:
-        """The sample's entry in a request."""
-        return {
-            "shard": self.shard,
-            "key": self.key,
-            "escrow_id": self.escrow_id,
-            "wrapped": b64e(self.wrapped),
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict) -> SampleRef:
-        """Parse :meth:`to_json`."""
-        return cls(
-            str(doc["shard"]), str(doc["key"]), str(doc["escrow_id"]), b64d(doc["wrapped"], "wrap")
-        )
-
-
-@dataclass(frozen=True)
-class RestoreRequest:
-    """A signed request (see the module docstring)."""
-
-    request_id: str
-    job_id: str
-    revision: str
-    purpose: str
-    samples: tuple[SampleRef, ...]
-    new_policy: Policy | None
-    reason: str
-    requester: str
-    created: str
-    expires: str
-    log_tail: str | None
-    ephemeral_x25519: bytes = field(repr=False)
-    requester_ed25519: bytes = field(repr=False)
-    escrow: Escrow = field(repr=False)
-    signature: bytes = field(default=b"", repr=False)
-
-    def __post_init__(self) -> None:
-        if not REQUEST_ID.fullmatch(self.request_id):
-            raise RestoreError("a request_id is 32 lowercase hex characters")
-        if self.purpose not in PURPOSES:
-            raise RestoreError(f"purpose must be one of {PURPOSES}")
-        if (self.job_id, self.revision) != (self.escrow.job_id, self.escrow.revision):
-            raise RestoreError("the request's escrow copy is not of its job or revision")
-        if (self.purpose == "restore") == (self.new_policy is not None):
-            raise RestoreError("a reshare or rekey names its new policy; a restore names none")
-        if self.purpose == "reshare" and not isinstance(self.new_policy, ShamirPolicy):
-            raise RestoreError("a reshare moves the key to custodians (a new Shamir policy)")
-        if self.purpose == "restore" and not self.samples:
-            raise RestoreError("a restore request names at least one sample")
-        keys = [(s.shard, s.key) for s in self.samples]
-        if len(set(keys)) != len(keys) or len({s.key for s in self.samples}) != len(keys):
-            raise RestoreError("a request names each sample once")
-        for ref in self.samples:
-            self.escrow.epoch(ref.escrow_id)
-
-    def unsigned_doc(self) -> dict:
-        """Every field but the signature."""
-        return {
-            "format": REQUEST_FORMAT,
-            "request_id": self.request_id,
-            "job_id": self.job_id,
-            "revision": self.revision,
-            "purpose": self.purpose,
-            "samples": [s.to_json() for s in self.samples],
-            "new_policy": None if self.new_policy is None else self.new_policy.to_json(),
-            "reason": self.reason,
-            "requester": self.requester,
-            "created": self.created,
-            "expires": self.expires,
-            "log_tail": self.log_tail,
-            "ephemeral_x25519": b64e(self.ephemeral_x25519),
-            "requester_ed25519": b64e(self.requester_ed25519),
-            "escrow": self.escrow.to_json(),
-        }
-
-    def to_json(self) -> dict:
-        """The ``req.json`` document."""
-        return self.unsigned_doc() | {"signature": b64e(self.signature)}
-
-    def sha256(self) -> str:
-        """The request's identity: sha256 hex of its canonical JSON."""
-        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
-
-    def samples_sha256(self) -> str:
-        """sha256 over the (shard, key) list, as audit entries record it."""
-        listed = sorted([s.shard, s.key] for s in self.samples)
-        return hashlib.sha256(canonical_json(listed)).hexdigest()
-
-    def check_signature(self) -> None:
-        """RestoreError unless the requester key signed this request."""
-        try:
-            Ed25519PublicKey.from_public_bytes(self.requester_ed25519).verify(
-                self.signature, _REQUEST_LABEL + canonical_json(self.unsigned_doc())
-            )
-        except (InvalidSignature, ValueError):
-            raise RestoreError(
-                "the request's signature does not verify: an altered request"
-            ) from None
-
-    def dumps(self) -> bytes:
-        """``req.json`` bytes."""
-        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
-
-    @classmethod
-    def loads(cls, data: bytes | str) -> RestoreRequest:
-        """Parse and signature-check ``req.json``; RestoreError if malformed or altered."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != REQUEST_FORMAT:
-                raise ValueError("not a faceveil restore request of format 4")
-            request_id = doc["request_id"]
-            if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-                raise ValueError("request_id must be 32 lowercase hex characters")
-            doc["samples"] = tuple(SampleRef.from_json(s) for s in doc["samples"])
-            policy = doc["new_policy"]
-            doc["new_policy"] = None if policy is None else policy_from_json(policy)
-            doc["ephemeral_x25519"] = b64d(doc["ephemeral_x25519"], "ephemeral key", 32)
-            doc["requester_ed25519"] = b64d(doc["requester_ed25519"], "requester key", 32)
-            doc["signature"] = b64d(doc["signature"], "signature", 64)
-            doc["escrow"] = Escrow.loads(json.dumps(doc["escrow"]))
-            request = cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError, EscrowError) as exc:
-            raise RestoreError(f"invalid restore request: {exc}") from None
-        request.check_signature()
-        return request
-
-
-@dataclass(frozen=True)
-class RequestKeys:
-    """The requester's private keys of one request: X25519 (opens partials), Ed25519 (signs)."""
-
-    x25519: X25519PrivateKey = field(repr=False)
-    ed25519: Ed25519PrivateKey = field(repr=False)
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    """What a request asks for (see :class:`RestoreRequest`)."""
-
-    purpose: str
-    samples: tuple[SampleRef, ...]
-    reason: str
-    requester: str
-    new_policy: Policy | None = None
-    log_tail: str | None = None
-    valid_for: timedelta = timedelta(days=7)
-
-
-def create_request(
-    escrow: Escrow,
-    spec: RequestSpec,
-    passphrase: str,
-    clock: Callable[[], datetime] = utc_now,
-    params: ScryptParams | None = None,
-) -> tuple[RestoreRequest, bytes]:
-    """A new signed request and its requester key file (bytes; write with mode 0600)."""
-    if not spec.reason.strip() or not spec.requester.strip():
-        raise ValueError("a request needs a reason and a requester")
-    keys = RequestKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
-    now = clock()
-    unsigned = RestoreRequest(
-        request_id=secrets.token_hex(16),
-        job_id=escrow.job_id,
-        revision=escrow.revision,
-        purpose=spec.purpose,
-        samples=tuple(spec.samples),
-        new_policy=spec.new_policy,
-        reason=spec.reason,
-        requester=spec.requester,
-        created=_iso(now),
-        expires=_iso(now + spec.valid_for),
-        log_tail=spec.log_tail,
-        ephemeral_x25519=keys.x25519.public_key().public_bytes_raw(),
-        requester_ed25519=keys.ed25519.public_key().public_bytes_raw(),
-        escrow=escrow,
-    )
-    signature = keys.ed25519.sign(_REQUEST_LABEL + canonical_json(unsigned.unsigned_doc()))
-    request = replace(unsigned, signature=signature)
-    header = {
-        "format": REQUEST_KEY_FORMAT,
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-    }
-    secret = keys.x25519.private_bytes_raw() + keys.ed25519.private_bytes_raw()
-    doc = passphrase_seal(header, secret, passphrase, params)
-    log.info(
-        "request %s created (%s, %d samples)", request.request_id, spec.purpose, len(spec.samples)
-    )
-    return request, json.dumps(doc, indent=1).encode()
-
-
-def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) -> RequestKeys:
-    """Decrypt the requester key file of ``request``."""
-    try:
-        doc = json.loads(key_file)
-    except ValueError:
-        raise CustodianKeyError("the requester key file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("request_sha256") != request.sha256():
-        raise RestoreError("the requester key file belongs to another request")
-    secret = passphrase_open(doc, passphrase, REQUEST_KEY_FORMAT)
-    if len(secret) != 64:
-        raise CustodianKeyError("wrong passphrase or damaged key file")
-    keys = RequestKeys(
-        X25519PrivateKey.from_private_bytes(secret[:32]),
-        Ed25519PrivateKey.from_private_bytes(secret[32:]),
-    )
-    pair = (
-        keys.x25519.public_key().public_bytes_raw(),
-        keys.ed25519.public_key().public_bytes_raw(),
-    )
-    if pair != (request.ephemeral_x25519, request.requester_ed25519):
-        raise RestoreError("the requester key file does not match the request")
-    return keys
 
 
 # ---- approvals ---------------------------------------------------------------------------------
@@ -432,28 +176,6 @@ def _partials_aad(request: RestoreRequest, fingerprint: str) -> bytes:
     return canonical_json({"request_sha256": request.sha256(), "fingerprint": fingerprint})
 
 
-def check_request(
-    escrow: Escrow, request: RestoreRequest, purpose: str, now: datetime | None = None
-) -> None:
-    """RestoreError unless ``request`` is signed, for this job, escrow revision and purpose,
-    unexpired, and its escrow copy is ``escrow`` exactly."""
-    request.check_signature()
-    if (request.job_id, request.revision) != (escrow.job_id, escrow.revision):
-        raise RestoreError(
-            "the request was made for another job or another escrow (or the escrow changed "
-            "since: a new key epoch, a reshare or a rekey); make a new request"
-        )
-    if canonical_json(request.escrow.to_json()) != canonical_json(escrow.to_json()):
-        raise RestoreError(
-            "the request's copy of escrow.json differs from the job's escrow.json (same "
-            "revision, other policy or shares): a forged or altered request"
-        )
-    if request.purpose != purpose:
-        raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
-    if (now or utc_now()) > _parse_time(request.expires):
-        raise RestoreError(f"the request expired at {request.expires}")
-
-
 def approve(
     request: RestoreRequest,
     custodian: CustodianPrivate,
@@ -492,7 +214,7 @@ def approve(
         purpose=request.purpose,
         custodian=custodian.name,
         fingerprint=fp,
-        time=_iso(clock()),
+        time=iso_time(clock()),
         log_tail=log_tail if log_tail is not None else request.log_tail,
         samples_sha256=request.samples_sha256(),
         sealed_partials=sealed,

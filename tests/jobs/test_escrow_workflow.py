@@ -37,7 +37,7 @@ from faceveil.manifests.keymanifest import (
     key_manifest_epoch,
     load_key_manifest,
 )
-from faceveil.manifests.restore import RestoreRequest
+from faceveil.manifests.request import RestoreRequest
 
 CUSTODIANS = ("alice", "bob", "carol")
 PASSPHRASES = {

@@ -41,12 +41,8 @@ from faceveil.manifests.custodian import (
 )
 from faceveil.manifests.errors import KeyLibraryError
 from faceveil.manifests.escrow import Escrow, ShamirPolicy, new_epoch
-from faceveil.manifests.restore import (
-    Approval,
-    RestoreRequest,
-    _open_partials,
-    recover_data_keys,
-)
+from faceveil.manifests.request import RestoreRequest
+from faceveil.manifests.restore import Approval, _open_partials, recover_data_keys
 from faceveil.manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
 from tests.jobs.escrow_world import (
     CUSTODIANS,

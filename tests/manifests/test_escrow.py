@@ -32,15 +32,8 @@ from faceveil.manifests.escrow import (
     policy_from_json,
     sample_label,
 )
-from faceveil.manifests.restore import (
-    RequestSpec,
-    SampleRef,
-    approve,
-    assemble_reshare,
-    create_request,
-    load_request_key,
-    recover_data_keys,
-)
+from faceveil.manifests.request import RequestSpec, SampleRef, create_request, load_request_key
+from faceveil.manifests.restore import approve, assemble_reshare, recover_data_keys
 from faceveil.manifests.sealing import EpochSealing
 from tests.manifests.conftest import FAST_KDF as FAST
 

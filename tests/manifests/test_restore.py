@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from faceveil.manifests import request as request_module
 from faceveil.manifests import restore, threshold
 from faceveil.manifests.custodian import CustodianPrivate, canonical_json, open_sealed, seal_to
 from faceveil.manifests.envelope import Payload, PayloadKind
@@ -32,16 +33,18 @@ from faceveil.manifests.escrow import (
 )
 from faceveil.manifests.jobkeys import epoch_sealing
 from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
-from faceveil.manifests.restore import (
-    Approval,
+from faceveil.manifests.request import (
     RequestSpec,
     RestoreRequest,
     SampleRef,
+    create_request,
+    load_request_key,
+)
+from faceveil.manifests.restore import (
+    Approval,
     approve,
     assemble_reshare,
     check_statement,
-    create_request,
-    load_request_key,
     recover_data_keys,
 )
 from faceveil.manifests.sealing import RowName, open_row, row_aad
@@ -105,7 +108,9 @@ def _open_face(manifest, data_key, key, shard=SHARD) -> Payload:
 def _resign(request: RestoreRequest, keys, **changes) -> RestoreRequest:
     """``request`` changed and signed again by its own requester key (a dishonest requester)."""
     unsigned = replace(request, **changes, signature=b"")
-    signature = keys.ed25519.sign(restore._REQUEST_LABEL + canonical_json(unsigned.unsigned_doc()))
+    signature = keys.ed25519.sign(
+        request_module._REQUEST_LABEL + canonical_json(unsigned.unsigned_doc())
+    )
     return replace(unsigned, signature=signature)
 
 
