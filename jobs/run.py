@@ -61,6 +61,7 @@ class JobSummary:
     quarantined: int = 0
     faces: int = 0
     seconds: float = 0.0
+    sealed: dict[str, dict] = field(default_factory=dict)  # shard -> its rows' commitment
     audit_key_id: str | None = None  # this run's job signing key (with escrow)
     audit_tail: str | None = None  # the audit log's tail at the run's end
 
@@ -135,6 +136,7 @@ _SUMMARY_COLUMNS = (
     "faces",
     "status",
     "error",
+    "manifest",
 )
 
 
@@ -453,6 +455,8 @@ class JobRun:
                 summary.failed.append({"shard": row["shard"], "error": row["error"]})
                 continue
             summary.shards_done += 1
+            if row["manifest"]:
+                summary.sealed[row["shard"].removesuffix(".tar")] = json.loads(row["manifest"])
             summary.samples_in += row["samples_in"]
             summary.samples_out += row["anonymized"] + row["no_face"]
             summary.quarantined += row["quarantined"]
@@ -483,11 +487,7 @@ class JobRun:
             self.manifest, status=status, totals=totals, shards=shards, failed=summary.failed
         )
         if keys is not None:
-            sealed = {
-                m["shard"].removesuffix(".tar"): m["manifest"]
-                for m in markers
-                if m.get("escrow_id") == keys.escrow_id
-            }
+            sealed = {**_unsigned_earlier(out, markers), **summary.sealed}
             audit(out, keys, "job.manifests", {"escrow_id": keys.escrow_id, "manifests": sealed})
             details = {
                 "status": str(status),
@@ -505,3 +505,21 @@ class JobRun:
                 f"{summary.failed[0]['error']}); fix the cause and rerun "
                 "with --resume: done shards are kept"
             )
+
+
+def _unsigned_earlier(out: Location, markers: list[dict]) -> dict[str, dict]:
+    """Row-list commitments of shards sealed by an earlier run that ended before signing them
+    (a crash), taken from their markers, so that a resume leaves no shard unrestorable. This
+    run's own shards are signed from what its actors returned, not from the markers on disk."""
+    from faceveil.jobs.restore import log_entries, signed_commitments
+
+    signed = signed_commitments(log_entries(out))
+    found = {
+        m["shard"].removesuffix(".tar"): m["manifest"]
+        for m in markers
+        if "manifest" in m and m["shard"].removesuffix(".tar") not in signed
+    }
+    if found:
+        log.warning("signing the row lists of %d shards an earlier run sealed but did not sign "
+                    "(it ended early), from their markers", len(found))  # fmt: skip
+    return found

@@ -77,6 +77,7 @@ class ShardSummary:
     status: ShardStatus = ShardStatus.DONE
     error: str = ""
     files: dict = field(default_factory=dict)
+    manifest: str = ""  # the key manifest's row-list commitment (canonical JSON), with escrow
 
     @property
     def samples_out(self) -> int:
@@ -260,9 +261,11 @@ class _ShardOutput:
         blobs = {"quarantine": (_quarantine_bytes(self._quarantine), f"quarantine/{stem}.parquet")}
         if self.sealer is not None:
             blobs["keys"] = (self.sealer.manifest_bytes(), f"keys/{stem}.parquet")
-            # The row list's commitment, also signed by the job into its log (job.manifests).
-            extra = {**extra, "escrow_id": self.sealer.escrow_id,
-                     "manifest": self.sealer.commitment()}  # fmt: skip
+            # The row list's commitment: in the marker, and back to the driver in memory, which
+            # signs it into the log (job.manifests).
+            commitment = self.sealer.commitment()
+            s.manifest = canonical_json(commitment).decode()
+            extra = {**extra, "escrow_id": self.sealer.escrow_id, "manifest": commitment}
         for name, (path, target) in files.items():
             out.publish_file(path, target)
             s.files[name] = {"path": target, "sha256": file_sha256(path)}

@@ -134,19 +134,15 @@ def _skipped(stdout: str) -> int:
     return int(match.group(1))
 
 
-@pytest.mark.slow
-def test_killed_driver_then_resume_gives_identical_output(sharded, secret_file, reference,
-                                                          ray_local, tmp_path):  # fmt: skip
-    """``faceveil run`` (with its own local Ray) is killed with SIGKILL after its first
-    marker; ``faceveil run --resume`` (here joining the test's Ray) finishes the job."""
-    out = tmp_path / "out"
-    command = [FACEVEIL, "run", str(sharded), str(out), "--secret-file", str(secret_file),
-               "--no-escrow", "--no-progress"]  # fmt: skip
+def _kill_then_resume(command: list[str], out: Path, ray_local: str, log_path: Path):
+    """Run ``command`` (``faceveil run`` with its own local Ray), SIGKILL it after its first
+    marker, then ``--resume`` it joining the test's Ray; returns (markers at the kill, the
+    resumed run's completed process)."""
     ray_tmp = tempfile.mkdtemp(prefix="fv-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["FACEVEIL_RAY_TMPDIR"] = ray_tmp
     tree: dict[int, int] = {}
-    with open(tmp_path / "driver.log", "wb") as log:
+    with open(log_path, "wb") as log:
         driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _marker_count(out) >= 1 or driver.poll() is not None, 300, "a marker")
@@ -154,7 +150,7 @@ def test_killed_driver_then_resume_gives_identical_output(sharded, secret_file, 
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         done_at_kill = _marker_count(out)
-        assert 1 <= done_at_kill < SHARDS, (tmp_path / "driver.log").read_text()[-3000:]
+        assert 1 <= done_at_kill < SHARDS, log_path.read_text()[-3000:]
         assert json.loads((out / "job.json").read_text())["status"] == "running"
         resumed = subprocess.run([*command, "--resume", "--address", ray_local], env=env,
                                  capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -164,9 +160,59 @@ def test_killed_driver_then_resume_gives_identical_output(sharded, secret_file, 
         kill_survivors(tree)  # what the killed driver's own Ray left behind
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return done_at_kill, resumed
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume_gives_identical_output(sharded, secret_file, reference,
+                                                          ray_local, tmp_path):  # fmt: skip
+    """``faceveil run`` (with its own local Ray) is killed with SIGKILL after its first
+    marker; ``faceveil run --resume`` (here joining the test's Ray) finishes the job."""
+    out = tmp_path / "out"
+    command = [FACEVEIL, "run", str(sharded), str(out), "--secret-file", str(secret_file),
+               "--no-escrow", "--no-progress"]  # fmt: skip
+    done_at_kill, resumed = _kill_then_resume(command, out, ray_local, tmp_path / "driver.log")
     assert done_at_kill <= _skipped(resumed.stdout) < SHARDS
     _check_complete(Location(str(out)))
     assert _digests(Location(str(out))) == reference
+
+
+@pytest.mark.slow
+def test_killed_escrowed_driver_then_resume_keeps_every_sample_restorable(
+    sharded, secret_file, ray_local, tmp_path
+):
+    """With escrow, the killed run never signed the row lists of the shards it sealed; the
+    resumed run signs them (from their markers), so one request restores all 18 samples."""
+    keys, out = tmp_path / "keys", tmp_path / "out"
+    pass_file = tmp_path / "pass.txt"
+    pass_file.write_text("a long enough passphrase\n")
+    pass_file.chmod(0o600)
+    for who in ("alice", "bob"):
+        subprocess.run([FACEVEIL, "custodian", "keygen", "--name", who, "--out", str(keys),
+                        "--kdf-work", "15", "--passphrase-file", str(pass_file)],
+                       check=True, capture_output=True)  # fmt: skip
+    escrow = ["--custodians", str(keys / "alice.pub"), str(keys / "bob.pub"), "--threshold", "2"]
+    command = [FACEVEIL, "run", str(sharded), str(out), "--secret-file", str(secret_file),
+               "--no-progress", *escrow]  # fmt: skip
+    _kill_then_resume(command, out, ray_local, tmp_path / "driver.log")
+    _check_complete(Location(str(out)))
+
+    def cli(*argv: str) -> None:
+        done = subprocess.run([FACEVEIL, *argv, "--passphrase-file", str(pass_file)],
+                              capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    req = tmp_path / "req.json"
+    cli("restore", "request", str(out), "--all", "--reason", "after a crash", "--kdf-work", "15",
+        "--out", str(req), "--key-out", str(tmp_path / "req.key"))  # fmt: skip
+    for who in ("alice", "bob"):
+        cli("restore", "approve", str(req), "--identity", str(keys / f"{who}.key"), "--yes",
+            "--out", str(tmp_path / f"{who}.approval"))  # fmt: skip
+    cli("restore", "apply", str(out), str(req), str(tmp_path / "alice.approval"),
+        str(tmp_path / "bob.approval"), "--request-key", str(tmp_path / "req.key"),
+        "--dest", str(tmp_path / "restored"))  # fmt: skip
+    restored = json.loads((tmp_path / "restored" / "restored.json").read_text())
+    assert len(restored) == SHARDS * PER_SHARD
 
 
 @pytest.mark.slow
