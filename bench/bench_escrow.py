@@ -24,15 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import format_table, machine_info, replicate_dataset, run_measured, source_images
+from bench.common import (
+    format_table,
+    lfw_images,
+    machine_info,
+    replicate_dataset,
+    run_measured,
+    source_images,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 _SUMMARY = re.compile(r"(\d+) samples in, .* ([\d.]+) samples/s")
-
-
-def default_source() -> Path:
-    shared = os.environ.get("FACEVEIL_SHARED") or REPO.parent / "shared"
-    return Path(shared) / "data" / "lfw_dev" / "images"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=10_000, help="samples in the sealed job")
     p.add_argument("--job-images", type=int, default=1000, help="images per faceveil run")
     p.add_argument("--rounds", type=int, default=1, help="job rounds, order alternated")
-    p.add_argument("--source", type=Path, default=default_source(), help="folder of images")
+    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
     p.add_argument("--skip-job", action="store_true", help="only the restore part")
     return p.parse_args(argv)
 

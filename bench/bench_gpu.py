@@ -30,7 +30,13 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable like
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.common import format_table, machine_info, source_images, versions  # noqa: E402
+from bench.common import (  # noqa: E402
+    format_table,
+    lfw_images,
+    machine_info,
+    source_images,
+    versions,
+)
 from faceveil.anon_core import methods  # noqa: E402
 from faceveil.anon_core.accel import AccelOptions, accelerated_anonymizer, describe  # noqa: E402
 from faceveil.anon_core.detectors import build_detector  # noqa: E402
@@ -40,11 +46,6 @@ from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer  # noqa: E402
 TARGETS = {("blur", 512): 1500.0, ("surrogate", 512): 300.0}  # images/s on one H100
 ROWS = {"blur": "detect+blur", "surrogate": "surrogate"}
 DISTRIBUTIONS = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "opencv-python-headless")
-
-
-def default_source() -> Path:
-    shared = os.environ.get("FACEVEIL_SHARED") or REPO.parent / "shared"
-    return Path(shared) / "data" / "lfw_dev" / "images"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nvjpeg", action="store_true", help="decode JPEGs on the GPU")
     p.add_argument("--no-cpu", action="store_true", help="skip the plain CPU comparison")
     p.add_argument("--recall-images", type=int, default=0, help="lfw_dev images (0: all)")
-    p.add_argument("--source", type=Path, default=default_source(), help="folder of images")
+    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
     p.add_argument("--json", type=Path, help="also write every raw figure here")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]

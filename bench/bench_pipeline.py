@@ -22,6 +22,7 @@ from bench.common import (
     Measured,
     Stopwatch,
     format_table,
+    lfw_images,
     machine_info,
     mib,
     replicate_dataset,
@@ -41,18 +42,13 @@ _SUMMARY = re.compile(
 _POOL = re.compile(r"processing (\d+) shards on (\d+) actors")
 
 
-def default_source() -> Path:
-    shared = os.environ.get("FACEVEIL_SHARED") or REPO.parent / "shared"
-    return Path(shared) / "data" / "lfw_dev" / "images"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.bench_pipeline", description=__doc__)
     p.add_argument("--images", type=int, default=2000, help="dataset size (1x)")
     p.add_argument("--scale", type=int, default=5, help="memory run on scale x images")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds, tool order rotated")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--source", type=Path, default=default_source(), help="folder of images")
+    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
     p.add_argument("--faceveil-args", default="", help="extra `faceveil run` options, quoted")
     p.add_argument(
         "--escrow-args",

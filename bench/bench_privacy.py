@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from bench.common import format_table, machine_info
+from bench.common import format_table, machine_info, shared_root
 from faceveil.jobs.evaluate import EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -25,10 +24,7 @@ TARGET = 0.02
 
 
 def _shared() -> Path:
-    data = os.environ.get("FACEVEIL_TEST_DATA")
-    if data:
-        return Path(data).parent
-    return Path(os.environ.get("FACEVEIL_SHARED") or REPO.parent / "shared")
+    return shared_root()
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

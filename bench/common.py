@@ -327,3 +327,17 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def shared_root() -> Path:
+    """FACEVEIL_SHARED, else the parent of FACEVEIL_TEST_DATA, else the checkout's ../shared."""
+    if os.environ.get("FACEVEIL_SHARED"):
+        return Path(os.environ["FACEVEIL_SHARED"])
+    if os.environ.get("FACEVEIL_TEST_DATA"):
+        return Path(os.environ["FACEVEIL_TEST_DATA"]).parent
+    return Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def lfw_images() -> Path:
+    """The lfw_dev images folder under :func:`shared_root` (the benchmarks' default input)."""
+    return shared_root() / "data" / "lfw_dev" / "images"

@@ -33,7 +33,8 @@ from faceveil.manifests.audit import AuditWriter, key_id
 from faceveil.manifests.custodian import CustodianPrivate, ScryptParams, b64e
 from faceveil.manifests.envelope import Envelope, MasterKey
 from faceveil.manifests.errors import EscrowError, RestoreError
-from faceveil.manifests.escrow_v2 import Escrow, make_kms_client
+from faceveil.manifests.escrow import make_kms_client
+from faceveil.manifests.escrow_v2 import Escrow
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.keymanifest import KeyRow, load_key_manifest, open_row
 from faceveil.manifests.restore_v2 import (

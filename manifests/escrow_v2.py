@@ -52,7 +52,6 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -70,6 +69,7 @@ from faceveil.manifests.custodian import (
 )
 from faceveil.manifests.envelope import MasterKey
 from faceveil.manifests.errors import CustodianKeyError, EscrowError, ShareError
+from faceveil.manifests.escrow import KmsClient, kms_call
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +79,6 @@ SHARE_CONTEXT = "escrow-share"
 _AUDIT_WRAP_INFO = b"faceveil/audit-key-wrap/v1"
 _ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/.+")
 _ID = re.compile(r"[0-9a-f]{32}")
-
-
-class KmsClient(Protocol):
-    """The two calls of a boto3 KMS client that escrow uses."""
-
-    def encrypt(self, **kwargs: Any) -> dict:
-        """``kms:Encrypt`` (KeyId, Plaintext, EncryptionContext) -> {"CiphertextBlob": ...}."""
-        ...
-
-    def decrypt(self, **kwargs: Any) -> dict:
-        """``kms:Decrypt`` (CiphertextBlob, KeyId, EncryptionContext) -> {"Plaintext": ...}."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -196,7 +184,7 @@ class Epoch:
         """Ask KMS to unwrap this epoch's master key (needs kms:Decrypt on ``key_arn``)."""
         if self.scheme != "kms":
             raise EscrowError("this escrow is not a KMS escrow")
-        reply = _kms_call(
+        reply = kms_call(
             kms,
             "decrypt",
             CiphertextBlob=self.wrapped_key,
@@ -416,25 +404,3 @@ def _check_policy(custodians: Sequence[CustodianPublic], threshold: int) -> None
 
 def _audit_aad(job_id: str, public: bytes) -> bytes:
     return canonical_json({"job_id": job_id, "audit_public": b64e(public), "v": 1})
-
-
-def _kms_call(kms: KmsClient, op: str, **kwargs: Any) -> dict:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return getattr(kms, op)(**kwargs)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "unknown")
-        raise EscrowError(f"KMS {op} failed: {code}") from None
-    except BotoCoreError as exc:
-        raise EscrowError(f"KMS {op} failed: {type(exc).__name__}") from None
-
-
-def make_kms_client(key_arn: str, endpoint_url: str | None = None) -> KmsClient:
-    """A boto3 KMS client in the ARN's region (``endpoint_url`` or boto3's env settings)."""
-    import boto3
-
-    match = _ARN.fullmatch(key_arn)
-    if not match:
-        raise EscrowError("expected a KMS key ARN: arn:aws:kms:REGION:ACCOUNT:key/ID")
-    return boto3.client("kms", region_name=match.group(1), endpoint_url=endpoint_url)

@@ -61,7 +61,7 @@ def iso_time(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _parse_time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
@@ -313,5 +313,5 @@ def check_request(
         )
     if request.purpose != purpose:
         raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
-    if (now or utc_now()) > _parse_time(request.expires):
+    if (now or utc_now()) > parse_time(request.expires):
         raise RestoreError(f"the request expired at {request.expires}")

@@ -42,7 +42,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -63,6 +63,7 @@ from faceveil.manifests.custodian import (
 from faceveil.manifests.envelope import MasterKey
 from faceveil.manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
 from faceveil.manifests.escrow_v2 import Escrow
+from faceveil.manifests.request import iso_time, parse_time
 from faceveil.manifests.shamir import Share
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,6 @@ PURPOSES = ("restore", "reshare", "rekey")
 RESTORE_SHARE_CONTEXT = "restore-share"
 _APPROVAL_LABEL = b"faceveil/approval/v2|"
 _ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -188,8 +181,8 @@ def create_request(
         samples=None if samples is None else tuple(samples),
         reason=reason,
         requester=requester,
-        created=_iso(now),
-        expires=_iso(now + valid_for),
+        created=iso_time(now),
+        expires=iso_time(now + valid_for),
         ephemeral_x25519=eph.public_key().public_bytes_raw(),
         escrow=escrow,
     )
@@ -328,7 +321,7 @@ def check_request(
     if request.purpose != purpose:
         raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
     now = now or utc_now()
-    if now > _parse_time(request.expires):
+    if now > parse_time(request.expires):
         raise RestoreError(f"the request expired at {request.expires}")
 
 
@@ -357,7 +350,7 @@ def approve(
         escrow.revision,
         custodian.name,
         fp,
-        _iso(clock()),
+        iso_time(clock()),
         sealed,
         b"",
     )
