@@ -344,5 +344,4 @@ def restore_into(
         shutil.rmtree(staging, ignore_errors=True)
         if created and not (dest / "restored.json").exists():
             shutil.rmtree(dest, ignore_errors=True)
-    print(f"restored {len(restored)} sample(s) into {dest} (index: restored.json)")
     return len(restored), recorded

@@ -10,7 +10,7 @@ The workflow as a user runs it (every command also runs from a script: ``--passp
     faceveil escrow reshare OUT --request req.json --approvals a.approval b.approval
 
 The engines are :mod:`manifests.restore` (requests, approvals, partials), :mod:`jobs.restore`
-and :mod:`jobs.rekey`; outputs of the earlier master-key format go to :mod:`jobs.restore_legacy`.
+and :mod:`jobs.rekey`; outputs of the earlier master-key format go to :mod:`jobs.legacy_cli`.
 Handlers print one ``error: ...`` line and return 1 for a refused operation; argparse returns 2
 for a usage error. Messages go to stderr wherever stdout carries a document.
 """
@@ -23,7 +23,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from faceveil.jobs import cli_io, restore_legacy
+from faceveil.jobs import cli_io, legacy_cli
 from faceveil.jobs.auditlog import append as append_audit
 from faceveil.jobs.auditlog import verify_tree
 from faceveil.jobs.cli_io import (
@@ -130,7 +130,7 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     out = Location(args.out_tree)
     refuse_pending_rekey(out)
     if is_legacy(out):
-        return restore_legacy.cmd_request(args)
+        return legacy_cli.cmd_request(args)
     escrow = read_escrow(out)
     verified = verify_tree(out)
     commitments = signed_commitments(verified.report.entries)
@@ -196,7 +196,7 @@ def cmd_restore_approve(args: argparse.Namespace) -> int:
         else (args.out_tree, args.request)
     )
     if _request_format(request_path) != REQUEST_FORMAT:
-        return restore_legacy.cmd_approve(args, out_tree, request_path, identity)
+        return legacy_cli.cmd_approve(args, out_tree, request_path, identity)
     request = RestoreRequest.loads(Path(request_path).read_bytes())
     out = Location(out_tree) if out_tree else None
     tail = None
@@ -253,7 +253,7 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
     out = Location(args.out_tree)
     refuse_pending_rekey(out)
     if is_legacy(out):
-        return restore_legacy.cmd_apply(args)
+        return legacy_cli.cmd_apply(args)
     commitments = signed_commitments(verified_entries(out))
     escrow, request, keys, approvals = _open_request(args, out, "restore")
     ctx = RestoreContext(out, escrow, commitments)
@@ -271,11 +271,11 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
         return restore_samples(ctx, list(request.samples), data_keys, staging)
 
     try:
-        _, tail = restore_into(Path(args.dest), request.request_id, rebuild, record)
+        count, tail = restore_into(Path(args.dest), request.request_id, rebuild, record)
     except KeyLibraryError as exc:
         append_audit(out, writer, "restore.failed", details | {"error": str(exc)})
         raise
-    print(f"audit tail: {tail}")
+    print(f"restored {count} sample(s) into {args.dest} (index: restored.json)\naudit tail: {tail}")
     return 0
 
 

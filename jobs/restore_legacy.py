@@ -1,5 +1,5 @@
 """Restoring outputs of the earlier master-key escrow (``escrow.json`` format 2, key manifests
-format 1): request, approve and apply, kept so that those outputs stay restorable.
+format 1), kept so that those outputs stay restorable; the commands are :mod:`jobs.legacy_cli`.
 
 In that format every approval carries the custodian's Shamir share of each epoch's *master key*:
 M approvals of any request rebuild keys that open every sample of the job. Each command says so
@@ -9,43 +9,17 @@ run the job again to move it to the current format.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 
-from faceveil.jobs.auditlog import append as append_audit
-from faceveil.jobs.cli_io import (
-    ask_tty,
-    emit,
-    passphrase,
-    recovery_inputs,
-    request_key_path,
-    requested_samples,
-    requester_name,
-    say,
-)
-from faceveil.jobs.restore import iter_images, manifest_names, rebuild, restore_into
+from faceveil.jobs.restore import iter_images, manifest_names, rebuild
 from faceveil.jobs.storage import Location
-from faceveil.manifests.audit import AuditWriter, key_id
-from faceveil.manifests.custodian import CustodianPrivate, ScryptParams, b64e
 from faceveil.manifests.envelope import Envelope, MasterKey
 from faceveil.manifests.errors import EscrowError, RestoreError
-from faceveil.manifests.escrow import make_kms_client
 from faceveil.manifests.escrow_v2 import Escrow
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.keymanifest import KeyRow, load_key_manifest, open_row
-from faceveil.manifests.restore_v2 import (
-    Approval,
-    RestoreRequest,
-    approve,
-    check_request,
-    create_request,
-    load_request_key,
-    recover_masters,
-)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +27,6 @@ WARNING = (
     "warning: this output uses the earlier master-key escrow (format 2): M approvals of any "
     "request rebuild keys that open EVERY sample of the job, not only the requested ones"
 )
-
-
-def _warn() -> None:
-    log.warning(WARNING)
-    print(WARNING, file=sys.stderr)
 
 
 def read_escrow(out: Location) -> Escrow:
@@ -68,53 +37,7 @@ def read_escrow(out: Location) -> Escrow:
     return escrow
 
 
-def cmd_request(args: argparse.Namespace) -> int:
-    """``restore request`` on a format-2 output (restore of named samples or all)."""
-
-    _warn()
-    if args.purpose != "restore":
-        raise EscrowError(
-            "this output has the earlier master-key escrow: only restores are offered"
-        )
-    escrow = read_escrow(Location(args.out_tree))
-    secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
-    request, key_file = create_request(
-        escrow, "restore", requested_samples(args), args.reason, requester_name(args), secret,
-        timedelta(days=args.valid_days), params=ScryptParams(n=2**args.kdf_work),
-    )  # fmt: skip
-    key_out = Path(args.key_out or f"{request.request_id}.key")
-    write_private_file(key_out, key_file)
-    where = emit(request.dumps(), args.out)
-    say(f"request {request.request_id} written to {where}\nrequest key: {key_out} (mode 0600)")
-    return 0
-
-
-def cmd_approve(
-    args: argparse.Namespace, out_tree: str | None, request_path: str, identity: str
-) -> int:
-    """``restore approve`` of a format-2 request: the custodian's share of every master key."""
-
-    _warn()
-    request = RestoreRequest.loads(Path(request_path).read_bytes())
-    if out_tree:
-        check_request(read_escrow(Location(out_tree)), request, request.purpose)
-    check_request(request.escrow, request, request.purpose)
-    count = "all samples" if request.samples is None else f"{len(request.samples)} sample(s)"
-    text = (
-        f"Request {request.request_id}\nRequester: {request.requester}\nReason: {request.reason}\n"
-        f"Restore of {count}. {WARNING}\nApprove this request? [y/N] "
-    )
-    if not args.yes and ask_tty(text).strip().lower() not in ("y", "yes"):
-        say("not approved")
-        return 1
-    custodian = CustodianPrivate.load(identity, passphrase(args.passphrase_file, "Passphrase: "))
-    approval = approve(request.escrow, request, custodian)
-    where = emit(approval.dumps(), args.out)
-    say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
-    return 0
-
-
-def _rows(
+def rows_by_shard(
     out: Location, escrow: Escrow, wanted: set[str] | None
 ) -> dict[str, tuple[str, dict[str, list[KeyRow]]]]:
     found: dict[str, tuple[str, dict[str, list[KeyRow]]]] = {}
@@ -137,12 +60,12 @@ def _rows(
     return found
 
 
-def _restore_to(
+def restore_to(
     out: Location, masters: Mapping[str, MasterKey], job_id: str, wanted, staging: Path
 ) -> dict:
     restored = {}
     escrow = read_escrow(out)
-    for shard, (escrow_id, groups) in _rows(out, escrow, wanted).items():
+    for shard, (escrow_id, groups) in rows_by_shard(out, escrow, wanted).items():
         envelope = Envelope(masters[escrow_id], job_id, escrow_id)
         images = {k: data for k, _, data in iter_images(out, shard) if k in groups}
 
@@ -154,42 +77,3 @@ def _restore_to(
             write_private_file(staging / f"{key}.{ext}", data, overwrite=True)
             restored[key] = (f"{key}.{ext}", uri)
     return restored
-
-
-def cmd_apply(args: argparse.Namespace) -> int:
-    """``restore apply`` on a format-2 output (recovers every epoch's master key)."""
-
-    _warn()
-    out = Location(args.out_tree)
-    escrow = read_escrow(out)
-    request_path, approval_paths = recovery_inputs(args)
-    request = RestoreRequest.loads(Path(request_path).read_bytes())
-    approvals = [Approval.loads(Path(p).read_bytes()) for p in approval_paths]
-    check_request(escrow, request, "restore")
-    if escrow.scheme == "kms":
-        masters = escrow.unwrap_kms(make_kms_client(escrow.key_arn, args.kms_endpoint))
-    else:
-        key_path = request_key_path(args, request.request_id, request_path)
-        secret = passphrase(args.passphrase_file, "Passphrase of the request key: ")
-        request_key = load_request_key(request, key_path.read_bytes(), secret)
-        masters = recover_masters(escrow, request, request_key, approvals, "restore")
-    writer = AuditWriter(escrow.audit_signing_key(masters), f"requester:{request.requester}")
-    details = {
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-        "format": 2,
-        "approvals": [{"custodian": a.custodian, "approval_sha256": a.sha256()} for a in approvals],
-        "job_key_id": key_id(writer.public_key),
-        "signer_key": b64e(writer.public_key),
-    }
-    wanted = None if request.samples is None else set(request.samples)
-
-    def record(count: int):
-        return append_audit(out, writer, "restore.apply", details | {"restored": count})
-
-    def stage(staging: Path) -> dict:
-        return _restore_to(out, masters, escrow.job_id, wanted, staging)
-
-    _, tail = restore_into(Path(args.dest), request.request_id, stage, record)
-    print(f"audit tail: {tail}")
-    return 0
