@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from faceveil.anon_core import methods
 from faceveil.cluster.local import add_cluster_command
 from faceveil.jobs.evaluate.cli import add_eval_command
-from faceveil.jobs.keyfile import KeyFileError, add_key_command
+from faceveil.jobs.keyfile import KeyFileError
 from faceveil.jobs.keys_cli import add_key_commands
 from faceveil.jobs.lookup_cli import add_lookup_command
 from faceveil.jobs.progress import configure_logging
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_shard, add_run_command, _add_demo, add_key_command, add_eval_command,
+    for add in (_add_shard, add_run_command, _add_demo, add_eval_command,
                 add_cluster_command, add_lookup_command):  # fmt: skip
         add(sub)
     add_audit_faces_command(add_key_commands(sub))

@@ -6,7 +6,6 @@ text. Errors name the file, never its content.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
@@ -62,21 +61,6 @@ def load_key_file(path: str | Path) -> bytes:
     if len(key) != KEY_BYTES:
         raise malformed
     return key
-
-
-def _key_new(args: argparse.Namespace) -> int:
-    path = new_key_file(args.path)
-    print(f"wrote a new {KEY_BYTES * 8}-bit key to {path} (mode 0600); back it up safely")
-    return 0
-
-
-def add_key_command(subparsers) -> None:
-    """``faceveil key new PATH``."""
-    key = subparsers.add_parser("key", help="manage pseudonym keys")
-    sub = key.add_subparsers(dest="key_command", required=True)
-    new = sub.add_parser("new", help="create a new random key file (mode 0600)")
-    new.add_argument("path")
-    new.set_defaults(handler=_key_new)
 
 
 DEFAULT_SECRET = "~/.faceveil/secret.key"

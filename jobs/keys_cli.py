@@ -15,6 +15,7 @@ import sys
 from faceveil.jobs.auditlog import append as append_audit
 from faceveil.jobs.auditlog import verify_tree
 from faceveil.jobs.cli_io import kdf_arg, passphrase, passphrase_arg, refusals
+from faceveil.jobs.keyfile import KEY_BYTES, new_key_file
 from faceveil.jobs.restore_cli import add_restore_commands
 from faceveil.manifests.audit import AuditTail
 from faceveil.manifests.custodian import CustodianPublic, ScryptParams, keygen
@@ -55,6 +56,21 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_new(args: argparse.Namespace) -> int:
+    """``faceveil key new PATH``: a new random key file (a pseudonym key or a job secret)."""
+    path = new_key_file(args.path)
+    print(f"wrote a new {KEY_BYTES * 8}-bit key to {path} (mode 0600); back it up safely")
+    return 0
+
+
+def _add_key(sub: argparse._SubParsersAction) -> None:
+    key = sub.add_parser("key", help="manage pseudonym keys")
+    actions = key.add_subparsers(dest="key_command", required=True)
+    new = actions.add_parser("new", help="create a new random key file (mode 0600)")
+    new.add_argument("path")
+    new.set_defaults(handler=cmd_key_new, func=cmd_key_new)
+
+
 def _add_custodian(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("custodian", help="custodian keys").add_subparsers(
         dest="custodian_command", required=True
@@ -92,8 +108,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
 
 
 def add_key_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add ``custodian``, ``restore``, ``audit`` and ``escrow`` to the CLI's subparsers; returns
-    the ``audit`` subcommands so that other audits can join them."""
+    """Add ``key``, ``custodian``, ``restore``, ``audit`` and ``escrow`` to the CLI's
+    subparsers; returns the ``audit`` subcommands so that other audits can join them."""
+    _add_key(subparsers)
     _add_custodian(subparsers)
     add_restore_commands(subparsers)
     return _add_audit(subparsers)

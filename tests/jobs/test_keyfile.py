@@ -12,10 +12,10 @@ import pytest
 from faceveil.jobs.keyfile import (
     KEY_BYTES,
     KeyFileError,
-    add_key_command,
     load_key_file,
     new_key_file,
 )
+from faceveil.jobs.keys_cli import add_key_commands
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 
@@ -79,7 +79,7 @@ def test_missing_file(tmp_path):
 def test_cli_key_new(tmp_path, capsys, caplog):
     caplog.set_level(logging.DEBUG)
     parser = argparse.ArgumentParser(prog="faceveil")
-    add_key_command(parser.add_subparsers(dest="command", required=True))
+    add_key_commands(parser.add_subparsers(dest="command", required=True))
     target = tmp_path / "team.key"
     args = parser.parse_args(["key", "new", str(target)])
     assert args.handler(args) == 0
