@@ -487,7 +487,7 @@ class JobRun:
             self.manifest, status=status, totals=totals, shards=shards, failed=summary.failed
         )
         if keys is not None:
-            sealed = {**_unsigned_earlier(out, markers), **summary.sealed}
+            sealed = {**_unsigned_earlier(out, markers, summary.sealed), **summary.sealed}
             audit(out, keys, "job.manifests", {"escrow_id": keys.escrow_id, "manifests": sealed})
             details = {
                 "status": str(status),
@@ -507,7 +507,7 @@ class JobRun:
             )
 
 
-def _unsigned_earlier(out: Location, markers: list[dict]) -> dict[str, dict]:
+def _unsigned_earlier(out: Location, markers: list[dict], ours: dict) -> dict[str, dict]:
     """Row-list commitments of shards sealed by an earlier run that ended before signing them
     (a crash), taken from their markers, so that a resume leaves no shard unrestorable. This
     run's own shards are signed from what its actors returned, not from the markers on disk."""
@@ -517,7 +517,7 @@ def _unsigned_earlier(out: Location, markers: list[dict]) -> dict[str, dict]:
     found = {
         m["shard"].removesuffix(".tar"): m["manifest"]
         for m in markers
-        if "manifest" in m and m["shard"].removesuffix(".tar") not in signed
+        if "manifest" in m and m["shard"].removesuffix(".tar") not in {*signed, *ours}
     }
     if found:
         log.warning("signing the row lists of %d shards an earlier run sealed but did not sign "
