@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import fsspec
 
 from faceveil.jobs import shard as sharding
-from faceveil.jobs.shard import ReadOptions, ShardEntry, Source, shard_name
+from faceveil.jobs.shard import ReadOptions, ShardEntry, Source
 from faceveil.jobs.shardio import RawSample, ShardFormatError
 from faceveil.jobs.storage import Location, RetryPolicy
 from faceveil.manifests.canonical import canonical_json
@@ -121,31 +121,14 @@ def write_plan(
     over ``reading.max_member_bytes`` is not read: the plan records its refusal.
     """
     reading = reading or ReadOptions()
-    if shard_size < 1:
-        raise ValueError("shard size must be at least 1")
-    sources = sharding.list_sources(input_uri, reading.max_member_bytes)
-    if not sources:
-        raise FileNotFoundError(f"no images found under {input_uri}")
-    glob = sharding._is_glob(input_uri)
-    src_loc = Location(input_uri if not glob else input_uri.split("*", 1)[0])
-    entries = []
-    for index, start in enumerate(range(0, len(sources), shard_size)):
-        chunk = sources[start : start + shard_size]
-        entry = PlanEntry(shard_name(index), len(chunk), "", 0)
-        data = canonical_json(_plan_doc(src_loc, entry.shard, chunk, secret, reading.threads))
-        out.publish_bytes(data, entry.file)
-        entries.append(PlanEntry(entry.shard, len(chunk), hashlib.sha256(data).hexdigest(),
-                                 len(data)))  # fmt: skip
-        log.info("planned %s (%d samples)", entry.shard, len(chunk))
-    index_doc = {
-        "version": VERSION,
-        "shard_size": shard_size,
-        "total_samples": len(sources),
-        "secret_fingerprint": secret_fingerprint(secret),
-        "shards": [e.__dict__ for e in entries],
-    }
-    out.publish_json(index_doc, INDEX)
-    return entries
+
+    def build(src: Location, name: str, chunk: list[Source]) -> bytes:
+        return canonical_json(_plan_doc(src, name, chunk, secret, reading.threads))
+
+    layout = sharding.IndexedLayout(
+        PlanEntry, INDEX, VERSION, shard_size, secret_fingerprint(secret)
+    )
+    return sharding.publish_in_shards(input_uri, out, layout, reading, build)
 
 
 def read_plan(loc: Location) -> list[PlanEntry]:

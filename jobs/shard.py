@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -199,29 +199,61 @@ def write_shards(
     A source over ``reading.max_member_bytes`` (a file, or a member of an input tar) is not read:
     its sample carries the reason and is quarantined by the job."""
     reading = reading or ReadOptions()
+
+    def build(src: Location, name: str, chunk: list[Source]) -> bytes:
+        return build_shard(src, chunk, secret, reading.threads)
+
+    layout = IndexedLayout(ShardEntry, INDEX, 1, shard_size, secret_fingerprint(secret))
+    return publish_in_shards(input_uri, Location(out_uri), layout, reading, build)
+
+
+@dataclass(frozen=True)
+class IndexedLayout:
+    """How a sharded listing is published: the entry type (whose ``file`` names each shard's
+    file), the index file's name and version, the sources per shard, and the fingerprint of the
+    job secret that keyed them."""
+
+    entry: type[ShardEntry]
+    index: str
+    version: int
+    shard_size: int
+    fingerprint: str
+
+
+def publish_in_shards(
+    input_uri: str,
+    out: Location,
+    layout: IndexedLayout,
+    reading: ReadOptions,
+    build: Callable[[Location, str, list[Source]], bytes],
+) -> list[ShardEntry]:
+    """List ``input_uri``'s sources (sorted), cut them into shards of ``shard_size``, publish
+    ``build(source folder, shard name, sources)`` for each under its entry's ``file``, then the
+    index, last: the one listing that both ``faceveil shard`` and the job's plan write."""
+    shard_size = layout.shard_size
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
     sources = list_sources(input_uri, reading.max_member_bytes)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     src_loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
-    out = Location(out_uri)
     entries = []
     for index, start in enumerate(range(0, len(sources), shard_size)):
         chunk = sources[start : start + shard_size]
-        data = build_shard(src_loc, chunk, secret, reading.threads)
         name = shard_name(index)
-        out.publish_bytes(data, name)
-        entries.append(ShardEntry(name, len(chunk), hashlib.sha256(data).hexdigest(), len(data)))
-        log.info("wrote %s (%d samples)", name, len(chunk))
+        data = build(src_loc, name, chunk)
+        entry = layout.entry(name, len(chunk), hashlib.sha256(data).hexdigest(), len(data))
+        out.publish_bytes(data, entry.file)
+        entries.append(entry)
+        log.info("published %s (%d samples)", entry.file, len(chunk))
     index_doc = {
-        "version": 1,
+        "version": layout.version,
         "shard_size": shard_size,
         "total_samples": len(sources),
-        "secret_fingerprint": secret_fingerprint(secret),
+        "secret_fingerprint": layout.fingerprint,
         "shards": [e.__dict__ for e in entries],
     }
-    out.publish_json(index_doc, INDEX)
+    out.publish_json(index_doc, layout.index)
     return entries
 
 
