@@ -22,3 +22,4 @@ class AnonConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     recognizer: str | None = None  # InsightFace recognition ONNX; None: dlib's embedded ResNet
+    image_format: str = ""  # "jpg" or "png" for every output image; "": png for lossless inputs

@@ -42,6 +42,7 @@ class DecodedImage:
     format: str
     lossless: bool
     exact: bool
+    known: np.ndarray | None = None  # face boxes known beforehand, pixels (anon_core.known)
 
     @property
     def output_ext(self) -> str:

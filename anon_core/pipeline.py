@@ -19,6 +19,7 @@ from faceveil.anon_core.imageio import (
     decode_image,
     encode_image,
 )
+from faceveil.anon_core.known import WithBoxes, join_known, to_pixels
 from faceveil.anon_core.landmarks import Dlib68, LandmarkModel
 from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
 from faceveil.anon_core.prefetch import Prefetcher
@@ -85,10 +86,10 @@ class FaceAnonymizer:
     def method(self) -> Anonymizer:
         return self.stage.method
 
-    def __call__(self, image: bytes | np.ndarray) -> AnonResult:
+    def __call__(self, image: bytes | np.ndarray | WithBoxes) -> AnonResult:
         return self.batch([image])[0]
 
-    def batch(self, images: Sequence[bytes | np.ndarray]) -> list[AnonResult]:
+    def batch(self, images: Sequence[bytes | np.ndarray | WithBoxes]) -> list[AnonResult]:
         """One result per image, in order."""
         if not self.stage.workers:
             return [self.finish(s) for s in self.process([self.decode(i) for i in images])]
@@ -114,8 +115,14 @@ class FaceAnonymizer:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def decode(self, image: bytes | np.ndarray) -> DecodedImage | AnonResult:
-        """Bytes or an RGB array to pixels, or a quarantined result."""
+    def decode(self, image: bytes | np.ndarray | WithBoxes) -> DecodedImage | AnonResult:
+        """Bytes or an RGB array to pixels, or a quarantined result. A ``WithBoxes`` image
+        keeps its known boxes (in pixels) for ``process``, which joins them to the detections."""
+        if isinstance(image, WithBoxes):
+            decoded = self.decode(image.image)
+            if isinstance(decoded, AnonResult):
+                return decoded
+            return replace(decoded, known=to_pixels(image, decoded.rgb.shape))
         if isinstance(image, bytes):
             decoded = self.stage.decode(image, self.config.max_pixels)
             if decoded is not None:
@@ -142,16 +149,17 @@ class FaceAnonymizer:
         return out
 
     def finish(self, staged: Staged | AnonResult) -> AnonResult:
-        """Encode, with no metadata, in the input's format."""
+        """Encode, with no metadata, as ``config.image_format`` (default: the input's kind)."""
         if isinstance(staged, AnonResult):
             return staged
         image, output = staged.image, staged.output
+        ext = self.config.image_format or image.output_ext
         try:
-            encoded = encode_image(output.image, image.output_ext)
+            encoded = encode_image(output.image, ext)
         except INFERENCE_ERRORS as exc:
             return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
         status = "anonymized" if len(staged.faces) else "no_face"
-        return AnonResult(status, "", "", encoded, image.output_ext, staged.faces, output, image)
+        return AnonResult(status, "", "", encoded, ext, staged.faces, output, image)
 
     def _run(self, images: list[DecodedImage]) -> list[Staged | AnonResult]:
         """One group through the stage; a failing group is retried image by image."""
@@ -161,6 +169,7 @@ class FaceAnonymizer:
             found = self.stage.detect(batch, rgb)
         except INFERENCE_ERRORS as exc:
             return self._retry(images, "detect", exc)
+        found = [join_known(f, d.known) for f, d in zip(found, images, strict=True)]
         try:
             found = self.prepare_faces(rgb, found)
         except (*INFERENCE_ERRORS, TypeError) as exc:

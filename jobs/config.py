@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from faceveil.anon_core.pipeline import AnonConfig
+from faceveil.jobs.datawriter import OutputFormat
+from faceveil.jobs.parquetin import InputColumns
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,25 @@ class SurrogateConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The dataset's formats: which Parquet input columns hold the image and the known boxes
+    (``columns``), what ``data/`` holds (``output_format``), and the one image format of the
+    output (``image_format``: jpg or png; None: png when every input is lossless, else jpg)."""
+
+    columns: InputColumns = field(default_factory=InputColumns)
+    output_format: OutputFormat = OutputFormat.WEBDATASET
+    image_format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_format not in (None, "jpg", "png"):
+            raise ValueError(f"--output-image-format must be jpg or png, got {self.image_format}")
+
+    def output_config(self) -> dict:
+        return {"columns": self.columns.to_json(), "output_format": str(self.output_format),
+                "image_format": self.image_format}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything ``faceveil run`` needs. ``anon`` alone decides the output pixels."""
 
@@ -85,6 +106,7 @@ class JobConfig:
     escrow: EscrowConfig = field(default_factory=EscrowConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     shard_size: int = 1000
     resume: bool = False
     address: str | None = None
@@ -98,6 +120,8 @@ class JobConfig:
         anon["method_options"] = dict(self.anon.method_options)
         anon.pop("threads", None)
         out = {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
+        if self.data != DataConfig():
+            out["data"] = self.data.output_config()
         if self.anon.method == "surrogate":
             out["surrogate"] = self.surrogate.output_config()
         return out

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from faceveil.jobs import parquetin
 from faceveil.jobs import shard as sharding
 from faceveil.jobs.shard import ReadOptions, ShardEntry, Source
 from faceveil.jobs.shardio import RawSample, ShardFormatError
@@ -97,15 +98,24 @@ def _describe(loc: Location, source: Source) -> dict:
             "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
 
 
-def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, threads: int):
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        checks = list(pool.map(lambda s: _describe(loc, s), sources))
+def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, reading):
+    rows = bool(sources) and sources[0].ext == parquetin.ROW_EXT
+    if rows:
+        columns = reading.columns
+        checks = parquetin.describe_rows(loc.fs, _protocol(sources[0].uri), sources, columns)
+    else:
+        with ThreadPoolExecutor(max_workers=reading.threads) as pool:
+            checks = list(pool.map(lambda s: _describe(loc, s), sources))
     samples = []
     for source, check in zip(sources, checks, strict=True):
         key = sample_key(secret, source.uri)
         samples.append({"key": key, "src": _b64(seal_uri(secret, key, source.uri)),
                         "check": _b64(seal_check(secret, key, check))})  # fmt: skip
-    return {"version": VERSION, "shard": name, "samples": samples}
+    exts = sorted({c["ext"] for c in checks if "ext" in c})
+    doc = {"version": VERSION, "shard": name, "samples": samples, "exts": exts}
+    if rows:
+        doc["parquet"] = reading.columns.to_json()
+    return doc
 
 
 def write_plan(
@@ -121,12 +131,15 @@ def write_plan(
     over ``reading.max_member_bytes`` is not read: the plan records its refusal.
     """
     reading = reading or ReadOptions()
+    exts: set[str] = set()
 
     def build(src: Location, name: str, chunk: list[Source]) -> bytes:
-        return canonical_json(_plan_doc(src, name, chunk, secret, reading.threads))
+        doc = _plan_doc(src, name, chunk, secret, reading)
+        exts.update(doc.pop("exts"))
+        return canonical_json(doc)
 
     layout = sharding.IndexedLayout(
-        PlanEntry, INDEX, VERSION, shard_size, secret_fingerprint(secret)
+        PlanEntry, INDEX, VERSION, shard_size, secret_fingerprint(secret), lambda: exts
     )
     return sharding.publish_in_shards(input_uri, out, layout, reading, build)
 
@@ -174,6 +187,10 @@ def _read_planned(check: dict, retry: RetryPolicy) -> tuple[bytes | None, str]:
 def _load(secret: bytes, sample: dict, retry: RetryPolicy) -> RawSample:
     key, src = sample["key"], base64.b64decode(sample["src"])
     check = open_check(secret, key, base64.b64decode(sample["check"]))
+    return _loaded(key, src, check, retry)
+
+
+def _loaded(key: str, src: bytes, check: dict, retry: RetryPolicy) -> RawSample:
     if "error" in check:
         return RawSample(key, {"src": src, "err": check["error"].encode()})
     data, reason = _read_planned(check, retry)
@@ -199,6 +216,9 @@ def iter_planned(
         raise ShardFormatError("unreadable plan file") from None
     if doc.get("version") != VERSION:
         raise ShardFormatError(f"unsupported plan file version {doc.get('version')}")
+    if "parquet" in doc:
+        yield from _iter_rows(doc, secret)
+        return
     samples = iter(doc["samples"])
     retry = RetryPolicy()
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -209,6 +229,51 @@ def iter_planned(
                 yield ahead.popleft().result()
         while ahead:
             yield ahead.popleft().result()
+
+
+def _iter_rows(doc: dict, secret: bytes) -> Iterator[RawSample]:
+    """The samples of a plan file of Parquet rows, one read per input file they come from."""
+    columns = parquetin.InputColumns.from_json(doc["parquet"])
+    planned = []
+    for sample in doc["samples"]:
+        key = sample["key"]
+        check = open_check(secret, key, base64.b64decode(sample["check"]))
+        planned.append((key, base64.b64decode(sample["src"]), check))
+    i = 0
+    while i < len(planned):
+        key, src, check = planned[i]
+        if "row" not in check:
+            yield _loaded(key, src, check, RetryPolicy())
+            i += 1
+            continue
+        group = [planned[i]]
+        while (
+            i + len(group) < len(planned)
+            and planned[i + len(group)][2].get("path") == check["path"]
+        ):
+            group.append(planned[i + len(group)])
+        yield from _read_group(group, columns)
+        i += len(group)
+
+
+def _read_group(group: list[tuple[str, bytes, dict]], columns) -> Iterator[RawSample]:
+    """Planned rows of one Parquet file as samples (the image, known boxes, carried columns)."""
+    try:
+        reads = parquetin.read_planned_rows([c for _, _, c in group], columns, CHANGED)
+    except FileNotFoundError:
+        reads = [parquetin.RowRead(None, VANISHED, None)] * len(group)
+    except (OSError, ValueError, IndexError) as exc:
+        reads = [parquetin.RowRead(None, f"unreadable source ({type(exc).__name__})", None)] * len(
+            group
+        )
+    for (key, src, check), read in zip(group, reads, strict=True):
+        if read.data is None:
+            yield RawSample(key, {"src": src, "err": read.reason.encode()}, columns=read.columns)
+            continue
+        members = {"src": src, check["ext"]: read.data}
+        if (boxes := parquetin.boxes_member(check)) is not None:
+            members["boxes"] = boxes
+        yield RawSample(key, members, columns=read.columns)
 
 
 def _b64(blob: bytes) -> str:

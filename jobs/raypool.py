@@ -12,6 +12,7 @@ import ray
 
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.jobs.config import PoolConfig
+from faceveil.jobs.datawriter import OutputSpec
 from faceveil.jobs.worker import ShardTask
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,8 @@ class ActorSpec:
     ``key_holder`` and reports progress to ``counter`` (None: no progress). Second-pass actors
     (``ShardProcessor``) publish into ``out_uri``, feed ``observer`` (the in-job audit sampler)
     and, with the surrogate, build it from ``surrogate_context``; first-pass actors
-    (``FaceCollector``) keep up to ``max_donor_faces`` donor candidates.
+    (``FaceCollector``) keep up to ``max_donor_faces`` donor candidates. ``output`` says how
+    second-pass actors write ``data/``.
     """
 
     anon: AnonConfig
@@ -164,6 +166,7 @@ class ActorSpec:
     observer: object = None
     surrogate_context: object = None
     max_donor_faces: int = 1024
+    output: OutputSpec = OutputSpec()
 
 
 def map_over_shards(tasks: list[ShardTask], actor: type, spec: ActorSpec) -> ray.data.Dataset:

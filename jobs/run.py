@@ -24,6 +24,7 @@ from faceveil.anon_core.pipeline import FaceAnonymizer, build_embedder
 from faceveil.jobs import plan as planning
 from faceveil.jobs import shard as sharding
 from faceveil.jobs.config import JobConfig
+from faceveil.jobs.datawriter import OutputSpec
 from faceveil.jobs.jobmanifest import JOB_FILE, JobFileError, JobManifest, JobStatus
 from faceveil.jobs.keys import Secrets, hold_secrets
 from faceveil.jobs.privacy_sample import privacy_sampler
@@ -102,6 +103,7 @@ class ShardProcessor:
             max_member_bytes=anon.max_file_bytes,
             observer=self.observer,
             progress=self.progress,
+            output=spec.output,
         )
         self.actor_id = uuid.uuid4().hex
         log.info("actor ready on %s, node %s (%s)", platform.node(), self.node, anon.device)
@@ -142,10 +144,16 @@ _SUMMARY_COLUMNS = (
 
 @dataclass(frozen=True)
 class ShardSources:
-    """Where a job's shards are (a sharded input, or OUT/plan) and their index entries."""
+    """Where a job's shards are (a sharded input, or OUT/plan), their index entries, and whether
+    the index says every input image is in a lossless format."""
 
     location: Location
     entries: list
+    lossless: bool = False
+
+    @classmethod
+    def indexed(cls, location: Location, index: str, entries: list) -> ShardSources:
+        return cls(location, entries, bool(location.read_json(index).get("lossless")))
 
 
 def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> ShardSources:
@@ -160,15 +168,17 @@ def resolve_shards(config: JobConfig, out: Location, secret: bytes) -> ShardSour
                 f"{src.uri} was sharded with another job secret; pass the same "
                 "--secret-file that `faceveil shard` used"
             )
-        return ShardSources(src, sharding.read_index(src))
+        return ShardSources.indexed(src, sharding.INDEX, sharding.read_index(src))
     target = out.child(planning.PLAN_DIR)
     if config.resume and (entries := planning.reusable_plan(target, secret)) is not None:
         log.info("resuming with the plan in %s", target.uri)
-        return ShardSources(target, entries)
+        return ShardSources.indexed(target, planning.INDEX, entries)
     log.info("planning %s into %s", config.input, target.uri)
-    reading = sharding.ReadOptions(max_member_bytes=config.anon.max_file_bytes)
+    reading = sharding.ReadOptions(
+        max_member_bytes=config.anon.max_file_bytes, columns=config.data.columns
+    )
     planning.write_plan(config.input, target, secret, config.shard_size, reading)
-    return ShardSources(target, planning.read_plan(target))
+    return ShardSources.indexed(target, planning.INDEX, planning.read_plan(target))
 
 
 def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
@@ -395,7 +405,10 @@ class JobRun:
             pool = size_pool(config.pool, resources)
             device = "cuda" if config.pool.gpus_per_actor > 0 else "cpu"
             anon = replace(
-                config.anon, device=device, threads=max(1, int(config.pool.cpus_per_actor))
+                config.anon,
+                device=device,
+                threads=max(1, int(config.pool.cpus_per_actor)),
+                image_format=config.data.image_format or ("png" if sources.lossless else "jpg"),
             )
             spec = ActorSpec(
                 anon,
@@ -403,6 +416,7 @@ class JobRun:
                 config.pool,
                 size=pool,
                 max_donor_faces=config.surrogate.max_donor_faces,
+                output=OutputSpec(config.data.output_format, config.data.columns.image_column),
             )
             if self.secrets.pseudonym_key is not None:
                 spec = replace(spec, surrogate_context=self._first_pass(sources, spec))

@@ -10,7 +10,16 @@ from faceveil.anon_core import methods
 from faceveil.anon_core.detectors import NAMES as DETECTORS
 from faceveil.anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from faceveil.anon_core.pipeline import AnonConfig
-from faceveil.jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
+from faceveil.jobs.config import (
+    AuditConfig,
+    DataConfig,
+    EscrowConfig,
+    JobConfig,
+    PoolConfig,
+    SurrogateConfig,
+)
+from faceveil.jobs.datawriter import OutputFormat
+from faceveil.jobs.parquetin import InputColumns
 
 
 def add_max_file_bytes_arg(p) -> None:
@@ -84,12 +93,53 @@ def _add_privacy_sample_options(p) -> None:
     )  # fmt: skip
 
 
+def _add_data_options(p) -> None:
+    g = p.add_argument_group("dataset formats (Parquet in and out, known boxes)")
+    g.add_argument("--image-column", default="image", metavar="NAME",
+                   help="Parquet input: the column with the image, raw bytes or a Hugging Face "
+                   "image struct {bytes, path} (its path is dropped); also the image column of "
+                   "a Parquet output (default: %(default)s)")  # fmt: skip
+    g.add_argument("--drop-columns", default="", metavar="A,B",
+                   help="Parquet input columns not carried to a Parquet output, e.g. ones that "
+                   "may identify people (url, caption); every other column is carried unchanged "
+                   "(default: none)")  # fmt: skip
+    g.add_argument("--boxes-column", metavar="NAME",
+                   help="known face boxes, anonymized in addition to what the detector finds: "
+                   "a Parquet column, or a field of each WebDataset sample's .json; a list of "
+                   "[x1, y1, x2, y2] per image (default: none)")  # fmt: skip
+    g.add_argument("--boxes-units", choices=("normalized", "pixels"), default="normalized",
+                   help="normalized: fractions 0..1 of the width and height, as LAION/DataComp "
+                   "face_bboxes; pixels: pixel coordinates (default: %(default)s)")  # fmt: skip
+    g.add_argument("--output-format", choices=[str(f) for f in OutputFormat],
+                   default=str(OutputFormat.WEBDATASET),
+                   help="data/ as WebDataset tars (KEY.jpg + KEY.json) or Parquet shards with a "
+                   "Hugging Face image column (default: %(default)s)")  # fmt: skip
+    g.add_argument("--output-image-format", choices=("jpg", "png"),
+                   help="the one image format of every output image (default: png when every "
+                   "input image is lossless (png, bmp, tiff, gif), else jpg)")  # fmt: skip
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    columns = InputColumns(
+        image_column=args.image_column,
+        boxes_column=args.boxes_column,
+        boxes_normalized=args.boxes_units == "normalized",
+        drop_columns=tuple(c.strip() for c in args.drop_columns.split(",") if c.strip()),
+    )
+    return DataConfig(columns, OutputFormat(args.output_format), args.output_image_format)
+
+
 def add_run_command(sub) -> None:
     """Add ``run`` to the ``faceveil`` subcommands."""
     p = sub.add_parser("run", help="anonymize a dataset into OUT on a Ray actor pool")
-    p.add_argument("input", help="sharded input (with shards.json) or loose images (read in place)")
+    p.add_argument(
+        "input",
+        help="sharded input (with shards.json), loose images or raw tars "
+        "(read in place), or Parquet files (a file, glob, folder or s3:// prefix)",
+    )
     p.add_argument("output")
     _add_run_options(p)
+    _add_data_options(p)
     _add_privacy_sample_options(p)
     p.set_defaults(handler=_run)
 
@@ -148,6 +198,7 @@ def job_config(args: argparse.Namespace) -> JobConfig:
         surrogate=SurrogateConfig(
             args.key_file, args.first_pass_shards, args.max_donor_faces, args.attributes
         ),
+        data=_data_config(args),
         shard_size=args.shard_size,
         resume=args.resume,
         address=args.address,

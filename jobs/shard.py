@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from faceveil.jobs import parquetin
+from faceveil.jobs.parquetin import InputColumns
 from faceveil.jobs.shardio import (
     DEFAULT_MAX_MEMBER_BYTES,
     IMAGE_EXTS,
@@ -25,6 +27,9 @@ from faceveil.manifests.jobsecret import sample_key, seal_uri, secret_fingerprin
 log = logging.getLogger(__name__)
 
 INDEX = "shards.json"
+# Input image extensions whose images are lossless: a job whose every input is one of them
+# writes PNG unless told otherwise (``--output-image-format``).
+LOSSLESS_EXTS = frozenset({"png", "bmp", "tif", "gif"})
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,12 @@ class ShardEntry:
 class ReadOptions:
     """How sources are read when sharding or planning: ``threads`` at a time, and none over
     ``max_member_bytes`` (a file, or a member of an input tar; it is listed with its refusal and
-    its sample is quarantined by the job)."""
+    its sample is quarantined by the job). ``columns`` names the image and known-boxes columns
+    of Parquet input (``jobs.parquetin``)."""
 
     threads: int = 8
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    columns: InputColumns = InputColumns()
 
 
 def shard_name(index: int) -> str:
@@ -111,8 +118,28 @@ def _tar_sources(
     return found
 
 
-def list_sources(input_uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> list[Source]:
-    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI.
+def _parquet_sources(loc: Location, found: dict, protocol: str, columns: InputColumns):
+    """One source per row of every Parquet file in ``found``; all must have the same columns."""
+    sources: list[Source] = []
+    schemas = set()
+    for path in sorted(p for p in found if parquetin.is_parquet(p)):
+        rows, schema = parquetin.file_rows(loc.fs, path, columns)
+        schemas.add(schema.remove_metadata().to_string())
+        uri = protocol + path if protocol else path
+        sources += [Source(parquetin.row_uri(uri, r), path, parquetin.ROW_EXT, r, r + 1)
+                    for r in range(rows)]  # fmt: skip
+    if len(schemas) > 1:
+        raise ValueError("the input's Parquet files do not all have the same columns and types")
+    return sources
+
+
+def list_sources(
+    input_uri: str,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    columns: InputColumns | None = None,
+) -> list[Source]:
+    """Every image under a folder, glob or prefix (and inside any .tar there), sorted by URI;
+    or, when the input holds Parquet files, every row of them (``jobs.parquetin``).
 
     An image file or tar member over ``max_member_bytes`` is listed with its refusal (never read).
     """
@@ -124,6 +151,10 @@ def list_sources(input_uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTE
         found = {loc.root: loc.fs.info(loc.root)}
     else:
         found = loc.fs.find(loc.root, detail=True)
+    if any(parquetin.is_parquet(p) for p in found):
+        if any(_ext(p) or p.lower().endswith(".tar") for p in found):
+            raise ValueError(f"{input_uri} holds both Parquet files and images; give one kind")
+        return _parquet_sources(loc, found, protocol, columns or InputColumns())
     sources: list[Source] = []
     skipped = 0
     tars = 0
@@ -172,6 +203,8 @@ def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads
     """The tar bytes of one shard: per sample ``KEY.src`` (sealed URI), then ``KEY.EXT`` (original
     bytes, unchanged) or ``KEY.err`` (why the source could not be read)."""
     sources = list(sources)
+    if any(s.ext == parquetin.ROW_EXT for s in sources):
+        raise ValueError("faceveil shard takes images; give Parquet input to faceveil run")
     with ThreadPoolExecutor(max_workers=threads) as pool:
         contents = list(pool.map(lambda s: _read_source(loc, s), sources))
     buf = io.BytesIO()
@@ -211,13 +244,16 @@ def write_shards(
 class IndexedLayout:
     """How a sharded listing is published: the entry type (whose ``file`` names each shard's
     file), the index file's name and version, the sources per shard, and the fingerprint of the
-    job secret that keyed them."""
+    job secret that keyed them. ``exts``, when given, returns the image extensions of the
+    sources as read by the builds (Parquet rows only know theirs once read); by default they
+    are the sources' own."""
 
     entry: type[ShardEntry]
     index: str
     version: int
     shard_size: int
     fingerprint: str
+    exts: Callable[[], set[str]] | None = None
 
 
 def publish_in_shards(
@@ -233,7 +269,7 @@ def publish_in_shards(
     shard_size = layout.shard_size
     if shard_size < 1:
         raise ValueError("shard size must be at least 1")
-    sources = list_sources(input_uri, reading.max_member_bytes)
+    sources = list_sources(input_uri, reading.max_member_bytes, reading.columns)
     if not sources:
         raise FileNotFoundError(f"no images found under {input_uri}")
     src_loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
@@ -246,11 +282,13 @@ def publish_in_shards(
         out.publish_bytes(data, entry.file)
         entries.append(entry)
         log.info("published %s (%d samples)", entry.file, len(chunk))
+    exts = layout.exts() if layout.exts else {s.ext for s in sources if not s.error}
     index_doc = {
         "version": layout.version,
         "shard_size": shard_size,
         "total_samples": len(sources),
         "secret_fingerprint": layout.fingerprint,
+        "lossless": bool(exts) and exts <= LOSSLESS_EXTS,
         "shards": [e.__dict__ for e in entries],
     }
     out.publish_json(index_doc, layout.index)

@@ -68,11 +68,13 @@ class RawSample:
     """One sample of a shard: its key and its members by extension, in file order.
 
     ``refused`` says why a member of the sample was not read (the sample is quarantined then).
+    ``columns`` (Parquet input) is a one-row pyarrow Table of the columns the output carries.
     """
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     refused: str = ""
+    columns: object = None
 
 
 class TarWriter:

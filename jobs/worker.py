@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
-import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -21,15 +21,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceveil.anon_core.imageio import crop_png
+from faceveil.anon_core.known import BoxesError, WithBoxes, parse_boxes
 from faceveil.anon_core.models import file_sha256
 from faceveil.anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
+from faceveil.jobs.datawriter import OutputSpec, data_writer
 from faceveil.jobs.plan import is_plan_file, iter_planned
 from faceveil.jobs.shardio import (
     DEFAULT_MAX_MEMBER_BYTES,
     IMAGE_MEMBER_EXTS,
     RawSample,
     ShardFormatError,
-    TarWriter,
     iter_verified,
 )
 from faceveil.jobs.storage import Location
@@ -110,7 +111,8 @@ class ShardOptions:
     them into the key manifest, and to read a planned shard's sources); a source or tar member
     over ``max_member_bytes`` is not read and its sample is quarantined. ``observer`` sees each
     anonymized sample (the in-job audit), ``progress`` gets counts as samples finish, and
-    ``marker_extra`` is added to the shard's ``_done`` marker."""
+    ``marker_extra`` is added to the shard's ``_done`` marker; ``output`` says how ``data/`` is
+    written (WebDataset tars or Parquet)."""
 
     batch_size: int = 16
     secret: bytes | None = None
@@ -118,6 +120,7 @@ class ShardOptions:
     observer: Observer | None = None
     progress: Progress | None = None
     marker_extra: dict = field(default_factory=dict)
+    output: OutputSpec = field(default_factory=OutputSpec)
 
     def __repr__(self) -> str:
         return f"ShardOptions(batch_size={self.batch_size}, <secret redacted>)"
@@ -131,8 +134,28 @@ class ShardOptions:
 class _Pending:
     sample: RawSample
     source_uri: str
-    image: bytes | None
+    image: bytes | WithBoxes | None
     result: AnonResult | None = None
+
+    @property
+    def original(self) -> bytes | None:
+        """The input image's bytes (what a quarantined sample's escrow row seals)."""
+        return self.image.image if isinstance(self.image, WithBoxes) else self.image
+
+
+def known_boxes(member: bytes) -> tuple[WithBoxes | None, str]:
+    """The known boxes of a sample (its ``boxes`` member: JSON ``{"boxes": [[x1, y1, x2, y2],
+    ...], "normalized": bool}``, or ``{"error": REASON}``) on an empty image, or why they cannot
+    be used."""
+    try:
+        doc = json.loads(member)
+        if "error" in doc:
+            return None, str(doc["error"])
+        boxes = parse_boxes(doc["boxes"])
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = str(exc) if isinstance(exc, BoxesError) else "unreadable boxes"
+        return None, f"known boxes: {reason}"
+    return WithBoxes(b"", boxes, bool(doc.get("normalized"))), ""
 
 
 def _source_uri(sample: RawSample, secret: bytes | None) -> str:
@@ -158,7 +181,13 @@ def classify_sample(sample: RawSample, seen: set[str], secret: bytes | None) -> 
     image_exts = [e for e in sample.members if e.lower() in IMAGE_MEMBER_EXTS]
     if not image_exts:
         return _Pending(sample, source, None, quarantined("input", "sample has no image member"))
-    return _Pending(sample, source, sample.members[image_exts[0]])
+    image = sample.members[image_exts[0]]
+    if "boxes" not in sample.members:
+        return _Pending(sample, source, image)
+    known, reason = known_boxes(sample.members["boxes"])
+    if known is None:
+        return _Pending(sample, source, image, quarantined("input", reason))
+    return _Pending(sample, source, replace(known, image=image))
 
 
 def _windows(samples: Iterator[RawSample], size: int, secret) -> Iterator[list[_Pending]]:
@@ -194,28 +223,27 @@ def _batches(samples: Iterator[RawSample], size: int, anonymizer: FaceAnonymizer
 
 
 class _ShardOutput:
-    """Collects one shard's outputs: the data tar (spooled to a private temp file), quarantine
-    rows and sealed originals; ``publish`` writes them, marker last."""
+    """Collects one shard's outputs: the data shard (a tar or Parquet file in a private temp
+    folder), quarantine rows and sealed originals; ``publish`` writes them, marker last."""
 
-    def __init__(self, shard: str, sealer: ShardSealer | None, observer: Observer | None):
+    def __init__(self, shard: str, sealer: ShardSealer | None, options: ShardOptions):
         self.summary = ShardSummary(shard)
         self.sealer = sealer
-        self.observer = observer
+        self.observer = options.observer
         self._tmpdir = tempfile.TemporaryDirectory(prefix="faceveil-")
-        self._data_path = os.path.join(self._tmpdir.name, "data.tar")
-        self._data = open(self._data_path, "wb")  # noqa: SIM115 (closed in publish/close)
-        self._tar = TarWriter(self._data)
+        self._suffix = options.output.suffix
+        self._data = data_writer(options.output, self._tmpdir.name)
         self._quarantine: list[dict] = []
 
     def add(self, p: _Pending) -> tuple[int, int]:
         """Record one sample; returns (faces, quarantined) for progress."""
         self.summary.samples_in += 1
         result = p.result
+        self._data.observe(p.sample.columns)
         if not result.ok:
             return 0, self._add_quarantined(p)
         key = p.sample.key
-        self._tar.add(f"{key}.{result.ext}", result.encoded)
-        self._tar.add(f"{key}.json", canonical_json(result.metadata()))
+        self._data.add(key, result, p.sample.columns)
         self.summary.faces += len(result.faces)
         if result.status == "anonymized":
             self.summary.anonymized += 1
@@ -235,7 +263,7 @@ class _ShardOutput:
         )
         if self.sealer is not None and result.reason != DUPLICATE_KEY:
             empty = hashlib.sha256(b"").hexdigest()
-            self.sealer.seal_sample(p.sample.key, p.source_uri, empty, p.image)
+            self.sealer.seal_sample(p.sample.key, p.source_uri, empty, p.original)
         return 1
 
     def _seal(self, p: _Pending) -> None:
@@ -247,17 +275,16 @@ class _ShardOutput:
                 png = crop_png(result.original.rgb, (x1, y1, x2, y2))
                 self.sealer.seal_face(key, face, (x1, y1, x2, y2), png, p.source_uri, digest)
         # Whole original bytes only when the decoded pixels do not represent the file exactly.
-        original = None if result.original.exact else p.image
+        original = None if result.original.exact else p.original
         self.sealer.seal_sample(key, p.source_uri, digest, original)
 
     def publish(self, out: Location, extra: dict) -> ShardSummary:
         s = self.summary
         if s.samples_in != s.samples_out + s.quarantined:
             raise RuntimeError(f"{s.shard}: accounting does not add up; nothing published")
-        self._tar.close()
-        self._data.close()
+        self._data.finish()
         stem = s.shard.removesuffix(".tar")
-        files = {"data": (self._data_path, f"data/{s.shard}")}
+        files = {"data": (self._data.path, f"data/{stem}{self._suffix}")}
         blobs = {"quarantine": (_quarantine_bytes(self._quarantine), f"quarantine/{stem}.parquet")}
         if self.sealer is not None:
             blobs["keys"] = (self.sealer.manifest_bytes(), f"keys/{stem}.parquet")
@@ -277,8 +304,7 @@ class _ShardOutput:
         return s
 
     def close(self) -> None:
-        if not self._data.closed:
-            self._data.close()
+        self._data.close()
         self._tmpdir.cleanup()
 
 
@@ -308,7 +334,7 @@ def process_shard(
     that shard is published then, so a rerun redoes it whole.
     """
     options = options or ShardOptions()
-    output = _ShardOutput(task.shard, sealer, options.observer)
+    output = _ShardOutput(task.shard, sealer, options)
     secret = options.secret
     try:
         with shard_samples(task, secret, options.max_member_bytes) as samples:
