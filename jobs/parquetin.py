@@ -108,8 +108,9 @@ def _empty_reason(value) -> str:
     return "empty image cell"
 
 
-def _boxes(value, normalized: bool) -> dict:
-    """A row's known boxes as planned: ``{"boxes": [...], "normalized": bool}`` or an error."""
+def planned_boxes(value, normalized: bool) -> dict:
+    """A sample's known boxes as planned: ``{"boxes": [...], "normalized": bool}`` or an
+    ``{"error": ...}``."""
     try:
         boxes = parse_boxes(value)
     except BoxesError as exc:
@@ -147,7 +148,7 @@ def describe_rows(fs, protocol: str, sources: list, columns: InputColumns) -> li
                      "ext": sniff_ext(data), "size": len(data),
                      "sha256": hashlib.sha256(data).hexdigest(), "row": True}  # fmt: skip
             if boxes is not None:
-                check["boxes"] = _boxes(boxes[i], columns.boxes_normalized)
+                check["boxes"] = planned_boxes(boxes[i], columns.boxes_normalized)
             checks.append(check)
     return checks
 

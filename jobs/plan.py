@@ -88,14 +88,31 @@ def _protocol(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
 
 
-def _describe(loc: Location, source: Source) -> dict:
-    """What the plan checks at processing time: where the source is, its size and sha256."""
+def _describe(loc: Location, source: Source, columns: parquetin.InputColumns) -> dict:
+    """What the plan checks at processing time: where the source is, its size and sha256; and
+    the known boxes of a WebDataset sample, from a field of its ``.json``."""
     data, error = sharding._read_source(loc, source)
     if data is None:
         return {"error": error}
-    return {"protocol": _protocol(source.uri), "path": source.path, "start": source.start,
-            "end": source.end, "ext": source.ext, "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    check = {"protocol": _protocol(source.uri), "path": source.path, "start": source.start,
+             "end": source.end, "ext": source.ext, "size": len(data),
+             "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    if columns.boxes_column:
+        check["boxes"] = _json_boxes(loc, source, columns)
+    return check
+
+
+def _json_boxes(loc: Location, source: Source, columns: parquetin.InputColumns) -> dict:
+    """The known boxes in field ``columns.boxes_column`` of the sample's ``.json`` (none when
+    it has no ``.json`` or no such field), or why they cannot be used."""
+    if source.meta is None:
+        return parquetin.planned_boxes(None, columns.boxes_normalized)
+    try:
+        doc = json.loads(loc.fs.cat_file(source.path, start=source.meta[0], end=source.meta[1]))
+    except ValueError:
+        return {"error": "known boxes: the sample's .json is not JSON"}
+    value = doc.get(columns.boxes_column) if isinstance(doc, dict) else None
+    return parquetin.planned_boxes(value, columns.boxes_normalized)
 
 
 def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, reading):
@@ -105,7 +122,7 @@ def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, re
         checks = parquetin.describe_rows(loc.fs, _protocol(sources[0].uri), sources, columns)
     else:
         with ThreadPoolExecutor(max_workers=reading.threads) as pool:
-            checks = list(pool.map(lambda s: _describe(loc, s), sources))
+            checks = list(pool.map(lambda s: _describe(loc, s, reading.columns), sources))
     samples = []
     for source, check in zip(sources, checks, strict=True):
         key = sample_key(secret, source.uri)
@@ -196,7 +213,10 @@ def _loaded(key: str, src: bytes, check: dict, retry: RetryPolicy) -> RawSample:
     data, reason = _read_planned(check, retry)
     if data is None:
         return RawSample(key, {"src": src, "err": reason.encode()})
-    return RawSample(key, {"src": src, check["ext"]: data})
+    members = {"src": src, check["ext"]: data}
+    if (boxes := parquetin.boxes_member(check)) is not None:
+        members["boxes"] = boxes
+    return RawSample(key, members)
 
 
 def iter_planned(

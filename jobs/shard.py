@@ -10,7 +10,7 @@ import io
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from faceveil.jobs import parquetin
 from faceveil.jobs.parquetin import InputColumns
@@ -20,6 +20,7 @@ from faceveil.jobs.shardio import (
     TarWriter,
     member_refusal,
     open_tar,
+    split_member,
 )
 from faceveil.jobs.storage import Location, RetryPolicy
 from faceveil.manifests.jobsecret import sample_key, seal_uri, secret_fingerprint
@@ -27,6 +28,7 @@ from faceveil.manifests.jobsecret import sample_key, seal_uri, secret_fingerprin
 log = logging.getLogger(__name__)
 
 INDEX = "shards.json"
+MAX_META_BYTES = 2**20  # the largest WebDataset .json member read for known boxes
 # Input image extensions whose images are lossless: a job whose every input is one of them
 # writes PNG unless told otherwise (``--output-image-format``).
 LOSSLESS_EXTS = frozenset({"png", "bmp", "tif", "gif"})
@@ -37,7 +39,8 @@ class Source:
     """One input image: its URI, where its bytes are, and its normalised extension.
 
     Images inside input tars have a URI ``TAR#MEMBER`` and a byte range in that tar; ``error``
-    says why a tar member is refused unread (sparse, not a regular file, too large).
+    says why a tar member is refused unread (sparse, not a regular file, too large). ``meta``
+    is the byte range of the sample's ``.json`` member in a WebDataset tar, if it has one.
     """
 
     uri: str
@@ -46,6 +49,7 @@ class Source:
     start: int | None = None
     end: int | None = None
     error: str = ""
+    meta: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ def _tar_sources(
     """
     found = []
     seen: dict[str, int] = {}
+    metas: dict[str, tuple[int, int]] = {}
     with loc.fs.open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(max(0, size - 1024))
@@ -107,6 +112,9 @@ def _tar_sources(
         with open_tar(f, "r:") as tar:
             for info in tar:
                 ext = None if info.isdir() else _ext(info.name)
+                stem, member_ext = split_member(info.name)
+                if member_ext == "json" and info.isreg() and info.size <= MAX_META_BYTES:
+                    metas[stem] = (info.offset_data, info.offset_data + info.size)
                 if ext:
                     start, end = info.offset_data, info.offset_data + info.size
                     refused = member_refusal(info, max_member_bytes)
@@ -115,7 +123,7 @@ def _tar_sources(
                     copy = f"~{seen[info.name]}" if seen[info.name] > 1 else ""
                     name = f"{uri}#{info.name}{copy}"
                     found.append(Source(name, path, ext, start, end, refused))
-    return found
+    return [replace(s, meta=metas.get(split_member(s.uri[len(uri) + 1 :])[0])) for s in found]
 
 
 def _parquet_sources(loc: Location, found: dict, protocol: str, columns: InputColumns):
