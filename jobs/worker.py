@@ -274,8 +274,10 @@ class _ShardOutput:
             if x2 > x1 and y2 > y1:
                 png = crop_png(result.original.rgb, (x1, y1, x2, y2))
                 self.sealer.seal_face(key, face, (x1, y1, x2, y2), png, p.source_uri, digest)
-        # Whole original bytes only when the decoded pixels do not represent the file exactly.
-        original = None if result.original.exact else p.original
+        # Whole original bytes when the decoded pixels do not represent the file exactly, or when
+        # a lossless input leaves as JPEG (--output-image-format): its other pixels changed too.
+        kept = result.original.exact and not (result.original.lossless and result.ext == "jpg")
+        original = None if kept else p.original
         self.sealer.seal_sample(key, p.source_uri, digest, original)
 
     def publish(self, out: Location, extra: dict) -> ShardSummary:

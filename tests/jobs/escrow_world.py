@@ -173,10 +173,22 @@ def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
     return found
 
 
+def input_exts(root: Path) -> dict[str, str]:
+    """sample key -> extension of its input file, for a job over ``root/photos`` keyed with
+    ``root/secret.key`` (the output has one image format, so it does not tell)."""
+    from faceveil.jobs.keyfile import load_key_file
+    from faceveil.manifests.jobsecret import sample_key
+
+    secret = load_key_file(root / "secret.key")
+    photos = (p for p in (root / "photos").rglob("*") if p.is_file())
+    return {sample_key(secret, str(p)): p.suffix.lstrip(".") for p in photos}
+
+
 def pick(out: Path, ext: str) -> str:
-    """A sample of image extension ``ext`` with at least one face."""
-    meta = public_metadata(out)
-    return next(k for k, (e, m) in sorted(meta.items()) if e == ext and m["faces"])
+    """A sample whose input file has extension ``ext``, with at least one face (``out`` beside
+    the job's ``photos`` and ``secret.key``)."""
+    meta, inputs = public_metadata(out), input_exts(Path(out).parent)
+    return next(k for k, (_, m) in sorted(meta.items()) if inputs.get(k) == ext and m["faces"])
 
 
 def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None) -> None:

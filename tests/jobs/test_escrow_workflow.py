@@ -38,6 +38,7 @@ from faceveil.manifests.keymanifest import (
     load_key_manifest,
 )
 from faceveil.manifests.request import RestoreRequest
+from tests.jobs.escrow_world import pick
 
 CUSTODIANS = ("alice", "bob", "carol")
 PASSPHRASES = {
@@ -235,11 +236,8 @@ def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
 
 
 def _pick(out: Path) -> tuple[str, str]:
-    """A PNG sample and a JPEG sample, each with at least one face."""
-    meta = public_metadata(out)
-    png = next(k for k, (ext, m) in sorted(meta.items()) if ext == "png" and m["faces"])
-    jpg = next(k for k, (ext, m) in sorted(meta.items()) if ext == "jpg" and m["faces"])
-    return png, jpg
+    """A sample of a PNG input and one of a JPEG input, each with at least one face."""
+    return pick(out, "png"), pick(out, "jpg")
 
 
 def check_restored(w: World, dest: Path, keys: set[str]) -> None:

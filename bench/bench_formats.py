@@ -1,0 +1,126 @@
+"""Issue 15's benchmark: Parquet in and out vs WebDataset in and out, the same images, one run.
+
+Run from the repository root: ``python -m bench.bench_formats --images 2000``. The same
+``--images`` lfw_dev photos (replicated, 250 x 250 JPEG) are written twice: as raw WebDataset
+tars (``NNNNNN.jpg`` members) and as Parquet files with a Hugging Face image struct column, in
+as many files of ``--file-size`` images each. ``faceveil run`` (real CLI, local Ray, ``--method
+blur``, ``--no-escrow``) then anonymizes each: tars to a WebDataset output, Parquet to a Parquet
+output. Rounds alternate the order so a busy machine slows both alike; wall time is the whole
+command (Ray start, planning, actors, publishing). Target: Parquet within 10 % of WebDataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import secrets
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from bench.common import (
+    format_table,
+    lfw_images,
+    machine_info,
+    run_measured,
+    source_images,
+    versions,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+_SUMMARY = re.compile(r"(\d+) samples in, (\d+) out, (\d+) quarantined")
+FORMATS = ("webdataset", "parquet")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_formats", description=__doc__)
+    p.add_argument("--images", type=int, default=2000, help="images in each dataset")
+    p.add_argument("--file-size", type=int, default=500, help="images per input tar or Parquet")
+    p.add_argument("--rounds", type=int, default=2, help="timed rounds, order alternated")
+    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
+    p.add_argument("--run-args", default="", help="extra `faceveil run` options, quoted")
+    return p.parse_args(argv)
+
+
+def _images(source: Path, count: int) -> list[bytes]:
+    files = source_images(source)
+    return [files[i % len(files)].read_bytes() for i in range(count)]
+
+
+def write_inputs(images: list[bytes], root: Path, file_size: int) -> dict[str, Path]:
+    """The same images as raw WebDataset tars and as Parquet files (HF image struct)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wds, parquet = root / "in-webdataset", root / "in-parquet"
+    wds.mkdir(parents=True)
+    parquet.mkdir(parents=True)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    features = json.dumps({"info": {"features": {"image": {"_type": "Image"}}}})
+    for n, start in enumerate(range(0, len(images), file_size)):
+        chunk = images[start : start + file_size]
+        with tarfile.open(wds / f"part-{n:05d}.tar", "w") as tar:
+            for i, data in enumerate(chunk):
+                info = tarfile.TarInfo(f"{start + i:06d}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        column = pa.array([{"bytes": d, "path": None} for d in chunk], struct)
+        index = pa.array(range(start, start + len(chunk)), pa.int64())
+        table = pa.table({"image": column, "index": index})
+        table = table.replace_schema_metadata({"huggingface": features})
+        pq.write_table(table, parquet / f"part-{n:05d}.parquet")
+    return {"webdataset": wds, "parquet": parquet}
+
+
+def _run(fmt: str, source: Path, out: Path, secret: Path, extra: list[str]) -> tuple:
+    command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(source), str(out),
+               "--method", "blur", "--no-escrow", "--no-progress", "--secret-file", str(secret),
+               "--output-format", fmt, *extra]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    measured = run_measured(command, out.parent / f"log-{out.name}", env=env, cwd=REPO)
+    if measured.returncode != 0:
+        raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
+    match = _SUMMARY.search(measured.stdout + measured.stderr)
+    count = int(match.group(1)) if match else 0
+    return measured.wall_s, measured.cpu_s, count
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(json.dumps({**machine_info(), **versions(["ray", "pyarrow", "onnxruntime"])}))
+    extra = args.run_args.split()
+    results: dict[str, list[tuple]] = {f: [] for f in FORMATS}
+    with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
+        work = Path(tmp)
+        inputs = write_inputs(_images(args.source, args.images), work, args.file_size)
+        secret = work / "job.secret"
+        secret.write_text(secrets.token_hex(32))
+        secret.chmod(0o600)
+        for r in range(args.rounds):
+            for fmt in FORMATS if r % 2 == 0 else tuple(reversed(FORMATS)):
+                out = work / f"out-{fmt}-{r}"
+                results[fmt].append(_run(fmt, inputs[fmt], out, secret, extra))
+    rows, rates = [], {}
+    for fmt, runs in results.items():
+        wall = sum(w for w, _, _ in runs) / len(runs)
+        cpu = sum(c for _, c, _ in runs) / len(runs)
+        count = runs[0][2]
+        if count != args.images:
+            raise SystemExit(f"{fmt}: {count} samples in, expected {args.images}")
+        rates[fmt] = count / wall
+        rows.append([f"{fmt} in -> {fmt} out", count, f"{wall:.1f}", f"{count / wall:.2f}",
+                     f"{count / cpu:.2f}"])  # fmt: skip
+    print(f"== {args.images} images, --method blur, rounds {args.rounds}")
+    print(format_table(["run", "images", "wall s", "images/s", "images per CPU-s"], rows))
+    ratio = rates["parquet"] / rates["webdataset"]
+    verdict = "met" if abs(1 - ratio) <= 0.10 else "NOT met"
+    print(f"parquet / webdataset images/s: {ratio:.3f} (target within 10%: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
