@@ -119,6 +119,7 @@ class JobConfig:
         anon = asdict(self.anon)
         anon["method_options"] = dict(self.anon.method_options)
         anon.pop("threads", None)
+        anon.pop("image_format", None)  # decided by data.image_format and the input (JobRun)
         out = {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
         if self.data != DataConfig():
             out["data"] = self.data.output_config()

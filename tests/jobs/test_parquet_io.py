@@ -171,13 +171,14 @@ def test_rerun_is_byte_identical_and_resume_redoes_only_missing_shards(first, wo
 
 def test_raw_bytes_column_and_pixel_boxes_a_blind_detector_misses(world, ray_local):
     """img2dataset-style Parquet (a ``jpg`` bytes column) with known boxes in pixels: with the
-    detector disabled (threshold 1), only the given boxes are anonymized, and they are."""
+    detector disabled (threshold 1), only the given boxes are anonymized, and they are; a row
+    whose boxes are unusable is quarantined with the reason."""
     root, secret, _, photos = world
     folder = root / "raw"
     folder.mkdir()
-    table = pa.table({"jpg": [p.read_bytes() for p in photos[:3]],
-                      "face_boxes": [[[85.0, 70.0, 165.0, 180.0]], [], None],
-                      "caption": ["a", "b", "c"]})  # fmt: skip
+    table = pa.table({"jpg": [p.read_bytes() for p in photos[:4]],
+                      "face_boxes": [[[85.0, 70.0, 165.0, 180.0]], [], None, [[9.0, 5, 1, 20]]],
+                      "caption": ["a", "b", "c", "d"]})  # fmt: skip
     pq.write_table(table, folder / "part.parquet")
     out = root / "raw-out"
     args = ["run", str(folder / "part.parquet"), str(out), "--image-column", "jpg",
@@ -188,6 +189,10 @@ def test_raw_bytes_column_and_pixel_boxes_a_blind_detector_misses(world, ray_loc
     rows = pq.read_table(out / "data" / "shard-000000.parquet").to_pylist()
     assert [r["caption"] for r in rows] == ["a", "b", "c"] and "face_boxes" not in rows[0]
     assert [r["faceveil"]["status"] for r in rows] == ["anonymized", "no_face", "no_face"]
+    (bad,) = pq.read_table(out / "quarantine" / "shard-000000.parquet").to_pylist()
+    assert (
+        bad["stage"] == "input" and bad["reason"] == "known boxes: a box has x2 <= x1 or y2 <= y1"
+    )
     after = decode_image(rows[0]["jpg"]["bytes"]).rgb.astype(int)
     before = decode_image(photos[0].read_bytes()).rgb
     assert np.abs(after[70:180, 85:165] - before[70:180, 85:165]).mean() > 8.0
