@@ -196,3 +196,42 @@ def test_raw_bytes_column_and_pixel_boxes_a_blind_detector_misses(world, ray_loc
     after = decode_image(rows[0]["jpg"]["bytes"]).rgb.astype(int)
     before = decode_image(photos[0].read_bytes()).rgb
     assert np.abs(after[70:180, 85:165] - before[70:180, 85:165]).mean() > 8.0
+
+
+def _write(path: Path, **columns) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_input_that_cannot_be_read_as_asked_is_refused_clearly(tmp_path):
+    from faceveil.jobs.parquetin import InputColumns
+    from faceveil.jobs.shard import list_sources
+
+    image = [b"\xff\xd8\xff"]
+    one = _write(tmp_path / "a" / "x.parquet", image=image, n=[1])
+    with pytest.raises(ValueError, match="no image column 'jpg'.*--image-column"):
+        list_sources(str(one), columns=InputColumns(image_column="jpg"))
+    with pytest.raises(ValueError, match="image column 'n' is int64"):
+        list_sources(str(one), columns=InputColumns(image_column="n"))
+    with pytest.raises(ValueError, match="no boxes column 'face_bboxes'"):
+        list_sources(str(one), columns=InputColumns(boxes_column="face_bboxes"))
+    clash = _write(tmp_path / "b" / "x.parquet", image=image, faceveil=["mine"])
+    with pytest.raises(ValueError, match="'faceveil' has the name of an output column"):
+        list_sources(str(clash))
+    assert len(list_sources(str(clash), columns=InputColumns(drop_columns=("faceveil",)))) == 1
+    _write(tmp_path / "a" / "y.parquet", image=image, n=["other type"])
+    with pytest.raises(ValueError, match="do not all have the same columns"):
+        list_sources(str(tmp_path / "a"))
+    (tmp_path / "b" / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(ValueError, match="both Parquet files and images"):
+        list_sources(str(tmp_path / "b"))
+
+
+def test_rows_are_listed_in_row_order_past_nine(tmp_path):
+    from faceveil.jobs.shard import list_sources
+
+    path = _write(tmp_path / "x.parquet", image=[b"a"] * 12)
+    sources = list_sources(str(tmp_path))
+    assert [s.start for s in sources] == list(range(12))
+    assert sources[10].uri == f"{path}#row=000000000010"
