@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -140,6 +141,22 @@ def _features(schema: pa.Schema) -> dict:
     blob = (schema.metadata or {}).get(b"huggingface")
     features = (json.loads(blob).get("info") or {}).get("features") if blob else None
     return {k: v for k, v in (features or {}).items() if k in schema.names}
+
+
+def parquet_images(fileobj) -> Iterator[tuple[str, str, bytes]]:
+    """(key, ext, bytes) of each image of a Parquet ``data/`` shard (read back for restore and
+    rekey); the image column is the one the schema's Hugging Face metadata calls an Image."""
+    from faceveil.jobs.parquetin import sniff_ext
+
+    table = pq.read_table(fileobj)
+    blob = (table.schema.metadata or {}).get(b"huggingface", b"{}")
+    features = (json.loads(blob).get("info") or {}).get("features") or {}
+    images = [k for k, v in features.items() if isinstance(v, dict) and v.get("_type") == "Image"]
+    if len(images) != 1 or KEY_COLUMN not in table.column_names:
+        raise ValueError("not a faceveil Parquet data shard (no __key__ or no one Image column)")
+    keys = table.column(KEY_COLUMN).to_pylist()
+    for key, image in zip(keys, table.column(images[0]).to_pylist(), strict=True):
+        yield key, sniff_ext(image["bytes"]), image["bytes"]
 
 
 def data_writer(spec: OutputSpec, folder: str) -> TarData | ParquetData:

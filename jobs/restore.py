@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from faceveil.jobs.datawriter import parquet_images
 from faceveil.jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS, iter_samples
 from faceveil.jobs.storage import Location
 from faceveil.manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
@@ -200,8 +201,15 @@ def iter_images(
     out: Location, shard: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES
 ) -> Iterator[tuple[str, str, bytes]]:
     """(key, ext, bytes) of each image in ``data/SHARD.tar``, streamed (the shard reader of
-    :mod:`jobs.shardio`); a member it refuses (sparse, not a file, too large) stops the read."""
+    :mod:`jobs.shardio`); a member it refuses (sparse, not a file, too large) stops the read.
+    A Parquet output's ``data/SHARD.parquet`` is read whole."""
     if not out.exists("data", f"{shard}.tar"):
+        if out.exists("data", f"{shard}.parquet"):
+            with out.fs.open(out.path("data", f"{shard}.parquet"), "rb") as f:
+                try:
+                    yield from parquet_images(f)
+                except (ValueError, OSError, KeyError) as exc:
+                    raise RestoreError(f"data/{shard}.parquet: {exc}") from None
         return
     with out.fs.open(out.path("data", f"{shard}.tar"), "rb") as f:
         for sample in iter_samples(f, max_bytes):

@@ -16,11 +16,13 @@ from math import ceil, floor
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 import faceveil.jobs.cli
 from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.demo import sample_images
 from faceveil.jobs.keyfile import new_key_file
+from faceveil.jobs.parquetin import sniff_ext
 from faceveil.manifests.custodian import ScryptParams, b64e, canonical_json, passphrase_seal
 from faceveil.manifests.request import REQUEST_KEY_FORMAT, RestoreRequest, load_request_key
 
@@ -162,6 +164,9 @@ def make_world(root: Path, count: int = 4, run_args: tuple = ()) -> World:
 def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
     """sample key -> (image extension, public metadata) over every ``data/`` shard."""
     found: dict[str, tuple[str, dict]] = {}
+    for path in sorted((out / "data").glob("*.parquet")):  # --output-format parquet
+        for row in pq.read_table(path).to_pylist():
+            found[row["__key__"]] = (sniff_ext(row["image"]["bytes"]), row["faceveil"])
     for path in sorted((out / "data").glob("*.tar")):
         with tarfile.open(path) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}

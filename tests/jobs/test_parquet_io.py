@@ -235,3 +235,22 @@ def test_rows_are_listed_in_row_order_past_nine(tmp_path):
     sources = list_sources(str(tmp_path))
     assert [s.start for s in sources] == list(range(12))
     assert sources[10].uri == f"{path}#row=000000000010"
+
+
+def test_escrowed_parquet_output_restores_exact_originals(tmp_path, ray_local):
+    """2-of-3 escrow on a Parquet output: restore reads its data shards; PNG inputs come back
+    pixel-exact (sealed whole: they leave as JPEG), JPEG inputs with every face box exact."""
+    from tests.jobs.escrow_world import CUSTODIANS as NAMES
+    from tests.jobs.escrow_world import check_restored, make_world, public_metadata
+
+    pubs = [str(tmp_path / "keys" / f"{who}.pub") for who in NAMES]
+    run_args = ("--custodians", *pubs, "--threshold", 2, "--output-format", "parquet")
+    w = make_world(tmp_path, count=4, run_args=run_args)
+    assert sorted(p.suffix for p in (w.out / "data").iterdir()) == [".parquet", ".parquet"]
+    everything = set(public_metadata(w.out))
+    assert len(everything) == 4 and {ext for ext, _ in public_metadata(w.out).values()} == {"jpg"}
+    req, _ = w.request("--all")
+    approvals = [w.approve(req, "alice"), w.approve(req, "carol")]
+    result = w.apply(req, approvals, tmp_path / "restored")
+    assert result.rc == 0, result.err
+    check_restored(w, tmp_path / "restored", everything)
