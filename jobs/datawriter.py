@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from faceveil.anon_core.results import AnonResult
-from faceveil.jobs.shardio import TarWriter
+from faceveil.jobs.shardio import TarWriter, sniff_ext
 from faceveil.manifests.canonical import canonical_json
 
 KEY_COLUMN = "__key__"
@@ -143,20 +143,19 @@ def _features(schema: pa.Schema) -> dict:
     return {k: v for k, v in (features or {}).items() if k in schema.names}
 
 
-def parquet_images(fileobj) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, bytes) of each image of a Parquet ``data/`` shard (read back for restore and
-    rekey); the image column is the one the schema's Hugging Face metadata calls an Image."""
-    from faceveil.jobs.parquetin import sniff_ext
-
+def parquet_samples(fileobj) -> Iterator[tuple[str, str, bytes, dict]]:
+    """(key, ext, image bytes, public metadata) of each row of a Parquet ``data/`` shard (read
+    back by restore, rekey and the residual scan); the image column is the one the schema's
+    Hugging Face metadata calls an Image."""
     table = pq.read_table(fileobj)
     blob = (table.schema.metadata or {}).get(b"huggingface", b"{}")
     features = (json.loads(blob).get("info") or {}).get("features") or {}
     images = [k for k, v in features.items() if isinstance(v, dict) and v.get("_type") == "Image"]
-    if len(images) != 1 or KEY_COLUMN not in table.column_names:
-        raise ValueError("not a faceveil Parquet data shard (no __key__ or no one Image column)")
-    keys = table.column(KEY_COLUMN).to_pylist()
-    for key, image in zip(keys, table.column(images[0]).to_pylist(), strict=True):
-        yield key, sniff_ext(image["bytes"]), image["bytes"]
+    if len(images) != 1 or not set(table.column_names) >= RESERVED:
+        raise ValueError("not a faceveil Parquet data shard (no __key__, faceveil or Image column)")
+    columns = (table.column(c).to_pylist() for c in (KEY_COLUMN, images[0], META_COLUMN))
+    for key, image, meta in zip(*columns, strict=True):
+        yield key, sniff_ext(image["bytes"]), image["bytes"], meta
 
 
 def data_writer(spec: OutputSpec, folder: str) -> TarData | ParquetData:

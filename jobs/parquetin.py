@@ -22,10 +22,9 @@ import pyarrow.parquet as pq
 
 from faceveil.anon_core.known import BoxesError, parse_boxes
 from faceveil.jobs.datawriter import RESERVED
+from faceveil.jobs.shardio import sniff_ext
 
 ROW_EXT = "parquet-row"  # the Source.ext of a row of an input Parquet file
-_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"),
-          (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,13 +57,6 @@ def is_parquet(path: str) -> bool:
 def row_uri(uri: str, row: int) -> str:
     """A row's source URI (zero-padded: listing order is row order)."""
     return f"{uri}#row={row:012d}"
-
-
-def sniff_ext(data: bytes) -> str:
-    """The image extension its magic bytes say (``jpg`` when unknown: the decoder decides)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), "jpg")
 
 
 def file_rows(fs, path: str, columns: InputColumns) -> tuple[int, pa.Schema]:

@@ -17,6 +17,7 @@ from faceveil.anon_core.detectors import build_detector, detector_info
 from faceveil.anon_core.faces import Faces, face_regions, iou_matrix
 from faceveil.anon_core.imageio import ImageError, decode_image
 from faceveil.anon_core.report_page import dumps
+from faceveil.jobs.datawriter import parquet_samples
 from faceveil.jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS
 from faceveil.jobs.shardio import iter_samples as read_samples
 from faceveil.jobs.storage import Location
@@ -101,6 +102,11 @@ def iter_samples(
     """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order through
     the one shard reader (:func:`jobs.shardio.iter_samples`); a member it refuses (sparse, not
     a regular file, over its cap) is not read and ``parts[REFUSED]`` says why."""
+    if path.endswith(".parquet"):  # --output-format parquet
+        with fs.open(path, "rb") as f:
+            for key, ext, data, meta in parquet_samples(f):
+                yield key, {ext: data, "json": json.dumps(meta).encode()}
+        return
     with fs.open(path, "rb") as f:
         for sample in read_samples(f, MAX_MEMBER_BYTES):
             refused = {REFUSED: sample.refused.encode()} if sample.refused else None
@@ -131,11 +137,12 @@ def _check(
 
 
 def find_residual_faces(config: ResidualConfig) -> ResidualReport:
-    """Scan every ``OUT/data/shard-*.tar`` (local path or fsspec URL)."""
+    """Scan every ``OUT/data/shard-*.tar`` or ``shard-*.parquet`` (local path or fsspec URL)."""
     fs, root = fsspec.core.url_to_fs(config.out)
-    shards = sorted(fs.glob(f"{root.rstrip('/')}/data/shard-*.tar"))
+    found = [fs.glob(f"{root.rstrip('/')}/data/shard-*.{kind}") for kind in ("tar", "parquet")]
+    shards = sorted(found[0] + found[1])
     if not shards:
-        raise FileNotFoundError(f"no data/shard-*.tar under {config.out}")
+        raise FileNotFoundError(f"no data/shard-*.tar or shard-*.parquet under {config.out}")
     detector = build_detector(
         config.detector, config.model_root, config.threshold, config.device, config.threads
     )

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from faceveil.jobs.datawriter import parquet_images
+from faceveil.jobs.datawriter import parquet_samples
 from faceveil.jobs.shardio import DEFAULT_MAX_MEMBER_BYTES, IMAGE_MEMBER_EXTS, iter_samples
 from faceveil.jobs.storage import Location
 from faceveil.manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
@@ -207,7 +207,8 @@ def iter_images(
         if out.exists("data", f"{shard}.parquet"):
             with out.fs.open(out.path("data", f"{shard}.parquet"), "rb") as f:
                 try:
-                    yield from parquet_images(f)
+                    for key, ext, data, _ in parquet_samples(f):
+                        yield key, ext, data
                 except (ValueError, OSError, KeyError) as exc:
                     raise RestoreError(f"data/{shard}.parquet: {exc}") from None
         return

@@ -27,6 +27,15 @@ _HEADER_TYPES = (
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp",
               "tif": "tif", "tiff": "tif", "gif": "gif"}  # fmt: skip
 IMAGE_MEMBER_EXTS = frozenset(IMAGE_EXTS) | frozenset(IMAGE_EXTS.values())
+_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"),
+          (b"BM", "bmp"), (b"II*\x00", "tif"), (b"MM\x00*", "tif"))  # fmt: skip
+
+
+def sniff_ext(data: bytes) -> str:
+    """The image extension its magic bytes say (``jpg`` when unknown: the decoder decides)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), "jpg")
 
 
 class ShardFormatError(ValueError):

@@ -22,7 +22,7 @@ import faceveil.jobs.cli
 from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.demo import sample_images
 from faceveil.jobs.keyfile import new_key_file
-from faceveil.jobs.parquetin import sniff_ext
+from faceveil.jobs.shardio import sniff_ext
 from faceveil.manifests.custodian import ScryptParams, b64e, canonical_json, passphrase_seal
 from faceveil.manifests.request import REQUEST_KEY_FORMAT, RestoreRequest, load_request_key
 

@@ -196,6 +196,11 @@ def test_raw_bytes_column_and_pixel_boxes_a_blind_detector_misses(world, ray_loc
     after = decode_image(rows[0]["jpg"]["bytes"]).rgb.astype(int)
     before = decode_image(photos[0].read_bytes()).rgb
     assert np.abs(after[70:180, 85:165] - before[70:180, 85:165]).mean() > 8.0
+    # The residual-face audit reads Parquet output: the two faces no box covered are found.
+    assert main(["audit", "faces", str(out), "--detector", "centerface", "--no-progress"]) == 1
+    report = json.loads((out / "report" / "residual_faces.json").read_text())
+    assert report["samples"] == 3 and report["unchecked"] == []
+    assert {r["key"] for r in report["residual_faces"]} == {r["__key__"] for r in rows[1:]}
 
 
 def _write(path: Path, **columns) -> Path:
