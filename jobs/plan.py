@@ -19,9 +19,13 @@ bytes of a tar's ``KEY.src`` member), and ``check`` seals, under another key der
 secret (all three: :mod:`manifests.jobsecret`), the JSON
 ``{"protocol", "path", "start", "end", "ext", "size", "sha256"}`` of the source as planned
 (``start``/``end``: the byte range of a member of an input tar, else null), or ``{"error": REASON}``
-when it could not be read while planning. ``check`` is AES-256-GCM with the sample key as AAD and
-a synthetic nonce (an HMAC of the plaintext), so the same input and secret give the same plan and
-a nonce only repeats with its plaintext. Plan files are written first, the index last: a plan
+when it could not be read while planning; with ``--boxes-column``, also the sample's known
+``boxes`` (``jobs.parquetin.planned_boxes``). A row of an input Parquet file has ``"row": true``
+and its row number as ``start``, ``sha256`` being that of its image bytes; such a plan file also
+holds ``"parquet"``, the input columns it is read with (``jobs.parquetin.InputColumns``).
+``check`` is AES-256-GCM with the sample key as AAD and a synthetic nonce (an HMAC of the
+plaintext), so the same input and secret give the same plan and a nonce only repeats with its
+plaintext. Plan files are written first, the index last: a plan
 without an index is redone; ``--resume`` reuses a plan made with the same secret.
 
 Reading a planned shard yields ``RawSample``s shaped like a tar's (``src`` plus the image member,
