@@ -15,6 +15,7 @@ import sys
 from faceveil.jobs.auditlog import append as append_audit
 from faceveil.jobs.auditlog import verify_tree
 from faceveil.jobs.cli_io import kdf_arg, passphrase, passphrase_arg, refusals
+from faceveil.jobs.exitcodes import ExitCode, FaceveilParser
 from faceveil.jobs.keyfile import KEY_BYTES, new_key_file
 from faceveil.jobs.restore_cli import add_restore_commands
 from faceveil.manifests.audit import AuditTail
@@ -34,7 +35,7 @@ def cmd_custodian_keygen(args: argparse.Namespace) -> int:
         f"public key:  {pub}\nprivate key: {key} (mode 0600)\n"
         f"fingerprint: {CustodianPublic.load(pub).fingerprint}"
     )
-    return 0
+    return ExitCode.OK
 
 
 def _entry_line(entry: dict) -> str:
@@ -53,14 +54,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     print("\n".join(result.summary()))
     if not args.quiet:
         print("\n".join(_entry_line(e) for e in result.report.entries))
-    return 0
+    return ExitCode.OK
 
 
 def cmd_key_new(args: argparse.Namespace) -> int:
     """``faceveil key new PATH``: a new random key file (a pseudonym key or a job secret)."""
     path = new_key_file(args.path)
     print(f"wrote a new {KEY_BYTES * 8}-bit key to {path} (mode 0600); back it up safely")
-    return 0
+    return ExitCode.OK
 
 
 def _add_key(sub: argparse._SubParsersAction) -> None:
@@ -118,7 +119,7 @@ def add_key_commands(subparsers: argparse._SubParsersAction) -> argparse._SubPar
 
 def main(argv: list[str] | None = None) -> int:
     """Run the key subcommands alone (``python -m jobs.keys_cli``)."""
-    parser = argparse.ArgumentParser(prog="faceveil")
+    parser = FaceveilParser(prog="faceveil")
     add_key_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
