@@ -12,7 +12,7 @@ def _lookup(args: argparse.Namespace) -> int:
     from faceveil.jobs.keyfile import load_secret
     from faceveil.jobs.storage import Location
 
-    results = lookup(Location(args.out), load_secret(args.secret_file), args.sources)
+    results = lookup(Location(args.out), load_secret(args.secret_file, create=False), args.sources)
     for r in results:
         where = f"{r.status} ({r.shard})" if r.shard else r.status
         if r.status == LookupStatus.QUARANTINED:
