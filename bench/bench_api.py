@@ -37,6 +37,7 @@ def _run(photos: Path, out: Path, actors: int) -> float:
     from faceveil.jobs.keyfile import new_key_file
     from faceveil.jobs.run import run_job
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     secret = new_key_file(out.parent / "secret.key")
     shard_size = max(1, len(os.listdir(photos)) // actors)
     config = JobConfig(str(photos), str(out), pool=PoolConfig(actors),
