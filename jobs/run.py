@@ -192,12 +192,11 @@ def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
             raise JobError(f"{out.uri}/{JOB_FILE} cannot be resumed: {exc}") from None
     if out.listdir("_done"):
         raise JobError(f"{out.uri} has shard markers but no job.json; choose an empty output")
-    foreign = [name for name in out.listdir() if not _is_job_name(name)]
-    if foreign:
+    foreign = sum(not _is_job_name(name) for name in out.listdir())
+    if foreign:  # not named: the folder may be the input, whose file names are people's names
         raise JobError(
-            f"{out.uri} is not empty and holds no faceveil job (it has {foreign[0]!r}"
-            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); choose an empty "
-            "or new output folder"
+            f"{out.uri} is not empty and holds no faceveil job ({foreign} entries that a job "
+            "does not write); choose an empty or new output folder"
         )
     manifest = JobManifest.new(
         config.output_config(), config.output_config_sha256(), versions=_versions()
