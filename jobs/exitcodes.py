@@ -16,6 +16,7 @@ import argparse
 import copy
 import sys
 from enum import IntEnum
+from typing import NoReturn
 
 
 class ExitCode(IntEnum):
@@ -66,3 +67,8 @@ class FaceveilParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         kwargs.setdefault("epilog", EXIT_CODES_EPILOG)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """The usage, then the one error line; exit ``ExitCode.USAGE``."""
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"error: {self.prog}: {message}\n")

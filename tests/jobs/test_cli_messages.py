@@ -66,10 +66,12 @@ def test_every_option_with_a_default_shows_it_and_every_help_lists_the_exit_code
     assert checked >= 35  # run, shard, demo, eval, restore, escrow, audit... all walked
 
 
-def test_usage_error_exits_2_and_refusal_exits_1_with_one_error_line(photos, tmp_path):
+def test_usage_error_exits_2_and_refusal_exits_1_with_one_error_line(photos, tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         build_parser().parse_args(["run", "--shard-size", "many", "in", "out"])
     assert usage.value.code == ExitCode.USAGE == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == "error: faceveil run: argument --shard-size: invalid int value: 'many'"
     photo_dir, secret = photos
     refused = cli("run", photo_dir, tmp_path / "out", "--secret-file", secret)  # no escrow flag
     assert refused.rc == 1
