@@ -8,8 +8,6 @@ import logging
 import onnxruntime as ort
 import torch
 
-from faceveil.anon_core.runtime import providers_for
-
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda")
@@ -18,8 +16,9 @@ DEVICES = ("cpu", "cuda")
 def torch_device(device: str) -> torch.device:
     """The torch device for ``device`` ('cpu' or 'cuda'); 'cuda' must really be usable.
 
-    Raises RuntimeError naming what is missing (a CPU-only torch build, no visible GPU, or an
-    onnxruntime without its CUDA provider) instead of falling back to the CPU.
+    Raises RuntimeError naming what is missing (a CPU-only torch build, no visible GPU) instead
+    of falling back to the CPU. onnxruntime's CUDA provider is needed only by the 'onnxruntime'
+    backend, which checks for it itself.
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; use one of {list(DEVICES)}")
@@ -31,7 +30,6 @@ def torch_device(device: str) -> torch.device:
             f"device 'cuda' requested but torch sees no CUDA device ({build}); install a CUDA "
             "build of torch on a GPU node, or run with device 'cpu'"
         )
-    providers_for("cuda")  # raises when onnxruntime has no CUDAExecutionProvider
     return torch.device("cuda", torch.cuda.current_device())
 
 

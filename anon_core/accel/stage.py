@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from faceveil.anon_core.accel.detect import DeviceDetector, use_tensorrt
+from faceveil.anon_core.accel.detect import DeviceDetector, padded, use_tensorrt
 from faceveil.anon_core.accel.device import nvjpeg_available, torch_device
+from faceveil.anon_core.accel.options import AccelOptions
 from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
 from faceveil.anon_core.detectors import Detector
 from faceveil.anon_core.faces import Faces
@@ -23,30 +24,9 @@ from faceveil.anon_core.stage import config_detector, config_method
 
 log = logging.getLogger(__name__)
 
-_PAD = 32  # the detector's own padding; images of one padded size share a device batch
-
-
-@dataclass(frozen=True)
-class AccelOptions:
-    """How the accelerated path runs; the device itself is ``AnonConfig.device``.
-
-    ``half``: float16 products in the region methods and TensorRT fp16 (CUDA only).
-    ``tensorrt``: detector on onnxruntime's TensorRT provider, engines cached in ``trt_cache``.
-    ``nvjpeg``: decode plain RGB JPEGs on the GPU (needs torchvision with CUDA).
-    ``workers``: decode/encode threads (0: ``AnonConfig.threads``, or 4 when that is 0).
-    ``batch_pixels``: padded pixels per device batch (2**24 is 64 images of 512 x 512).
-    """
-
-    half: bool = False
-    tensorrt: bool = False
-    trt_cache: str = "~/.cache/faceveil/tensorrt"
-    nvjpeg: bool = False
-    workers: int = 0
-    batch_pixels: int = 1 << 24
-
 
 def _padded(shape: tuple[int, ...]) -> tuple[int, int]:
-    return -(-shape[0] // _PAD) * _PAD, -(-shape[1] // _PAD) * _PAD
+    return padded(shape[0], shape[1])
 
 
 class AcceleratedStage:
@@ -71,8 +51,11 @@ class AcceleratedStage:
             raise ValueError("tensorrt and nvjpeg need device 'cuda'")
         if self.options.nvjpeg and not nvjpeg_available():
             raise RuntimeError("nvjpeg requested but torchvision with CUDA is not importable")
-        self.detector = detector or config_detector(config)
-        self.device_detector = DeviceDetector(self.detector, self.device)
+        if detector is None:  # the torch backend needs no onnxruntime on the device
+            host = "cpu" if self.options.backend == "torch" else config.device
+            detector = config_detector(replace(config, device=host))
+        self.detector = detector
+        self.device_detector = DeviceDetector(self.detector, self.device, self.options)
         if self.options.tensorrt:
             use_tensorrt(
                 self.device_detector, self.options.half, Path(self.options.trt_cache).expanduser()
