@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import onnxruntime as ort
 import torch
+
+from faceveil.anon_core.accel.jpeg import torchvision_io
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,7 @@ def tensorrt_available() -> bool:
 
 def nvjpeg_available() -> bool:
     """Whether torchvision with GPU JPEG decoding (nvJPEG) can be used in this process."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("torchvision") is None:
-        return False
-    import torchvision.io
-
-    return hasattr(torchvision.io, "decode_jpeg")
+    return torch.cuda.is_available() and torchvision_io() is not None
 
 
 def describe() -> dict:

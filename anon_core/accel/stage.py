@@ -13,6 +13,7 @@ import torch
 
 from faceveil.anon_core.accel.detect import DeviceDetector, padded, use_tensorrt
 from faceveil.anon_core.accel.device import nvjpeg_available, torch_device
+from faceveil.anon_core.accel.jpeg import DeviceJpeg
 from faceveil.anon_core.accel.options import AccelOptions
 from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
 from faceveil.anon_core.detectors import Detector
@@ -66,16 +67,19 @@ class AcceleratedStage:
                 config.method, config.method_options, self.device, self.options.half
             )
         self.method: Anonymizer = self.regions_method or method or config_method(config)
+        self.codec = DeviceJpeg(self.device) if self.options.nvjpeg else None
         self.workers = self.options.workers or (config.threads if config.threads > 0 else 4)
         log.info("accelerated stage on %s (method %s)", self.device, config.method)
 
     def decode(self, data: bytes, max_pixels: int) -> DecodedImage | None:
-        """A plain JPEG decoded on the GPU when ``nvjpeg`` is on; None: decode on the CPU."""
-        if not self.options.nvjpeg:
-            return None
-        from faceveil.anon_core.accel.jpeg import gpu_decode
+        """A plain JPEG decoded on the device when ``nvjpeg`` is on; None: decode on the CPU."""
+        return self.codec.decode_image(data, max_pixels) if self.codec else None
 
-        return gpu_decode(data, max_pixels, self.device)
+    def encode(self, rgb: np.ndarray, ext: str) -> bytes | None:
+        """JPEG output encoded on the device when ``nvjpeg`` is on; None: encode on the CPU."""
+        if self.codec is None or ext != "jpg":
+            return None
+        return self.codec.encode([torch.from_numpy(rgb).to(self.device)])[0]
 
     def groups(self, shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:
         """Indices grouped by padded size, each group within the pixel budget."""
@@ -88,10 +92,16 @@ class AcceleratedStage:
             groups.extend(members[i : i + step] for i in range(0, len(members), step))
         return groups
 
-    def load(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """The images as one zero-padded n x H x W x 3 uint8 tensor on the device."""
+    def load(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """The images (host arrays, or H x W x 3 uint8 tensors already on the device) as one
+        zero-padded n x H x W x 3 uint8 tensor on the device."""
         ph = max(_padded(image.shape)[0] for image in images)
         pw = max(_padded(image.shape)[1] for image in images)
+        if all(isinstance(image, torch.Tensor) for image in images):
+            batch = torch.zeros((len(images), ph, pw, 3), dtype=torch.uint8, device=self.device)
+            for k, image in enumerate(images):
+                batch[k, : image.shape[0], : image.shape[1]] = image
+            return batch
         cuda = self.device.type == "cuda"
         host = torch.empty((len(images), ph, pw, 3), dtype=torch.uint8, pin_memory=cuda)
         view = host.numpy()
