@@ -137,4 +137,4 @@ class DeviceJpeg:
             rgb = decode_image(data, max_pixels).rgb
         except ImageError:
             return None
-        return torch.from_numpy(rgb).to(self.device)
+        return torch.from_numpy(np.require(rgb, requirements="W")).to(self.device)
