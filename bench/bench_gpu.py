@@ -124,8 +124,18 @@ class Bench:
         return True
 
     def add(self, run: Run, windows, step) -> None:
-        if not self.over(f"{run.size}x{run.size} {run.what} ({run.path})"):
-            self.runs.append(timed(run, windows, step, self.budget, self.device))
+        self.guarded(run, lambda: timed(run, windows, step, self.budget, self.device))
+
+    def guarded(self, run: Run, measure) -> None:
+        """Measure one run; one that fails is reported and the others still run (a device
+        session has room for one rerun only)."""
+        name = f"{run.size}x{run.size} {run.what} ({run.path})"
+        if self.over(name):
+            return
+        try:
+            self.runs.append(measure())
+        except Exception as exc:  # a benchmark row, not a job: report it and go on
+            self.skipped.append(f"{name}: FAILED, {type(exc).__name__}: {exc}"[:400])
 
     def size(self, side: int, data: list[bytes], stage: AcceleratedStage, pool) -> None:
         args, windows = self.args, windows_of(data, self.args.batch_size)
@@ -142,11 +152,12 @@ class Bench:
         )
         self.add(Run(side, "decode+encode", cpu_codec), windows, pil_step(pool, True))
         decoded = [decode_image(d).rgb for d in data[: args.batch_size * 4]]
-        batches, step = detect_only(stage, decoded, args.batch_size)
-        self.add(
-            Run(side, "detect", f"device ({stage.device}, {args.precision}), pre-decoded"),
-            batches,
-            step,
+        run = Run(side, "detect", f"device ({stage.device}, {args.precision}), pre-decoded")
+        self.guarded(
+            run,
+            lambda: timed(
+                run, *detect_only(stage, decoded, args.batch_size), self.budget, self.device
+            ),
         )
         path = f"device-resident: {codec.name} -> detect -> blur -> {codec.name}"
         self.add(Run(side, "detect+blur e2e", path), windows, device_pipeline(stage, codec))
@@ -155,9 +166,11 @@ class Bench:
         self.add(Run(side, "detect+blur e2e", path), windows, product_step(anon))
         anon.close()
         what = f"plain CPU pipeline, {args.cpu_procs} processes x 1 thread"
-        if not args.no_cpu and not self.over(f"{side}x{side} {what}"):
+        if not args.no_cpu:
             run = Run(side, "detect+blur e2e", what)
-            self.runs.append(time_cpu(run, data, self.budget, args.weights, args.cpu_procs))
+            self.guarded(
+                run, lambda: time_cpu(run, data, self.budget, args.weights, args.cpu_procs)
+            )
 
 
 def build_stage(args: argparse.Namespace, host) -> AcceleratedStage:
@@ -223,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.size(side, data, stage, pool)
             if not bench.over(f"{side}x{side} recall"):
                 picked = unique[: args.recall_images or None]
-                recalls[side] = recall(picked, host, stage.device, args.recall_precisions)
+                try:
+                    recalls[side] = recall(picked, host, stage.device, args.recall_precisions)
+                except Exception as exc:  # report it with the figures already taken
+                    bench.skipped.append(f"{side}x{side} recall: FAILED, {exc!r}"[:400])
     print("\n".join(report(bench, recalls, args.device)))
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:

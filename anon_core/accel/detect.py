@@ -157,7 +157,8 @@ class DeviceDetector:
         """One large h x w x 3 device image through the multi-scale detector's views."""
         h, w = image.shape[:2]
         plan: list[View] = self.multi.views(h, w)
-        resized = {v.scale: area_resize(image, *scaled_size(h, w, v.scale)) for v in plan}
+        scales = {v.scale for v in plan}
+        resized = {s: area_resize(image, *scaled_size(h, w, s)) for s in scales}
         crops = [resized[v.scale][v.box[1] : v.box[3], v.box[0] : v.box[2]] for v in plan]
         found = self.detect_views(crops)
         return self.multi.merge([v.place(f) for v, f in zip(plan, found, strict=True)])

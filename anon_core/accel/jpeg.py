@@ -70,16 +70,19 @@ def plain_jpeg(data: bytes, max_pixels: int) -> bool:
 
 
 class DeviceJpeg:
-    """Batched JPEG codec on ``device``: torchvision's when ``use_torchvision`` and it is
-    importable (nvJPEG on CUDA, libjpeg on the CPU), else PIL with a copy to the device.
+    """Batched JPEG codec on ``device``: torchvision's when ``use_torchvision`` (default: on
+    CUDA) and it is importable (nvJPEG on CUDA, libjpeg on the CPU), else PIL with a copy to
+    the device.
 
     ``decode`` gives each plain JPEG as an H x W x 3 uint8 device tensor and None for the rest
     (to be decoded, or quarantined, by ``imageio.decode_image``); ``encode`` gives JPEG bytes
     at ``QUALITY`` with no metadata.
     """
 
-    def __init__(self, device: torch.device, use_torchvision: bool = True) -> None:
+    def __init__(self, device: torch.device, use_torchvision: bool | None = None) -> None:
         self.device = device
+        if use_torchvision is None:
+            use_torchvision = device.type == "cuda"
         self.io = torchvision_io() if use_torchvision else None
         self.name = f"torchvision ({device.type})" if self.io else "PIL (host)"
 
