@@ -143,10 +143,7 @@ def device_pipeline(stage: AcceleratedStage, codec: DeviceJpeg) -> Callable[[lis
     method = stage.regions_method
 
     def step(window: list[bytes]) -> int:
-        images = codec.decode(window, DEFAULT_MAX_PIXELS)
-        for i, image in enumerate(images):  # not a plain JPEG: the CPU decoder, as in a job
-            if image is None:
-                images[i] = torch.from_numpy(decode_image(window[i]).rgb.copy()).to(stage.device)
+        images = _decoded(codec, window)
         ok = list(range(len(window)))
         faces = 0
         for group in stage.groups([tuple(images[i].shape) for i in ok]):
@@ -179,11 +176,21 @@ def detect_only(stage: AcceleratedStage, images: list[np.ndarray], batch: int):
     return [[b] * len(b[1]) for b in batches], lambda w: step(w[0])
 
 
+def _decoded(codec: DeviceJpeg, window: list[bytes]) -> list[torch.Tensor]:
+    """The window decoded by the device codec; every lfw_dev JPEG is a plain one, so a refusal
+    is a codec failure, reported instead of timed."""
+    images = codec.decode(window, DEFAULT_MAX_PIXELS)
+    refused = sum(image is None for image in images)
+    if refused:
+        raise RuntimeError(f"the device codec ({codec.name}) did not decode {refused} JPEGs")
+    return images
+
+
 def codec_step(codec: DeviceJpeg, encode: bool) -> Callable[[list[bytes]], int]:
     def step(window: list[bytes]) -> int:
-        images = codec.decode(window, DEFAULT_MAX_PIXELS)
-        if encode:
-            codec.encode([im for im in images if im is not None])
+        images = _decoded(codec, window)
+        if encode and len(codec.encode(images)) != len(images):
+            raise RuntimeError("the encoder lost images")
         return -1
 
     return step

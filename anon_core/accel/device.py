@@ -34,6 +34,16 @@ def torch_device(device: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def onnxruntime_device(device: str) -> str:
+    """Where the host-side detector's onnxruntime session runs for ``device``: 'cuda' only when
+    onnxruntime has its CUDA provider (onnxruntime-gpu), else 'cpu'. CenterFace itself runs on
+    the device through torch either way; the session serves detectors without a device path
+    (``scrfd``) and backend 'onnxruntime', which checks for the provider itself."""
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return "cuda"
+    return "cpu"
+
+
 def tensorrt_available() -> bool:
     """Whether onnxruntime here was built with the TensorRT execution provider."""
     return "TensorrtExecutionProvider" in ort.get_available_providers()

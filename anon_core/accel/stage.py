@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from faceveil.anon_core.accel.detect import DeviceDetector, padded, use_tensorrt
-from faceveil.anon_core.accel.device import nvjpeg_available, torch_device
+from faceveil.anon_core.accel.device import nvjpeg_available, onnxruntime_device, torch_device
 from faceveil.anon_core.accel.jpeg import DeviceJpeg
 from faceveil.anon_core.accel.options import AccelOptions
 from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
@@ -52,9 +52,8 @@ class AcceleratedStage:
             raise ValueError("tensorrt and nvjpeg need device 'cuda'")
         if self.options.nvjpeg and not nvjpeg_available():
             raise RuntimeError("nvjpeg requested but torchvision with CUDA is not importable")
-        if detector is None:  # the torch backend needs no onnxruntime on the device
-            host = "cpu" if self.options.backend == "torch" else config.device
-            detector = config_detector(replace(config, device=host))
+        if detector is None:  # onnxruntime on the GPU only where its CUDA provider exists
+            detector = config_detector(replace(config, device=onnxruntime_device(config.device)))
         self.detector = detector
         self.device_detector = DeviceDetector(self.detector, self.device, self.options)
         if self.options.tensorrt:

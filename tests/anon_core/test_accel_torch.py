@@ -231,3 +231,15 @@ def test_stage_codec_decodes_and_encodes_through_the_pipeline(host):
             assert r.encoded == encode_image(r.output.image, r.ext) and len(r.faces) == 1
     assert plain_jpegs.count(True) == 2 and results[0].encoded == results[5].encoded
     accel.close()
+
+
+def test_onnxruntime_backend_stays_an_option(host, faces_images, expected):
+    """Backend 'onnxruntime' binds the device batch to the detector's own session: the CPU
+    path's faces (one network, one decode; batches of another size round within 1e-3 px)."""
+    detector = DeviceDetector(host, CPU, AccelOptions(backend="onnxruntime"))
+    assert detector.run.session is host.base.session
+    images = [im for _, im in faces_images]
+    for e, g in zip(expected, _device_faces(detector, images), strict=True):
+        assert len(e) == len(g)
+        np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(g.landmarks5, e.landmarks5, rtol=0, atol=1e-3)
