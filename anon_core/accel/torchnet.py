@@ -196,6 +196,8 @@ class TorchCenterFace:
             torch.backends.cudnn.benchmark = True
         self.net = net.to(device=device, dtype=self.dtype)
         log.info("CenterFace on torch %s (%s)", device, precision)
+        if precision == "bf16":
+            log.warning("bf16 CenterFace lost faces on lfw_dev at 512 x 512; use fp32 in jobs")
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:

@@ -26,8 +26,8 @@ LFW_STEP = 40  # every 40th lfw_dev image (28 of 1,110) keeps the CPU tests shor
 # and scores within 5e-7 of onnxruntime; the tolerances leave room for other CPU kernels only.
 FP32_BOX_PX = 0.01
 FP32_SCORE = 1e-4
-# bf16 on the same images: the same faces everywhere, boxes moved by up to 8.5 px, scores
-# by up to 0.016 (why fp32 is the default; docs/gpu.md).
+# bf16 on the same images: the same faces, boxes moved by up to 8.5 px, scores by up to
+# 0.016; on lfw_dev upscaled to 512 x 512 it lost a face (bench_gpu), so fp32 is the default.
 BF16_BOX_PX = 12.0
 BF16_SCORE = 0.03
 
@@ -123,9 +123,9 @@ def test_fp32_boxes_match_onnxruntime_on_real_faces(host, faces_images, expected
     assert shift <= FP32_BOX_PX and score <= FP32_SCORE
 
 
-def test_bf16_keeps_recall_on_real_faces(host, faces_images, expected):
+def test_bf16_finds_these_faces_but_moves_boxes_by_pixels(host, faces_images, expected):
     shift, score, _ = _compare(host, faces_images, expected, "bf16")
-    assert shift <= BF16_BOX_PX and score <= BF16_SCORE
+    assert FP32_BOX_PX < shift <= BF16_BOX_PX and score <= BF16_SCORE
 
 
 def test_unknown_precision_and_fp16_on_cpu_are_refused():
