@@ -155,7 +155,8 @@ class FaceAnonymizer:
         image, output = staged.image, staged.output
         ext = self.config.image_format or image.output_ext
         try:
-            encoded = encode_image(output.image, ext)
+            encoded = self.stage.encode(output.image, ext)
+            encoded = encoded or encode_image(output.image, ext)
         except INFERENCE_ERRORS as exc:
             return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
         status = "anonymized" if len(staged.faces) else "no_face"
