@@ -67,7 +67,7 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
     from faceveil.manifests.custodian import CustodianPrivate
     from faceveil.manifests.escrow import ShamirPolicy, create_escrow
     from faceveil.manifests.jobkeys import epoch_sealing
-    from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+    from faceveil.manifests.keymanifest import SampleToSeal, ShardSealer, load_key_manifest
     from faceveil.manifests.request import SampleRef
 
     custodians = [CustodianPrivate.generate(n) for n in ("alice", "bob", "carol")]
@@ -80,11 +80,9 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
         started = time.perf_counter()
         sealer = ShardSealer(sealing.shard_keys(shard), shard)
         for i in range(start, min(start + 1000, samples)):
-            key = f"{i:032x}"
-            sealer.seal_face(
-                key, 0, (70, 60, 180, 190), crops[i % len(crops)], f"s3://b/{i}.jpg", "0" * 64
-            )
-            sealer.seal_sample(key, f"s3://b/{i}.jpg", "0" * 64)
+            sample = SampleToSeal(f"{i:032x}", f"s3://b/{i}.jpg", "0" * 64)
+            sealer.seal_face(sample, 0, (70, 60, 180, 190), crops[i % len(crops)])
+            sealer.seal_sample(sample)
         data = sealer.manifest_bytes()
         sealing_s += time.perf_counter() - started
         manifest = load_key_manifest(data)

@@ -32,7 +32,7 @@ from faceveil.manifests.escrow import (
     create_escrow,
 )
 from faceveil.manifests.jobkeys import epoch_sealing
-from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+from faceveil.manifests.keymanifest import SampleToSeal, ShardSealer, load_key_manifest
 from faceveil.manifests.request import (
     RequestSpec,
     RestoreRequest,
@@ -72,8 +72,9 @@ def escrow(custodians) -> Escrow:
 def _seal_shard(escrow: Escrow, escrow_id: str, shard: str = SHARD, keys=KEYS):
     sealer = ShardSealer(epoch_sealing(escrow, escrow_id).shard_keys(shard), shard)
     for key in keys:
-        sealer.seal_face(key, 0, (1, 2, 11, 12), _face(key), _source(key), ANON)
-        sealer.seal_sample(key, _source(key), ANON)
+        sample = SampleToSeal(key, _source(key), ANON)
+        sealer.seal_face(sample, 0, (1, 2, 11, 12), _face(key))
+        sealer.seal_sample(sample)
     return load_key_manifest(sealer.manifest_bytes())
 
 
