@@ -100,7 +100,7 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
     from faceveil.jobs.restore import open_v2_row
     from faceveil.manifests.custodian import ScryptParams
     from faceveil.manifests.request import RequestSpec, create_request, load_request_key
-    from faceveil.manifests.restore import approve, recover_data_keys
+    from faceveil.manifests.restore import ApprovedRequest, approve, recover_data_keys
 
     wanted = refs[:count]
     secret = "bench passphrase"
@@ -113,7 +113,7 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
         approvals.append(approve(request, custodian))
         approve_s.append(time.perf_counter() - started)
     started = time.perf_counter()
-    data_keys = recover_data_keys(escrow, request, keys, approvals, "restore")
+    data_keys = recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
     opened = 0
     for ref in wanted:
         for row in manifests[ref.shard].rows:

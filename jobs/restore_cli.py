@@ -86,7 +86,13 @@ from faceveil.manifests.request import (
     create_request,
     load_request_key,
 )
-from faceveil.manifests.restore import Approval, approve, assemble_reshare, recover_data_keys
+from faceveil.manifests.restore import (
+    Approval,
+    ApprovedRequest,
+    approve,
+    assemble_reshare,
+    recover_data_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +249,9 @@ def _data_keys(args, ctx: RestoreContext, request, keys, approvals):
     if escrow.scheme == "kms":
         client = make_kms_client(escrow.policy.key_arn, args.kms_endpoint)
         return kms_data_keys(ctx.out, escrow, request.samples, client), []
-    return recover_data_keys(escrow, request, keys, approvals, request.purpose), approvals
+    return recover_data_keys(
+        escrow, ApprovedRequest(request, keys, approvals), request.purpose
+    ), approvals
 
 
 @refusals

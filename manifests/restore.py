@@ -332,23 +332,29 @@ def _open_partials(
         raise RestoreError(f"the approval by {ap.custodian!r} holds a malformed partial") from None
 
 
+@dataclass(frozen=True)
+class ApprovedRequest:
+    """What applying a request takes: the request, the requester's keys to it (from the
+    requester key file) and the custodians' approvals."""
+
+    request: RestoreRequest
+    keys: RequestKeys = field(repr=False)
+    approvals: Sequence[Approval]
+
+
 def recover_data_keys(
-    escrow: Escrow,
-    request: RestoreRequest,
-    keys: RequestKeys,
-    approvals: Sequence[Approval],
-    purpose: str,
-    now: datetime | None = None,
+    escrow: Escrow, approved: ApprovedRequest, purpose: str, now: datetime | None = None
 ) -> dict[tuple[str, str], bytes]:
-    """``(shard, sample key) -> data key`` for exactly the request's samples.
+    """``(shard, sample id) -> data key`` for exactly the request's samples.
 
     Every partial is checked against its custodian's public share; a bad one is named. Each
     sample needs M good partials.
     """
+    request = approved.request
     check_request(escrow, request, purpose, now)
     policy = escrow.policy
-    approvals = verify_approvals(escrow, request, approvals)
-    opened = {ap.fingerprint: (ap, _open_partials(request, keys, ap)) for ap in approvals}
+    approvals = verify_approvals(escrow, request, approved.approvals)
+    opened = {ap.fingerprint: (ap, _open_partials(request, approved.keys, ap)) for ap in approvals}
     out: dict[tuple[str, str], bytes] = {}
     for n, ref in enumerate(request.samples):
         epoch = escrow.epoch(ref.escrow_id)

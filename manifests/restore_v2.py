@@ -152,23 +152,32 @@ class RestoreRequest:
             raise RestoreError(f"invalid restore request: {exc}") from None
 
 
+@dataclass(frozen=True)
+class RequestSpec:
+    """What a request asks for: its purpose, the sample ids (None: every sample; only a restore
+    names samples), why and by whom, and for how long it stays valid."""
+
+    purpose: str
+    samples: Sequence[str] | None
+    reason: str
+    requester: str
+    valid_for: timedelta = timedelta(days=7)
+
+
 def create_request(
     escrow: Escrow,
-    purpose: str,
-    samples: Sequence[str] | None,
-    reason: str,
-    requester: str,
+    spec: RequestSpec,
     passphrase: str,
-    valid_for: timedelta = timedelta(days=7),
     clock: Callable[[], datetime] = utc_now,
     params: ScryptParams | None = None,
 ) -> tuple[RestoreRequest, bytes]:
     """A new request and its requester key file (bytes; write with mode 0600)."""
+    purpose, samples = spec.purpose, spec.samples
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
     if purpose != "restore":
         samples = None
-    if not reason.strip() or not requester.strip():
+    if not spec.reason.strip() or not spec.requester.strip():
         raise ValueError("a request needs a reason and a requester")
     eph = X25519PrivateKey.generate()
     now = clock()
@@ -179,10 +188,10 @@ def create_request(
         epochs=escrow.escrow_ids,
         purpose=purpose,
         samples=None if samples is None else tuple(samples),
-        reason=reason,
-        requester=requester,
+        reason=spec.reason,
+        requester=spec.requester,
         created=iso_time(now),
-        expires=iso_time(now + valid_for),
+        expires=iso_time(now + spec.valid_for),
         ephemeral_x25519=eph.public_key().public_bytes_raw(),
         escrow=escrow,
     )
@@ -418,17 +427,21 @@ def _check_coverage(i: int, name: str, ap: Approval, request: RestoreRequest) ->
         )
 
 
-def _open_share(
-    request: RestoreRequest,
-    request_key: X25519PrivateKey,
-    i: int,
-    ap: Approval,
-    escrow_id: str,
-    x: int,
-) -> Share:
-    aad = _share_aad(request, ap.fingerprint, escrow_id)
+@dataclass(frozen=True)
+class ApprovedRequest:
+    """What applying a request takes: the request, the requester's key to it (from the
+    requester key file) and the custodians' approvals."""
+
+    request: RestoreRequest
+    request_key: X25519PrivateKey = field(repr=False)
+    approvals: Sequence[Approval]
+
+
+def _open_share(approved: ApprovedRequest, i: int, ap: Approval, escrow_id: str, x: int) -> Share:
+    aad = _share_aad(approved.request, ap.fingerprint, escrow_id)
+    sealed = ap.sealed_shares[escrow_id]
     try:
-        raw = open_sealed(request_key, ap.sealed_shares[escrow_id], RESTORE_SHARE_CONTEXT, aad)
+        raw = open_sealed(approved.request_key, sealed, RESTORE_SHARE_CONTEXT, aad)
     except DecryptionError:
         raise RestoreError(
             f"approval {i} (by {ap.custodian!r}): its share of key epoch {escrow_id} does not "
@@ -441,17 +454,13 @@ def _open_share(
 
 
 def recover_masters(
-    escrow: Escrow,
-    request: RestoreRequest,
-    request_key: X25519PrivateKey,
-    approvals: Sequence[Approval],
-    purpose: str,
-    now: datetime | None = None,
+    escrow: Escrow, approved: ApprovedRequest, purpose: str, now: datetime | None = None
 ) -> dict[str, MasterKey]:
-    """Verify ``approvals`` of ``request`` and rebuild every epoch's checked master key.
+    """Verify the approvals of the request and rebuild every epoch's checked master key.
 
     Returns ``escrow_id -> MasterKey`` for every epoch of ``escrow``, first epoch first.
     """
+    request, approvals = approved.request, approved.approvals
     if escrow.scheme != "shamir":
         raise RestoreError("custodian approvals apply to Shamir escrows only")
     check_request(escrow, request, purpose, now)
@@ -460,7 +469,7 @@ def recover_masters(
     for i, ap in enumerate(verify_approvals(escrow, request, approvals), start=1):
         x = fingerprints.index(ap.fingerprint) + 1
         for eid in escrow.escrow_ids:
-            shares[eid].append(_open_share(request, request_key, i, ap, eid, x))
+            shares[eid].append(_open_share(approved, i, ap, eid, x))
     masters = escrow.recover(shares)
     log.info(
         "master keys of %d key epoch(s) recovered for request %s from %d approvals",

@@ -42,7 +42,12 @@ from faceveil.manifests.custodian import (
 from faceveil.manifests.errors import KeyLibraryError
 from faceveil.manifests.escrow import Escrow, ShamirPolicy, new_epoch
 from faceveil.manifests.request import RestoreRequest
-from faceveil.manifests.restore import Approval, _open_partials, recover_data_keys
+from faceveil.manifests.restore import (
+    Approval,
+    ApprovedRequest,
+    _open_partials,
+    recover_data_keys,
+)
 from faceveil.manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
 from tests.jobs.escrow_world import (
     CUSTODIANS,
@@ -92,7 +97,7 @@ def test_row1_approved_one_sample_request_opens_no_other_sample_library(world, o
     escrow = read_escrow(out)
     request, keys = request_keys(req)
     approvals = [Approval.loads(p.read_bytes()) for p in approval_paths]
-    data_keys = recover_data_keys(escrow, request, keys, approvals, "restore")
+    data_keys = recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
     (wanted,) = request.samples
     assert list(data_keys) == [(wanted.shard, wanted.key)]
     partials = [_open_partials(request, keys, ap) for ap in approvals]
