@@ -88,7 +88,7 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
         manifest = load_key_manifest(data)
         manifests[shard] = manifest
         refs += [
-            SampleRef(shard, r.key, sealing.escrow_id, r.wrapped_key)
+            SampleRef(shard, r.sample_id, sealing.escrow_id, r.wrapped_key)
             for r in manifest.rows
             if r.face < 0
         ]
@@ -117,9 +117,9 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
     opened = 0
     for ref in wanted:
         for row in manifests[ref.shard].rows:
-            if row.key == ref.key:
+            if row.sample_id == ref.sample_id:
                 open_v2_row(
-                    data_keys[(ref.shard, ref.key)], escrow.job_id, ref.shard, row, "0" * 64
+                    data_keys[(ref.shard, ref.sample_id)], escrow.job_id, ref.shard, row, "0" * 64
                 )
                 opened += 1
     apply_s = time.perf_counter() - started

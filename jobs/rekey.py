@@ -51,9 +51,9 @@ def stage_rekey(
         sealer = ShardSealer(sealing.shard_keys(shard, kms), shard)
         shas = {k: hashlib.sha256(data).hexdigest() for k, _, data in iter_images(out, shard)}
         for row in manifest.rows:
-            sha = shas.get(row.key, EMPTY_SHA256)
-            payload = open_v2_row(data_keys[(shard, row.key)], escrow.job_id, shard, row, sha)
-            sample = SampleToSeal(row.key, payload.source_uri, sha)
+            sha = shas.get(row.sample_id, EMPTY_SHA256)
+            payload = open_v2_row(data_keys[(shard, row.sample_id)], escrow.job_id, shard, row, sha)
+            sample = SampleToSeal(row.sample_id, payload.source_uri, sha)
             if payload.kind is PayloadKind.FACE_PNG:
                 sealer.seal_face(sample, row.face, row.bbox, payload.data)
             else:

@@ -174,7 +174,7 @@ def describe_request(request: RestoreRequest) -> str:
     elif request.purpose == "rekey":
         what = f"rekey of all {len(request.samples)} sample(s) to {request.new_policy.describe()}"
     else:
-        shown = ", ".join(f"{s.key} ({s.shard})" for s in request.samples[:10])
+        shown = ", ".join(f"{s.sample_id} ({s.shard})" for s in request.samples[:10])
         more = f" and {len(request.samples) - 10} more" if len(request.samples) > 10 else ""
         what = f"restore of {len(request.samples)} sample(s): {shown}{more}"
     return (

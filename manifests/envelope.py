@@ -165,9 +165,9 @@ class RowBinding:
     anon_sha256: str
 
 
-def aad_bytes(job_id: str, shard: str, key: str, face: int, anon_sha256: str) -> bytes:
+def aad_bytes(job_id: str, shard: str, sample_id: str, face: int, anon_sha256: str) -> bytes:
     """The canonical associated data binding a row to its job, shard, sample, face and image."""
-    for name, value in (("job_id", job_id), ("shard", shard), ("key", key)):
+    for name, value in (("job_id", job_id), ("shard", shard), ("sample_id", sample_id)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name} must be a non-empty string")
     if isinstance(face, bool) or not isinstance(face, int) or face < -1:
@@ -178,7 +178,7 @@ def aad_bytes(job_id: str, shard: str, key: str, face: int, anon_sha256: str) ->
         "anon_sha256": anon_sha256,
         "face": face,
         "job_id": job_id,
-        "key": key,
+        "key": sample_id,
         "shard": shard,
         "v": AAD_VERSION,
     }

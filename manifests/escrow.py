@@ -164,11 +164,10 @@ def policy_from_json(doc: dict) -> Policy:
     raise EscrowError(f"unknown escrow scheme {doc.get('scheme')!r}")
 
 
-def sample_label(job_id: str, escrow_id: str, shard: str, key: str) -> bytes:
+def sample_label(job_id: str, escrow_id: str, shard: str, sample_id: str) -> bytes:
     """What a sample's wrapped data key is bound to (and what a custodian approves)."""
-    return canonical_json(
-        {"v": LABEL_FORMAT, "job_id": job_id, "escrow_id": escrow_id, "shard": shard, "key": key}
-    )
+    doc = {"v": LABEL_FORMAT, "job_id": job_id, "escrow_id": escrow_id, "shard": shard}
+    return canonical_json(doc | {"key": sample_id})
 
 
 def kms_context(job_id: str, escrow_id: str, shard: str) -> dict[str, str]:
@@ -233,9 +232,9 @@ class Epoch:
         )
         return target.part_aad(fingerprint, source)
 
-    def label(self, shard: str, key: str) -> bytes:
-        """The label of sample ``key`` of ``shard`` sealed in this epoch."""
-        return sample_label(self.job_id, self.escrow_id, shard, key)
+    def label(self, shard: str, sample_id: str) -> bytes:
+        """The label of sample ``sample_id`` of ``shard`` sealed in this epoch."""
+        return sample_label(self.job_id, self.escrow_id, shard, sample_id)
 
     def open_share(self, custodian: CustodianPrivate) -> threshold.ScalarShare:
         """The custodian's share of this epoch, checked against its public share."""

@@ -5,7 +5,7 @@ One row per sealed value (``keys/shard-NNNNNN.parquet``):
 ============  ==================  =====================================================
 column        type                meaning
 ============  ==================  =====================================================
-key           string              pseudonymous sample key (``__key__``)
+key           string              pseudonymous sample id (``__key__``)
 face          int32               face index in the sample, ``-1`` for the whole sample
 bbox          list<int32>, null   face region ``[x1, y1, x2, y2]`` (half-open), null if -1
 nonce         binary              AES-GCM nonce (12 bytes)
@@ -76,9 +76,9 @@ KMS_BLOB_META = b"faceveil.kms_blob"
 
 @dataclass(frozen=True)
 class KeyRow:
-    """One key-manifest row."""
+    """One key-manifest row (its sample id is the Parquet column ``key``)."""
 
-    key: str
+    sample_id: str
     face: int
     bbox: tuple[int, int, int, int] | None
     nonce: bytes
@@ -94,7 +94,7 @@ class KeyRow:
         if self.bbox is not None:
             object.__setattr__(self, "bbox", tuple(int(v) for v in self.bbox))
             if len(self.bbox) != 4:
-                raise ManifestError(f"row key={self.key!r}: bbox must have 4 integers")
+                raise ManifestError(f"row key={self.sample_id!r}: bbox must have 4 integers")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,9 @@ class KeyManifest:
 
     def commitment(self) -> dict:
         """The row list's commitment (see :func:`manifests.sealing.commitment`)."""
-        return commitment([(r.key, r.face, r.aad_sha256, r.sealed_bytes()) for r in self.rows])
+        return commitment(
+            [(r.sample_id, r.face, r.aad_sha256, r.sealed_bytes()) for r in self.rows]
+        )
 
 
 def _table(
@@ -117,7 +119,7 @@ def _table(
 ) -> pa.Table:
     rows = list(rows)
     columns = {
-        "key": [r.key for r in rows],
+        "key": [r.sample_id for r in rows],
         "face": [r.face for r in rows],
         "bbox": [list(r.bbox) if r.bbox is not None else None for r in rows],
         "nonce": [r.nonce for r in rows],
@@ -233,11 +235,13 @@ def load_key_manifest(src: str | Path | bytes | BinaryIO) -> KeyManifest:
 
 def open_row(envelope: Envelope, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
     """Decrypt and parse one row of ``shard``; raises :class:`DecryptionError` on any mismatch."""
-    at = RowBinding(shard, row.key, row.face, anon_sha256)
+    at = RowBinding(shard, row.sample_id, row.face, anon_sha256)
     plaintext = envelope.open(at, row.nonce, row.ciphertext)
     payload = Payload.from_bytes(plaintext)
     if (row.face >= 0) != (payload.kind is PayloadKind.FACE_PNG):
-        raise DecryptionError(f"row key={row.key!r} face={row.face}: payload kind does not match")
+        raise DecryptionError(
+            f"row key={row.sample_id!r} face={row.face}: payload kind does not match"
+        )
     return payload
 
 
@@ -319,7 +323,9 @@ class ShardSealer:
 
     def commitment(self) -> dict:
         """The row list's commitment, for the shard's marker and the job-signed log."""
-        return commitment([(r.key, r.face, r.aad_sha256, r.sealed_bytes()) for r in self._rows])
+        return commitment(
+            [(r.sample_id, r.face, r.aad_sha256, r.sealed_bytes()) for r in self._rows]
+        )
 
     def manifest_bytes(self) -> bytes:
         """The shard's key manifest as Parquet bytes, recording its key epoch."""

@@ -71,19 +71,19 @@ class SampleRef:
     (empty for a KMS escrow)."""
 
     shard: str
-    key: str
+    sample_id: str
     escrow_id: str
     wrapped: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.key):
-            raise RestoreError("a requested sample has a malformed shard or sample key")
+        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.sample_id):
+            raise RestoreError("a requested sample has a malformed shard or sample id")
 
     def to_json(self) -> dict:
         """The sample's entry in a request."""
         return {
             "shard": self.shard,
-            "key": self.key,
+            "key": self.sample_id,
             "escrow_id": self.escrow_id,
             "wrapped": b64e(self.wrapped),
         }
@@ -129,8 +129,8 @@ class RestoreRequest:
             raise RestoreError("a reshare moves the key to custodians (a new Shamir policy)")
         if self.purpose == "restore" and not self.samples:
             raise RestoreError("a restore request names at least one sample")
-        keys = [(s.shard, s.key) for s in self.samples]
-        if len(set(keys)) != len(keys) or len({s.key for s in self.samples}) != len(keys):
+        keys = [(s.shard, s.sample_id) for s in self.samples]
+        if len(set(keys)) != len(keys) or len({s.sample_id for s in self.samples}) != len(keys):
             raise RestoreError("a request names each sample once")
         for ref in self.samples:
             self.escrow.epoch(ref.escrow_id)
@@ -165,7 +165,7 @@ class RestoreRequest:
 
     def samples_sha256(self) -> str:
         """sha256 over the (shard, key) list, as audit entries record it."""
-        listed = sorted([s.shard, s.key] for s in self.samples)
+        listed = sorted([s.shard, s.sample_id] for s in self.samples)
         return hashlib.sha256(canonical_json(listed)).hexdigest()
 
     def check_signature(self) -> None:

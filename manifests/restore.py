@@ -233,11 +233,13 @@ def _partial(
     epoch = request.escrow.epoch(ref.escrow_id)
     try:
         wrapped = threshold.WrappedKey.from_bytes(ref.wrapped)
-        return threshold.partial_decrypt(share, wrapped, epoch.label(ref.shard, ref.key), randbytes)
+        return threshold.partial_decrypt(
+            share, wrapped, epoch.label(ref.shard, ref.sample_id), randbytes
+        )
     except threshold.ThresholdError as exc:
         raise RestoreError(
-            f"sample {ref.key!r} of {ref.shard}: its wrapped key was not made for that sample "
-            f"({exc}); not approving"
+            f"sample {ref.sample_id!r} of {ref.shard}: its wrapped key was not made for that "
+            f"sample ({exc}); not approving"
         ) from None
 
 
@@ -358,7 +360,7 @@ def recover_data_keys(
     out: dict[tuple[str, str], bytes] = {}
     for n, ref in enumerate(request.samples):
         epoch = escrow.epoch(ref.escrow_id)
-        label = epoch.label(ref.shard, ref.key)
+        label = epoch.label(ref.shard, ref.sample_id)
         wrapped = threshold.WrappedKey.from_bytes(ref.wrapped)
         good = []
         for fp, (ap, partials) in opened.items():
@@ -369,14 +371,16 @@ def recover_data_keys(
             ):
                 raise RestoreError(
                     f"custodian {ap.custodian!r} sent a bad partial decryption for sample "
-                    f"{ref.key!r}: its proof does not verify (a faulty or dishonest approval)"
+                    f"{ref.sample_id!r}: its proof does not verify (a faulty or dishonest approval)"
                 )
             good.append(partial)
         shared = threshold.combine_partials(good, policy.threshold)
         try:
-            out[(ref.shard, ref.key)] = threshold.unwrap(epoch.public_key, wrapped, label, shared)
+            out[(ref.shard, ref.sample_id)] = threshold.unwrap(
+                epoch.public_key, wrapped, label, shared
+            )
         except threshold.ThresholdError:
-            raise RestoreError(f"sample {ref.key!r}: its data key did not open") from None
+            raise RestoreError(f"sample {ref.sample_id!r}: its data key did not open") from None
     log.info("data keys of %d sample(s) released for request %s", len(out), request.request_id)
     return out
 

@@ -5,7 +5,7 @@ covers every epoch, and recovery yields every epoch's master key (``escrow_id ->
 
 1. *Request* (``req.json``, public): ``request_id``, ``job_id``, ``revision`` (of
    ``escrow.json``), ``epochs`` (the escrow ids of every epoch, in order), ``purpose``
-   (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample keys, or ``"all"``),
+   (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample ids, or ``"all"``),
    ``reason``, ``requester``, ``created``, ``expires``, ``ephemeral_x25519``: the public half
    of a key pair made for this request only, and ``escrow``: a full copy of ``escrow.json`` as
    it was when the request was made (policy, custodians and every epoch's sealed shares; sealed

@@ -310,7 +310,7 @@ def test_run_escrows_the_job_to_three_custodians(world):
 
 def test_restore_by_sample_key_is_exact(world, first_restores):
     r = first_restores
-    assert {s.key for s in r.request_keys.samples} == set(r.by_key)
+    assert {s.sample_id for s in r.request_keys.samples} == set(r.by_key)
     assert r.request_keys.requester
     check_restored(world, r.dest_keys, set(r.by_key))
 
@@ -485,7 +485,7 @@ def _flip_a_ciphertext_byte(manifest: Path) -> None:
     row = rows[0]
     flipped = bytearray(row.ciphertext)
     flipped[len(flipped) // 2] ^= 0x01
-    rows[0] = KeyRow(row.key, row.face, row.bbox, row.nonce, bytes(flipped), row.aad_sha256)
+    rows[0] = KeyRow(row.sample_id, row.face, row.bbox, row.nonce, bytes(flipped), row.aad_sha256)
     manifest.write_bytes(key_manifest_bytes(rows, parsed.escrow_id))
 
 

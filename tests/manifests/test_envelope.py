@@ -175,8 +175,8 @@ def test_key_check_value_is_hmac_not_key():
 
 
 def test_aad_validation():
-    for bad in ({"face": -2}, {"face": True}, {"anon_sha256": "ABC"}, {"key": ""}):
-        args = {"job_id": "j", "shard": "s", "key": "k", "face": 0, "anon_sha256": ANON} | bad
+    for bad in ({"face": -2}, {"face": True}, {"anon_sha256": "ABC"}, {"sample_id": ""}):
+        args = {"job_id": "j", "shard": "s", "sample_id": "k", "face": 0, "anon_sha256": ANON} | bad
         with pytest.raises(ValueError):
             aad_bytes(**args)
 

@@ -75,7 +75,7 @@ def sealer(escrow) -> ShardSealer:
 def data_key(escrow: Escrow, manifest: KeyManifest, key: str, custodians) -> bytes:
     """A sample's data key from two custodians' partials on its wrapped key."""
     epoch = escrow.epoch(manifest.escrow_id)
-    (row,) = [r for r in manifest.rows if r.key == key and r.face == -1]
+    (row,) = [r for r in manifest.rows if r.sample_id == key and r.face == -1]
     wrapped = threshold.WrappedKey.from_bytes(row.wrapped_key)
     label = epoch.label(SHARD, key)
     partials = [
@@ -87,14 +87,14 @@ def data_key(escrow: Escrow, manifest: KeyManifest, key: str, custodians) -> byt
 
 def open_v2(dk: bytes, row: KeyRow, anon: str) -> Payload:
     """A row of SHARD of job-1, opened where it claims to be."""
-    aad = row_aad("job-1", SHARD, RowName(row.key, row.face, row.bbox), anon)
+    aad = row_aad("job-1", SHARD, RowName(row.sample_id, row.face, row.bbox), anon)
     assert hashlib.sha256(aad).hexdigest() == row.aad_sha256
-    return Payload.from_bytes(open_sealed_row(dk, aad, row.nonce, row.ciphertext, row.key))
+    return Payload.from_bytes(open_sealed_row(dk, aad, row.nonce, row.ciphertext, row.sample_id))
 
 
 def test_format_2_round_trips_through_bytes_path_and_file(sealer, escrow, tmp_path):
     rows = sealer.rows()
-    assert [(r.key, r.face) for r in rows] == [("k1", 0), ("k1", 1), ("k1", -1), ("q1", -1)]
+    assert [(r.sample_id, r.face) for r in rows] == [("k1", 0), ("k1", 1), ("k1", -1), ("q1", -1)]
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.version == 2 and manifest.escrow_id == escrow.escrow_ids[0]
     assert list(manifest.rows) == rows and manifest.kms_blob == b""

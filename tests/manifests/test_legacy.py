@@ -62,7 +62,7 @@ def test_a_format_2_output_restores_its_faces_exactly(legacy):
     envelope = Envelope(masters[manifest.escrow_id], escrow.job_id, manifest.escrow_id)
     anon = images[key]
     canvas = np.array(Image.open(io.BytesIO(anon)).convert("RGB"))
-    faces = [r for r in manifest.rows if r.key == key and r.face >= 0]
+    faces = [r for r in manifest.rows if r.sample_id == key and r.face >= 0]
     assert faces
     for row in faces:
         payload = open_row(envelope, "shard-000000", row, hashlib.sha256(anon).hexdigest())

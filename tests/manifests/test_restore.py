@@ -86,7 +86,7 @@ def manifest(escrow):
 
 
 def _refs(manifest, keys, shard: str = SHARD) -> list[SampleRef]:
-    wraps = {r.key: r.wrapped_key for r in manifest.rows if r.face == -1}
+    wraps = {r.sample_id: r.wrapped_key for r in manifest.rows if r.face == -1}
     return [SampleRef(shard, k, manifest.escrow_id, wraps[k]) for k in keys]
 
 
@@ -102,7 +102,7 @@ def _approvals(request, custodians):
 
 
 def _open_face(manifest, data_key, key, shard=SHARD) -> Payload:
-    (row,) = [r for r in manifest.rows if r.key == key and r.face == 0]
+    (row,) = [r for r in manifest.rows if r.sample_id == key and r.face == 0]
     aad = row_aad("job-1", shard, RowName(key, 0, row.bbox), ANON)
     return Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, key))
 
@@ -176,13 +176,13 @@ def test_request_shape_is_checked(escrow, manifest, custodians):
         ("reshare", [], {}),
         ("reshare", [], {"new_policy": KmsPolicy("arn:aws:kms:us-east-1:123456789012:key/x")}),
         ("restore", [refs[0], refs[0]], {}),
-        ("restore", [refs[0], replace(refs[1], key="k1")], {}),
+        ("restore", [refs[0], replace(refs[1], sample_id="k1")], {}),
         ("restore", [replace(refs[0], escrow_id="f" * 32)], {}),
     ):
         with pytest.raises(KeyLibraryError):
             spec = RequestSpec(purpose, tuple(samples), "r", "bob", **kw)
             create_request(escrow, spec, PASSPHRASE, params=FAST_KDF)
-    for bad in ({"shard": "../shard-000000"}, {"key": "k/1"}, {"key": ""}):
+    for bad in ({"shard": "../shard-000000"}, {"sample_id": "k/1"}, {"sample_id": ""}):
         with pytest.raises(RestoreError, match="malformed"):
             replace(refs[0], **bad)
     with pytest.raises(ValueError):
@@ -260,13 +260,13 @@ def test_the_one_sample_attack_gets_one_sample(escrow, manifest, custodians):
     assert threshold.unwrap(epoch.public_key, k1_wrap, epoch.label(SHARD, "k1"), combined)
     for other in _refs(manifest, ["k2", "k3"]):
         wrapped = threshold.WrappedKey.from_bytes(other.wrapped)
-        for label in (epoch.label(SHARD, other.key), epoch.label(SHARD, "k1")):
+        for label in (epoch.label(SHARD, other.sample_id), epoch.label(SHARD, "k1")):
             with pytest.raises(threshold.ThresholdError):
                 threshold.unwrap(epoch.public_key, wrapped, label, combined)
         for (p,), ap in zip(partials, approvals, strict=True):
             index = escrow.policy.index_of(ap.fingerprint)
             assert not threshold.verify_partial(
-                epoch.public_shares[index - 1], wrapped, epoch.label(SHARD, other.key), p
+                epoch.public_shares[index - 1], wrapped, epoch.label(SHARD, other.sample_id), p
             )
     # Asking for k2 under k1's name (B's wrap in A's entry) is refused by every custodian.
     forged = [SampleRef(SHARD, "k1", epoch.escrow_id, _refs(manifest, ["k2"])[0].wrapped)]
