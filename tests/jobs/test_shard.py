@@ -35,7 +35,8 @@ def test_glob_input(photos):
 
 
 def test_keys_are_hmac_of_uri_and_change_with_secret():
-    # Known answers: HMAC-SHA256(bytes 0..31, URI), first 32 hex characters (pinned literals).
+    # Known answers: HMAC-SHA256(bytes 0..31, URI), first 32 hex characters, computed once with
+    # `openssl dgst -sha256 -mac HMAC -macopt hexkey:000102...1f` (not by faceveil).
     assert sample_id(SECRET, "/a/b.jpg") == "bbb4fa071d74b875b47fb37ee9c0b636"
     assert sample_id(SECRET, "/a/c.jpg") == "18dc59e083c207c75437cc7d1adaa268"
     assert sample_id(SECRET, "s3://bucket/Jane_Doe_0001.jpg") == "3cf19e520f4270aa82e8cebe9783cc59"
