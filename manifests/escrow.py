@@ -82,6 +82,24 @@ class KmsClient(Protocol):
         ...
 
 
+class EpochList:
+    """An escrow's key epochs by id (both escrow formats: ``epochs``, first epoch first)."""
+
+    epochs: tuple[Any, ...]
+
+    @property
+    def escrow_ids(self) -> tuple[str, ...]:
+        """The epochs' ids, first epoch first."""
+        return tuple(e.escrow_id for e in self.epochs)
+
+    def epoch(self, escrow_id: str | None) -> Any:
+        """The epoch ``escrow_id``; EscrowError if this escrow holds none such."""
+        for epoch in self.epochs:
+            if epoch.escrow_id == escrow_id:
+                return epoch
+        raise EscrowError(f"escrow.json holds no key epoch {escrow_id!r}")
+
+
 @dataclass(frozen=True)
 class ShamirPolicy:
     """M-of-N custodians; ``custodians`` in share order (custodian i holds share i + 1)."""
@@ -283,7 +301,7 @@ class Epoch:
 
 
 @dataclass(frozen=True)
-class Escrow:
+class Escrow(EpochList):
     """A parsed ``escrow.json``: the job's key epochs, in order, under one policy."""
 
     job_id: str
@@ -305,18 +323,6 @@ class Escrow:
     def scheme(self) -> str:
         """``shamir`` or ``kms``."""
         return self.policy.scheme
-
-    @property
-    def escrow_ids(self) -> tuple[str, ...]:
-        """The epochs' ids, first epoch first."""
-        return tuple(e.escrow_id for e in self.epochs)
-
-    def epoch(self, escrow_id: str | None) -> Epoch:
-        """The epoch ``escrow_id``; EscrowError if this escrow holds none such."""
-        for epoch in self.epochs:
-            if epoch.escrow_id == escrow_id:
-                return epoch
-        raise EscrowError(f"escrow.json holds no key epoch {escrow_id!r}")
 
     def with_epoch(self, epoch: Epoch) -> Escrow:
         """This escrow with ``epoch`` appended and a new revision."""

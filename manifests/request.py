@@ -35,8 +35,6 @@ from faceveil.manifests.custodian import (
     b64d,
     b64e,
     canonical_json,
-    passphrase_open,
-    passphrase_seal,
 )
 from faceveil.manifests.errors import CustodianKeyError, EscrowError, RestoreError
 from faceveil.manifests.escrow import (
@@ -45,6 +43,7 @@ from faceveil.manifests.escrow import (
     ShamirPolicy,
     policy_from_json,
 )
+from faceveil.manifests.signed import open_request_key_file, request_key_file
 
 log = logging.getLogger(__name__)
 
@@ -258,28 +257,17 @@ def create_request(
     )
     signature = keys.ed25519.sign(_REQUEST_LABEL + canonical_json(unsigned.unsigned_doc()))
     request = replace(unsigned, signature=signature)
-    header = {
-        "format": REQUEST_KEY_FORMAT,
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-    }
     secret = keys.x25519.private_bytes_raw() + keys.ed25519.private_bytes_raw()
-    doc = passphrase_seal(header, secret, passphrase, params)
+    key_file = request_key_file(REQUEST_KEY_FORMAT, request, secret, passphrase, params)
     log.info(
         "request %s created (%s, %d samples)", request.request_id, spec.purpose, len(spec.samples)
     )
-    return request, json.dumps(doc, indent=1).encode()
+    return request, key_file
 
 
 def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) -> RequestKeys:
     """Decrypt the requester key file of ``request``."""
-    try:
-        doc = json.loads(key_file)
-    except ValueError:
-        raise CustodianKeyError("the requester key file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("request_sha256") != request.sha256():
-        raise RestoreError("the requester key file belongs to another request")
-    secret = passphrase_open(doc, passphrase, REQUEST_KEY_FORMAT)
+    secret = open_request_key_file(REQUEST_KEY_FORMAT, request, key_file, passphrase)
     if len(secret) != 64:
         raise CustodianKeyError("wrong passphrase or damaged key file")
     keys = RequestKeys(

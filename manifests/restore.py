@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -43,7 +44,7 @@ from faceveil.manifests.custodian import (
     open_sealed,
     seal_to,
 )
-from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.errors import DecryptionError, RestoreError
 from faceveil.manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
@@ -59,6 +60,7 @@ from faceveil.manifests.request import (
     check_request,
     iso_time,
 )
+from faceveil.manifests.signed import SignedApproval, verify_signed
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,10 @@ class ReshareEpoch:
 
 
 @dataclass(frozen=True)
-class Approval:
+class Approval(SignedApproval):
     """One custodian's signed approval of one request."""
+
+    LABEL: ClassVar[bytes] = _APPROVAL_LABEL
 
     request_id: str
     request_sha256: str
@@ -132,19 +136,6 @@ class Approval:
         doc["sealed_partials"] = hashlib.sha256(self.sealed_partials).hexdigest()
         doc["reshare"] = hashlib.sha256(canonical_json(doc["reshare"])).hexdigest()
         return doc
-
-    def signing_bytes(self) -> bytes:
-        """The bytes the custodian's Ed25519 signature covers."""
-        return _APPROVAL_LABEL + canonical_json(self.statement())
-
-    def sha256(self) -> str:
-        """sha256 hex of the approval file's bytes."""
-        return hashlib.sha256(self.dumps()).hexdigest()
-
-    def dumps(self) -> bytes:
-        """The ``.approval`` file bytes."""
-        doc = self.signed_doc() | {"signature": b64e(self.signature)}
-        return json.dumps(doc, indent=1).encode() + b"\n"
 
     @classmethod
     def loads(cls, data: bytes | str) -> Approval:
@@ -272,41 +263,14 @@ def verify_approvals(
     """The approvals if at least M distinct, signed approvals of ``request``; else RestoreError."""
     if not isinstance(escrow.policy, ShamirPolicy):
         raise RestoreError("custodian approvals apply to Shamir escrows only")
-    seen: set[str] = set()
-    for i, ap in enumerate(approvals, start=1):
-        if (ap.request_id, ap.request_sha256, ap.job_id, ap.revision, ap.purpose) != (
-            request.request_id,
-            request.sha256(),
-            escrow.job_id,
-            escrow.revision,
-            request.purpose,
-        ):
-            raise RestoreError(f"approval {i} (by {ap.custodian!r}) is for another request")
-        try:
-            custodian = escrow.policy.custodian(ap.fingerprint)
-        except EscrowError:
-            raise RestoreError(
-                f"approval {i} is from {ap.custodian!r}, who is not a custodian of this escrow"
-            ) from None
-        try:
-            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(
-                ap.signature, ap.signing_bytes()
-            )
-        except InvalidSignature:
-            raise RestoreError(
-                f"approval {i} (by {custodian.name!r}) has a bad signature"
-            ) from None
-        if ap.fingerprint in seen:
-            raise RestoreError(
-                f"approval {i} duplicates the approval of {custodian.name!r}: each custodian "
-                "counts once"
-            )
-        seen.add(ap.fingerprint)
-    if len(seen) < escrow.policy.threshold:
-        raise RestoreError(
-            f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
-            f"needs {escrow.policy.threshold}"
-        )
+    expected = {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "job_id": escrow.job_id,
+        "revision": escrow.revision,
+        "purpose": request.purpose,
+    }
+    verify_signed(approvals, expected, escrow.policy.custodian, escrow.policy.threshold)
     return list(approvals)
 
 

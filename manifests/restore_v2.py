@@ -43,28 +43,32 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import ClassVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from faceveil.manifests.audit import utc_now
 from faceveil.manifests.custodian import (
     CustodianPrivate,
+    CustodianPublic,
     ScryptParams,
     b64d,
     b64e,
     canonical_json,
     open_sealed,
-    passphrase_open,
-    passphrase_seal,
     seal_to,
 )
 from faceveil.manifests.envelope import MasterKey
-from faceveil.manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
 from faceveil.manifests.escrow_v2 import Escrow
 from faceveil.manifests.request import iso_time, parse_time
 from faceveil.manifests.shamir import Share
+from faceveil.manifests.signed import (
+    SignedApproval,
+    open_request_key_file,
+    request_key_file,
+    verify_signed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,32 +199,24 @@ def create_request(
         ephemeral_x25519=eph.public_key().public_bytes_raw(),
         escrow=escrow,
     )
-    header = {
-        "format": REQUEST_KEY_FORMAT,
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-    }
-    doc = passphrase_seal(header, eph.private_bytes_raw(), passphrase, params)
+    key_file = request_key_file(
+        REQUEST_KEY_FORMAT, request, eph.private_bytes_raw(), passphrase, params
+    )
     log.info("restore request %s created (purpose %s)", request.request_id, purpose)
-    return request, json.dumps(doc, indent=1).encode()
+    return request, key_file
 
 
 def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) -> X25519PrivateKey:
     """Decrypt the requester key file of ``request``."""
-    try:
-        doc = json.loads(key_file)
-    except ValueError:
-        raise CustodianKeyError("the requester key file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("request_sha256") != request.sha256():
-        raise RestoreError("the requester key file belongs to another request")
-    key = X25519PrivateKey.from_private_bytes(passphrase_open(doc, passphrase, REQUEST_KEY_FORMAT))
+    secret = open_request_key_file(REQUEST_KEY_FORMAT, request, key_file, passphrase)
+    key = X25519PrivateKey.from_private_bytes(secret)
     if key.public_key().public_bytes_raw() != request.ephemeral_x25519:
         raise RestoreError("the requester key file does not match the request")
     return key
 
 
 @dataclass(frozen=True)
-class Approval:
+class Approval(SignedApproval):
     """One custodian's signed approval of one request, with their share of every key epoch.
 
     ``sealed_shares`` maps escrow id -> that epoch's share re-sealed to the request.
@@ -235,6 +231,7 @@ class Approval:
     time: str
     sealed_shares: Mapping[str, bytes] = field(repr=False)
     signature: bytes = field(repr=False)
+    LABEL: ClassVar[bytes] = _APPROVAL_LABEL
 
     def signed_doc(self) -> dict:
         """Every field but the signature (the file's content, sealed shares included)."""
@@ -256,19 +253,6 @@ class Approval:
         ]
         return doc
 
-    def signing_bytes(self) -> bytes:
-        """The bytes the custodian's Ed25519 signature covers."""
-        return _APPROVAL_LABEL + canonical_json(self.statement())
-
-    def sha256(self) -> str:
-        """sha256 hex of the approval file's bytes (how audit entries name it)."""
-        return hashlib.sha256(self.dumps()).hexdigest()
-
-    def dumps(self) -> bytes:
-        """The ``.approval`` file bytes."""
-        doc = self.signed_doc() | {"signature": b64e(self.signature)}
-        return json.dumps(doc, indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> Approval:
         """Parse an ``.approval`` file; RestoreError if malformed."""
@@ -281,17 +265,6 @@ class Approval:
             return cls(**doc)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RestoreError(f"invalid approval: {exc}") from None
-
-
-def check_statement(statement: Mapping, signature: bytes, ed25519_public: bytes) -> None:
-    """RestoreError unless ``signature`` is the custodian's over an approval ``statement``
-    (as recorded in a ``restore.approve`` audit entry)."""
-    try:
-        Ed25519PublicKey.from_public_bytes(ed25519_public).verify(
-            signature, _APPROVAL_LABEL + canonical_json(dict(statement))
-        )
-    except (InvalidSignature, ValueError, TypeError):
-        raise RestoreError("the approval statement's signature does not verify") from None
 
 
 def _parse_sealed_shares(entries: list) -> dict[str, bytes]:
@@ -375,41 +348,17 @@ def verify_approvals(
 
     Each approval must carry a share for exactly the request's key epochs.
     """
-    seen: set[str] = set()
-    for i, ap in enumerate(approvals, start=1):
-        if (ap.request_id, ap.request_sha256, ap.job_id, ap.revision) != (
-            request.request_id,
-            request.sha256(),
-            escrow.job_id,
-            escrow.revision,
-        ):
-            raise RestoreError(f"approval {i} (by {ap.custodian!r}) is for another request")
-        try:
-            custodian = escrow.custodian(ap.fingerprint)
-        except EscrowError:
-            raise RestoreError(
-                f"approval {i} is from {ap.custodian!r}, who is not a custodian of this escrow"
-            ) from None
-        try:
-            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(
-                ap.signature, ap.signing_bytes()
-            )
-        except InvalidSignature:
-            raise RestoreError(
-                f"approval {i} (by {custodian.name!r}) has a bad signature"
-            ) from None
+    expected = {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "job_id": escrow.job_id,
+        "revision": escrow.revision,
+    }
+
+    def covers(i: int, custodian: CustodianPublic, ap: Approval) -> None:
         _check_coverage(i, custodian.name, ap, request)
-        if ap.fingerprint in seen:
-            raise RestoreError(
-                f"approval {i} duplicates the approval of {custodian.name!r}: each custodian "
-                "counts once"
-            )
-        seen.add(ap.fingerprint)
-    if len(seen) < escrow.threshold:
-        raise RestoreError(
-            f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
-            f"needs {escrow.threshold}"
-        )
+
+    verify_signed(approvals, expected, escrow.custodian, escrow.threshold, covers)
     return list(approvals)
 
 
