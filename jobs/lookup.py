@@ -43,7 +43,7 @@ class Lookup:
     """Where one given file or URI is: its sample id, status, shard and quarantine reason."""
 
     given: str
-    key: str
+    sample_id: str
     status: LookupStatus
     shard: str = ""
     stage: str = ""
@@ -52,7 +52,7 @@ class Lookup:
 
 @dataclass
 class JobIndex:
-    """Sample keys of a job's finished shards: key -> shard, key -> (shard, stage, reason)."""
+    """Sample ids of a job's finished shards: key -> shard, key -> (shard, stage, reason)."""
 
     anonymized: dict[str, str] = field(default_factory=dict)
     quarantined: dict[str, tuple[str, str, str]] = field(default_factory=dict)
@@ -69,7 +69,7 @@ def normalise_uri(given: str) -> str:
 
 
 def _data_keys(out: Location, rel: str) -> set[str]:
-    """Sample keys in a data tar, from its headers only (no member is read)."""
+    """Sample ids in a data tar, from its headers only (no member is read)."""
     with out.fs.open(out.path(rel), "rb") as f, open_tar(f) as tar:
         return {split_member(info.name)[0] for info in tar if info.isreg()}
 

@@ -16,7 +16,7 @@ def _lookup(args: argparse.Namespace) -> int:
         where = f"{r.status} ({r.shard})" if r.shard else r.status
         if r.status == LookupStatus.QUARANTINED:
             where += f": {r.stage}: {r.reason}"
-        print(f"{r.given}\t{r.key}\t{where}")
+        print(f"{r.given}\t{r.sample_id}\t{where}")
     return 1 if any(r.status == LookupStatus.ABSENT for r in results) else 0
 
 
