@@ -87,6 +87,16 @@ class EpochList:
 
     epochs: tuple[Any, ...]
 
+    def check_epochs(self, job_id: str) -> None:
+        """EscrowError unless there is at least one epoch, no two share an id and every one is
+        of the job ``job_id``."""
+        if not self.epochs:
+            raise EscrowError("an escrow holds at least one key epoch")
+        if len(set(self.escrow_ids)) != len(self.epochs):
+            raise EscrowError("two key epochs of the escrow have the same escrow_id")
+        if any(e.job_id != job_id for e in self.epochs):
+            raise EscrowError("every key epoch must belong to the job")
+
     @property
     def escrow_ids(self) -> tuple[str, ...]:
         """The epochs' ids, first epoch first."""
@@ -310,14 +320,9 @@ class Escrow(EpochList):
     epochs: tuple[Epoch, ...]
 
     def __post_init__(self) -> None:
-        if not self.epochs:
-            raise EscrowError("an escrow holds at least one key epoch")
-        ids = [e.escrow_id for e in self.epochs]
-        if len(set(ids)) != len(ids):
-            raise EscrowError("two key epochs of the escrow have the same escrow_id")
-        for epoch in self.epochs:
-            if epoch.job_id != self.job_id or epoch.policy != self.policy:
-                raise EscrowError("every key epoch must belong to the job and have its policy")
+        self.check_epochs(self.job_id)
+        if any(e.policy != self.policy for e in self.epochs):
+            raise EscrowError("every key epoch of an escrow must have its policy")
 
     @property
     def scheme(self) -> str:

@@ -225,16 +225,9 @@ class Escrow(EpochList):
     epochs: tuple[Epoch, ...]
 
     def __post_init__(self) -> None:
-        if not self.epochs:
-            raise EscrowError("an escrow holds at least one key epoch")
-        ids = [e.escrow_id for e in self.epochs]
-        if len(set(ids)) != len(ids):
-            raise EscrowError("two key epochs of the escrow have the same escrow_id")
-        for epoch in self.epochs:
-            if epoch.job_id != self.job_id:
-                raise EscrowError("a key epoch of the escrow belongs to another job")
-            if epoch.policy() != self.epochs[0].policy():
-                raise EscrowError("every key epoch of an escrow must have the same policy")
+        self.check_epochs(self.job_id)
+        if any(e.policy() != self.epochs[0].policy() for e in self.epochs):
+            raise EscrowError("every key epoch of an escrow must have the same policy")
 
     @property
     def scheme(self) -> str:

@@ -23,7 +23,6 @@ exactly what the request names (escrow format 3, :mod:`manifests.escrow`).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -105,6 +104,7 @@ class Approval(SignedApproval):
     """One custodian's signed approval of one request."""
 
     LABEL: ClassVar[bytes] = _APPROVAL_LABEL
+    FORMAT: ClassVar[str] = APPROVAL_FORMAT
 
     request_id: str
     request_sha256: str
@@ -140,16 +140,13 @@ class Approval(SignedApproval):
     @classmethod
     def loads(cls, data: bytes | str) -> Approval:
         """Parse an ``.approval`` file; RestoreError if malformed."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != APPROVAL_FORMAT:
-                raise ValueError("not a faceveil approval of format 4")
+
+        def fields(doc: dict) -> dict:
             doc["sealed_partials"] = b64d(doc["sealed_partials"], "sealed partials")
             doc["reshare"] = tuple(ReshareEpoch.from_json(r) for r in doc["reshare"])
-            doc["signature"] = b64d(doc["signature"], "signature", 64)
-            return cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RestoreError(f"invalid approval: {exc}") from None
+            return doc
+
+        return cls._from_file(data, fields)
 
 
 def check_statement(statement: dict, signature: bytes, ed25519_public: bytes) -> None:

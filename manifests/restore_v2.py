@@ -232,6 +232,7 @@ class Approval(SignedApproval):
     sealed_shares: Mapping[str, bytes] = field(repr=False)
     signature: bytes = field(repr=False)
     LABEL: ClassVar[bytes] = _APPROVAL_LABEL
+    FORMAT: ClassVar[str] = APPROVAL_FORMAT
 
     def signed_doc(self) -> dict:
         """Every field but the signature (the file's content, sealed shares included)."""
@@ -256,15 +257,11 @@ class Approval(SignedApproval):
     @classmethod
     def loads(cls, data: bytes | str) -> Approval:
         """Parse an ``.approval`` file; RestoreError if malformed."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != APPROVAL_FORMAT:
-                raise ValueError("not a faceveil approval")
-            doc["sealed_shares"] = _parse_sealed_shares(doc["sealed_shares"])
-            doc["signature"] = b64d(doc["signature"], "signature", 64)
-            return cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RestoreError(f"invalid approval: {exc}") from None
+
+        def fields(doc: dict) -> dict:
+            return doc | {"sealed_shares": _parse_sealed_shares(doc["sealed_shares"])}
+
+        return cls._from_file(data, fields)
 
 
 def _parse_sealed_shares(entries: list) -> dict[str, bytes]:

@@ -15,6 +15,7 @@ from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     CustodianPublic,
     ScryptParams,
+    b64d,
     b64e,
     passphrase_open,
     passphrase_seal,
@@ -28,6 +29,21 @@ class SignedApproval:
     ``LABEL``, the bytes the signed statement starts with."""
 
     LABEL: ClassVar[bytes]
+    FORMAT: ClassVar[str]
+
+    @classmethod
+    def _from_file(cls, data: bytes | str, fields: Callable[[dict], dict]) -> Any:
+        """Parse an ``.approval`` file of ``FORMAT`` (``fields`` decodes the format's own
+        fields of the document); RestoreError if malformed."""
+        try:
+            doc = json.loads(data)
+            if doc.pop("format") != cls.FORMAT:
+                raise ValueError(f"not a faceveil approval ({cls.FORMAT})")
+            doc = fields(doc)
+            doc["signature"] = b64d(doc["signature"], "signature", 64)
+            return cls(**doc)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RestoreError(f"invalid approval: {exc}") from None
 
     def signing_bytes(self) -> bytes:
         """The bytes the custodian's Ed25519 signature covers."""

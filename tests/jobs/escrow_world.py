@@ -160,7 +160,7 @@ def make_world(root: Path, count: int = 4, run_args: tuple = ()) -> World:
 
 
 def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
-    """sample key -> (image extension, public metadata) over every ``data/`` shard."""
+    """sample id -> (image extension, public metadata) over every ``data/`` shard."""
     found: dict[str, tuple[str, dict]] = {}
     for path in sorted((out / "data").glob("*.tar")):
         with tarfile.open(path) as tar:
@@ -169,7 +169,7 @@ def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
             key, _, ext = name.partition(".")
             if ext == "json":
                 image_ext = next(n.partition(".")[2] for n in members if n.startswith(key + "."))
-                found[key] = (image_ext, json.loads(data))
+                found[key] = (image_ext if image_ext != "json" else "", json.loads(data))
     return found
 
 
@@ -179,8 +179,9 @@ def pick(out: Path, ext: str) -> str:
     return next(k for k, (e, m) in sorted(meta.items()) if e == ext and m["faces"])
 
 
-def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None) -> None:
-    """Exactly ``keys`` restored: PNG inputs pixel-identical, every JPEG face box exact."""
+def check_restored(w, dest: Path, keys: set[str], out: Path | None = None) -> None:
+    """Exactly ``keys`` restored from ``w``'s photos (a world of either escrow test module):
+    PNG inputs pixel-identical, every JPEG face box exact, no staging folder left."""
     index = json.loads((dest / "restored.json").read_text())
     assert set(index) == keys
     files = sorted(p.name for p in dest.iterdir() if p.name != "restored.json")
@@ -188,6 +189,7 @@ def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None
     meta = public_metadata(out or w.out)
     for key, uri in index.items():
         name = Path(uri).name
+        assert Path(uri) == w.root / "photos" / name
         original = decode_image(w.photos[name]).rgb
         (restored_file,) = dest.glob(f"{key}.*")
         restored = decode_image(restored_file.read_bytes()).rgb
@@ -200,6 +202,7 @@ def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None
             x1, y1, x2, y2 = face["bbox"]
             box = (slice(floor(y1), ceil(y2)), slice(floor(x1), ceil(x2)))
             assert np.array_equal(restored[box], original[box]), (name, face["bbox"])
+    assert not list(dest.glob(".restore-*"))
 
 
 def actions(out: Path) -> list[str]:

@@ -11,22 +11,16 @@ the console over the whole workflow. Every command runs in-process through
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import logging
 import shutil
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from math import ceil, floor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import faceveil.jobs.cli
-from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.demo import NAMES, sample_images
 from faceveil.jobs.keyfile import new_key_file
 from faceveil.manifests.custodian import CustodianPrivate
@@ -38,6 +32,8 @@ from faceveil.manifests.keymanifest import (
     load_key_manifest,
 )
 from faceveil.manifests.request import RestoreRequest
+from tests.jobs.escrow_world import Result, actions, check_restored, public_metadata
+from tests.jobs.escrow_world import cli as run_cli
 
 CUSTODIANS = ("alice", "bob", "carol")
 PASSPHRASES = {
@@ -80,21 +76,6 @@ def _logged_by(line: str, marks: tuple[str, ...]) -> bool:
     return any(f"{mark}." in line or f"{mark}:" in line for mark in marks)
 
 
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    def one_error(self) -> str:
-        """The single ``error:`` line of a refused command (and no traceback)."""
-        assert self.rc != 0
-        errors = [line for line in self.err.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1, self.err
-        assert "Traceback" not in self.err
-        return errors[0]
-
-
 @pytest.fixture(scope="module")
 def journal() -> Iterator[Journal]:
     """Every ``faceveil`` call of this module logs at DEBUG into the journal too."""
@@ -116,19 +97,11 @@ def journal() -> Iterator[Journal]:
 
 
 def cli(journal: Journal, *argv: object, cwd: Path | None = None) -> Result:
-    """``faceveil ARGV...`` in-process (in ``cwd``), with its stdout and stderr captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.ExitStack() as stack:
-        if cwd is not None:
-            stack.enter_context(contextlib.chdir(cwd))
-        stack.enter_context(contextlib.redirect_stdout(out))
-        stack.enter_context(contextlib.redirect_stderr(err))
-        try:
-            rc = faceveil.jobs.cli.main([str(a) for a in argv])
-        finally:  # DEBUG for the command only, not for the test's own decoding
-            logging.getLogger().setLevel(logging.WARNING)
-    journal.console += [out.getvalue(), err.getvalue()]
-    return Result(rc, out.getvalue(), err.getvalue())
+    """``faceveil ARGV...`` in-process (in ``cwd``), its stdout and stderr captured and kept in
+    the journal."""
+    result = run_cli(*argv, cwd=cwd)
+    journal.console += [result.out, result.err]
+    return result
 
 
 # ---- the job -------------------------------------------------------------------------------------
@@ -220,53 +193,12 @@ def world(tmp_path_factory, ray_local, journal) -> World:
 # ---- what the output holds and what a restore must give back ------------------------------------
 
 
-def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
-    """sample key -> (image extension, public metadata) over every ``data/`` shard."""
-    found: dict[str, tuple[str, dict]] = {}
-    for path in sorted((out / "data").glob("*.tar")):
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
-        for name, data in members.items():
-            key, _, ext = name.partition(".")
-            if ext == "json":
-                image_ext = next(n.partition(".")[2] for n in members if n.startswith(key + "."))
-                found[key] = (image_ext if image_ext != "json" else "", json.loads(data))
-    return found
-
-
 def _pick(out: Path) -> tuple[str, str]:
     """A PNG sample and a JPEG sample, each with at least one face."""
     meta = public_metadata(out)
     png = next(k for k, (ext, m) in sorted(meta.items()) if ext == "png" and m["faces"])
     jpg = next(k for k, (ext, m) in sorted(meta.items()) if ext == "jpg" and m["faces"])
     return png, jpg
-
-
-def check_restored(w: World, dest: Path, keys: set[str]) -> None:
-    """PNG inputs come back pixel-identical; every face box of a JPEG input is exact."""
-    index = json.loads((dest / "restored.json").read_text())
-    assert set(index) == keys
-    meta = public_metadata(w.out)
-    for key, uri in index.items():
-        name = Path(uri).name
-        assert Path(uri) == w.root / "photos" / name
-        original = decode_image(w.photos[name]).rgb
-        (restored_file,) = dest.glob(f"{key}.*")
-        restored = decode_image(restored_file.read_bytes()).rgb
-        assert restored.shape == original.shape
-        if name.endswith(".png"):
-            assert np.array_equal(restored, original), name
-            continue
-        faces = meta[key][1]["faces"]
-        for face in faces:
-            x1, y1, x2, y2 = face["bbox"]
-            box = (slice(floor(y1), ceil(y2)), slice(floor(x1), ceil(x2)))
-            assert np.array_equal(restored[box], original[box]), (name, face["bbox"])
-    assert not list(dest.glob(".restore-*"))
-
-
-def audit_actions(out: Path) -> list[str]:
-    return [json.loads(line)["action"] for line in (out / "audit.jsonl").read_text().splitlines()]
 
 
 @dataclass
@@ -368,9 +300,9 @@ def test_resume_seals_under_a_second_epoch(world, resumed):
 def test_one_request_restores_both_epochs(world, resumed):
     check_restored(world, resumed.dest, set(public_metadata(world.out)))
     assert resumed.verify.rc == 0
-    actions = audit_actions(world.out)
-    assert actions.count("job.start") == 1 and actions.count("job.resume") == 1
-    assert actions[-4:] == [
+    logged = actions(world.out)
+    assert logged.count("job.start") == 1 and logged.count("job.resume") == 1
+    assert logged[-4:] == [
         "restore.request",
         "restore.approve",
         "restore.approve",
@@ -472,11 +404,11 @@ def test_refused_apply_writes_nothing(world, ready, case, message):
     }.get(case, [ready.alice, ready.bob])
     argv = ["restore", "apply", world.out, ready.request, *approvals, "--dest", dest]
     passfile = world.passfiles["requester" if case != "wrong passphrase" else "bob"]
-    before = audit_actions(world.out)
+    before = actions(world.out)
     result = cli(world.journal, *argv, "--passphrase-file", passfile, cwd=world.requester)
     assert message in result.one_error()
     assert not dest.exists()
-    assert audit_actions(world.out) == before
+    assert actions(world.out) == before
 
 
 def _flip_a_ciphertext_byte(manifest: Path) -> None:
@@ -500,7 +432,7 @@ def test_tampered_key_manifest_restores_nothing(world, ready):
     error = result.one_error()
     assert "keys/shard-000001.parquet differs from the row list the job signed" in error
     assert not dest.exists()
-    assert audit_actions(copy)[-1] == "restore.failed"
+    assert actions(copy)[-1] == "restore.failed"
 
 
 def test_edited_audit_line_is_named(world, first_restores):
