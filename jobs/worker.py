@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from faceveil.anon_core.imageio import crop_png
 from faceveil.anon_core.models import file_sha256
 from faceveil.anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
+from faceveil.anon_core.results import SampleStatus
 from faceveil.jobs.plan import is_plan_file, iter_planned
 from faceveil.jobs.shardio import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -219,7 +220,7 @@ class _ShardOutput:
         self._tar.add(f"{key}.{result.ext}", result.encoded)
         self._tar.add(f"{key}.json", canonical_json(result.metadata()))
         self.summary.faces += len(result.faces)
-        if result.status == "anonymized":
+        if result.status == SampleStatus.ANONYMIZED:
             self.summary.anonymized += 1
         else:
             self.summary.no_face += 1
