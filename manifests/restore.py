@@ -59,7 +59,7 @@ from faceveil.manifests.request import (
     check_request,
     iso_time,
 )
-from faceveil.manifests.signed import SignedApproval, verify_signed
+from faceveil.manifests.signed import ApprovedRequest, SignedApproval, verify_signed
 
 log = logging.getLogger(__name__)
 
@@ -295,18 +295,11 @@ def _open_partials(
         raise RestoreError(f"the approval by {ap.custodian!r} holds a malformed partial") from None
 
 
-@dataclass(frozen=True)
-class ApprovedRequest:
-    """What applying a request takes: the request, the requester's keys to it (from the
-    requester key file) and the custodians' approvals."""
-
-    request: RestoreRequest
-    keys: RequestKeys = field(repr=False)
-    approvals: Sequence[Approval]
-
-
 def recover_data_keys(
-    escrow: Escrow, approved: ApprovedRequest, purpose: str, now: datetime | None = None
+    escrow: Escrow,
+    approved: ApprovedRequest[RestoreRequest, RequestKeys],
+    purpose: str,
+    now: datetime | None = None,
 ) -> dict[tuple[str, str], bytes]:
     """``(shard, sample id) -> data key`` for exactly the request's samples.
 

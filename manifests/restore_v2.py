@@ -64,6 +64,7 @@ from faceveil.manifests.escrow_v2 import Escrow
 from faceveil.manifests.request import iso_time, parse_time
 from faceveil.manifests.shamir import Share
 from faceveil.manifests.signed import (
+    ApprovedRequest,
     SignedApproval,
     open_request_key_file,
     request_key_file,
@@ -373,21 +374,14 @@ def _check_coverage(i: int, name: str, ap: Approval, request: RestoreRequest) ->
         )
 
 
-@dataclass(frozen=True)
-class ApprovedRequest:
-    """What applying a request takes: the request, the requester's key to it (from the
-    requester key file) and the custodians' approvals."""
-
-    request: RestoreRequest
-    request_key: X25519PrivateKey = field(repr=False)
-    approvals: Sequence[Approval]
+Approved = ApprovedRequest[RestoreRequest, X25519PrivateKey]  # keys: the request's X25519 key
 
 
-def _open_share(approved: ApprovedRequest, i: int, ap: Approval, escrow_id: str, x: int) -> Share:
+def _open_share(approved: Approved, i: int, ap: Approval, escrow_id: str, x: int) -> Share:
     aad = _share_aad(approved.request, ap.fingerprint, escrow_id)
     sealed = ap.sealed_shares[escrow_id]
     try:
-        raw = open_sealed(approved.request_key, sealed, RESTORE_SHARE_CONTEXT, aad)
+        raw = open_sealed(approved.keys, sealed, RESTORE_SHARE_CONTEXT, aad)
     except DecryptionError:
         raise RestoreError(
             f"approval {i} (by {ap.custodian!r}): its share of key epoch {escrow_id} does not "
@@ -400,7 +394,7 @@ def _open_share(approved: ApprovedRequest, i: int, ap: Approval, escrow_id: str,
 
 
 def recover_masters(
-    escrow: Escrow, approved: ApprovedRequest, purpose: str, now: datetime | None = None
+    escrow: Escrow, approved: Approved, purpose: str, now: datetime | None = None
 ) -> dict[str, MasterKey]:
     """Verify the approvals of the request and rebuild every epoch's checked master key.
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -100,6 +101,20 @@ def verify_signed(
         raise RestoreError(
             f"{len(seen)} valid approval(s) from distinct custodians; this escrow needs {threshold}"
         )
+
+
+R = TypeVar("R")
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class ApprovedRequest(Generic[R, K]):
+    """What applying a request takes: the request, the requester's private keys to it (from
+    the requester key file) and the custodians' approvals."""
+
+    request: R
+    keys: K = field(repr=False)
+    approvals: Sequence[Any]
 
 
 class _Request(Protocol):

@@ -32,16 +32,16 @@ from faceveil.manifests.keymanifest import (
     load_key_manifest,
 )
 from faceveil.manifests.request import RestoreRequest
-from tests.jobs.escrow_world import Result, actions, check_restored, public_metadata
+from tests.jobs.escrow_world import (
+    CUSTODIANS,
+    PASSPHRASES,
+    Result,
+    actions,
+    check_restored,
+    public_metadata,
+)
 from tests.jobs.escrow_world import cli as run_cli
 
-CUSTODIANS = ("alice", "bob", "carol")
-PASSPHRASES = {
-    "alice": "alice-orchid-Lantern-4417",
-    "bob": "bob-granite-Harbour-9021",
-    "carol": "carol-meadow-Falcon-3356",
-    "requester": "dpo-copper-Willow-7788",
-}
 SHARD_SIZE = 4
 RESUMED_SHARD = "shard-000002"
 
