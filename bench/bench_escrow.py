@@ -100,7 +100,8 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
     from faceveil.jobs.restore import open_v2_row
     from faceveil.manifests.custodian import ScryptParams
     from faceveil.manifests.request import RequestSpec, create_request, load_request_key
-    from faceveil.manifests.restore import ApprovedRequest, approve, recover_data_keys
+    from faceveil.manifests.restore import approve, recover_data_keys
+    from faceveil.manifests.signed import ApprovedRequest
 
     wanted = refs[:count]
     secret = "bench passphrase"

@@ -31,7 +31,6 @@ from faceveil.manifests.escrow import make_kms_client
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.restore_v2 import (
     Approval,
-    ApprovedRequest,
     RequestSpec,
     RestoreRequest,
     approve,
@@ -40,6 +39,7 @@ from faceveil.manifests.restore_v2 import (
     load_request_key,
     recover_masters,
 )
+from faceveil.manifests.signed import ApprovedRequest
 
 
 def _warn() -> None:

@@ -88,11 +88,11 @@ from faceveil.manifests.request import (
 )
 from faceveil.manifests.restore import (
     Approval,
-    ApprovedRequest,
     approve,
     assemble_reshare,
     recover_data_keys,
 )
+from faceveil.manifests.signed import ApprovedRequest
 
 log = logging.getLogger(__name__)
 

@@ -44,11 +44,11 @@ from faceveil.manifests.escrow import Escrow, ShamirPolicy, new_epoch
 from faceveil.manifests.request import RestoreRequest
 from faceveil.manifests.restore import (
     Approval,
-    ApprovedRequest,
     _open_partials,
     recover_data_keys,
 )
 from faceveil.manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
+from faceveil.manifests.signed import ApprovedRequest
 from tests.jobs.escrow_world import (
     CUSTODIANS,
     PASSPHRASES,

@@ -33,8 +33,9 @@ from faceveil.manifests.escrow import (
     sample_label,
 )
 from faceveil.manifests.request import RequestSpec, SampleRef, create_request, load_request_key
-from faceveil.manifests.restore import ApprovedRequest, approve, assemble_reshare, recover_data_keys
+from faceveil.manifests.restore import approve, assemble_reshare, recover_data_keys
 from faceveil.manifests.sealing import EpochSealing
+from faceveil.manifests.signed import ApprovedRequest
 from tests.manifests.conftest import FAST_KDF as FAST
 
 PASSPHRASE = "requester passphrase 123"

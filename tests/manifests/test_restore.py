@@ -42,13 +42,13 @@ from faceveil.manifests.request import (
 )
 from faceveil.manifests.restore import (
     Approval,
-    ApprovedRequest,
     approve,
     assemble_reshare,
     check_statement,
     recover_data_keys,
 )
 from faceveil.manifests.sealing import RowName, open_row, row_aad
+from faceveil.manifests.signed import ApprovedRequest
 from tests.manifests.conftest import FAST_KDF
 
 PASSPHRASE = "requester passphrase 123"
