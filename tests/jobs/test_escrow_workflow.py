@@ -1,6 +1,6 @@
 """The escrow workflow of the README on real photos through the real ``faceveil run``.
 
-Custodian keygen, a 2-of-3 escrowed run on a local Ray, a restore request by sample key and one
+Custodian keygen, a 2-of-3 escrowed run on a local Ray, a restore request by sample id and one
 for every sample, approvals made offline (the output tree out of reach) and captured from
 stdout, apply, audit verify; then a resumed run (a second key epoch) that one request restores
 across both epochs; every refusal through the CLI; and nothing secret in the logs (DEBUG) or on
@@ -240,7 +240,7 @@ def test_run_escrows_the_job_to_three_custodians(world):
     assert not (world.out / "shards").exists()  # review row 4: loose inputs are read in place
 
 
-def test_restore_by_sample_key_is_exact(world, first_restores):
+def test_restore_by_sample_id_is_exact(world, first_restores):
     r = first_restores
     assert {s.sample_id for s in r.request_keys.samples} == set(r.by_key)
     assert r.request_keys.requester
