@@ -53,22 +53,31 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError("empty", "zero-byte file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's own warning limit is not ours: --max-pixels is checked below, on the header.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombWarning as exc:
-        raise ImageError("too_many_pixels", str(exc)) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError("too_many_pixels", str(exc)) from None
+    except Image.DecompressionBombError:
+        raise ImageError("too_many_pixels", _over_pil_limit(max_pixels)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("undecodable", f"not a readable image ({type(exc).__name__})") from None
     if img.format not in SUPPORTED_FORMATS:
         raise ImageError("unsupported_format", f"format {img.format} is not supported")
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageError("too_many_pixels", f"{w}x{h} exceeds the limit of {max_pixels} pixels")
+        raise ImageError(
+            "too_many_pixels", f"{w}x{h} = {w * h} pixels exceeds --max-pixels {max_pixels}"
+        )
     if min(w, h) < MIN_SIDE:
         raise ImageError("too_small", f"{w}x{h} is below {MIN_SIDE} pixels on a side")
     return img
+
+
+def _over_pil_limit(max_pixels: int) -> str:
+    """The reason for an image PIL refuses to open (over twice its MAX_IMAGE_PIXELS)."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if limit >= max_pixels:
+        return f"more than {limit} pixels exceeds --max-pixels {max_pixels}"
+    return f"more than {limit} pixels: PIL refuses to decode it, whatever --max-pixels {max_pixels}"
 
 
 def _to_rgb(img: Image.Image) -> tuple[np.ndarray, bool]:
@@ -112,8 +121,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         oriented = ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("truncated", f"pixel data could not be decoded ({exc})") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError("too_many_pixels", str(exc)) from None
+    except Image.DecompressionBombError:
+        raise ImageError("too_many_pixels", _over_pil_limit(max_pixels)) from None
     rotated = oriented is not img and oriented.size != img.size or _has_rotation(img)
     rgb, exact = _to_rgb(oriented)
     return DecodedImage(

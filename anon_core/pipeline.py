@@ -147,7 +147,8 @@ class FaceAnonymizer:
             return staged
         image, output = staged.image, staged.output
         try:
-            encoded = encode_image(output.image, image.output_ext)
+            encoded = self.stage.encode(output.image, image.output_ext)
+            encoded = encoded or encode_image(output.image, image.output_ext)
         except INFERENCE_ERRORS as exc:
             return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
         status = SampleStatus.ANONYMIZED if len(staged.faces) else SampleStatus.NO_FACE

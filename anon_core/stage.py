@@ -30,8 +30,10 @@ class Stage(Protocol):
     ``workers`` is the number of decode/encode threads the pipeline should overlap with the
     stage (0: everything in the caller's thread). ``groups`` splits the images (by shape) into
     the batches the stage wants; ``load`` puts one batch where the stage works and the result
-    is handed back to ``detect`` and ``anonymize``. ``where(step)`` names the device a step
-    ('detect' or 'anonymize') runs on for quarantine reasons ('' on the host).
+    is handed back to ``detect`` and ``anonymize``. ``decode`` and ``encode`` may do the codec
+    work on the stage's device (None: the pipeline's own CPU codec does it). ``where(step)``
+    names the device a step ('detect' or 'anonymize') runs on for quarantine reasons ('' on
+    the host).
     """
 
     detector: Detector
@@ -39,6 +41,7 @@ class Stage(Protocol):
     workers: int
 
     def decode(self, data: bytes, max_pixels: int) -> DecodedImage | None: ...
+    def encode(self, rgb: np.ndarray, ext: str) -> bytes | None: ...
     def groups(self, shapes: Sequence[tuple[int, ...]]) -> list[list[int]]: ...
     def load(self, images: Sequence[np.ndarray]) -> Any: ...
     def detect(self, batch: Any, images: Sequence[np.ndarray]) -> list[Faces]: ...
@@ -72,6 +75,9 @@ class CpuStage:
         self.method = method or config_method(config)
 
     def decode(self, data: bytes, max_pixels: int) -> DecodedImage | None:
+        return None
+
+    def encode(self, rgb: np.ndarray, ext: str) -> bytes | None:
         return None
 
     def groups(self, shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:

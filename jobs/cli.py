@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from faceveil.anon_core import methods
 from faceveil.cluster.local import add_cluster_command
 from faceveil.jobs.evaluate.cli import add_eval_command
+from faceveil.jobs.exitcodes import ExitCode, FaceveilParser, refused
 from faceveil.jobs.keyfile import KeyFileError
 from faceveil.jobs.keys_cli import add_key_commands
 from faceveil.jobs.lookup_cli import add_lookup_command
@@ -27,8 +28,8 @@ def _add_shard(sub) -> None:
     p.add_argument("output", help="where shard-NNNNNN.tar and shards.json go")
     p.add_argument("--shard-size", type=int, default=1000)
     add_max_file_bytes_arg(p)
-    p.add_argument("--secret-file", help="32-byte key file for sample keys "
-                   "(default ~/.faceveil/secret.key, created if missing)")  # fmt: skip
+    p.add_argument("--secret-file", help="32-byte key file for sample keys (default "
+                   "~/.faceveil/secret.key; either is created on first use)")  # fmt: skip
     p.set_defaults(handler=_shard)
 
 
@@ -41,7 +42,7 @@ def _shard(args: argparse.Namespace) -> int:
     entries = write_shards(args.input, args.output, secret, args.shard_size, reading)
     total = sum(e.samples for e in entries)
     print(f"wrote {len(entries)} shards ({total} samples) and shards.json to {args.output}")
-    return 0
+    return ExitCode.OK
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -49,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     for line in run_demo(args):
         print(line)
-    return 0
+    return ExitCode.OK
 
 
 def _add_demo(sub) -> None:
@@ -63,9 +64,10 @@ def _add_demo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceveil", description=__doc__)
+    parser = FaceveilParser(prog="faceveil", description=__doc__)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and Ray's "
+                        "own console lines (off by default)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_shard, add_run_command, _add_demo, add_eval_command,
                 add_cluster_command, add_lookup_command):  # fmt: skip
@@ -78,13 +80,13 @@ EXPECTED_ERRORS = (OSError, ValueError, RuntimeError, KeyFileError, KeyLibraryEr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``faceveil`` command; returns its ExitCode (argparse exits 2 on a usage error)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.handler(args)
     except EXPECTED_ERRORS as exc:
-        log.error("%s", exc)
-        return 2
+        return refused(exc)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 confirmations, where documents go, and the request and approval files a recovering command reads.
 
 Every handler wrapped by :func:`refusals` prints one ``error: ...`` line on stderr and returns 1
-for a refused operation; argparse returns 2 for a usage error. Passphrases come from
-``--passphrase-file`` or the terminal, never from stdin or the command line; confirmations are
-asked on ``/dev/tty``; messages go to stderr wherever stdout carries a document.
+for a refused operation; argparse returns 2 for a usage error (:mod:`jobs.exitcodes`).
+Passphrases come from ``--passphrase-file`` or the terminal, never from stdin or the command
+line; confirmations are asked on ``/dev/tty``; messages go to stderr wherever stdout carries a
+document.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from faceveil.jobs.exitcodes import ExitCode, refused
 from faceveil.manifests.custodian import read_passphrase
 from faceveil.manifests.errors import KeyLibraryError
 
 
 def refusals(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the library's errors into one ``error:`` line on stderr and exit code 1."""
+    """Turn the library's errors into one ``error:`` line on stderr and ExitCode.REFUSED."""
 
     @functools.wraps(func)
-    def run(args: argparse.Namespace) -> int:
+    def run(args: argparse.Namespace) -> int | ExitCode:
         try:
             return func(args)
         except (KeyLibraryError, OSError, ValueError, KeyError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return refused(exc)
 
     return run
 

@@ -66,16 +66,16 @@ def load_key_file(path: str | Path) -> bytes:
 DEFAULT_SECRET = "~/.faceveil/secret.key"
 
 
-def load_secret(path: str | None) -> bytes:
-    """The 32-byte secret in ``path`` (default ~/.faceveil/secret.key, made if missing).
+def load_secret(path: str | None, create: bool = True) -> bytes:
+    """The 32-byte secret in ``path`` (default ~/.faceveil/secret.key); either is made, mode
+    0600 in a folder made 0700, on first use (unless not ``create``: a command that reads an
+    existing job's keys must not make up a new secret).
 
     Sample keys are HMACs of source URIs under this secret: keep the file to rerun a job with
     the same keys, and keep it private, since it turns guessed file names into sample keys.
     """
     target = Path(os.path.expanduser(path or os.environ.get("FACEVEIL_SECRET", DEFAULT_SECRET)))
-    if not target.exists():
-        if path is not None:
-            raise FileNotFoundError(f"secret file {target} does not exist")
+    if not target.exists() and create:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         new_key_file(target)
         log.info("created a new job secret at %s; keep it to rerun with the same keys", target)

@@ -15,8 +15,10 @@ import sys
 from faceveil.jobs.auditlog import append as append_audit
 from faceveil.jobs.auditlog import verify_tree
 from faceveil.jobs.cli_io import kdf_arg, passphrase, passphrase_arg, refusals
+from faceveil.jobs.exitcodes import ExitCode, FaceveilParser
 from faceveil.jobs.keyfile import KEY_BYTES, new_key_file
 from faceveil.jobs.restore_cli import add_restore_commands
+from faceveil.jobs.storage import Location
 from faceveil.manifests.audit import AuditTail
 from faceveil.manifests.custodian import CustodianPublic, ScryptParams, keygen
 
@@ -34,7 +36,7 @@ def cmd_custodian_keygen(args: argparse.Namespace) -> int:
         f"public key:  {pub}\nprivate key: {key} (mode 0600)\n"
         f"fingerprint: {CustodianPublic.load(pub).fingerprint}"
     )
-    return 0
+    return ExitCode.OK
 
 
 def _entry_line(entry: dict) -> str:
@@ -49,18 +51,36 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     anchor (see :mod:`jobs.auditlog`); lists the entries. Exit 0 also for an unanchored log,
     whose possible truncation the output states."""
     expected = AuditTail.parse(args.expect_tail) if args.expect_tail else None
+    _refuse_missing_log(Location(args.out_tree))
     result = verify_tree(args.out_tree, args.job_key, args.anchor, expected)
     print("\n".join(result.summary()))
     if not args.quiet:
         print("\n".join(_entry_line(e) for e in result.report.entries))
-    return 0
+    return ExitCode.OK
+
+
+def _refuse_missing_log(out: Location) -> None:
+    """A ValueError saying why OUT has no audit.jsonl (a --no-escrow job writes none)."""
+    if out.exists("audit.jsonl"):
+        return
+    if not out.exists():
+        raise ValueError(f"{out.uri} does not exist")
+    if not out.exists("job.json"):
+        raise ValueError(f"{out.uri} is not a faceveil output: it has no job.json")
+    if out.read_json("job.json").get("escrow_mode") == "none":
+        raise ValueError(
+            f"{out.uri} has no audit log because its job ran with --no-escrow: nothing was "
+            "sealed, so there are no key operations to log"
+        )
+    raise ValueError(f"{out.uri} has no audit log (audit.jsonl): it was removed, or the job "
+                     "stopped before its first entry")  # fmt: skip
 
 
 def cmd_key_new(args: argparse.Namespace) -> int:
     """``faceveil key new PATH``: a new random key file (a pseudonym key or a job secret)."""
     path = new_key_file(args.path)
     print(f"wrote a new {KEY_BYTES * 8}-bit key to {path} (mode 0600); back it up safely")
-    return 0
+    return ExitCode.OK
 
 
 def _add_key(sub: argparse._SubParsersAction) -> None:
@@ -118,7 +138,7 @@ def add_key_commands(subparsers: argparse._SubParsersAction) -> argparse._SubPar
 
 def main(argv: list[str] | None = None) -> int:
     """Run the key subcommands alone (``python -m jobs.keys_cli``)."""
-    parser = argparse.ArgumentParser(prog="faceveil")
+    parser = FaceveilParser(prog="faceveil")
     add_key_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

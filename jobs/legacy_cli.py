@@ -21,6 +21,7 @@ from faceveil.jobs.cli_io import (
     requester_name,
     say,
 )
+from faceveil.jobs.exitcodes import ExitCode
 from faceveil.jobs.restore import restore_into
 from faceveil.jobs.restore_legacy import WARNING, read_escrow, restore_to
 from faceveil.jobs.storage import Location
@@ -67,7 +68,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     write_private_file(key_out, key_file)
     where = emit(request.dumps(), args.out)
     say(f"request {request.request_id} written to {where}\nrequest key: {key_out} (mode 0600)")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_approve(
@@ -87,12 +88,12 @@ def cmd_approve(
     )
     if not args.yes and ask_tty(text).strip().lower() not in ("y", "yes"):
         say("not approved")
-        return 1
+        return ExitCode.REFUSED
     custodian = CustodianPrivate.load(identity, passphrase(args.passphrase_file, "Passphrase: "))
     approval = approve(request.escrow, request, custodian)
     where = emit(approval.dumps(), args.out)
     say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -132,4 +133,4 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     count, tail = restore_into(Path(args.dest), request.request_id, stage, record)
     print(f"restored {count} sample(s) into {args.dest} (index: restored.json)\naudit tail: {tail}")
-    return 0
+    return ExitCode.OK

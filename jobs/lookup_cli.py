@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from faceveil.jobs.exitcodes import ExitCode
 from faceveil.jobs.lookup import LookupStatus, lookup
 
 
@@ -11,13 +12,14 @@ def _lookup(args: argparse.Namespace) -> int:
     from faceveil.jobs.keyfile import load_secret
     from faceveil.jobs.storage import Location
 
-    results = lookup(Location(args.out), load_secret(args.secret_file), args.sources)
+    results = lookup(Location(args.out), load_secret(args.secret_file, create=False), args.sources)
     for r in results:
         where = f"{r.status} ({r.shard})" if r.shard else r.status
         if r.status == LookupStatus.QUARANTINED:
             where += f": {r.stage}: {r.reason}"
         print(f"{r.given}\t{r.sample_id}\t{where}")
-    return 1 if any(r.status == LookupStatus.ABSENT for r in results) else 0
+    absent = any(r.status == LookupStatus.ABSENT for r in results)
+    return ExitCode.REFUSED if absent else ExitCode.OK
 
 
 def add_lookup_command(sub) -> None:
@@ -27,7 +29,7 @@ def add_lookup_command(sub) -> None:
         help="subject access: the sample key of each file or URI and where it is in OUT",
         description="Prints, per FILE_OR_URI, its pseudonymous sample key and whether that "
         "sample is in data/ (anonymized), in quarantine/ (with its reason) or not in this job. "
-        "Exit status: 0 all found, 1 some not in this job, 2 usage error.",
+        "Exit status: 0 all found, 1 some not in this job (or OUT cannot be read), 2 usage error.",
     )
     p.add_argument("out", metavar="OUT", help="the job's output tree (path or s3:// URL)")
     p.add_argument(

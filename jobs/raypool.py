@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+import re
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
@@ -29,18 +35,68 @@ def connect(address: str | None) -> bool:
     """Join ``address`` (or RAY_ADDRESS) or start a local Ray; True when we started it.
 
     A local Ray keeps its temp files and logs under FACEVEIL_RAY_TMPDIR (default
-    /tmp/faceveil-ray), never in the working directory.
+    /tmp/faceveil-ray), never in the working directory. Ray's own console lines are off unless
+    faceveil logs at DEBUG (``--verbose``): see :func:`quiet_ray`.
     """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
-    options = {"include_dashboard": False, "logging_level": logging.WARNING}
+    verbose = log.isEnabledFor(logging.DEBUG)
+    options = {"include_dashboard": False, **quiet_ray(verbose)}
     if address:
-        ray.init(address=address, **options)
-        return False
-    tmp = os.environ.get("FACEVEIL_RAY_TMPDIR", DEFAULT_TMP)
-    ray.init(_temp_dir=tmp, **options)
-    return True
+        options["address"] = address
+    else:
+        options["_temp_dir"] = os.environ.get("FACEVEIL_RAY_TMPDIR", DEFAULT_TMP)
+    if verbose:
+        ray.init(**options)
+        return address is None
+    with _without_stderr_lines(RAY_LEVEL_NOTICE):
+        ray.init(**options)
+    importlib.import_module("ray.data")  # importing it configures its logger: quiet it after
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return address is None
+
+
+# What Ray's C++ core prints once, whatever the level, when RAY_BACKEND_LOG_LEVEL is set.
+RAY_LEVEL_NOTICE = re.compile(rb"\] logging\.cc:\d+: Set ray log level from environment variable")
+
+
+def quiet_ray(verbose: bool) -> dict:
+    """``ray.init`` options that keep Ray's own lines off the console unless ``verbose``.
+
+    Quiet: the driver's ``ray`` loggers show errors only (the auth-token notice is a warning),
+    Ray's C++ core logs fatal errors only (each Ray Data actor pool otherwise prints an E-level
+    line about constructor arguments in the object store, which is how Ray Data always builds
+    its actors), and workers' output is not copied to the driver's console (their logs stay in
+    the session folder). ``ray.data``'s notices ("progress bars disabled", "execution
+    finished") are set to errors once Ray Data is imported. A RAY_BACKEND_LOG_LEVEL the user
+    set is kept.
+    """
+    if verbose:
+        return {"logging_level": logging.INFO}
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    return {"logging_level": logging.ERROR, "log_to_driver": False}
+
+
+@contextmanager
+def _without_stderr_lines(pattern: re.Pattern) -> Iterator[None]:
+    """Holds what this process writes to file descriptor 2 inside the block (Ray's C++ core
+    writes there directly) and passes it on afterwards, less the lines that match
+    ``pattern``; on an error too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(True) if not pattern.search(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def wait_for_resources(pool: PoolConfig, joined: bool) -> dict[str, float]:

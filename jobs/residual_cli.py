@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from faceveil.jobs.exitcodes import ExitCode, refused
 
 
 def add_audit_faces_command(
@@ -15,7 +16,8 @@ def add_audit_faces_command(
         help="look for faces the job left un-anonymized, with a different detector",
         description="Run a second detector over OUT/data/shard-*.tar and list every face it finds "
         "outside the face regions the job recorded. Exit 0 if none, 1 if any (or if a sample "
-        "could not be checked), 2 on bad input. Writes OUT/report/residual_faces.json.",
+        "could not be checked, or OUT cannot be read), 2 on a usage error. Writes "
+        "OUT/report/residual_faces.json.",
     )
     p.add_argument("out", help="job output (local path or fsspec URL such as s3://bucket/out)")
     p.add_argument("--detector", default="scrfd", choices=["centerface", "scrfd"])
@@ -53,8 +55,7 @@ def audit_faces_command(args: argparse.Namespace) -> int:
     try:
         report = find_residual_faces(config)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"faceveil audit faces: {exc}", file=sys.stderr)
-        return 2
+        return refused(f"audit faces: {exc}")
     where = write_residual_report(config, report)
     print(f"{report.samples} samples in {report.shards} shards checked with {config.detector}")
     if report.leaks:
@@ -65,4 +66,4 @@ def audit_faces_command(args: argparse.Namespace) -> int:
         print(f"unchecked: {u['shard']} {u['key']}: {u['reason']}")
     keys = {(r.shard, r.key) for r in report.leaks}
     print(f"{len(report.leaks)} residual faces in {len(keys)} samples; report: {where}")
-    return 0 if report.clean else 1
+    return ExitCode.OK if report.clean else ExitCode.REFUSED

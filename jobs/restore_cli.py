@@ -38,6 +38,7 @@ from faceveil.jobs.cli_io import (
     requester_name,
     say,
 )
+from faceveil.jobs.exitcodes import ExitCode
 from faceveil.jobs.rekey import mark_complete, publish_rekey, stage_rekey
 from faceveil.jobs.restore import (
     REKEY_DIR,
@@ -160,7 +161,7 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
         f"{where}\nrequest sha256: {request.sha256()}\n"
         f"request key: {key_out} (mode 0600; keep it: 'restore apply' needs it)\naudit tail: {tail}"
     )
-    return 0
+    return ExitCode.OK
 
 
 # ---- approve -----------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def cmd_restore_approve(args: argparse.Namespace) -> int:
         describe_request(request) + "Approve this request? [y/N] "
     ).strip().lower() not in ("y", "yes"):
         say("not approved")
-        return 1
+        return ExitCode.REFUSED
     secret = passphrase(args.passphrase_file, f"Passphrase for {Path(identity).stem}'s key: ")
     custodian = CustodianPrivate.load(identity, secret)
     approval = approve(request, custodian, log_tail=tail)
@@ -223,7 +224,7 @@ def cmd_restore_approve(args: argparse.Namespace) -> int:
         say(f"audit tail: {append_audit(out, writer, 'restore.approve', details)}")
     where = emit(approval.dumps(), args.out)
     say(f"approval of request {request.request_id} by {custodian.name} written to {where}")
-    return 0
+    return ExitCode.OK
 
 
 # ---- apply, reshare, rekey ---------------------------------------------------------------------
@@ -284,7 +285,7 @@ def cmd_restore_apply(args: argparse.Namespace) -> int:
         append_audit(out, writer, "restore.failed", details | {"error": str(exc)})
         raise
     print(f"restored {count} sample(s) into {args.dest} (index: restored.json)\naudit tail: {tail}")
-    return 0
+    return ExitCode.OK
 
 
 def _check_named_policy(args: argparse.Namespace, request: RestoreRequest) -> None:
@@ -323,7 +324,7 @@ def cmd_escrow_reshare(args: argparse.Namespace) -> int:
         f"escrow reshared to {new.policy.describe()} ({len(new.epochs)} key epoch(s), "
         f"revision {new.revision})\naudit tail: {tail}"
     )
-    return 0
+    return ExitCode.OK
 
 
 @refusals
@@ -339,7 +340,7 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
                 else "--finish: no staged rekey to publish"
             )  # fmt: skip
         print(f"published the staged rekey ({publish_rekey(out)} manifests)")
-        return 0
+        return ExitCode.OK
     if is_legacy(out):
         raise EscrowError("this output has the earlier master-key escrow: rekey is not supported")
     commitments = signed_commitments(verified_entries(out))
@@ -367,7 +368,7 @@ def cmd_escrow_rekey(args: argparse.Namespace) -> int:
         f"rekeyed: {count} manifests re-sealed under key epoch {new_escrow.escrow_ids[0]} "
         f"({new_escrow.policy.describe()})\naudit tail: {tail}"
     )
-    return 0
+    return ExitCode.OK
 
 
 # ---- parsers -----------------------------------------------------------------------------------

@@ -192,10 +192,28 @@ def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
             raise JobError(f"{out.uri}/{JOB_FILE} cannot be resumed: {exc}") from None
     if out.listdir("_done"):
         raise JobError(f"{out.uri} has shard markers but no job.json; choose an empty output")
+    foreign = sum(not _is_job_name(name) for name in out.listdir())
+    if foreign:  # not named: the folder may be the input, whose file names are people's names
+        raise JobError(
+            f"{out.uri} is not empty and holds no faceveil job ({foreign} entries that a job "
+            "does not write); choose an empty or new output folder"
+        )
     manifest = JobManifest.new(
         config.output_config(), config.output_config_sha256(), versions=_versions()
     )
     return manifest, False
+
+
+# What a run writes into OUT (an earlier attempt may have stopped before job.json: after its
+# plan, or after escrow.json), and the temporary names it publishes through.
+JOB_NAMES = frozenset(
+    {"plan", "escrow.json", JOB_FILE, "data", "keys", "quarantine", "_done", "audit.jsonl",
+     "report", "_rekey"}
+)  # fmt: skip
+
+
+def _is_job_name(name: str) -> bool:
+    return name in JOB_NAMES or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _versions() -> dict:

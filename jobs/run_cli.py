@@ -11,6 +11,7 @@ from faceveil.anon_core.detectors import NAMES as DETECTORS
 from faceveil.anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.jobs.config import AuditConfig, EscrowConfig, JobConfig, PoolConfig, SurrogateConfig
+from faceveil.jobs.exitcodes import ExitCode
 
 
 def add_max_file_bytes_arg(p) -> None:
@@ -28,14 +29,16 @@ def _add_run_options(p) -> None:
                    "low, favouring recall)")  # fmt: skip
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     add_max_file_bytes_arg(p)
-    p.add_argument("--num-actors", type=int)
+    p.add_argument("--num-actors", type=int, help="(default: as many as the cluster's resources "
+                   "allow, one CPU left free)")  # fmt: skip
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--resume", action="store_true", help="skip shards already done")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--secret-file")
+    p.add_argument("--secret-file", help="32-byte key file for sample keys (default "
+                   "~/.faceveil/secret.key; either is created on first use)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     sur = p.add_argument_group("surrogate (--method surrogate)")
     sur.add_argument("--key-file", help="the team's pseudonym key (faceveil key new)")
@@ -165,4 +168,4 @@ def _run(args: argparse.Namespace) -> int:
     if summary.audit_key_id:
         print(f"audit: job signing key {summary.audit_key_id}, tail {summary.audit_tail} "
               "(record both outside OUT: faceveil audit verify OUT --job-key ID)")  # fmt: skip
-    return 0
+    return ExitCode.OK

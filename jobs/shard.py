@@ -117,6 +117,8 @@ def list_sources(input_uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTE
     An image file or tar member over ``max_member_bytes`` is listed with its refusal (never read).
     """
     loc = Location(input_uri if not _is_glob(input_uri) else input_uri.split("*", 1)[0])
+    if not _is_glob(input_uri) and not loc.fs.exists(loc.root):
+        raise FileNotFoundError(f"input {input_uri} does not exist")
     protocol = input_uri.split("://", 1)[0] + "://" if "://" in input_uri else ""
     if _is_glob(input_uri):
         found = loc.fs.glob(loc.fs._strip_protocol(input_uri), detail=True)

@@ -14,8 +14,10 @@ from faceveil.anon_core.accel.device import (
     tensorrt_available,
     torch_device,
 )
+from faceveil.anon_core.accel.jpeg import DeviceJpeg
 from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
 from faceveil.anon_core.accel.stage import AcceleratedStage, AccelOptions, accelerated_anonymizer
+from faceveil.anon_core.accel.torchnet import CenterFaceNet, TorchCenterFace
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.prefetch import Prefetcher
 
@@ -42,7 +44,10 @@ __all__ = [
     "SUPPORTED",
     "AccelOptions",
     "AcceleratedStage",
+    "CenterFaceNet",
+    "DeviceJpeg",
     "Prefetcher",
+    "TorchCenterFace",
     "TorchRegionMethods",
     "accelerated_anonymizer",
     "describe",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import onnxruntime as ort
 import torch
 
-from faceveil.anon_core.runtime import providers_for
+from faceveil.anon_core.accel.jpeg import torchvision_io
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +17,9 @@ DEVICES = ("cpu", "cuda")
 def torch_device(device: str) -> torch.device:
     """The torch device for ``device`` ('cpu' or 'cuda'); 'cuda' must really be usable.
 
-    Raises RuntimeError naming what is missing (a CPU-only torch build, no visible GPU, or an
-    onnxruntime without its CUDA provider) instead of falling back to the CPU.
+    Raises RuntimeError naming what is missing (a CPU-only torch build, no visible GPU) instead
+    of falling back to the CPU. onnxruntime's CUDA provider is needed only by the 'onnxruntime'
+    backend, which checks for it itself.
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; use one of {list(DEVICES)}")
@@ -31,8 +31,17 @@ def torch_device(device: str) -> torch.device:
             f"device 'cuda' requested but torch sees no CUDA device ({build}); install a CUDA "
             "build of torch on a GPU node, or run with device 'cpu'"
         )
-    providers_for("cuda")  # raises when onnxruntime has no CUDAExecutionProvider
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def onnxruntime_device(device: str) -> str:
+    """Where the host-side detector's onnxruntime session runs for ``device``: 'cuda' only when
+    onnxruntime has its CUDA provider (onnxruntime-gpu), else 'cpu'. CenterFace itself runs on
+    the device through torch either way; the session serves detectors without a device path
+    (``scrfd``) and backend 'onnxruntime', which checks for the provider itself."""
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return "cuda"
+    return "cpu"
 
 
 def tensorrt_available() -> bool:
@@ -42,11 +51,7 @@ def tensorrt_available() -> bool:
 
 def nvjpeg_available() -> bool:
     """Whether torchvision with GPU JPEG decoding (nvJPEG) can be used in this process."""
-    if not torch.cuda.is_available() or importlib.util.find_spec("torchvision") is None:
-        return False
-    import torchvision.io
-
-    return hasattr(torchvision.io, "decode_jpeg")
+    return torch.cuda.is_available() and torchvision_io() is not None
 
 
 def describe() -> dict:

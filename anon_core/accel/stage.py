@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from faceveil.anon_core.accel.detect import DeviceDetector, use_tensorrt
-from faceveil.anon_core.accel.device import nvjpeg_available, torch_device
+from faceveil.anon_core.accel.detect import DeviceDetector, padded, use_tensorrt
+from faceveil.anon_core.accel.device import nvjpeg_available, onnxruntime_device, torch_device
+from faceveil.anon_core.accel.jpeg import DeviceJpeg
+from faceveil.anon_core.accel.options import AccelOptions
 from faceveil.anon_core.accel.regions import SUPPORTED, TorchRegionMethods
 from faceveil.anon_core.detectors import Detector
 from faceveil.anon_core.faces import Faces
@@ -23,30 +25,9 @@ from faceveil.anon_core.stage import config_detector, config_method
 
 log = logging.getLogger(__name__)
 
-_PAD = 32  # the detector's own padding; images of one padded size share a device batch
-
-
-@dataclass(frozen=True)
-class AccelOptions:
-    """How the accelerated path runs; the device itself is ``AnonConfig.device``.
-
-    ``half``: float16 products in the region methods and TensorRT fp16 (CUDA only).
-    ``tensorrt``: detector on onnxruntime's TensorRT provider, engines cached in ``trt_cache``.
-    ``nvjpeg``: decode plain RGB JPEGs on the GPU (needs torchvision with CUDA).
-    ``workers``: decode/encode threads (0: ``AnonConfig.threads``, or 4 when that is 0).
-    ``batch_pixels``: padded pixels per device batch (2**24 is 64 images of 512 x 512).
-    """
-
-    half: bool = False
-    tensorrt: bool = False
-    trt_cache: str = "~/.cache/faceveil/tensorrt"
-    nvjpeg: bool = False
-    workers: int = 0
-    batch_pixels: int = 1 << 24
-
 
 def _padded(shape: tuple[int, ...]) -> tuple[int, int]:
-    return -(-shape[0] // _PAD) * _PAD, -(-shape[1] // _PAD) * _PAD
+    return padded(shape[0], shape[1])
 
 
 class AcceleratedStage:
@@ -71,8 +52,10 @@ class AcceleratedStage:
             raise ValueError("tensorrt and nvjpeg need device 'cuda'")
         if self.options.nvjpeg and not nvjpeg_available():
             raise RuntimeError("nvjpeg requested but torchvision with CUDA is not importable")
-        self.detector = detector or config_detector(config)
-        self.device_detector = DeviceDetector(self.detector, self.device)
+        if detector is None:  # onnxruntime on the GPU only where its CUDA provider exists
+            detector = config_detector(replace(config, device=onnxruntime_device(config.device)))
+        self.detector = detector
+        self.device_detector = DeviceDetector(self.detector, self.device, self.options)
         if self.options.tensorrt:
             use_tensorrt(
                 self.device_detector, self.options.half, Path(self.options.trt_cache).expanduser()
@@ -83,16 +66,19 @@ class AcceleratedStage:
                 config.method, config.method_options, self.device, self.options.half
             )
         self.method: Anonymizer = self.regions_method or method or config_method(config)
+        self.codec = DeviceJpeg(self.device) if self.options.nvjpeg else None
         self.workers = self.options.workers or (config.threads if config.threads > 0 else 4)
         log.info("accelerated stage on %s (method %s)", self.device, config.method)
 
     def decode(self, data: bytes, max_pixels: int) -> DecodedImage | None:
-        """A plain JPEG decoded on the GPU when ``nvjpeg`` is on; None: decode on the CPU."""
-        if not self.options.nvjpeg:
-            return None
-        from faceveil.anon_core.accel.jpeg import gpu_decode
+        """A plain JPEG decoded on the device when ``nvjpeg`` is on; None: decode on the CPU."""
+        return self.codec.decode_image(data, max_pixels) if self.codec else None
 
-        return gpu_decode(data, max_pixels, self.device)
+    def encode(self, rgb: np.ndarray, ext: str) -> bytes | None:
+        """JPEG output encoded on the device when ``nvjpeg`` is on; None: encode on the CPU."""
+        if self.codec is None or ext != "jpg":
+            return None
+        return self.codec.encode([torch.from_numpy(rgb).to(self.device)])[0]
 
     def groups(self, shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:
         """Indices grouped by padded size, each group within the pixel budget."""
@@ -105,10 +91,16 @@ class AcceleratedStage:
             groups.extend(members[i : i + step] for i in range(0, len(members), step))
         return groups
 
-    def load(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """The images as one zero-padded n x H x W x 3 uint8 tensor on the device."""
+    def load(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """The images (host arrays, or H x W x 3 uint8 tensors already on the device) as one
+        zero-padded n x H x W x 3 uint8 tensor on the device."""
         ph = max(_padded(image.shape)[0] for image in images)
         pw = max(_padded(image.shape)[1] for image in images)
+        if all(isinstance(image, torch.Tensor) for image in images):
+            batch = torch.zeros((len(images), ph, pw, 3), dtype=torch.uint8, device=self.device)
+            for k, image in enumerate(images):
+                batch[k, : image.shape[0], : image.shape[1]] = image
+            return batch
         cuda = self.device.type == "cuda"
         host = torch.empty((len(images), ph, pw, 3), dtype=torch.uint8, pin_memory=cuda)
         view = host.numpy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import cv2
@@ -20,12 +21,31 @@ class Detector(Protocol):
     def __call__(self, images: Sequence[np.ndarray]) -> list[Faces]: ...
 
 
+def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    """(height, width) of an h x w image resized by ``scale``, as ``cv2.resize`` is asked for."""
+    if scale == 1.0:
+        return h, w
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
         return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    sh, sw = scaled_size(*image.shape[:2], scale)
+    return cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class View:
+    """One pass of the multi-scale detector: the image resized by ``scale`` (INTER_AREA), cut to
+    ``box`` (x1, y1, x2, y2 in the resized image)."""
+
+    scale: float
+    box: tuple[int, int, int, int]
+
+    def place(self, faces: Faces) -> Faces:
+        """Faces found in the view, in the original image's coordinates."""
+        return _rescale(faces, 1 / self.scale, self.box[0] / self.scale, self.box[1] / self.scale)
 
 
 def _tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -68,23 +88,34 @@ class MultiScaleDetector:
                 results[i] = self._large(image)
         return results  # type: ignore[return-value]
 
-    def _large(self, image: np.ndarray) -> Faces:
-        h, w = image.shape[:2]
+    def views(self, h: int, w: int) -> list[View]:
+        """The passes for an image larger than ``max_side``: the whole image at ``max_side``,
+        then overlapping tiles at ``tile_scale`` (the device path follows the same list)."""
         scale = self.max_side / max(h, w)
-        found = [_rescale(self.base([_resize(image, scale)])[0], 1 / scale, 0, 0)]
         ts = max(self.tile_scale, scale)
-        scaled = _resize(image, ts)
-        sh, sw = scaled.shape[:2]
-        overlap = self.tile // 4
-        for x1, y1, x2, y2 in _tiles(sh, sw, self.tile, overlap):
-            crop = np.ascontiguousarray(scaled[y1:y2, x1:x2])
-            found.append(_rescale(self.base([crop])[0], 1 / ts, x1 / ts, y1 / ts))
+        sh, sw = scaled_size(h, w, ts)
+        whole = View(scale, (0, 0, *scaled_size(h, w, scale)[::-1]))
+        return [whole] + [View(ts, box) for box in _tiles(sh, sw, self.tile, self.tile // 4)]
+
+    def merge(self, found: Sequence[Faces]) -> Faces:
+        """One image's faces from all its views (already placed), after NMS."""
         boxes = np.concatenate([f.boxes for f in found])
         marks = np.concatenate([f.landmarks5 for f in found])
         if len(boxes) == 0:
             return Faces.empty()
         keep = nms(boxes, self.nms_threshold)
         return Faces(boxes[keep], marks[keep])
+
+    def _large(self, image: np.ndarray) -> Faces:
+        resized: dict[float, np.ndarray] = {}
+        found = []
+        for view in self.views(*image.shape[:2]):
+            if view.scale not in resized:
+                resized[view.scale] = _resize(image, view.scale)
+            x1, y1, x2, y2 = view.box
+            crop = np.ascontiguousarray(resized[view.scale][y1:y2, x1:x2])
+            found.append(view.place(self.base([crop])[0]))
+        return self.merge(found)
 
 
 def _rescale(faces: Faces, factor: float, dx: float, dy: float) -> Faces:

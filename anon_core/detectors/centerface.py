@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib.util
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
-from faceveil.anon_core.faces import Faces, nms
+from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.faces import nms as non_max_suppression
 from faceveil.anon_core.runtime import make_session
 
 _INPUT = "input.1"
@@ -65,8 +67,8 @@ class CenterFace:
     ) -> None:
         self.threshold = threshold
         self.nms_threshold = nms_threshold
-        path = Path(model_path) if model_path else bundled_model_path()
-        self.session = make_session(_dynamic_model(path), device, threads)
+        self.model_path = Path(model_path) if model_path else bundled_model_path()
+        self.session = make_session(_dynamic_model(self.model_path), device, threads)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Faces]:
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -80,62 +82,57 @@ class CenterFace:
                 blob[row, :, :h, :w] = images[i].transpose(2, 0, 1)
             heat, scale, offset, marks = self.session.run(_OUTPUTS, {_INPUT: blob})
             for row, i in enumerate(members):
-                maps = (heat[row, 0], scale[row], offset[row], marks[row])
-                results[i] = decode(*maps, h, w, self.threshold, self.nms_threshold)
+                maps = CenterFaceMaps(heat[row, 0], scale[row], offset[row], marks[row])
+                results[i] = decode(maps, (h, w), self.threshold, self.nms_threshold)
         return results
 
 
-def decode(
-    heat: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    marks: np.ndarray,
-    h: int,
-    w: int,
-    threshold: float,
-    nms_threshold: float,
-) -> Faces:
-    """Faces in an h x w input from one image's output maps, at ``STRIDE`` input pixels a cell.
+@dataclass(frozen=True)
+class CenterFaceMaps:
+    """CenterFace's outputs for one image: ``score`` (heatmap), ``scale`` (log box height,
+    width), ``offset`` (y, x) and ``marks`` (5 points as (y, x) pairs relative to the box),
+    float32. Either whole maps (H x W, and 2, 2, 10 x H x W) or the values at K cells (K, and
+    2, 2, 10 x K)."""
 
-    ``heat`` is the H x W heatmap; ``scale``, ``offset`` and ``marks`` are the 2, 2 and 10 x H x W
-    maps. Points above ``threshold`` are decoded by ``decode_points``.
-    """
-    ys, xs = np.nonzero(heat > threshold)
-    points = (heat[ys, xs], scale[:, ys, xs], offset[:, ys, xs], marks[:, ys, xs])
-    return decode_points(ys, xs, *points, h, w, nms_threshold)
+    score: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+    marks: np.ndarray
+
+
+def decode(
+    maps: CenterFaceMaps, size: tuple[int, int], threshold: float, nms_threshold: float
+) -> Faces:
+    """Faces in an input of ``size`` (h, w) from one image's whole output maps, at ``STRIDE``
+    input pixels a cell: the cells above ``threshold``, decoded by ``decode_points``."""
+    ys, xs = np.nonzero(maps.score > threshold)
+    cells = CenterFaceMaps(
+        maps.score[ys, xs], maps.scale[:, ys, xs], maps.offset[:, ys, xs], maps.marks[:, ys, xs]
+    )
+    return decode_points(ys, xs, cells, size, nms_threshold)
 
 
 def decode_points(
-    ys: np.ndarray,
-    xs: np.ndarray,
-    score: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    marks: np.ndarray,
-    h: int,
-    w: int,
-    nms_threshold: float,
+    ys: np.ndarray, xs: np.ndarray, cells: CenterFaceMaps, size: tuple[int, int], nms: float
 ) -> Faces:
-    """Faces from K above-threshold map cells (``ys``, ``xs``) and their values, after NMS.
-
-    ``score`` is K heatmap values; ``scale`` (log box height, width), ``offset`` (y, x) and
-    ``marks`` (5 points as (y, x) pairs relative to the box) are 2, 2 and 10 x K, float32.
-    Boxes are clipped to the h x w input. Both the host detector and the device path
-    (``anon_core.accel.detect``, which gathers the cells on the device) decode here.
-    """
+    """Faces from K above-threshold map cells (``ys``, ``xs``) and their values, after NMS at
+    IoU ``nms``; boxes are clipped to the input's ``size`` (h, w). Both the host detector and
+    the device path (``anon_core.accel.detect``, which gathers the cells on the device) decode
+    here."""
     if len(ys) == 0:
         return Faces.empty()
-    bh = np.exp(scale[0]) * STRIDE
-    bw = np.exp(scale[1]) * STRIDE
-    cy = (ys + offset[0] + 0.5) * STRIDE
-    cx = (xs + offset[1] + 0.5) * STRIDE
+    h, w = size
+    bh = np.exp(cells.scale[0]) * STRIDE
+    bw = np.exp(cells.scale[1]) * STRIDE
+    cy = (ys + cells.offset[0] + 0.5) * STRIDE
+    cx = (xs + cells.offset[1] + 0.5) * STRIDE
     x1 = np.clip(cx - bw / 2, 0, w)
     y1 = np.clip(cy - bh / 2, 0, h)
     boxes = np.stack(
-        [x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h), score], axis=1
+        [x1, y1, np.minimum(x1 + bw, w), np.minimum(y1 + bh, h), cells.score], axis=1
     ).astype(np.float32)
     points = np.empty((len(ys), 10), np.float32)
-    points[:, 0::2] = (marks[1::2] * bw + x1).T
-    points[:, 1::2] = (marks[0::2] * bh + y1).T
-    keep = nms(boxes, nms_threshold)
+    points[:, 0::2] = (cells.marks[1::2] * bw + x1).T
+    points[:, 1::2] = (cells.marks[0::2] * bh + y1).T
+    keep = non_max_suppression(boxes, nms)
     return Faces(boxes[keep], points[keep])

@@ -72,7 +72,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    """Run ``faceveil eval``; 0 on success, 2 on bad input."""
+    """Run ``faceveil eval``; 0 on success, 1 (one ``error:`` line) on bad input."""
     from faceveil.jobs.evaluate.report import text_table, write_eval_report
     from faceveil.jobs.evaluate.runner import run_eval
 
@@ -80,8 +80,10 @@ def eval_command(args: argparse.Namespace) -> int:
         config = eval_config(args)
         result = run_eval(config)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"faceveil eval: {exc}", file=sys.stderr)
-        return 2
+        # the one error line and ExitCode.REFUSED of jobs.exitcodes (evaluate imports only
+        # anon_core)
+        print(f"error: eval: {exc}", file=sys.stderr)
+        return 1
     write_eval_report(result, config.report_dir)
     print(text_table(result.report))
     print(f"report: {config.report_dir.rstrip('/')}/index.html")

@@ -370,7 +370,7 @@ def test_device_failure_quarantines_instead_of_passing_through(plain, monkeypatc
     assert [(r.status, r.stage, r.encoded) for r in results] == [
         ("quarantined", "anonymize", b"")
     ] * 2
-    monkeypatch.setattr(accel.stage.device_detector, "_run", broken)
+    monkeypatch.setattr(accel.stage.device_detector, "run", broken)
     assert accel(image).stage == "detect"
     accel.close()
 
@@ -415,9 +415,15 @@ def test_select_backend_injects_the_accelerated_stage(plain):
 
 
 def test_gpu_only_options_are_refused_on_cpu():
-    for options in (AccelOptions(tensorrt=True), AccelOptions(nvjpeg=True)):
+    for options in (AccelOptions(backend="onnxruntime", tensorrt=True), AccelOptions(nvjpeg=True)):
         with pytest.raises(ValueError, match="need device 'cuda'"):
             accelerated_anonymizer(AnonConfig(), options)
+    with pytest.raises(ValueError, match="use backend 'onnxruntime'"):
+        AccelOptions(tensorrt=True)
+    with pytest.raises(ValueError, match="unknown backend"):
+        AccelOptions(backend="tensorflow")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        accelerated_anonymizer(AnonConfig(), AccelOptions(precision="fp16"))
     with pytest.raises(ValueError, match="fp16"):
         TorchRegionMethods("blur", half=True)
     with pytest.raises(ValueError, match="no torch version"):

@@ -220,7 +220,7 @@ def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_f
     assert faceveil.jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 0
     assert "anchored: lines 1..3" in capsys.readouterr().out  # job.start, job.manifests, job.end
     other = str(tmp_path / "other-anchor")
-    assert faceveil.jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 2
+    assert faceveil.jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 1
     assert "anchored at" in capsys.readouterr().err and not Path(other).exists()
     assert faceveil.jobs.cli.main([*run, "--resume"]) == 0  # keeps the anchor the start entry names
     resumed = capsys.readouterr().out.split("audit: job signing key ")[1].split(",")[0]
@@ -242,13 +242,13 @@ def test_run_with_an_unwritable_anchor_fails_before_any_work(
     run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
     anchor = ["--audit-anchor", str(tmp_path / "a-file" / "anchor")]
     capsys.readouterr()
-    assert faceveil.jobs.cli.main([*run, *escrow, *anchor]) == 2
+    assert faceveil.jobs.cli.main([*run, *escrow, *anchor]) == 1
     assert "cannot write the audit anchor" in capsys.readouterr().err
     assert not (out / "data").exists() or not list((out / "data").iterdir())
     assert not (out / "audit.jsonl").exists() or not (out / "audit.jsonl").read_bytes()
     anchor = ["--audit-anchor", str(tmp_path / "anchor")]  # fixed: the resume starts the log
     # No signed entry vouches for the escrow.json the failed run left: the flags are needed.
-    assert faceveil.jobs.cli.main([*run, "--resume", *anchor]) == 2
+    assert faceveil.jobs.cli.main([*run, "--resume", *anchor]) == 1
     assert "give the escrow flags" in capsys.readouterr().err
     assert faceveil.jobs.cli.main([*run, "--resume", *escrow, *anchor]) == 0
     capsys.readouterr()
@@ -256,7 +256,7 @@ def test_run_with_an_unwritable_anchor_fails_before_any_work(
     printed = capsys.readouterr().out
     assert "anchored: lines 1..3" in printed and " job.start " in printed
     bare = ["run", str(photos), str(tmp_path / "bare"), "--secret-file", str(secret_file)]
-    assert faceveil.jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 2
+    assert faceveil.jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 1
     assert "without escrow" in capsys.readouterr().err
 
 

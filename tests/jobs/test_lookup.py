@@ -82,12 +82,12 @@ def test_lookup_of_a_file_not_in_the_job_exits_1(job, capsys, tmp_path):
     assert rows[0][2].startswith("anonymized") and rows[1][2] == "not in this job"
 
 
-def test_lookup_usage_errors_exit_2(job, capsys, tmp_path):
+def test_lookup_refusals_exit_1_and_usage_errors_exit_2(job, capsys, tmp_path):
     root, out, secret, files = job
     other = new_key_file(tmp_path / "other.key")
     rc, rows = _lookup(capsys, out, other, root / "photos" / files[2][0])
-    assert rc == 2 and rows == []
-    assert main(["lookup", str(tmp_path / "no-job"), "--secret-file", str(secret), "x.jpg"]) == 2
+    assert rc == 1 and rows == []
+    assert main(["lookup", str(tmp_path / "no-job"), "--secret-file", str(secret), "x.jpg"]) == 1
     with pytest.raises(SystemExit) as exit_:
         main(["lookup", str(out), "x.jpg"])  # no --secret-file
     assert exit_.value.code == 2

@@ -106,7 +106,7 @@ def test_output_read_through_fsspec(samples) -> None:
 
 
 def test_missing_output_is_an_input_error(tmp_path: Path) -> None:
-    assert _audit(str(tmp_path / "nothing"), "--detector", "centerface") == 2
+    assert _audit(str(tmp_path / "nothing"), "--detector", "centerface") == 1
 
 
 @pytest.mark.shared

@@ -138,14 +138,14 @@ def test_resume_redoes_only_the_missing_shard(first_run, dataset, ray_local):
 
 
 def test_refuses_to_overwrite_a_finished_job_without_resume(first_run, dataset, ray_local):
-    assert _run(dataset, first_run) == 2
+    assert _run(dataset, first_run) == 1
 
 
 def test_failed_sharding_leaves_no_job_behind(tmp_path, secret_file):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     args = ["run", str(tmp_path / "empty"), str(out), "--secret-file", str(secret_file)]
-    assert main([*args, "--no-escrow"]) == 2
+    assert main([*args, "--no-escrow"]) == 1
     assert not (out / "job.json").exists()
-    assert main(args) == 2  # no escrow choice: refused before any work
+    assert main(args) == 1  # no escrow choice: refused before any work
     assert not (out / "job.json").exists() and not (out / "escrow.json").exists()

@@ -117,7 +117,7 @@ def test_resume_with_another_key_is_refused(lfw_job, surrogate_run, capsys):
     base, photos, _, secret, _ = lfw_job
     other = new_key_file(base / "other.key")
     before = (surrogate_run / "job.json").read_bytes()
-    assert main(_surrogate_args(photos, surrogate_run, secret, other, "--resume")) == 2
+    assert main(_surrogate_args(photos, surrogate_run, secret, other, "--resume")) == 1
     assert "another key" in capsys.readouterr().err
     assert (surrogate_run / "job.json").read_bytes() == before
 
@@ -127,7 +127,7 @@ def test_too_few_people_fail_before_anything_is_anonymized(tmp_path, secret_file
     write_folder(tmp_path / "photos", varied_faces(12))
     key = new_key_file(tmp_path / "team.key")
     out = tmp_path / "out"
-    assert main(_surrogate_args(tmp_path / "photos", out, secret_file, key)) == 2
+    assert main(_surrogate_args(tmp_path / "photos", out, secret_file, key)) == 1
     err = capsys.readouterr().err
     assert "surrogate cannot be built" in err or "no face" in err, err
     assert not (out / "data").exists() and not (out / "_done").exists()
@@ -152,7 +152,7 @@ def test_surrogate_flags_are_checked_before_any_work(tmp_path, secret_file, caps
             "--secret-file", str(secret_file), *extra]  # fmt: skip
     if extra:
         args += ["--key-file", str(new_key_file(tmp_path / "team.key"))]
-    assert main(args) == 2
+    assert main(args) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -161,10 +161,10 @@ def test_surrogate_flags_with_another_method_are_refused(tmp_path, secret_file, 
     (tmp_path / "photos").mkdir()
     args = ["run", str(tmp_path / "photos"), str(tmp_path / "out"), "--no-escrow",
             "--secret-file", str(secret_file), "--privacy", "0.2"]  # fmt: skip
-    assert main(args) == 2
+    assert main(args) == 1
     assert "apply to --method surrogate only" in capsys.readouterr().err
     key = new_key_file(tmp_path / "team.key")
-    assert main([*args[:-2], "--key-file", str(key)]) == 2
+    assert main([*args[:-2], "--key-file", str(key)]) == 1
     assert "--key-file is used by --method surrogate only" in capsys.readouterr().err
 
 
@@ -234,7 +234,7 @@ def test_missing_attribute_labels_are_refused_before_any_work(tmp_path, secret_f
     out = tmp_path / "out"
     args = _surrogate_args(tmp_path / "photos", out, secret_file, key, "--attributes",
                            str(tmp_path / "nope.csv"))  # fmt: skip
-    assert main(args) == 2
+    assert main(args) == 1
     assert "nope.csv is not a file" in capsys.readouterr().err
     assert not out.exists()
 
