@@ -2,5 +2,6 @@
 
 from faceveil.anon_core.faces import Faces
 from faceveil.anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
+from faceveil.anon_core.results import SampleStatus
 
-__all__ = ["AnonConfig", "AnonResult", "FaceAnonymizer", "Faces"]
+__all__ = ["AnonConfig", "AnonResult", "FaceAnonymizer", "Faces", "SampleStatus"]

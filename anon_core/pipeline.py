@@ -23,7 +23,7 @@ from faceveil.anon_core.known import WithBoxes, join_known, to_pixels
 from faceveil.anon_core.landmarks import Dlib68, LandmarkModel
 from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
 from faceveil.anon_core.prefetch import Prefetcher
-from faceveil.anon_core.results import AnonResult, quarantined
+from faceveil.anon_core.results import AnonResult, SampleStatus, quarantined
 from faceveil.anon_core.runtime import INFERENCE_ERRORS
 from faceveil.anon_core.stage import CpuStage, Stage
 
@@ -159,7 +159,7 @@ class FaceAnonymizer:
             encoded = encoded or encode_image(output.image, ext)
         except INFERENCE_ERRORS as exc:
             return quarantined("anonymize", f"{self.method.name} failed ({type(exc).__name__})")
-        status = "anonymized" if len(staged.faces) else "no_face"
+        status = SampleStatus.ANONYMIZED if len(staged.faces) else SampleStatus.NO_FACE
         return AnonResult(status, "", "", encoded, ext, staged.faces, output, image)
 
     def _run(self, images: list[DecodedImage]) -> list[Staged | AnonResult]:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from faceveil.anon_core.faces import Faces
 from faceveil.anon_core.imageio import DecodedImage
 from faceveil.anon_core.methods.base import MethodOutput
+
+
+class SampleStatus(StrEnum):
+    """What became of one image: faces found and anonymized, no face found (passed through,
+    re-encoded), or quarantined (with a stage and a reason)."""
+
+    ANONYMIZED = "anonymized"
+    NO_FACE = "no_face"
+    QUARANTINED = "quarantined"
 
 
 @dataclass
@@ -18,7 +28,7 @@ class AnonResult:
     is never part of the public metadata.
     """
 
-    status: str  # "anonymized", "no_face" or "quarantined"
+    status: SampleStatus
     stage: str = ""
     reason: str = ""
     encoded: bytes = b""
@@ -29,7 +39,7 @@ class AnonResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "quarantined"
+        return self.status != SampleStatus.QUARANTINED
 
     @property
     def sha256(self) -> str:
@@ -55,4 +65,4 @@ class AnonResult:
 
 
 def quarantined(stage: str, reason: str) -> AnonResult:
-    return AnonResult(status="quarantined", stage=stage, reason=reason)
+    return AnonResult(status=SampleStatus.QUARANTINED, stage=stage, reason=reason)

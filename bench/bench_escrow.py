@@ -67,7 +67,7 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
     from faceveil.manifests.custodian import CustodianPrivate
     from faceveil.manifests.escrow import ShamirPolicy, create_escrow
     from faceveil.manifests.jobkeys import epoch_sealing
-    from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+    from faceveil.manifests.keymanifest import SampleToSeal, ShardSealer, load_key_manifest
     from faceveil.manifests.request import SampleRef
 
     custodians = [CustodianPrivate.generate(n) for n in ("alice", "bob", "carol")]
@@ -80,17 +80,15 @@ def _sealed_job(workdir: Path, samples: int, source: Path):
         started = time.perf_counter()
         sealer = ShardSealer(sealing.shard_keys(shard), shard)
         for i in range(start, min(start + 1000, samples)):
-            key = f"{i:032x}"
-            sealer.seal_face(
-                key, 0, (70, 60, 180, 190), crops[i % len(crops)], f"s3://b/{i}.jpg", "0" * 64
-            )
-            sealer.seal_sample(key, f"s3://b/{i}.jpg", "0" * 64)
+            sample = SampleToSeal(f"{i:032x}", f"s3://b/{i}.jpg", "0" * 64)
+            sealer.seal_face(sample, 0, (70, 60, 180, 190), crops[i % len(crops)])
+            sealer.seal_sample(sample)
         data = sealer.manifest_bytes()
         sealing_s += time.perf_counter() - started
         manifest = load_key_manifest(data)
         manifests[shard] = manifest
         refs += [
-            SampleRef(shard, r.key, sealing.escrow_id, r.wrapped_key)
+            SampleRef(shard, r.sample_id, sealing.escrow_id, r.wrapped_key)
             for r in manifest.rows
             if r.face < 0
         ]
@@ -103,6 +101,7 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
     from faceveil.manifests.custodian import ScryptParams
     from faceveil.manifests.request import RequestSpec, create_request, load_request_key
     from faceveil.manifests.restore import approve, recover_data_keys
+    from faceveil.manifests.signed import ApprovedRequest
 
     wanted = refs[:count]
     secret = "bench passphrase"
@@ -115,13 +114,13 @@ def _restore_row(escrow, custodians, refs, manifests, count: int) -> list[object
         approvals.append(approve(request, custodian))
         approve_s.append(time.perf_counter() - started)
     started = time.perf_counter()
-    data_keys = recover_data_keys(escrow, request, keys, approvals, "restore")
+    data_keys = recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
     opened = 0
     for ref in wanted:
         for row in manifests[ref.shard].rows:
-            if row.key == ref.key:
+            if row.sample_id == ref.sample_id:
                 open_v2_row(
-                    data_keys[(ref.shard, ref.key)], escrow.job_id, ref.shard, row, "0" * 64
+                    data_keys[(ref.shard, ref.sample_id)], escrow.job_id, ref.shard, row, "0" * 64
                 )
                 opened += 1
     apply_s = time.perf_counter() - started

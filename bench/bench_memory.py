@@ -24,6 +24,7 @@ from bench.common import (
     mib,
     replicate_dataset,
     run_measured,
+    shared_root,
     source_images,
 )
 
@@ -58,8 +59,7 @@ def source_folder(args: argparse.Namespace, work: Path) -> Path:
     """--source, else LFW from ../shared, else 250-pixel crops of the bundled photos."""
     if args.source:
         return args.source
-    shared = Path(os.environ.get("FACEVEIL_SHARED") or REPO.parent / "shared")
-    lfw = shared / "data" / "lfw_dev" / "images"
+    lfw = shared_root() / "data" / "lfw_dev" / "images"
     if lfw.is_dir():
         return lfw
     from faceveil.jobs.demo import sample_images

@@ -72,17 +72,17 @@ def before_after(originals: list[bytes], anonymized: list[bytes], path: Path) ->
 
 def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[bytes]]:
     """Up to ``limit`` different-looking samples with faces: original bytes (read from the input
-    photos, in listing order, matched by sample key) and anonymized bytes (from the output
+    photos, in listing order, matched by sample id) and anonymized bytes (from the output
     shard)."""
     from faceveil.jobs.shard import list_sources
     from faceveil.jobs.shardio import iter_samples
-    from faceveil.manifests.jobsecret import sample_key
+    from faceveil.manifests.jobsecret import sample_id
 
     with open(out / "anon" / "data" / "shard-000000.tar", "rb") as f:
         anonymized = {s.key: s for s in iter_samples(f)}
     originals, results = [], []
     for source in list_sources(str(out / "photos")):
-        done = anonymized.get(sample_key(secret, source.uri))
+        done = anonymized.get(sample_id(secret, source.uri))
         if done is None or b'"faces":[]' in done.members["json"]:
             continue
         originals.append(Path(source.path).read_bytes())

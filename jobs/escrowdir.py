@@ -18,7 +18,8 @@ from faceveil.jobs.jobmanifest import JOB_FILE, JobManifest, JobStatus
 from faceveil.jobs.keys import Secrets, audit, escrow_mode, hold_secrets, open_keys
 from faceveil.jobs.storage import Location
 from faceveil.manifests.envelope import EMPTY_SHA256
-from faceveil.manifests.jobsecret import sample_key
+from faceveil.manifests.jobsecret import sample_id
+from faceveil.manifests.keymanifest import SampleToSeal
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class EscrowSpec:
     """Where and to whom a Dataset's originals are escrowed: ``out``, a new folder (path or
     ``s3://``) for the escrow files; ``custodians`` (public key files) with ``threshold`` M,
     or ``kms`` (``aws-kms:KEY_ARN``); ``secret_file``, the job secret that turns row ids into
-    sample keys (default ~/.faceveil/secret.key, created on first use)."""
+    sample ids (default ~/.faceveil/secret.key, created on first use)."""
 
     out: str
     custodians: tuple[str, ...] = ()
@@ -121,10 +122,10 @@ class PartSeal:
         self.out = Location(out_uri)
 
     def seal(self, ids: list[str], images: list[bytes | None], results: list[AnonResult]):
-        """Each row's sample key (HMAC of its id); seals every row's original file (a row
+        """Each row's sample id (HMAC of its id); seals every row's original file (a row
         without image bytes has nothing to seal), publishes ``keys/PART.parquet`` and then
         the part's marker with its counts and row-list commitment."""
-        keys = [sample_key(self.secrets.secret, i) for i in ids]
+        keys = [sample_id(self.secrets.secret, i) for i in ids]
         # Named like a job's shards (restore requests name shards so), from the batch's keys.
         digest = hashlib.sha256("\n".join(keys).encode()).digest()
         part = f"shard-{int.from_bytes(digest[:8]):020d}"
@@ -134,7 +135,7 @@ class PartSeal:
             if image is None or key in sealed:
                 continue  # nothing to seal, or the same id twice in the batch: sealed once
             sealed.add(key)
-            sealer.seal_sample(key, _source_uri(row_id, result), EMPTY_SHA256, image)
+            sealer.seal_sample(SampleToSeal(key, _source_uri(row_id, result), EMPTY_SHA256), image)
         data = sealer.manifest_bytes()
         self.out.publish_bytes(data, "keys", f"{part}.parquet")
         counts = {"samples_in": len(results), "faces": sum(len(r.faces) for r in results)}

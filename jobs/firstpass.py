@@ -100,7 +100,7 @@ class FaceCollector:
         return task.shard, seal_object(self.transit, table), ""
 
     def _images(self, task: ShardTask) -> Iterator[tuple[str, np.ndarray]]:
-        """(sample key, RGB) of every sample the second pass would anonymize."""
+        """(sample id, RGB) of every sample the second pass would anonymize."""
         seen: set[str] = set()
         with shard_samples(task, self.secret, self.anon.max_file_bytes) as samples:
             for sample in samples:

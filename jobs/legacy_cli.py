@@ -32,6 +32,7 @@ from faceveil.manifests.escrow import make_kms_client
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.restore_v2 import (
     Approval,
+    RequestSpec,
     RestoreRequest,
     approve,
     check_request,
@@ -39,6 +40,7 @@ from faceveil.manifests.restore_v2 import (
     load_request_key,
     recover_masters,
 )
+from faceveil.manifests.signed import ApprovedRequest
 
 
 def _warn() -> None:
@@ -55,10 +57,13 @@ def cmd_request(args: argparse.Namespace) -> int:
         )
     escrow = read_escrow(Location(args.out_tree))
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
-    request, key_file = create_request(
-        escrow, "restore", requested_samples(args), args.reason, requester_name(args), secret,
-        timedelta(days=args.valid_days), params=ScryptParams(n=2**args.kdf_work),
+    spec = RequestSpec(
+        "restore", requested_samples(args), args.reason, requester_name(args),
+        timedelta(days=args.valid_days),
     )  # fmt: skip
+    request, key_file = create_request(
+        escrow, spec, secret, params=ScryptParams(n=2**args.kdf_work)
+    )
     key_out = Path(args.key_out or f"{request.request_id}.key")
     write_private_file(key_out, key_file)
     where = emit(request.dumps(), args.out)
@@ -107,7 +112,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         key_path = request_key_path(args, request.request_id, request_path)
         secret = passphrase(args.passphrase_file, "Passphrase of the request key: ")
         request_key = load_request_key(request, key_path.read_bytes(), secret)
-        masters = recover_masters(escrow, request, request_key, approvals, "restore")
+        approved = ApprovedRequest(request, request_key, approvals)
+        masters = recover_masters(escrow, approved, "restore")
     writer = AuditWriter(escrow.audit_signing_key(masters), f"requester:{request.requester}")
     details = {
         "request_id": request.request_id,

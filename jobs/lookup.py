@@ -1,6 +1,6 @@
-"""Subject access: the pseudonymous key a source file got in a job, and where that sample is.
+"""Subject access: the pseudonymous sample id a source file got in a job, and where that sample is.
 
-The key is the job's own HMAC of the source URI (``manifests.jobsecret.sample_key``), so a URI
+The sample id is the job's own HMAC of the source URI (``manifests.jobsecret.sample_id``), so a URI
 must be written exactly as the planner (``jobs.shard.list_sources``) wrote it: the input's protocol
 (if any) followed by the fsspec path, absolute for local files, and ``TAR#MEMBER`` for an image
 inside an input tar. Only shards with a ``_done`` marker count; nothing here logs a path or a URI.
@@ -20,7 +20,7 @@ from faceveil.jobs.plan import INDEX as PLAN_INDEX
 from faceveil.jobs.plan import PLAN_DIR
 from faceveil.jobs.shardio import open_tar, split_member
 from faceveil.jobs.storage import Location
-from faceveil.manifests.jobsecret import sample_key, secret_fingerprint
+from faceveil.manifests.jobsecret import sample_id, secret_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ class JobLookupError(ValueError):
 
 @dataclass(frozen=True)
 class Lookup:
-    """Where one given file or URI is: its sample key, status, shard and quarantine reason."""
+    """Where one given file or URI is: its sample id, status, shard and quarantine reason."""
 
     given: str
-    key: str
+    sample_id: str
     status: LookupStatus
     shard: str = ""
     stage: str = ""
@@ -52,7 +52,7 @@ class Lookup:
 
 @dataclass
 class JobIndex:
-    """Sample keys of a job's finished shards: key -> shard, key -> (shard, stage, reason)."""
+    """Sample ids of a job's finished shards: key -> shard, key -> (shard, stage, reason)."""
 
     anonymized: dict[str, str] = field(default_factory=dict)
     quarantined: dict[str, tuple[str, str, str]] = field(default_factory=dict)
@@ -69,7 +69,7 @@ def normalise_uri(given: str) -> str:
 
 
 def _data_keys(out: Location, rel: str) -> set[str]:
-    """Sample keys in a data tar, from its headers only (no member is read)."""
+    """Sample ids in a data tar, from its headers only (no member is read)."""
     with out.fs.open(out.path(rel), "rb") as f, open_tar(f) as tar:
         return {split_member(info.name)[0] for info in tar if info.isreg()}
 
@@ -105,12 +105,12 @@ def check_secret(out: Location, secret: bytes) -> None:
 
 
 def lookup(out: Location, secret: bytes, given: list[str]) -> list[Lookup]:
-    """For each file path or URI in ``given``: its sample key and where the sample is in ``out``."""
+    """For each file path or URI in ``given``: its sample id and where the sample is in ``out``."""
     check_secret(out, secret)
     index = load_index(out)
     found = []
     for item in given:
-        key = sample_key(secret, normalise_uri(item))
+        key = sample_id(secret, normalise_uri(item))
         if key in index.anonymized:
             found.append(Lookup(item, key, LookupStatus.ANONYMIZED, index.anonymized[key]))
         elif key in index.quarantined:

@@ -17,7 +17,7 @@ def _lookup(args: argparse.Namespace) -> int:
         where = f"{r.status} ({r.shard})" if r.shard else r.status
         if r.status == LookupStatus.QUARANTINED:
             where += f": {r.stage}: {r.reason}"
-        print(f"{r.given}\t{r.key}\t{where}")
+        print(f"{r.given}\t{r.sample_id}\t{where}")
     absent = any(r.status == LookupStatus.ABSENT for r in results)
     return ExitCode.REFUSED if absent else ExitCode.OK
 

@@ -14,7 +14,7 @@ the shard's plan file, ``OUT/plan/shard-000000.json``::
 
     {"version": 1, "shard": "shard-000000.tar", "samples": [{"key": K, "src": B64, "check": B64}]}
 
-with the samples in input order. ``key`` is the sample key, ``src`` the sealed source URI (the
+with the samples in input order. ``key`` is the sample id, ``src`` the sealed source URI (the
 bytes of a tar's ``KEY.src`` member), and ``check`` seals, under another key derived from the job
 secret (all three: :mod:`manifests.jobsecret`), the JSON
 ``{"protocol", "path", "start", "end", "ext", "size", "sha256"}`` of the source as planned
@@ -23,7 +23,7 @@ when it could not be read while planning; with ``--boxes-column``, also the samp
 ``boxes`` (``jobs.parquetin.planned_boxes``). A row of an input Parquet file has ``"row": true``
 and its row number as ``start``, ``sha256`` being that of its image bytes; such a plan file also
 holds ``"parquet"``, the input columns it is read with (``jobs.parquetin.InputColumns``).
-``check`` is AES-256-GCM with the sample key as AAD and a synthetic nonce (an HMAC of the
+``check`` is AES-256-GCM with the sample id as AAD and a synthetic nonce (an HMAC of the
 plaintext), so the same input and secret give the same plan and a nonce only repeats with its
 plaintext. Plan files are written first, the index last: a plan
 without an index is redone; ``--resume`` reuses a plan made with the same secret.
@@ -54,7 +54,7 @@ from faceveil.jobs.storage import Location, RetryPolicy
 from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.jobsecret import (
     open_check,
-    sample_key,
+    sample_id,
     seal_check,
     seal_uri,
     secret_fingerprint,
@@ -129,7 +129,7 @@ def _plan_doc(loc: Location, name: str, sources: list[Source], secret: bytes, re
             checks = list(pool.map(lambda s: _describe(loc, s, reading.columns), sources))
     samples = []
     for source, check in zip(sources, checks, strict=True):
-        key = sample_key(secret, source.uri)
+        key = sample_id(secret, source.uri)
         samples.append({"key": key, "src": _b64(seal_uri(secret, key, source.uri)),
                         "check": _b64(seal_check(secret, key, check))})  # fmt: skip
     exts = sorted({c["ext"] for c in checks if "ext" in c})

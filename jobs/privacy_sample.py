@@ -4,8 +4,9 @@ figures into one report. (Not the signed audit log: that is ``jobs.auditlog``.)
 
 Worker use::
 
-    sampler = PrivacySampler(0.01, seed=job_seed, attacker="models/mobilefacenet_128d.onnx")
-    sampler.observe(key, original_rgb, anonymized_rgb, faces)   # per anonymized sample
+    config = SampleConfig(0.01, seed=job_seed, attacker="models/mobilefacenet_128d.onnx")
+    sampler = PrivacySampler(config)
+    sampler.observe(sample_id, original_rgb, anonymized_rgb, faces)   # per anonymized sample
     partial = sampler.summary()                                 # JSON-able, per actor / shard
     write_privacy_report(f"{out}/report", partials)             # on the driver (privacy_report)
 """
@@ -17,6 +18,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -56,54 +58,73 @@ def _crop(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
     return cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
 
 
+@dataclass(frozen=True)
+class SampleConfig:
+    """What the privacy sample measures, and with what: a ``fraction`` of faces drawn with
+    ``seed``; the ``attacker`` recognizer (an ONNX file; None: dlib's ResNet); the ``detector``
+    that looks for faces again in the anonymized image (None: ``scrfd`` when ``model_root`` is
+    given, else ``centerface``); whether the report may keep original crops; how many example
+    crops it keeps; and the device and threads the models run on."""
+
+    fraction: float
+    seed: int | str = 0
+    attacker: str | Path | None = None
+    detector: str | None = None
+    model_root: str | Path | None = None
+    keep_originals: bool = False
+    max_examples: int = 48
+    device: str = "cpu"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in [0, 1], got {self.fraction}")
+        set_field = object.__setattr__
+        set_field(self, "seed", str(self.seed))
+        set_field(self, "attacker", str(self.attacker) if self.attacker else None)
+        set_field(self, "model_root", str(self.model_root) if self.model_root else None)
+        if self.detector is None:
+            set_field(self, "detector", "scrfd" if self.model_root else "centerface")
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One observed image: its sample id, original and anonymized pixels."""
+
+    sample_id: str
+    original: np.ndarray
+    anonymized: np.ndarray
+
+
 class _Models:
     """The models the privacy sample needs, loaded on first use inside the worker."""
 
-    def __init__(self, sampler: PrivacySampler) -> None:
+    def __init__(self, config: SampleConfig) -> None:
         from faceveil.anon_core.attackers import build_attackers
         from faceveil.anon_core.detectors import build_detector
         from faceveil.anon_core.landmarks import Dlib68
 
-        paths = [sampler.attacker] if sampler.attacker else []
-        self.attacker = build_attackers(paths, sampler.device, sampler.threads)[0]
+        paths = [config.attacker] if config.attacker else []
+        self.attacker = build_attackers(paths, config.device, config.threads)[0]
         self.detector = build_detector(
-            sampler.detector, sampler.model_root, device=sampler.device, threads=sampler.threads
+            config.detector, config.model_root, device=config.device, threads=config.threads
         )
         self.landmarks = Dlib68()
 
 
 class PrivacySampler:
-    """Picklable per-actor accumulator of privacy figures for a random ``fraction`` of faces.
+    """Picklable per-actor accumulator of privacy figures for a random fraction of faces
+    (:class:`SampleConfig`).
 
-    A face is sampled when ``sha256(seed, key, face index)`` falls below ``fraction``, so the
+    A face is sampled when ``sha256(seed, sample id, face index)`` falls below ``fraction``, so the
     selection is the same on every run and worker. No pixels are kept except small anonymized
     crops for the report's grid (up to ``max_examples``, those with the lowest draws) and, with
     ``keep_originals``, the matching original crops. Embeddings stay in memory (the impostor
     reference) and are never part of a summary or a pickle.
     """
 
-    def __init__(
-        self,
-        fraction: float,
-        seed: int | str = 0,
-        attacker: str | Path | None = None,
-        detector: str | None = None,
-        model_root: str | Path | None = None,
-        keep_originals: bool = False,
-        max_examples: int = 48,
-        device: str = "cpu",
-        threads: int = 1,
-    ) -> None:
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-        self.fraction = fraction
-        self.seed = str(seed)
-        self.attacker = str(attacker) if attacker else None
-        self.model_root = str(model_root) if model_root else None
-        self.detector = detector or ("scrfd" if self.model_root else "centerface")
-        self.keep_originals = keep_originals
-        self.max_examples = max_examples
-        self.device, self.threads = device, threads
+    def __init__(self, config: SampleConfig) -> None:
+        self.config = config
         self._models: _Models | None = None
         self._recent: deque = deque(maxlen=16)
         self._state = self._empty()
@@ -123,39 +144,39 @@ class PrivacySampler:
         state["_recent"] = deque(maxlen=16)
         return state
 
-    def draw(self, key: str, face: int) -> float:
+    def draw(self, sample_id: str, face: int) -> float:
         """The face's uniform draw in [0, 1); sampled when below ``fraction``."""
-        digest = hashlib.sha256(f"{self.seed}\0{key}\0{face}".encode()).digest()
+        digest = hashlib.sha256(f"{self.config.seed}\0{sample_id}\0{face}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
     def observe(
-        self, key: str, original_rgb: np.ndarray, anonymized_rgb: np.ndarray, faces: Faces
+        self, sample_id: str, original_rgb: np.ndarray, anonymized_rgb: np.ndarray, faces: Faces
     ) -> int:
         """Measure the sampled faces of one image; returns how many were sampled."""
         self._state["images_seen"] += 1
         self._state["faces_seen"] += len(faces)
-        picks = [(i, u) for i in range(len(faces)) if (u := self.draw(key, i)) < self.fraction]
+        fraction = self.config.fraction
+        picks = [(i, u) for i in range(len(faces)) if (u := self.draw(sample_id, i)) < fraction]
         if not picks:
             return 0
         if self._models is None:
-            self._models = _Models(self)
+            self._models = _Models(self.config)
+        seen = _Seen(sample_id, original_rgb, anonymized_rgb)
         found = self._models.detector([anonymized_rgb])[0]
         regions = face_regions(faces, original_rgb.shape)
         for i, u in picks:
-            face = faces.select(np.array([i]))
             try:
-                self._measure(key, face, original_rgb, anonymized_rgb, found)
+                self._measure(seen, faces.select(np.array([i])), found)
             except (ValueError, RuntimeError) as exc:  # e.g. degenerate landmarks: not fatal
                 log.debug("privacy sample could not measure a face: %s", type(exc).__name__)
                 self._state["faces_failed"] += 1
                 continue
-            self._example(key, i, u, regions[i], original_rgb, anonymized_rgb)
+            self._example(seen, i, u, regions[i])
         return len(picks)
 
-    def _measure(
-        self, key: str, face: Faces, original: np.ndarray, anonymized: np.ndarray, found: Faces
-    ) -> None:
+    def _measure(self, seen: _Seen, face: Faces, found: Faces) -> None:
         models, s = self._models, self._state
+        sample_id, original, anonymized = seen.sample_id, seen.original, seen.anonymized
         guide = models.attacker.guide(original, face.boxes[0], face.landmarks5[0])
         before, after = models.attacker.embed([original, anonymized], [guide, guide])
         shapes = models.landmarks([original, anonymized], [face, face])
@@ -165,50 +186,43 @@ class PrivacySampler:
         s["faces_sampled"] += 1
         s["similarity_sum"] += sim
         s["similarity_hist"][_bin(sim, -1, 1, SIM_BINS)] += 1
-        for other_key, other in self._recent:
-            if other_key != key:
+        for other_id, other in self._recent:
+            if other_id != sample_id:
                 s["impostor_hist"][_bin(float(before @ other), -1, 1, SIM_BINS)] += 1
-        self._recent.append((key, after))
+        self._recent.append((sample_id, after))
         s["redetected"] += int(matched(found, face.boxes[0]))
         s["landmark_n"] += 1
         s["landmark_sum"] += err
         s["landmark_hist"][_bin(err, 0, 1, LMK_BINS)] += 1
 
-    def _example(
-        self,
-        key: str,
-        face: int,
-        u: float,
-        region: np.ndarray,
-        original: np.ndarray,
-        anon: np.ndarray,
-    ) -> None:
-        examples = self._state["examples"]
-        if len(examples) >= self.max_examples and u >= examples[-1]["draw"]:
+    def _example(self, seen: _Seen, face: int, u: float, region: np.ndarray) -> None:
+        examples, most = self._state["examples"], self.config.max_examples
+        if len(examples) >= most and u >= examples[-1]["draw"]:
             return
         if region[2] <= region[0] or region[3] <= region[1]:
             return
         item = {
             "draw": u,
-            "sample": key,
+            "sample": seen.sample_id,
             "face": face,
-            "anonymized_png": _png_b64(_crop(anon, region)),
+            "anonymized_png": _png_b64(_crop(seen.anonymized, region)),
         }
-        if self.keep_originals:
-            item["original_png"] = _png_b64(_crop(original, region))
+        if self.config.keep_originals:
+            item["original_png"] = _png_b64(_crop(seen.original, region))
         examples.append(item)
         examples.sort(key=lambda e: e["draw"])
-        del examples[self.max_examples :]
+        del examples[most:]
 
     def summary(self) -> dict:
         """This actor's partial figures (JSON-able; merge several with ``merge``)."""
+        config = self.config
         return {
             "kind": "faceveil-audit-partial",
-            "fraction": self.fraction,
-            "seed": self.seed,
-            "max_examples": self.max_examples,
-            "attacker": _attacker_info(self.attacker),
-            "detector": self.detector,
+            "fraction": config.fraction,
+            "seed": config.seed,
+            "max_examples": config.max_examples,
+            "attacker": _attacker_info(config.attacker),
+            "detector": config.detector,
             **{k: (list(v) if isinstance(v, list) else v) for k, v in self._state.items()},
         }
 
@@ -242,6 +256,12 @@ def privacy_sampler(config: JobConfig) -> PrivacySampler | None:
     ``--audit-sample`` is 0."""
     if config.audit.fraction <= 0:
         return None
-    return PrivacySampler(config.audit.fraction, seed=config.audit.seed,
-                          attacker=config.audit.attacker, model_root=config.anon.model_root,
-                          keep_originals=config.audit.report_originals)  # fmt: skip
+    audit = config.audit
+    sample = SampleConfig(
+        audit.fraction,
+        seed=audit.seed,
+        attacker=audit.attacker,
+        model_root=config.anon.model_root,
+        keep_originals=audit.report_originals,
+    )
+    return PrivacySampler(sample)

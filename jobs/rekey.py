@@ -27,7 +27,7 @@ from faceveil.jobs.storage import Location
 from faceveil.manifests.envelope import EMPTY_SHA256, PayloadKind
 from faceveil.manifests.escrow import Escrow, KmsClient
 from faceveil.manifests.jobkeys import epoch_sealing
-from faceveil.manifests.keymanifest import ShardSealer
+from faceveil.manifests.keymanifest import SampleToSeal, ShardSealer
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,14 @@ def stage_rekey(
         sealer = ShardSealer(sealing.shard_keys(shard, kms), shard)
         shas = {k: hashlib.sha256(data).hexdigest() for k, _, data in iter_images(out, shard)}
         for row in manifest.rows:
-            sha = shas.get(row.key, EMPTY_SHA256)
-            payload = open_v2_row(data_keys[(shard, row.key)], escrow.job_id, shard, row, sha)
+            sha = shas.get(row.sample_id, EMPTY_SHA256)
+            payload = open_v2_row(data_keys[(shard, row.sample_id)], escrow.job_id, shard, row, sha)
+            sample = SampleToSeal(row.sample_id, payload.source_uri, sha)
             if payload.kind is PayloadKind.FACE_PNG:
-                sealer.seal_face(row.key, row.face, row.bbox, payload.data, payload.source_uri, sha)
+                sealer.seal_face(sample, row.face, row.bbox, payload.data)
             else:
                 original = payload.data if payload.kind is PayloadKind.ORIGINAL_FILE else None
-                sealer.seal_sample(row.key, payload.source_uri, sha, original)
+                sealer.seal_sample(sample, original)
         new_bytes = sealer.manifest_bytes()
         out.publish_bytes(new_bytes, REKEY_DIR, "keys", f"{shard}.parquet")
         plan["manifests"][shard] = {

@@ -161,11 +161,13 @@ def sample_refs(
     for shard in manifest_names(out):
         manifest = load_checked(out, shard, escrow, commitments)
         for row in manifest.rows:
-            if row.face >= 0 or (wanted_set is not None and row.key not in wanted_set):
+            if row.face >= 0 or (wanted_set is not None and row.sample_id not in wanted_set):
                 continue
-            if row.key in refs:
-                raise RestoreError(f"sample {row.key!r} appears in two key manifests")
-            refs[row.key] = SampleRef(shard, row.key, manifest.escrow_id, row.wrapped_key or b"")
+            if row.sample_id in refs:
+                raise RestoreError(f"sample {row.sample_id!r} appears in two key manifests")
+            refs[row.sample_id] = SampleRef(
+                shard, row.sample_id, manifest.escrow_id, row.wrapped_key or b""
+            )
     if wanted_set is not None and wanted_set - set(refs):
         missing = sorted(wanted_set - set(refs))
         raise RestoreError(
@@ -189,8 +191,10 @@ def kms_data_keys(
             manifest = load_key_manifest(out.read_bytes("keys", f"{ref.shard}.parquet"))
             where = ShardRef(escrow.job_id, ref.escrow_id, ref.shard)
             shard_keys[ref.shard] = kms_open_shard_key(kms, policy, where, manifest.kms_blob)
-        label = escrow.epoch(ref.escrow_id).label(ref.shard, ref.key)
-        out_keys[(ref.shard, ref.key)] = kms_sample_key(shard_keys[ref.shard], escrow.job_id, label)
+        label = escrow.epoch(ref.escrow_id).label(ref.shard, ref.sample_id)
+        out_keys[(ref.shard, ref.sample_id)] = kms_sample_key(
+            shard_keys[ref.shard], escrow.job_id, label
+        )
     return out_keys
 
 
@@ -224,7 +228,7 @@ def iter_images(
 def open_v2_row(data_key: bytes, job_id: str, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
     """Decrypt and parse one format-2 row; DecryptionError on any mismatch."""
     aad = row_aad(job_id, shard, row, anon_sha256)
-    what = f"row key={row.key!r} face={row.face} of {shard!r}"
+    what = f"row key={row.sample_id!r} face={row.face} of {shard!r}"
     payload = Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, what))
     if (row.face >= 0) != (payload.kind is PayloadKind.FACE_PNG):
         raise DecryptionError(f"{what}: payload kind does not match")
@@ -248,13 +252,17 @@ def paste_faces(image: bytes, faces: list[tuple[KeyRow, Payload]]) -> bytes:
     for row, payload in faces:
         x1, y1, x2, y2 = row.bbox or (0, 0, 0, 0)
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-            raise RestoreError(f"sample {row.key!r} face {row.face}: bbox outside the image")
+            raise RestoreError(f"sample {row.sample_id!r} face {row.face}: bbox outside the image")
         with Image.open(io.BytesIO(payload.data)) as face:
             if face.mode not in ("RGB", "L"):
-                raise RestoreError(f"sample {row.key!r} face {row.face}: face PNG is {face.mode}")
+                raise RestoreError(
+                    f"sample {row.sample_id!r} face {row.face}: face PNG is {face.mode}"
+                )
             patch = np.array(face.convert("RGB"))
         if patch.shape != (y2 - y1, x2 - x1, 3):
-            raise RestoreError(f"sample {row.key!r} face {row.face}: face size differs from bbox")
+            raise RestoreError(
+                f"sample {row.sample_id!r} face {row.face}: face size differs from bbox"
+            )
         canvas[y1:y2, x1:x2] = patch
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, format="PNG")
@@ -266,7 +274,7 @@ def rebuild(
 ) -> tuple[str, bytes, str]:
     """(extension, bytes, source URI) of one restored original."""
     if not _SAFE_KEY.fullmatch(key):
-        raise RestoreError("a sample key in the manifest is not a plain name")
+        raise RestoreError("a sample id in the manifest is not a plain name")
     if not any(row.face < 0 for row in rows):
         raise RestoreError(f"sample {key!r} of {shard}: its whole-sample row is missing")
     sha = hashlib.sha256(image).hexdigest() if image is not None else EMPTY_SHA256
@@ -299,23 +307,23 @@ def restore_samples(
     restored = {}
     for shard, shard_refs in sorted(by_shard.items()):
         manifest = load_checked(out, shard, escrow, ctx.commitments)
-        keys = {ref.key for ref in shard_refs}
+        keys = {ref.sample_id for ref in shard_refs}
         rows: dict[str, list[KeyRow]] = {}
         for row in manifest.rows:
-            if row.key in keys:
-                rows.setdefault(row.key, []).append(row)
+            if row.sample_id in keys:
+                rows.setdefault(row.sample_id, []).append(row)
         images = {k: data for k, _, data in iter_images(out, shard) if k in keys}
         for ref in shard_refs:
-            data_key = data_keys[(shard, ref.key)]
+            data_key = data_keys[(shard, ref.sample_id)]
 
             def opener(row: KeyRow, sha: str, dk: bytes = data_key, at: str = shard) -> Payload:
                 return open_v2_row(dk, escrow.job_id, at, row, sha)
 
             ext, data, uri = rebuild(
-                opener, shard, ref.key, rows.get(ref.key, []), images.get(ref.key)
+                opener, shard, ref.sample_id, rows.get(ref.sample_id, []), images.get(ref.sample_id)
             )
-            write_private_file(staging / f"{ref.key}.{ext}", data, overwrite=True)
-            restored[ref.key] = (f"{ref.key}.{ext}", uri)
+            write_private_file(staging / f"{ref.sample_id}.{ext}", data, overwrite=True)
+            restored[ref.sample_id] = (f"{ref.sample_id}.{ext}", uri)
     return restored
 
 

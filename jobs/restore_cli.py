@@ -87,7 +87,13 @@ from faceveil.manifests.request import (
     create_request,
     load_request_key,
 )
-from faceveil.manifests.restore import Approval, approve, assemble_reshare, recover_data_keys
+from faceveil.manifests.restore import (
+    Approval,
+    approve,
+    assemble_reshare,
+    recover_data_keys,
+)
+from faceveil.manifests.signed import ApprovedRequest
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +175,7 @@ def describe_request(request: RestoreRequest) -> str:
     elif request.purpose == "rekey":
         what = f"rekey of all {len(request.samples)} sample(s) to {request.new_policy.describe()}"
     else:
-        shown = ", ".join(f"{s.key} ({s.shard})" for s in request.samples[:10])
+        shown = ", ".join(f"{s.sample_id} ({s.shard})" for s in request.samples[:10])
         more = f" and {len(request.samples) - 10} more" if len(request.samples) > 10 else ""
         what = f"restore of {len(request.samples)} sample(s): {shown}{more}"
     return (
@@ -244,7 +250,9 @@ def _data_keys(args, ctx: RestoreContext, request, keys, approvals):
     if escrow.scheme == "kms":
         client = make_kms_client(escrow.policy.key_arn, args.kms_endpoint)
         return kms_data_keys(ctx.out, escrow, request.samples, client), []
-    return recover_data_keys(escrow, request, keys, approvals, request.purpose), approvals
+    return recover_data_keys(
+        escrow, ApprovedRequest(request, keys, approvals), request.purpose
+    ), approvals
 
 
 @refusals

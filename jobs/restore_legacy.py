@@ -48,8 +48,8 @@ def rows_by_shard(
             raise EscrowError(f"keys/{shard}.parquet is not a format-1 manifest of this escrow")
         grouped: dict[str, list[KeyRow]] = {}
         for row in manifest.rows:
-            if wanted is None or row.key in wanted:
-                grouped.setdefault(row.key, []).append(row)
+            if wanted is None or row.sample_id in wanted:
+                grouped.setdefault(row.sample_id, []).append(row)
         if seen & set(grouped):
             raise RestoreError(f"a sample appears in two key manifests (at {shard})")
         seen |= set(grouped)

@@ -23,7 +23,7 @@ from faceveil.jobs.shardio import (
     split_member,
 )
 from faceveil.jobs.storage import Location, RetryPolicy
-from faceveil.manifests.jobsecret import sample_key, seal_uri, secret_fingerprint
+from faceveil.manifests.jobsecret import sample_id, seal_uri, secret_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def build_shard(loc: Location, sources: Iterable[Source], secret: bytes, threads
     buf = io.BytesIO()
     writer = TarWriter(buf)
     for source, (data, error) in zip(sources, contents, strict=True):
-        key = sample_key(secret, source.uri)
+        key = sample_id(secret, source.uri)
         writer.add(f"{key}.src", seal_uri(secret, key, source.uri))
         if data is None:
             writer.add(f"{key}.err", error.encode())

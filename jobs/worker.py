@@ -24,6 +24,7 @@ from faceveil.anon_core.imageio import crop_png
 from faceveil.anon_core.known import BoxesError, WithBoxes, parse_boxes
 from faceveil.anon_core.models import file_sha256
 from faceveil.anon_core.pipeline import AnonResult, FaceAnonymizer, quarantined
+from faceveil.anon_core.results import SampleStatus
 from faceveil.jobs.datawriter import OutputSpec, data_writer
 from faceveil.jobs.plan import is_plan_file, iter_planned
 from faceveil.jobs.shardio import (
@@ -35,7 +36,9 @@ from faceveil.jobs.shardio import (
 )
 from faceveil.jobs.storage import Location
 from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.envelope import EMPTY_SHA256
 from faceveil.manifests.jobsecret import open_uri
+from faceveil.manifests.keymanifest import SampleToSeal
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,8 @@ class ShardSealer(Protocol):
 
     escrow_id: str
 
-    def seal_face(self, key, face, bbox, png_bytes, source_uri, anon_sha256): ...
-    def seal_sample(self, key, source_uri, anon_sha256, original_bytes): ...
+    def seal_face(self, sample: SampleToSeal, face, bbox, png_bytes): ...
+    def seal_sample(self, sample: SampleToSeal, original_bytes): ...
     def manifest_bytes(self) -> bytes: ...
     def commitment(self) -> dict: ...
 
@@ -245,7 +248,7 @@ class _ShardOutput:
         key = p.sample.key
         self._data.add(key, result, p.sample.columns)
         self.summary.faces += len(result.faces)
-        if result.status == "anonymized":
+        if result.status == SampleStatus.ANONYMIZED:
             self.summary.anonymized += 1
         else:
             self.summary.no_face += 1
@@ -262,23 +265,24 @@ class _ShardOutput:
             {"key": p.sample.key, "stage": result.stage, "reason": result.reason}
         )
         if self.sealer is not None and result.reason != DUPLICATE_KEY:
-            empty = hashlib.sha256(b"").hexdigest()
-            self.sealer.seal_sample(p.sample.key, p.source_uri, empty, p.original)
+            self.sealer.seal_sample(
+                SampleToSeal(p.sample.key, p.source_uri, EMPTY_SHA256), p.original
+            )
         return 1
 
     def _seal(self, p: _Pending) -> None:
-        result, key = p.result, p.sample.key
-        digest = result.sha256
+        result = p.result
+        sample = SampleToSeal(p.sample.key, p.source_uri, result.sha256)
         for face, region in enumerate(result.output.regions):
             x1, y1, x2, y2 = (int(v) for v in region)
             if x2 > x1 and y2 > y1:
                 png = crop_png(result.original.rgb, (x1, y1, x2, y2))
-                self.sealer.seal_face(key, face, (x1, y1, x2, y2), png, p.source_uri, digest)
+                self.sealer.seal_face(sample, face, (x1, y1, x2, y2), png)
         # Whole original bytes when the decoded pixels do not represent the file exactly, or when
         # a lossless input leaves as JPEG (--output-image-format): its other pixels changed too.
         kept = result.original.exact and not (result.original.lossless and result.ext == "jpg")
         original = None if kept else p.original
-        self.sealer.seal_sample(key, p.source_uri, digest, original)
+        self.sealer.seal_sample(sample, original)
 
     def publish(self, out: Location, extra: dict) -> ShardSummary:
         s = self.summary

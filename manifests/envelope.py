@@ -2,8 +2,9 @@
 
 Keys
     The job's 256-bit :class:`MasterKey` comes from :func:`secrets.token_bytes`. Each sample gets
-    its own key ``HKDF-SHA256(ikm=master, salt=job_id, info=sample_key, length=32)`` (job id and
-    sample key UTF-8 encoded). The master key never appears in ``repr``/``str`` or in errors.
+    its own key ``HKDF-SHA256(ikm=master, salt=job_id, info=sample_id, length=32)`` (job id and
+    sample id, the ``__key__``, UTF-8 encoded). The master key never appears in ``repr``/``str``
+    or in errors.
 
 Sealing
     AES-256-GCM (96-bit random nonce, injectable for known-answer tests) under the sample key.
@@ -153,9 +154,20 @@ class SealedBox:
     aad_sha256: str
 
 
-def aad_bytes(job_id: str, shard: str, key: str, face: int, anon_sha256: str) -> bytes:
+@dataclass(frozen=True)
+class RowBinding:
+    """What a row's AAD binds it to: its shard, its sample (``__key__``), face index (-1 for the
+    whole sample) and the sha256 of the sample's anonymized image."""
+
+    shard: str
+    sample_id: str
+    face: int
+    anon_sha256: str
+
+
+def aad_bytes(job_id: str, shard: str, sample_id: str, face: int, anon_sha256: str) -> bytes:
     """The canonical associated data binding a row to its job, shard, sample, face and image."""
-    for name, value in (("job_id", job_id), ("shard", shard), ("key", key)):
+    for name, value in (("job_id", job_id), ("shard", shard), ("sample_id", sample_id)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name} must be a non-empty string")
     if isinstance(face, bool) or not isinstance(face, int) or face < -1:
@@ -166,7 +178,7 @@ def aad_bytes(job_id: str, shard: str, key: str, face: int, anon_sha256: str) ->
         "anon_sha256": anon_sha256,
         "face": face,
         "job_id": job_id,
-        "key": key,
+        "key": sample_id,
         "shard": shard,
         "v": AAD_VERSION,
     }
@@ -196,40 +208,35 @@ class Envelope:
     def __repr__(self) -> str:
         return f"Envelope(job_id={self.job_id!r}, escrow_id={self.escrow_id!r})"
 
-    def sample_key(self, key: str) -> bytes:
-        """The per-sample AES key, ``HKDF-SHA256(master, salt=job_id, info=key)``."""
-        return self._master.derive(self.job_id.encode("utf-8"), key.encode("utf-8"))
+    def sample_key(self, sample_id: str) -> bytes:
+        """The per-sample AES key, ``HKDF-SHA256(master, salt=job_id, info=sample_id)``."""
+        return self._master.derive(self.job_id.encode("utf-8"), sample_id.encode("utf-8"))
 
-    def seal(
-        self,
-        shard: str,
-        key: str,
-        face: int,
-        plaintext: bytes,
-        anon_sha256: str,
-        nonce: bytes | None = None,
-    ) -> SealedBox:
-        """Encrypt ``plaintext`` for (shard, key, face, anonymized image)."""
-        aad = aad_bytes(self.job_id, shard, key, face, anon_sha256)
+    def _aad(self, at: RowBinding) -> bytes:
+        return aad_bytes(self.job_id, at.shard, at.sample_id, at.face, at.anon_sha256)
+
+    def seal(self, at: RowBinding, plaintext: bytes, nonce: bytes | None = None) -> SealedBox:
+        """Encrypt ``plaintext`` for the row ``at`` names (shard, sample, face, image)."""
+        aad = self._aad(at)
         if nonce is None:
             nonce = secrets.token_bytes(NONCE_SIZE)
         elif len(nonce) != NONCE_SIZE:
             raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
-        ciphertext = AESGCM(self.sample_key(key)).encrypt(nonce, plaintext, aad)
+        ciphertext = AESGCM(self.sample_key(at.sample_id)).encrypt(nonce, plaintext, aad)
         return SealedBox(bytes(nonce), ciphertext, hashlib.sha256(aad).hexdigest())
 
-    def open(
-        self, shard: str, key: str, face: int, nonce: bytes, ciphertext: bytes, anon_sha256: str
-    ) -> bytes:
-        """Decrypt a row; any mismatch raises one :class:`DecryptionError`."""
-        aad = aad_bytes(self.job_id, shard, key, face, anon_sha256)
+    def open(self, at: RowBinding, nonce: bytes, ciphertext: bytes) -> bytes:
+        """Decrypt the row ``at`` names; any mismatch raises one :class:`DecryptionError`."""
+        aad = self._aad(at)
         try:
             if len(nonce) != NONCE_SIZE:
                 raise InvalidTag
-            return AESGCM(self.sample_key(key)).decrypt(nonce, ciphertext, aad)
+            return AESGCM(self.sample_key(at.sample_id)).decrypt(nonce, ciphertext, aad)
         except InvalidTag:
-            log.debug("row did not open: shard=%s key=%s face=%d", shard, key, face)
+            log.debug(
+                "row did not open: shard=%s sample=%s face=%d", at.shard, at.sample_id, at.face
+            )
             raise DecryptionError(
-                f"row key={key!r} face={face} of {shard!r} did not decrypt: wrong key, or the row "
-                "was tampered with, moved, or paired with another image"
+                f"row key={at.sample_id!r} face={at.face} of {at.shard!r} did not decrypt: wrong "
+                "key, or the row was tampered with, moved, or paired with another image"
             ) from None

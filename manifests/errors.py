@@ -1,6 +1,6 @@
 """Opaque error families of the key-handling library; messages never carry secret material.
 
-Every message names *what* failed (a row's sample key, a custodian's name, an audit line number)
+Every message names *what* failed (a row's sample id, a custodian's name, an audit line number)
 and never the bytes involved: no key, share, passphrase, nonce-plus-ciphertext or pixel data.
 """
 

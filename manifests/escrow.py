@@ -82,6 +82,34 @@ class KmsClient(Protocol):
         ...
 
 
+class EpochList:
+    """An escrow's key epochs by id (both escrow formats: ``epochs``, first epoch first)."""
+
+    epochs: tuple[Any, ...]
+
+    def check_epochs(self, job_id: str) -> None:
+        """EscrowError unless there is at least one epoch, no two share an id and every one is
+        of the job ``job_id``."""
+        if not self.epochs:
+            raise EscrowError("an escrow holds at least one key epoch")
+        if len(set(self.escrow_ids)) != len(self.epochs):
+            raise EscrowError("two key epochs of the escrow have the same escrow_id")
+        if any(e.job_id != job_id for e in self.epochs):
+            raise EscrowError("every key epoch must belong to the job")
+
+    @property
+    def escrow_ids(self) -> tuple[str, ...]:
+        """The epochs' ids, first epoch first."""
+        return tuple(e.escrow_id for e in self.epochs)
+
+    def epoch(self, escrow_id: str | None) -> Any:
+        """The epoch ``escrow_id``; EscrowError if this escrow holds none such."""
+        for epoch in self.epochs:
+            if epoch.escrow_id == escrow_id:
+                return epoch
+        raise EscrowError(f"escrow.json holds no key epoch {escrow_id!r}")
+
+
 @dataclass(frozen=True)
 class ShamirPolicy:
     """M-of-N custodians; ``custodians`` in share order (custodian i holds share i + 1)."""
@@ -164,11 +192,10 @@ def policy_from_json(doc: dict) -> Policy:
     raise EscrowError(f"unknown escrow scheme {doc.get('scheme')!r}")
 
 
-def sample_label(job_id: str, escrow_id: str, shard: str, key: str) -> bytes:
+def sample_label(job_id: str, escrow_id: str, shard: str, sample_id: str) -> bytes:
     """What a sample's wrapped data key is bound to (and what a custodian approves)."""
-    return canonical_json(
-        {"v": LABEL_FORMAT, "job_id": job_id, "escrow_id": escrow_id, "shard": shard, "key": key}
-    )
+    doc = {"v": LABEL_FORMAT, "job_id": job_id, "escrow_id": escrow_id, "shard": shard}
+    return canonical_json(doc | {"key": sample_id})
 
 
 def kms_context(job_id: str, escrow_id: str, shard: str) -> dict[str, str]:
@@ -233,9 +260,9 @@ class Epoch:
         )
         return target.part_aad(fingerprint, source)
 
-    def label(self, shard: str, key: str) -> bytes:
-        """The label of sample ``key`` of ``shard`` sealed in this epoch."""
-        return sample_label(self.job_id, self.escrow_id, shard, key)
+    def label(self, shard: str, sample_id: str) -> bytes:
+        """The label of sample ``sample_id`` of ``shard`` sealed in this epoch."""
+        return sample_label(self.job_id, self.escrow_id, shard, sample_id)
 
     def open_share(self, custodian: CustodianPrivate) -> threshold.ScalarShare:
         """The custodian's share of this epoch, checked against its public share."""
@@ -284,7 +311,7 @@ class Epoch:
 
 
 @dataclass(frozen=True)
-class Escrow:
+class Escrow(EpochList):
     """A parsed ``escrow.json``: the job's key epochs, in order, under one policy."""
 
     job_id: str
@@ -293,31 +320,14 @@ class Escrow:
     epochs: tuple[Epoch, ...]
 
     def __post_init__(self) -> None:
-        if not self.epochs:
-            raise EscrowError("an escrow holds at least one key epoch")
-        ids = [e.escrow_id for e in self.epochs]
-        if len(set(ids)) != len(ids):
-            raise EscrowError("two key epochs of the escrow have the same escrow_id")
-        for epoch in self.epochs:
-            if epoch.job_id != self.job_id or epoch.policy != self.policy:
-                raise EscrowError("every key epoch must belong to the job and have its policy")
+        self.check_epochs(self.job_id)
+        if any(e.policy != self.policy for e in self.epochs):
+            raise EscrowError("every key epoch of an escrow must have its policy")
 
     @property
     def scheme(self) -> str:
         """``shamir`` or ``kms``."""
         return self.policy.scheme
-
-    @property
-    def escrow_ids(self) -> tuple[str, ...]:
-        """The epochs' ids, first epoch first."""
-        return tuple(e.escrow_id for e in self.epochs)
-
-    def epoch(self, escrow_id: str | None) -> Epoch:
-        """The epoch ``escrow_id``; EscrowError if this escrow holds none such."""
-        for epoch in self.epochs:
-            if epoch.escrow_id == escrow_id:
-                return epoch
-        raise EscrowError(f"escrow.json holds no key epoch {escrow_id!r}")
 
     def with_epoch(self, epoch: Epoch) -> Escrow:
         """This escrow with ``epoch`` appended and a new revision."""

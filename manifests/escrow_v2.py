@@ -69,7 +69,7 @@ from faceveil.manifests.custodian import (
 )
 from faceveil.manifests.envelope import MasterKey
 from faceveil.manifests.errors import CustodianKeyError, EscrowError, ShareError
-from faceveil.manifests.escrow import KmsClient, kms_call
+from faceveil.manifests.escrow import EpochList, KmsClient, kms_call
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Epoch:
 
 
 @dataclass(frozen=True)
-class Escrow:
+class Escrow(EpochList):
     """A parsed ``escrow.json``: the job's key epochs, in order, under one policy.
 
     ``epochs[0]`` is the job's first epoch; its job signing key is the job's long-lived one.
@@ -225,16 +225,9 @@ class Escrow:
     epochs: tuple[Epoch, ...]
 
     def __post_init__(self) -> None:
-        if not self.epochs:
-            raise EscrowError("an escrow holds at least one key epoch")
-        ids = [e.escrow_id for e in self.epochs]
-        if len(set(ids)) != len(ids):
-            raise EscrowError("two key epochs of the escrow have the same escrow_id")
-        for epoch in self.epochs:
-            if epoch.job_id != self.job_id:
-                raise EscrowError("a key epoch of the escrow belongs to another job")
-            if epoch.policy() != self.epochs[0].policy():
-                raise EscrowError("every key epoch of an escrow must have the same policy")
+        self.check_epochs(self.job_id)
+        if any(e.policy() != self.epochs[0].policy() for e in self.epochs):
+            raise EscrowError("every key epoch of an escrow must have the same policy")
 
     @property
     def scheme(self) -> str:
@@ -255,18 +248,6 @@ class Escrow:
     def key_arn(self) -> str:
         """The KMS key of a KMS escrow."""
         return self.epochs[0].key_arn
-
-    @property
-    def escrow_ids(self) -> tuple[str, ...]:
-        """The epochs' ids, first epoch first."""
-        return tuple(e.escrow_id for e in self.epochs)
-
-    def epoch(self, escrow_id: str | None) -> Epoch:
-        """The epoch ``escrow_id``; EscrowError if this escrow holds none such."""
-        for epoch in self.epochs:
-            if epoch.escrow_id == escrow_id:
-                return epoch
-        raise EscrowError(f"escrow.json holds no key epoch {escrow_id!r}")
 
     def custodian(self, fingerprint: str) -> CustodianPublic:
         """The custodian with ``fingerprint``; EscrowError if it is not in this escrow."""

@@ -2,14 +2,14 @@
 
 The job secret (``--secret-file``, 32 bytes) names samples and hides their sources:
 
-- sample keys: ``HMAC-SHA256(secret, source URI)``, hex, first 32 characters;
+- sample ids (``__key__``): ``HMAC-SHA256(secret, source URI)``, hex, first 32 characters;
 - the secret's public fingerprint: ``HMAC-SHA256(secret, "faceveil shard-secret fingerprint")``,
   first 16 hex characters (tells two runs apart, reveals nothing);
 - sealed source URIs (a shard's ``KEY.src`` member, a plan's ``src``): AES-256-GCM under
-  ``HKDF-SHA256(secret, info="faceveil source-uri v1")``, AAD the sample key, nonce
-  ``HMAC(secret, "uri-nonce:" + key)[:12]``;
+  ``HKDF-SHA256(secret, info="faceveil source-uri v1")``, AAD the sample id, nonce
+  ``HMAC(secret, "uri-nonce:" + sample id)[:12]``;
 - sealed plan checks (where a source is, its size and sha256): AES-256-GCM under
-  ``HKDF-SHA256(secret, info="faceveil plan-check v1")``, AAD the sample key, nonce
+  ``HKDF-SHA256(secret, info="faceveil plan-check v1")``, AAD the sample id, nonce
   ``HMAC(secret, "plan-check-nonce:" + plaintext)[:12]``.
 
 Both nonces are derived, so plans and shards are byte-reproducible; a nonce repeats only with
@@ -33,13 +33,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from faceveil.manifests.canonical import canonical_json
 
-KEY_CHARS = 32
+SAMPLE_ID_CHARS = 32
 _NONCE = 12
 
 
-def sample_key(secret: bytes, uri: str) -> str:
-    """Pseudonymous sample key: HMAC-SHA256 of the source URI under the job secret, 32 hex chars."""
-    return hmac.new(secret, uri.encode(), hashlib.sha256).hexdigest()[:KEY_CHARS]
+def sample_id(secret: bytes, uri: str) -> str:
+    """Pseudonymous sample id (``__key__``): HMAC-SHA256 of the source URI under the job
+    secret, 32 hex characters."""
+    return hmac.new(secret, uri.encode(), hashlib.sha256).hexdigest()[:SAMPLE_ID_CHARS]
 
 
 def secret_fingerprint(secret: bytes) -> str:
@@ -58,30 +59,32 @@ def _open(cipher: AESGCM, blob: bytes, aad: bytes | None, what: str) -> bytes:
         raise ValueError(f"{what} does not open with this key") from None
 
 
-def seal_uri(secret: bytes, key: str, uri: str) -> bytes:
-    """The source URI of sample ``key`` sealed, so shards and plans hold no file names."""
-    nonce = hmac.new(secret, b"uri-nonce:" + key.encode(), hashlib.sha256).digest()[:_NONCE]
+def seal_uri(secret: bytes, sample_id: str, uri: str) -> bytes:
+    """The source URI of sample ``sample_id`` sealed, so shards and plans hold no file names."""
+    nonce = hmac.new(secret, b"uri-nonce:" + sample_id.encode(), hashlib.sha256).digest()[:_NONCE]
     cipher = _cipher(secret, b"faceveil source-uri v1")
-    return nonce + cipher.encrypt(nonce, uri.encode(), key.encode())
+    return nonce + cipher.encrypt(nonce, uri.encode(), sample_id.encode())
 
 
-def open_uri(secret: bytes, key: str, blob: bytes) -> str:
-    """The source URI sealed by :func:`seal_uri`; ValueError with the wrong secret or key."""
+def open_uri(secret: bytes, sample_id: str, blob: bytes) -> str:
+    """The source URI sealed by :func:`seal_uri`; ValueError with the wrong secret or sample id."""
     cipher = _cipher(secret, b"faceveil source-uri v1")
-    return _open(cipher, blob, key.encode(), "a source URI (job secret)").decode()
+    return _open(cipher, blob, sample_id.encode(), "a source URI (job secret)").decode()
 
 
-def seal_check(secret: bytes, key: str, doc: dict) -> bytes:
-    """``doc`` (where the source is, its size and sha256) sealed for sample ``key``."""
+def seal_check(secret: bytes, sample_id: str, doc: dict) -> bytes:
+    """``doc`` (where the source is, its size and sha256) sealed for sample ``sample_id``."""
     plain = canonical_json(doc)
     nonce = hmac.new(secret, b"plan-check-nonce:" + plain, hashlib.sha256).digest()[:_NONCE]
-    return nonce + _cipher(secret, b"faceveil plan-check v1").encrypt(nonce, plain, key.encode())
+    return nonce + _cipher(secret, b"faceveil plan-check v1").encrypt(
+        nonce, plain, sample_id.encode()
+    )
 
 
-def open_check(secret: bytes, key: str, blob: bytes) -> dict:
-    """The document sealed by :func:`seal_check`; ValueError with the wrong secret or key."""
+def open_check(secret: bytes, sample_id: str, blob: bytes) -> dict:
+    """The document sealed by :func:`seal_check`; ValueError with the wrong secret or sample id."""
     cipher = _cipher(secret, b"faceveil plan-check v1")
-    return json.loads(_open(cipher, blob, key.encode(), "a plan entry (job secret)"))
+    return json.loads(_open(cipher, blob, sample_id.encode(), "a plan entry (job secret)"))
 
 
 def seal_object(key: bytes, obj: object) -> bytes:

@@ -5,7 +5,7 @@ One row per sealed value (``keys/shard-NNNNNN.parquet``):
 ============  ==================  =====================================================
 column        type                meaning
 ============  ==================  =====================================================
-key           string              pseudonymous sample key (``__key__``)
+key           string              pseudonymous sample id (``__key__``)
 face          int32               face index in the sample, ``-1`` for the whole sample
 bbox          list<int32>, null   face region ``[x1, y1, x2, y2]`` (half-open), null if -1
 nonce         binary              AES-GCM nonce (12 bytes)
@@ -46,7 +46,12 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from faceveil.manifests.envelope import EMPTY_SHA256, Envelope, Payload, PayloadKind
+from faceveil.manifests.envelope import (
+    Envelope,
+    Payload,
+    PayloadKind,
+    RowBinding,
+)
 from faceveil.manifests.errors import DecryptionError, ManifestError
 from faceveil.manifests.sealing import RowName, ShardKeys, commitment, row_aad, seal_row
 
@@ -71,9 +76,9 @@ KMS_BLOB_META = b"faceveil.kms_blob"
 
 @dataclass(frozen=True)
 class KeyRow:
-    """One key-manifest row."""
+    """One key-manifest row (its sample id is the Parquet column ``key``)."""
 
-    key: str
+    sample_id: str
     face: int
     bbox: tuple[int, int, int, int] | None
     nonce: bytes
@@ -89,7 +94,7 @@ class KeyRow:
         if self.bbox is not None:
             object.__setattr__(self, "bbox", tuple(int(v) for v in self.bbox))
             if len(self.bbox) != 4:
-                raise ManifestError(f"row key={self.key!r}: bbox must have 4 integers")
+                raise ManifestError(f"row key={self.sample_id!r}: bbox must have 4 integers")
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ class KeyManifest:
 
     def commitment(self) -> dict:
         """The row list's commitment (see :func:`manifests.sealing.commitment`)."""
-        return commitment([(r.key, r.face, r.aad_sha256, r.sealed_bytes()) for r in self.rows])
+        return commitment(
+            [(r.sample_id, r.face, r.aad_sha256, r.sealed_bytes()) for r in self.rows]
+        )
 
 
 def _table(
@@ -112,7 +119,7 @@ def _table(
 ) -> pa.Table:
     rows = list(rows)
     columns = {
-        "key": [r.key for r in rows],
+        "key": [r.sample_id for r in rows],
         "face": [r.face for r in rows],
         "bbox": [list(r.bbox) if r.bbox is not None else None for r in rows],
         "nonce": [r.nonce for r in rows],
@@ -228,29 +235,25 @@ def load_key_manifest(src: str | Path | bytes | BinaryIO) -> KeyManifest:
 
 def open_row(envelope: Envelope, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
     """Decrypt and parse one row of ``shard``; raises :class:`DecryptionError` on any mismatch."""
-    plaintext = envelope.open(shard, row.key, row.face, row.nonce, row.ciphertext, anon_sha256)
+    at = RowBinding(shard, row.sample_id, row.face, anon_sha256)
+    plaintext = envelope.open(at, row.nonce, row.ciphertext)
     payload = Payload.from_bytes(plaintext)
     if (row.face >= 0) != (payload.kind is PayloadKind.FACE_PNG):
-        raise DecryptionError(f"row key={row.key!r} face={row.face}: payload kind does not match")
+        raise DecryptionError(
+            f"row key={row.sample_id!r} face={row.face}: payload kind does not match"
+        )
     return payload
 
 
-def reencrypt_rows(
-    rows: Iterable[KeyRow], shard: str, old: Envelope, new: Envelope, anon_sha256: dict[str, str]
-) -> list[KeyRow]:
-    """Open every row under ``old`` and seal it again under ``new`` (fresh nonces).
+@dataclass(frozen=True)
+class SampleToSeal:
+    """The sample whose rows a :class:`ShardSealer` seals: its id (``__key__``), its source URI
+    (inside every payload) and the sha256 of its anonymized image (in every row's AAD;
+    ``EMPTY_SHA256`` for a quarantined sample, which has none)."""
 
-    ``anon_sha256`` maps sample key -> sha256 of its anonymized image; keys absent from it are
-    taken as quarantined (``EMPTY_SHA256``). Any row that does not open aborts the whole call.
-    """
-    out = []
-    for row in rows:
-        sha = anon_sha256.get(row.key, EMPTY_SHA256)
-        plaintext = old.open(shard, row.key, row.face, row.nonce, row.ciphertext, sha)
-        box = new.seal(shard, row.key, row.face, plaintext, sha)
-        out.append(KeyRow(row.key, row.face, row.bbox, box.nonce, box.ciphertext, box.aad_sha256))
-    log.debug("re-encrypted %d rows of %s", len(out), shard)
-    return out
+    sample_id: str
+    source_uri: str = field(repr=False)
+    anon_sha256: str
 
 
 class ShardSealer:
@@ -270,55 +273,49 @@ class ShardSealer:
             raise ValueError(f"data keys made for {keys.shard!r} cannot seal {self.shard!r}")
         self.escrow_id = keys.epoch.escrow_id
         self._rows: list[KeyRow] = []
-        self._sample_keys: dict[str, tuple[bytes, bytes | None]] = {}
+        self._data_keys: dict[str, tuple[bytes, bytes | None]] = {}
 
     def _add(
         self,
-        key: str,
+        sample: SampleToSeal,
         face: int,
         bbox: tuple[int, int, int, int] | None,
         payload: Payload,
-        anon_sha256: str,
     ) -> KeyRow:
-        if key not in self._sample_keys:
-            self._sample_keys[key] = self.keys.sample(key)
-        data_key, wrapped = self._sample_keys[key]
-        aad = row_aad(self.job_id, self.shard, RowName(key, face, bbox), anon_sha256)
+        sample_id = sample.sample_id
+        if sample_id not in self._data_keys:
+            self._data_keys[sample_id] = self.keys.sample(sample_id)
+        data_key, wrapped = self._data_keys[sample_id]
+        aad = row_aad(self.job_id, self.shard, RowName(sample_id, face, bbox), sample.anon_sha256)
         nonce, ciphertext = seal_row(data_key, aad, payload.to_bytes())
         digest = hashlib.sha256(aad).hexdigest()
-        row = KeyRow(key, face, bbox, nonce, ciphertext, digest, wrapped if face < 0 else None)
+        row = KeyRow(
+            sample_id, face, bbox, nonce, ciphertext, digest, wrapped if face < 0 else None
+        )
         self._rows.append(row)
         return row
 
     def seal_face(
-        self,
-        key: str,
-        face: int,
-        bbox: tuple[int, int, int, int],
-        png_bytes: bytes,
-        source_uri: str,
-        anon_sha256: str,
+        self, sample: SampleToSeal, face: int, bbox: tuple[int, int, int, int], png_bytes: bytes
     ) -> KeyRow:
         """Seal the lossless PNG of face ``face``'s region ``bbox`` of the decoded original."""
         if face < 0:
             raise ValueError("face rows have an index >= 0")
         if bbox is None or len(bbox) != 4:
             raise ValueError("a face row needs a bbox of 4 integers")
-        payload = Payload(PayloadKind.FACE_PNG, source_uri, png_bytes)
-        return self._add(key, face, tuple(int(v) for v in bbox), payload, anon_sha256)
+        payload = Payload(PayloadKind.FACE_PNG, sample.source_uri, png_bytes)
+        return self._add(sample, face, tuple(int(v) for v in bbox), payload)
 
-    def seal_sample(
-        self, key: str, source_uri: str, anon_sha256: str, original_bytes: bytes | None = None
-    ) -> KeyRow:
+    def seal_sample(self, sample: SampleToSeal, original_bytes: bytes | None = None) -> KeyRow:
         """Seal the whole-sample row (face -1): the source URI and, if given, the original file.
 
-        For a quarantined sample pass ``anon_sha256=EMPTY_SHA256`` and the original bytes.
+        For a quarantined sample give ``anon_sha256=EMPTY_SHA256`` and the original bytes.
         """
         if original_bytes is None:
-            payload = Payload(PayloadKind.SOURCE, source_uri)
+            payload = Payload(PayloadKind.SOURCE, sample.source_uri)
         else:
-            payload = Payload(PayloadKind.ORIGINAL_FILE, source_uri, bytes(original_bytes))
-        return self._add(key, -1, None, payload, anon_sha256)
+            payload = Payload(PayloadKind.ORIGINAL_FILE, sample.source_uri, bytes(original_bytes))
+        return self._add(sample, -1, None, payload)
 
     def rows(self) -> list[KeyRow]:
         """The rows sealed so far, in order."""
@@ -326,7 +323,9 @@ class ShardSealer:
 
     def commitment(self) -> dict:
         """The row list's commitment, for the shard's marker and the job-signed log."""
-        return commitment([(r.key, r.face, r.aad_sha256, r.sealed_bytes()) for r in self._rows])
+        return commitment(
+            [(r.sample_id, r.face, r.aad_sha256, r.sealed_bytes()) for r in self._rows]
+        )
 
     def manifest_bytes(self) -> bytes:
         """The shard's key manifest as Parquet bytes, recording its key epoch."""

@@ -35,8 +35,6 @@ from faceveil.manifests.custodian import (
     b64d,
     b64e,
     canonical_json,
-    passphrase_open,
-    passphrase_seal,
 )
 from faceveil.manifests.errors import CustodianKeyError, EscrowError, RestoreError
 from faceveil.manifests.escrow import (
@@ -45,6 +43,7 @@ from faceveil.manifests.escrow import (
     ShamirPolicy,
     policy_from_json,
 )
+from faceveil.manifests.signed import open_request_key_file, request_key_file
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +70,19 @@ class SampleRef:
     (empty for a KMS escrow)."""
 
     shard: str
-    key: str
+    sample_id: str
     escrow_id: str
     wrapped: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.key):
-            raise RestoreError("a requested sample has a malformed shard or sample key")
+        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.sample_id):
+            raise RestoreError("a requested sample has a malformed shard or sample id")
 
     def to_json(self) -> dict:
         """The sample's entry in a request."""
         return {
             "shard": self.shard,
-            "key": self.key,
+            "key": self.sample_id,
             "escrow_id": self.escrow_id,
             "wrapped": b64e(self.wrapped),
         }
@@ -129,8 +128,8 @@ class RestoreRequest:
             raise RestoreError("a reshare moves the key to custodians (a new Shamir policy)")
         if self.purpose == "restore" and not self.samples:
             raise RestoreError("a restore request names at least one sample")
-        keys = [(s.shard, s.key) for s in self.samples]
-        if len(set(keys)) != len(keys) or len({s.key for s in self.samples}) != len(keys):
+        keys = [(s.shard, s.sample_id) for s in self.samples]
+        if len(set(keys)) != len(keys) or len({s.sample_id for s in self.samples}) != len(keys):
             raise RestoreError("a request names each sample once")
         for ref in self.samples:
             self.escrow.epoch(ref.escrow_id)
@@ -165,7 +164,7 @@ class RestoreRequest:
 
     def samples_sha256(self) -> str:
         """sha256 over the (shard, key) list, as audit entries record it."""
-        listed = sorted([s.shard, s.key] for s in self.samples)
+        listed = sorted([s.shard, s.sample_id] for s in self.samples)
         return hashlib.sha256(canonical_json(listed)).hexdigest()
 
     def check_signature(self) -> None:
@@ -258,28 +257,17 @@ def create_request(
     )
     signature = keys.ed25519.sign(_REQUEST_LABEL + canonical_json(unsigned.unsigned_doc()))
     request = replace(unsigned, signature=signature)
-    header = {
-        "format": REQUEST_KEY_FORMAT,
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-    }
     secret = keys.x25519.private_bytes_raw() + keys.ed25519.private_bytes_raw()
-    doc = passphrase_seal(header, secret, passphrase, params)
+    key_file = request_key_file(REQUEST_KEY_FORMAT, request, secret, passphrase, params)
     log.info(
         "request %s created (%s, %d samples)", request.request_id, spec.purpose, len(spec.samples)
     )
-    return request, json.dumps(doc, indent=1).encode()
+    return request, key_file
 
 
 def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) -> RequestKeys:
     """Decrypt the requester key file of ``request``."""
-    try:
-        doc = json.loads(key_file)
-    except ValueError:
-        raise CustodianKeyError("the requester key file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("request_sha256") != request.sha256():
-        raise RestoreError("the requester key file belongs to another request")
-    secret = passphrase_open(doc, passphrase, REQUEST_KEY_FORMAT)
+    secret = open_request_key_file(REQUEST_KEY_FORMAT, request, key_file, passphrase)
     if len(secret) != 64:
         raise CustodianKeyError("wrong passphrase or damaged key file")
     keys = RequestKeys(

@@ -23,12 +23,12 @@ exactly what the request names (escrow format 3, :mod:`manifests.escrow`).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -43,7 +43,7 @@ from faceveil.manifests.custodian import (
     open_sealed,
     seal_to,
 )
-from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.errors import DecryptionError, RestoreError
 from faceveil.manifests.escrow import (
     SHARE_CONTEXT,
     Escrow,
@@ -59,6 +59,7 @@ from faceveil.manifests.request import (
     check_request,
     iso_time,
 )
+from faceveil.manifests.signed import ApprovedRequest, SignedApproval, verify_signed
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,11 @@ class ReshareEpoch:
 
 
 @dataclass(frozen=True)
-class Approval:
+class Approval(SignedApproval):
     """One custodian's signed approval of one request."""
+
+    LABEL: ClassVar[bytes] = _APPROVAL_LABEL
+    FORMAT: ClassVar[str] = APPROVAL_FORMAT
 
     request_id: str
     request_sha256: str
@@ -133,32 +137,16 @@ class Approval:
         doc["reshare"] = hashlib.sha256(canonical_json(doc["reshare"])).hexdigest()
         return doc
 
-    def signing_bytes(self) -> bytes:
-        """The bytes the custodian's Ed25519 signature covers."""
-        return _APPROVAL_LABEL + canonical_json(self.statement())
-
-    def sha256(self) -> str:
-        """sha256 hex of the approval file's bytes."""
-        return hashlib.sha256(self.dumps()).hexdigest()
-
-    def dumps(self) -> bytes:
-        """The ``.approval`` file bytes."""
-        doc = self.signed_doc() | {"signature": b64e(self.signature)}
-        return json.dumps(doc, indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> Approval:
         """Parse an ``.approval`` file; RestoreError if malformed."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != APPROVAL_FORMAT:
-                raise ValueError("not a faceveil approval of format 4")
+
+        def fields(doc: dict) -> dict:
             doc["sealed_partials"] = b64d(doc["sealed_partials"], "sealed partials")
             doc["reshare"] = tuple(ReshareEpoch.from_json(r) for r in doc["reshare"])
-            doc["signature"] = b64d(doc["signature"], "signature", 64)
-            return cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RestoreError(f"invalid approval: {exc}") from None
+            return doc
+
+        return cls._from_file(data, fields)
 
 
 def check_statement(statement: dict, signature: bytes, ed25519_public: bytes) -> None:
@@ -233,11 +221,13 @@ def _partial(
     epoch = request.escrow.epoch(ref.escrow_id)
     try:
         wrapped = threshold.WrappedKey.from_bytes(ref.wrapped)
-        return threshold.partial_decrypt(share, wrapped, epoch.label(ref.shard, ref.key), randbytes)
+        return threshold.partial_decrypt(
+            share, wrapped, epoch.label(ref.shard, ref.sample_id), randbytes
+        )
     except threshold.ThresholdError as exc:
         raise RestoreError(
-            f"sample {ref.key!r} of {ref.shard}: its wrapped key was not made for that sample "
-            f"({exc}); not approving"
+            f"sample {ref.sample_id!r} of {ref.shard}: its wrapped key was not made for that "
+            f"sample ({exc}); not approving"
         ) from None
 
 
@@ -270,41 +260,14 @@ def verify_approvals(
     """The approvals if at least M distinct, signed approvals of ``request``; else RestoreError."""
     if not isinstance(escrow.policy, ShamirPolicy):
         raise RestoreError("custodian approvals apply to Shamir escrows only")
-    seen: set[str] = set()
-    for i, ap in enumerate(approvals, start=1):
-        if (ap.request_id, ap.request_sha256, ap.job_id, ap.revision, ap.purpose) != (
-            request.request_id,
-            request.sha256(),
-            escrow.job_id,
-            escrow.revision,
-            request.purpose,
-        ):
-            raise RestoreError(f"approval {i} (by {ap.custodian!r}) is for another request")
-        try:
-            custodian = escrow.policy.custodian(ap.fingerprint)
-        except EscrowError:
-            raise RestoreError(
-                f"approval {i} is from {ap.custodian!r}, who is not a custodian of this escrow"
-            ) from None
-        try:
-            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(
-                ap.signature, ap.signing_bytes()
-            )
-        except InvalidSignature:
-            raise RestoreError(
-                f"approval {i} (by {custodian.name!r}) has a bad signature"
-            ) from None
-        if ap.fingerprint in seen:
-            raise RestoreError(
-                f"approval {i} duplicates the approval of {custodian.name!r}: each custodian "
-                "counts once"
-            )
-        seen.add(ap.fingerprint)
-    if len(seen) < escrow.policy.threshold:
-        raise RestoreError(
-            f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
-            f"needs {escrow.policy.threshold}"
-        )
+    expected = {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "job_id": escrow.job_id,
+        "revision": escrow.revision,
+        "purpose": request.purpose,
+    }
+    verify_signed(approvals, expected, escrow.policy.custodian, escrow.policy.threshold)
     return list(approvals)
 
 
@@ -334,25 +297,24 @@ def _open_partials(
 
 def recover_data_keys(
     escrow: Escrow,
-    request: RestoreRequest,
-    keys: RequestKeys,
-    approvals: Sequence[Approval],
+    approved: ApprovedRequest[RestoreRequest, RequestKeys],
     purpose: str,
     now: datetime | None = None,
 ) -> dict[tuple[str, str], bytes]:
-    """``(shard, sample key) -> data key`` for exactly the request's samples.
+    """``(shard, sample id) -> data key`` for exactly the request's samples.
 
     Every partial is checked against its custodian's public share; a bad one is named. Each
     sample needs M good partials.
     """
+    request = approved.request
     check_request(escrow, request, purpose, now)
     policy = escrow.policy
-    approvals = verify_approvals(escrow, request, approvals)
-    opened = {ap.fingerprint: (ap, _open_partials(request, keys, ap)) for ap in approvals}
+    approvals = verify_approvals(escrow, request, approved.approvals)
+    opened = {ap.fingerprint: (ap, _open_partials(request, approved.keys, ap)) for ap in approvals}
     out: dict[tuple[str, str], bytes] = {}
     for n, ref in enumerate(request.samples):
         epoch = escrow.epoch(ref.escrow_id)
-        label = epoch.label(ref.shard, ref.key)
+        label = epoch.label(ref.shard, ref.sample_id)
         wrapped = threshold.WrappedKey.from_bytes(ref.wrapped)
         good = []
         for fp, (ap, partials) in opened.items():
@@ -363,14 +325,16 @@ def recover_data_keys(
             ):
                 raise RestoreError(
                     f"custodian {ap.custodian!r} sent a bad partial decryption for sample "
-                    f"{ref.key!r}: its proof does not verify (a faulty or dishonest approval)"
+                    f"{ref.sample_id!r}: its proof does not verify (a faulty or dishonest approval)"
                 )
             good.append(partial)
         shared = threshold.combine_partials(good, policy.threshold)
         try:
-            out[(ref.shard, ref.key)] = threshold.unwrap(epoch.public_key, wrapped, label, shared)
+            out[(ref.shard, ref.sample_id)] = threshold.unwrap(
+                epoch.public_key, wrapped, label, shared
+            )
         except threshold.ThresholdError:
-            raise RestoreError(f"sample {ref.key!r}: its data key did not open") from None
+            raise RestoreError(f"sample {ref.sample_id!r}: its data key did not open") from None
     log.info("data keys of %d sample(s) released for request %s", len(out), request.request_id)
     return out
 

@@ -5,7 +5,7 @@ covers every epoch, and recovery yields every epoch's master key (``escrow_id ->
 
 1. *Request* (``req.json``, public): ``request_id``, ``job_id``, ``revision`` (of
    ``escrow.json``), ``epochs`` (the escrow ids of every epoch, in order), ``purpose``
-   (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample keys, or ``"all"``),
+   (``restore``, ``reshare`` or ``rekey``), ``samples`` (a list of sample ids, or ``"all"``),
    ``reason``, ``requester``, ``created``, ``expires``, ``ephemeral_x25519``: the public half
    of a key pair made for this request only, and ``escrow``: a full copy of ``escrow.json`` as
    it was when the request was made (policy, custodians and every epoch's sealed shares; sealed
@@ -43,28 +43,33 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import ClassVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from faceveil.manifests.audit import utc_now
 from faceveil.manifests.custodian import (
     CustodianPrivate,
+    CustodianPublic,
     ScryptParams,
     b64d,
     b64e,
     canonical_json,
     open_sealed,
-    passphrase_open,
-    passphrase_seal,
     seal_to,
 )
 from faceveil.manifests.envelope import MasterKey
-from faceveil.manifests.errors import CustodianKeyError, DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
 from faceveil.manifests.escrow_v2 import Escrow
 from faceveil.manifests.request import iso_time, parse_time
 from faceveil.manifests.shamir import Share
+from faceveil.manifests.signed import (
+    ApprovedRequest,
+    SignedApproval,
+    open_request_key_file,
+    request_key_file,
+    verify_signed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,23 +157,32 @@ class RestoreRequest:
             raise RestoreError(f"invalid restore request: {exc}") from None
 
 
+@dataclass(frozen=True)
+class RequestSpec:
+    """What a request asks for: its purpose, the sample ids (None: every sample; only a restore
+    names samples), why and by whom, and for how long it stays valid."""
+
+    purpose: str
+    samples: Sequence[str] | None
+    reason: str
+    requester: str
+    valid_for: timedelta = timedelta(days=7)
+
+
 def create_request(
     escrow: Escrow,
-    purpose: str,
-    samples: Sequence[str] | None,
-    reason: str,
-    requester: str,
+    spec: RequestSpec,
     passphrase: str,
-    valid_for: timedelta = timedelta(days=7),
     clock: Callable[[], datetime] = utc_now,
     params: ScryptParams | None = None,
 ) -> tuple[RestoreRequest, bytes]:
     """A new request and its requester key file (bytes; write with mode 0600)."""
+    purpose, samples = spec.purpose, spec.samples
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
     if purpose != "restore":
         samples = None
-    if not reason.strip() or not requester.strip():
+    if not spec.reason.strip() or not spec.requester.strip():
         raise ValueError("a request needs a reason and a requester")
     eph = X25519PrivateKey.generate()
     now = clock()
@@ -179,39 +193,31 @@ def create_request(
         epochs=escrow.escrow_ids,
         purpose=purpose,
         samples=None if samples is None else tuple(samples),
-        reason=reason,
-        requester=requester,
+        reason=spec.reason,
+        requester=spec.requester,
         created=iso_time(now),
-        expires=iso_time(now + valid_for),
+        expires=iso_time(now + spec.valid_for),
         ephemeral_x25519=eph.public_key().public_bytes_raw(),
         escrow=escrow,
     )
-    header = {
-        "format": REQUEST_KEY_FORMAT,
-        "request_id": request.request_id,
-        "request_sha256": request.sha256(),
-    }
-    doc = passphrase_seal(header, eph.private_bytes_raw(), passphrase, params)
+    key_file = request_key_file(
+        REQUEST_KEY_FORMAT, request, eph.private_bytes_raw(), passphrase, params
+    )
     log.info("restore request %s created (purpose %s)", request.request_id, purpose)
-    return request, json.dumps(doc, indent=1).encode()
+    return request, key_file
 
 
 def load_request_key(request: RestoreRequest, key_file: bytes, passphrase: str) -> X25519PrivateKey:
     """Decrypt the requester key file of ``request``."""
-    try:
-        doc = json.loads(key_file)
-    except ValueError:
-        raise CustodianKeyError("the requester key file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("request_sha256") != request.sha256():
-        raise RestoreError("the requester key file belongs to another request")
-    key = X25519PrivateKey.from_private_bytes(passphrase_open(doc, passphrase, REQUEST_KEY_FORMAT))
+    secret = open_request_key_file(REQUEST_KEY_FORMAT, request, key_file, passphrase)
+    key = X25519PrivateKey.from_private_bytes(secret)
     if key.public_key().public_bytes_raw() != request.ephemeral_x25519:
         raise RestoreError("the requester key file does not match the request")
     return key
 
 
 @dataclass(frozen=True)
-class Approval:
+class Approval(SignedApproval):
     """One custodian's signed approval of one request, with their share of every key epoch.
 
     ``sealed_shares`` maps escrow id -> that epoch's share re-sealed to the request.
@@ -226,6 +232,8 @@ class Approval:
     time: str
     sealed_shares: Mapping[str, bytes] = field(repr=False)
     signature: bytes = field(repr=False)
+    LABEL: ClassVar[bytes] = _APPROVAL_LABEL
+    FORMAT: ClassVar[str] = APPROVAL_FORMAT
 
     def signed_doc(self) -> dict:
         """Every field but the signature (the file's content, sealed shares included)."""
@@ -247,42 +255,14 @@ class Approval:
         ]
         return doc
 
-    def signing_bytes(self) -> bytes:
-        """The bytes the custodian's Ed25519 signature covers."""
-        return _APPROVAL_LABEL + canonical_json(self.statement())
-
-    def sha256(self) -> str:
-        """sha256 hex of the approval file's bytes (how audit entries name it)."""
-        return hashlib.sha256(self.dumps()).hexdigest()
-
-    def dumps(self) -> bytes:
-        """The ``.approval`` file bytes."""
-        doc = self.signed_doc() | {"signature": b64e(self.signature)}
-        return json.dumps(doc, indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> Approval:
         """Parse an ``.approval`` file; RestoreError if malformed."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != APPROVAL_FORMAT:
-                raise ValueError("not a faceveil approval")
-            doc["sealed_shares"] = _parse_sealed_shares(doc["sealed_shares"])
-            doc["signature"] = b64d(doc["signature"], "signature", 64)
-            return cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RestoreError(f"invalid approval: {exc}") from None
 
+        def fields(doc: dict) -> dict:
+            return doc | {"sealed_shares": _parse_sealed_shares(doc["sealed_shares"])}
 
-def check_statement(statement: Mapping, signature: bytes, ed25519_public: bytes) -> None:
-    """RestoreError unless ``signature`` is the custodian's over an approval ``statement``
-    (as recorded in a ``restore.approve`` audit entry)."""
-    try:
-        Ed25519PublicKey.from_public_bytes(ed25519_public).verify(
-            signature, _APPROVAL_LABEL + canonical_json(dict(statement))
-        )
-    except (InvalidSignature, ValueError, TypeError):
-        raise RestoreError("the approval statement's signature does not verify") from None
+        return cls._from_file(data, fields)
 
 
 def _parse_sealed_shares(entries: list) -> dict[str, bytes]:
@@ -366,41 +346,17 @@ def verify_approvals(
 
     Each approval must carry a share for exactly the request's key epochs.
     """
-    seen: set[str] = set()
-    for i, ap in enumerate(approvals, start=1):
-        if (ap.request_id, ap.request_sha256, ap.job_id, ap.revision) != (
-            request.request_id,
-            request.sha256(),
-            escrow.job_id,
-            escrow.revision,
-        ):
-            raise RestoreError(f"approval {i} (by {ap.custodian!r}) is for another request")
-        try:
-            custodian = escrow.custodian(ap.fingerprint)
-        except EscrowError:
-            raise RestoreError(
-                f"approval {i} is from {ap.custodian!r}, who is not a custodian of this escrow"
-            ) from None
-        try:
-            Ed25519PublicKey.from_public_bytes(custodian.ed25519).verify(
-                ap.signature, ap.signing_bytes()
-            )
-        except InvalidSignature:
-            raise RestoreError(
-                f"approval {i} (by {custodian.name!r}) has a bad signature"
-            ) from None
+    expected = {
+        "request_id": request.request_id,
+        "request_sha256": request.sha256(),
+        "job_id": escrow.job_id,
+        "revision": escrow.revision,
+    }
+
+    def covers(i: int, custodian: CustodianPublic, ap: Approval) -> None:
         _check_coverage(i, custodian.name, ap, request)
-        if ap.fingerprint in seen:
-            raise RestoreError(
-                f"approval {i} duplicates the approval of {custodian.name!r}: each custodian "
-                "counts once"
-            )
-        seen.add(ap.fingerprint)
-    if len(seen) < escrow.threshold:
-        raise RestoreError(
-            f"{len(seen)} valid approval(s) from distinct custodians; this escrow "
-            f"needs {escrow.threshold}"
-        )
+
+    verify_signed(approvals, expected, escrow.custodian, escrow.threshold, covers)
     return list(approvals)
 
 
@@ -418,17 +374,14 @@ def _check_coverage(i: int, name: str, ap: Approval, request: RestoreRequest) ->
         )
 
 
-def _open_share(
-    request: RestoreRequest,
-    request_key: X25519PrivateKey,
-    i: int,
-    ap: Approval,
-    escrow_id: str,
-    x: int,
-) -> Share:
-    aad = _share_aad(request, ap.fingerprint, escrow_id)
+Approved = ApprovedRequest[RestoreRequest, X25519PrivateKey]  # keys: the request's X25519 key
+
+
+def _open_share(approved: Approved, i: int, ap: Approval, escrow_id: str, x: int) -> Share:
+    aad = _share_aad(approved.request, ap.fingerprint, escrow_id)
+    sealed = ap.sealed_shares[escrow_id]
     try:
-        raw = open_sealed(request_key, ap.sealed_shares[escrow_id], RESTORE_SHARE_CONTEXT, aad)
+        raw = open_sealed(approved.keys, sealed, RESTORE_SHARE_CONTEXT, aad)
     except DecryptionError:
         raise RestoreError(
             f"approval {i} (by {ap.custodian!r}): its share of key epoch {escrow_id} does not "
@@ -441,17 +394,13 @@ def _open_share(
 
 
 def recover_masters(
-    escrow: Escrow,
-    request: RestoreRequest,
-    request_key: X25519PrivateKey,
-    approvals: Sequence[Approval],
-    purpose: str,
-    now: datetime | None = None,
+    escrow: Escrow, approved: Approved, purpose: str, now: datetime | None = None
 ) -> dict[str, MasterKey]:
-    """Verify ``approvals`` of ``request`` and rebuild every epoch's checked master key.
+    """Verify the approvals of the request and rebuild every epoch's checked master key.
 
     Returns ``escrow_id -> MasterKey`` for every epoch of ``escrow``, first epoch first.
     """
+    request, approvals = approved.request, approved.approvals
     if escrow.scheme != "shamir":
         raise RestoreError("custodian approvals apply to Shamir escrows only")
     check_request(escrow, request, purpose, now)
@@ -460,7 +409,7 @@ def recover_masters(
     for i, ap in enumerate(verify_approvals(escrow, request, approvals), start=1):
         x = fingerprints.index(ap.fingerprint) + 1
         for eid in escrow.escrow_ids:
-            shares[eid].append(_open_share(request, request_key, i, ap, eid, x))
+            shares[eid].append(_open_share(approved, i, ap, eid, x))
     masters = escrow.recover(shares)
     log.info(
         "master keys of %d key epoch(s) recovered for request %s from %d approvals",

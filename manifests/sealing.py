@@ -48,26 +48,26 @@ _KMS_SAMPLE_INFO = b"faceveil/kms-sample/v1|"
 class RowId(Protocol):
     """What names a row inside its shard (a :class:`~manifests.keymanifest.KeyRow` is one)."""
 
-    key: str
+    sample_id: str
     face: int
     bbox: tuple[int, int, int, int] | None
 
 
 @dataclass(frozen=True)
 class RowName:
-    """A row's name before it is sealed: sample key, face index (-1: whole sample), face box."""
+    """A row's name before it is sealed: sample id, face index (-1: whole sample), face box."""
 
-    key: str
+    sample_id: str
     face: int
     bbox: tuple[int, int, int, int] | None = None
 
 
 def row_aad(job_id: str, shard: str, row: RowId, anon_sha256: str) -> bytes:
     """The AAD (format 2) of ``row`` of ``shard``."""
-    key, face, bbox = row.key, row.face, row.bbox
+    sample_id, face, bbox = row.sample_id, row.face, row.bbox
     if (face < 0) != (bbox is None):
         raise ValueError("face rows have a bbox; the whole-sample row (face -1) has none")
-    base = json.loads(aad_bytes(job_id, shard, key, face, anon_sha256))  # checks the fields
+    base = json.loads(aad_bytes(job_id, shard, sample_id, face, anon_sha256))  # checks the fields
     doc = base | {"v": AAD_VERSION, "bbox": None if bbox is None else [int(v) for v in bbox]}
     return canonical_json(doc)
 
@@ -135,9 +135,9 @@ class ShardKeys:
     shard_key: bytes = field(default=b"", repr=False)
     kms_blob: bytes = b""
 
-    def sample(self, key: str) -> tuple[bytes, bytes | None]:
-        """(data key, wrapped key bytes to store, or None with KMS)."""
-        label = sample_label(self.epoch.job_id, self.epoch.escrow_id, self.shard, key)
+    def sample(self, sample_id: str) -> tuple[bytes, bytes | None]:
+        """(data key, wrapped key bytes to store, or None with KMS) of one sample."""
+        label = sample_label(self.epoch.job_id, self.epoch.escrow_id, self.shard, sample_id)
         if self.epoch.scheme == "kms":
             return kms_sample_key(self.shard_key, self.epoch.job_id, label), None
         data_key = secrets.token_bytes(32)

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bench.common import shared_root
 from faceveil.anon_core import demo_data
 from faceveil.jobs.demo import sample_images
 
 
 def shared_dir() -> Path:
-    """The one way tests find ``../shared``: FACEVEIL_SHARED, else the parent of
-    FACEVEIL_TEST_DATA (which names its ``data`` folder), else ``../shared`` beside the checkout."""
-    if os.environ.get("FACEVEIL_SHARED"):
-        return Path(os.environ["FACEVEIL_SHARED"])
-    if os.environ.get("FACEVEIL_TEST_DATA"):
-        return Path(os.environ["FACEVEIL_TEST_DATA"]).parent
-    return Path(__file__).resolve().parents[1].parent / "shared"
+    """The one way tests (and benchmarks, :func:`bench.common.shared_root`) find ``../shared``:
+    FACEVEIL_SHARED, else the parent of FACEVEIL_TEST_DATA (which names its ``data`` folder),
+    else ``../shared`` beside the checkout."""
+    return shared_root()
 
 
 def shared_path(*parts: str) -> Path:

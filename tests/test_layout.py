@@ -135,3 +135,34 @@ def test_installed_under_one_name(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def _module_map() -> dict[str, str]:
+    """The README's module map: package folder -> its row's list of modules."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[1].startswith("`") and cells[1].endswith("/`"):
+            rows[cells[1].strip("`").rstrip("/")] = cells[2]
+    return rows
+
+
+def test_readme_module_map_names_every_module() -> None:
+    """Each top-level module and subpackage of anon_core, manifests and jobs is named (as
+    `name` or `name/`) in its package's row of the README's module map."""
+    rows = _module_map()
+    missing = []
+    for package in ("anon_core", "manifests", "jobs"):
+        for path in sorted((ROOT / package).iterdir()):
+            if path.name.startswith(("_", ".")) or path.name == "evaluate":
+                continue
+            if path.suffix == ".py":
+                named = f"`{path.stem}`"
+            elif (path / "__init__.py").exists():
+                named = f"`{path.name}/`"
+            else:
+                continue
+            if named not in rows.get(package, ""):
+                missing.append(f"{package}/{path.name}")
+    assert missing == [], "not in the README's module map: " + ", ".join(missing)
+    assert "jobs/evaluate" in rows

@@ -17,9 +17,9 @@ def build_detector(
     threshold: float | None = None,
     device: str = "cpu",
     threads: int = 0,
-    multiscale: bool = True,
 ) -> Detector:
-    """The detector ``name`` (``centerface`` needs nothing; ``scrfd`` needs ``model_root``)."""
+    """The detector ``name`` (``centerface`` needs nothing; ``scrfd`` needs ``model_root``),
+    searching each image at full and tiled resolution (:class:`MultiScaleDetector`)."""
     options: dict = {"device": device, "threads": threads}
     if threshold is not None:
         options["threshold"] = threshold
@@ -35,7 +35,7 @@ def build_detector(
         base = SCRFD(model_root, **options)
     else:
         raise ValueError(f"unknown detector {name!r}; choose from {list(NAMES)}")
-    return MultiScaleDetector(base) if multiscale else base
+    return MultiScaleDetector(base)
 
 
 def detector_info(detector: Detector) -> dict:

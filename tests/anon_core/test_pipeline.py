@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from faceveil.anon_core import AnonConfig, FaceAnonymizer, Faces, methods
+from faceveil.anon_core import AnonConfig, FaceAnonymizer, Faces, SampleStatus, methods
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.stage import CpuStage
 from faceveil.jobs.demo import jpeg_with_gps
+from faceveil.manifests.canonical import canonical_json
 from tests.factories import rgb
 
 
@@ -17,8 +18,9 @@ def anonymizer():
 
 def test_one_image_in_memory_no_ray_no_disk(anonymizer):
     result = anonymizer(jpeg_with_gps(rgb("obama.jpg")))
-    assert result.status == "anonymized" and result.ext == "jpg"
+    assert result.status is SampleStatus.ANONYMIZED and result.ext == "jpg"
     meta = result.metadata()
+    assert canonical_json(meta).count(b'"status":"anonymized"') == 1  # the same bytes as before
     assert meta["status"] == "anonymized" and len(meta["faces"]) == 1
     face = meta["faces"][0]
     assert set(face) == {"bbox", "score", "landmarks5", "method", "pseudonym"}

@@ -341,6 +341,10 @@ def _fingerprints(pixels: np.ndarray) -> list[bytes]:
 
 
 def test_donor_pixels_never_reach_a_file_or_log(models, table, context, photos, tmp_path, caplog):
+    """Raw copies only: no donor crop or bank texture (a run of its bytes or its sha256), and
+    not the key, in the outputs, the log or a temp file. Donor pixels drawn into a face are
+    warped, so a byte search cannot see them there: ``test_surrogate_lfw`` scans written
+    surrogate faces for donors after undoing the warp."""
     caplog.set_level(logging.DEBUG)
     start = time.time() - 1
     detector, _, _ = models

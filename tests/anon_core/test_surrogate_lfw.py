@@ -16,9 +16,13 @@ import pytest
 
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
+from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.surrogate import collect_faces, context_from_table
+from faceveil.anon_core.surrogate import geometry as geo
+from faceveil.anon_core.surrogate.donors import skin_tone
 from tests.factories import shared_path
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
@@ -118,3 +122,73 @@ def test_other_key_gives_unrelated_pseudonyms_and_donors(faces, first_pass):
         overlap.append(len(set(donors_a.tolist()) & set(donors_b.tolist())) / len(donors_a))
     assert not names_a & names_b
     assert np.mean(overlap) < 0.6
+
+
+# ---- no donor's pixels in a surrogate face, after warping -------------------------------------
+
+KEY = b"team-key-0123456789abcdef-012345"
+
+
+def _detail(rgb: np.ndarray) -> np.ndarray:
+    """Band-pass of the grey image: the fine structure that tells one face from another."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return cv2.GaussianBlur(grey, (0, 0), 1.0) - cv2.GaussianBlur(grey, (0, 0), 4.0)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+
+
+def _donor_likeness(method: Surrogate, result) -> list[np.ndarray]:
+    """Per surrogate face of the written image: its correlation with every donor of the bank.
+
+    The face is warped back from where it was drawn into the bank's texture frame (the inverse
+    of the method's warp), and compared inside the inner face with each donor texture, both
+    minus the bank's average face, so what is compared is what tells people apart."""
+    bank = method.context.bank
+    written = decode_image(result.encoded).rgb
+    details = np.stack([_detail(t) for t in bank.textures])
+    average = details.mean(axis=0)
+    inner = np.zeros((bank.size, bank.size), np.uint8)
+    cv2.fillConvexPoly(inner, cv2.convexHull(bank.shape[17:]).astype(np.int32), 1)
+    out = []
+    for i in np.flatnonzero(np.array(result.output.methods) == "surrogate"):
+        points = result.faces.landmarks68[i].astype(np.float64)
+        embedding = np.asarray(result.faces.embeddings[i], np.float32)
+        _, chosen = method.donor_set(embedding, skin_tone(result.original.rgb, points))
+        drawn = method.synthesizer.target_shape(points, bank.shapes[chosen].mean(axis=0))
+        back, covered = geo.warp_triangles(
+            written, geo.extend_landmarks(drawn), bank.outline, bank.triangles,
+            (0, 0, bank.size, bank.size),
+        )  # fmt: skip
+        face = _detail(back) - average
+        mask = covered & inner.astype(bool)
+        out.append(np.array([_correlation(face, d - average, mask) for d in details]))
+    return out
+
+
+def test_no_donor_shows_through_a_written_surrogate(lfw, first_pass):
+    """The written bytes of surrogate faces (what a job puts in ``data/``) are scanned for donor
+    pixels after the warp: for each face, the donor it resembles most is pasted on purpose (the
+    same method with its donor set forced to that one donor), and the real face must resemble
+    that donor far less than the pasted one does. A method that pasted one donor, or averaged
+    too few, would fail here; a byte search for donor pixels could not."""
+    _, images = lfw
+    _, context = first_pass
+    detector = build_detector("centerface", threads=1)
+    method = Surrogate(KEY, context)
+    gaps = []
+    for image in [images[p] for p in sorted(images)[::10]]:
+        result = FaceAnonymizer(AnonConfig(threads=1), detector, method)(image)
+        for likeness in _donor_likeness(method, result):
+            nearest = int(np.argmax(likeness))
+            pasted = Surrogate(KEY, context)
+            pick = pasted.donor_set
+            pasted.donor_set = lambda e, s, pick=pick, j=nearest: (pick(e, s)[0], np.full(6, j))
+            leak = FaceAnonymizer(AnonConfig(threads=1), detector, pasted)(image)
+            control = _donor_likeness(pasted, leak)[0][nearest]
+            assert control > 0.5, "the scan does not find a pasted donor"
+            gaps.append(control - likeness[nearest])
+    assert len(gaps) >= 8
+    assert min(gaps) > 0.15, sorted(gaps)[:5]

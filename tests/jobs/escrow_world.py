@@ -162,7 +162,7 @@ def make_world(root: Path, count: int = 4, run_args: tuple = ()) -> World:
 
 
 def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
-    """sample key -> (image extension, public metadata) over every ``data/`` shard."""
+    """sample id -> (image extension, public metadata) over every ``data/`` shard."""
     found: dict[str, tuple[str, dict]] = {}
     for path in sorted((out / "data").glob("*.parquet")):  # --output-format parquet
         for row in pq.read_table(path).to_pylist():
@@ -174,7 +174,7 @@ def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
             key, _, ext = name.partition(".")
             if ext == "json":
                 image_ext = next(n.partition(".")[2] for n in members if n.startswith(key + "."))
-                found[key] = (image_ext, json.loads(data))
+                found[key] = (image_ext if image_ext != "json" else "", json.loads(data))
     return found
 
 
@@ -182,11 +182,11 @@ def input_exts(root: Path) -> dict[str, str]:
     """sample key -> extension of its input file, for a job over ``root/photos`` keyed with
     ``root/secret.key`` (the output has one image format, so it does not tell)."""
     from faceveil.jobs.keyfile import load_key_file
-    from faceveil.manifests.jobsecret import sample_key
+    from faceveil.manifests.jobsecret import sample_id
 
     secret = load_key_file(root / "secret.key")
     photos = (p for p in (root / "photos").rglob("*") if p.is_file())
-    return {sample_key(secret, str(p)): p.suffix.lstrip(".") for p in photos}
+    return {sample_id(secret, str(p)): p.suffix.lstrip(".") for p in photos}
 
 
 def pick(out: Path, ext: str) -> str:
@@ -196,8 +196,9 @@ def pick(out: Path, ext: str) -> str:
     return next(k for k, (_, m) in sorted(meta.items()) if inputs.get(k) == ext and m["faces"])
 
 
-def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None) -> None:
-    """Exactly ``keys`` restored: PNG inputs pixel-identical, every JPEG face box exact."""
+def check_restored(w, dest: Path, keys: set[str], out: Path | None = None) -> None:
+    """Exactly ``keys`` restored from ``w``'s photos (a world of either escrow test module):
+    PNG inputs pixel-identical, every JPEG face box exact, no staging folder left."""
     index = json.loads((dest / "restored.json").read_text())
     assert set(index) == keys
     files = sorted(p.name for p in dest.iterdir() if p.name != "restored.json")
@@ -205,6 +206,7 @@ def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None
     meta = public_metadata(out or w.out)
     for key, uri in index.items():
         name = Path(uri).name
+        assert Path(uri) == w.root / "photos" / name
         original = decode_image(w.photos[name]).rgb
         (restored_file,) = dest.glob(f"{key}.*")
         restored = decode_image(restored_file.read_bytes()).rgb
@@ -217,6 +219,7 @@ def check_restored(w: World, dest: Path, keys: set[str], out: Path | None = None
             x1, y1, x2, y2 = face["bbox"]
             box = (slice(floor(y1), ceil(y2)), slice(floor(x1), ceil(x2)))
             assert np.array_equal(restored[box], original[box]), (name, face["bbox"])
+    assert not list(dest.glob(".restore-*"))
 
 
 def actions(out: Path) -> list[str]:

@@ -21,7 +21,7 @@ from faceveil.jobs.keyfile import load_key_file
 from faceveil.jobs.run import run_job
 from faceveil.jobs.shard import Source, build_shard, shard_name
 from faceveil.jobs.storage import Location
-from faceveil.manifests.jobsecret import sample_key, secret_fingerprint
+from faceveil.manifests.jobsecret import sample_id, secret_fingerprint
 from tests.jobs.corpus import corpus, large_photos
 
 UNREADABLE = {
@@ -120,7 +120,7 @@ def test_job_succeeds_and_accounting_holds(bad_job):
 def test_bad_file_is_quarantined_with_its_reason(bad_job, case):
     out, _, secret, uri = bad_job
     published, quarantined = _outcomes(out)
-    key = sample_key(secret, f"{uri}/{case.name}")
+    key = sample_id(secret, f"{uri}/{case.name}")
     assert key not in published
     assert quarantined[key]["stage"] == "decode"
     assert quarantined[key]["reason"].startswith(f"{case.reason}: ")
@@ -131,7 +131,7 @@ def test_bad_file_is_quarantined_with_its_reason(bad_job, case):
 def test_unreadable_object_is_quarantined_at_read(bad_job, name):
     out, _, secret, uri = bad_job
     published, quarantined = _outcomes(out)
-    key = sample_key(secret, f"{uri}/{name}")
+    key = sample_id(secret, f"{uri}/{name}")
     assert key not in published
     assert quarantined[key]["stage"] == "read"
     assert quarantined[key]["reason"] == UNREADABLE[name]
@@ -142,7 +142,7 @@ def test_unreadable_object_is_quarantined_at_read(bad_job, name):
 def test_odd_but_valid_image_is_anonymized(bad_job, case):
     out, _, secret, uri = bad_job
     published, quarantined = _outcomes(out)
-    key = sample_key(secret, f"{uri}/{case.name}")
+    key = sample_id(secret, f"{uri}/{case.name}")
     assert key not in quarantined
     meta = published[key]
     assert meta["status"] == "anonymized"
@@ -241,6 +241,6 @@ def test_a_duplicate_key_is_quarantined_and_not_sealed_over_the_first(tmp_path):
     anonymizer = FaceAnonymizer(AnonConfig(threads=1))
     summary = process_shard(task, anonymizer, out, sealer, ShardOptions(secret=secret))
     assert (summary.samples_in, summary.quarantined) == (3, 1)
-    dup = sample_key(secret, sources[0].uri)
-    whole = [r for r in sealer.rows() if r.key == dup and r.face < 0]
+    dup = sample_id(secret, sources[0].uri)
+    whole = [r for r in sealer.rows() if r.sample_id == dup and r.face < 0]
     assert len(whole) == 1

@@ -1,6 +1,6 @@
 """The escrow workflow of the README on real photos through the real ``faceveil run``.
 
-Custodian keygen, a 2-of-3 escrowed run on a local Ray, a restore request by sample key and one
+Custodian keygen, a 2-of-3 escrowed run on a local Ray, a restore request by sample id and one
 for every sample, approvals made offline (the output tree out of reach) and captured from
 stdout, apply, audit verify; then a resumed run (a second key epoch) that one request restores
 across both epochs; every refusal through the CLI; and nothing secret in the logs (DEBUG) or on
@@ -11,22 +11,16 @@ the console over the whole workflow. Every command runs in-process through
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import logging
 import shutil
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from math import ceil, floor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import faceveil.jobs.cli
-from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.demo import NAMES, sample_images
 from faceveil.jobs.keyfile import new_key_file
 from faceveil.manifests.custodian import CustodianPrivate
@@ -38,15 +32,17 @@ from faceveil.manifests.keymanifest import (
     load_key_manifest,
 )
 from faceveil.manifests.request import RestoreRequest
-from tests.jobs.escrow_world import pick
+from tests.jobs.escrow_world import (
+    CUSTODIANS,
+    PASSPHRASES,
+    Result,
+    actions,
+    check_restored,
+    pick,
+    public_metadata,
+)
+from tests.jobs.escrow_world import cli as run_cli
 
-CUSTODIANS = ("alice", "bob", "carol")
-PASSPHRASES = {
-    "alice": "alice-orchid-Lantern-4417",
-    "bob": "bob-granite-Harbour-9021",
-    "carol": "carol-meadow-Falcon-3356",
-    "requester": "dpo-copper-Willow-7788",
-}
 SHARD_SIZE = 4
 RESUMED_SHARD = "shard-000002"
 
@@ -81,21 +77,6 @@ def _logged_by(line: str, marks: tuple[str, ...]) -> bool:
     return any(f"{mark}." in line or f"{mark}:" in line for mark in marks)
 
 
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    def one_error(self) -> str:
-        """The single ``error:`` line of a refused command (and no traceback)."""
-        assert self.rc != 0
-        errors = [line for line in self.err.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1, self.err
-        assert "Traceback" not in self.err
-        return errors[0]
-
-
 @pytest.fixture(scope="module")
 def journal() -> Iterator[Journal]:
     """Every ``faceveil`` call of this module logs at DEBUG into the journal too."""
@@ -117,19 +98,11 @@ def journal() -> Iterator[Journal]:
 
 
 def cli(journal: Journal, *argv: object, cwd: Path | None = None) -> Result:
-    """``faceveil ARGV...`` in-process (in ``cwd``), with its stdout and stderr captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.ExitStack() as stack:
-        if cwd is not None:
-            stack.enter_context(contextlib.chdir(cwd))
-        stack.enter_context(contextlib.redirect_stdout(out))
-        stack.enter_context(contextlib.redirect_stderr(err))
-        try:
-            rc = faceveil.jobs.cli.main([str(a) for a in argv])
-        finally:  # DEBUG for the command only, not for the test's own decoding
-            logging.getLogger().setLevel(logging.WARNING)
-    journal.console += [out.getvalue(), err.getvalue()]
-    return Result(rc, out.getvalue(), err.getvalue())
+    """``faceveil ARGV...`` in-process (in ``cwd``), its stdout and stderr captured and kept in
+    the journal."""
+    result = run_cli(*argv, cwd=cwd)
+    journal.console += [result.out, result.err]
+    return result
 
 
 # ---- the job -------------------------------------------------------------------------------------
@@ -221,50 +194,9 @@ def world(tmp_path_factory, ray_local, journal) -> World:
 # ---- what the output holds and what a restore must give back ------------------------------------
 
 
-def public_metadata(out: Path) -> dict[str, tuple[str, dict]]:
-    """sample key -> (image extension, public metadata) over every ``data/`` shard."""
-    found: dict[str, tuple[str, dict]] = {}
-    for path in sorted((out / "data").glob("*.tar")):
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
-        for name, data in members.items():
-            key, _, ext = name.partition(".")
-            if ext == "json":
-                image_ext = next(n.partition(".")[2] for n in members if n.startswith(key + "."))
-                found[key] = (image_ext if image_ext != "json" else "", json.loads(data))
-    return found
-
-
 def _pick(out: Path) -> tuple[str, str]:
     """A sample of a PNG input and one of a JPEG input, each with at least one face."""
     return pick(out, "png"), pick(out, "jpg")
-
-
-def check_restored(w: World, dest: Path, keys: set[str]) -> None:
-    """PNG inputs come back pixel-identical; every face box of a JPEG input is exact."""
-    index = json.loads((dest / "restored.json").read_text())
-    assert set(index) == keys
-    meta = public_metadata(w.out)
-    for key, uri in index.items():
-        name = Path(uri).name
-        assert Path(uri) == w.root / "photos" / name
-        original = decode_image(w.photos[name]).rgb
-        (restored_file,) = dest.glob(f"{key}.*")
-        restored = decode_image(restored_file.read_bytes()).rgb
-        assert restored.shape == original.shape
-        if name.endswith(".png"):
-            assert np.array_equal(restored, original), name
-            continue
-        faces = meta[key][1]["faces"]
-        for face in faces:
-            x1, y1, x2, y2 = face["bbox"]
-            box = (slice(floor(y1), ceil(y2)), slice(floor(x1), ceil(x2)))
-            assert np.array_equal(restored[box], original[box]), (name, face["bbox"])
-    assert not list(dest.glob(".restore-*"))
-
-
-def audit_actions(out: Path) -> list[str]:
-    return [json.loads(line)["action"] for line in (out / "audit.jsonl").read_text().splitlines()]
 
 
 @dataclass
@@ -306,9 +238,9 @@ def test_run_escrows_the_job_to_three_custodians(world):
     assert not (world.out / "shards").exists()  # review row 4: loose inputs are read in place
 
 
-def test_restore_by_sample_key_is_exact(world, first_restores):
+def test_restore_by_sample_id_is_exact(world, first_restores):
     r = first_restores
-    assert {s.key for s in r.request_keys.samples} == set(r.by_key)
+    assert {s.sample_id for s in r.request_keys.samples} == set(r.by_key)
     assert r.request_keys.requester
     check_restored(world, r.dest_keys, set(r.by_key))
 
@@ -366,9 +298,9 @@ def test_resume_seals_under_a_second_epoch(world, resumed):
 def test_one_request_restores_both_epochs(world, resumed):
     check_restored(world, resumed.dest, set(public_metadata(world.out)))
     assert resumed.verify.rc == 0
-    actions = audit_actions(world.out)
-    assert actions.count("job.start") == 1 and actions.count("job.resume") == 1
-    assert actions[-4:] == [
+    logged = actions(world.out)
+    assert logged.count("job.start") == 1 and logged.count("job.resume") == 1
+    assert logged[-4:] == [
         "restore.request",
         "restore.approve",
         "restore.approve",
@@ -470,11 +402,11 @@ def test_refused_apply_writes_nothing(world, ready, case, message):
     }.get(case, [ready.alice, ready.bob])
     argv = ["restore", "apply", world.out, ready.request, *approvals, "--dest", dest]
     passfile = world.passfiles["requester" if case != "wrong passphrase" else "bob"]
-    before = audit_actions(world.out)
+    before = actions(world.out)
     result = cli(world.journal, *argv, "--passphrase-file", passfile, cwd=world.requester)
     assert message in result.one_error()
     assert not dest.exists()
-    assert audit_actions(world.out) == before
+    assert actions(world.out) == before
 
 
 def _flip_a_ciphertext_byte(manifest: Path) -> None:
@@ -483,7 +415,7 @@ def _flip_a_ciphertext_byte(manifest: Path) -> None:
     row = rows[0]
     flipped = bytearray(row.ciphertext)
     flipped[len(flipped) // 2] ^= 0x01
-    rows[0] = KeyRow(row.key, row.face, row.bbox, row.nonce, bytes(flipped), row.aad_sha256)
+    rows[0] = KeyRow(row.sample_id, row.face, row.bbox, row.nonce, bytes(flipped), row.aad_sha256)
     manifest.write_bytes(key_manifest_bytes(rows, parsed.escrow_id))
 
 
@@ -498,7 +430,7 @@ def test_tampered_key_manifest_restores_nothing(world, ready):
     error = result.one_error()
     assert "keys/shard-000001.parquet differs from the row list the job signed" in error
     assert not dest.exists()
-    assert audit_actions(copy)[-1] == "restore.failed"
+    assert actions(copy)[-1] == "restore.failed"
 
 
 def test_edited_audit_line_is_named(world, first_restores):

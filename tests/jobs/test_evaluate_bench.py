@@ -9,25 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import shared_dir
+from tests.factories import shared_path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = shared_dir()
 
 
 @pytest.mark.shared
 @pytest.mark.slow
 def test_bench_privacy_prints_the_table(tmp_path: Path) -> None:
-    if not (SHARED / "models" / "mobilefacenet_128d.onnx").is_file():
-        pytest.skip(f"needs {SHARED}/models/mobilefacenet_128d.onnx (shared models)")
-    if not (SHARED / "data" / "lfw_dev" / "manifest.csv").is_file():
-        pytest.skip(f"needs {SHARED}/data/lfw_dev (shared data)")
+    attacker = shared_path("models", "mobilefacenet_128d.onnx")
+    lfw = shared_path("data", "lfw_dev", "manifest.csv").parent
     out = tmp_path / "figures.json"
     command = [
         sys.executable, "-m", "bench.bench_privacy", "--limit-identities", "3",
         "--methods", "mask,identity", "--json", str(out),
-        "--data", str(SHARED / "data" / "lfw_dev"),
-        "--attacker", str(SHARED / "models" / "mobilefacenet_128d.onnx"),
+        "--data", str(lfw), "--attacker", str(attacker),
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

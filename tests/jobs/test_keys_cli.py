@@ -63,7 +63,7 @@ def test_full_workflow_restores_exact_originals(world):
     everything = set(public_metadata(w.out))
     assert len(everything) == len(w.photos) and pick(w.out, "png") and pick(w.out, "jpg")
     req, request = w.request("--all")
-    assert {s.key for s in request.samples} == everything
+    assert {s.sample_id for s in request.samples} == everything
     approvals = [w.approve(req, "alice"), w.approve(req, "carol")]
     result = w.apply(req, approvals, w.root / "restored")
     assert result.rc == 0, result.err
@@ -100,7 +100,7 @@ def test_approve_asks_on_the_terminal_before_approving(world, monkeypatch):
     text = asked.pop()
     assert REASON in text and "dpo-on-duty" in text and "restore of 2 sample(s)" in text
     for ref in request.samples:
-        assert ref.key in text
+        assert ref.sample_id in text
     monkeypatch.setattr("faceveil.jobs.cli_io.ask_tty", answer("y\n"))
     result = cli(*argv)
     assert result.rc == 0, result.err

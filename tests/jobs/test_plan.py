@@ -23,7 +23,7 @@ from faceveil.jobs.plan import (
 from faceveil.jobs.shard import list_sources
 from faceveil.jobs.shardio import ShardFormatError
 from faceveil.jobs.storage import Location
-from faceveil.manifests.jobsecret import open_check, open_uri, sample_key
+from faceveil.manifests.jobsecret import open_check, open_uri, sample_id
 from tests.factories import varied_faces, write_folder
 
 SECRET = b"k" * 32
@@ -60,7 +60,7 @@ def test_plan_is_sealed_reproducible_and_holds_no_name_or_byte(photos, tmp_path)
                ["samples"]]  # fmt: skip
     sources = list_sources(str(photos))
     for source, sample in zip(sources, planned, strict=True):
-        key = sample_key(SECRET, source.uri)
+        key = sample_id(SECRET, source.uri)
         assert sample["key"] == key
         assert open_uri(SECRET, key, base64.b64decode(sample["src"])) == source.uri
         check = open_check(SECRET, key, base64.b64decode(sample["check"]))
@@ -80,7 +80,7 @@ def test_sources_are_read_in_place_and_checked_against_the_plan(photos, tmp_path
     Path(sources[2].path).write_bytes(Path(sources[2].path).read_bytes() + b"\0")
     Path(sources[3].path).unlink()
     samples = _samples(tmp_path / "plan", entries[0]) + _samples(tmp_path / "plan", entries[1])
-    assert [s.key for s in samples] == [sample_key(SECRET, s.uri) for s in sources]
+    assert [s.key for s in samples] == [sample_id(SECRET, s.uri) for s in sources]
     errors = [s.members.get("err") for s in samples[:4]]
     assert errors == [None, CHANGED.encode(), CHANGED.encode(), VANISHED.encode()]
     for source, sample in zip(sources, samples, strict=True):
@@ -99,7 +99,7 @@ def test_members_of_an_input_tar_are_read_in_place(photos, tmp_path):
     by_key = {s.key: s for s in _samples(tmp_path / "plan", entry)}
     assert entry.samples == len(by_key) == 9
     for name, data in files:
-        key = sample_key(SECRET, f"{photos}/batch.tar#inner/{name}")
+        key = sample_id(SECRET, f"{photos}/batch.tar#inner/{name}")
         assert by_key[key].members["jpg"] == data
 
 
@@ -139,7 +139,7 @@ def test_resume_quarantines_sources_changed_or_vanished_since_planning(
     assert main([*args, "--resume"]) == 0
     assert {p.name: p.read_bytes() for p in (out / "plan").iterdir()} == plan
     secret = load_key_file(secret_file)
-    keys = [sample_key(secret, s.uri) for s in sources]
+    keys = [sample_id(secret, s.uri) for s in sources]
     assert _quarantine(out, "shard-000001") == {keys[3]: ("read", CHANGED),
                                                  keys[4]: ("read", VANISHED)}  # fmt: skip
     marker = json.loads((out / "_done" / "shard-000001.json").read_text())

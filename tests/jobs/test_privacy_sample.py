@@ -15,21 +15,21 @@ from faceveil.anon_core import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.cli import build_parser
 from faceveil.jobs.privacy_report import write_privacy_report
-from faceveil.jobs.privacy_sample import PrivacySampler, merge, privacy_sampler
+from faceveil.jobs.privacy_sample import PrivacySampler, SampleConfig, merge, privacy_sampler
 from faceveil.jobs.run_cli import job_config
 from tests.factories import rgb
 
 
 def test_selection_is_deterministic_and_proportional() -> None:
-    a, b = PrivacySampler(0.25, seed=7), PrivacySampler(0.25, seed=7)
+    a, b = PrivacySampler(SampleConfig(0.25, seed=7)), PrivacySampler(SampleConfig(0.25, seed=7))
     keys = [(f"{k:032x}", face) for k in range(2000) for face in range(2)]
-    picks = [a.draw(k, f) < a.fraction for k, f in keys]
-    assert picks == [b.draw(k, f) < b.fraction for k, f in keys]
+    picks = [a.draw(k, f) < a.config.fraction for k, f in keys]
+    assert picks == [b.draw(k, f) < b.config.fraction for k, f in keys]
     assert 0.23 < np.mean(picks) < 0.27
-    other = PrivacySampler(0.25, seed=8)
-    assert picks != [other.draw(k, f) < other.fraction for k, f in keys]
+    other = PrivacySampler(SampleConfig(0.25, seed=8))
+    assert picks != [other.draw(k, f) < other.config.fraction for k, f in keys]
     with pytest.raises(ValueError):
-        PrivacySampler(1.5)
+        SampleConfig(1.5)
 
 
 def test_run_options_build_the_sampler() -> None:
@@ -40,8 +40,9 @@ def test_run_options_build_the_sampler() -> None:
     assert sampler_of() is None
     flags = ["--audit-sample", "0.05", "--audit-seed", "9", "--report-originals"]
     sampler = sampler_of(*flags, "--model-root", "models")
-    assert (sampler.fraction, sampler.seed, sampler.keep_originals) == (0.05, "9", True)
-    assert sampler.detector == "scrfd" and sampler.attacker is None
+    config = sampler.config
+    assert (config.fraction, config.seed, config.keep_originals) == (0.05, "9", True)
+    assert config.detector == "scrfd" and config.attacker is None
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def _observe(sampler: PrivacySampler, pairs, prefix: str) -> None:
 
 
 def test_sampler_measures_merges_and_keeps_no_originals(pairs) -> None:
-    fresh = PrivacySampler(1.0, seed=1, max_examples=3)
+    fresh = PrivacySampler(SampleConfig(1.0, seed=1, max_examples=3))
     copy = pickle.loads(pickle.dumps(fresh))  # shipped to a worker before use
     _observe(fresh, pairs, "none/")
     _observe(copy, pairs, "mask/")
@@ -96,7 +97,7 @@ def test_sampler_measures_merges_and_keeps_no_originals(pairs) -> None:
 
 
 def test_a_face_that_cannot_be_measured_is_counted_not_fatal(pairs) -> None:
-    sampler = PrivacySampler(1.0)
+    sampler = PrivacySampler(SampleConfig(1.0))
     _observe(sampler, pairs, "mask/obama")
 
     def broken(images, guides):
@@ -110,14 +111,14 @@ def test_a_face_that_cannot_be_measured_is_counted_not_fatal(pairs) -> None:
 
 
 def test_fraction_zero_loads_no_model(pairs) -> None:
-    sampler = PrivacySampler(0.0)
+    sampler = PrivacySampler(SampleConfig(0.0))
     _observe(sampler, pairs, "mask/")
     assert sampler._models is None and sampler.summary()["faces_sampled"] == 0
     assert sampler.summary()["faces_seen"] == 4
 
 
 def test_report_shows_anonymized_faces_only_by_default(pairs, tmp_path: Path) -> None:
-    sampler = PrivacySampler(1.0, seed=3, keep_originals=True)
+    sampler = PrivacySampler(SampleConfig(1.0, seed=3, keep_originals=True))
     _observe(sampler, pairs, "blur/")
     report = write_privacy_report(
         str(tmp_path / "plain"), [sampler.summary()], keep_originals=False
@@ -134,7 +135,7 @@ def test_report_shows_anonymized_faces_only_by_default(pairs, tmp_path: Path) ->
 
 
 def test_report_goes_through_fsspec(pairs) -> None:
-    sampler = PrivacySampler(1.0)
+    sampler = PrivacySampler(SampleConfig(1.0))
     _observe(sampler, pairs, "blur/obama")
     write_privacy_report("memory://faceveil-audit/report", [sampler.summary()])
     fs = fsspec.filesystem("memory")
@@ -145,7 +146,10 @@ def test_report_goes_through_fsspec(pairs) -> None:
 def test_audit_page_renders_in_chromium(pairs, tmp_path: Path) -> None:
     from tests.jobs.test_evaluate_report import render_in_chromium
 
-    samplers = [PrivacySampler(1.0, seed=5), PrivacySampler(1.0, seed=5)]
+    samplers = [
+        PrivacySampler(SampleConfig(1.0, seed=5)),
+        PrivacySampler(SampleConfig(1.0, seed=5)),
+    ]
     _observe(samplers[0], pairs, "blur/")
     _observe(samplers[1], pairs, "mask/")
     write_privacy_report(str(tmp_path / "report"), [s.summary() for s in samplers])

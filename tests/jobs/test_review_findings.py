@@ -42,8 +42,13 @@ from faceveil.manifests.custodian import (
 from faceveil.manifests.errors import KeyLibraryError
 from faceveil.manifests.escrow import Escrow, ShamirPolicy, new_epoch
 from faceveil.manifests.request import RestoreRequest
-from faceveil.manifests.restore import Approval, _open_partials, recover_data_keys
+from faceveil.manifests.restore import (
+    Approval,
+    _open_partials,
+    recover_data_keys,
+)
 from faceveil.manifests.restore_v2 import REQUEST_KEY_FORMAT as V2_KEY
+from faceveil.manifests.signed import ApprovedRequest
 from tests.jobs.escrow_world import (
     CUSTODIANS,
     PASSPHRASES,
@@ -92,18 +97,23 @@ def test_row1_approved_one_sample_request_opens_no_other_sample_library(world, o
     escrow = read_escrow(out)
     request, keys = request_keys(req)
     approvals = [Approval.loads(p.read_bytes()) for p in approval_paths]
-    data_keys = recover_data_keys(escrow, request, keys, approvals, "restore")
+    data_keys = recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
     (wanted,) = request.samples
-    assert list(data_keys) == [(wanted.shard, wanted.key)]
+    assert list(data_keys) == [(wanted.shard, wanted.sample_id)]
     partials = [_open_partials(request, keys, ap) for ap in approvals]
     assert [len(p) for p in partials] == [1, 1]
     shared = threshold.combine_partials([p[0] for p in partials], 2)
     commitments = signed_commitments(verify_tree(out).report.entries)
-    others = [r for r in sample_refs(out, escrow, None, commitments) if r.key != wanted.key]
+    others = [
+        r for r in sample_refs(out, escrow, None, commitments) if r.sample_id != wanted.sample_id
+    ]
     assert len(others) == len(world.photos) - 1
     for other in others:
         epoch = escrow.epoch(other.escrow_id)
-        for label in (epoch.label(other.shard, other.key), epoch.label(wanted.shard, wanted.key)):
+        for label in (
+            epoch.label(other.shard, other.sample_id),
+            epoch.label(wanted.shard, wanted.sample_id),
+        ):
             with pytest.raises(threshold.ThresholdError):
                 threshold.unwrap(
                     epoch.public_key, threshold.WrappedKey.from_bytes(other.wrapped), label, shared

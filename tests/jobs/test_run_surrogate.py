@@ -21,7 +21,7 @@ from faceveil.jobs.cli import main
 from faceveil.jobs.firstpass import first_pass_entries, key_fingerprint
 from faceveil.jobs.keyfile import load_key_file, new_key_file
 from faceveil.jobs.shard import ShardEntry, list_sources
-from faceveil.manifests.jobsecret import open_object, sample_key, seal_object
+from faceveil.manifests.jobsecret import open_object, sample_id, seal_object
 from tests.factories import lfw_people, shared_path, tar_members, varied_faces, write_folder
 
 PEOPLE = 24
@@ -66,7 +66,7 @@ def test_every_face_gets_a_surrogate_and_one_person_one_pseudonym(lfw_job, surro
     _, photos, who, secret, _ = lfw_job
     docs = _metadata(surrogate_run)
     secret_bytes = load_key_file(secret)
-    by_key = {sample_key(secret_bytes, s.uri): Path(s.path).name for s in list_sources(str(photos))}
+    by_key = {sample_id(secret_bytes, s.uri): Path(s.path).name for s in list_sources(str(photos))}
     assert set(docs) == set(by_key)  # nothing lost, nothing quarantined
     faces = [f for d in docs.values() for f in d["faces"]]
     surrogates = [f for f in faces if f["method"] == "surrogate"]

@@ -12,7 +12,7 @@ from faceveil.jobs.shard import build_shard, list_sources
 from faceveil.jobs.shardio import ShardFormatError, iter_samples
 from faceveil.jobs.storage import Location
 from faceveil.jobs.worker import classify_sample
-from faceveil.manifests.jobsecret import sample_key
+from faceveil.manifests.jobsecret import sample_id
 from tests.factories import gnu_sparse_tar
 
 SECRET = bytes(range(32))
@@ -98,7 +98,7 @@ def test_sparse_member_of_an_input_tar_is_quarantined_at_read(tmp_path):
     shard, peak = _peak(lambda: build_shard(Location(str(tmp_path / "in")), sources, SECRET))
     assert peak < SMALL_PEAK
     samples = {s.key: s for s in iter_samples(io.BytesIO(shard))}
-    sparse, small = (sample_key(SECRET, s.uri) for s in sources)
+    sparse, small = (sample_id(SECRET, s.uri) for s in sources)
     assert samples[sparse].members["err"] == b"tar member is a GNU sparse file"
     assert "jpg" not in samples[sparse].members
     assert samples[small].members["jpg"] == b"small member"

@@ -7,6 +7,7 @@ import hashlib
 import json
 import pickle
 import struct
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -19,6 +20,7 @@ from faceveil.manifests.envelope import (
     MasterKey,
     Payload,
     PayloadKind,
+    RowBinding,
     aad_bytes,
 )
 from faceveil.manifests.errors import DecryptionError
@@ -28,63 +30,93 @@ NONCE = bytes.fromhex("000102030405060708090a0b")
 ANON = hashlib.sha256(b"anonymized image").hexdigest()
 
 
-def _expected(job: str, shard: str, key: str, face: int, anon: str, plaintext: bytes) -> bytes:
+def _documented_aad(job: str, at: RowBinding) -> bytes:
+    """The AAD as the module docstring lays it out, built with json, not the envelope."""
+    doc = {
+        "job_id": job,
+        "shard": at.shard,
+        "key": at.sample_id,
+        "face": at.face,
+        "anon_sha256": at.anon_sha256,
+        "v": "faceveil-aad/1",
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _expected(job: str, at: RowBinding, plaintext: bytes) -> bytes:
     """Independent computation from the documented construction."""
-    sample_key = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=job.encode(), info=key.encode()
+    data_key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=job.encode(), info=at.sample_id.encode()
     ).derive(MASTER)
-    aad = json.dumps(
-        {
-            "job_id": job,
-            "shard": shard,
-            "key": key,
-            "face": face,
-            "anon_sha256": anon,
-            "v": "faceveil-aad/1",
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    return AESGCM(sample_key).encrypt(NONCE, plaintext, aad)
+    return AESGCM(data_key).encrypt(NONCE, plaintext, _documented_aad(job, at))
 
 
 def test_known_answer_with_injected_key_and_nonce():
     env = Envelope(MasterKey(MASTER), "job-1")
-    box = env.seal("shard-000003", "abc123", 2, b"face pixels", ANON, nonce=NONCE)
+    at = RowBinding("shard-000003", "abc123", 2, ANON)
+    box = env.seal(at, b"face pixels", nonce=NONCE)
     assert box.nonce == NONCE
-    assert box.ciphertext == _expected("job-1", "shard-000003", "abc123", 2, ANON, b"face pixels")
+    assert box.ciphertext == _expected("job-1", at, b"face pixels")
     aad = aad_bytes("job-1", "shard-000003", "abc123", 2, ANON)
     assert box.aad_sha256 == hashlib.sha256(aad).hexdigest()
-    assert env.open("shard-000003", "abc123", 2, box.nonce, box.ciphertext, ANON) == b"face pixels"
+    assert env.open(at, box.nonce, box.ciphertext) == b"face pixels"
 
 
-def test_fixed_vector_is_stable():
-    """Pinned vectors (computed once, hard-coded): a change of the derivation or AAD layout
-    would make every format-1 manifest unreadable."""
+# Format-1 vectors written out once: the AAD exactly as the module docstring lays it out, the
+# sample key and ciphertext from cryptography's HKDF and AES-GCM called directly (``_expected``),
+# never from the envelope. A change of the derivation or AAD layout would make every format-1
+# manifest unreadable.
+WHOLE_SAMPLE_AAD = (
+    b'{"anon_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",'
+    b'"face":-1,"job_id":"job-1","key":"k","shard":"shard-000000","v":"faceveil-aad/1"}'
+)
+VECTORS = [
+    (
+        RowBinding("shard-000000", "k", -1, EMPTY_SHA256),
+        b"",
+        "6b67e9ceecafc87ffabb682f67e85f4350b6e20681aa422a5cbfef6649c13877",
+        "284fc78ca7ec6cd997eb771de7587a452a8a51ff08aeef0010bfa66e43e58676",
+        "af661acc610630c563b8692e203ee36a",
+    ),
+    (
+        RowBinding("shard-000003", "abc123", 2, ANON),
+        b"face pixels",
+        "97db573963b1158f92269279dc3061c847350e584cb4d770de257e83a00c07ba",
+        "8ed8de5baab6e8c194bcb5a505977e3b18ec155fbe29371787a6d58fa359ce3f",
+        "7df9a32c238754f022ac72a7d593a3c13ddc80344b6cda839926ac",
+    ),
+]
+
+
+def test_fixed_vector_is_the_documented_construction():
+    """The pinned vectors are what the documented construction gives, computed without the
+    code under test (so a pinned value cannot just echo the envelope)."""
+    assert hashlib.sha256(WHOLE_SAMPLE_AAD).hexdigest() == VECTORS[0][3]
+    for at, plaintext, sample_key, aad_sha256, ciphertext in VECTORS:
+        derived = HKDF(hashes.SHA256(), 32, salt=b"job-1", info=at.sample_id.encode())
+        assert derived.derive(MASTER).hex() == sample_key
+        assert hashlib.sha256(_documented_aad("job-1", at)).hexdigest() == aad_sha256
+        assert _expected("job-1", at, plaintext).hex() == ciphertext
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=["whole-sample", "face"])
+def test_fixed_vector_is_stable(vector):
+    at, plaintext, sample_key, aad_sha256, ciphertext = vector
     env = Envelope(MasterKey(MASTER), "job-1")
-    box = env.seal("shard-000000", "k", -1, b"", EMPTY_SHA256, nonce=NONCE)
-    assert box.ciphertext.hex() == "af661acc610630c563b8692e203ee36a"
-    assert box.aad_sha256 == "284fc78ca7ec6cd997eb771de7587a452a8a51ff08aeef0010bfa66e43e58676"
-    box = env.seal("shard-000003", "abc123", 2, b"face pixels", ANON, nonce=NONCE)
-    assert box.ciphertext.hex() == "7df9a32c238754f022ac72a7d593a3c13ddc80344b6cda839926ac"
-    assert box.aad_sha256 == "8ed8de5baab6e8c194bcb5a505977e3b18ec155fbe29371787a6d58fa359ce3f"
-    assert (
-        env.open(
-            "shard-000000",
-            "k",
-            -1,
-            NONCE,
-            bytes.fromhex("af661acc610630c563b8692e203ee36a"),
-            EMPTY_SHA256,
+    assert env.sample_key(at.sample_id).hex() == sample_key
+    box = env.seal(at, plaintext, nonce=NONCE)
+    assert (box.ciphertext.hex(), box.aad_sha256) == (ciphertext, aad_sha256)
+    assert env.open(at, NONCE, bytes.fromhex(ciphertext)) == plaintext
+    if at.face == -1:
+        assert aad_bytes("job-1", at.shard, at.sample_id, at.face, at.anon_sha256) == (
+            WHOLE_SAMPLE_AAD
         )
-        == b""
-    )
 
 
 def test_random_nonces_differ():
     env = Envelope(MasterKey.generate(), "job")
-    a = env.seal("s", "k", 0, b"x", ANON)
-    b = env.seal("s", "k", 0, b"x", ANON)
+    a = env.seal(RowBinding("s", "k", 0, ANON), b"x")
+    b = env.seal(RowBinding("s", "k", 0, ANON), b"x")
     assert a.nonce != b.nonce and len(a.nonce) == 12
 
 
@@ -92,7 +124,7 @@ def test_random_nonces_differ():
     "change",
     [
         {"shard": "shard-000001"},
-        {"key": "other"},
+        {"sample_id": "other"},
         {"face": 1},
         {"face": -1},
         {"anon_sha256": EMPTY_SHA256},
@@ -100,35 +132,28 @@ def test_random_nonces_differ():
 )
 def test_moved_or_repaired_row_does_not_open(change):
     env = Envelope(MasterKey(MASTER), "job-1")
-    where = {"shard": "shard-000000", "key": "k1", "face": 0, "anon_sha256": ANON}
-    box = env.seal(where["shard"], where["key"], where["face"], b"secret", where["anon_sha256"])
-    moved = where | change
+    at = RowBinding("shard-000000", "k1", 0, ANON)
+    box = env.seal(at, b"secret")
     with pytest.raises(DecryptionError) as err:
-        env.open(
-            moved["shard"],
-            moved["key"],
-            moved["face"],
-            box.nonce,
-            box.ciphertext,
-            moved["anon_sha256"],
-        )
+        env.open(replace(at, **change), box.nonce, box.ciphertext)
     assert "secret" not in str(err.value)
 
 
 def test_other_job_or_key_or_flipped_byte_does_not_open():
     env = Envelope(MasterKey(MASTER), "job-1")
-    box = env.seal("s", "k", 0, b"secret", ANON)
+    at = RowBinding("s", "k", 0, ANON)
+    box = env.seal(at, b"secret")
     with pytest.raises(DecryptionError):
-        Envelope(MasterKey(MASTER), "job-2").open("s", "k", 0, box.nonce, box.ciphertext, ANON)
+        Envelope(MasterKey(MASTER), "job-2").open(at, box.nonce, box.ciphertext)
     with pytest.raises(DecryptionError):
-        Envelope(MasterKey.generate(), "job-1").open("s", "k", 0, box.nonce, box.ciphertext, ANON)
+        Envelope(MasterKey.generate(), "job-1").open(at, box.nonce, box.ciphertext)
     for i in (0, len(box.ciphertext) - 1):
         flipped = bytearray(box.ciphertext)
         flipped[i] ^= 1
         with pytest.raises(DecryptionError):
-            env.open("s", "k", 0, box.nonce, bytes(flipped), ANON)
+            env.open(at, box.nonce, bytes(flipped))
     with pytest.raises(DecryptionError):
-        env.open("s", "k", 0, box.nonce[:-1], box.ciphertext, ANON)
+        env.open(at, box.nonce[:-1], box.ciphertext)
 
 
 def test_master_key_validation_and_redaction():
@@ -150,8 +175,8 @@ def test_key_check_value_is_hmac_not_key():
 
 
 def test_aad_validation():
-    for bad in ({"face": -2}, {"face": True}, {"anon_sha256": "ABC"}, {"key": ""}):
-        args = {"job_id": "j", "shard": "s", "key": "k", "face": 0, "anon_sha256": ANON} | bad
+    for bad in ({"face": -2}, {"face": True}, {"anon_sha256": "ABC"}, {"sample_id": ""}):
+        args = {"job_id": "j", "shard": "s", "sample_id": "k", "face": 0, "anon_sha256": ANON} | bad
         with pytest.raises(ValueError):
             aad_bytes(**args)
 

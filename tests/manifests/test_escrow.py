@@ -35,6 +35,7 @@ from faceveil.manifests.escrow import (
 from faceveil.manifests.request import RequestSpec, SampleRef, create_request, load_request_key
 from faceveil.manifests.restore import approve, assemble_reshare, recover_data_keys
 from faceveil.manifests.sealing import EpochSealing
+from faceveil.manifests.signed import ApprovedRequest
 from tests.manifests.conftest import FAST_KDF as FAST
 
 PASSPHRASE = "requester passphrase 123"
@@ -325,7 +326,7 @@ def _restore(escrow, samples, approvers):
     request, key_file = create_request(escrow, spec, PASSPHRASE, params=FAST)
     keys = load_request_key(request, key_file, PASSPHRASE)
     approvals = [approve(request, c) for c in approvers]
-    return recover_data_keys(escrow, request, keys, approvals, "restore")
+    return recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
 
 
 @pytest.mark.parametrize(("m", "members"), [(2, (1, 2, 3)), (3, (0, 1, 2, 3))])

@@ -16,7 +16,7 @@ from faceveil.manifests.custodian import b64d, b64e
 from faceveil.manifests.errors import EscrowError
 from faceveil.manifests.escrow import Escrow, KmsPolicy, ShamirPolicy, ShardRef, kms_open_shard_key
 from faceveil.manifests.jobkeys import JobKeys, epoch_sealing, parse_kms_spec
-from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+from faceveil.manifests.keymanifest import SampleToSeal, ShardSealer, load_key_manifest
 from faceveil.manifests.sealing import EpochSealing
 
 ANON = hashlib.sha256(b"anon").hexdigest()
@@ -93,7 +93,7 @@ def test_workers_seal_under_the_run_epoch(policy, custodians):
     resumed = JobKeys.resume(first.escrow, "job-1")
     sealing = pickle.loads(pickle.dumps(resumed.sealing))
     sealer = ShardSealer(sealing.shard_keys("shard-000003"), "shard-000003")
-    sealer.seal_sample("k1", "s3://raw/a.jpg", ANON)
+    sealer.seal_sample(SampleToSeal("k1", "s3://raw/a.jpg", ANON))
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.escrow_id == resumed.escrow_id
     wrapped = threshold.WrappedKey.from_bytes(manifest.rows[0].wrapped_key)

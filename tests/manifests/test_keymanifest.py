@@ -14,7 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from faceveil.manifests import threshold
-from faceveil.manifests.envelope import EMPTY_SHA256, Envelope, MasterKey, Payload, PayloadKind
+from faceveil.manifests.envelope import (
+    EMPTY_SHA256,
+    Envelope,
+    MasterKey,
+    Payload,
+    PayloadKind,
+    RowBinding,
+)
 from faceveil.manifests.errors import DecryptionError, ManifestError
 from faceveil.manifests.escrow import (
     Escrow,
@@ -32,13 +39,13 @@ from faceveil.manifests.keymanifest import (
     SCHEMA_V1,
     KeyManifest,
     KeyRow,
+    SampleToSeal,
     ShardSealer,
     key_manifest_bytes,
     key_manifest_epoch,
     load_key_manifest,
     open_row,
     read_key_manifest,
-    reencrypt_rows,
     write_key_manifest,
 )
 from faceveil.manifests.sealing import RowName, kms_sample_key, row_aad, seal_row
@@ -57,17 +64,18 @@ def escrow(custodians) -> Escrow:
 @pytest.fixture
 def sealer(escrow) -> ShardSealer:
     sealer = ShardSealer(epoch_sealing(escrow, escrow.escrow_ids[0]).shard_keys(SHARD), SHARD)
-    sealer.seal_face("k1", 0, (1, 2, 11, 12), b"png0", SOURCE, ANON)
-    sealer.seal_face("k1", 1, [20, 20, 30, 30], b"png1", SOURCE, ANON)
-    sealer.seal_sample("k1", SOURCE, ANON)
-    sealer.seal_sample("q1", "s3://b/broken.jpg", EMPTY_SHA256, b"original bytes")
+    k1 = SampleToSeal("k1", SOURCE, ANON)
+    sealer.seal_face(k1, 0, (1, 2, 11, 12), b"png0")
+    sealer.seal_face(k1, 1, [20, 20, 30, 30], b"png1")
+    sealer.seal_sample(k1)
+    sealer.seal_sample(SampleToSeal("q1", "s3://b/broken.jpg", EMPTY_SHA256), b"original bytes")
     return sealer
 
 
 def data_key(escrow: Escrow, manifest: KeyManifest, key: str, custodians) -> bytes:
     """A sample's data key from two custodians' partials on its wrapped key."""
     epoch = escrow.epoch(manifest.escrow_id)
-    (row,) = [r for r in manifest.rows if r.key == key and r.face == -1]
+    (row,) = [r for r in manifest.rows if r.sample_id == key and r.face == -1]
     wrapped = threshold.WrappedKey.from_bytes(row.wrapped_key)
     label = epoch.label(SHARD, key)
     partials = [
@@ -79,14 +87,14 @@ def data_key(escrow: Escrow, manifest: KeyManifest, key: str, custodians) -> byt
 
 def open_v2(dk: bytes, row: KeyRow, anon: str) -> Payload:
     """A row of SHARD of job-1, opened where it claims to be."""
-    aad = row_aad("job-1", SHARD, RowName(row.key, row.face, row.bbox), anon)
+    aad = row_aad("job-1", SHARD, RowName(row.sample_id, row.face, row.bbox), anon)
     assert hashlib.sha256(aad).hexdigest() == row.aad_sha256
-    return Payload.from_bytes(open_sealed_row(dk, aad, row.nonce, row.ciphertext, row.key))
+    return Payload.from_bytes(open_sealed_row(dk, aad, row.nonce, row.ciphertext, row.sample_id))
 
 
 def test_format_2_round_trips_through_bytes_path_and_file(sealer, escrow, tmp_path):
     rows = sealer.rows()
-    assert [(r.key, r.face) for r in rows] == [("k1", 0), ("k1", 1), ("k1", -1), ("q1", -1)]
+    assert [(r.sample_id, r.face) for r in rows] == [("k1", 0), ("k1", 1), ("k1", -1), ("q1", -1)]
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.version == 2 and manifest.escrow_id == escrow.escrow_ids[0]
     assert list(manifest.rows) == rows and manifest.kms_blob == b""
@@ -212,8 +220,8 @@ def test_kms_manifests_carry_the_shard_key_blob(moto_endpoint, aws_env):
     escrow = create_escrow("job-1", policy)
     eid = escrow.escrow_ids[0]
     sealer = ShardSealer(epoch_sealing(escrow, eid).shard_keys(SHARD, kms=client), SHARD)
-    sealer.seal_face("k1", 0, (0, 0, 4, 4), b"png", SOURCE, ANON)
-    sealer.seal_sample("k1", SOURCE, ANON)
+    sealer.seal_face(SampleToSeal("k1", SOURCE, ANON), 0, (0, 0, 4, 4), b"png")
+    sealer.seal_sample(SampleToSeal("k1", SOURCE, ANON))
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.kms_blob and all(r.wrapped_key is None for r in manifest.rows)
     shard_key = kms_open_shard_key(client, policy, ShardRef("job-1", eid, SHARD), manifest.kms_blob)
@@ -229,8 +237,8 @@ def test_format_1_manifests_are_still_read():
     face = Payload(PayloadKind.FACE_PNG, SOURCE, b"p").to_bytes()
     whole = Payload(PayloadKind.SOURCE, SOURCE).to_bytes()
     boxes = [
-        (0, (1, 2, 3, 4), env.seal(SHARD, "k1", 0, face, ANON)),
-        (-1, None, env.seal(SHARD, "k1", -1, whole, ANON)),
+        (0, (1, 2, 3, 4), env.seal(RowBinding(SHARD, "k1", 0, ANON), face)),
+        (-1, None, env.seal(RowBinding(SHARD, "k1", -1, ANON), whole)),
     ]
     rows = [KeyRow("k1", f, bbox, b.nonce, b.ciphertext, b.aad_sha256) for f, bbox, b in boxes]
     data = key_manifest_bytes(rows, "ab" * 16, version=1)
@@ -244,19 +252,12 @@ def test_format_1_manifests_are_still_read():
         open_row(Envelope(MasterKey.generate(), "job-1"), SHARD, manifest.rows[0], ANON)
     with pytest.raises(DecryptionError):
         open_row(env, SHARD, KeyRow(**rows[1].__dict__ | {"face": 0}), ANON)
-    new_env = Envelope(MasterKey.generate(), "job-1")
-    moved = reencrypt_rows(manifest.rows, SHARD, env, new_env, {"k1": ANON})
-    assert [open_row(new_env, SHARD, r, ANON) for r in moved] == [
-        open_row(env, SHARD, r, ANON) for r in manifest.rows
-    ]
-    with pytest.raises(DecryptionError):
-        reencrypt_rows(manifest.rows, SHARD, new_env, env, {"k1": ANON})
 
 
 def test_shard_name_is_the_manifest_stem(escrow):
     sealing = epoch_sealing(escrow, escrow.escrow_ids[0])
     sealer = ShardSealer(sealing.shard_keys("shard-000007"), "shard-000007.tar")
-    row = sealer.seal_sample("k", "u", ANON)
+    row = sealer.seal_sample(SampleToSeal("k", "u", ANON))
     assert sealer.shard == "shard-000007"
     assert (
         row.aad_sha256
@@ -270,7 +271,8 @@ def test_shard_sealer_refuses_keys_made_for_another_shard(escrow):
     sealing = epoch_sealing(escrow, escrow.escrow_ids[0])
     for keys_for, sealer_for in (("shard-000007.tar", "shard-000007.tar"), (SHARD, "shard-000001")):
         with pytest.raises((ValueError, ManifestError)):
-            ShardSealer(sealing.shard_keys(keys_for), sealer_for).seal_sample("k", "u", ANON)
+            sealer = ShardSealer(sealing.shard_keys(keys_for), sealer_for)
+            sealer.seal_sample(SampleToSeal("k", "u", ANON))
 
 
 def test_bad_rows_and_schemas_are_clear_errors(escrow):
@@ -278,9 +280,9 @@ def test_bad_rows_and_schemas_are_clear_errors(escrow):
         KeyRow("k", 0, (1, 2, 3), b"n" * 12, b"c", "a")
     sealer = ShardSealer(epoch_sealing(escrow, escrow.escrow_ids[0]).shard_keys(SHARD), SHARD)
     with pytest.raises(ValueError):
-        sealer.seal_face("k", -1, (0, 0, 1, 1), b"p", "u", ANON)
+        sealer.seal_face(SampleToSeal("k", "u", ANON), -1, (0, 0, 1, 1), b"p")
     with pytest.raises(ValueError):
-        sealer.seal_face("k", 0, None, b"p", "u", ANON)
+        sealer.seal_face(SampleToSeal("k", "u", ANON), 0, None, b"p")
     table = pa.table({"key": ["k"], "face": pa.array([0], pa.int64())})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)

@@ -49,20 +49,20 @@ def test_a_format_2_output_restores_its_faces_exactly(legacy):
     assert escrow_v3.escrow_format(data) == "faceveil-escrow/2" and manifest.version == 1
     escrow = escrow_v2.Escrow.loads(data)
     key = sorted(images)[0]
-    request, key_file = restore_v2.create_request(
-        escrow, "restore", [key], "old job", "bob", PASSPHRASE, params=FAST_KDF
-    )
+    spec = restore_v2.RequestSpec("restore", [key], "old job", "bob")
+    request, key_file = restore_v2.create_request(escrow, spec, PASSPHRASE, params=FAST_KDF)
     request = restore_v2.RestoreRequest.loads(request.dumps())
     request_key = restore_v2.load_request_key(request, key_file, PASSPHRASE)
     approvals = [
         restore_v2.Approval.loads(restore_v2.approve(escrow, request, _custodian(c)).dumps())
         for c in ("bob", "carol")
     ]
-    masters = restore_v2.recover_masters(escrow, request, request_key, approvals, "restore")
+    approved = restore_v2.ApprovedRequest(request, request_key, approvals)
+    masters = restore_v2.recover_masters(escrow, approved, "restore")
     envelope = Envelope(masters[manifest.escrow_id], escrow.job_id, manifest.escrow_id)
     anon = images[key]
     canvas = np.array(Image.open(io.BytesIO(anon)).convert("RGB"))
-    faces = [r for r in manifest.rows if r.key == key and r.face >= 0]
+    faces = [r for r in manifest.rows if r.sample_id == key and r.face >= 0]
     assert faces
     for row in faces:
         payload = open_row(envelope, "shard-000000", row, hashlib.sha256(anon).hexdigest())
@@ -73,7 +73,8 @@ def test_a_format_2_output_restores_its_faces_exactly(legacy):
     assert hashlib.sha256(np.array(Image.open(io.BytesIO(anon)).convert("RGB")).tobytes()
                           ).hexdigest() not in {o["rgb_sha256"] for o in originals}  # fmt: skip
     with pytest.raises(RestoreError, match="needs 2"):
-        restore_v2.recover_masters(escrow, request, request_key, approvals[:1], "restore")
+        short = restore_v2.ApprovedRequest(request, request_key, approvals[:1])
+        restore_v2.recover_masters(escrow, short, "restore")
 
 
 def test_the_formats_are_not_confused(legacy):

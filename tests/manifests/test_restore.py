@@ -32,7 +32,7 @@ from faceveil.manifests.escrow import (
     create_escrow,
 )
 from faceveil.manifests.jobkeys import epoch_sealing
-from faceveil.manifests.keymanifest import ShardSealer, load_key_manifest
+from faceveil.manifests.keymanifest import SampleToSeal, ShardSealer, load_key_manifest
 from faceveil.manifests.request import (
     RequestSpec,
     RestoreRequest,
@@ -48,6 +48,7 @@ from faceveil.manifests.restore import (
     recover_data_keys,
 )
 from faceveil.manifests.sealing import RowName, open_row, row_aad
+from faceveil.manifests.signed import ApprovedRequest
 from tests.manifests.conftest import FAST_KDF
 
 PASSPHRASE = "requester passphrase 123"
@@ -72,8 +73,9 @@ def escrow(custodians) -> Escrow:
 def _seal_shard(escrow: Escrow, escrow_id: str, shard: str = SHARD, keys=KEYS):
     sealer = ShardSealer(epoch_sealing(escrow, escrow_id).shard_keys(shard), shard)
     for key in keys:
-        sealer.seal_face(key, 0, (1, 2, 11, 12), _face(key), _source(key), ANON)
-        sealer.seal_sample(key, _source(key), ANON)
+        sample = SampleToSeal(key, _source(key), ANON)
+        sealer.seal_face(sample, 0, (1, 2, 11, 12), _face(key))
+        sealer.seal_sample(sample)
     return load_key_manifest(sealer.manifest_bytes())
 
 
@@ -84,7 +86,7 @@ def manifest(escrow):
 
 
 def _refs(manifest, keys, shard: str = SHARD) -> list[SampleRef]:
-    wraps = {r.key: r.wrapped_key for r in manifest.rows if r.face == -1}
+    wraps = {r.sample_id: r.wrapped_key for r in manifest.rows if r.face == -1}
     return [SampleRef(shard, k, manifest.escrow_id, wraps[k]) for k in keys]
 
 
@@ -100,7 +102,7 @@ def _approvals(request, custodians):
 
 
 def _open_face(manifest, data_key, key, shard=SHARD) -> Payload:
-    (row,) = [r for r in manifest.rows if r.key == key and r.face == 0]
+    (row,) = [r for r in manifest.rows if r.sample_id == key and r.face == 0]
     aad = row_aad("job-1", shard, RowName(key, 0, row.bbox), ANON)
     return Payload.from_bytes(open_row(data_key, aad, row.nonce, row.ciphertext, key))
 
@@ -174,13 +176,13 @@ def test_request_shape_is_checked(escrow, manifest, custodians):
         ("reshare", [], {}),
         ("reshare", [], {"new_policy": KmsPolicy("arn:aws:kms:us-east-1:123456789012:key/x")}),
         ("restore", [refs[0], refs[0]], {}),
-        ("restore", [refs[0], replace(refs[1], key="k1")], {}),
+        ("restore", [refs[0], replace(refs[1], sample_id="k1")], {}),
         ("restore", [replace(refs[0], escrow_id="f" * 32)], {}),
     ):
         with pytest.raises(KeyLibraryError):
             spec = RequestSpec(purpose, tuple(samples), "r", "bob", **kw)
             create_request(escrow, spec, PASSPHRASE, params=FAST_KDF)
-    for bad in ({"shard": "../shard-000000"}, {"key": "k/1"}, {"key": ""}):
+    for bad in ({"shard": "../shard-000000"}, {"sample_id": "k/1"}, {"sample_id": ""}):
         with pytest.raises(RestoreError, match="malformed"):
             replace(refs[0], **bad)
     with pytest.raises(ValueError):
@@ -192,14 +194,14 @@ def test_expiry_and_purpose_are_enforced(escrow, manifest, custodians):
     approvals = _approvals(request, custodians[:2])
     later = datetime.now(UTC) + timedelta(days=8)
     with pytest.raises(RestoreError, match="expired"):
-        recover_data_keys(escrow, request, keys, approvals, "restore", now=later)
+        recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore", now=later)
     with pytest.raises(RestoreError, match="expired"):
         approve(request, custodians[2], clock=lambda: later)
     with pytest.raises(RestoreError, match="not 'rekey'"):
-        recover_data_keys(escrow, request, keys, approvals, "rekey")
+        recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "rekey")
     with pytest.raises(RestoreError, match="not 'reshare'"):
         assemble_reshare(escrow, request, approvals)
-    assert recover_data_keys(escrow, request, keys, approvals, "restore")
+    assert recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
 
 
 def test_request_key_file_is_bound_to_its_request(escrow, manifest, custodians):
@@ -211,7 +213,7 @@ def test_request_key_file_is_bound_to_its_request(escrow, manifest, custodians):
         load_request_key(request, other_file, PASSPHRASE)
     approvals = _approvals(request, custodians[:2])
     with pytest.raises(RestoreError, match="does not open with this request's key"):
-        recover_data_keys(escrow, request, other_keys, approvals, "restore")
+        recover_data_keys(escrow, ApprovedRequest(request, other_keys, approvals), "restore")
 
 
 # ---- release of exactly the listed samples -----------------------------------------------------
@@ -221,7 +223,7 @@ def test_approvals_release_exactly_the_listed_samples(escrow, manifest, custodia
     request, keys, _ = _request(escrow, _refs(manifest, ["k1", "k3"]))
     for approvers in (custodians[:2], custodians[1:], custodians[::-2], custodians):
         released = recover_data_keys(
-            escrow, request, keys, _approvals(request, approvers), "restore"
+            escrow, ApprovedRequest(request, keys, _approvals(request, approvers)), "restore"
         )
         assert set(released) == {(SHARD, "k1"), (SHARD, "k3")}
         for key in ("k1", "k3"):
@@ -237,7 +239,7 @@ def test_the_one_sample_attack_gets_one_sample(escrow, manifest, custodians):
     escrow, manifest) opens that sample and no other."""
     request, keys, _ = _request(escrow, _refs(manifest, ["k1"]))
     approvals = _approvals(request, custodians[:2])
-    released = recover_data_keys(escrow, request, keys, approvals, "restore")
+    released = recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
     assert list(released) == [(SHARD, "k1")]
     assert _open_face(manifest, released[(SHARD, "k1")], "k1").data == _face("k1")
     for key in ("k2", "k3"):
@@ -258,13 +260,13 @@ def test_the_one_sample_attack_gets_one_sample(escrow, manifest, custodians):
     assert threshold.unwrap(epoch.public_key, k1_wrap, epoch.label(SHARD, "k1"), combined)
     for other in _refs(manifest, ["k2", "k3"]):
         wrapped = threshold.WrappedKey.from_bytes(other.wrapped)
-        for label in (epoch.label(SHARD, other.key), epoch.label(SHARD, "k1")):
+        for label in (epoch.label(SHARD, other.sample_id), epoch.label(SHARD, "k1")):
             with pytest.raises(threshold.ThresholdError):
                 threshold.unwrap(epoch.public_key, wrapped, label, combined)
         for (p,), ap in zip(partials, approvals, strict=True):
             index = escrow.policy.index_of(ap.fingerprint)
             assert not threshold.verify_partial(
-                epoch.public_shares[index - 1], wrapped, epoch.label(SHARD, other.key), p
+                epoch.public_shares[index - 1], wrapped, epoch.label(SHARD, other.sample_id), p
             )
     # Asking for k2 under k1's name (B's wrap in A's entry) is refused by every custodian.
     forged = [SampleRef(SHARD, "k1", epoch.escrow_id, _refs(manifest, ["k2"])[0].wrapped)]
@@ -293,10 +295,10 @@ def test_a_wrap_carried_to_another_shard_or_epoch_is_refused(escrow, custodians)
     request, keys, _ = _request(both, [flipped])
     approvals = _approvals(request, custodians[:2])
     with pytest.raises(RestoreError, match="'k1': its data key did not open"):
-        recover_data_keys(both, request, keys, approvals, "restore")
+        recover_data_keys(both, ApprovedRequest(request, keys, approvals), "restore")
     request, keys, _ = _request(both, [k1, *_refs(m2, ["k9"], "shard-000001")])
     released = recover_data_keys(
-        both, request, keys, _approvals(request, custodians[1:]), "restore"
+        both, ApprovedRequest(request, keys, _approvals(request, custodians[1:])), "restore"
     )
     assert set(released) == {("shard-000000", "k1"), ("shard-000001", "k9")}
 
@@ -317,10 +319,10 @@ def test_a_bad_partial_is_named(escrow, manifest, custodians):
     ):
         bad = _forged_approval(request, bob, partials)
         with pytest.raises(RestoreError, match=f"custodian 'bob' sent a bad partial .* '{sample}'"):
-            recover_data_keys(escrow, request, keys, [good[0], bad], "restore")
+            recover_data_keys(escrow, ApprovedRequest(request, keys, [good[0], bad]), "restore")
     short = _forged_approval(request, bob, honest[0].to_bytes())
     with pytest.raises(RestoreError, match="'bob' does not cover"):
-        recover_data_keys(escrow, request, keys, [good[0], short], "restore")
+        recover_data_keys(escrow, ApprovedRequest(request, keys, [good[0], short]), "restore")
 
 
 def test_approvals_for_another_request_are_refused(escrow, manifest, custodians):
@@ -328,11 +330,11 @@ def test_approvals_for_another_request_are_refused(escrow, manifest, custodians)
     other, _, _ = _request(escrow, _refs(manifest, ["k2"]))
     mixed = _approvals(request, custodians[:1]) + _approvals(other, custodians[1:2])
     with pytest.raises(RestoreError, match="approval 2 .* for another request"):
-        recover_data_keys(escrow, request, keys, mixed, "restore")
+        recover_data_keys(escrow, ApprovedRequest(request, keys, mixed), "restore")
     # Relabelling the other request's approval breaks its custodian signature.
     relabelled = replace(mixed[1], request_id=request.request_id, request_sha256=request.sha256())
     with pytest.raises(RestoreError, match="approval 2 .* bad signature"):
-        recover_data_keys(escrow, request, keys, [mixed[0], relabelled], "restore")
+        recover_data_keys(escrow, ApprovedRequest(request, keys, [mixed[0], relabelled]), "restore")
 
 
 def test_duplicate_approvals_count_once_and_fewer_than_m_fail(escrow, manifest, custodians):
@@ -341,11 +343,11 @@ def test_duplicate_approvals_count_once_and_fewer_than_m_fail(escrow, manifest, 
     again = approve(request, custodians[0])
     for pair in ([first, first], [first, again]):
         with pytest.raises(RestoreError, match="counts once"):
-            recover_data_keys(escrow, request, keys, pair, "restore")
+            recover_data_keys(escrow, ApprovedRequest(request, keys, pair), "restore")
     with pytest.raises(RestoreError, match="1 valid approval.*needs 2"):
-        recover_data_keys(escrow, request, keys, [first], "restore")
+        recover_data_keys(escrow, ApprovedRequest(request, keys, [first]), "restore")
     with pytest.raises(RestoreError, match="0 valid approval"):
-        recover_data_keys(escrow, request, keys, [], "restore")
+        recover_data_keys(escrow, ApprovedRequest(request, keys, []), "restore")
 
 
 def test_bad_signature_and_outsider_are_refused(escrow, manifest, custodians):
@@ -354,7 +356,9 @@ def test_bad_signature_and_outsider_are_refused(escrow, manifest, custodians):
     doc = json.loads(good[1].dumps()) | {"time": "2000-01-01T00:00:00Z"}
     with pytest.raises(RestoreError, match="approval 2 .* bad signature"):
         recover_data_keys(
-            escrow, request, keys, [good[0], Approval.loads(json.dumps(doc))], "restore"
+            escrow,
+            ApprovedRequest(request, keys, [good[0], Approval.loads(json.dumps(doc))]),
+            "restore",
         )
     mallory = CustodianPrivate.generate("mallory")
     with pytest.raises(KeyLibraryError, match="no custodian"):
@@ -365,7 +369,9 @@ def test_bad_signature_and_outsider_are_refused(escrow, manifest, custodians):
     }
     with pytest.raises(RestoreError, match="not a custodian"):
         recover_data_keys(
-            escrow, request, keys, [good[0], Approval.loads(json.dumps(doc))], "restore"
+            escrow,
+            ApprovedRequest(request, keys, [good[0], Approval.loads(json.dumps(doc))]),
+            "restore",
         )
     for bad in (b"{}", b"not json", json.dumps(doc | {"format": "x"}).encode()):
         with pytest.raises(RestoreError, match="invalid approval"):
@@ -377,7 +383,7 @@ def test_a_request_made_before_the_escrow_changed_is_refused(escrow, manifest, c
     approvals = _approvals(request, custodians[:2])
     later = add_epoch(escrow)
     with pytest.raises(RestoreError, match="another escrow"):
-        recover_data_keys(later, request, keys, approvals, "restore")
+        recover_data_keys(later, ApprovedRequest(request, keys, approvals), "restore")
 
 
 def test_a_forged_escrow_copy_is_refused_against_the_real_escrow(escrow, manifest, custodians):
@@ -389,7 +395,7 @@ def test_a_forged_escrow_copy_is_refused_against_the_real_escrow(escrow, manifes
     forged = _resign(request, keys, escrow=Escrow.loads(json.dumps(doc)))
     approvals = [approve(forged, c) for c in custodians[:2]]
     with pytest.raises(RestoreError, match="forged or altered request"):
-        recover_data_keys(escrow, forged, keys, approvals, "restore")
+        recover_data_keys(escrow, ApprovedRequest(forged, keys, approvals), "restore")
 
 
 def test_kms_escrows_take_no_custodian_approvals(custodians):
@@ -406,7 +412,9 @@ def test_a_rekey_releases_every_listed_sample_across_epochs(escrow, custodians):
     refs = _refs(m1, ["k1", "k2"]) + _refs(m2, ["k3"], "shard-000001")
     new_policy = KmsPolicy("arn:aws:kms:us-east-1:123456789012:key/new")
     request, keys, _ = _request(both, refs, "rekey", new_policy=new_policy)
-    released = recover_data_keys(both, request, keys, _approvals(request, custodians[:2]), "rekey")
+    released = recover_data_keys(
+        both, ApprovedRequest(request, keys, _approvals(request, custodians[:2])), "rekey"
+    )
     assert set(released) == {("shard-000000", "k1"), ("shard-000000", "k2"), ("shard-000001", "k3")}
     assert _open_face(m2, released[("shard-000001", "k3")], "k3", "shard-000001").data == _face(
         "k3"
@@ -517,17 +525,22 @@ def test_nothing_secret_reaches_logs_errors_or_reprs(escrow, manifest, custodian
     caplog.set_level(logging.DEBUG)
     request, keys, key_file = _request(escrow, _refs(manifest, ["k1"]))
     approvals = _approvals(request, custodians[:2])
-    released = recover_data_keys(escrow, request, keys, approvals, "restore")
+    released = recover_data_keys(escrow, ApprovedRequest(request, keys, approvals), "restore")
     errors = []
     for attempt in (
-        lambda: recover_data_keys(escrow, request, keys, approvals[:1], "restore"),
+        lambda: recover_data_keys(escrow, ApprovedRequest(request, keys, approvals[:1]), "restore"),
         lambda: load_request_key(request, key_file, "a wrong passphrase"),
         lambda: _open_face(manifest, released[(SHARD, "k1")], "k2"),
         lambda: recover_data_keys(
             escrow,
-            request,
-            keys,
-            [approvals[0], _forged_approval(request, custodians[1], approvals[0].sealed_partials)],
+            ApprovedRequest(
+                request,
+                keys,
+                [
+                    approvals[0],
+                    _forged_approval(request, custodians[1], approvals[0].sealed_partials),
+                ],
+            ),
             "restore",
         ),  # fmt: skip
     ):
