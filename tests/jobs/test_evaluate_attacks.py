@@ -5,6 +5,8 @@ re-identifies, and the worst case over attacks and recognizers."""
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,23 @@ def test_attack_names_and_budget_are_checked() -> None:
     budget = EvalConfig(images="i", identities="m", report_dir="r").public()["attack_budget"]
     assert budget["parrot"]["fine_tuned_layers"] == "none (head only)"
     assert budget["parrot"]["epochs"] == AttackBudget().epochs
+
+
+def test_the_issue_command_line_parses_into_the_attack_config() -> None:
+    from faceveil.jobs.cli import build_parser
+    from faceveil.jobs.evaluate.cli import eval_config
+
+    argv = shlex.split(
+        "eval --images ../shared/data/lfw_dev --identities ../shared/data/lfw_dev/manifest.csv "
+        "--methods identity,blur,pixelate,mask,surrogate --attacks aligned,parrot,inversion "
+        "--attacker-model ../shared/models/mobilefacenet_128d.onnx "
+        "--recall-by ../shared/data/utkface_dev/labels.csv --report report/"
+    )
+    config = eval_config(build_parser().parse_args(argv))
+    assert config.attacks == ("aligned", "parrot", "inversion")
+    assert config.attacker_models == ("../shared/models/mobilefacenet_128d.onnx",)
+    assert config.dlib_attacker  # dlib's ResNet is the second recognizer
+    assert config.recall.labels == "../shared/data/utkface_dev/labels.csv"
+    assert config.recall.sizes == (16, 24, 32, 48)
+    labels = [m.label for m in config.methods]
+    assert labels == ["identity", "blur", "pixelate", "mask", "surrogate"]
