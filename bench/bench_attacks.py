@@ -30,6 +30,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attacker", default=str(shared / "models" / "mobilefacenet_128d.onnx"),
                    help="recognition ONNX (dlib's ResNet is added beside it)")  # fmt: skip
     p.add_argument("--recall-by", default=str(shared / "data" / "utkface_dev" / "labels.csv"))
+    p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
+                   help="labelled faces composited into scenes per face width")  # fmt: skip
     p.add_argument("--methods", default="blur,pixelate,mask,surrogate")
     p.add_argument("--limit-identities", type=int, help="first N identities with 2+ images")
     p.add_argument("--json", help="also write the whole report here")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         images=str(data), identities=str(data / "manifest.csv"), report_dir="",
         methods=parse_methods(args.methods), attacker_models=(args.attacker,),
         limit_identities=args.limit_identities, utility=False, examples=0, progress=True,
-        recall=RecallConfig(labels=args.recall_by),
+        recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
     )  # fmt: skip
     report = run_eval(config).report
     d = report["dataset"]
