@@ -7,8 +7,11 @@ Flow of ``faceveil eval`` (``runner.run_eval``): load the labelled set (salted s
 load detectors, attackers, landmarks, attribute probes (``models``) -> one pass over the
 originals (faces, attacker embeddings aligned by their own landmarks) -> per method: build it
 (``methods``: registry, eval-only ``identity``, the surrogate hook), anonymize the set with
-``FaceAnonymizer``, re-embed the anonymized faces with the ORIGINAL's alignment -> figures
-(``figures``, ``metrics``) -> ``report.write_eval_report`` (report.json, index.html, examples).
+``FaceAnonymizer``, re-embed the anonymized faces with the ORIGINAL's alignment -> attacks on
+those features (``attacks``: aligned, parrot and inversion on one disjoint identity split, heads
+in ``heads``; worst case per method) and figures (``figures``, ``metrics``) -> recall per group
+and on small faces (``recall``) -> ``report.write_eval_report`` (report.json, index.html,
+examples).
 """
 
 from faceveil.jobs.evaluate.cli import add_eval_command

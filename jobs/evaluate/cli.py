@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from faceveil.jobs.evaluate.config import JUDGES, EvalConfig, parse_methods
+from faceveil.jobs.evaluate.config import (
+    ATTACKS,
+    JUDGES,
+    AttackBudget,
+    EvalConfig,
+    RecallConfig,
+    parse_attacks,
+    parse_methods,
+)
 
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +34,15 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default=[],
         help="recognition ONNX (repeatable); default: dlib's recognizer",
     )
+    p.add_argument("--no-dlib-attacker", action="store_true",
+                   help="do not add dlib's ResNet to the --attacker-model recognizers")  # fmt: skip
+    p.add_argument("--attacks", default=",".join(ATTACKS),
+                   help="aligned,parrot,inversion (aligned always runs)")  # fmt: skip
+    p.add_argument("--attack-epochs", type=int, default=AttackBudget.epochs,
+                   help="parrot head training epochs (the same for every method)")  # fmt: skip
+    p.add_argument("--recall-by", help="labels CSV (UTKFace style): recall per gender, race, age")
+    p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
+                   help="labelled faces composited into scenes at 16-48 px (0: none)")  # fmt: skip
     p.add_argument("--report", required=True, help="output directory (path or fsspec URL)")
     p.add_argument("--detector", default="centerface", choices=["centerface", "scrfd"])
     p.add_argument("--second-detector", choices=["centerface", "scrfd"])
@@ -55,6 +72,10 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         report_dir=args.report,
         methods=parse_methods(args.methods),
         attacker_models=tuple(args.attacker_model),
+        dlib_attacker=not args.no_dlib_attacker,
+        attacks=parse_attacks(args.attacks),
+        budget=AttackBudget(epochs=args.attack_epochs),
+        recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
         attributes=args.attributes,
         detector=args.detector,
         second_detector=args.second_detector,

@@ -56,6 +56,92 @@ def parse_methods(text: str) -> tuple[MethodSpec, ...]:
 
 
 JUDGES = ("dlib", "attacker", "both")
+ATTACKS = ("aligned", "parrot", "inversion")
+
+
+def parse_attacks(text: str) -> tuple[str, ...]:
+    """A comma list of attack names (``aligned`` is always measured and always included)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = sorted(set(names) - set(ATTACKS))
+    if unknown:
+        raise ValueError(f"unknown attack {unknown[0]!r} (have {', '.join(ATTACKS)})")
+    return tuple(a for a in ATTACKS if a in names or a == "aligned")
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """The compute every learning attacker gets, the same for every method of a run.
+
+    ``head`` is "mlp" (residual, ``hidden`` units) or "linear"; it is trained for ``epochs``
+    passes over the training features in batches of ``batch`` with Adam at ``lr``, under an
+    additive cosine margin ``margin`` at scale ``scale``. ``ridge_alpha`` regularises the
+    inversion map. ``train_share`` of the identities with two or more images go to training
+    (plus every one-image identity); the rest are held out; ``seed`` fixes split and init.
+    """
+
+    head: str = "mlp"
+    hidden: int = 256
+    epochs: int = 40
+    batch: int = 128
+    lr: float = 2e-3
+    margin: float = 0.35
+    scale: float = 30.0
+    ridge_alpha: float = 0.1
+    train_share: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head not in ("mlp", "linear"):
+            raise ValueError(f"attack head is 'mlp' or 'linear', not {self.head!r}")
+        if not 0.0 < self.train_share < 1.0:
+            raise ValueError(f"train_share must be in (0, 1), got {self.train_share}")
+        if self.epochs < 0 or self.batch < 1 or self.hidden < 1:
+            raise ValueError("epochs, batch and hidden must be positive")
+
+    def public(self) -> dict:
+        """The budget as written into report.json."""
+        return {
+            "parrot": {
+                "features": "frozen recognizer embedding of the anonymized crop",
+                "head": self.head,
+                "hidden": self.hidden if self.head == "mlp" else None,
+                "loss": f"additive cosine margin {self.margin}, scale {self.scale}",
+                "epochs": self.epochs,
+                "batch": self.batch,
+                "optimizer": f"Adam lr {self.lr}",
+                "fine_tuned_layers": "none (head only)",
+            },
+            "inversion": {"map": "ridge, anonymized -> original", "alpha": self.ridge_alpha},
+            "train_share": self.train_share,
+            "seed": self.seed,
+        }
+
+
+AGE_BANDS = ((0, 12), (13, 19), (20, 39), (40, 59), (60, 200))
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    """Recall per group: ``labels`` is a UTKFace-style CSV (path, age, gender_0male_1female,
+    race); ``small_faces`` labelled faces are also composited into synthetic scenes of
+    ``scene`` (height, width) at each face width in ``sizes`` (pixels)."""
+
+    labels: str | None = None
+    sizes: tuple[int, ...] = (16, 24, 32, 48)
+    small_faces: int = 96
+    scene: tuple[int, int] = (480, 640)
+    age_bands: tuple[tuple[int, int], ...] = AGE_BANDS
+    seed: int = 0
+
+    def public(self) -> dict:
+        """The recall settings as written into report.json."""
+        return {
+            "labels": self.labels,
+            "sizes": list(self.sizes),
+            "small_faces": self.small_faces,
+            "scene": list(self.scene),
+            "age_bands": [list(b) for b in self.age_bands],
+        }
 
 
 @dataclass(frozen=True)
@@ -70,6 +156,9 @@ class EvalConfig:
     recognizer is the slowest stage); ``attribute_judge`` is whose embeddings the probes read:
     "dlib", "attacker" (the first attacker model, independent of a method that selects donors
     by dlib embeddings) or "both" (dlib's, and the attacker's reported beside them).
+    ``dlib_attacker`` adds dlib's ResNet to the ONNX recognizers (it is the only one when none
+    is given). ``attacks`` are run with every recognizer; ``budget`` is the learning
+    attackers' compute, the same for every method; ``recall`` the recall-per-group settings.
     ``sample_salt`` keys the sample hashes shown in the report (random per run when None).
     """
 
@@ -82,6 +171,10 @@ class EvalConfig:
         MethodSpec("mask"),
     )
     attacker_models: tuple[str, ...] = ()
+    dlib_attacker: bool = True
+    attacks: tuple[str, ...] = ATTACKS
+    budget: AttackBudget = field(default_factory=AttackBudget)
+    recall: RecallConfig = field(default_factory=RecallConfig)
     attributes: str | None = None
     detector: str = "centerface"
     second_detector: str | None = None
@@ -100,6 +193,9 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        unknown = set(self.attacks) - set(ATTACKS)
+        if unknown or "aligned" not in self.attacks:
+            raise ValueError(f"attacks are {ATTACKS} with aligned among them, not {self.attacks}")
         if self.attribute_judge not in JUDGES:
             raise ValueError(f"attribute_judge is one of {JUDGES}, not {self.attribute_judge!r}")
 
@@ -110,6 +206,10 @@ class EvalConfig:
             "identities": self.identities,
             "methods": [{"name": m.name, "options": dict(m.options)} for m in self.methods],
             "attacker_models": list(self.attacker_models),
+            "dlib_attacker": self.dlib_attacker,
+            "attacks": list(self.attacks),
+            "attack_budget": self.budget.public(),
+            "recall": self.recall.public(),
             "attributes": self.attributes,
             "detector": self.detector,
             "second_detector": self.second_detector,

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from faceveil.jobs.evaluate.attacks import Features, Trial, run_attacks, score, worst_case
 from faceveil.jobs.evaluate.attributes import agreement
-from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec
+from faceveil.jobs.evaluate.config import MethodSpec
 from faceveil.jobs.evaluate.dataset import LabelledSet
-from faceveil.jobs.evaluate.measurements import MethodRun, Originals
-from faceveil.jobs.evaluate.metrics import rank1, tar_at_far, verification_scores
+from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Originals
 from faceveil.jobs.evaluate.models import EvalModels, versions
 
 DEFINITIONS = {
@@ -22,6 +22,22 @@ DEFINITIONS = {
     "impostor score with floor(far * n_impostor) scores above it; TAR = share of genuine > t",
     "same_photo_accept_rate": "share of images whose original and own anonymized version score "
     "above the same threshold (the in-job audit's question)",
+    "aligned": "a pretrained recognizer crops each anonymized face with the ORIGINAL's landmarks "
+    "and matches it against one original per identity, every identity of the set",
+    "parrot_gallery_anonymized": "the attacker anonymizes faces of other people with the same "
+    "method (training identities: originals and their anonymized versions, labelled) and fits a "
+    "metric head (margin loss) on the frozen recognizer's features; tested on disjoint held-out "
+    "identities, gallery one ANONYMIZED image per identity, probes their other anonymized images",
+    "parrot_gallery_original": "the same parrot head, gallery one ORIGINAL image per held-out "
+    "identity (the head maps both), probes their anonymized images",
+    "inversion": "a ridge map from anonymized to original recognizer features fitted on the "
+    "training identities' pairs, applied to the held-out anonymized probes and matched against "
+    "one original per held-out identity",
+    "worst": "the highest rank-1 (and the highest TAR) over every attack and every recognizer; "
+    "chance is 1 / gallery size of that attack (aligned: all identities; the learning attacks: "
+    "the held-out identities only)",
+    "attack_budget": "the learning attackers' compute, identical for every method of a run; "
+    "attack_cpu_s in each row is what it took",
     "alignment": "the attacker crops anonymized faces with the ORIGINAL's landmarks (worst case)",
     "redetected": "share of anonymized faces a second detector still finds (IoU >= 0.3 with the "
     "original's box); redetected_originals is the same detector on the originals",
@@ -50,33 +66,29 @@ def _mean(x: np.ndarray) -> float | None:
     return float(x.mean()) if len(x) else None
 
 
-def privacy(
-    originals_emb: np.ndarray,
-    anonymized_emb: np.ndarray,
-    ids: np.ndarray,
-    gallery: np.ndarray,
-    valid: np.ndarray,
-    far: float,
-) -> dict:
-    """Rank-1 identification and TAR at ``far`` of one attacker against one method."""
-    probes = valid & ~gallery & np.isin(ids, ids[gallery])
-    correct, n = rank1(originals_emb[gallery], ids[gallery], anonymized_emb[probes], ids[probes])
-    genuine, impostor = verification_scores(originals_emb[valid], anonymized_emb[valid], ids[valid])
-    tar, threshold = tar_at_far(genuine, impostor, far)
-    same_photo = np.sum(originals_emb[valid] * anonymized_emb[valid], axis=1)
-    return {
-        "rank1": correct / n if n else None,
-        "rank1_correct": correct,
-        "n_probes": n,
-        "n_gallery": int(gallery.sum()),
-        "tar_at_far": tar,
-        "far": far,
-        "threshold": threshold,
-        "n_genuine": len(genuine),
-        "n_impostor": len(impostor),
-        "same_photo_similarity_mean": _mean(same_photo),
-        "same_photo_accept_rate": _mean(same_photo > threshold),
-    }
+def privacy(features: Features, far: float) -> dict:
+    """Rank-1 identification and TAR at ``far`` of the aligned attack (one recognizer)."""
+    f = features
+    return score(Trial(f.originals, f.anonymized, f.ids, f.gallery, f.valid), far)
+
+
+def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -> dict:
+    """Every attack with every recognizer on one method: figures (attack key -> recognizer ->
+    figures) and the CPU seconds each attack took (recognizer -> attack -> seconds)."""
+    attacks: dict[str, dict] = {}
+    cpu: dict[str, dict] = {}
+    for a in session.models.attackers:
+        features = Features(
+            originals.embeddings[a.name],
+            run.embeddings[a.name],
+            originals.ids,
+            originals.gallery,
+            run.valid,
+        )
+        figures, cpu[a.name] = run_attacks(features, session.plan)
+        for key, value in figures.items():
+            attacks.setdefault(key, {})[a.name] = value
+    return {"attacks": attacks, "attack_cpu_s": cpu}
 
 
 def _by_method(run: MethodRun) -> dict:
@@ -126,25 +138,16 @@ def _judged(model, embedder: str, run: MethodRun, originals: Originals) -> tuple
     return int(ok.sum()), agreement(model, before[ok], after[ok])
 
 
-def method_row(
-    spec: MethodSpec, run: MethodRun, originals: Originals, models: EvalModels, far: float
-) -> dict:
+def method_row(spec: MethodSpec, run: MethodRun, session: EvalSession) -> dict:
     """Every figure of one method."""
+    originals, models = session.originals, session.models
     n = len(run.valid)
     row = {"label": spec.label, "name": spec.name, "options": dict(spec.options), "available": True}
     row["statuses"] = dict(run.statuses)
     row["applied"] = dict(run.applied)
-    row["privacy"] = {
-        a.name: privacy(
-            originals.embeddings[a.name],
-            run.embeddings[a.name],
-            originals.ids,
-            originals.gallery,
-            run.valid,
-            far,
-        )
-        for a in models.attackers
-    }
+    row.update(attack_figures(run, originals, session))
+    row["privacy"] = row["attacks"]["aligned"]
+    row["worst"] = worst_case(row["attacks"])
     row["utility"] = utility(run, originals, models) if models.landmarks is not None else None
     row["throughput"] = {
         "images": n,
@@ -181,32 +184,23 @@ def example_files(
 
 
 def _baselines(originals: Originals, models: EvalModels, far: float) -> list[dict]:
-    has = originals.has_face
+    o, has = originals, originals.has_face
     return [
         {
             **a.info,
             "on_originals": privacy(
-                originals.embeddings[a.name],
-                originals.embeddings[a.name],
-                originals.ids,
-                originals.gallery,
-                has,
-                far,
+                Features(o.embeddings[a.name], o.embeddings[a.name], o.ids, o.gallery, has), far
             ),
         }
         for a in models.attackers
     ]
 
 
-def assemble(
-    config: EvalConfig,
-    data: LabelledSet,
-    originals: Originals,
-    models: EvalModels,
-    rows: list[dict],
-    group: list[dict],
-) -> dict:
-    """The whole report.json structure (examples are added by the caller)."""
+def assemble(session: EvalSession, rows: list[dict], recall: dict) -> dict:
+    """The whole report.json structure (examples are added by the caller); ``recall`` holds
+    the group photos and, when asked for, recall per group and on small faces."""
+    config, data = session.config, session.data
+    originals, models = session.originals, session.models
     has = originals.has_face
     probes = has & ~originals.gallery & np.isin(originals.ids, originals.ids[originals.gallery])
     second = originals.redetected[has] if models.second is not None else None
@@ -219,6 +213,7 @@ def assemble(
         "n_gallery": int(originals.gallery.sum()),
         "n_probes": int(probes.sum()),
         "limit_identities": config.limit_identities,
+        "attack_split": session.plan.split.public(originals.ids),
         "sample_ids": "HMAC-SHA256 of the relative path under a per-run salt that is not stored",
     }
     labelled = {"expected": len(data), "found": int(has.sum()), "recall": float(has.mean())}
@@ -226,7 +221,7 @@ def assemble(
         labelled["second_detector_on_found"] = _mean(second)
     return {
         "kind": "faceveil-eval",
-        "schema": 1,
+        "schema": 2,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": dataset,
         "attribute_probes": None
@@ -241,10 +236,11 @@ def assemble(
             ),
         },
         "config": config.public(),
+        "attack_budget": config.budget.public(),
         "models": models.info,
         "versions": versions(),
         "attackers": _baselines(originals, models, config.far),
-        "recall": {"labelled": labelled, "group_photos": group},
+        "recall": {"labelled": labelled, **recall},
         "methods": rows,
         "definitions": DEFINITIONS,
     }

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from faceveil.anon_core.faces import Faces
+from faceveil.jobs.evaluate.attacks import AttackPlan
+from faceveil.jobs.evaluate.config import EvalConfig
+from faceveil.jobs.evaluate.dataset import LabelledSet
+from faceveil.jobs.evaluate.methods import MethodContext
+from faceveil.jobs.evaluate.models import EvalModels
 
 
 @dataclass
@@ -45,3 +50,18 @@ class MethodRun:
     applied: Counter = field(default_factory=Counter)
     wall_s: float = 0.0
     cpu_s: float = 0.0
+
+
+@dataclass
+class EvalSession:
+    """What every method row of one run shares: the set, the pass over its originals, the
+    models, the config, one method context (one key, one surrogate first pass), the attack
+    plan (one identity split, one budget) and the example thumbnails collected so far."""
+
+    data: LabelledSet
+    originals: Originals
+    models: EvalModels
+    config: EvalConfig
+    context: MethodContext
+    plan: AttackPlan
+    examples: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)

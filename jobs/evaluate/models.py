@@ -88,7 +88,10 @@ def load_models(config: EvalConfig) -> EvalModels:
     """Build detectors and attackers, and fit the attribute probes when asked for."""
     opts = {"device": config.device, "threads": config.threads}
     detector = build_detector(config.detector, config.model_root, **opts)
-    models = EvalModels(detector, build_attackers(config.attacker_models, **opts))
+    attackers = build_attackers(config.attacker_models, **opts)
+    if config.dlib_attacker and config.attacker_models:
+        attackers.append(DlibAttacker())
+    models = EvalModels(detector, attackers)
     models.info = {
         "detector": detector_info(detector),
         "attackers": [a.info for a in models.attackers],

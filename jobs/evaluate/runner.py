@@ -21,12 +21,14 @@ from faceveil.anon_core.labels import decoded
 from faceveil.anon_core.landmarks import landmark_error
 from faceveil.anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
 from faceveil.jobs.evaluate import figures
+from faceveil.jobs.evaluate.attacks import AttackPlan, split_identities
 from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec
 from faceveil.jobs.evaluate.dataset import LabelledSet, load_labelled_set
-from faceveil.jobs.evaluate.measurements import MethodRun, Originals
+from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Originals
 from faceveil.jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
 from faceveil.jobs.evaluate.metrics import central_face, ssim_outside
 from faceveil.jobs.evaluate.models import EvalModels, load_models
+from faceveil.jobs.evaluate.recall import recall_by_group
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +179,9 @@ def _measure(
     return anonymized
 
 
-def _anonymize_all(
-    pipeline: FaceAnonymizer,
-    data: LabelledSet,
-    originals: Originals,
-    models: EvalModels,
-    config: EvalConfig,
-    examples: dict[int, dict[str, np.ndarray]],
-    label: str,
-) -> MethodRun:
-    run = _new_run(len(data), originals)
+def _anonymize_all(pipeline: FaceAnonymizer, session: EvalSession, label: str) -> MethodRun:
+    data, config, examples = session.data, session.config, session.examples
+    run = _new_run(len(data), session.originals)
     bar = tqdm(total=len(data), desc=label, disable=not config.progress)
     for start in range(0, len(data), config.batch_size):
         chunk = range(start, min(start + config.batch_size, len(data)))
@@ -196,7 +191,7 @@ def _anonymize_all(
         run.wall_s += time.perf_counter() - wall
         run.cpu_s += time.process_time() - cpu
         for i, result in zip(chunk, results, strict=True):
-            anonymized = _measure(i, result, run, originals, models)
+            anonymized = _measure(i, result, run, session.originals, session.models)
             if i in examples and anonymized is not None:
                 examples[i][label] = thumbnail(anonymized)
         bar.update(len(chunk))
@@ -215,20 +210,12 @@ def _context(data: LabelledSet, models: EvalModels, config: EvalConfig) -> Metho
     )
 
 
-def evaluate_method(
-    spec: MethodSpec,
-    data: LabelledSet,
-    originals: Originals,
-    models: EvalModels,
-    config: EvalConfig,
-    examples: dict[int, dict[str, np.ndarray]],
-    context: MethodContext | None = None,
-) -> dict:
-    """One row of the report: anonymize the whole set with ``spec`` and compute its figures.
-
-    ``context`` is shared by the rows of one run (one key, one first pass for surrogates)."""
+def evaluate_method(spec: MethodSpec, session: EvalSession) -> dict:
+    """One row of the report: anonymize the whole set with ``spec`` and compute its figures
+    (every attack of the session's plan, with every recognizer)."""
+    config, models = session.config, session.models
     try:
-        anonymizer = build_method(spec, context or _context(data, models, config))
+        anonymizer = build_method(spec, session.context)
     except (MethodUnavailable, ValueError, TypeError) as exc:
         log.error("method %s cannot be evaluated: %s", spec.label, exc)
         reason = str(exc) if isinstance(exc, MethodUnavailable) else f"failed to build: {exc}"
@@ -243,10 +230,23 @@ def evaluate_method(
         threads=config.threads,
     )
     pipeline = FaceAnonymizer(anon_config, detector=models.detector, method=anonymizer)
-    run = _anonymize_all(pipeline, data, originals, models, config, examples, spec.label)
-    row = figures.method_row(spec, run, originals, models, config.far)
+    run = _anonymize_all(pipeline, session, spec.label)
+    row = figures.method_row(spec, run, session)
     row["attackers_used_by_anonymizer"] = same
     return row
+
+
+def start_session(config: EvalConfig) -> EvalSession:
+    """Load the set and the models, and make the one pass over the originals."""
+    salt = config.sample_salt or os.urandom(16)
+    data = load_labelled_set(config.images, config.identities, salt, config.limit_identities)
+    log.info("evaluating %d images of %d identities", len(data), data.n_identities)
+    models = load_models(config)
+    originals = original_pass(data, models, config)
+    split = split_identities(originals.ids, originals.has_face, config.budget)
+    plan = AttackPlan(config.attacks, split, config.budget, config.far)
+    context = _context(data, models, config)
+    return EvalSession(data, originals, models, config, context, plan)
 
 
 def group_recall(models: EvalModels, config: EvalConfig) -> list[dict]:
@@ -267,19 +267,17 @@ def group_recall(models: EvalModels, config: EvalConfig) -> list[dict]:
 def run_eval(config: EvalConfig) -> EvalResult:
     """Run the whole evaluation in-process and return the report (not yet written)."""
     started = time.time()
-    salt = config.sample_salt or os.urandom(16)
-    data = load_labelled_set(config.images, config.identities, salt, config.limit_identities)
-    log.info("evaluating %d images of %d identities", len(data), data.n_identities)
-    models = load_models(config)
-    originals = original_pass(data, models, config)
-    picks = figures.pick_examples(data, originals, config.examples)
-    examples: dict[int, dict[str, np.ndarray]] = {}
-    for i, image in zip(picks, decoded([data.samples[i].path for i in picks]), strict=True):
-        examples[i] = {"original": thumbnail(image)}
-    context = _context(data, models, config)
-    rows = [evaluate_method(s, data, originals, models, config, examples, context)
-            for s in config.methods]  # fmt: skip
-    report = figures.assemble(config, data, originals, models, rows, group_recall(models, config))
+    session = start_session(config)
+    picks = figures.pick_examples(session.data, session.originals, config.examples)
+    paths = [session.data.samples[i].path for i in picks]
+    for i, image in zip(picks, decoded(paths), strict=True):
+        session.examples[i] = {"original": thumbnail(image)}
+    rows = [evaluate_method(spec, session) for spec in config.methods]
+    recall = {"group_photos": group_recall(session.models, config)}
+    if config.recall.labels:
+        recall.update(recall_by_group(config.recall, session.models.detector))
+    report = figures.assemble(session, rows, recall)
     report["elapsed_s"] = round(time.time() - started, 1)
-    thumbs, report["examples"] = figures.example_files(data, examples, config.methods)
+    thumbs, report["examples"] = figures.example_files(session.data, session.examples,
+                                                       config.methods)  # fmt: skip
     return EvalResult(report, thumbs)

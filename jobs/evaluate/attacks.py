@@ -1,0 +1,203 @@
+"""Re-identification attacks on one recognizer's features, and the worst case over them.
+
+``aligned``: the pretrained recognizer crops the anonymized face with the original's landmarks
+and matches it against one original per identity (every identity of the set). ``parrot``: the
+attacker anonymizes faces of other people himself (the method is public) and fits a metric head
+on the recognizer's features of them; tested on held-out identities against a gallery of their
+anonymized images and one of their originals. ``inversion``: a ridge map from anonymized to
+original features fitted on the training identities, applied to the held-out ones and matched
+against their originals. Training and test identities are disjoint (``split_identities``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from faceveil.jobs.evaluate.config import AttackBudget
+from faceveil.jobs.evaluate.heads import MetricHead, RidgeInversion
+from faceveil.jobs.evaluate.metrics import rank1, tar_at_far, verification_scores
+
+# the report's keys per attack (the parrot is tested under two threat models)
+ATTACK_KEYS = {
+    "aligned": ("aligned",),
+    "parrot": ("parrot_gallery_anonymized", "parrot_gallery_original"),
+    "inversion": ("inversion",),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Disjoint identities: ``train`` and ``test`` mark samples (with a face) of each side."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+    def public(self, ids: np.ndarray) -> dict:
+        """Counts for report.json (no identity is named)."""
+        return {
+            "train_identities": len(np.unique(ids[self.train])),
+            "train_images": int(self.train.sum()),
+            "test_identities": len(np.unique(ids[self.test])),
+            "test_images": int(self.test.sum()),
+        }
+
+
+def split_identities(ids: np.ndarray, has_face: np.ndarray, budget: AttackBudget) -> Split:
+    """Hold out ``1 - train_share`` of the identities with two or more faces (a seeded shuffle,
+    not name order); every other identity, one-image ones included, trains the attackers."""
+    names, counts = np.unique(ids[has_face], return_counts=True)
+    several = np.sort(names[counts >= 2]).astype(np.int64)
+    order = np.random.default_rng(budget.seed).permutation(several)
+    held_out = order[: round(len(order) * (1.0 - budget.train_share))]
+    test = has_face & np.isin(ids, held_out)
+    return Split(train=has_face & ~test, test=test)
+
+
+def first_per_identity(ids: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """The first used sample of each identity (the gallery image)."""
+    gallery = np.zeros(len(ids), bool)
+    seen: set[int] = set()
+    for i in np.flatnonzero(use):
+        if int(ids[i]) not in seen:
+            gallery[i] = True
+            seen.add(int(ids[i]))
+    return gallery
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One attack's test over the samples in ``use``: ``reference`` is what gallery and
+    verification references are made of (N x D), ``probe`` the attacker's view of each
+    anonymized sample; ``gallery`` marks one reference per identity."""
+
+    reference: np.ndarray
+    probe: np.ndarray
+    ids: np.ndarray
+    gallery: np.ndarray
+    use: np.ndarray
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(np.mean(x)) if len(x) else None
+
+
+def score(trial: Trial, far: float) -> dict:
+    """Rank-1 identification and TAR at ``far`` of one trial."""
+    ids, use, gallery = trial.ids, trial.use, trial.gallery & trial.use
+    probes = use & ~gallery & np.isin(ids, ids[gallery])
+    correct, n = rank1(trial.reference[gallery], ids[gallery], trial.probe[probes], ids[probes])
+    genuine, impostor = verification_scores(trial.reference[use], trial.probe[use], ids[use])
+    tar, threshold = tar_at_far(genuine, impostor, far)
+    same_photo = np.sum(trial.reference[use] * trial.probe[use], axis=1)
+    n_gallery = int(gallery.sum())
+    return {
+        "rank1": correct / n if n else None,
+        "rank1_correct": correct,
+        "n_probes": n,
+        "n_gallery": n_gallery,
+        "chance": 1.0 / n_gallery if n_gallery else None,
+        "tar_at_far": tar if len(genuine) else None,
+        "far": far,
+        "threshold": threshold,
+        "n_genuine": len(genuine),
+        "n_impostor": len(impostor),
+        "same_photo_similarity_mean": _mean(same_photo),
+        "same_photo_accept_rate": _mean(same_photo > threshold),
+    }
+
+
+@dataclass(frozen=True)
+class Features:
+    """One recognizer's embeddings of the originals and of one method's output, per sample;
+    ``valid`` marks samples with both, ``gallery`` the aligned attack's one original per
+    identity over the whole set."""
+
+    originals: np.ndarray
+    anonymized: np.ndarray
+    ids: np.ndarray
+    gallery: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """Which attacks, on which split, with what budget, at which false accept rate."""
+
+    attacks: tuple[str, ...]
+    split: Split
+    budget: AttackBudget
+    far: float
+
+
+def _aligned(f: Features, plan: AttackPlan) -> dict:
+    return {"aligned": score(Trial(f.originals, f.anonymized, f.ids, f.gallery, f.valid), plan.far)}
+
+
+def _parrot(f: Features, plan: AttackPlan) -> dict:
+    train, test = plan.split.train & f.valid, plan.split.test & f.valid
+    keys = ATTACK_KEYS["parrot"]
+    if len(np.unique(f.ids[train])) < 2:
+        return dict.fromkeys(keys, {"rank1": None, "reason": "fewer than 2 training identities"})
+    x = np.vstack([f.anonymized[train], f.originals[train]])
+    labels = np.concatenate([f.ids[train], f.ids[train]])
+    head = MetricHead(plan.budget).fit(x, labels)
+    probe = np.zeros_like(f.anonymized)
+    probe[test] = head(f.anonymized[test])
+    reference = np.zeros_like(f.originals)
+    reference[test] = head(f.originals[test])
+    gallery = first_per_identity(f.ids, test)
+    return {
+        keys[0]: score(Trial(probe, probe, f.ids, gallery, test), plan.far),
+        keys[1]: score(Trial(reference, probe, f.ids, gallery, test), plan.far),
+    }
+
+
+def _inversion(f: Features, plan: AttackPlan) -> dict:
+    train, test = plan.split.train & f.valid, plan.split.test & f.valid
+    if train.sum() < 2:
+        return {"inversion": {"rank1": None, "reason": "fewer than 2 training images"}}
+    inverse = RidgeInversion(plan.budget.ridge_alpha).fit(f.anonymized[train], f.originals[train])
+    probe = np.zeros_like(f.anonymized)
+    probe[test] = inverse(f.anonymized[test])
+    reference = np.where(test[:, None], f.originals, 0.0).astype(np.float32)
+    trial = Trial(reference, probe, f.ids, first_per_identity(f.ids, test), test)
+    return {"inversion": score(trial, plan.far)}
+
+
+_RUN = {"aligned": _aligned, "parrot": _parrot, "inversion": _inversion}
+
+
+def run_attacks(features: Features, plan: AttackPlan) -> tuple[dict, dict]:
+    """(figures by attack key, CPU seconds by attack) of every planned attack."""
+    out, cpu = {}, {}
+    for name in plan.attacks:
+        started = time.process_time()
+        out.update(_RUN[name](features, plan))
+        cpu[name] = round(time.process_time() - started, 3)
+    return out, cpu
+
+
+def worst_case(attacks: dict) -> dict:
+    """The strongest attack on one method: highest rank-1 and highest TAR over every attack
+    and recognizer (``attacks``: attack key -> recognizer -> figures)."""
+    cells = [
+        (fig, attack, recognizer)
+        for attack, by_recognizer in attacks.items()
+        for recognizer, fig in by_recognizer.items()
+    ]
+    ranked = [c for c in cells if c[0].get("rank1") is not None]
+    verified = [c for c in cells if c[0].get("tar_at_far") is not None]
+    if not ranked:
+        return {"rank1": None, "tar_at_far": None}
+    top = max(ranked, key=lambda c: c[0]["rank1"])
+    out = {"rank1": top[0]["rank1"], "rank1_attack": top[1], "rank1_recognizer": top[2]}
+    out["rank1_chance"] = top[0].get("chance")
+    if verified:
+        tar = max(verified, key=lambda c: c[0]["tar_at_far"])
+        out.update(tar_at_far=tar[0]["tar_at_far"], tar_attack=tar[1], tar_recognizer=tar[2])
+    else:
+        out["tar_at_far"] = None
+    return out
