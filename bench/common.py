@@ -60,7 +60,7 @@ class TreeSample:
     processes: int
 
 
-def _read_stat(pid: int) -> tuple[int, int, float] | None:
+def read_stat(pid: int) -> tuple[int, int, float] | None:
     """(ppid, start ticks, user+sys CPU seconds) from /proc/PID/stat, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -95,7 +95,7 @@ def tree_pids(root: int) -> dict[int, tuple[int, float]]:
     stats = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            stat = _read_stat(int(name))
+            stat = read_stat(int(name))
             if stat is not None:
                 stats[int(name)] = stat
     children: dict[int, list[int]] = {}
