@@ -28,8 +28,8 @@ from bench.common import (
     format_table,
     lfw_images,
     machine_info,
+    measured_job,
     replicate_dataset,
-    run_measured,
     source_images,
 )
 
@@ -166,12 +166,7 @@ def _run_job(
     secret = str(workdir / "job.secret")
     command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(images), str(out), "--method",
                "blur", "--secret-file", secret, "--no-progress", *escrow_args]  # fmt: skip
-    measured = run_measured(command, workdir / out.name, env=env, cwd=REPO)
-    if measured.returncode != 0:
-        raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
-    match = _SUMMARY.search(measured.stdout + measured.stderr)
-    count = int(match.group(1)) if match else 0
-    return measured.wall_s, measured.cpu_s, count
+    return measured_job(command, workdir / out.name, env, REPO, _SUMMARY)
 
 
 def job_part(args: argparse.Namespace) -> str:

@@ -26,7 +26,7 @@ from bench.common import (
     format_table,
     lfw_images,
     machine_info,
-    run_measured,
+    measured_job,
     source_images,
     versions,
 )
@@ -81,12 +81,7 @@ def _run(fmt: str, source: Path, out: Path, secret: Path, extra: list[str]) -> t
                "--method", "blur", "--no-escrow", "--no-progress", "--secret-file", str(secret),
                "--output-format", fmt, *extra]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    measured = run_measured(command, out.parent / f"log-{out.name}", env=env, cwd=REPO)
-    if measured.returncode != 0:
-        raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
-    match = _SUMMARY.search(measured.stdout + measured.stderr)
-    count = int(match.group(1)) if match else 0
-    return measured.wall_s, measured.cpu_s, count
+    return measured_job(command, out.parent / f"log-{out.name}", env, REPO, _SUMMARY)
 
 
 def report(results: dict[str, list[tuple]], images: int) -> str:

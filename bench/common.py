@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -60,7 +61,7 @@ class TreeSample:
     processes: int
 
 
-def _read_stat(pid: int) -> tuple[int, int, float] | None:
+def read_stat(pid: int) -> tuple[int, int, float] | None:
     """(ppid, start ticks, user+sys CPU seconds) from /proc/PID/stat, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -95,7 +96,7 @@ def tree_pids(root: int) -> dict[int, tuple[int, float]]:
     stats = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            stat = _read_stat(int(name))
+            stat = read_stat(int(name))
             if stat is not None:
                 stats[int(name)] = stat
     children: dict[int, list[int]] = {}
@@ -327,6 +328,24 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def measured_job(
+    command: Sequence[str],
+    workdir: str | Path,
+    env: Mapping[str, str],
+    cwd: str | Path,
+    summary: re.Pattern[str],
+) -> tuple[float, float, int]:
+    """Run the ``faceveil run`` ``command`` with :func:`run_measured`; SystemExit with its stderr
+    tail if it fails. Returns (wall s, CPU s, samples in): the count is ``summary``'s first
+    group in its output, 0 where the summary line is missing."""
+    measured = run_measured(command, workdir, env=env, cwd=cwd)
+    if measured.returncode != 0:
+        raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
+    match = summary.search(measured.stdout + measured.stderr)
+    count = int(match.group(1)) if match else 0
+    return measured.wall_s, measured.cpu_s, count
 
 
 def shared_root() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ def tar_members(source: Path | bytes) -> dict[str, bytes]:
     fileobj = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     with fileobj, tarfile.open(fileobj=fileobj) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+def done_markers(out: Path) -> list[dict]:
+    """The shard markers (``_done/*.json``) of the output tree ``out``, in name order."""
+    return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
 
 
 def gnu_sparse_tar(folder: Path, claimed: str = "512M") -> Path:

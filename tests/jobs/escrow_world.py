@@ -130,6 +130,15 @@ class World:
         argv += ["--request-key", request.with_suffix(".key")]
         return cli(*argv, "--passphrase-file", self.passfiles["requester"], cwd=self.requester)
 
+    def escrow(
+        self, command: str, out: Path, request: Path, approvals: list[Path], *extra: object
+    ) -> Result:
+        """``escrow COMMAND OUT`` (rekey or reshare) for ``request`` with ``approvals``, as the
+        requester."""
+        argv = ["escrow", command, out, "--request", request, "--approvals", *approvals]
+        argv += ["--request-key", request.with_suffix(".key"), *extra]
+        return cli(*argv, "--passphrase-file", self.passfiles["requester"])
+
     def copy(self, name: str) -> Path:
         """A copy of the job output to alter."""
         target = self.root / name

@@ -7,16 +7,7 @@ import signal
 import time
 from collections.abc import Callable
 
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of ``pid``, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[19])
+from bench.common import read_stat, tree_pids
 
 
 def cmdline(pid: int) -> str:
@@ -29,16 +20,7 @@ def cmdline(pid: int) -> str:
 
 def descendants(root: int) -> dict[int, int]:
     """Live descendants of ``root`` (not ``root`` itself) as ``pid -> start ticks``."""
-    stats = {int(n): s for n in os.listdir("/proc") if n.isdigit() and (s := _stat(int(n)))}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = {}, list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        found[pid] = stats[pid][1]
-        todo.extend(children.get(pid, ()))
-    return found
+    return {pid: start for pid, (start, _) in tree_pids(root).items() if pid != root}
 
 
 def find(root: int, needle: str) -> list[int]:
@@ -51,7 +33,7 @@ def kill_survivors(snapshot: dict[int, int]) -> list[int]:
     and still alive; returns the pids killed."""
     killed = []
     for pid, start in snapshot.items():
-        stat = _stat(pid)
+        stat = read_stat(pid)
         if stat is not None and stat[1] == start:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -51,27 +51,38 @@ def _write_job(out: Path | str, anchor: str | None) -> None:
         append(str(out), req, "restore.failed", {"request_id": "ab" * 16, "error": error})
 
 
+@pytest.fixture
+def anchored_job(tmp_path) -> tuple[Path, str]:
+    """(out, anchor): the six-line log of ``_write_job`` anchored in a local folder."""
+    out, anchor = tmp_path / "out", str(tmp_path / "anchor")
+    _write_job(out, anchor)
+    return out, anchor
+
+
+def _bad_line(tree: str | Location, match: str) -> int:
+    """The line of the AuditError, matching ``match``, that verifying ``tree`` raises."""
+    with pytest.raises(AuditError, match=match) as err:
+        verify_tree(tree)
+    return err.value.line
+
+
 def _cut(out: Path, keep: int) -> None:
     log = out / "audit.jsonl"
     log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:keep]))
 
 
-def test_local_anchor_detects_the_last_three_lines_cut(tmp_path):
-    out, anchor = tmp_path / "out", str(tmp_path / "anchor")
-    _write_job(out, anchor)
+def test_local_anchor_detects_the_last_three_lines_cut(anchored_job):
+    out, anchor = anchored_job
     assert sorted(p.name for p in Path(anchor).iterdir()) == [f"{s:012d}.json" for s in range(1, 7)]
     result = verify_tree(str(out), [_kid(JOB_KEY)])
     assert result.anchor == anchor and result.report.tail.seq == 6
     assert "anchored: lines 1..6" in "\n".join(result.summary())
     _cut(out, 3)
-    with pytest.raises(AuditError, match="ends at line 3 but .* anchors line 6") as err:
-        verify_tree(str(out))
-    assert err.value.line == 4
+    assert _bad_line(str(out), "ends at line 3 but .* anchors line 6") == 4
 
 
-def test_appending_after_a_cut_cannot_overwrite_the_anchor(tmp_path):
-    out, anchor = tmp_path / "out", str(tmp_path / "anchor")
-    _write_job(out, anchor)
+def test_appending_after_a_cut_cannot_overwrite_the_anchor(anchored_job):
+    out, anchor = anchored_job
     _cut(out, 3)
     req = AuditWriter(REQUESTER, "requester:dpo")
     with pytest.raises(AuditError, match="already holds another line 4"):
@@ -79,33 +90,25 @@ def test_appending_after_a_cut_cannot_overwrite_the_anchor(tmp_path):
     assert len((out / "audit.jsonl").read_bytes().splitlines()) == 3
 
 
-def test_lines_appended_without_anchoring_fail(tmp_path):
-    out, anchor = tmp_path / "out", str(tmp_path / "anchor")
-    _write_job(out, anchor)
+def test_lines_appended_without_anchoring_fail(anchored_job):
+    out, anchor = anchored_job
     log = out / "audit.jsonl"
     data, _ = AuditWriter(REQUESTER, "requester:dpo").append(
         log.read_bytes(), "restore.failed", {"request_id": "ab" * 16, "error": "unanchored"}
     )
     log.write_bytes(data)
-    with pytest.raises(AuditError, match="appended without anchoring") as err:
-        verify_tree(str(out))
-    assert err.value.line == 7
+    assert _bad_line(str(out), "appended without anchoring") == 7
     (Path(anchor) / "000000000003.json").unlink()
     _cut(out, 6)
-    with pytest.raises(AuditError, match="appended without anchoring") as err:
-        verify_tree(str(out))
-    assert err.value.line == 3
+    assert _bad_line(str(out), "appended without anchoring") == 3
 
 
-def test_anchor_objects_must_match_the_log(tmp_path):
-    out, anchor = tmp_path / "out", str(tmp_path / "anchor")
-    _write_job(out, anchor)
+def test_anchor_objects_must_match_the_log(anchored_job):
+    out, anchor = anchored_job
     path = Path(anchor) / "000000000002.json"
     doc = json.loads(path.read_bytes())
     path.write_text(json.dumps(doc | {"sha256": "0" * 64}))
-    with pytest.raises(AuditError, match="differs from its anchored tail") as err:
-        verify_tree(str(out))
-    assert err.value.line == 2
+    assert _bad_line(str(out), "differs from its anchored tail") == 2
     path.write_text(json.dumps(doc | {"job_id": "another-job"}))
     with pytest.raises(AuditError, match="not a tail of job job-1"):
         verify_tree(str(out))
@@ -124,9 +127,8 @@ def test_unanchored_log_says_truncation_cannot_be_detected(tmp_path, capsys):
     assert "unanchored: truncation after line 3" in printed and "trust rests" not in printed
 
 
-def test_anchor_named_by_the_user(tmp_path, capsys):
-    out, anchor = tmp_path / "out", str(tmp_path / "anchor")
-    _write_job(out, anchor)
+def test_anchor_named_by_the_user(tmp_path, anchored_job, capsys):
+    out, anchor = anchored_job
     assert keys_main(["audit", "verify", str(out), "-q", "--anchor", anchor]) == 0
     assert keys_main(["audit", "verify", str(out), "-q", "--anchor", str(tmp_path)]) == 1
     assert "is not the anchor the signed start names" in capsys.readouterr().err
@@ -171,9 +173,7 @@ def test_s3_object_lock_anchor_detects_the_last_three_lines_cut(tmp_path, locked
     assert len(keys) == 6
     assert verify_tree(str(out)).report.tail.seq == 6
     _cut(out, 3)
-    with pytest.raises(AuditError, match="ends at line 3 but .* anchors line 6") as err:
-        verify_tree(Location(str(out)))
-    assert err.value.line == 4
+    assert _bad_line(Location(str(out)), "ends at line 3 but .* anchors line 6") == 4
     with pytest.raises(AuditError, match="already holds another line 4"):
         Anchor(anchor).write(JOB_ID, AuditTail(4, "0" * 64))
     racing = Anchor(anchor)  # another writer got there between the check and the PUT

@@ -22,6 +22,7 @@ from faceveil.jobs.run import run_job
 from faceveil.jobs.shard import Source, build_shard, shard_name
 from faceveil.jobs.storage import Location
 from faceveil.manifests.jobsecret import sample_id, secret_fingerprint
+from tests.factories import done_markers
 from tests.jobs.corpus import corpus, large_photos
 
 UNREADABLE = {
@@ -72,10 +73,6 @@ def _outcomes(out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
     return published, {r["key"]: r for r in rows}
 
 
-def _markers(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
-
-
 @pytest.fixture(scope="module")
 def bad_job(bad_bucket, s3, secret_file, ray_local, tmp_path_factory):
     """The corpus as one job (6 samples per shard), the vanished object deleted between the
@@ -100,12 +97,20 @@ def bad_job(bad_bucket, s3, secret_file, ray_local, tmp_path_factory):
     return out, summary, load_key_file(secret_file), bad_bucket
 
 
+def _outcome(bad_job, name: str) -> tuple[dict | None, dict | None]:
+    """(public metadata, quarantine row) of the corpus file ``name``; None where it has none."""
+    out, _, secret, uri = bad_job
+    published, quarantined = _outcomes(out)
+    key = sample_id(secret, f"{uri}/{name}")
+    return published.get(key), quarantined.get(key)
+
+
 @pytest.mark.slow
 def test_job_succeeds_and_accounting_holds(bad_job):
     out, summary, _, _ = bad_job
     total = len(corpus()) + len(UNREADABLE)
     assert not summary.failed and summary.samples_in == total
-    markers = _markers(out)
+    markers = done_markers(out)
     assert len(markers) == summary.shards_total == -(-total // 6)
     for m in markers:
         assert m["samples_in"] == m["anonymized"] + m["no_face"] + m["quarantined"]
@@ -118,33 +123,26 @@ def test_job_succeeds_and_accounting_holds(bad_job):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in corpus() if c.reason], ids=lambda c: c.name)
 def test_bad_file_is_quarantined_with_its_reason(bad_job, case):
-    out, _, secret, uri = bad_job
-    published, quarantined = _outcomes(out)
-    key = sample_id(secret, f"{uri}/{case.name}")
-    assert key not in published
-    assert quarantined[key]["stage"] == "decode"
-    assert quarantined[key]["reason"].startswith(f"{case.reason}: ")
+    meta, row = _outcome(bad_job, case.name)
+    assert meta is None
+    assert row["stage"] == "decode"
+    assert row["reason"].startswith(f"{case.reason}: ")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(UNREADABLE))
 def test_unreadable_object_is_quarantined_at_read(bad_job, name):
-    out, _, secret, uri = bad_job
-    published, quarantined = _outcomes(out)
-    key = sample_id(secret, f"{uri}/{name}")
-    assert key not in published
-    assert quarantined[key]["stage"] == "read"
-    assert quarantined[key]["reason"] == UNREADABLE[name]
+    meta, row = _outcome(bad_job, name)
+    assert meta is None
+    assert row["stage"] == "read"
+    assert row["reason"] == UNREADABLE[name]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in corpus() if not c.reason], ids=lambda c: c.name)
 def test_odd_but_valid_image_is_anonymized(bad_job, case):
-    out, _, secret, uri = bad_job
-    published, quarantined = _outcomes(out)
-    key = sample_id(secret, f"{uri}/{case.name}")
-    assert key not in quarantined
-    meta = published[key]
+    meta, row = _outcome(bad_job, case.name)
+    assert row is None
     assert meta["status"] == "anonymized"
     assert len(meta["faces"]) >= case.min_faces
     if case.name == "exif_rotated.jpg":  # stored 600 x 480, upright 480 x 600
@@ -196,7 +194,7 @@ def test_truncated_tars_fail_loudly_and_duplicates_are_quarantined(tmp_path, sec
         capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "2 shards failed (shard-000001.tar, shard-000003.tar" in result.stderr
-    done = {m["shard"]: m for m in _markers(out)}
+    done = {m["shard"]: m for m in done_markers(out)}
     assert sorted(done) == ["shard-000000.tar", "shard-000002.tar"]
     for stem in ("shard-000001", "shard-000003"):
         assert not list(out.rglob(f"{stem}.*")), f"something of {stem} was published"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import boto3
 import pytest
@@ -191,6 +192,16 @@ def test_restore_from_s3(world, s3):
     assert log.decode().splitlines()[-1].find('"restore.apply"') > 0
 
 
+def _apply_exactly(w, out: Path, req: Path, approvers: tuple[str, ...], keys: set[str]) -> None:
+    """Apply ``req`` with the approvals of ``approvers``: exactly ``keys`` come back, and the
+    audit log of ``out`` still verifies."""
+    dest = w.root / f"restored-{req.stem}"
+    result = w.apply(req, [w.approve(req, who) for who in approvers], dest, out=out)
+    assert result.rc == 0, result.err
+    check_restored(w, dest, keys, out=out)
+    assert cli("audit", "verify", out, "-q").rc == 0
+
+
 def test_reshare_then_restore_with_a_new_custodian(world):
     """carol replaced by dave: alice and dave restore; carol's approval no longer counts."""
     w = world
@@ -200,21 +211,15 @@ def test_reshare_then_restore_with_a_new_custodian(world):
         "--threshold", 2, out=out,
     )  # fmt: skip
     approvals = [w.approve(req, "alice"), w.approve(req, "carol")]
-    argv = ["escrow", "reshare", out, "--request", req, "--approvals", *approvals]
-    argv += ["--request-key", req.with_suffix(".key")]
-    result = cli(*argv, "--passphrase-file", w.passfiles["requester"])
+    result = w.escrow("reshare", out, req, approvals)
     assert result.rc == 0, result.err
     escrow = Escrow.loads((out / "escrow.json").read_bytes())
     assert [c.name for c in escrow.policy.custodians] == ["alice", "bob", "dave"]
     png, jpg = pick(out, "png"), pick(out, "jpg")
     req, _ = w.request("--key", png, "--key", jpg, out=out)
     assert "no custodian with fingerprint" in w.approve_result(req, "carol").one_error()
-    dest = w.root / "restored-after-reshare"
-    result = w.apply(req, [w.approve(req, "alice"), w.approve(req, "dave")], dest, out=out)
-    assert result.rc == 0, result.err
-    check_restored(w, dest, {png, jpg}, out=out)
+    _apply_exactly(w, out, req, ("alice", "dave"), {png, jpg})
     assert "escrow.reshare" in actions(out)
-    assert cli("audit", "verify", out, "-q").rc == 0
 
 
 def test_rekey_reseals_and_old_approvals_no_longer_work(world):
@@ -227,9 +232,7 @@ def test_rekey_reseals_and_old_approvals_no_longer_work(world):
     req, request = w.request("--purpose", "rekey", out=out)
     assert len(request.samples) == len(w.photos)
     approvals = [w.approve(req, "bob"), w.approve(req, "carol")]
-    argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
-    argv += ["--request-key", req.with_suffix(".key")]
-    result = cli(*argv, "--passphrase-file", w.passfiles["requester"])
+    result = w.escrow("rekey", out, req, approvals)
     assert result.rc == 0, result.err
     escrow = Escrow.loads((out / "escrow.json").read_bytes())
     (epoch,) = escrow.escrow_ids
@@ -239,11 +242,7 @@ def test_rekey_reseals_and_old_approvals_no_longer_work(world):
     error = w.apply(old_req, old, dest, out=out).one_error()
     assert "make a new request" in error and not dest.exists()
     req, _ = w.request("--key", png, out=out)
-    dest = w.root / "rekey-new"
-    result = w.apply(req, [w.approve(req, "alice"), w.approve(req, "carol")], dest, out=out)
-    assert result.rc == 0, result.err
-    check_restored(w, dest, {png}, out=out)
-    assert cli("audit", "verify", out, "-q").rc == 0
+    _apply_exactly(w, out, req, ("alice", "carol"), {png})
 
 
 # ---- KMS escrow on moto ----------------------------------------------------------------------
@@ -288,11 +287,7 @@ def test_interrupted_rekey_must_be_finished(world, monkeypatch):
         raise OSError("simulated crash before publishing")
 
     monkeypatch.setattr("faceveil.jobs.restore_cli.publish_rekey", crash)
-    argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
-    argv += ["--request-key", req.with_suffix(".key")]
-    assert (
-        "simulated crash" in cli(*argv, "--passphrase-file", w.passfiles["requester"]).one_error()
-    )
+    assert "simulated crash" in w.escrow("rekey", out, req, approvals).one_error()
     monkeypatch.undo()
     assert (out / "_rekey/COMPLETE").exists()
     assert "an interrupted rekey is pending" in w.request_result("--all", out=out).one_error()
@@ -302,11 +297,7 @@ def test_interrupted_rekey_must_be_finished(world, monkeypatch):
     assert not (out / "_rekey").exists()
     png = pick(out, "png")
     req, _ = w.request("--samples", png, out=out)
-    dest = w.root / "after-finish"
-    result = w.apply(req, [w.approve(req, "bob"), w.approve(req, "carol")], dest, out=out)
-    assert result.rc == 0, result.err
-    check_restored(w, dest, {png}, out=out)
-    assert cli("audit", "verify", out, "-q").rc == 0
+    _apply_exactly(w, out, req, ("bob", "carol"), {png})
 
 
 def test_request_with_a_forged_escrow_copy_is_refused(world):
@@ -378,9 +369,7 @@ def test_rekey_to_kms_then_restore_without_approvals(world, s3):
     req, request = w.request("--purpose", "rekey", "--kms", f"aws-kms:{arn}", out=out)
     assert request.new_policy.describe() == f"KMS key {arn}"
     approvals = [w.approve(req, "alice"), w.approve(req, "carol")]
-    argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
-    argv += ["--request-key", req.with_suffix(".key"), "--kms-endpoint", s3.endpoint]
-    result = cli(*argv, "--passphrase-file", w.passfiles["requester"])
+    result = w.escrow("rekey", out, req, approvals, "--kms-endpoint", s3.endpoint)
     assert result.rc == 0, result.err
     assert json.loads((out / "escrow.json").read_text())["scheme"] == "kms"
     req, _ = w.request("--all", out=out)

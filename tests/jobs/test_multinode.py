@@ -28,6 +28,7 @@ from faceveil.jobs.raypool import (
 )
 from faceveil.jobs.run import run_job
 from faceveil.jobs.shard import write_shards
+from tests.factories import done_markers
 from tests.jobs.corpus import large_photos
 from tests.jobs.procs import descendants, kill_survivors
 
@@ -75,10 +76,6 @@ def sharded(tmp_path_factory, secret_file) -> Path:
     return root / "shards"
 
 
-def _markers(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
-
-
 def _digests(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted((out / "data").glob("*.tar"))}  # fmt: skip
@@ -98,13 +95,13 @@ def test_actors_spread_over_both_gpu_nodes_with_exact_output(local_cluster, shar
                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"processing {SHARDS} shards on 2 actors" in result.stderr
-    markers = _markers(out)
+    markers = done_markers(out)
     assert len(markers) == SHARDS
     for m in markers:
         assert m["samples_in"] == 2 == m["anonymized"] + m["no_face"] + m["quarantined"]
     assert len({m["node"] for m in markers}) == 2  # one GPU each: one actor per worker node
-    assert len({m["node"] for m in _markers(single)}) == 1
-    assert sum(m["faces"] for m in markers) == sum(m["faces"] for m in _markers(single))
+    assert len({m["node"] for m in done_markers(single)}) == 1
+    assert sum(m["faces"] for m in markers) == sum(m["faces"] for m in done_markers(single))
     assert _digests(out) == _digests(single)
 
 
@@ -157,7 +154,7 @@ def test_surrogate_first_pass_and_context_cross_nodes(local_cluster, secret_file
                                 env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = out
-    markers = _markers(runs["multi"])
+    markers = done_markers(runs["multi"])
     assert len(markers) == 8 and len({m["node"] for m in markers}) == 2
     first = json.loads((runs["multi"] / "job.json").read_text())["surrogate"]["first_pass"]
     assert first["shards"] == 8 and first["donor_identities"] >= 8

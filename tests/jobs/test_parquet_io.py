@@ -17,7 +17,7 @@ import pytest
 from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.cli import main
 from faceveil.jobs.keyfile import new_key_file
-from tests.factories import shared_path
+from tests.factories import done_markers, shared_path
 
 PEOPLE = 14  # LFW photos, one per person; plus one row that is not an image
 CUSTODIANS = ("alice", "bob")
@@ -83,14 +83,10 @@ def first(world, ray_local):
     return out
 
 
-def _markers(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
-
-
 def test_same_tree_markers_accounting_and_escrow_as_for_tars(first):
     names = sorted(p.name for p in (first / "data").iterdir())
     assert names == ["shard-000000.parquet", "shard-000001.parquet", "shard-000002.parquet"]
-    markers = _markers(first)
+    markers = done_markers(first)
     assert sum(m["samples_in"] for m in markers) == PEOPLE + 1
     rows = 0
     for m in markers:

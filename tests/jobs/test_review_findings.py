@@ -262,20 +262,13 @@ def test_row6_reshare_goes_only_to_the_custodians_the_request_names(world):
     new = [w.pub("alice"), w.pub("bob"), w.pub("dave")]
     req, _ = w.request("--purpose", "reshare", "--custodians", *new, "--threshold", 2, out=out)
     approvals = [w.approve(req, "alice"), w.approve(req, "bob")]
-    argv = ["escrow", "reshare", out, "--request", req, "--approvals", *approvals]
-    argv += [
-        "--request-key",
-        req.with_suffix(".key"),
-        "--passphrase-file",
-        w.passfiles["requester"],
-    ]
     before = (out / "escrow.json").read_bytes()
     mallory = ["--custodians", w.pub("mallory1"), w.pub("mallory2"), "--threshold", 2]
-    error = cli(*argv, *mallory).one_error()
+    error = w.escrow("reshare", out, req, approvals, *mallory).one_error()
     assert "approvals authorize only what their request names" in error
     assert (out / "escrow.json").read_bytes() == before
     assert "escrow.reshare" not in actions(out)
-    result = cli(*argv)
+    result = w.escrow("reshare", out, req, approvals)
     assert result.rc == 0, result.err
     escrow = Escrow.loads((out / "escrow.json").read_bytes())
     assert [c.name for c in escrow.policy.custodians] == ["alice", "bob", "dave"]
@@ -302,16 +295,9 @@ def rekeyed(world):
     assert result.rc == 0, result.err
     req, _ = w.request("--purpose", "rekey", out=out)
     approvals = [w.approve(req, "bob"), w.approve(req, "carol")]
-    argv = ["escrow", "rekey", out, "--request", req, "--approvals", *approvals]
-    argv += [
-        "--request-key",
-        req.with_suffix(".key"),
-        "--passphrase-file",
-        w.passfiles["requester"],
-    ]
     old = os.umask(0o022)
     try:
-        result = cli(*argv)
+        result = w.escrow("rekey", out, req, approvals)
     finally:
         os.umask(old)
     assert result.rc == 0, result.err

@@ -11,7 +11,7 @@ from PIL import Image
 
 from faceveil.jobs.cli import main
 from faceveil.jobs.keyfile import new_key_file
-from tests.factories import tar_members, varied_faces, write_folder
+from tests.factories import done_markers, tar_members, varied_faces, write_folder
 from tests.jobs.corpus import png_claiming
 
 BAD_INPUTS = {
@@ -47,14 +47,10 @@ def first_run(dataset, ray_local):
     return out
 
 
-def _markers(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
-
-
 def test_shards_markers_and_accounting(first_run):
     data = sorted(p.name for p in (first_run / "data").glob("*.tar"))
     assert data == [f"shard-{i:06d}.tar" for i in range(4)]
-    markers = _markers(first_run)
+    markers = done_markers(first_run)
     assert len(markers) == 4 and sum(m["samples_in"] for m in markers) == 100
     for m in markers:
         assert m["samples_in"] == m["anonymized"] + m["no_face"] + m["quarantined"]
