@@ -166,7 +166,7 @@ def _run_job(
     secret = str(workdir / "job.secret")
     command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(images), str(out), "--method",
                "blur", "--secret-file", secret, "--no-progress", *escrow_args]  # fmt: skip
-    return measured_job(command, workdir / out.name, env, REPO, _SUMMARY)
+    return measured_job(command, workdir / f"log-{out.name}", env, REPO, _SUMMARY)
 
 
 def job_part(args: argparse.Namespace) -> str:
