@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from faceveil.anon_core.methods.baselines import Mask
 from faceveil.anon_core.pseudonym import check_key, keyed_order, pseudonym, unclustered_id
 from faceveil.anon_core.surrogate.attributes import BINARY
 from faceveil.anon_core.surrogate.context import SurrogateContext
-from faceveil.anon_core.surrogate.donors import MIN_DONORS, skin_tone
+from faceveil.anon_core.surrogate.donors import MIN_DONORS, DonorQuery, skin_tone
 from faceveil.anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
+from faceveil.anon_core.surrogate.traits import TraitBands, TraitEstimator
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Surrogate:
         self.pool = max(4 * donors, 16)
         self.floor = DONOR_FLOOR.get(context.embedder, FLOOR * context.clusters.threshold)
         self._donor_attributes = [p(context.bank.embeddings) for p in context.attributes]
+        self.bands = TraitBands()
+        self._estimator = TraitEstimator() if context.traits else None
         self.synthesizer = Synthesizer(context.bank, privacy)
         self.fallback = Mask(grow)
         self.grow = grow
@@ -96,45 +100,70 @@ class Surrogate:
         )
         return pseudonym(self._key, cid), cluster
 
-    def donor_set(self, embedding: np.ndarray, skin: np.ndarray) -> tuple[str, np.ndarray]:
+    def donor_set(
+        self, embedding: np.ndarray, skin: np.ndarray, traits: np.ndarray | None = None
+    ) -> tuple[str, np.ndarray]:
         """The pseudonym and the k donor indices (into the bank) for one face.
 
-        Candidates depend on the identity (its cluster's centroid, skin tone and attribute
-        predictions), the choice among them on the key and the pseudonym only, so every photo
-        of one person gets the same donors. Attribute constraints are relaxed, values first,
-        when too few donors satisfy them; ValueError when too few donors qualify at all.
+        Candidates depend on the identity (its cluster's centroid, skin tone, gender and age),
+        the choice among them on the key and the pseudonym only, so every photo of one person
+        gets the same donors. ``traits`` (P(female), age) are the face's own, used when the
+        face belongs to no cluster. Attribute constraints are relaxed, age first, when too few
+        donors satisfy them; ValueError when too few donors qualify at all.
         """
         name, cluster = self.identify(embedding)
         clusters = self.context.clusters
         centre = clusters.centroids[cluster] if cluster >= 0 else embedding
         tone = skin
         if cluster >= 0 and clusters.attributes is not None:
-            tone = clusters.attributes[cluster]
+            tone = clusters.attributes[cluster][:3]
             if np.isnan(tone).any():
                 tone = skin
-        pool = self._pool(centre, tone, cluster)
+        own = self.context.cluster_traits(cluster)
+        if np.isnan(own).all() and traits is not None:
+            own = np.asarray(traits, np.float32)
+        pool = self._pool(DonorQuery(centre, tone, cluster, self.pool, self.floor), own)
         order = keyed_order(self._key, name, [self.context.bank.ids[i] for i in pool])
         return name, np.sort(pool[order[: self.donors]])
 
-    def _pool(self, centre: np.ndarray, tone: np.ndarray, cluster: int) -> np.ndarray:
+    def _pool(self, query: DonorQuery, own: np.ndarray) -> np.ndarray:
         """Candidate donors from the strictest neighbourhood (see ``_tries``) that still leaves
         the key a choice: at least k + 2 identities."""
         bank = self.context.bank
         need = self.donors + 2
         best = 0
-        for allowed, floor in self._tries(centre):
-            pool = bank.candidates(centre, tone, cluster, self.pool, floor * self.floor, allowed)
+        for allowed, floor in self._tries(query.centroid, own):
+            pool = bank.candidates(replace(query, floor=floor * self.floor, allowed=allowed))
             if len(pool) >= need:
                 return pool
             best = max(best, len(pool))
         raise ValueError(f"only {best} donors qualify, {need} needed")
 
-    def _tries(self, centre: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
-        """(donor mask, floor factor) pairs, strictest first: every attribute probe with its
-        tolerance; binary probes on the original's side at lower floors; no probe at all."""
+    def _trait_tries(self, own: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
+        """Gender and age band first, then gender alone at lower floors, then nothing."""
+        donors = self.context.bank.traits
+        if donors is None or np.isnan(own).all():
+            return [(None, 1.0), (None, RELAXED)]
+        both = self.bands.compatible(own, donors)
+        gender = self.bands.compatible(own, donors, use_age=False)
+        return [
+            (both, 1.0),
+            (both, RELAXED),
+            (gender, 1.0),
+            (gender, RELAXED),
+            (gender, LAST_RESORT),
+            (None, 1.0),
+        ]
+
+    def _tries(
+        self, centre: np.ndarray, own_traits: np.ndarray
+    ) -> list[tuple[np.ndarray | None, float]]:
+        """(donor mask, floor factor) pairs, strictest first. With attribute probes (labels):
+        every probe with its tolerance; binary probes on the original's side at lower floors;
+        no probe at all. Without probes: the estimated gender and age (``_trait_tries``)."""
         probes = self.context.attributes
         if not probes:
-            return [(None, 1.0), (None, RELAXED)]
+            return self._trait_tries(own_traits)
         own = [float(p(centre[None])[0]) for p in probes]
         strict = np.logical_and.reduce(
             [
@@ -214,7 +243,10 @@ class Surrogate:
     def _plan(self, image: np.ndarray, faces: Faces, i: int) -> tuple[str, np.ndarray, np.ndarray]:
         points = faces.landmarks68[i].astype(np.float64)
         embedding = np.asarray(faces.embeddings[i], np.float32)
-        name, chosen = self.donor_set(embedding, skin_tone(image, points))
+        traits = None
+        if self._estimator is not None and self.context.clusters.assign(embedding[None])[0] < 0:
+            traits = self._estimator(image, faces.boxes[i : i + 1])[0]
+        name, chosen = self.donor_set(embedding, skin_tone(image, points), traits)
         return (name, *self._mean_face(name, chosen))
 
     def _mean_face(self, name: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
