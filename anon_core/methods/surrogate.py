@@ -79,6 +79,8 @@ class Surrogate:
         self._donor_attributes = [p(context.bank.embeddings) for p in context.attributes]
         self.bands = TraitBands()
         self._estimator = TraitEstimator() if context.traits else None
+        # With estimated gender and age, donors are ranked by skin tone only (see DonorQuery).
+        self.distance_weight = 0.0 if context.traits and not context.attributes else 1.0
         self.synthesizer = Synthesizer(context.bank, privacy)
         self.fallback = Mask(grow)
         self.grow = grow
@@ -122,7 +124,8 @@ class Surrogate:
         own = self.context.cluster_traits(cluster)
         if np.isnan(own).all() and traits is not None:
             own = np.asarray(traits, np.float32)
-        pool = self._pool(DonorQuery(centre, tone, cluster, self.pool, self.floor), own)
+        query = DonorQuery(centre, tone, cluster, self.pool, self.floor)
+        pool = self._pool(replace(query, distance_weight=self.distance_weight), own)
         order = keyed_order(self._key, name, [self.context.bank.ids[i] for i in pool])
         return name, np.sort(pool[order[: self.donors]])
 
@@ -186,8 +189,9 @@ class Surrogate:
         if len(faces) == 0:
             return MethodOutput(image.copy(), np.zeros((0, 4), np.int32), (), ())
         reliable = self._check(faces)
+        owner = same_face(faces.boxes, reliable)
         plans: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
-        for i in np.flatnonzero(reliable):
+        for i in np.flatnonzero(reliable & (owner == np.arange(len(faces)))):
             try:
                 plans[int(i)] = self._plan(image, faces, int(i))
             except ValueError as exc:
@@ -195,20 +199,22 @@ class Surrogate:
         # Masks go first and surrogates render on top of them, so no surrogate's warp can move
         # a masked face's original pixels; a late failure restarts with that face masked.
         while True:
-            output, failed = self._attempt(image, faces, plans)
+            output, failed = self._attempt(image, faces, plans, owner)
             if not failed:
                 return output
             for i in failed:
                 del plans[i]
 
     def _attempt(
-        self, image: np.ndarray, faces: Faces, plans: dict
+        self, image: np.ndarray, faces: Faces, plans: dict, owner: np.ndarray
     ) -> tuple[MethodOutput, list[int]]:
+        """Render the planned faces over the masked ones; a second detection of a face that
+        gets a surrogate (``owner``) takes that surrogate's result, never a mask over it."""
         regions = face_regions(faces, image.shape, self.grow)
         methods = ["mask"] * len(faces)
         names: list[str | None] = [None] * len(faces)
         out = image.copy()
-        masked = [i for i in range(len(faces)) if i not in plans]
+        masked = [i for i in range(len(faces)) if int(owner[i]) not in plans]
         if masked:
             result = self.fallback(image, faces.select(np.asarray(masked, np.int64)))
             out = result.image
@@ -226,6 +232,10 @@ class Surrogate:
                 continue
             regions[i] = _paste(out, face, regions[i])
             methods[i], names[i] = self.name, name
+        for j in np.flatnonzero(owner != np.arange(len(faces))):
+            i = int(owner[j])
+            if i in plans and i not in failed:
+                regions[j], methods[j], names[j] = regions[i], methods[i], names[i]
         return MethodOutput(out, regions, tuple(methods), tuple(names)), failed
 
     def _check(self, faces: Faces) -> np.ndarray:
@@ -258,6 +268,31 @@ class Surrogate:
         if len(self._faces) > _CACHE:
             self._faces.popitem(last=False)
         return self._faces[key]
+
+
+NESTED = 0.6  # two boxes are one face when this much of the smaller lies inside the larger
+
+
+def same_face(boxes: np.ndarray, reliable: np.ndarray) -> np.ndarray:
+    """For each detection, the detection that stands for its face: itself, or, when its box
+    lies mostly (``NESTED``) inside or around a reliable detection with a higher score, that
+    one (a face detected twice, box inside box, gets one decision)."""
+    n = len(boxes)
+    owner = np.arange(n)
+    b = np.asarray(boxes, np.float64)
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    rank = sorted(range(n), key=lambda i: (not reliable[i], -b[i, 4], i))
+    for pos, j in enumerate(rank):
+        for i in rank[:pos]:
+            if not reliable[i] or owner[i] != i:
+                continue
+            w = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
+            h = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+            inter = max(w, 0.0) * max(h, 0.0)
+            if inter >= NESTED * max(min(area[i], area[j]), 1e-6):
+                owner[j] = i
+                break
+    return owner
 
 
 def _paste(out: np.ndarray, face: Rendered, region: np.ndarray) -> np.ndarray:

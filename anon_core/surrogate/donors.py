@@ -168,7 +168,10 @@ class BankLimits:
 class DonorQuery:
     """What ``DonorBank.candidates`` looks for: donors near ``centroid`` (an identity's unit
     embedding) and ``skin`` (Lab), not of ``own_cluster``, at least ``floor`` away in cosine
-    distance, at most ``pool`` of them, among the ``allowed`` ones (bool per donor, or None)."""
+    distance, at most ``pool`` of them, among the ``allowed`` ones (bool per donor, or None).
+    ``distance_weight`` 0 ranks by skin tone alone: when gender and age are known, the nearest
+    identities beyond the floor are not needed to carry them, and would only average into a
+    face closer to the original's."""
 
     centroid: np.ndarray
     skin: np.ndarray
@@ -177,6 +180,7 @@ class DonorQuery:
     floor: float
     allowed: np.ndarray | None = None
     skin_weight: float = 1.0
+    distance_weight: float = 1.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -282,7 +286,7 @@ class DonorBank:
         ok = (self.clusters != q.own_cluster) & (dist >= q.floor)
         if q.allowed is not None:
             ok &= q.allowed
-        score = dist / q.floor
+        score = q.distance_weight * dist / q.floor
         if not np.isnan(q.skin).any():
             diff = (self.skin - q.skin) * np.array([0.5, 1.0, 1.0], np.float32)
             tone = np.linalg.norm(diff, axis=1) / 10.0

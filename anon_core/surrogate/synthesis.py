@@ -180,7 +180,9 @@ class Synthesizer:
         alpha = _alpha(face, mouth, iod)
         pixels = base + alpha[..., None] * (rendered - base)
         if self.context > 0:
-            pixels = self._low_pass(pixels, alpha, np.asarray(points68, np.float64) - offset)
+            # The face (open mouth included) is left alone; only what lies around it is changed.
+            inside = _alpha(face | mouth, np.zeros_like(mouth), iod)
+            pixels = self._low_pass(pixels, inside, np.asarray(points68, np.float64) - offset)
         if occ.any():
             # Occluders stay where they are, blended out into the surrogate around them.
             keep = _soften(occ, 0.06 * iod)[..., None]
