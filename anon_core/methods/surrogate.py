@@ -143,7 +143,8 @@ class Surrogate:
         raise ValueError(f"only {best} donors qualify, {need} needed")
 
     def _trait_tries(self, own: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
-        """Gender and age band first, then gender alone at lower floors, then nothing."""
+        """Gender and age band first, then gender alone at lower floors, then nothing (at the
+        floors v1 used without probes)."""
         donors = self.context.bank.traits
         if donors is None or np.isnan(own).all():
             return [(None, 1.0), (None, RELAXED)]
@@ -156,6 +157,7 @@ class Surrogate:
             (gender, RELAXED),
             (gender, LAST_RESORT),
             (None, 1.0),
+            (None, RELAXED),
         ]
 
     def _tries(
