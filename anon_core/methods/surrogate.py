@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,8 +22,9 @@ from faceveil.anon_core.methods.baselines import Mask
 from faceveil.anon_core.pseudonym import check_key, keyed_order, pseudonym, unclustered_id
 from faceveil.anon_core.surrogate.attributes import BINARY
 from faceveil.anon_core.surrogate.context import SurrogateContext
-from faceveil.anon_core.surrogate.donors import MIN_DONORS, skin_tone
+from faceveil.anon_core.surrogate.donors import MIN_DONORS, DonorQuery, skin_tone
 from faceveil.anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
+from faceveil.anon_core.surrogate.traits import TraitBands, TraitEstimator
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ class Surrogate:
         self.pool = max(4 * donors, 16)
         self.floor = DONOR_FLOOR.get(context.embedder, FLOOR * context.clusters.threshold)
         self._donor_attributes = [p(context.bank.embeddings) for p in context.attributes]
+        self.bands = TraitBands()
+        self._estimator = TraitEstimator() if context.traits else None
+        # With estimated gender and age, donors are ranked by skin tone only (see DonorQuery).
+        self.distance_weight = 0.0 if context.traits and not context.attributes else 1.0
         self.synthesizer = Synthesizer(context.bank, privacy)
         self.fallback = Mask(grow)
         self.grow = grow
@@ -96,45 +102,73 @@ class Surrogate:
         )
         return pseudonym(self._key, cid), cluster
 
-    def donor_set(self, embedding: np.ndarray, skin: np.ndarray) -> tuple[str, np.ndarray]:
+    def donor_set(
+        self, embedding: np.ndarray, skin: np.ndarray, traits: np.ndarray | None = None
+    ) -> tuple[str, np.ndarray]:
         """The pseudonym and the k donor indices (into the bank) for one face.
 
-        Candidates depend on the identity (its cluster's centroid, skin tone and attribute
-        predictions), the choice among them on the key and the pseudonym only, so every photo
-        of one person gets the same donors. Attribute constraints are relaxed, values first,
-        when too few donors satisfy them; ValueError when too few donors qualify at all.
+        Candidates depend on the identity (its cluster's centroid, skin tone, gender and age),
+        the choice among them on the key and the pseudonym only, so every photo of one person
+        gets the same donors. ``traits`` (P(female), age) are the face's own, used when the
+        face belongs to no cluster. Attribute constraints are relaxed, age first, when too few
+        donors satisfy them; ValueError when too few donors qualify at all.
         """
         name, cluster = self.identify(embedding)
         clusters = self.context.clusters
         centre = clusters.centroids[cluster] if cluster >= 0 else embedding
         tone = skin
         if cluster >= 0 and clusters.attributes is not None:
-            tone = clusters.attributes[cluster]
+            tone = clusters.attributes[cluster][:3]
             if np.isnan(tone).any():
                 tone = skin
-        pool = self._pool(centre, tone, cluster)
+        own = self.context.cluster_traits(cluster)
+        if np.isnan(own).all() and traits is not None:
+            own = np.asarray(traits, np.float32)
+        query = DonorQuery(centre, tone, cluster, self.pool, self.floor)
+        pool = self._pool(replace(query, distance_weight=self.distance_weight), own)
         order = keyed_order(self._key, name, [self.context.bank.ids[i] for i in pool])
         return name, np.sort(pool[order[: self.donors]])
 
-    def _pool(self, centre: np.ndarray, tone: np.ndarray, cluster: int) -> np.ndarray:
+    def _pool(self, query: DonorQuery, own: np.ndarray) -> np.ndarray:
         """Candidate donors from the strictest neighbourhood (see ``_tries``) that still leaves
         the key a choice: at least k + 2 identities."""
         bank = self.context.bank
         need = self.donors + 2
         best = 0
-        for allowed, floor in self._tries(centre):
-            pool = bank.candidates(centre, tone, cluster, self.pool, floor * self.floor, allowed)
+        for allowed, floor in self._tries(query.centroid, own):
+            pool = bank.candidates(replace(query, floor=floor * self.floor, allowed=allowed))
             if len(pool) >= need:
                 return pool
             best = max(best, len(pool))
         raise ValueError(f"only {best} donors qualify, {need} needed")
 
-    def _tries(self, centre: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
-        """(donor mask, floor factor) pairs, strictest first: every attribute probe with its
-        tolerance; binary probes on the original's side at lower floors; no probe at all."""
+    def _trait_tries(self, own: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
+        """Gender and age band first, then gender alone at lower floors, then nothing (at the
+        floors v1 used without probes)."""
+        donors = self.context.bank.traits
+        if donors is None or np.isnan(own).all():
+            return [(None, 1.0), (None, RELAXED)]
+        both = self.bands.compatible(own, donors)
+        gender = self.bands.compatible(own, donors, use_age=False)
+        return [
+            (both, 1.0),
+            (both, RELAXED),
+            (gender, 1.0),
+            (gender, RELAXED),
+            (gender, LAST_RESORT),
+            (None, 1.0),
+            (None, RELAXED),
+        ]
+
+    def _tries(
+        self, centre: np.ndarray, own_traits: np.ndarray
+    ) -> list[tuple[np.ndarray | None, float]]:
+        """(donor mask, floor factor) pairs, strictest first. With attribute probes (labels):
+        every probe with its tolerance; binary probes on the original's side at lower floors;
+        no probe at all. Without probes: the estimated gender and age (``_trait_tries``)."""
         probes = self.context.attributes
         if not probes:
-            return [(None, 1.0), (None, RELAXED)]
+            return self._trait_tries(own_traits)
         own = [float(p(centre[None])[0]) for p in probes]
         strict = np.logical_and.reduce(
             [
@@ -157,8 +191,9 @@ class Surrogate:
         if len(faces) == 0:
             return MethodOutput(image.copy(), np.zeros((0, 4), np.int32), (), ())
         reliable = self._check(faces)
+        owner = same_face(faces.boxes, reliable)
         plans: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
-        for i in np.flatnonzero(reliable):
+        for i in np.flatnonzero(reliable & (owner == np.arange(len(faces)))):
             try:
                 plans[int(i)] = self._plan(image, faces, int(i))
             except ValueError as exc:
@@ -166,20 +201,22 @@ class Surrogate:
         # Masks go first and surrogates render on top of them, so no surrogate's warp can move
         # a masked face's original pixels; a late failure restarts with that face masked.
         while True:
-            output, failed = self._attempt(image, faces, plans)
+            output, failed = self._attempt(image, faces, plans, owner)
             if not failed:
                 return output
             for i in failed:
                 del plans[i]
 
     def _attempt(
-        self, image: np.ndarray, faces: Faces, plans: dict
+        self, image: np.ndarray, faces: Faces, plans: dict, owner: np.ndarray
     ) -> tuple[MethodOutput, list[int]]:
+        """Render the planned faces over the masked ones; a second detection of a face that
+        gets a surrogate (``owner``) takes that surrogate's result, never a mask over it."""
         regions = face_regions(faces, image.shape, self.grow)
         methods = ["mask"] * len(faces)
         names: list[str | None] = [None] * len(faces)
         out = image.copy()
-        masked = [i for i in range(len(faces)) if i not in plans]
+        masked = [i for i in range(len(faces)) if int(owner[i]) not in plans]
         if masked:
             result = self.fallback(image, faces.select(np.asarray(masked, np.int64)))
             out = result.image
@@ -197,6 +234,10 @@ class Surrogate:
                 continue
             regions[i] = _paste(out, face, regions[i])
             methods[i], names[i] = self.name, name
+        for j in np.flatnonzero(owner != np.arange(len(faces))):
+            i = int(owner[j])
+            if i in plans and i not in failed:
+                regions[j], methods[j], names[j] = regions[i], methods[i], names[i]
         return MethodOutput(out, regions, tuple(methods), tuple(names)), failed
 
     def _check(self, faces: Faces) -> np.ndarray:
@@ -214,7 +255,10 @@ class Surrogate:
     def _plan(self, image: np.ndarray, faces: Faces, i: int) -> tuple[str, np.ndarray, np.ndarray]:
         points = faces.landmarks68[i].astype(np.float64)
         embedding = np.asarray(faces.embeddings[i], np.float32)
-        name, chosen = self.donor_set(embedding, skin_tone(image, points))
+        traits = None
+        if self._estimator is not None and self.context.clusters.assign(embedding[None])[0] < 0:
+            traits = self._estimator(image, faces.boxes[i : i + 1])[0]
+        name, chosen = self.donor_set(embedding, skin_tone(image, points), traits)
         return (name, *self._mean_face(name, chosen))
 
     def _mean_face(self, name: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +270,31 @@ class Surrogate:
         if len(self._faces) > _CACHE:
             self._faces.popitem(last=False)
         return self._faces[key]
+
+
+NESTED = 0.6  # two boxes are one face when this much of the smaller lies inside the larger
+
+
+def same_face(boxes: np.ndarray, reliable: np.ndarray) -> np.ndarray:
+    """For each detection, the detection that stands for its face: itself, or, when its box
+    lies mostly (``NESTED``) inside or around a reliable detection with a higher score, that
+    one (a face detected twice, box inside box, gets one decision)."""
+    n = len(boxes)
+    owner = np.arange(n)
+    b = np.asarray(boxes, np.float64)
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    rank = sorted(range(n), key=lambda i: (not reliable[i], -b[i, 4], i))
+    for pos, j in enumerate(rank):
+        for i in rank[:pos]:
+            if not reliable[i] or owner[i] != i:
+                continue
+            w = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
+            h = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+            inter = max(w, 0.0) * max(h, 0.0)
+            if inter >= NESTED * max(min(area[i], area[j]), 1e-6):
+                owner[j] = i
+                break
+    return owner
 
 
 def _paste(out: np.ndarray, face: Rendered, region: np.ndarray) -> np.ndarray:

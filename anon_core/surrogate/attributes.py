@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 BINARY, VALUE = "binary", "value"
 GENDER_TOLERANCE = 0.25  # donors' P(female) at least this far from 0.5 on the original's side
 AGE_TOLERANCE = 15.0  # years between a donor's predicted age and the original's
+L2 = 1.0  # ridge / L2 penalty on the weights (not the bias) of every probe
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,13 @@ def fit_binary(
     labels: np.ndarray,
     embedder: str,
     tolerance: float = 0.25,
-    l2: float = 1.0,
 ) -> LinearAttribute:
     """Logistic regression (Newton's method, L2 penalty on the weights), deterministic."""
     x = _design(embeddings)
     y = np.asarray(labels, np.float64).reshape(-1)
     if len(x) != len(y) or not set(np.unique(y)) <= {0.0, 1.0} or len(np.unique(y)) < 2:
         raise ValueError("binary attribute needs one 0/1 label per embedding, both present")
-    penalty = np.eye(x.shape[1]) * l2
+    penalty = np.eye(x.shape[1]) * L2
     penalty[-1, -1] = 0.0
     beta = np.zeros(x.shape[1])
     for _ in range(25):
@@ -93,14 +93,13 @@ def fit_value(
     values: np.ndarray,
     embedder: str,
     tolerance: float,
-    l2: float = 1.0,
 ) -> LinearAttribute:
     """Ridge regression of a value (such as age in years) on embeddings."""
     x = _design(embeddings)
     y = np.asarray(values, np.float64).reshape(-1)
     if len(x) != len(y) or len(y) < 2:
         raise ValueError("value attribute needs one value per embedding")
-    penalty = np.eye(x.shape[1]) * l2
+    penalty = np.eye(x.shape[1]) * L2
     penalty[-1, -1] = 0.0
     beta = np.linalg.solve(x.T @ x + penalty, x.T @ y)
     return LinearAttribute(name, VALUE, beta[:-1].copy(), float(beta[-1]), embedder, tolerance)

@@ -12,7 +12,7 @@ import hashlib
 import heapq
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 import numpy as np
@@ -24,6 +24,7 @@ from faceveil.anon_core.landmarks import LandmarkModel
 from faceveil.anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
 from faceveil.anon_core.surrogate.attributes import LinearAttribute
 from faceveil.anon_core.surrogate.donors import DonorBank, DonorFace, make_donor, skin_tone
+from faceveil.anon_core.surrogate.traits import TraitEstimator
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,22 @@ def _rank(face_id: str) -> bytes:
 @dataclass(frozen=True, repr=False)
 class FaceTable:
     """Every face seen in a first pass: ids, unit embeddings (N x D), skin tones (N x 3, NaN if
-    unknown), plus up to ``max_donors`` donor candidates chosen by a hash of their id."""
+    unknown), plus up to ``max_donors`` donor candidates chosen by a hash of their id.
+    ``traits`` (N x 2: P(female), age; NaN if unknown) come from ``traits.TraitEstimator``;
+    None when the first pass did not estimate them."""
 
     ids: tuple[str, ...]
     embeddings: np.ndarray
     skin: np.ndarray
     donors: tuple[DonorFace, ...]
     embedder: str
+    traits: np.ndarray | None = None
+
+    def known_traits(self) -> np.ndarray:
+        """The traits, all NaN where none were estimated."""
+        if self.traits is None:
+            return np.full((len(self), 2), np.nan, np.float32)
+        return np.asarray(self.traits, np.float32).reshape(len(self), 2)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +81,9 @@ class FaceTable:
             skin=np.concatenate([t.skin for t in tables]),
             donors=tuple(sorted(donors, key=lambda d: d.face_id)),
             embedder=names.pop(),
+            traits=None
+            if all(t.traits is None for t in tables)
+            else np.concatenate([t.known_traits() for t in tables]),
         )
 
 
@@ -84,6 +97,14 @@ class SurrogateContext:
     bank: DonorBank
     embedder: str
     attributes: tuple[LinearAttribute, ...] = ()
+    traits: bool = False
+
+    def cluster_traits(self, cluster: int) -> np.ndarray:
+        """An identity's median traits (P(female), age); NaN when unknown."""
+        extra = self.clusters.attributes
+        if not self.traits or cluster < 0 or extra is None or extra.shape[1] < 5:
+            return np.full(2, np.nan, np.float32)
+        return np.asarray(extra[cluster, 3:5], np.float32)
 
     def __repr__(self) -> str:
         return f"SurrogateContext({self.clusters!r}, {self.bank!r}, embedder={self.embedder})"
@@ -95,41 +116,69 @@ def _batches(samples: Iterable[tuple[str, np.ndarray]], size: int) -> Iterator[l
         yield batch
 
 
+@dataclass(frozen=True)
+class CollectOptions:
+    """How a first pass collects faces: up to ``max_donors`` donor candidates, images per
+    ``batch``, and whether every face's gender and age are estimated (``traits``, the
+    default: donors then share them without any labels)."""
+
+    max_donors: int = DEFAULT_MAX_DONORS
+    batch: int = 16
+    traits: bool = True
+
+
+@dataclass
+class _Collected:
+    ids: list[str] = field(default_factory=list)
+    embs: list[np.ndarray] = field(default_factory=list)
+    skins: list[np.ndarray] = field(default_factory=list)
+    traits: list[np.ndarray] = field(default_factory=list)
+    heap: list[tuple[bytes, int, DonorFace]] = field(default_factory=list)  # max-heap (negated)
+
+
 def collect_faces(
     samples: Iterable[tuple[str, np.ndarray]],
     detector: Detector,
     landmarks: LandmarkModel,
     embedder: Embedder,
-    max_donors: int = DEFAULT_MAX_DONORS,
-    batch: int = 16,
+    options: CollectOptions | int = CollectOptions(),
 ) -> FaceTable:
-    """Detect, landmark and embed every face of ``samples`` (sample id, RGB uint8).
+    """Detect, landmark and embed every face of ``samples`` (sample id, RGB uint8), and
+    estimate its gender and age unless ``options.traits`` is off (an int is ``max_donors``).
 
     Faces whose landmarks are unreliable are left out (they are masked in the second pass).
     Face ids are ``"{sample id}#{face number}"``.
     """
-    ids: list[str] = []
-    embs: list[np.ndarray] = []
-    skins: list[np.ndarray] = []
-    heap: list[tuple[bytes, int, DonorFace]] = []  # max-heap on rank through negation
-    for chunk in _batches(samples, batch):
+    if isinstance(options, int):
+        options = CollectOptions(max_donors=options)
+    estimator = TraitEstimator() if options.traits else None
+    acc = _Collected()
+    for chunk in _batches(samples, options.batch):
         images = [np.ascontiguousarray(rgb) for _, rgb in chunk]
         found = landmarks(images, detector(images))
         vectors = embedder(images, found)
         for (sid, _), image, faces, vec in zip(chunk, images, found, vectors, strict=True):
-            for i in np.flatnonzero(_reliable(faces)):
+            keep = np.flatnonzero(_reliable(faces))
+            traits = np.full((len(faces), 2), np.nan, np.float32)
+            if estimator is not None and len(keep):
+                traits[keep] = estimator(image, faces.boxes[keep])
+            for i in keep:
                 face_id = f"{sid}#{i}"
-                ids.append(face_id)
-                embs.append(vec[i])
-                skins.append(skin_tone(image, faces.landmarks68[i]))
-                _offer(heap, max_donors, face_id, image, faces.landmarks68[i], vec[i])
+                acc.ids.append(face_id)
+                acc.embs.append(vec[i])
+                acc.skins.append(skin_tone(image, faces.landmarks68[i]))
+                acc.traits.append(traits[i])
+                donor = (face_id, image, faces.landmarks68[i], vec[i], traits[i])
+                _offer(acc.heap, options.max_donors, donor)
     dim = getattr(embedder, "dim", 0)
+    n = len(acc.ids)
     return FaceTable(
-        ids=tuple(ids),
-        embeddings=np.asarray(embs, np.float32).reshape(len(ids), -1 if ids else dim),
-        skin=np.asarray(skins, np.float32).reshape(len(ids), 3),
-        donors=tuple(d for _, _, d in sorted(heap, key=lambda e: e[2].face_id)),
+        ids=tuple(acc.ids),
+        embeddings=np.asarray(acc.embs, np.float32).reshape(n, -1 if n else dim),
+        skin=np.asarray(acc.skins, np.float32).reshape(n, 3),
+        donors=tuple(d for _, _, d in sorted(acc.heap, key=lambda e: e[2].face_id)),
         embedder=embedder.name,
+        traits=np.asarray(acc.traits, np.float32).reshape(n, 2) if estimator else None,
     )
 
 
@@ -140,12 +189,13 @@ def _reliable(faces: Faces) -> np.ndarray:
     return np.asarray(flags, bool)
 
 
-def _offer(heap: list, limit: int, face_id: str, image, points, embedding) -> None:
-    """Keep ``face_id`` as a donor if it ranks among the ``limit`` smallest hashes so far."""
-    rank = _rank(face_id)
+def _offer(heap: list, limit: int, face: tuple) -> None:
+    """Keep ``face`` (face id, image, 68 points, embedding, traits) as a donor if its id ranks
+    among the ``limit`` smallest hashes so far."""
+    rank = _rank(face[0])
     if limit <= 0 or (len(heap) == limit and _negate(rank) < heap[0][0]):
         return
-    donor = make_donor(face_id, image, points, embedding)
+    donor = make_donor(*face)
     if donor is None:
         return
     item = (_negate(rank), len(heap), donor)
@@ -173,11 +223,26 @@ def context_from_table(
         if table.embedder not in SAME_PERSON:
             raise ValueError(f"no calibrated threshold for embedder {table.embedder!r}; pass one")
         threshold = SAME_PERSON[table.embedder]
-    clusters, labels = cluster_identities(table.ids, table.embeddings, threshold, table.skin)
+    # Skin tone (3) and traits (2) per face, summarised per identity by their medians.
+    cues = np.hstack([table.skin.reshape(len(table), 3), table.known_traits()])
+    clusters, labels = cluster_identities(table.ids, table.embeddings, threshold, cues)
     where = {face_id: n for n, face_id in enumerate(table.ids)}
     donor_labels = np.array([labels[where[d.face_id]] for d in table.donors], np.int64)
     bank = DonorBank.from_faces(table.donors, donor_labels, size=texture_size)
-    return SurrogateContext(clusters, bank, table.embedder, tuple(attributes))
+    traits = table.traits is not None
+    return SurrogateContext(clusters, bank, table.embedder, tuple(attributes), traits)
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    """``build_surrogate_context``'s settings: the first pass's ``collect`` options, the
+    clustering ``threshold`` (None: the embedder's calibrated one), the donor textures' side
+    and optional attribute probes."""
+
+    collect: CollectOptions = CollectOptions()
+    threshold: float | None = None
+    texture_size: int = 128
+    attributes: tuple[LinearAttribute, ...] = ()
 
 
 def build_surrogate_context(
@@ -185,11 +250,8 @@ def build_surrogate_context(
     detector: Detector,
     landmarks: LandmarkModel,
     embedder: Embedder,
-    max_donor_faces: int = DEFAULT_MAX_DONORS,
-    threshold: float | None = None,
-    texture_size: int = 128,
-    attributes: Sequence[LinearAttribute] = (),
+    options: ContextOptions = ContextOptions(),
 ) -> SurrogateContext:
     """The whole first pass over ``samples`` (sample id, RGB uint8) in one process."""
-    table = collect_faces(samples, detector, landmarks, embedder, max_donor_faces)
-    return context_from_table(table, threshold, texture_size, attributes)
+    table = collect_faces(samples, detector, landmarks, embedder, options.collect)
+    return context_from_table(table, options.threshold, options.texture_size, options.attributes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -42,13 +42,15 @@ NOSE_SKIN = [27, 31, 32, 33, 34, 35]
 @dataclass(frozen=True, repr=False)
 class DonorFace:
     """A dataset face kept as a donor candidate: a similarity-aligned crop (CROP x CROP RGB),
-    its 68 points in crop coordinates, its unit embedding and its skin tone (Lab)."""
+    its 68 points in crop coordinates, its unit embedding, its skin tone (Lab) and its traits
+    (P(female), age; NaN when unknown)."""
 
     face_id: str
     crop: np.ndarray
     points: np.ndarray
     embedding: np.ndarray
     skin: np.ndarray
+    traits: np.ndarray = field(default_factory=lambda: np.full(2, np.nan, np.float32))
 
     def __repr__(self) -> str:
         return "DonorFace(<pixels hidden>)"
@@ -89,7 +91,11 @@ def crop_frame(points68: np.ndarray, size: int = CROP) -> np.ndarray:
 
 
 def make_donor(
-    face_id: str, image: np.ndarray, points68: np.ndarray, embedding: np.ndarray
+    face_id: str,
+    image: np.ndarray,
+    points68: np.ndarray,
+    embedding: np.ndarray,
+    traits: np.ndarray | None = None,
 ) -> DonorFace | None:
     """A donor from one reliable face, or None when it is too small, turned, cut off or grey."""
     pts = np.asarray(points68, np.float64)
@@ -110,7 +116,8 @@ def make_donor(
     )
     emb = np.asarray(embedding, np.float32)
     emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
-    return DonorFace(face_id, crop, geo.apply(frame, pts).astype(np.float32), emb, skin)
+    known = np.full(2, np.nan, np.float32) if traits is None else np.asarray(traits, np.float32)
+    return DonorFace(face_id, crop, geo.apply(frame, pts).astype(np.float32), emb, skin, known)
 
 
 def _procrustes_mean(shapes: np.ndarray, iterations: int = 4) -> np.ndarray:
@@ -147,14 +154,44 @@ def _flatten_lighting(texture: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
+@dataclass(frozen=True)
+class BankLimits:
+    """The smallest usable bank (``min_faces`` donors of ``min_identities`` people) and how
+    many faces of one identity it keeps at most."""
+
+    min_faces: int = MIN_BANK_FACES
+    min_identities: int = MIN_BANK_IDENTITIES
+    per_identity: int = 4
+
+
+@dataclass(frozen=True)
+class DonorQuery:
+    """What ``DonorBank.candidates`` looks for: donors near ``centroid`` (an identity's unit
+    embedding) and ``skin`` (Lab), not of ``own_cluster``, at least ``floor`` away in cosine
+    distance, at most ``pool`` of them, among the ``allowed`` ones (bool per donor, or None).
+    ``distance_weight`` 0 ranks by skin tone alone: when gender and age are known, the nearest
+    identities beyond the floor are not needed to carry them, and would only average into a
+    face closer to the original's."""
+
+    centroid: np.ndarray
+    skin: np.ndarray
+    own_cluster: int
+    pool: int
+    floor: float
+    allowed: np.ndarray | None = None
+    skin_weight: float = 1.0
+    distance_weight: float = 1.0
+
+
 @dataclass(frozen=True, repr=False)
 class DonorBank:
     """Shape-free donor textures (B x S x S x 3 uint8) warped to the bank's mean shape.
 
     ``shape`` is the mean 68-point shape and ``outline`` its forehead-extended outline, both in
     texture pixels; ``triangles`` index the outline. Per donor: ``shapes`` (its own 68 points,
-    similarity-aligned to the mean), unit ``embeddings``, ``skin`` (Lab) and the index of its
-    identity cluster in ``clusters``. ``ids`` are face ids, used only to rank donors by key.
+    similarity-aligned to the mean), unit ``embeddings``, ``skin`` (Lab), the index of its
+    identity cluster in ``clusters`` and ``traits`` (P(female), age; NaN when unknown).
+    ``ids`` are face ids, used only to rank donors by key.
     """
 
     shape: np.ndarray
@@ -166,6 +203,7 @@ class DonorBank:
     skin: np.ndarray
     clusters: np.ndarray
     ids: tuple[str, ...]
+    traits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -187,24 +225,23 @@ class DonorBank:
         donors: Sequence[DonorFace],
         clusters: np.ndarray,
         size: int = 128,
-        min_faces: int = MIN_BANK_FACES,
-        min_identities: int = MIN_BANK_IDENTITIES,
-        per_identity: int = 4,
+        limits: BankLimits = BankLimits(),
     ) -> DonorBank:
         """Warp donor crops to their common mean shape; ``clusters`` gives each donor's identity.
 
-        At most ``per_identity`` faces of one identity are kept (the first by face id), so a
-        bank of a dataset with many photos per person still spans many people.
+        At most ``limits.per_identity`` faces of one identity are kept (the first by face id),
+        so a bank of a dataset with many photos per person still spans many people.
 
-        Raises ValueError when fewer than ``min_faces`` usable donors of ``min_identities``
-        distinct identities remain: a surrogate needs several other people to average.
+        Raises ValueError when fewer than ``limits.min_faces`` usable donors of
+        ``limits.min_identities`` distinct identities remain: a surrogate needs several other
+        people to average.
         """
         if len(donors) != len(clusters):
             raise ValueError(f"{len(donors)} donors but {len(clusters)} cluster labels")
-        kept = _first_per_identity(donors, np.asarray(clusters, np.int64), per_identity)
+        kept = _first_per_identity(donors, np.asarray(clusters, np.int64), limits.per_identity)
         donors = [donors[i] for i in kept]
         labels = np.asarray(clusters, np.int64)[kept]
-        _check_size(len(donors), len(np.unique(labels)), min_faces, min_identities)
+        _check_size(len(donors), len(np.unique(labels)), limits)
         points = np.stack([d.points for d in donors]).astype(np.float64)
         shape = _fit_to_square(_procrustes_mean(points), size)
         outline = geo.extend_landmarks(shape)
@@ -216,7 +253,7 @@ class DonorBank:
             [d for d, k in zip(donors, keep, strict=True) if k],
             labels[keep],
         )
-        _check_size(len(donors), len(np.unique(labels)), min_faces, min_identities)
+        _check_size(len(donors), len(np.unique(labels)), limits)
         shapes = np.stack([geo.apply(geo.similarity_fit(p, shape), p) for p in points[keep]])
         bank = cls(
             shape=shape.astype(np.float32),
@@ -228,43 +265,36 @@ class DonorBank:
             skin=np.stack([d.skin for d in donors]).astype(np.float32),
             clusters=labels,
             ids=tuple(d.face_id for d in donors),
+            traits=np.stack([d.traits for d in donors]).astype(np.float32),
         )
         log.info("donor bank: %d faces of %d identities", len(bank), bank.identities)
         return bank
 
-    def candidates(
-        self,
-        centroid: np.ndarray,
-        skin: np.ndarray,
-        own_cluster: int,
-        pool: int,
-        floor: float,
-        allowed: np.ndarray | None = None,
-        skin_weight: float = 1.0,
-    ) -> np.ndarray:
-        """Up to ``pool`` donors of distinct identities from an identity's neighbourhood.
+    def candidates(self, query: DonorQuery) -> np.ndarray:
+        """Up to ``query.pool`` donors of distinct identities from an identity's neighbourhood.
 
         The neighbourhood is a band of embedding distance: donors of the identity itself
         (``own_cluster``) and any closer than ``floor`` in cosine distance (look-alikes, unmatched
         photos of the same person) are excluded, and the nearest ``pool`` identities beyond
         the floor are kept, ranked by distance plus ``skin_weight`` times the skin-tone
         difference in units of 10 Lab (lightness at half weight). ``allowed`` (bool per donor)
-        narrows the choice further (attribute probes). Only the best donor of each identity is
+        narrows the choice further (gender and age). Only the best donor of each identity is
         kept; the result is in bank order, so the choice among them is left to the key.
         """
-        dist = 1.0 - self.embeddings @ np.asarray(centroid, np.float32)
-        ok = (self.clusters != own_cluster) & (dist >= floor)
-        if allowed is not None:
-            ok &= allowed
-        score = dist / floor
-        if not np.isnan(skin).any():
-            diff = (self.skin - skin) * np.array([0.5, 1.0, 1.0], np.float32)
+        q = query
+        dist = 1.0 - self.embeddings @ np.asarray(q.centroid, np.float32)
+        ok = (self.clusters != q.own_cluster) & (dist >= q.floor)
+        if q.allowed is not None:
+            ok &= q.allowed
+        score = q.distance_weight * dist / q.floor
+        if not np.isnan(q.skin).any():
+            diff = (self.skin - q.skin) * np.array([0.5, 1.0, 1.0], np.float32)
             tone = np.linalg.norm(diff, axis=1) / 10.0
-            score = score + skin_weight * np.nan_to_num(tone, nan=10.0)
+            score = score + q.skin_weight * np.nan_to_num(tone, nan=10.0)
         chosen: list[int] = []
         seen: set[int] = set()
         for i in np.argsort(np.where(ok, score, np.inf), kind="stable"):
-            if not ok[i] or len(chosen) == pool:
+            if not ok[i] or len(chosen) == q.pool:
                 break
             if int(self.clusters[i]) not in seen:
                 seen.add(int(self.clusters[i]))
@@ -299,12 +329,12 @@ def _first_per_identity(donors: Sequence[DonorFace], labels: np.ndarray, limit: 
     return kept
 
 
-def _check_size(faces: int, identities: int, min_faces: int, min_identities: int) -> None:
-    if faces < min_faces or identities < min_identities:
+def _check_size(faces: int, identities: int, limits: BankLimits) -> None:
+    if faces < limits.min_faces or identities < limits.min_identities:
         raise ValueError(
             f"donor bank too small: {faces} usable faces of {identities} identities; need at "
-            f"least {min_faces} faces of {min_identities} identities (frontal, eyes >= "
-            f"{MIN_DONOR_IOD:.0f} px apart): sample more images for the first pass"
+            f"least {limits.min_faces} faces of {limits.min_identities} identities (frontal, "
+            f"eyes >= {MIN_DONOR_IOD:.0f} px apart): sample more images for the first pass"
         )
 
 
@@ -315,7 +345,7 @@ def _warp_all(
     covered = None
     for i, d in enumerate(donors):
         src = geo.extend_landmarks(d.points.astype(np.float64))
-        warped, mask = geo.warp_triangles(d.crop, src, outline, triangles, (0, 0, size, size))
+        warped, mask = geo.warp_triangles(d.crop, (src, outline), triangles, (0, 0, size, size))
         covered = mask if covered is None else covered & mask
         textures[i] = _flatten_lighting(warped, mask)
     return textures, covered

@@ -105,17 +105,18 @@ def _triangle_maps(src_pts: np.ndarray, dst_pts: np.ndarray, triangles: np.ndarr
 
 def warp_triangles(
     source: np.ndarray,
-    src_pts: np.ndarray,
-    dst_pts: np.ndarray,
+    points: tuple[np.ndarray, np.ndarray],
     triangles: np.ndarray,
     box: tuple[int, int, int, int],
     interpolation: int = cv2.INTER_LINEAR,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Piecewise-affine warp of ``source`` so its ``src_pts`` land on ``dst_pts``.
+    """Piecewise-affine warp of ``source`` so its points land on others (``points``: source
+    and destination points).
 
     Returns the warped pixels of the destination rectangle ``box`` (x1, y1, x2, y2) and a
     boolean mask of the pixels covered by a triangle; pixels outside every triangle are 0.
     """
+    src_pts, dst_pts = points
     x1, y1, x2, y2 = box
     h, w = y2 - y1, x2 - x1
     local = np.asarray(dst_pts, np.float64) - (x1, y1)

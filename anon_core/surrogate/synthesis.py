@@ -14,7 +14,14 @@ For one face, with the original's 68 points and a donor set's mean texture and m
 5. occluders are kept: pixels that look neither like the face's skin nor like the expected
    appearance (hands, glasses, hair, a mask, a patch) keep their original values exactly, as does
    the inside of an open mouth (taken from the warped original);
-6. a feathered mask blends the face in; every changed pixel lies inside the ring.
+6. a feathered mask blends the face in;
+7. the head's surroundings that a recognizer's aligned crop holds (hair line, forehead edge,
+   ears, head outline: what re-identified people once the inner face was replaced) are
+   low-passed: a Gaussian of ``context`` inter-ocular distances over an ellipse about
+   1.8 x 1.9 inter-ocular distances around the eyes, feathered out, the face itself untouched;
+8. a grey photo gets a grey face.
+
+Every changed pixel lies inside the ring, or inside that context ellipse when ``context`` > 0.
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ _POSE_POINTS = np.array([27, 28, 29, 30, 31, 33, 35, 36, 39, 42, 45, 48, 54])
 _SCALE_FLOOR = np.array([5.0, 2.5, 2.5], np.float32)  # Lab spread floor for occlusion scores
 MAX_OCCLUDED = 0.4  # above this fraction of the face, a surrogate is not trusted
 SLOW = 0.6  # lighting is carried over at scales above this many inter-ocular distances
+CONTEXT = 0.25  # low-pass of the head's surroundings, in inter-ocular distances (0: kept)
+# The context ellipse, in inter-ocular distances from the mid-eye point (down positive): it
+# covers the 112 x 112 aligned crop of ArcFace-style recognizers (about 1.6 either side of the
+# eyes' midpoint, 1.5 above and 1.7 below the eye line) with some margin.
+_CONTEXT_AXES = (1.9, 2.0)
+_CONTEXT_DROP = 0.2
+GREY_SPREAD = 3.0  # largest typical channel difference (0-255) of a black-and-white photo
 
 
 @dataclass(frozen=True)
@@ -83,12 +97,23 @@ def _polygon_mask(shape: tuple[int, int], points: np.ndarray, offset: np.ndarray
 class Synthesizer:
     """Renders surrogate faces from a donor bank's textures; ``privacy`` in [0, 1]."""
 
-    def __init__(self, bank: DonorBank, privacy: float = 0.5, keep_occluders: bool = True) -> None:
+    def __init__(
+        self,
+        bank: DonorBank,
+        privacy: float = 0.5,
+        keep_occluders: bool = True,
+        context: float = CONTEXT,
+        shading: float = SLOW,
+    ) -> None:
         if not 0.0 <= privacy <= 1.0:
             raise ValueError(f"privacy must be in [0, 1], got {privacy}")
+        if context < 0 or shading <= 0:
+            raise ValueError("context must be >= 0 and shading > 0 (inter-ocular distances)")
         self.bank = bank
         self.privacy = float(privacy)
         self.keep_occluders = keep_occluders
+        self.context = float(context)
+        self.shading = float(shading)
         outline = bank.outline.astype(np.float64)
         self.hull = cv2.convexHull(outline.astype(np.float32), returnPoints=False)[:, 0]
         self.hull = np.sort(self.hull)
@@ -121,22 +146,25 @@ class Synthesizer:
         src = geo.extend_landmarks(np.asarray(points68, np.float64))
         tgt = geo.extend_landmarks(self.target_shape(points68, donor_shape))
         ring = self._ring(src)
-        box = _box(np.concatenate([ring, tgt]), image.shape)
+        reach = [ring, tgt]
+        if self.context > 0:
+            reach.append(_context_outline(np.asarray(points68, np.float64)))
+        box = _box(np.concatenate(reach), image.shape)
         x1, y1, x2, y2 = box
         original = image[y1:y2, x1:x2]
         base = self._follow(image, src, tgt, ring, box)
         synth, face = geo.warp_triangles(
-            texture, self.bank.outline, tgt, self.bank.triangles, box, cv2.INTER_CUBIC
+            texture, (self.bank.outline, tgt), self.bank.triangles, box, cv2.INTER_CUBIC
         )
         expected, src_face = geo.warp_triangles(
-            texture, self.bank.outline, src, self.bank.triangles, box
+            texture, (self.bank.outline, src), self.bank.triangles, box
         )
         iod = float(geo.eye_frame(np.asarray(points68, np.float64))[2])
         offset = np.array([x1, y1], np.float64)
         shape = original.shape[:2]
         occ = np.zeros(shape, bool)
         if self.keep_occluders:
-            occ = _occlusion(original, expected, src_face, src, offset, iod)
+            occ = _occlusion(original, (expected, src_face), src, offset, iod)
         # Colours are matched on the target geometry: the original warped there (``base``)
         # against the rendered texture, so nothing of the original's features moves along.
         occ_t = self._follow_mask(occ, src, tgt, ring, box) if occ.any() else occ
@@ -145,17 +173,38 @@ class Synthesizer:
             mouth[:] = False  # an occluded mouth: its inside is not shown
         eyes_t, lips_t = _feature_zones(shape, tgt, offset, iod)
         skin = face & ~occ_t & ~eyes_t & ~lips_t
-        matched = _ColourMatch(base, synth, skin if skin.sum() >= 64 else face & ~occ_t, iod)
+        matched = _ColourMatch(
+            base, synth, skin if skin.sum() >= 64 else face & ~occ_t, self.shading * iod
+        )
         rendered = matched(synth) + _grain(base, synth, face & ~occ_t, seed)[..., None]
-        pixels = base + _alpha(face, mouth, iod)[..., None] * (rendered - base)
+        alpha = _alpha(face, mouth, iod)
+        pixels = base + alpha[..., None] * (rendered - base)
+        if self.context > 0:
+            # The face (open mouth included) is left alone; only what lies around it is changed.
+            inside = _alpha(face | mouth, np.zeros_like(mouth), iod)
+            pixels = self._low_pass(pixels, inside, np.asarray(points68, np.float64) - offset)
         if occ.any():
             # Occluders stay where they are, blended out into the surrogate around them.
             keep = _soften(occ, 0.06 * iod)[..., None]
             pixels = pixels + keep * (original.astype(np.float32) - pixels)
+        if _is_grey(original):
+            pixels = np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2)
         pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
         pixels[occ] = original[occ]
         occluded = float(occ[src_face].mean()) if src_face.any() else 0.0
         return Rendered(box, pixels, occluded)
+
+    def _low_pass(self, pixels: np.ndarray, alpha: np.ndarray, points68: np.ndarray) -> np.ndarray:
+        """``pixels`` with the head's surroundings (the context ellipse, outside the rendered
+        face) replaced by their Gaussian low-pass; ``points68`` in box coordinates."""
+        _, _, iod = geo.eye_frame(points68)
+        zone = np.zeros(alpha.shape, np.uint8)
+        outline = np.round(_context_outline(points68) * 16).astype(np.int32)
+        cv2.fillPoly(zone, [outline], 1, cv2.LINE_8, 4)
+        weight = cv2.GaussianBlur(zone.astype(np.float32), (0, 0), max(1.0, _CONTEXT_DROP * iod))
+        weight *= 1.0 - alpha
+        soft = cv2.GaussianBlur(pixels, (0, 0), max(0.5, self.context * float(iod)))
+        return pixels + weight[..., None] * (soft - pixels)
 
     def _follow_mask(
         self, mask: np.ndarray, src: np.ndarray, tgt: np.ndarray, ring: np.ndarray, box: tuple
@@ -168,8 +217,7 @@ class Synthesizer:
         full[y1:, x1:] = mask
         moved, covered = geo.warp_triangles(
             full,
-            np.concatenate([src, ring]),
-            np.concatenate([tgt, ring]),
+            (np.concatenate([src, ring]), np.concatenate([tgt, ring])),
             self.ring_triangles,
             box,
         )
@@ -185,13 +233,29 @@ class Synthesizer:
             return base
         warped, covered = geo.warp_triangles(
             image,
-            np.concatenate([src, ring]),
-            np.concatenate([tgt, ring]),
+            (np.concatenate([src, ring]), np.concatenate([tgt, ring])),
             self.ring_triangles,
             box,
         )
         base[covered] = warped[covered]
         return base
+
+
+def _context_outline(points68: np.ndarray, count: int = 48) -> np.ndarray:
+    """The context ellipse (``count`` points) of a face, in the coordinates of its points."""
+    mid, up, iod = geo.eye_frame(points68)
+    across = np.array([-up[1], up[0]])
+    t = np.linspace(0.0, 2 * np.pi, count, endpoint=False)
+    a, b = _CONTEXT_AXES
+    centre = mid - 0.15 * iod * up
+    return centre + np.cos(t)[:, None] * (a * iod * across) + np.sin(t)[:, None] * (b * iod * up)
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    """A black-and-white photo: its channels nearly equal almost everywhere."""
+    pixels = rgb.reshape(-1, 3).astype(np.int16)
+    spread = pixels.max(axis=1) - pixels.min(axis=1)
+    return bool(np.quantile(spread, 0.95) <= GREY_SPREAD)
 
 
 def _box(points: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -210,7 +274,7 @@ class _ColourMatch:
     ``mask``, then the slow Lab difference between the original and the expected appearance."""
 
     def __init__(
-        self, original: np.ndarray, expected: np.ndarray, mask: np.ndarray, iod: float
+        self, original: np.ndarray, expected: np.ndarray, mask: np.ndarray, scale: float
     ) -> None:
         if mask.sum() < 16:
             raise ValueError("too little of the face is visible to match its colours")
@@ -220,7 +284,7 @@ class _ColourMatch:
         sd_o, sd_e = orig[mask].std(axis=0), exp[mask].std(axis=0)
         self.gain = np.clip(sd_o / np.maximum(sd_e, 1e-3), 0.8, 1.25)
         shifted = (exp - self.mu_e) * self.gain + self.mu_o
-        self.slow = _smooth(orig - shifted, mask, max(1.0, SLOW * iod))
+        self.slow = _smooth(orig - shifted, mask, max(1.0, scale))
 
     def __call__(self, rendered: np.ndarray) -> np.ndarray:
         lab = (_lab(rendered) - self.mu_e) * self.gain + self.mu_o + self.slow
@@ -240,17 +304,19 @@ def _open_mouth(shape: tuple[int, int], outline: np.ndarray, offset: np.ndarray,
 
 def _occlusion(
     original: np.ndarray,
-    expected: np.ndarray,
-    face: np.ndarray,
+    expectation: tuple[np.ndarray, np.ndarray],
     outline: np.ndarray,
     offset: np.ndarray,
     iod: float,
 ) -> np.ndarray:
-    """Occluders on the original's geometry, against the texture's colour-matched look there."""
+    """Occluders on the original's geometry, against the texture's colour-matched look there
+    (``expectation``: that look and the face mask it covers)."""
+    expected, face = expectation
     shape = original.shape[:2]
-    looks = _ColourMatch(original, expected, face & ~_open_mouth(shape, outline, offset, iod), iod)
+    visible = face & ~_open_mouth(shape, outline, offset, iod)
+    looks = _ColourMatch(original, expected, visible, SLOW * iod)
     eyes, lips = _feature_zones(shape, outline, offset, iod)
-    return _occluders(original, looks(expected), face, eyes, lips, iod)
+    return _occluders(original, looks(expected), face, (eyes, lips), iod)
 
 
 def _feature_zones(
@@ -273,17 +339,17 @@ def _occluders(
     original: np.ndarray,
     expected: np.ndarray,
     face: np.ndarray,
-    eyes: np.ndarray,
-    lips: np.ndarray,
+    zones: tuple[np.ndarray, np.ndarray],
     iod: float,
 ) -> np.ndarray:
     """Pixels in front of the face: far from both the skin's colour and the expected look.
 
     Seeds are never taken in the eyes and brows (the original's own dark features must not
-    survive as 'occluders') and need a larger gap over the lips; each seed region then grows
-    over connected pixels of its own colour (anywhere in the box), so a solid occluder is kept
-    whole even where it covers an eye.
+    survive as 'occluders') and need a larger gap over the lips (``zones``: eyes and brows,
+    lips); each seed region then grows over connected pixels of its own colour (anywhere in the
+    box), so a solid occluder is kept whole even where it covers an eye.
     """
+    eyes, lips = zones
     orig = _lab(original)
     skin_px = orig[face & ~eyes & ~lips]
     if len(skin_px) < 16:

@@ -1,0 +1,204 @@
+"""Issue 12 (surrogate v2) on real faces and real models, no labels given to the method.
+
+- donors share the original's gender and age band: a first pass over labelled utkface_dev
+  faces, whose labels only the test reads (the method estimates gender and age itself);
+- a black-and-white photo gets a black-and-white face;
+- the label-free estimator reads gender and age well enough on utkface_dev adults.
+
+Skipped with a reason when ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder, align_112
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.surrogate import collect_faces, context_from_table
+from faceveil.anon_core.surrogate.synthesis import Synthesizer
+from faceveil.anon_core.surrogate.traits import TraitBands, TraitEstimator
+from tests.factories import shared_path
+
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+
+KEY = b"test-surrogate-v2-key-0123456789"
+PER_GROUP = 36  # utkface_dev adults per (gender, age band) group in the first pass
+PAD = 60
+# MobileFaceNet cosine between the original's context-only crop and the output's, mean over
+# the 12 photos of the test below; measured 0.975 with the context kept (v1), 0.903 now.
+CONTEXT_SIMILARITY = 0.94
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _padded(path: Path) -> np.ndarray:
+    """A utkface crop with its edges extended: the crops cut the head so close that no face
+    of them could otherwise serve as a donor (its outline must lie inside the image)."""
+    return cv2.copyMakeBorder(_rgb(path), *(PAD,) * 4, cv2.BORDER_REPLICATE)
+
+
+@pytest.fixture(scope="module")
+def utk():
+    """path -> (gender 0 male / 1 female, age) for adults in four groups (men and women, 20-35
+    and 50-75), PER_GROUP each, the first by file name."""
+    labels = shared_path("data", "utkface_dev", "labels.csv")
+    groups: dict[tuple[int, int], list] = {}
+    with open(labels, newline="") as f:
+        for row in sorted(csv.DictReader(f), key=lambda r: r["path"]):
+            age, gender = int(row["age"]), int(row["gender_0male_1female"])
+            band = 0 if 20 <= age <= 35 else 1 if 50 <= age <= 75 else None
+            if band is not None:
+                groups.setdefault((gender, band), []).append((row["path"], gender, age))
+    chosen = [r for rows in groups.values() for r in rows[:PER_GROUP]]
+    return {str(labels.parent / p): (g, a) for p, g, a in sorted(chosen)}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return build_detector("centerface", threads=1), Dlib68(), DlibEmbedder()
+
+
+@pytest.fixture(scope="module")
+def utk_context(utk, models):
+    """A first pass over the utkface faces with its defaults (no labels anywhere)."""
+    table = collect_faces([(p, _padded(Path(p))) for p in utk], *models)
+    return table, context_from_table(table)
+
+
+def _label(utk: dict, face_id: str) -> tuple[int, int]:
+    return utk[face_id.rsplit("#", 1)[0]]
+
+
+def test_donors_share_gender_and_age_band_without_labels(utk, utk_context):
+    """Issue 12 finding: donors were chosen without gender (the unseen judge agreed on 43 %).
+    Now, by the labels the method never saw, nearly every donor has the original's gender
+    and most lie in its age band."""
+    table, context = utk_context
+    method = Surrogate(KEY, context)
+    same_gender, age_gap = [], []
+    for face_id, emb, skin in zip(table.ids, table.embeddings, table.skin, strict=True):
+        gender, age = _label(utk, face_id)
+        _, donors = method.donor_set(emb, skin)
+        for d in donors:
+            d_gender, d_age = _label(utk, context.bank.ids[d])
+            same_gender.append(d_gender == gender)
+            age_gap.append(abs(d_age - age))
+    assert len(table.ids) >= 0.9 * len(utk)
+    assert np.mean(same_gender) >= 0.9, f"donors of the same gender: {np.mean(same_gender):.1%}"
+    assert np.median(age_gap) <= 12, f"median donor age gap {np.median(age_gap):.1f} years"
+
+
+def test_trait_estimator_reads_gender_and_age_of_adults(utk, models):
+    """The estimator's own accuracy on the labelled adults (labels from utkface_dev)."""
+    detector = models[0]
+    estimator = TraitEstimator()
+    right, gaps = [], []
+    for path, (gender, age) in utk.items():
+        image = _rgb(Path(path))
+        faces = detector([image])[0]
+        if len(faces) == 0:
+            continue
+        female, years = estimator(image, faces.boxes[:1])[0]
+        right.append((female >= 0.5) == (gender == 1))
+        gaps.append(abs(years - age))
+    assert len(right) >= 0.9 * len(utk)
+    assert np.mean(right) >= 0.9, f"gender accuracy {np.mean(right):.1%}"
+    assert np.mean(gaps) <= 11, f"age MAE {np.mean(gaps):.1f}"
+
+
+def test_bands_keep_donors_on_the_original_side():
+    bands = TraitBands()
+    donors = np.array([[0.95, 30], [0.05, 30], [0.6, 30], [0.9, 70], [np.nan, 30]], np.float32)
+    ok = bands.compatible(np.array([0.9, 28], np.float32), donors)
+    assert ok.tolist() == [True, False, False, False, False]
+    assert bands.compatible(np.array([np.nan, np.nan]), donors).all()
+
+
+def test_grey_photo_gets_a_grey_face(utk_context, models):
+    """Issue 12 finding: a black-and-white photo got a coloured face with blue eyes."""
+    _, context = utk_context
+    colour = _rgb(shared_path("data", "fixtures", "obama.jpg"))
+    grey = np.repeat(cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    method = Surrogate(KEY, context)
+    anonymizer = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], method)
+    result = anonymizer(grey)
+    assert result.ok and "surrogate" in result.output.methods
+    out = result.output.image.astype(np.int16)
+    changed = (out != grey).any(axis=2)
+    assert changed.sum() > 1000
+    spread = out.max(axis=2) - out.min(axis=2)
+    assert spread[changed].max() <= 1, "the surrogate put colour into a grey photo"
+    colour_out = anonymizer(colour).output.image.astype(np.int16)
+    assert (colour_out.max(axis=2) - colour_out.min(axis=2))[changed].mean() > 5
+
+
+def test_face_detected_twice_gets_one_surrogate_and_no_mask(utk_context, models):
+    """Issue 12 finding: when one face was detected twice (a box inside a box), a grey mask
+    was drawn through the surrogate. obama3.jpg at twice its size is such a photo: CenterFace
+    finds the face once whole and once again inside that box."""
+    _, context = utk_context
+    photo = _rgb(shared_path("data", "fixtures", "obama3.jpg"))
+    image = cv2.resize(photo, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+    method = Surrogate(KEY, context)
+    result = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], method)(image)
+    assert result.ok
+    boxes = result.faces.boxes
+    assert len(boxes) == 2, "the detector no longer finds this face twice; pick another photo"
+    inner = int(np.argmin((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+    outer = 1 - inner
+    assert boxes[outer, 0] <= boxes[inner, 0] and boxes[inner, 2] <= boxes[outer, 2] + 1
+    assert result.output.methods == ("surrogate", "surrogate")
+    assert result.output.pseudonyms[0] == result.output.pseudonyms[1]
+    x1, y1, x2, y2 = result.output.regions[outer]
+    crop = result.output.image[y1:y2, x1:x2]
+    grey = (crop == np.array(method.fallback.color)).all(axis=2)
+    assert grey.sum() == 0, f"{grey.sum()} mask pixels drawn over the surrogate"
+
+
+def _context_only(image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
+    """The 112 x 112 ArcFace crop with an ellipse over brows, eyes, nose, mouth and chin grey:
+    what a recognizer sees of hair line, forehead edge, ears and head outline."""
+    crop = align_112(image, landmarks5)
+    yy, xx = np.mgrid[:112, :112]
+    crop[((xx - 56) / 33.0) ** 2 + ((yy - 68) / 46.0) ** 2 <= 1] = 128
+    return crop
+
+
+def test_context_around_the_face_no_longer_matches_the_original(utk_context, models):
+    """Issue 12 finding (FINDINGS 2026-11-30): with the inner face replaced, the context kept
+    inside a recognizer's crop re-identified 9.9 % of people. MobileFaceNet, on that context
+    alone at the original's landmarks, now finds the output's context much less like the
+    original's than v1's (context kept) was."""
+    _, context = utk_context
+    mfn = InsightFaceEmbedder(shared_path("models", "mobilefacenet_128d.onnx"), "cpu", 1)
+    root = shared_path("data", "lfw_dev", "manifest.csv").parent
+    with open(root / "manifest.csv", newline="") as f:
+        paths = sorted({r["path"] for r in csv.DictReader(f)})[::70][:12]
+    kept = Surrogate(KEY, context)
+    kept.synthesizer = Synthesizer(context.bank, 0.5, context=0.0)
+    similarity: dict[str, list[float]] = {"default": [], "kept": []}
+    for path in paths:
+        image = _rgb(root / path)
+        faces = models[0]([image])[0]
+        if len(faces) != 1:
+            continue
+        before = mfn.embed_crops([_context_only(image, faces.landmarks5[0])])[0]
+        for name, method in (("default", Surrogate(KEY, context)), ("kept", kept)):
+            out = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], method)(image)
+            assert out.ok and out.output.methods == ("surrogate",)
+            after = mfn.embed_crops([_context_only(out.output.image, faces.landmarks5[0])])[0]
+            similarity[name].append(float(before @ after))
+    default, v1 = np.mean(similarity["default"]), np.mean(similarity["kept"])
+    print(f"context cosine to the original: default {default:.3f}, context kept {v1:.3f}")
+    assert len(similarity["default"]) >= 8
+    assert default <= CONTEXT_SIMILARITY < v1
