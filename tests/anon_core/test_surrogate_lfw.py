@@ -159,7 +159,7 @@ def _donor_likeness(method: Surrogate, result) -> list[np.ndarray]:
         _, chosen = method.donor_set(embedding, skin_tone(result.original.rgb, points))
         drawn = method.synthesizer.target_shape(points, bank.shapes[chosen].mean(axis=0))
         back, covered = geo.warp_triangles(
-            written, geo.extend_landmarks(drawn), bank.outline, bank.triangles,
+            written, (geo.extend_landmarks(drawn), bank.outline), bank.triangles,
             (0, 0, bank.size, bank.size),
         )  # fmt: skip
         face = _detail(back) - average
@@ -185,7 +185,10 @@ def test_no_donor_shows_through_a_written_surrogate(lfw, first_pass):
             nearest = int(np.argmax(likeness))
             pasted = Surrogate(KEY, context)
             pick = pasted.donor_set
-            pasted.donor_set = lambda e, s, pick=pick, j=nearest: (pick(e, s)[0], np.full(6, j))
+            pasted.donor_set = lambda e, s, t=None, *, pick=pick, j=nearest: (
+                pick(e, s, t)[0],
+                np.full(6, j),
+            )
             leak = FaceAnonymizer(AnonConfig(threads=1), detector, pasted)(image)
             control = _donor_likeness(pasted, leak)[0][nearest]
             assert control > 0.5, "the scan does not find a pasted donor"
