@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.common import format_table, machine_info, shared_root
+from bench.common import format_table, machine_info, missing_shared, shared_root
 from faceveil.jobs.evaluate.config import EvalConfig, RecallConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data = Path(args.data)
-    for needed in (data / "manifest.csv", Path(args.attacker), Path(args.recall_by)):
-        if not needed.is_file():
-            print(f"bench_attacks: {needed} not found (needs ../shared)", file=sys.stderr)
-            return 2
+    if missing_shared("bench_attacks", data / "manifest.csv", args.attacker, args.recall_by):
+        return 2
     config = EvalConfig(
         images=str(data), identities=str(data / "manifest.csv"), report_dir="",
         methods=parse_methods(args.methods), attacker_models=(args.attacker,),

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.common import format_table, machine_info, shared_root
+from bench.common import format_table, machine_info, missing_shared, shared_root
 from faceveil.jobs.evaluate import EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data, attacker = Path(args.data), Path(args.attacker)
-    for needed in (data / "manifest.csv", attacker):
-        if not needed.is_file():
-            print(f"bench_privacy: {needed} not found (needs ../shared)", file=sys.stderr)
-            return 2
+    if missing_shared("bench_privacy", data / "manifest.csv", attacker):
+        return 2
     config = EvalConfig(
         images=str(data), identities=str(data / "manifest.csv"), report_dir="",
         methods=parse_methods(args.methods), attacker_models=(str(attacker),),

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from bench.bench_privacy import _shared
-from bench.common import format_table, machine_info
+from bench.common import format_table, machine_info, missing_shared
 from faceveil.jobs.evaluate import EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -102,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     data, models = Path(args.data), Path(args.models)
     attacker = models / "mobilefacenet_128d.onnx"
-    for needed in (data / "manifest.csv", attacker, Path(args.labels)):
-        if not needed.is_file():
-            print(f"bench_surrogate: {needed} not found (needs ../shared)", file=sys.stderr)
-            return 2
+    if missing_shared("bench_surrogate", data / "manifest.csv", attacker, args.labels):
+        return 2
     config = EvalConfig(
         images=str(data), identities=str(data / "manifest.csv"), report_dir="",
         methods=parse_methods(_specs(args.privacy.split(","), args.labels)),

@@ -51,7 +51,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from bench.bench_privacy import _shared
-from bench.common import format_table, machine_info
+from bench.common import format_table, machine_info, missing_shared
 from faceveil.anon_core.attackers import DlibAttacker, OnnxAttacker
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
@@ -348,10 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     data, models_dir = Path(args.data), Path(args.models)
     mfn_path = models_dir / "mobilefacenet_128d.onnx"
-    for needed in (data / "manifest.csv", mfn_path, Path(args.labels)):
-        if not needed.is_file():
-            print(f"bench_surrogate_leak: {needed} not found (needs ../shared)", file=sys.stderr)
-            return 2
+    if missing_shared("bench_surrogate_leak", data / "manifest.csv", mfn_path, args.labels):
+        return 2
     detector = build_detector("centerface", threads=1)
     mfn = OnnxAttacker(mfn_path, threads=1)
     models = {

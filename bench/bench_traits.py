@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bench.bench_privacy import _shared
+from bench.common import missing_shared
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.labels import decoded, load_attribute_set
 from faceveil.anon_core.surrogate.traits import TraitEstimator
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", default=str(_shared() / "data" / "utkface_dev" / "labels.csv"))
     p.add_argument("--limit", type=int)
     args = p.parse_args(argv)
-    if not Path(args.labels).is_file():
-        print(f"bench_traits: {args.labels} not found (needs ../shared)", file=sys.stderr)
+    if missing_shared("bench_traits", args.labels):
         return 2
     r = measure(args.labels, args.limit)
     print(f"utkface_dev: {r['images']} images, traits read on {r['read']}")

@@ -9,6 +9,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -355,6 +356,16 @@ def shared_root() -> Path:
     if os.environ.get("FACEVEIL_TEST_DATA"):
         return Path(os.environ["FACEVEIL_TEST_DATA"]).parent
     return Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def missing_shared(bench: str, *paths: str | Path) -> bool:
+    """True (after one line on stderr naming the first absent file) when a benchmark's input file
+    from ``../shared`` is missing; the caller then exits 2."""
+    for path in map(Path, paths):
+        if not path.is_file():
+            print(f"{bench}: {path} not found (needs ../shared)", file=sys.stderr)
+            return True
+    return False
 
 
 def lfw_images() -> Path:
