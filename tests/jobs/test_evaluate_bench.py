@@ -14,22 +14,33 @@ from tests.factories import shared_path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _bench(module: str, *args: str, timeout: int) -> str:
+    """``python -m MODULE ARGS...`` from the checkout; its stdout, after asserting it exited 0."""
+    command = [sys.executable, "-m", module, *args]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _first_line(stdout: str, prefix: str) -> str:
+    """The first line of ``stdout`` starting with ``prefix`` (asserting there is one)."""
+    lines = [line for line in stdout.splitlines() if line.startswith(prefix)]
+    assert lines, f"no line starts with {prefix!r}"
+    return lines[0]
+
+
 @pytest.mark.shared
 @pytest.mark.slow
 def test_bench_privacy_prints_the_table(tmp_path: Path) -> None:
     attacker = shared_path("models", "mobilefacenet_128d.onnx")
     lfw = shared_path("data", "lfw_dev", "manifest.csv").parent
     out = tmp_path / "figures.json"
-    command = [
-        sys.executable, "-m", "bench.bench_privacy", "--limit-identities", "3",
-        "--methods", "mask,identity", "--json", str(out),
-        "--data", str(lfw), "--attacker", str(attacker),
-    ]  # fmt: skip
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank-1" in proc.stdout and "TAR@FAR=1e-3" in proc.stdout
-    missed = [line for line in proc.stdout.splitlines() if line.startswith("TARGET MISSED by:")]
-    assert missed and "identity" in missed[0]  # a no-op must fail the target
+    stdout = _bench(
+        "bench.bench_privacy", "--limit-identities", "3", "--methods", "mask,identity",
+        "--json", str(out), "--data", str(lfw), "--attacker", str(attacker), timeout=600,
+    )  # fmt: skip
+    assert "rank-1" in stdout and "TAR@FAR=1e-3" in stdout
+    assert "identity" in _first_line(stdout, "TARGET MISSED by:")  # a no-op must fail the target
     rows = {r[0]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["identity"][1].startswith("100.00%")
 
@@ -44,13 +55,10 @@ def test_bench_attacks_prints_the_worst_case_and_recall_tables(tmp_path: Path) -
     rows = [line.split(",", 1) for line in lines[1::48]]  # 21 faces
     labels = tmp_path / "labels.csv"
     labels.write_text("\n".join([lines[0], *(f"{utk / p},{rest}" for p, rest in rows)]) + "\n")
-    command = [
-        sys.executable, "-m", "bench.bench_attacks", "--limit-identities", "6",
-        "--methods", "mask,identity", "--recall-by", str(labels), "--small-faces", "4",
-    ]  # fmt: skip
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "worst rank-1" in proc.stdout and "parrot_gallery_anonymized" in proc.stdout
-    missed = [line for line in proc.stdout.splitlines() if line.startswith("PRIVACY TARGET")]
-    assert missed and "identity" in missed[0]  # a no-op must fail the target
-    assert "24 px" in proc.stdout and "race" in proc.stdout
+    stdout = _bench(
+        "bench.bench_attacks", "--limit-identities", "6", "--methods", "mask,identity",
+        "--recall-by", str(labels), "--small-faces", "4", timeout=900,
+    )  # fmt: skip
+    assert "worst rank-1" in stdout and "parrot_gallery_anonymized" in stdout
+    assert "identity" in _first_line(stdout, "PRIVACY TARGET")  # a no-op must fail the target
+    assert "24 px" in stdout and "race" in stdout
