@@ -12,7 +12,8 @@ For one face, with the original's 68 points and a donor set's mean texture and m
    left out): Lab mean and spread, then the slow (low-frequency) Lab difference between the
    warped original and the rendered texture, so shading follows the original's light;
 5. occluders are kept: pixels that look neither like the face's skin nor like the expected
-   appearance (hands, glasses, hair, a mask, a patch) keep their original values exactly, as does
+   appearance (hands, hair, a mask, a patch), and eyeglass frames found by their shape
+   (``glasses``), keep their original values exactly, as does
    the inside of an open mouth (taken from the warped original);
 6. a feathered mask blends the face in;
 7. the head's surroundings that a recognizer's aligned crop holds (hair line, forehead edge,
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 
 from faceveil.anon_core.surrogate import geometry as geo
+from faceveil.anon_core.surrogate import glasses
 from faceveil.anon_core.surrogate.donors import DonorBank
 
 RING_SCALE = 1.3
@@ -314,9 +316,11 @@ def _occlusion(
     expected, face = expectation
     shape = original.shape[:2]
     visible = face & ~_open_mouth(shape, outline, offset, iod)
-    looks = _ColourMatch(original, expected, visible, SLOW * iod)
+    looks = _ColourMatch(original, expected, visible, SLOW * iod)(expected)
     eyes, lips = _feature_zones(shape, outline, offset, iod)
-    return _occluders(original, looks(expected), face, (eyes, lips), iod)
+    lightness = (_lab(original)[..., 0], _lab(looks)[..., 0])
+    worn = glasses.frames(*lightness, outline - offset, (face, eyes))
+    return _occluders(original, looks, face, (eyes, lips), iod) | worn
 
 
 def _feature_zones(

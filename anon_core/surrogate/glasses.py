@@ -1,0 +1,104 @@
+"""Eyeglass frames on the original face, kept in front of the surrogate like other occluders.
+
+Frames are thin lines (dark plastic, light metal) around both eyes that the donors' mean face
+lacks. Colour-based occluder tests miss them (a line a few pixels wide is removed by any
+clean-up of speckle), so they are found by shape:
+
+1. line response: the morphological black-hat (dark lines) and top-hat (light lines) of the
+   lightness, at a width of about 0.07 inter-ocular distances, on the original and on the
+   expected look (the mean texture on the original's geometry);
+2. excess: where the original's response exceeds the expected's (spread a little, so brows and
+   eyelids a few pixels apart do not count), outside the eyes and brows themselves;
+3. rings: rays from each eye's centre, sideways and downwards; a face wears glasses when most
+   rays of both eyes cross an excess line between 0.15 and 0.7 inter-ocular distances out.
+   Then the line pixels those rays cross, and what connects to them, are the frames.
+
+The eyes inside the lenses stay the surrogate's; wrinkles, bags and shadows seldom form two
+rings and are left to the surrogate.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from faceveil.anon_core.surrogate import geometry as geo
+
+LINE_WIDTH = 0.07  # frames thinner than this (inter-ocular distances) count as lines
+EXCESS = 7.0  # Lab lightness by which the original's line response must exceed the expected's
+RING_HIT = 0.6  # share of rays per eye that must cross a frame
+_REACH = (0.15, 0.7)  # where along a ray a frame may lie, in inter-ocular distances
+# Ray directions (degrees, 0 = away from the nose, 90 = down); the upper rim hides in the brows.
+_ANGLES = np.deg2rad(np.arange(-30.0, 211.0, 15.0))
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _lines(lightness: np.ndarray, radius: float) -> np.ndarray:
+    """Strength of thin dark or light lines in a lightness image."""
+    kernel = _disk(radius)
+    dark = cv2.morphologyEx(lightness, cv2.MORPH_BLACKHAT, kernel)
+    light = cv2.morphologyEx(lightness, cv2.MORPH_TOPHAT, kernel)
+    return np.maximum(dark, light)
+
+
+def frames(
+    original_l: np.ndarray,
+    expected_l: np.ndarray,
+    points: np.ndarray,
+    zones: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Mask of eyeglass frames (bool, shape of ``original_l``), empty when none are worn.
+
+    ``original_l`` and ``expected_l`` are Lab lightness (0-100) of the original and of its
+    expected look; ``points`` the original's 68 landmarks in the same coordinates;
+    ``zones`` the face (where the expected look is defined) and its eyes and brows (where no
+    frame pixel is taken).
+    """
+    face, features = zones
+    _, up, iod = geo.eye_frame(points)
+    iod = float(iod)
+    radius = max(1.0, LINE_WIDTH * iod)
+    spread = cv2.dilate(_lines(expected_l, radius), _disk(0.04 * iod))
+    inside = cv2.erode(face.astype(np.uint8), _disk(radius + 1)) > 0
+    excess = (_lines(original_l, radius) - spread > EXCESS) & inside & ~features
+    if not excess.any():
+        return excess
+    _, labels = cv2.connectedComponents(excess.astype(np.uint8), connectivity=8)
+    # Rays look one pixel either side, so a gap in a thin line does not hide it.
+    reach = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    across = np.array([-up[1], up[0]])
+    hit: set[int] = set()
+    near = np.zeros(excess.shape, np.uint8)
+    for part, outward in ((geo.EYE_A, -1.0), (geo.EYE_B, 1.0)):
+        centre = points[part].mean(axis=0)
+        found = _ray_hits(reach, centre, (outward * across, -up), iod)
+        if len(found) < RING_HIT * len(_ANGLES):
+            return np.zeros_like(excess)
+        hit.update(found.values())
+        cv2.circle(near, tuple(int(round(c)) for c in centre), int(round(_REACH[1] * iod)), 1, -1)
+    return np.isin(labels, sorted(hit)) & (near > 0)
+
+
+def _ray_hits(
+    labels: np.ndarray, centre: np.ndarray, axes: tuple[np.ndarray, np.ndarray], iod: float
+) -> dict[int, int]:
+    """For each ray direction that crosses a labelled line, the label it meets first."""
+    h, w = labels.shape
+    side, up = axes
+    steps = np.linspace(_REACH[0], _REACH[1], max(8, int(iod * (_REACH[1] - _REACH[0]))))
+    found: dict[int, int] = {}
+    for k, angle in enumerate(_ANGLES):
+        direction = np.cos(angle) * side - np.sin(angle) * up
+        path = centre + steps[:, None] * iod * direction
+        xs = np.round(path[:, 0]).astype(int)
+        ys = np.round(path[:, 1]).astype(int)
+        inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        met = labels[ys[inside], xs[inside]]
+        met = met[met > 0]
+        if len(met):
+            found[k] = int(met[0])
+    return found
