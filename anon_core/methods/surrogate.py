@@ -143,14 +143,21 @@ class Surrogate:
         raise ValueError(f"only {best} donors qualify, {need} needed")
 
     def _trait_tries(self, own: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
-        """Gender and age band first, then gender alone at lower floors, then nothing (at the
-        floors v1 used without probes)."""
+        """Gender, age band and facial hair first, then the same in a wider age band, then
+        gender and age band, then gender alone at lower floors, then nothing (at the floors v1
+        used without probes)."""
         donors = self.context.bank.traits
         if donors is None or np.isnan(own).all():
             return [(None, 1.0), (None, RELAXED)]
-        both = self.bands.compatible(own, donors)
-        gender = self.bands.compatible(own, donors, use_age=False)
+        every = self.bands.compatible(own, donors)
+        wider = self.bands.widened().compatible(own, donors)
+        both = self.bands.compatible(own, donors, use_hair=False)
+        gender = self.bands.compatible(own, donors, use_age=False, use_hair=False)
         return [
+            (every, 1.0),
+            (every, RELAXED),
+            (wider, 1.0),
+            (wider, RELAXED),
             (both, 1.0),
             (both, RELAXED),
             (gender, 1.0),

@@ -24,7 +24,7 @@ from faceveil.anon_core.landmarks import LandmarkModel
 from faceveil.anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
 from faceveil.anon_core.surrogate.attributes import LinearAttribute
 from faceveil.anon_core.surrogate.donors import DonorBank, DonorFace, make_donor, skin_tone
-from faceveil.anon_core.surrogate.traits import TraitEstimator
+from faceveil.anon_core.surrogate.traits import N_TRAITS, TraitEstimator, facial_hair, padded
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _rank(face_id: str) -> bytes:
 class FaceTable:
     """Every face seen in a first pass: ids, unit embeddings (N x D), skin tones (N x 3, NaN if
     unknown), plus up to ``max_donors`` donor candidates chosen by a hash of their id.
-    ``traits`` (N x 2: P(female), age; NaN if unknown) come from ``traits.TraitEstimator``;
+    ``traits`` (N x 3: P(female), age, facial hair; NaN if unknown) come from ``traits``;
     None when the first pass did not estimate them."""
 
     ids: tuple[str, ...]
@@ -54,8 +54,8 @@ class FaceTable:
     def known_traits(self) -> np.ndarray:
         """The traits, all NaN where none were estimated."""
         if self.traits is None:
-            return np.full((len(self), 2), np.nan, np.float32)
-        return np.asarray(self.traits, np.float32).reshape(len(self), 2)
+            return np.full((len(self), N_TRAITS), np.nan, np.float32)
+        return padded(np.asarray(self.traits, np.float32).reshape(len(self), -1))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,11 +100,11 @@ class SurrogateContext:
     traits: bool = False
 
     def cluster_traits(self, cluster: int) -> np.ndarray:
-        """An identity's median traits (P(female), age); NaN when unknown."""
+        """An identity's median traits (P(female), age, facial hair); NaN when unknown."""
         extra = self.clusters.attributes
         if not self.traits or cluster < 0 or extra is None or extra.shape[1] < 5:
-            return np.full(2, np.nan, np.float32)
-        return np.asarray(extra[cluster, 3:5], np.float32)
+            return np.full(N_TRAITS, np.nan, np.float32)
+        return padded(np.asarray(extra[cluster, 3:], np.float32))
 
     def __repr__(self) -> str:
         return f"SurrogateContext({self.clusters!r}, {self.bank!r}, embedder={self.embedder})"
@@ -144,7 +144,8 @@ def collect_faces(
     options: CollectOptions | int = CollectOptions(),
 ) -> FaceTable:
     """Detect, landmark and embed every face of ``samples`` (sample id, RGB uint8), and
-    estimate its gender and age unless ``options.traits`` is off (an int is ``max_donors``).
+    estimate its gender, age and facial hair unless ``options.traits`` is off (an int is
+    ``max_donors``).
 
     Faces whose landmarks are unreliable are left out (they are masked in the second pass).
     Face ids are ``"{sample id}#{face number}"``.
@@ -159,9 +160,10 @@ def collect_faces(
         vectors = embedder(images, found)
         for (sid, _), image, faces, vec in zip(chunk, images, found, vectors, strict=True):
             keep = np.flatnonzero(_reliable(faces))
-            traits = np.full((len(faces), 2), np.nan, np.float32)
+            traits = np.full((len(faces), N_TRAITS), np.nan, np.float32)
             if estimator is not None and len(keep):
-                traits[keep] = estimator(image, faces.boxes[keep])
+                traits[keep, :2] = estimator(image, faces.boxes[keep])
+                traits[keep, 2] = [facial_hair(image, faces.landmarks68[i]) for i in keep]
             for i in keep:
                 face_id = f"{sid}#{i}"
                 acc.ids.append(face_id)
@@ -178,7 +180,7 @@ def collect_faces(
         skin=np.asarray(acc.skins, np.float32).reshape(n, 3),
         donors=tuple(d for _, _, d in sorted(acc.heap, key=lambda e: e[2].face_id)),
         embedder=embedder.name,
-        traits=np.asarray(acc.traits, np.float32).reshape(n, 2) if estimator else None,
+        traits=np.asarray(acc.traits, np.float32).reshape(n, N_TRAITS) if estimator else None,
     )
 
 
@@ -223,7 +225,7 @@ def context_from_table(
         if table.embedder not in SAME_PERSON:
             raise ValueError(f"no calibrated threshold for embedder {table.embedder!r}; pass one")
         threshold = SAME_PERSON[table.embedder]
-    # Skin tone (3) and traits (2) per face, summarised per identity by their medians.
+    # Skin tone (3) and traits (3) per face, summarised per identity by their medians.
     cues = np.hstack([table.skin.reshape(len(table), 3), table.known_traits()])
     clusters, labels = cluster_identities(table.ids, table.embeddings, threshold, cues)
     where = {face_id: n for n, face_id in enumerate(table.ids)}

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from faceveil.anon_core.surrogate import geometry as geo
+from faceveil.anon_core.surrogate.traits import N_TRAITS, padded
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,14 @@ NOSE_SKIN = [27, 31, 32, 33, 34, 35]
 class DonorFace:
     """A dataset face kept as a donor candidate: a similarity-aligned crop (CROP x CROP RGB),
     its 68 points in crop coordinates, its unit embedding, its skin tone (Lab) and its traits
-    (P(female), age; NaN when unknown)."""
+    (P(female), age, facial hair; NaN when unknown)."""
 
     face_id: str
     crop: np.ndarray
     points: np.ndarray
     embedding: np.ndarray
     skin: np.ndarray
-    traits: np.ndarray = field(default_factory=lambda: np.full(2, np.nan, np.float32))
+    traits: np.ndarray = field(default_factory=lambda: np.full(N_TRAITS, np.nan, np.float32))
 
     def __repr__(self) -> str:
         return "DonorFace(<pixels hidden>)"
@@ -116,7 +117,7 @@ def make_donor(
     )
     emb = np.asarray(embedding, np.float32)
     emb = emb / max(float(np.linalg.norm(emb)), 1e-12)
-    known = np.full(2, np.nan, np.float32) if traits is None else np.asarray(traits, np.float32)
+    known = np.full(N_TRAITS, np.nan, np.float32) if traits is None else padded(traits)
     return DonorFace(face_id, crop, geo.apply(frame, pts).astype(np.float32), emb, skin, known)
 
 
@@ -190,7 +191,8 @@ class DonorBank:
     ``shape`` is the mean 68-point shape and ``outline`` its forehead-extended outline, both in
     texture pixels; ``triangles`` index the outline. Per donor: ``shapes`` (its own 68 points,
     similarity-aligned to the mean), unit ``embeddings``, ``skin`` (Lab), the index of its
-    identity cluster in ``clusters`` and ``traits`` (P(female), age; NaN when unknown).
+    identity cluster in ``clusters`` and ``traits`` (P(female), age, facial hair; NaN when
+    unknown).
     ``ids`` are face ids, used only to rank donors by key.
     """
 
@@ -265,7 +267,7 @@ class DonorBank:
             skin=np.stack([d.skin for d in donors]).astype(np.float32),
             clusters=labels,
             ids=tuple(d.face_id for d in donors),
-            traits=np.stack([d.traits for d in donors]).astype(np.float32),
+            traits=np.stack([padded(d.traits) for d in donors]).astype(np.float32),
         )
         log.info("donor bank: %d faces of %d identities", len(bank), bank.identities)
         return bank

@@ -5,21 +5,73 @@ Cydral Technology, dedicated to the public domain under CC0 1.0) and dlib's 5-po
 predictor (CC0), run through onnxruntime. On utkface_dev adults it agrees with the labels on
 about 97 % of genders (age mean absolute error about 8 years), see BENCHMARKS.md.
 
-A face's traits are two numbers: P(female) in [0, 1] and age in years; NaN where unknown.
-Donors are then chosen from the original's gender side and age band (``compatible``).
+A face's traits are three numbers: P(female) in [0, 1], age in years, and a facial-hair score
+(``facial_hair``, from the 68 landmarks: no model); NaN where unknown. Donors are then chosen
+from the original's gender side and age band, and with facial hair when the original has it,
+clean-shaven when it has none (``compatible``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 NAME = "age-and-gender-v1"
+N_TRAITS = 3  # P(female), age, facial-hair score
+# Facial hair: the upper lip's darkness below the upper cheeks' (a share of their lightness)
+# plus a little of its texture. 0.2 separates 49 of 56 hand-labelled utkface_dev faces
+# (tests/data/facial_hair_labels.csv; the threshold was chosen on those labels).
+FACIAL_HAIR = 0.2
+_UPPER_LIP = [48, 31, 32, 33, 34, 35, 54, 53, 52, 51, 50, 49]
+_CHIN = [48, 59, 58, 57, 56, 55, 54, 10, 9, 8, 7, 6]
+_UPPER_CHEEKS = ([41, 40, 31, 2, 1], [46, 47, 35, 14, 15])
+_TEXTURE_WEIGHT, _TEXTURE_BASE = 0.3, 0.6
+
+
+def padded(traits: np.ndarray) -> np.ndarray:
+    """``traits`` (... x 2 or ... x 3) as ... x N_TRAITS, NaN where a column is missing."""
+    t = np.asarray(traits, np.float32)
+    missing = N_TRAITS - t.shape[-1]
+    if missing <= 0:
+        return t[..., :N_TRAITS]
+    return np.concatenate([t, np.full((*t.shape[:-1], missing), np.nan, np.float32)], axis=-1)
+
+
+def facial_hair(image: np.ndarray, points68: np.ndarray) -> float:
+    """Facial-hair score of one face (RGB uint8, its 68 points): how much darker the upper lip
+    is than the upper cheeks, as a share of the cheeks' lightness, plus 0.3 x how much more
+    fine texture the upper lip and chin carry (a ratio, 0.6 typical of bare skin). Compared
+    within the face, so skin tone and exposure cancel; >= FACIAL_HAIR reads as facial hair.
+    NaN when the regions fall outside the image."""
+    pts = np.asarray(points68, np.float64)
+    h, w = image.shape[:2]
+    lo = np.clip(np.floor(pts.min(axis=0)) - 4, 0, [w, h]).astype(int)
+    hi = np.clip(np.ceil(pts.max(axis=0)) + 5, 0, [w, h]).astype(int)
+    if (hi - lo).min() < 8:
+        return float("nan")
+    crop = image[lo[1] : hi[1], lo[0] : hi[0]].astype(np.float32) / 255.0
+    light = cv2.cvtColor(crop, cv2.COLOR_RGB2Lab)[..., 0]
+    local = pts - lo
+
+    def region(*parts: list[int]) -> np.ndarray:
+        mask = np.zeros(light.shape, np.uint8)
+        cv2.fillPoly(mask, [np.round(local[p]).astype(np.int32) for p in parts], 1)
+        return mask > 0
+
+    cheeks, lip, chin = region(*_UPPER_CHEEKS), region(_UPPER_LIP), region(_CHIN)
+    if cheeks.sum() < 8 or lip.sum() < 8:
+        return float("nan")
+    texture = np.abs(light - cv2.GaussianBlur(light, (0, 0), 1.5))
+    ref = float(np.median(light[cheeks]))
+    darker = (ref - float(np.median(light[lip]))) / max(ref, 1.0)
+    rough = float(np.median(texture[lip | chin])) / (float(np.median(texture[cheeks])) + 0.5)
+    return darker + _TEXTURE_WEIGHT * (rough - _TEXTURE_BASE)
 
 
 @dataclass(frozen=True)
@@ -33,18 +85,31 @@ class TraitBands:
     age_band: float = 8.0
     age_ratio: float = 0.35
 
+    def widened(self, factor: float = 1.5) -> TraitBands:
+        """The same bands with ``factor`` times the age tolerance."""
+        return replace(self, age_band=factor * self.age_band, age_ratio=factor * self.age_ratio)
+
     def age_tolerance(self, age: float) -> float:
         return max(self.age_band, self.age_ratio * age)
 
-    def compatible(self, own: np.ndarray, donors: np.ndarray, use_age: bool = True) -> np.ndarray:
-        """Which donors' traits (B x 2) match ``own`` (2,); unknown traits constrain nothing."""
+    def compatible(
+        self, own: np.ndarray, donors: np.ndarray, use_age: bool = True, use_hair: bool = True
+    ) -> np.ndarray:
+        """Which donors' traits (B x 2 or B x 3) match ``own`` (2 or 3); the original's unknown
+        traits constrain nothing, a donor's unknown trait fails a constraint. With
+        ``use_hair``, a face with facial hair takes donors with it, a clean-shaven face
+        clean-shaven donors."""
         ok = np.ones(len(donors), bool)
-        female, age = float(own[0]), float(own[1])
+        own, donors = padded(own), padded(donors)
+        female, age, hair = (float(v) for v in own)
         if not np.isnan(female):
             side = 1.0 if female >= 0.5 else -1.0
             ok &= side * (donors[:, 0] - 0.5) >= self.gender_margin
         if use_age and not np.isnan(age):
             ok &= np.abs(donors[:, 1] - age) <= self.age_tolerance(age)
+        if use_hair and not np.isnan(hair):
+            known = ~np.isnan(donors[:, 2])
+            ok &= known & ((np.nan_to_num(donors[:, 2]) >= FACIAL_HAIR) == (hair >= FACIAL_HAIR))
         return ok
 
 
