@@ -9,9 +9,11 @@ clean-up of speckle), so they are found by shape:
    expected look (the mean texture on the original's geometry);
 2. excess: where the original's response exceeds the expected's (spread a little, so brows and
    eyelids a few pixels apart do not count), outside the eyes and brows themselves;
-3. rings: rays from each eye's centre, sideways and downwards; a face wears glasses when most
-   rays of both eyes cross an excess line between 0.15 and 0.7 inter-ocular distances out.
-   Then the line pixels those rays cross, and what connects to them, are the frames.
+3. a bridge and two rings: a face wears glasses when an excess line crosses most of the nose
+   bridge (between the inner eye corners, from the brows' inner ends down to the nose's top),
+   and, for both eyes, some of the rays from the eye's centre, sideways and downwards, cross
+   an excess line between 0.15 and 0.7 inter-ocular distances out. The line pixels those rays
+   cross, and what connects to them near the eyes, are the frames.
 
 The eyes inside the lenses stay the surrogate's; wrinkles, bags and shadows seldom form two
 rings and are left to the surrogate.
@@ -26,7 +28,8 @@ from faceveil.anon_core.surrogate import geometry as geo
 
 LINE_WIDTH = 0.07  # frames thinner than this (inter-ocular distances) count as lines
 EXCESS = 7.0  # Lab lightness by which the original's line response must exceed the expected's
-RING_HIT = 0.6  # share of rays per eye that must cross a frame
+RING_HIT = 0.28  # share of rays per eye that must cross a frame
+BRIDGE = 0.6  # share of the nose bridge's width that a line must cross
 _REACH = (0.15, 0.7)  # where along a ray a frame may lie, in inter-ocular distances
 # Ray directions (degrees, 0 = away from the nose, 90 = down); the upper rim hides in the brows.
 _ANGLES = np.deg2rad(np.arange(-30.0, 211.0, 15.0))
@@ -65,8 +68,8 @@ def frames(
     spread = cv2.dilate(_lines(expected_l, radius), _disk(0.04 * iod))
     inside = cv2.erode(face.astype(np.uint8), _disk(radius + 1)) > 0
     excess = (_lines(original_l, radius) - spread > EXCESS) & inside & ~features
-    if not excess.any():
-        return excess
+    if not excess.any() or _bridge(excess, points) < BRIDGE:
+        return np.zeros_like(excess)
     _, labels = cv2.connectedComponents(excess.astype(np.uint8), connectivity=8)
     # Rays look one pixel either side, so a gap in a thin line does not hide it.
     reach = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
@@ -80,7 +83,24 @@ def frames(
             return np.zeros_like(excess)
         hit.update(found.values())
         cv2.circle(near, tuple(int(round(c)) for c in centre), int(round(_REACH[1] * iod)), 1, -1)
-    return np.isin(labels, sorted(hit)) & (near > 0)
+    # Small gaps in a kept frame (a faint stretch of a thin line) are closed.
+    kept = (np.isin(labels, sorted(hit)) & (near > 0)).astype(np.uint8)
+    return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, _disk(0.03 * iod)) > 0
+
+
+def _bridge(excess: np.ndarray, points: np.ndarray, columns: int = 12) -> float:
+    """Share of the nose bridge's width (between the inner eye corners, 20 % to 80 %) where
+    a line runs somewhere from the brows' inner ends down to the top of the nose."""
+    h, w = excess.shape
+    crossed = []
+    for u in np.linspace(0.2, 0.8, columns):
+        top = points[21] + u * (points[22] - points[21])
+        bottom = points[28] + (u - 0.5) * (points[42] - points[39])
+        steps = max(2, int(np.linalg.norm(bottom - top)) + 1)
+        path = np.round(top + np.linspace(0.0, 1.0, steps)[:, None] * (bottom - top)).astype(int)
+        inside = (path[:, 0] >= 0) & (path[:, 0] < w) & (path[:, 1] >= 0) & (path[:, 1] < h)
+        crossed.append(bool(excess[path[inside, 1], path[inside, 0]].any()))
+    return float(np.mean(crossed))
 
 
 def _ray_hits(

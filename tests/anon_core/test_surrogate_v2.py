@@ -244,7 +244,7 @@ def test_glasses_frames_are_kept_and_the_eyes_are_not(utk_context, models):
 
 
 def _hair_labels() -> dict[str, int]:
-    """Facial hair (1) or clean-shaven (0), labelled by eye (tests/data/facial_hair_labels.md)."""
+    """Facial hair (1) or clean-shaven (0), labelled by eye (tests/data/face_labels.md)."""
     with open(Path(__file__).parents[1] / "data" / "facial_hair_labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     root = shared_path("data", "utkface_dev")

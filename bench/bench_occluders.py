@@ -1,0 +1,168 @@
+"""Glasses and facial hair in the surrogate (issue 12 part 1), on hand-labelled real faces.
+
+A first pass over 144 utkface_dev adults (36 per group: men and women, 20-35 and 50-75, the
+first by file name; the same faces as ``tests/anon_core/test_surrogate_v2.py``), then:
+
+- facial hair: the trait read at its threshold against 56 faces labelled by eye
+  (``tests/data/facial_hair_labels.csv``), and the share of labelled donors with facial hair
+  that bearded and clean-shaven originals get, with the trait used and with it left out;
+- glasses: on how many of the 19 faces with glasses (``tests/data/glasses_labels.csv``) frames
+  are found and kept, and on how many of the other 125 lines are wrongly kept as frames;
+- cost: CPU time per face of the facial-hair score, and of a surrogate with and without the
+  frame search.
+
+Run from the repository root: ``python -m bench.bench_occluders`` (about a minute of CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench.common import missing_shared, shared_root
+from faceveil.anon_core.detectors import build_detector
+from faceveil.anon_core.embeddings import DlibEmbedder
+from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from faceveil.anon_core.surrogate import collect_faces, context_from_table, glasses
+from faceveil.anon_core.surrogate.traits import FACIAL_HAIR, facial_hair
+
+KEY = b"bench-occluders-key-0123456789ab"
+PER_GROUP = 36
+PAD = 60
+LABELS = Path(__file__).parents[1] / "tests" / "data"
+
+
+def first_pass_paths(root: Path) -> list[Path]:
+    """The 144 adults of the surrogate v2 test, by the labels' age and gender."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    with open(root / "labels.csv", newline="") as f:
+        for row in sorted(csv.DictReader(f), key=lambda r: r["path"]):
+            age, gender = int(row["age"]), int(row["gender_0male_1female"])
+            band = 0 if 20 <= age <= 35 else 1 if 50 <= age <= 75 else None
+            if band is not None:
+                groups.setdefault((gender, band), []).append(row["path"])
+    return [root / p for p in sorted(p for rows in groups.values() for p in rows[:PER_GROUP])]
+
+
+def padded(path: Path) -> np.ndarray:
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return cv2.copyMakeBorder(rgb, *(PAD,) * 4, cv2.BORDER_REPLICATE)
+
+
+def labels(name: str, column: str, root: Path) -> dict[str, str]:
+    with open(LABELS / name, newline="") as f:
+        return {str(root / r["path"]): r[column] for r in csv.DictReader(f)}
+
+
+def donor_shares(table, hair: dict[str, str], use_trait: bool) -> tuple[float, float]:
+    """Mean share of labelled donors with facial hair, for bearded and clean originals."""
+    if not use_trait:
+        traits = table.known_traits().copy()
+        traits[:, 2] = np.nan
+        table = replace(table, traits=traits, donors=tuple(_no_hair(d) for d in table.donors))
+    context = context_from_table(table)
+    method = Surrogate(KEY, context)
+    share: dict[str, list[float]] = {"0": [], "1": []}
+    for face_id, emb, skin in zip(table.ids, table.embeddings, table.skin, strict=True):
+        own = hair.get(face_id.rsplit("#", 1)[0])
+        if own is None:
+            continue
+        _, donors = method.donor_set(emb, skin)
+        known = [hair.get(context.bank.ids[d].rsplit("#", 1)[0]) for d in donors]
+        known = [k == "1" for k in known if k is not None]
+        if known:
+            share[own].append(float(np.mean(known)))
+    return float(np.mean(share["1"])), float(np.mean(share["0"]))
+
+
+def _no_hair(donor):
+    traits = np.array(donor.traits, np.float32)
+    traits[2] = np.nan
+    return replace(donor, traits=traits)
+
+
+def glasses_found(images: dict[str, np.ndarray], context, worn: dict[str, str]) -> dict:
+    """Faces whose frames were found, with and without glasses; CPU ms per surrogate with
+    and without the frame search."""
+    search = glasses.frames
+    found: list[bool] = []
+
+    def recording(*args):
+        mask = search(*args)
+        found.append(bool(mask.any()))
+        return mask
+
+    detector = build_detector("centerface", threads=1)
+    result = {}
+    for name, finder in (("with", recording), ("without", lambda a, *_: np.zeros(a.shape, bool))):
+        glasses.frames = finder
+        anonymize = FaceAnonymizer(
+            AnonConfig(method="surrogate"), detector, Surrogate(KEY, context)
+        )
+        hits, start = {True: 0, False: 0}, time.process_time()
+        for path, image in images.items():
+            found.clear()
+            anonymize(image)
+            hits[path in worn] += any(found)
+        result[name] = (hits, 1000 * (time.process_time() - start) / len(images))
+    glasses.frames = search
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.parse_args(argv)
+    root = shared_root() / "data" / "utkface_dev"
+    if missing_shared("bench_occluders", root / "labels.csv"):
+        return 2
+    paths = first_pass_paths(root)
+    images = {str(p): padded(p) for p in paths}
+    models = (build_detector("centerface", threads=1), Dlib68(), DlibEmbedder())
+    table = collect_faces(list(images.items()), *models)
+    hair = labels("facial_hair_labels.csv", "facial_hair", root)
+    worn = labels("glasses_labels.csv", "glasses", root)
+
+    ids = [i.rsplit("#", 1)[0] for i in table.ids]
+    scores = dict(zip(ids, table.known_traits()[:, 2], strict=True))
+    read = [(scores[p] >= FACIAL_HAIR) == (v == "1") for p, v in hair.items() if p in scores]
+    print(f"first pass: {len(table)} faces of {len(paths)} images")
+    print(f"facial hair read right: {sum(read)} of {len(read)} labelled ({np.mean(read):.1%})")
+    for use in (True, False):
+        bearded, clean = donor_shares(table, hair, use)
+        print(
+            f"donors with facial hair, trait {'used' if use else 'left out'}: bearded originals"
+            f" {bearded:.0%}, clean-shaven originals {clean:.0%}"
+        )
+    faces = models[1](list(images.values()), models[0](list(images.values())))
+    start, timed = time.process_time(), 0
+    for image, found in zip(images.values(), faces, strict=True):
+        for points in found.landmarks68:
+            facial_hair(image, points)
+            timed += 1
+    print(f"facial-hair score: {1000 * (time.process_time() - start) / timed:.2f} ms CPU per face")
+
+    context = context_from_table(table)
+    result = glasses_found(images, context, worn)
+    hits, ms = result["with"]
+    print(
+        f"glasses: frames kept on {hits[True]} of {len(worn)} faces with glasses, lines kept"
+        f" as frames on {hits[False]} of {len(images) - len(worn)} without"
+    )
+    print(
+        f"surrogate CPU ms per image: {ms:.1f} with the frame search,"
+        f" {result['without'][1]:.1f} without"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
