@@ -146,7 +146,7 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     refs = [] if args.purpose == "reshare" else sample_refs(out, escrow, wanted, commitments)
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
     spec = RequestSpec(
-        args.purpose, tuple(refs), args.reason, requester_name(args), new_policy,
+        args.purpose, tuple(refs), args.reason, requester_name(args), new_policy=new_policy,
         log_tail=str(verified.report.tail), valid_for=timedelta(days=args.valid_days),
     )  # fmt: skip
     params = ScryptParams(n=2**args.kdf_work)

@@ -57,9 +57,8 @@ from faceveil.manifests.request import (
     RestoreRequest,
     SampleRef,
     check_request,
-    iso_time,
 )
-from faceveil.manifests.signed import ApprovedRequest, SignedApproval, verify_signed
+from faceveil.manifests.signed import ApprovedRequest, SignedApproval, iso_time, verify_signed
 
 log = logging.getLogger(__name__)
 
