@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from faceveil.anon_core.config import from_args
 from faceveil.jobs.exitcodes import ExitCode, refused
 
 
@@ -41,17 +42,7 @@ def audit_faces_command(args: argparse.Namespace) -> int:
     """Run ``faceveil audit faces``."""
     from faceveil.jobs.residual import ResidualConfig, find_residual_faces, write_residual_report
 
-    config = ResidualConfig(
-        out=args.out,
-        detector=args.detector,
-        model_root=args.model_root,
-        threshold=args.threshold,
-        min_iou=args.min_iou,
-        min_cover=args.min_cover,
-        device=args.device,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
+    config = from_args(ResidualConfig, args, progress=not args.no_progress)
     try:
         report = find_residual_faces(config)
     except (ValueError, FileNotFoundError) as exc:
