@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -34,7 +33,6 @@ from bench.common import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-_SUMMARY = re.compile(r"(\d+) samples in, .* ([\d.]+) samples/s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,7 +164,7 @@ def _run_job(
     secret = str(workdir / "job.secret")
     command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(images), str(out), "--method",
                "blur", "--secret-file", secret, "--no-progress", *escrow_args]  # fmt: skip
-    return measured_job(command, workdir / f"log-{out.name}", env, REPO, _SUMMARY)
+    return measured_job(command, workdir / f"log-{out.name}", env, REPO)
 
 
 def job_part(args: argparse.Namespace) -> str:

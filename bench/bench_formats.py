@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import re
 import secrets
 import sys
 import tarfile
@@ -32,7 +31,6 @@ from bench.common import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-_SUMMARY = re.compile(r"(\d+) samples in, (\d+) out, (\d+) quarantined")
 FORMATS = ("webdataset", "parquet")
 
 
@@ -81,7 +79,7 @@ def _run(fmt: str, source: Path, out: Path, secret: Path, extra: list[str]) -> t
                "--method", "blur", "--no-escrow", "--no-progress", "--secret-file", str(secret),
                "--output-format", fmt, *extra]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    return measured_job(command, out.parent / f"log-{out.name}", env, REPO, _SUMMARY)
+    return measured_job(command, out.parent / f"log-{out.name}", env, REPO)
 
 
 def report(results: dict[str, list[tuple]], images: int) -> str:

@@ -18,6 +18,10 @@ from importlib import metadata
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_RUN_SUMMARY = re.compile(
+    r"(\d+)/(\d+) shards done .* (\d+) samples in, (\d+) out, (\d+) quarantined, (\d+) faces, "
+    r"(\d+) shards failed, ([\d.]+) samples/s"
+)
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -331,22 +335,40 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
     return "\n".join(line.rstrip() for line in lines)
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures of the line ``faceveil run`` ends with (``jobs.run.JobSummary.line``)."""
+
+    shards_done: int
+    shards_total: int
+    samples_in: int
+    samples_out: int
+    quarantined: int
+    faces: int
+    shards_failed: int
+    rate: float
+
+
+def run_summary(text: str) -> RunSummary | None:
+    """The summary line of a ``faceveil run`` output ``text``, parsed; None where it is missing."""
+    found = _RUN_SUMMARY.search(text)
+    if found is None:
+        return None
+    *counts, rate = found.groups()
+    return RunSummary(*map(int, counts), float(rate))
+
+
 def measured_job(
-    command: Sequence[str],
-    workdir: str | Path,
-    env: Mapping[str, str],
-    cwd: str | Path,
-    summary: re.Pattern[str],
+    command: Sequence[str], workdir: str | Path, env: Mapping[str, str], cwd: str | Path
 ) -> tuple[float, float, int]:
     """Run the ``faceveil run`` ``command`` with :func:`run_measured`; SystemExit with its stderr
-    tail if it fails. Returns (wall s, CPU s, samples in): the count is ``summary``'s first
-    group in its output, 0 where the summary line is missing."""
+    tail if it fails. Returns (wall s, CPU s, samples in): the count is its summary line's, 0
+    where that line is missing."""
     measured = run_measured(command, workdir, env=env, cwd=cwd)
     if measured.returncode != 0:
         raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
-    match = summary.search(measured.stdout + measured.stderr)
-    count = int(match.group(1)) if match else 0
-    return measured.wall_s, measured.cpu_s, count
+    summary = run_summary(measured.stdout + measured.stderr)
+    return measured.wall_s, measured.cpu_s, summary.samples_in if summary else 0
 
 
 def shared_root() -> Path:
