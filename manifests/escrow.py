@@ -48,13 +48,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from faceveil.manifests import threshold
-from faceveil.manifests.canonical import JsonFile
+from faceveil.manifests.canonical import JsonFile, canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
     seal_to,
 )

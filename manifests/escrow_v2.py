@@ -59,12 +59,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from faceveil.manifests import shamir
 from faceveil.manifests.audit import key_id
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
 )
 from faceveil.manifests.envelope import MasterKey

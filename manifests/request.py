@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from faceveil.manifests import signed
 from faceveil.manifests.audit import utc_now
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     ScryptParams,
     b64d,
     b64e,
-    canonical_json,
 )
 from faceveil.manifests.errors import CustodianKeyError, RestoreError
 from faceveil.manifests.escrow import (

@@ -46,13 +46,13 @@ from typing import ClassVar
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from faceveil.manifests.audit import utc_now
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
     seal_to,
 )
