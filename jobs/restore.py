@@ -41,7 +41,7 @@ from faceveil.manifests.escrow import (
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
 from faceveil.manifests.request import SampleRef
-from faceveil.manifests.sealing import kms_sample_key, open_row, row_aad
+from faceveil.manifests.sealing import kms_data_key, open_row, row_aad
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def kms_data_keys(
             where = ShardRef(escrow.job_id, ref.escrow_id, ref.shard)
             shard_keys[ref.shard] = kms_open_shard_key(kms, policy, where, manifest.kms_blob)
         label = escrow.epoch(ref.escrow_id).label(ref.shard, ref.sample_id)
-        out_keys[(ref.shard, ref.sample_id)] = kms_sample_key(
+        out_keys[(ref.shard, ref.sample_id)] = kms_data_key(
             shard_keys[ref.shard], escrow.job_id, label
         )
     return out_keys
@@ -222,7 +222,7 @@ def iter_images(
                 raise RestoreError(f"data/{shard}.tar: {sample.refused}")
             for ext, data in sample.members.items():
                 if ext.lower() in IMAGE_MEMBER_EXTS:
-                    yield sample.key, ext.lower(), data
+                    yield sample.sample_id, ext.lower(), data
 
 
 def open_v2_row(data_key: bytes, job_id: str, shard: str, row: KeyRow, anon_sha256: str) -> Payload:

@@ -46,7 +46,7 @@ def _add_run_options(p) -> None:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--resume", action="store_true", help="skip shards already done")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--secret-file", help="32-byte key file for sample keys (default "
+    p.add_argument("--secret-file", help="32-byte secret the sample ids are keyed with (default "
                    "~/.faceveil/secret.key; either is created on first use)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     sur = p.add_argument_group("surrogate (--method surrogate)")
