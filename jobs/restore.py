@@ -296,7 +296,8 @@ def restore_samples(
     data_keys: Mapping[tuple[str, str], bytes],
     staging: Path,
 ) -> dict[str, tuple[str, str]]:
-    """Open and rebuild exactly ``refs`` into ``staging``; key -> (file name, source URI).
+    """Open and rebuild exactly ``refs`` into ``staging``; sample id -> (file name,
+    source URI).
 
     Each manifest touched must match the row list the job signed.
     """
@@ -328,7 +329,8 @@ def restore_samples(
 
 
 def publish_restored(staging: Path, dest: Path, restored: dict[str, tuple[str, str]]) -> None:
-    """Move the staged originals into ``dest`` and merge ``dest/restored.json`` (key -> URI)."""
+    """Move the staged originals into ``dest`` and merge ``dest/restored.json`` (sample id ->
+    source URI)."""
     for name, _ in restored.values():
         os.replace(staging / name, dest / name)
     index_path = dest / "restored.json"
