@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import fsspec
@@ -58,14 +58,8 @@ class Residual:
     status: str
 
     def to_json(self) -> dict:
-        """The face's entry in ``residual_faces.json`` (the sample id under ``key``)."""
-        return {
-            "shard": self.shard,
-            "key": self.sample_id,
-            "bbox": self.bbox,
-            "score": self.score,
-            "status": self.status,
-        }
+        """The face's entry in ``residual_faces.json``: its fields, the sample id under ``key``."""
+        return {("key" if n == "sample_id" else n): v for n, v in asdict(self).items()}
 
 
 @dataclass
