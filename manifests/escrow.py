@@ -67,7 +67,7 @@ LABEL_FORMAT = "faceveil-sample-label/1"
 SHARE_CONTEXT = "escrow-share/v3"
 _ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/.+")
 _ID = re.compile(r"[0-9a-f]{32}")
-_SHARD = re.compile(r"shard-\d{6,}")
+SHARD_NAME = re.compile(r"shard-\d{6,}")  # a shard, without extension
 
 
 class KmsClient(Protocol):
@@ -492,7 +492,7 @@ class ShardRef:
     shard: str
 
     def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard):
+        if not SHARD_NAME.fullmatch(self.shard):
             raise ValueError("a shard name is shard-NNNNNN")
 
     def context(self) -> dict[str, str]:

@@ -39,6 +39,7 @@ from faceveil.manifests.custodian import (
 )
 from faceveil.manifests.errors import CustodianKeyError, RestoreError
 from faceveil.manifests.escrow import (
+    SHARD_NAME,
     Escrow,
     Policy,
     ShamirPolicy,
@@ -58,7 +59,6 @@ REQUEST_FORMAT = "faceveil-restore-request/4"
 REQUEST_KEY_FORMAT = "faceveil-request-key/2"
 PURPOSES = ("restore", "reshare", "rekey")
 _REQUEST_LABEL = b"faceveil/request/v4|"
-_SHARD = re.compile(r"shard-\d{6,}")
 _SAMPLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
@@ -73,7 +73,7 @@ class SampleRef:
     wrapped: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.sample_id):
+        if not SHARD_NAME.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.sample_id):
             raise RestoreError("a requested sample has a malformed shard or sample id")
 
     def to_json(self) -> dict:

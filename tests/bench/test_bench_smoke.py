@@ -109,3 +109,13 @@ def test_run_summary_reads_the_line_the_job_prints() -> None:
     assert (parsed.samples_in, parsed.samples_out, parsed.quarantined) == (120, 117, 3)
     assert (parsed.faces, parsed.shards_failed, parsed.rate) == (140, 1, 15.0)
     assert _common().run_summary("faceveil run: error: no input") is None
+
+
+def test_job_rounds_alternate_their_order() -> None:
+    order = list(_common().JobTimer.alternated(("webdataset", "parquet"), 3))
+    assert order == [
+        (0, "webdataset"), (0, "parquet"),
+        (1, "parquet"), (1, "webdataset"),
+        (2, "webdataset"), (2, "parquet"),
+    ]  # fmt: skip
+    assert _common().JobTimer.mean([(2.0, 4.0, 10), (4.0, 8.0, 10)]) == (3.0, 6.0)
