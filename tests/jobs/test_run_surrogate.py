@@ -154,14 +154,6 @@ def test_no_linkage_run_records_it_and_publishes_no_pseudonym(lfw_job, surrogate
     assert [f["bbox"] for f in faces] == [f["bbox"] for f in linked_faces]
 
 
-def test_linkage_with_another_method_is_refused(tmp_path, secret_file, capsys):
-    (tmp_path / "photos").mkdir()
-    args = ["run", str(tmp_path / "photos"), str(tmp_path / "out"), "--no-escrow",
-            "--secret-file", str(secret_file), "--linkage", "none"]  # fmt: skip
-    assert main(args) == 1
-    assert "--linkage apply to --method surrogate only" in capsys.readouterr().err
-
-
 def test_too_few_people_fail_before_anything_is_anonymized(tmp_path, secret_file, ray_local,
                                                            capsys):  # fmt: skip
     write_folder(tmp_path / "photos", varied_faces(12))
@@ -203,6 +195,8 @@ def test_surrogate_flags_with_another_method_are_refused(tmp_path, secret_file, 
             "--secret-file", str(secret_file), "--privacy", "0.2"]  # fmt: skip
     assert main(args) == 1
     assert "apply to --method surrogate only" in capsys.readouterr().err
+    assert main([*args[:-2], "--linkage", "none"]) == 1
+    assert "--linkage apply to --method surrogate only" in capsys.readouterr().err
     key = new_key_file(tmp_path / "team.key")
     assert main([*args[:-2], "--key-file", str(key)]) == 1
     assert "--key-file is used by --method surrogate only" in capsys.readouterr().err
