@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -133,6 +134,25 @@ def test_resume_with_another_linkage_is_refused(lfw_job, surrogate_run, capsys):
     assert main(args) == 1
     assert "another config" in capsys.readouterr().err
     assert (surrogate_run / "job.json").read_bytes() == before
+
+
+def test_a_job_recorded_before_linkage_existed_resumes_as_person(lfw_job, surrogate_run):
+    """job.json written before ``--linkage``: its options lack the key, and its config_sha256 is
+    the SHA-256 of the sorted-key JSON of that config. A --resume (linkage person, the only
+    behaviour then) is accepted and rewrites nothing; --linkage none is still refused."""
+    base, photos, _, secret, key = lfw_job
+    old = base / "recorded-before-linkage"
+    shutil.copytree(surrogate_run, old)
+    job = json.loads((old / "job.json").read_text())
+    del job["config"]["anon"]["method_options"]["linkage"]
+    job["config_sha256"] = hashlib.sha256(
+        json.dumps(job["config"], sort_keys=True).encode()
+    ).hexdigest()
+    (old / "job.json").write_text(json.dumps(job))
+    data = {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")}
+    assert main(_surrogate_args(photos, old, secret, key, "--resume")) == 0
+    assert {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")} == data
+    assert main(_surrogate_args(photos, old, secret, key, "--linkage", "none", "--resume")) == 1
 
 
 def test_no_linkage_run_records_it_and_publishes_no_pseudonym(lfw_job, surrogate_run):
