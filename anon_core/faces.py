@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -109,3 +109,98 @@ def matched(found: Faces, box: np.ndarray, min_iou: float = 0.3) -> bool:
     if len(found) == 0:
         return False
     return bool(iou_matrix(found.boxes, np.asarray(box, np.float64)[None, :4]).max() >= min_iou)
+
+
+# Two detections are one face when this share of the smaller box lies inside the other (a box
+# inside a box, or two boxes of one face that the detector's suppression let through).
+NESTED = 0.6
+# Two such detections that both have reliable landmarks are still two faces when their five
+# points lie further apart than this many inter-ocular distances on average.
+SAME_POINTS = 0.5
+
+
+def box_regions(faces: Faces, shape: tuple[int, ...]) -> np.ndarray:
+    """The face boxes themselves as whole pixels (outward), clipped to the image, N x 4 int."""
+    h, w = shape[:2]
+    b = faces.boxes[:, :4].astype(np.float64)
+    out = np.stack([np.floor(b[:, 0]), np.floor(b[:, 1]), np.ceil(b[:, 2]), np.ceil(b[:, 3])], 1)
+    return np.clip(out, 0, [w, h, w, h]).astype(np.int32).reshape(-1, 4)
+
+
+def one_per_face(faces: Faces) -> Faces:
+    """``faces`` with every face that was detected more than once kept once, so that each face
+    gets one decision from any method.
+
+    Detections are ranked reliable first (``extras['reliable']`` when the landmark model set
+    it), then by score; a detection whose box lies ``NESTED`` inside or around a higher-ranked
+    one is merged into it, unless both have reliable landmarks that place the face elsewhere
+    (two people). A merged face keeps the landmarks, embedding and score of its highest-ranked
+    detection and gets a box (``cover_box``) whose whole-face region covers the regions of all
+    its detections, so blur, pixelate and mask change at least every pixel they changed before.
+    """
+    n = len(faces)
+    if n < 2:
+        return faces
+    reliable = faces.extras.get("reliable")
+    owner = _owners(faces, None if reliable is None else np.asarray(reliable, bool).reshape(n))
+    keep = np.flatnonzero(owner == np.arange(n))
+    if len(keep) == n:
+        return faces
+    merged = faces.select(keep)
+    boxes = merged.boxes.copy()
+    for k, i in enumerate(keep):
+        boxes[k, :4] = cover_box(faces.boxes[owner == i, :4])
+    extras = dict(faces.extras)
+    if reliable is not None:
+        extras["reliable"] = np.asarray(reliable, bool).reshape(n)[keep]
+    return replace(merged, boxes=boxes, extras=extras)
+
+
+def _owners(faces: Faces, reliable: np.ndarray | None) -> np.ndarray:
+    """For each detection, the index of the detection that stands for its face."""
+    n = len(faces)
+    b = faces.boxes.astype(np.float64)
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    sure = np.ones(n, bool) if reliable is None else reliable
+    rank = sorted(range(n), key=lambda i: (not sure[i], -b[i, 4], i))
+    owner = np.arange(n)
+    for pos, j in enumerate(rank):
+        for i in rank[:pos]:
+            w = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
+            h = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+            nested = max(w, 0.0) * max(h, 0.0) >= NESTED * max(min(area[i], area[j]), 1e-6)
+            located = reliable is not None and reliable[i] and reliable[j]
+            if owner[i] == i and nested and not (located and not _same_points(faces, i, j)):
+                owner[j] = i
+                break
+    return owner
+
+
+def _same_points(faces: Faces, i: int, j: int) -> bool:
+    a = faces.landmarks5[i].reshape(5, 2).astype(np.float64)
+    b = faces.landmarks5[j].reshape(5, 2).astype(np.float64)
+    iod = max(np.linalg.norm(a[0] - a[1]), np.linalg.norm(b[0] - b[1]), 1e-6)
+    return bool(np.linalg.norm(a - b, axis=1).mean() <= SAME_POINTS * iod)
+
+
+def _effective(boxes: np.ndarray) -> np.ndarray:
+    """Boxes (N x 4) widened about their centre to the width ``face_regions`` gives them
+    (at least 0.8 of their height): the region of a box is that of its effective box, and for
+    such boxes a box inside another has its region inside the other's."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cx = (b[:, 0] + b[:, 2]) / 2
+    half = np.maximum(b[:, 2] - b[:, 0], 0.8 * (b[:, 3] - b[:, 1])) / 2
+    return np.stack([cx - half, b[:, 1], cx + half, b[:, 3]], axis=1)
+
+
+def cover_box(boxes: np.ndarray) -> np.ndarray:
+    """One box for the detections ``boxes`` (N x 4) of one face whose ``face_regions`` region
+    (any grow) covers each of theirs: the box whose effective box contains the others', or
+    else the union of their effective boxes, rounded outward to whole pixels."""
+    eff = _effective(boxes)
+    for k in range(len(eff)):
+        if (eff[k, :2] <= eff[:, :2]).all() and (eff[k, 2:] >= eff[:, 2:]).all():
+            return np.asarray(boxes, np.float32)[k, :4]
+    union = [np.floor(eff[:, 0].min()), np.floor(eff[:, 1].min())]
+    union += [np.ceil(eff[:, 2].max()), np.ceil(eff[:, 3].max())]
+    return np.asarray(union, np.float32)

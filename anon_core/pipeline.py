@@ -12,7 +12,7 @@ import numpy as np
 from faceveil.anon_core.config import AnonConfig
 from faceveil.anon_core.detectors import Detector
 from faceveil.anon_core.embeddings import DlibEmbedder, Embedder, InsightFaceEmbedder
-from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.faces import Faces, one_per_face
 from faceveil.anon_core.imageio import (
     DecodedImage,
     ImageError,
@@ -199,15 +199,18 @@ class FaceAnonymizer:
         return [quarantined(step, f"{name or self.method.name} failed{on} ({type(exc).__name__})")]
 
     def prepare_faces(self, images: Sequence[np.ndarray], found: Sequence[Faces]) -> list[Faces]:
-        """The batched face stage: fill landmarks68, extras['reliable'], embeddings and
-        extras['embedder'] when the method needs them."""
+        """The batched face stage, before any method runs: fill landmarks68 and
+        extras['reliable'] when the method needs them, merge the detections of one face
+        (``one_per_face``: a face detected twice gets one region, one surrogate or one mask),
+        then fill embeddings and extras['embedder'] when the method needs them."""
         todo = [i for i, f in enumerate(found) if len(f)]
-        if not todo or (self.landmarks is None and self.embedder is None):
+        if not todo:
             return list(found)
         rgb = [images[i] for i in todo]
         faces = [found[i] for i in todo]
         if self.landmarks is not None:
             faces = self.landmarks(rgb, faces)
+        faces = [one_per_face(f) for f in faces]
         if self.embedder is not None:
             vectors = self.embedder(rgb, faces)
             extras = {"embedder": self.embedder.name}

@@ -34,6 +34,7 @@ MAX_EXACT = 8000
 
 _PSEUDONYM_LABEL = b"faceveil/pseudonym/v1\x00"
 _CHOICE_LABEL = b"faceveil/choice/v1\x00"
+_FACE_LABEL = b"faceveil/face/v1\x00"
 
 
 def check_key(key: bytes) -> bytes:
@@ -48,6 +49,19 @@ def check_key(key: bytes) -> bytes:
 def pseudonym(key: bytes, cluster_id: str, length: int = PSEUDONYM_HEX) -> str:
     """The public pseudonym of an identity cluster: HMAC-SHA256(key, cluster id), hex, truncated."""
     mac = hmac.new(check_key(key), _PSEUDONYM_LABEL + cluster_id.encode(), hashlib.sha256)
+    return mac.hexdigest()[:length]
+
+
+def face_token(key: bytes, image: np.ndarray, box: np.ndarray, length: int = PSEUDONYM_HEX) -> str:
+    """A keyed name for one face of one image, tied to no identity: HMAC-SHA256(key, the image
+    size, the face box in whole pixels and the original pixels inside it), hex, truncated. The
+    same photo gives the same name; two photos of one person give unrelated ones."""
+    h, w = image.shape[:2]
+    x1, y1 = (int(np.clip(np.floor(v), 0, m)) for v, m in zip(box[:2], (w, h), strict=True))
+    x2, y2 = (int(np.clip(np.ceil(v), 0, m)) for v, m in zip(box[2:4], (w, h), strict=True))
+    mac = hmac.new(check_key(key), _FACE_LABEL, hashlib.sha256)
+    mac.update(f"{h}x{w}:{x1},{y1},{x2},{y2}\x00".encode())
+    mac.update(np.ascontiguousarray(image[y1:y2, x1:x2], np.uint8).tobytes())
     return mac.hexdigest()[:length]
 
 

@@ -17,32 +17,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import (
+    JobTimer,
     format_table,
-    lfw_images,
+    job_bench_parser,
     machine_info,
-    measured_job,
     replicate_dataset,
     source_images,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-_SUMMARY = re.compile(r"(\d+) samples in, .* ([\d.]+) samples/s")
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_escrow", description=__doc__)
+    p = job_bench_parser("bench_escrow", __doc__, rounds=1)
     p.add_argument("--samples", type=int, default=10_000, help="samples in the sealed job")
     p.add_argument("--job-images", type=int, default=1000, help="images per faceveil run")
-    p.add_argument("--rounds", type=int, default=1, help="job rounds, order alternated")
-    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
     p.add_argument("--skip-job", action="store_true", help="only the restore part")
     return p.parse_args(argv)
 
@@ -160,45 +153,29 @@ def restore_part(args: argparse.Namespace) -> str:
     return f"{head}\n{table}"
 
 
-def _run_job(
-    images: Path, out: Path, escrow_args: list[str], workdir: Path, env: dict
-) -> tuple[float, float, int]:
-    secret = str(workdir / "job.secret")
-    command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(images), str(out), "--method",
-               "blur", "--secret-file", secret, "--no-progress", *escrow_args]  # fmt: skip
-    return measured_job(command, workdir / f"log-{out.name}", env, REPO, _SUMMARY)
-
-
 def job_part(args: argparse.Namespace) -> str:
-    import secrets as pysecrets
-
     from faceveil.manifests.custodian import ScryptParams, keygen
 
     with tempfile.TemporaryDirectory(prefix="bench-escrow-job-") as tmp:
         work = Path(tmp)
         images = work / "images"
         replicate_dataset(source_images(args.source), images, args.job_images)
-        (work / "job.secret").write_text(pysecrets.token_hex(32))
-        os.chmod(work / "job.secret", 0o600)
+        timer = JobTimer(work)
         pubs = []
         for name in ("alice", "bob", "carol"):
             pub, _ = keygen(name, work / "keys", "bench passphrase", ScryptParams(n=2**15))
             pubs.append(str(pub))
-        env = os.environ | {"PYTHONPATH": str(REPO)}
         choices = {
             "no escrow": ["--no-escrow"],
             "2-of-3 escrow": ["--custodians", *pubs, "--threshold", "2"],
         }
         results: dict[str, list[tuple[float, float, int]]] = {k: [] for k in choices}
-        for r in range(args.rounds):
-            order = list(choices) if r % 2 == 0 else list(reversed(choices))
-            for name in order:
-                out = work / f"out-{name.replace(' ', '_')}-{r}"
-                results[name].append(_run_job(images, out, choices[name], work, env))
+        for r, name in timer.alternated(list(choices), args.rounds):
+            out = work / f"out-{name.replace(' ', '_')}-{r}"
+            results[name].append(timer.run(images, out, choices[name]))
     rows, rates = [], {}
     for name, runs in results.items():
-        wall = sum(w for w, _, _ in runs) / len(runs)
-        cpu = sum(c for _, c, _ in runs) / len(runs)
+        wall, cpu = JobTimer.mean(runs)
         count = runs[0][2] or args.job_images
         rates[name] = count / wall
         rows.append([name, count, f"{wall:.1f}", f"{count / wall:.2f}", f"{count / cpu:.2f}"])

@@ -14,34 +14,27 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import re
-import secrets
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 from bench.common import (
+    JobTimer,
     format_table,
-    lfw_images,
+    job_bench_parser,
     machine_info,
-    measured_job,
     source_images,
     versions,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-_SUMMARY = re.compile(r"(\d+) samples in, (\d+) out, (\d+) quarantined")
 FORMATS = ("webdataset", "parquet")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_formats", description=__doc__)
+    p = job_bench_parser("bench_formats", __doc__, rounds=2)
     p.add_argument("--images", type=int, default=2000, help="images in each dataset")
     p.add_argument("--file-size", type=int, default=500, help="images per input tar or Parquet")
-    p.add_argument("--rounds", type=int, default=2, help="timed rounds, order alternated")
-    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
     p.add_argument("--run-args", default="", help="extra `faceveil run` options, quoted")
     return p.parse_args(argv)
 
@@ -76,14 +69,6 @@ def write_inputs(images: list[bytes], root: Path, file_size: int) -> dict[str, P
     return {"webdataset": wds, "parquet": parquet}
 
 
-def _run(fmt: str, source: Path, out: Path, secret: Path, extra: list[str]) -> tuple:
-    command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(source), str(out),
-               "--method", "blur", "--no-escrow", "--no-progress", "--secret-file", str(secret),
-               "--output-format", fmt, *extra]  # fmt: skip
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    return measured_job(command, out.parent / f"log-{out.name}", env, REPO, _SUMMARY)
-
-
 def report(results: dict[str, list[tuple]], images: int) -> str:
     """Per-round and mean figures of each format, and Parquet's ratios to WebDataset's."""
     rows, rates, per_cpu = [], {}, {}
@@ -93,8 +78,7 @@ def report(results: dict[str, list[tuple]], images: int) -> str:
         for r, (wall, cpu, _) in enumerate(runs):
             rows.append([f"{fmt} (round {r})", f"{wall:.1f}", f"{images / wall:.2f}",
                          f"{images / cpu:.2f}"])  # fmt: skip
-        wall = sum(w for w, _, _ in runs) / len(runs)
-        cpu = sum(c for _, c, _ in runs) / len(runs)
+        wall, cpu = JobTimer.mean(runs)
         rates[fmt], per_cpu[fmt] = images / wall, images / cpu
         rows.append([f"{fmt} in -> {fmt} out, mean", f"{wall:.1f}", f"{rates[fmt]:.2f}",
                      f"{per_cpu[fmt]:.2f}"])  # fmt: skip
@@ -116,13 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
         work = Path(tmp)
         inputs = write_inputs(_images(args.source, args.images), work, args.file_size)
-        secret = work / "job.secret"
-        secret.write_text(secrets.token_hex(32))
-        secret.chmod(0o600)
-        for r in range(args.rounds):
-            for fmt in FORMATS if r % 2 == 0 else tuple(reversed(FORMATS)):
-                out = work / f"out-{fmt}-{r}"
-                results[fmt].append(_run(fmt, inputs[fmt], out, secret, extra))
+        timer = JobTimer(work)
+        for r, fmt in timer.alternated(FORMATS, args.rounds):
+            options = ["--no-escrow", "--output-format", fmt, *extra]
+            results[fmt].append(timer.run(inputs[fmt], work / f"out-{fmt}-{r}", options))
     print(f"== {args.images} images, --method blur, rounds {args.rounds}")
     print(report(results, args.images))
     return 0

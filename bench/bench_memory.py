@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -24,16 +23,13 @@ from bench.common import (
     mib,
     replicate_dataset,
     run_measured,
+    run_summary,
     shared_root,
     source_images,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.2
-_SUMMARY = re.compile(
-    r"(\d+)/(\d+) shards done .* (\d+) samples in, (\d+) out, (\d+) quarantined, (\d+) faces, "
-    r"(\d+) shards failed, ([\d.]+) samples/s"
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,16 +78,16 @@ def run_one(data: Path, work: Path, args: argparse.Namespace) -> dict:
     env["FACEVEIL_SECRET"] = str(work.parent / "secret.key")
     env["FACEVEIL_RAY_TMPDIR"] = str(work.parent / "ray")
     m = run_measured(command, work, env=env, interval=args.interval, pss_interval=1.0)
-    found = _SUMMARY.search(m.stdout)
+    found = run_summary(m.stdout)
     if m.returncode != 0 or found is None:
         tail = "\n".join((m.stdout + m.stderr).splitlines()[-20:])
         raise SystemExit(f"faceveil run failed (exit {m.returncode}):\n{tail}")
-    shards, images = int(found[2]), int(found[3])
+    shards, images = found.shards_total, found.samples_in
     start = pool_start(m.stderr)
     end = max(p.stat().st_mtime for p in (work / "out" / "_done").glob("*.json"))
     window = max(end - start, 1e-6)
-    return {"images": images, "shards": shards, "quarantined": int(found[5]),
-            "faces": int(found[6]), "peak_rss": m.peak_rss, "peak_pss": m.peak_pss,
+    return {"images": images, "shards": shards, "quarantined": found.quarantined,
+            "faces": found.faces, "peak_rss": m.peak_rss, "peak_pss": m.peak_pss,
             "wall_s": m.wall_s, "processing_s": window, "images_per_s": images / window,
             "shards_per_s": shards / window, "e2e_images_per_s": images / m.wall_s,
             "cpu_s": m.cpu_s, "command": command}  # fmt: skip

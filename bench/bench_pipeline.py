@@ -27,6 +27,7 @@ from bench.common import (
     mib,
     replicate_dataset,
     run_measured,
+    run_summary,
     source_images,
     spread,
     versions,
@@ -35,10 +36,6 @@ from bench.common import (
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("loop", "faceveil", "deface")
 TARGETS = {"efficiency": (">=", 0.85), "per_core_ratio": (">=", 1.5), "memory_ratio": ("<=", 1.2)}
-_SUMMARY = re.compile(
-    r"(\d+) samples in, (\d+) out, (\d+) quarantined, (\d+) faces, \d+ shards failed, "
-    r"([\d.]+) samples/s"
-)
 _POOL = re.compile(r"processing (\d+) shards on (\d+) actors")
 
 
@@ -216,10 +213,10 @@ def run_faceveil(data: Path, work: Path, args: argparse.Namespace) -> dict:
         cmd, work, env=faceveil_env(work.parent), interval=args.interval, pss_interval=1.0
     )
     _check(m, "faceveil run")
-    summary = _SUMMARY.search(m.stdout)
+    summary = run_summary(m.stdout)
     if summary is None:
         raise SystemExit(f"no summary line in faceveil's output:\n{m.stdout[-2000:]}")
-    n = int(summary[1])
+    n = summary.samples_in
     records = json_records(m.stderr)
     start, shards, actors = pool_start(records)
     end = max(p.stat().st_mtime for p in (out / "_done").glob("*.json"))
@@ -229,9 +226,9 @@ def run_faceveil(data: Path, work: Path, args: argparse.Namespace) -> dict:
         "warm_rate": warm[2] / (warm[1] - warm[0]) if warm else None,
         "warm_per_cpu_s": warm[2] / m.sampler.cpu_between(warm[0], warm[1]) if warm else None,
         "images": n,
-        "out": int(summary[2]),
-        "faces": int(summary[4]),
-        "summary_rate": float(summary[5]),
+        "out": summary.samples_out,
+        "faces": summary.faces,
+        "summary_rate": summary.rate,
         "e2e_rate": n / m.wall_s,
         "wall_s": m.wall_s,
         "proc_rate": n / (end - start),

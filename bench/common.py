@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_REPO = Path(__file__).resolve().parents[1]
+_RUN_SUMMARY = re.compile(
+    r"(\d+)/(\d+) shards done .* (\d+) samples in, (\d+) out, (\d+) quarantined, (\d+) faces, "
+    r"(\d+) shards failed, ([\d.]+) samples/s"
+)
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -331,22 +338,72 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> st
     return "\n".join(line.rstrip() for line in lines)
 
 
-def measured_job(
-    command: Sequence[str],
-    workdir: str | Path,
-    env: Mapping[str, str],
-    cwd: str | Path,
-    summary: re.Pattern[str],
-) -> tuple[float, float, int]:
-    """Run the ``faceveil run`` ``command`` with :func:`run_measured`; SystemExit with its stderr
-    tail if it fails. Returns (wall s, CPU s, samples in): the count is ``summary``'s first
-    group in its output, 0 where the summary line is missing."""
-    measured = run_measured(command, workdir, env=env, cwd=cwd)
-    if measured.returncode != 0:
-        raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
-    match = summary.search(measured.stdout + measured.stderr)
-    count = int(match.group(1)) if match else 0
-    return measured.wall_s, measured.cpu_s, count
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures of the line ``faceveil run`` ends with (``jobs.run.JobSummary.line``)."""
+
+    shards_done: int
+    shards_total: int
+    samples_in: int
+    samples_out: int
+    quarantined: int
+    faces: int
+    shards_failed: int
+    rate: float
+
+
+def run_summary(text: str) -> RunSummary | None:
+    """The summary line of a ``faceveil run`` output ``text``, parsed; None where it is missing."""
+    found = _RUN_SUMMARY.search(text)
+    if found is None:
+        return None
+    *counts, rate = found.groups()
+    return RunSummary(*map(int, counts), float(rate))
+
+
+def job_bench_parser(module: str, doc: str | None, rounds: int) -> argparse.ArgumentParser:
+    """The parser of ``python -m bench.MODULE``, a benchmark that times ``faceveil run`` against
+    itself (:class:`JobTimer`): with ``--rounds`` (default ``rounds``) and ``--source``."""
+    p = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc)
+    p.add_argument("--rounds", type=int, default=rounds, help="job rounds, order alternated")
+    p.add_argument("--source", type=Path, default=lfw_images(), help="folder of images")
+    return p
+
+
+class JobTimer:
+    """Times ``faceveil run --method blur`` (no progress bar) under sets of options, with one new
+    job secret in ``work``; the order of the sets alternates from round to round."""
+
+    def __init__(self, work: Path) -> None:
+        self.secret = work / "job.secret"
+        self.secret.write_text(secrets.token_hex(32))
+        self.secret.chmod(0o600)
+        self.env = os.environ | {"PYTHONPATH": str(_REPO)}
+
+    def run(self, source: Path, out: Path, options: Sequence[str]) -> tuple[float, float, int]:
+        """One run of ``source`` into ``out`` (its output and log beside it); SystemExit with the
+        stderr tail if it fails. Returns (wall s, CPU s, samples in): the count is the run's
+        summary line's, 0 where that line is missing."""
+        command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(source), str(out),
+                   "--method", "blur", "--secret-file", str(self.secret), "--no-progress",
+                   *options]  # fmt: skip
+        measured = run_measured(command, out.parent / f"log-{out.name}", env=self.env, cwd=_REPO)
+        if measured.returncode != 0:
+            raise SystemExit(f"faceveil run failed:\n{measured.stderr[-2000:]}")
+        summary = run_summary(measured.stdout + measured.stderr)
+        return measured.wall_s, measured.cpu_s, summary.samples_in if summary else 0
+
+    @staticmethod
+    def alternated(choices: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
+        """(round, choice) for every choice in every round: in the given order in even rounds and
+        reversed in odd ones, so that no choice always runs first (warm caches, a busy machine)."""
+        for r in range(rounds):
+            yield from ((r, c) for c in (choices if r % 2 == 0 else list(reversed(choices))))
+
+    @staticmethod
+    def mean(runs: Sequence[tuple[float, float, int]]) -> tuple[float, float]:
+        """Mean wall and CPU seconds of :meth:`run` results."""
+        return sum(r[0] for r in runs) / len(runs), sum(r[1] for r in runs) / len(runs)
 
 
 def shared_root() -> Path:

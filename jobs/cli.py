@@ -28,7 +28,7 @@ def _add_shard(sub) -> None:
     p.add_argument("output", help="where shard-NNNNNN.tar and shards.json go")
     p.add_argument("--shard-size", type=int, default=1000)
     add_max_file_bytes_arg(p)
-    p.add_argument("--secret-file", help="32-byte key file for sample keys (default "
+    p.add_argument("--secret-file", help="32-byte secret the sample ids are keyed with (default "
                    "~/.faceveil/secret.key; either is created on first use)")  # fmt: skip
     p.set_defaults(handler=_shard)
 

@@ -128,5 +128,21 @@ class JobConfig:
         return out
 
     def output_config_sha256(self) -> str:
-        blob = json.dumps(self.output_config(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return _config_sha256(self.output_config())
+
+    def resumable_sha256s(self) -> set[str]:
+        """The recorded ``config_sha256`` values a --resume of this config accepts: its own, and
+        for ``linkage: person`` also the one a job recorded before ``--linkage`` existed (the
+        same output: one surrogate per person was the only behaviour)."""
+        config = self.output_config()
+        found = {_config_sha256(config)}
+        options = config["anon"]["method_options"]
+        if options.get("linkage") == "person":
+            options.pop("linkage")
+            found.add(_config_sha256(config))
+        return found
+
+
+def _config_sha256(config: dict) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()

@@ -79,7 +79,7 @@ def _pairs(out: Path, secret: bytes, limit: int) -> tuple[list[bytes], list[byte
     from faceveil.manifests.jobsecret import sample_id
 
     with open(out / "anon" / "data" / "shard-000000.tar", "rb") as f:
-        anonymized = {s.key: s for s in iter_samples(f)}
+        anonymized = {s.sample_id: s for s in iter_samples(f)}
     originals, results = [], []
     for source in list_sources(str(out / "photos")):
         done = anonymized.get(sample_id(secret, source.uri))

@@ -110,7 +110,7 @@ class FaceCollector:
                 if pending.result is not None:
                     continue
                 try:
-                    yield sample.key, decode_image(pending.original, self.anon.max_pixels).rgb
+                    yield sample.sample_id, decode_image(pending.original, self.anon.max_pixels).rgb
                 except (ImageError, MemoryError):
                     continue  # quarantined by the second pass
 

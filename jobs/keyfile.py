@@ -71,8 +71,9 @@ def load_secret(path: str | None, create: bool = True) -> bytes:
     0600 in a folder made 0700, on first use (unless not ``create``: a command that reads an
     existing job's keys must not make up a new secret).
 
-    Sample keys are HMACs of source URIs under this secret: keep the file to rerun a job with
-    the same keys, and keep it private, since it turns guessed file names into sample keys.
+    Sample ids (``__key__``) are HMACs of source URIs under this secret: keep the file to rerun
+    a job with the same sample ids, and keep it private, since it turns guessed file names into
+    sample ids.
     """
     target = Path(os.path.expanduser(path or os.environ.get("FACEVEIL_SECRET", DEFAULT_SECRET)))
     if not target.exists() and create:

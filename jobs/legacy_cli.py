@@ -59,7 +59,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
     spec = RequestSpec(
         "restore", requested_samples(args), args.reason, requester_name(args),
-        timedelta(days=args.valid_days),
+        valid_for=timedelta(days=args.valid_days),
     )  # fmt: skip
     request, key_file = create_request(
         escrow, spec, secret, params=ScryptParams(n=2**args.kdf_work)

@@ -52,7 +52,8 @@ class Lookup:
 
 @dataclass
 class JobIndex:
-    """Sample ids of a job's finished shards: key -> shard, key -> (shard, stage, reason)."""
+    """Sample ids of a job's finished shards: sample id -> shard, sample id -> (shard,
+    stage, reason)."""
 
     anonymized: dict[str, str] = field(default_factory=dict)
     quarantined: dict[str, tuple[str, str, str]] = field(default_factory=dict)

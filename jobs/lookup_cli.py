@@ -26,8 +26,8 @@ def add_lookup_command(sub) -> None:
     """``faceveil lookup``: exit 0 when every sample is in the job, 1 when some are not."""
     p = sub.add_parser(
         "lookup",
-        help="subject access: the sample key of each file or URI and where it is in OUT",
-        description="Prints, per FILE_OR_URI, its pseudonymous sample key and whether that "
+        help="subject access: the sample id of each file or URI and where it is in OUT",
+        description="Prints, per FILE_OR_URI, its pseudonymous sample id and whether that "
         "sample is in data/ (anonymized), in quarantine/ (with its reason) or not in this job. "
         "Exit status: 0 all found, 1 some not in this job (or OUT cannot be read), 2 usage error.",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import fsspec
@@ -48,13 +48,18 @@ class ResidualConfig:
 
 @dataclass(frozen=True)
 class Residual:
-    """One face the audit detector found that the job left as it was."""
+    """One face the audit detector found that the job left as it was, in the sample
+    ``sample_id`` (its ``__key__``) of ``shard``."""
 
     shard: str
-    key: str
+    sample_id: str
     bbox: list[float]
     score: float
     status: str
+
+    def to_json(self) -> dict:
+        """The face's entry in ``residual_faces.json``: its fields, the sample id under ``key``."""
+        return {("key" if n == "sample_id" else n): v for n, v in asdict(self).items()}
 
 
 @dataclass
@@ -99,22 +104,22 @@ def covered(
 def iter_samples(
     fs: fsspec.AbstractFileSystem, path: str
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in order through
-    the one shard reader (:func:`jobs.shardio.iter_samples`); a member it refuses (sparse, not
-    a regular file, over its cap) is not read and ``parts[REFUSED]`` says why."""
+    """(sample id, {extension: bytes}) for each sample of a WebDataset tar, streamed in order
+    through the one shard reader (:func:`jobs.shardio.iter_samples`); a member it refuses
+    (sparse, not a regular file, over its cap) is not read and ``parts[REFUSED]`` says why."""
     if path.endswith(".parquet"):  # --output-format parquet
         with fs.open(path, "rb") as f:
-            for key, ext, data, meta in parquet_samples(f):
-                yield key, {ext: data, "json": json.dumps(meta).encode()}
+            for sample_id, ext, data, meta in parquet_samples(f):
+                yield sample_id, {ext: data, "json": json.dumps(meta).encode()}
         return
     with fs.open(path, "rb") as f:
         for sample in read_samples(f, MAX_MEMBER_BYTES):
             refused = {REFUSED: sample.refused.encode()} if sample.refused else None
-            yield sample.key, refused or dict(sample.members)
+            yield sample.sample_id, refused or dict(sample.members)
 
 
 def _check(
-    key: str, parts: dict[str, bytes], detector, config: ResidualConfig
+    sample_id: str, parts: dict[str, bytes], detector, config: ResidualConfig
 ) -> list[Residual] | str:
     if REFUSED in parts:
         return parts[REFUSED].decode()
@@ -130,7 +135,7 @@ def _check(
     found = detector([image])[0]
     status = str(meta.get("status", ""))
     return [
-        Residual("", key, [round(float(v), 1) for v in b[:4]], round(float(b[4]), 3), status)
+        Residual("", sample_id, [round(float(v), 1) for v in b[:4]], round(float(b[4]), 3), status)
         for b in found.boxes
         if not covered(b[:4], recorded, image.shape, config)
     ]
@@ -150,13 +155,13 @@ def find_residual_faces(config: ResidualConfig) -> ResidualReport:
     bar = tqdm(desc="residual faces", unit="img", disable=not config.progress)
     for shard in shards:
         name = shard.rsplit("/", 1)[-1]
-        for key, parts in iter_samples(fs, shard):
+        for sample_id, parts in iter_samples(fs, shard):
             report.samples += 1
-            found = _check(key, parts, detector, config)
+            found = _check(sample_id, parts, detector, config)
             if isinstance(found, str):
-                report.unchecked.append({"shard": name, "key": key, "reason": found})
+                report.unchecked.append({"shard": name, "key": sample_id, "reason": found})
             else:
-                report.leaks += [Residual(name, r.key, r.bbox, r.score, r.status) for r in found]
+                report.leaks += [replace(r, shard=name) for r in found]
             bar.update()
     bar.close()
     return report
@@ -175,8 +180,8 @@ def write_residual_report(config: ResidualConfig, report: ResidualReport) -> str
         },
         "shards": report.shards,
         "samples": report.samples,
-        "samples_with_residual_faces": len({(r.shard, r.key) for r in report.leaks}),
-        "residual_faces": [asdict(r) for r in report.leaks],
+        "samples_with_residual_faces": len({(r.shard, r.sample_id) for r in report.leaks}),
+        "residual_faces": [r.to_json() for r in report.leaks],
         "unchecked": report.unchecked,
     }
     out = Location(config.out)

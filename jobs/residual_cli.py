@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from faceveil.anon_core.config import from_args
 from faceveil.jobs.exitcodes import ExitCode, refused
 
 
@@ -41,17 +42,7 @@ def audit_faces_command(args: argparse.Namespace) -> int:
     """Run ``faceveil audit faces``."""
     from faceveil.jobs.residual import ResidualConfig, find_residual_faces, write_residual_report
 
-    config = ResidualConfig(
-        out=args.out,
-        detector=args.detector,
-        model_root=args.model_root,
-        threshold=args.threshold,
-        min_iou=args.min_iou,
-        min_cover=args.min_cover,
-        device=args.device,
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
+    config = from_args(ResidualConfig, args, progress=not args.no_progress)
     try:
         report = find_residual_faces(config)
     except (ValueError, FileNotFoundError) as exc:
@@ -59,11 +50,11 @@ def audit_faces_command(args: argparse.Namespace) -> int:
     where = write_residual_report(config, report)
     print(f"{report.samples} samples in {report.shards} shards checked with {config.detector}")
     if report.leaks:
-        print(f"{'shard':<20} {'key':<34} {'score':>6}  bbox")
+        print(f"{'shard':<20} {'sample id':<34} {'score':>6}  bbox")
         for r in report.leaks:
-            print(f"{r.shard:<20} {r.key:<34} {r.score:>6.3f}  {r.bbox}")
+            print(f"{r.shard:<20} {r.sample_id:<34} {r.score:>6.3f}  {r.bbox}")
     for u in report.unchecked:
         print(f"unchecked: {u['shard']} {u['key']}: {u['reason']}")
-    keys = {(r.shard, r.key) for r in report.leaks}
-    print(f"{len(report.leaks)} residual faces in {len(keys)} samples; report: {where}")
+    samples = {(r.shard, r.sample_id) for r in report.leaks}
+    print(f"{len(report.leaks)} residual faces in {len(samples)} samples; report: {where}")
     return ExitCode.OK if report.clean else ExitCode.REFUSED

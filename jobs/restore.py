@@ -41,7 +41,7 @@ from faceveil.manifests.escrow import (
 from faceveil.manifests.files import write_private_file
 from faceveil.manifests.keymanifest import KeyManifest, KeyRow, load_key_manifest
 from faceveil.manifests.request import SampleRef
-from faceveil.manifests.sealing import kms_sample_key, open_row, row_aad
+from faceveil.manifests.sealing import kms_data_key, open_row, row_aad
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def kms_data_keys(
             where = ShardRef(escrow.job_id, ref.escrow_id, ref.shard)
             shard_keys[ref.shard] = kms_open_shard_key(kms, policy, where, manifest.kms_blob)
         label = escrow.epoch(ref.escrow_id).label(ref.shard, ref.sample_id)
-        out_keys[(ref.shard, ref.sample_id)] = kms_sample_key(
+        out_keys[(ref.shard, ref.sample_id)] = kms_data_key(
             shard_keys[ref.shard], escrow.job_id, label
         )
     return out_keys
@@ -222,7 +222,7 @@ def iter_images(
                 raise RestoreError(f"data/{shard}.tar: {sample.refused}")
             for ext, data in sample.members.items():
                 if ext.lower() in IMAGE_MEMBER_EXTS:
-                    yield sample.key, ext.lower(), data
+                    yield sample.sample_id, ext.lower(), data
 
 
 def open_v2_row(data_key: bytes, job_id: str, shard: str, row: KeyRow, anon_sha256: str) -> Payload:
@@ -296,7 +296,8 @@ def restore_samples(
     data_keys: Mapping[tuple[str, str], bytes],
     staging: Path,
 ) -> dict[str, tuple[str, str]]:
-    """Open and rebuild exactly ``refs`` into ``staging``; key -> (file name, source URI).
+    """Open and rebuild exactly ``refs`` into ``staging``; sample id -> (file name,
+    source URI).
 
     Each manifest touched must match the row list the job signed.
     """
@@ -328,7 +329,8 @@ def restore_samples(
 
 
 def publish_restored(staging: Path, dest: Path, restored: dict[str, tuple[str, str]]) -> None:
-    """Move the staged originals into ``dest`` and merge ``dest/restored.json`` (key -> URI)."""
+    """Move the staged originals into ``dest`` and merge ``dest/restored.json`` (sample id ->
+    source URI)."""
     for name, _ in restored.values():
         os.replace(staging / name, dest / name)
     index_path = dest / "restored.json"

@@ -3,7 +3,7 @@
 The workflow as a user runs it (every command also runs from a script: ``--passphrase-file``,
 ``--yes``)::
 
-    faceveil restore request OUT --key SAMPLEKEY... --reason R > req.json        # signed request
+    faceveil restore request OUT --sample-id ID... --reason R > req.json      # signed request
     faceveil restore approve req.json --identity alice.key > alice.approval       # offline
     faceveil restore apply OUT req.json alice.approval bob.approval --dest restored/
     faceveil restore request OUT --purpose reshare --custodians a.pub b.pub d.pub --threshold 2 ...
@@ -131,7 +131,7 @@ def _new_policy(args: argparse.Namespace, escrow: Escrow) -> Policy | None:
 
 @refusals
 def cmd_restore_request(args: argparse.Namespace) -> int:
-    """``faceveil restore request OUT --key SAMPLEKEY... | --all --reason R``: a signed request
+    """``faceveil restore request OUT --sample-id ID... | --all --reason R``: a signed request
     (to ``--out`` or stdout) and its key file (``--key-out`` or ``./REQUEST_ID.key``); the
     request is recorded in OUT/audit.jsonl, signed by its requester key."""
     out = Location(args.out_tree)
@@ -146,7 +146,7 @@ def cmd_restore_request(args: argparse.Namespace) -> int:
     refs = [] if args.purpose == "reshare" else sample_refs(out, escrow, wanted, commitments)
     secret = passphrase(args.passphrase_file, "New passphrase for the request key: ", confirm=True)
     spec = RequestSpec(
-        args.purpose, tuple(refs), args.reason, requester_name(args), new_policy,
+        args.purpose, tuple(refs), args.reason, requester_name(args), new_policy=new_policy,
         log_tail=str(verified.report.tail), valid_for=timedelta(days=args.valid_days),
     )  # fmt: skip
     params = ScryptParams(n=2**args.kdf_work)
@@ -411,15 +411,17 @@ def _add_request(actions: argparse._SubParsersAction) -> None:
     p.add_argument("out_tree", metavar="OUT")
     which = p.add_mutually_exclusive_group()
     which.add_argument(
-        "--key",
+        "--sample-id",
         "--samples",
+        "--key",
         dest="samples",
         action="extend",
         nargs="+",
-        metavar="SAMPLEKEY",
-        help="a sample key (__key__) to restore; repeat or list several",
+        metavar="SAMPLE_ID",
+        help="a sample id (the __key__ of a sample) to restore; repeat or list several "
+        "(--key is the same option under its old name)",
     )
-    which.add_argument("--samples-file", metavar="FILE", help="one sample key per line")
+    which.add_argument("--samples-file", metavar="FILE", help="one sample id per line")
     which.add_argument("--all", action="store_true", help="every sample of the job")
     p.add_argument(
         "--purpose",

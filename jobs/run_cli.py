@@ -46,7 +46,7 @@ def _add_run_options(p) -> None:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--resume", action="store_true", help="skip shards already done")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--secret-file", help="32-byte key file for sample keys (default "
+    p.add_argument("--secret-file", help="32-byte secret the sample ids are keyed with (default "
                    "~/.faceveil/secret.key; either is created on first use)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     sur = p.add_argument_group("surrogate (--method surrogate)")
@@ -55,6 +55,10 @@ def _add_run_options(p) -> None:
                      "donors' (default 0.5)")  # fmt: skip
     sur.add_argument("--donors", type=int, help="people averaged into one surrogate (>= 4, "
                      "default 6)")  # fmt: skip
+    sur.add_argument("--linkage", choices=("person", "none"), help="person: one surrogate "
+                     "and pseudonym per person across the dataset (pseudonymous); none: a fresh "
+                     "surrogate per face, nothing links two photos of one person (default: "
+                     "person)")  # fmt: skip
     sur.add_argument("--recognizer", help="InsightFace recognition ONNX (a path, or a file in "
                      "--model-root) for identity clusters (default: dlib's ResNet)")  # fmt: skip
     sur.add_argument("--first-pass-shards", type=int, help="shards sampled for identities "
@@ -148,8 +152,9 @@ def add_run_command(sub) -> None:
 
 
 def _surrogate_options(args: argparse.Namespace) -> dict:
-    """Method options from --privacy/--donors; refused with any method but surrogate."""
-    given = {k: v for k, v in (("privacy", args.privacy), ("donors", args.donors)) if v is not None}
+    """Method options from --privacy/--donors/--linkage; refused with any method but surrogate."""
+    flags = (("privacy", args.privacy), ("donors", args.donors), ("linkage", args.linkage))
+    given = {k: v for k, v in flags if v is not None}
     strays = [f"--{k}" for k in given] + [
         flag
         for flag, v in (("--recognizer", args.recognizer), ("--attributes", args.attributes))
@@ -159,7 +164,7 @@ def _surrogate_options(args: argparse.Namespace) -> dict:
         raise ValueError(f"{', '.join(strays)} apply to --method surrogate only")
     if args.method != "surrogate":
         return {}
-    options = {"privacy": 0.5, "donors": 6, **given}
+    options = {"privacy": 0.5, "donors": 6, "linkage": "person", **given}
     if not 0.0 <= options["privacy"] <= 1.0:
         raise ValueError(f"--privacy must be in [0, 1], got {options['privacy']}")
     if options["donors"] < 4:

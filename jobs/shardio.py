@@ -74,13 +74,14 @@ def member_refusal(info: tarfile.TarInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BY
 
 @dataclass
 class RawSample:
-    """One sample of a shard: its key and its members by extension, in file order.
+    """One sample of a shard: its sample id (the tar's ``__key__``) and its members by extension,
+    in file order.
 
     ``refused`` says why a member of the sample was not read (the sample is quarantined then).
     ``columns`` (Parquet input) is a one-row pyarrow Table of the columns the output carries.
     """
 
-    key: str
+    sample_id: str
     members: dict[str, bytes] = field(default_factory=dict)
     refused: str = ""
     columns: object = None
@@ -156,7 +157,7 @@ def iter_samples(
                 key, ext = split_member(info.name)
                 refused = member_refusal(info, max_member_bytes)
                 data = b"" if refused else tar.extractfile(info).read()
-                if current is not None and (current.key != key or ext in current.members):
+                if current is not None and (current.sample_id != key or ext in current.members):
                     yield current  # a repeated member starts a new sample: duplicates stay visible
                     current = None
                 if current is None:

@@ -162,20 +162,22 @@ def known_boxes(member: bytes) -> tuple[WithBoxes | None, str]:
 
 
 def _source_uri(sample: RawSample, secret: bytes | None) -> str:
-    """The sample's source URI from its sealed ``src`` member (its key when there is none)."""
+    """The sample's source URI from its sealed ``src`` member (its sample id when there is
+    none)."""
     blob = sample.members.get("src")
     if blob is None or secret is None:
-        return sample.key
-    return open_uri(secret, sample.key, blob)
+        return sample.sample_id
+    return open_uri(secret, sample.sample_id, blob)
 
 
 def classify_sample(sample: RawSample, seen: set[str], secret: bytes | None) -> _Pending:
-    """The sample with its image bytes, or already quarantined (a duplicate key, a refused tar
-    member, a read error, no image member); ``seen`` collects the keys met so far in the shard."""
+    """The sample with its image bytes, or already quarantined (a duplicate sample id, a refused
+    tar member, a read error, no image member); ``seen`` collects the sample ids met so far in
+    the shard."""
     source = _source_uri(sample, secret)
-    if sample.key in seen:
+    if sample.sample_id in seen:
         return _Pending(sample, source, None, quarantined("input", DUPLICATE_KEY))
-    seen.add(sample.key)
+    seen.add(sample.sample_id)
     if sample.refused:
         return _Pending(sample, source, None, quarantined("input", sample.refused))
     if "err" in sample.members:
@@ -245,8 +247,8 @@ class _ShardOutput:
         self._data.observe(p.sample.columns)
         if not result.ok:
             return 0, self._add_quarantined(p)
-        key = p.sample.key
-        self._data.add(key, result, p.sample.columns)
+        sample_id = p.sample.sample_id
+        self._data.add(sample_id, result, p.sample.columns)
         self.summary.faces += len(result.faces)
         if result.status == SampleStatus.ANONYMIZED:
             self.summary.anonymized += 1
@@ -255,24 +257,24 @@ class _ShardOutput:
         if self.sealer is not None:
             self._seal(p)
         if self.observer is not None and len(result.faces):
-            self.observer.observe(key, result.original.rgb, result.output.image, result.faces)
+            self.observer.observe(sample_id, result.original.rgb, result.output.image, result.faces)
         return len(result.faces), 0
 
     def _add_quarantined(self, p: _Pending) -> int:
         result = p.result
         self.summary.quarantined += 1
         self._quarantine.append(
-            {"key": p.sample.key, "stage": result.stage, "reason": result.reason}
+            {"key": p.sample.sample_id, "stage": result.stage, "reason": result.reason}
         )
         if self.sealer is not None and result.reason != DUPLICATE_KEY:
             self.sealer.seal_sample(
-                SampleToSeal(p.sample.key, p.source_uri, EMPTY_SHA256), p.original
+                SampleToSeal(p.sample.sample_id, p.source_uri, EMPTY_SHA256), p.original
             )
         return 1
 
     def _seal(self, p: _Pending) -> None:
         result = p.result
-        sample = SampleToSeal(p.sample.key, p.source_uri, result.sha256)
+        sample = SampleToSeal(p.sample.sample_id, p.source_uri, result.sha256)
         for face, region in enumerate(result.output.regions):
             x1, y1, x2, y2 = (int(v) for v in region)
             if x2 > x1 and y2 > y1:

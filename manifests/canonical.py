@@ -12,3 +12,20 @@ import json
 def canonical_json(obj: object) -> bytes:
     """The canonical bytes of ``obj``."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def file_json(obj: object) -> bytes:
+    """The bytes of a JSON file written for people as well as programs (``escrow.json``,
+    ``req.json``, approvals): one-space indent, a newline at the end."""
+    return json.dumps(obj, indent=1).encode() + b"\n"
+
+
+class JsonFile:
+    """``dumps()`` for a document class whose ``to_json()`` is its file's content."""
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
+    def dumps(self) -> bytes:
+        """The file's bytes (:func:`file_json` of :meth:`to_json`)."""
+        return file_json(self.to_json())

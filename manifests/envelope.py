@@ -2,12 +2,13 @@
 
 Keys
     The job's 256-bit :class:`MasterKey` comes from :func:`secrets.token_bytes`. Each sample gets
-    its own key ``HKDF-SHA256(ikm=master, salt=job_id, info=sample_id, length=32)`` (job id and
-    sample id, the ``__key__``, UTF-8 encoded). The master key never appears in ``repr``/``str``
-    or in errors.
+    its own per-sample data key ``HKDF-SHA256(ikm=master, salt=job_id, info=sample_id,
+    length=32)`` (job id and sample id, the ``__key__``, UTF-8 encoded). The master key never
+    appears in ``repr``/``str`` or in errors.
 
 Sealing
-    AES-256-GCM (96-bit random nonce, injectable for known-answer tests) under the sample key.
+    AES-256-GCM (96-bit random nonce, injectable for known-answer tests) under the per-sample
+    data key.
     The associated data (AAD) is the canonical JSON, ASCII encoded, of::
 
         {"anon_sha256": A, "face": F, "job_id": J, "key": K, "shard": S, "v": "faceveil-aad/1"}
@@ -85,7 +86,7 @@ class MasterKey:
         return hmac.new(self._key, _KEY_CHECK_LABEL + job_id.encode(), hashlib.sha256).hexdigest()
 
     def derive(self, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
-        """HKDF-SHA256 of the master key (used for sample keys and wrapping keys)."""
+        """HKDF-SHA256 of the master key (used for per-sample data keys and wrapping keys)."""
         hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info)
         return hkdf.derive(self._key)
 
@@ -208,8 +209,9 @@ class Envelope:
     def __repr__(self) -> str:
         return f"Envelope(job_id={self.job_id!r}, escrow_id={self.escrow_id!r})"
 
-    def sample_key(self, sample_id: str) -> bytes:
-        """The per-sample AES key, ``HKDF-SHA256(master, salt=job_id, info=sample_id)``."""
+    def data_key(self, sample_id: str) -> bytes:
+        """The per-sample data key (AES-256):
+        ``HKDF-SHA256(master, salt=job_id, info=sample_id)``."""
         return self._master.derive(self.job_id.encode("utf-8"), sample_id.encode("utf-8"))
 
     def _aad(self, at: RowBinding) -> bytes:
@@ -222,7 +224,7 @@ class Envelope:
             nonce = secrets.token_bytes(NONCE_SIZE)
         elif len(nonce) != NONCE_SIZE:
             raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
-        ciphertext = AESGCM(self.sample_key(at.sample_id)).encrypt(nonce, plaintext, aad)
+        ciphertext = AESGCM(self.data_key(at.sample_id)).encrypt(nonce, plaintext, aad)
         return SealedBox(bytes(nonce), ciphertext, hashlib.sha256(aad).hexdigest())
 
     def open(self, at: RowBinding, nonce: bytes, ciphertext: bytes) -> bytes:
@@ -231,7 +233,7 @@ class Envelope:
         try:
             if len(nonce) != NONCE_SIZE:
                 raise InvalidTag
-            return AESGCM(self.sample_key(at.sample_id)).decrypt(nonce, ciphertext, aad)
+            return AESGCM(self.data_key(at.sample_id)).decrypt(nonce, ciphertext, aad)
         except InvalidTag:
             log.debug(
                 "row did not open: shard=%s sample=%s face=%d", at.shard, at.sample_id, at.face

@@ -48,12 +48,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from faceveil.manifests import threshold
+from faceveil.manifests.canonical import JsonFile, canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
     seal_to,
 )
@@ -67,7 +67,7 @@ LABEL_FORMAT = "faceveil-sample-label/1"
 SHARE_CONTEXT = "escrow-share/v3"
 _ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/.+")
 _ID = re.compile(r"[0-9a-f]{32}")
-_SHARD = re.compile(r"shard-\d{6,}")
+SHARD_NAME = re.compile(r"shard-\d{6,}")  # a shard, without extension
 
 
 class KmsClient(Protocol):
@@ -82,8 +82,20 @@ class KmsClient(Protocol):
         ...
 
 
-class EpochList:
-    """An escrow's key epochs by id (both escrow formats: ``epochs``, first epoch first)."""
+def escrow_header(doc: dict, escrow_format: str) -> tuple[str, str]:
+    """The ``job_id`` and ``revision`` of an ``escrow.json`` document of ``escrow_format``;
+    ValueError if it is of another format or they are malformed (both escrow formats)."""
+    if doc.get("format") != escrow_format:
+        raise ValueError(f"unknown format (expected {escrow_format})")
+    job_id, revision = str(doc["job_id"]), str(doc["revision"])
+    if not job_id or not _ID.fullmatch(revision):
+        raise ValueError("job_id must be non-empty and revision 32 hex characters")
+    return job_id, revision
+
+
+class EpochList(JsonFile):
+    """An escrow's key epochs by id (both escrow formats: ``epochs``, first epoch first), and
+    the ``escrow.json`` bytes of its ``to_json()``."""
 
     epochs: tuple[Any, ...]
 
@@ -338,21 +350,13 @@ class Escrow(EpochList):
         doc = {"format": ESCROW_FORMAT, "job_id": self.job_id, "revision": self.revision}
         return doc | self.policy.to_json() | {"epochs": [e.to_json() for e in self.epochs]}
 
-    def dumps(self) -> bytes:
-        """``escrow.json`` bytes."""
-        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> Escrow:
         """Parse ``escrow.json``; EscrowError on anything malformed (format 2: see
         :func:`escrow_format`)."""
         try:
             doc = json.loads(data)
-            if doc.get("format") != ESCROW_FORMAT:
-                raise ValueError(f"unknown format (expected {ESCROW_FORMAT})")
-            job_id, revision = str(doc["job_id"]), str(doc["revision"])
-            if not job_id or not _ID.fullmatch(revision):
-                raise ValueError("job_id must be non-empty and revision 32 hex characters")
+            job_id, revision = escrow_header(doc, ESCROW_FORMAT)
             policy = policy_from_json(doc)
             epochs = tuple(_epoch_from_json(job_id, policy, e) for e in doc["epochs"])
             return cls(job_id, revision, policy, epochs)
@@ -488,7 +492,7 @@ class ShardRef:
     shard: str
 
     def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard):
+        if not SHARD_NAME.fullmatch(self.shard):
             raise ValueError("a shard name is shard-NNNNNN")
 
     def context(self) -> dict[str, str]:

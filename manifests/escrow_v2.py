@@ -59,17 +59,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from faceveil.manifests import shamir
 from faceveil.manifests.audit import key_id
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
 )
 from faceveil.manifests.envelope import MasterKey
 from faceveil.manifests.errors import CustodianKeyError, EscrowError, ShareError
-from faceveil.manifests.escrow import EpochList, KmsClient, kms_call
+from faceveil.manifests.escrow import EpochList, KmsClient, escrow_header, kms_call
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ ESCROW_FORMAT = "faceveil-escrow/2"
 EPOCH_FORMAT = "faceveil-escrow-epoch/1"
 SHARE_CONTEXT = "escrow-share"
 _AUDIT_WRAP_INFO = b"faceveil/audit-key-wrap/v1"
-_ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key|alias)/.+")
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -313,10 +312,6 @@ class Escrow(EpochList):
         doc["epochs"] = [e.to_json() for e in self.epochs]
         return doc
 
-    def dumps(self) -> bytes:
-        """``escrow.json`` bytes."""
-        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> Escrow:
         """Parse ``escrow.json`` bytes; EscrowError on anything malformed."""
@@ -335,11 +330,7 @@ class Escrow(EpochList):
 
 
 def _from_json(doc: dict) -> Escrow:
-    if doc.get("format") != ESCROW_FORMAT:
-        raise ValueError(f"unknown format (expected {ESCROW_FORMAT})")
-    job_id, revision = str(doc["job_id"]), str(doc["revision"])
-    if not job_id or not _ID.fullmatch(revision):
-        raise ValueError("job_id must be non-empty and revision 32 hex characters")
+    job_id, revision = escrow_header(doc, ESCROW_FORMAT)
     policy: dict = {"scheme": doc["scheme"]}
     if doc["scheme"] == "kms":
         policy["key_arn"] = str(doc["key_arn"])

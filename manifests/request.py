@@ -20,48 +20,46 @@ import hashlib
 import json
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from faceveil.manifests import signed
 from faceveil.manifests.audit import utc_now
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     ScryptParams,
     b64d,
     b64e,
-    canonical_json,
 )
-from faceveil.manifests.errors import CustodianKeyError, EscrowError, RestoreError
+from faceveil.manifests.errors import CustodianKeyError, RestoreError
 from faceveil.manifests.escrow import (
+    SHARD_NAME,
     Escrow,
     Policy,
     ShamirPolicy,
     policy_from_json,
 )
-from faceveil.manifests.signed import open_request_key_file, request_key_file
+from faceveil.manifests.signed import (
+    REQUEST_ID,
+    RequestFile,
+    new_request_fields,
+    open_request_key_file,
+    request_key_file,
+)
 
 log = logging.getLogger(__name__)
 
 REQUEST_FORMAT = "faceveil-restore-request/4"
 REQUEST_KEY_FORMAT = "faceveil-request-key/2"
 PURPOSES = ("restore", "reshare", "rekey")
-REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _REQUEST_LABEL = b"faceveil/request/v4|"
-_SHARD = re.compile(r"shard-\d{6,}")
 _SAMPLE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-def iso_time(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ class SampleRef:
     wrapped: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
-        if not _SHARD.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.sample_id):
+        if not SHARD_NAME.fullmatch(self.shard) or not _SAMPLE.fullmatch(self.sample_id):
             raise RestoreError("a requested sample has a malformed shard or sample id")
 
     def to_json(self) -> dict:
@@ -96,7 +94,7 @@ class SampleRef:
 
 
 @dataclass(frozen=True)
-class RestoreRequest:
+class RestoreRequest(RequestFile):
     """A signed request (see the module docstring)."""
 
     request_id: str
@@ -114,6 +112,7 @@ class RestoreRequest:
     requester_ed25519: bytes = field(repr=False)
     escrow: Escrow = field(repr=False)
     signature: bytes = field(default=b"", repr=False)
+    FORMAT: ClassVar[str] = REQUEST_FORMAT
 
     def __post_init__(self) -> None:
         if not REQUEST_ID.fullmatch(self.request_id):
@@ -136,11 +135,7 @@ class RestoreRequest:
 
     def unsigned_doc(self) -> dict:
         """Every field but the signature."""
-        return {
-            "format": REQUEST_FORMAT,
-            "request_id": self.request_id,
-            "job_id": self.job_id,
-            "revision": self.revision,
+        return self.head() | {
             "purpose": self.purpose,
             "samples": [s.to_json() for s in self.samples],
             "new_policy": None if self.new_policy is None else self.new_policy.to_json(),
@@ -158,10 +153,6 @@ class RestoreRequest:
         """The ``req.json`` document."""
         return self.unsigned_doc() | {"signature": b64e(self.signature)}
 
-    def sha256(self) -> str:
-        """The request's identity: sha256 hex of its canonical JSON."""
-        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
-
     def samples_sha256(self) -> str:
         """sha256 over the (shard, key) list, as audit entries record it."""
         listed = sorted([s.shard, s.sample_id] for s in self.samples)
@@ -178,32 +169,24 @@ class RestoreRequest:
                 "the request's signature does not verify: an altered request"
             ) from None
 
-    def dumps(self) -> bytes:
-        """``req.json`` bytes."""
-        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> RestoreRequest:
         """Parse and signature-check ``req.json``; RestoreError if malformed or altered."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != REQUEST_FORMAT:
-                raise ValueError("not a faceveil restore request of format 4")
-            request_id = doc["request_id"]
-            if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-                raise ValueError("request_id must be 32 lowercase hex characters")
-            doc["samples"] = tuple(SampleRef.from_json(s) for s in doc["samples"])
-            policy = doc["new_policy"]
-            doc["new_policy"] = None if policy is None else policy_from_json(policy)
-            doc["ephemeral_x25519"] = b64d(doc["ephemeral_x25519"], "ephemeral key", 32)
-            doc["requester_ed25519"] = b64d(doc["requester_ed25519"], "requester key", 32)
-            doc["signature"] = b64d(doc["signature"], "signature", 64)
-            doc["escrow"] = Escrow.loads(json.dumps(doc["escrow"]))
-            request = cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError, EscrowError) as exc:
-            raise RestoreError(f"invalid restore request: {exc}") from None
+        request = cls._from_file(data, _request_fields)
         request.check_signature()
         return request
+
+
+def _request_fields(doc: dict) -> dict:
+    policy = doc["new_policy"]
+    return doc | {
+        "samples": tuple(SampleRef.from_json(s) for s in doc["samples"]),
+        "new_policy": None if policy is None else policy_from_json(policy),
+        "ephemeral_x25519": b64d(doc["ephemeral_x25519"], "ephemeral key", 32),
+        "requester_ed25519": b64d(doc["requester_ed25519"], "requester key", 32),
+        "signature": b64d(doc["signature"], "signature", 64),
+        "escrow": Escrow.loads(json.dumps(doc["escrow"])),
+    }
 
 
 @dataclass(frozen=True)
@@ -214,17 +197,13 @@ class RequestKeys:
     ed25519: Ed25519PrivateKey = field(repr=False)
 
 
-@dataclass(frozen=True)
-class RequestSpec:
-    """What a request asks for (see :class:`RestoreRequest`)."""
+@dataclass(frozen=True, kw_only=True)
+class RequestSpec(signed.RequestSpec):
+    """What a request asks for (see :class:`RestoreRequest`): ``samples`` are
+    :class:`SampleRef`; a reshare or rekey also names its ``new_policy`` (by keyword)."""
 
-    purpose: str
-    samples: tuple[SampleRef, ...]
-    reason: str
-    requester: str
     new_policy: Policy | None = None
     log_tail: str | None = None
-    valid_for: timedelta = timedelta(days=7)
 
 
 def create_request(
@@ -235,21 +214,12 @@ def create_request(
     params: ScryptParams | None = None,
 ) -> tuple[RestoreRequest, bytes]:
     """A new signed request and its requester key file (bytes; write with mode 0600)."""
-    if not spec.reason.strip() or not spec.requester.strip():
-        raise ValueError("a request needs a reason and a requester")
     keys = RequestKeys(X25519PrivateKey.generate(), Ed25519PrivateKey.generate())
-    now = clock()
     unsigned = RestoreRequest(
-        request_id=secrets.token_hex(16),
-        job_id=escrow.job_id,
-        revision=escrow.revision,
+        **new_request_fields(escrow, spec, clock()),
         purpose=spec.purpose,
         samples=tuple(spec.samples),
         new_policy=spec.new_policy,
-        reason=spec.reason,
-        requester=spec.requester,
-        created=iso_time(now),
-        expires=iso_time(now + spec.valid_for),
         log_tail=spec.log_tail,
         ephemeral_x25519=keys.x25519.public_key().public_bytes_raw(),
         requester_ed25519=keys.ed25519.public_key().public_bytes_raw(),
@@ -289,17 +259,4 @@ def check_request(
     """RestoreError unless ``request`` is signed, for this job, escrow revision and purpose,
     unexpired, and its escrow copy is ``escrow`` exactly."""
     request.check_signature()
-    if (request.job_id, request.revision) != (escrow.job_id, escrow.revision):
-        raise RestoreError(
-            "the request was made for another job or another escrow (or the escrow changed "
-            "since: a new key epoch, a reshare or a rekey); make a new request"
-        )
-    if canonical_json(request.escrow.to_json()) != canonical_json(escrow.to_json()):
-        raise RestoreError(
-            "the request's copy of escrow.json differs from the job's escrow.json (same "
-            "revision, other policy or shares): a forged or altered request"
-        )
-    if request.purpose != purpose:
-        raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
-    if (now or utc_now()) > parse_time(request.expires):
-        raise RestoreError(f"the request expired at {request.expires}")
+    request.check_scope(escrow, purpose, now)

@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from faceveil.manifests import threshold
 from faceveil.manifests.audit import utc_now
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
     seal_to,
 )
@@ -57,9 +57,8 @@ from faceveil.manifests.request import (
     RestoreRequest,
     SampleRef,
     check_request,
-    iso_time,
 )
-from faceveil.manifests.signed import ApprovedRequest, SignedApproval, verify_signed
+from faceveil.manifests.signed import ApprovedRequest, SignedApproval, iso_time, verify_signed
 
 log = logging.getLogger(__name__)
 

@@ -38,34 +38,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from faceveil.manifests.audit import utc_now
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.custodian import (
     CustodianPrivate,
     CustodianPublic,
     ScryptParams,
     b64d,
     b64e,
-    canonical_json,
     open_sealed,
     seal_to,
 )
 from faceveil.manifests.envelope import MasterKey
-from faceveil.manifests.errors import DecryptionError, EscrowError, RestoreError
+from faceveil.manifests.errors import DecryptionError, RestoreError
 from faceveil.manifests.escrow_v2 import Escrow
-from faceveil.manifests.request import iso_time, parse_time
 from faceveil.manifests.shamir import Share
 from faceveil.manifests.signed import (
+    STALE_REQUEST,
     ApprovedRequest,
+    RequestFile,
+    RequestSpec,
     SignedApproval,
+    iso_time,
+    new_request_fields,
     open_request_key_file,
     request_key_file,
     verify_signed,
@@ -79,11 +81,10 @@ REQUEST_KEY_FORMAT = "faceveil-request-key/1"
 PURPOSES = ("restore", "reshare", "rekey")
 RESTORE_SHARE_CONTEXT = "restore-share"
 _APPROVAL_LABEL = b"faceveil/approval/v2|"
-_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
-class RestoreRequest:
+class RestoreRequest(RequestFile):
     """A request to recover the master key for one purpose (see the module docstring).
 
     ``escrow`` is the copy of ``escrow.json`` the request was made against.
@@ -101,6 +102,7 @@ class RestoreRequest:
     expires: str
     ephemeral_x25519: bytes = field(repr=False)
     escrow: Escrow = field(repr=False)
+    FORMAT: ClassVar[str] = REQUEST_FORMAT
 
     def __post_init__(self) -> None:
         if (self.job_id, self.revision, self.epochs) != (
@@ -112,11 +114,7 @@ class RestoreRequest:
 
     def to_json(self) -> dict:
         """The ``req.json`` document."""
-        return {
-            "format": REQUEST_FORMAT,
-            "request_id": self.request_id,
-            "job_id": self.job_id,
-            "revision": self.revision,
+        return self.head() | {
             "epochs": list(self.epochs),
             "purpose": self.purpose,
             "samples": "all" if self.samples is None else list(self.samples),
@@ -128,45 +126,25 @@ class RestoreRequest:
             "escrow": self.escrow.to_json(),
         }
 
-    def sha256(self) -> str:
-        """The request's identity: sha256 hex of its canonical JSON."""
-        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
-
-    def dumps(self) -> bytes:
-        """``req.json`` bytes."""
-        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
-
     @classmethod
     def loads(cls, data: bytes | str) -> RestoreRequest:
         """Parse ``req.json``; RestoreError if malformed."""
-        try:
-            doc = json.loads(data)
-            if doc.pop("format") != REQUEST_FORMAT or doc["purpose"] not in PURPOSES:
-                raise ValueError("not a faceveil restore request (of this version)")
-            if not isinstance(doc["request_id"], str) or not _ID.fullmatch(doc["request_id"]):
-                raise ValueError("request_id must be 32 lowercase hex characters")
-            samples = doc["samples"]
-            doc["samples"] = None if samples == "all" else tuple(str(s) for s in samples)
-            doc["epochs"] = tuple(str(e) for e in doc["epochs"])
-            if not doc["epochs"]:
-                raise ValueError("a request covers at least one key epoch")
-            doc["ephemeral_x25519"] = b64d(doc["ephemeral_x25519"], "ephemeral key", 32)
-            doc["escrow"] = Escrow.loads(json.dumps(doc["escrow"]))
-            return cls(**doc)
-        except (ValueError, KeyError, TypeError, AttributeError, EscrowError) as exc:
-            raise RestoreError(f"invalid restore request: {exc}") from None
+        return cls._from_file(data, _request_fields)
 
 
-@dataclass(frozen=True)
-class RequestSpec:
-    """What a request asks for: its purpose, the sample ids (None: every sample; only a restore
-    names samples), why and by whom, and for how long it stays valid."""
-
-    purpose: str
-    samples: Sequence[str] | None
-    reason: str
-    requester: str
-    valid_for: timedelta = timedelta(days=7)
+def _request_fields(doc: dict) -> dict:
+    if doc["purpose"] not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
+    epochs = tuple(str(e) for e in doc["epochs"])
+    if not epochs:
+        raise ValueError("a request covers at least one key epoch")
+    samples = doc["samples"]
+    return doc | {
+        "samples": None if samples == "all" else tuple(str(s) for s in samples),
+        "epochs": epochs,
+        "ephemeral_x25519": b64d(doc["ephemeral_x25519"], "ephemeral key", 32),
+        "escrow": Escrow.loads(json.dumps(doc["escrow"])),
+    }
 
 
 def create_request(
@@ -176,27 +154,19 @@ def create_request(
     clock: Callable[[], datetime] = utc_now,
     params: ScryptParams | None = None,
 ) -> tuple[RestoreRequest, bytes]:
-    """A new request and its requester key file (bytes; write with mode 0600)."""
+    """A new request and its requester key file (bytes; write with mode 0600). ``spec``'s
+    samples are sample ids, or None for every sample (only a restore names samples)."""
     purpose, samples = spec.purpose, spec.samples
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}")
     if purpose != "restore":
         samples = None
-    if not spec.reason.strip() or not spec.requester.strip():
-        raise ValueError("a request needs a reason and a requester")
     eph = X25519PrivateKey.generate()
-    now = clock()
     request = RestoreRequest(
-        request_id=secrets.token_hex(16),
-        job_id=escrow.job_id,
-        revision=escrow.revision,
+        **new_request_fields(escrow, spec, clock()),
         epochs=escrow.escrow_ids,
         purpose=purpose,
         samples=None if samples is None else tuple(samples),
-        reason=spec.reason,
-        requester=spec.requester,
-        created=iso_time(now),
-        expires=iso_time(now + spec.valid_for),
         ephemeral_x25519=eph.public_key().public_bytes_raw(),
         escrow=escrow,
     )
@@ -283,26 +253,9 @@ def check_request(
 ) -> None:
     """RestoreError unless ``request`` is for this job, escrow revision and purpose, unexpired,
     and its escrow copy is ``escrow`` exactly (same policy and sealed shares)."""
-    if (request.job_id, request.revision, request.epochs) != (
-        escrow.job_id,
-        escrow.revision,
-        escrow.escrow_ids,
-    ):
-        raise RestoreError(
-            "the request was made for another job or another escrow (or the "
-            "escrow changed since: a new key epoch, a reshare or a rekey); make "
-            "a new request"
-        )
-    if canonical_json(request.escrow.to_json()) != canonical_json(escrow.to_json()):
-        raise RestoreError(
-            "the request's copy of escrow.json differs from the job's escrow.json (same "
-            "revision, other policy or sealed shares): a forged or altered request"
-        )
-    if request.purpose != purpose:
-        raise RestoreError(f"the request is for {request.purpose!r}, not {purpose!r}")
-    now = now or utc_now()
-    if now > parse_time(request.expires):
-        raise RestoreError(f"the request expired at {request.expires}")
+    if request.epochs != escrow.escrow_ids:
+        raise RestoreError(STALE_REQUEST)
+    request.check_scope(escrow, purpose, now)
 
 
 def approve(

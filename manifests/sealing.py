@@ -7,7 +7,7 @@ Data keys
     :func:`manifests.threshold.wrap`); the wrap is stored on the sample's whole-sample row, and
     only M custodians' partial decryptions of that one wrap open it again. With KMS, the worker
     asks KMS for one data key per shard (its blob is stored in the manifest) and derives each
-    sample's key as ``HKDF-SHA256(shard key, salt=job_id, info="faceveil/kms-sample/v1|" +
+    sample's data key as ``HKDF-SHA256(shard key, salt=job_id, info="faceveil/kms-sample/v1|" +
     label)``. Workers hold no private escrow key and no master key.
 
 Rows (AAD format 2)
@@ -91,7 +91,7 @@ def open_row(data_key: bytes, aad: bytes, nonce: bytes, ciphertext: bytes, what:
         ) from None
 
 
-def kms_sample_key(shard_key: bytes, job_id: str, label: bytes) -> bytes:
+def kms_data_key(shard_key: bytes, job_id: str, label: bytes) -> bytes:
     """A sample's data key under a KMS shard key."""
     hkdf = HKDF(hashes.SHA256(), 32, salt=job_id.encode(), info=_KMS_SAMPLE_INFO + label)
     return hkdf.derive(shard_key)
@@ -139,7 +139,7 @@ class ShardKeys:
         """(data key, wrapped key bytes to store, or None with KMS) of one sample."""
         label = sample_label(self.epoch.job_id, self.epoch.escrow_id, self.shard, sample_id)
         if self.epoch.scheme == "kms":
-            return kms_sample_key(self.shard_key, self.epoch.job_id, label), None
+            return kms_data_key(self.shard_key, self.epoch.job_id, label), None
         data_key = secrets.token_bytes(32)
         wrapped = threshold.wrap(self.epoch.public_key, label, data_key)
         return data_key, wrapped.to_bytes()

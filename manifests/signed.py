@@ -1,18 +1,23 @@
-"""What the restore workflow's files share in both escrow formats: a custodian's signed
-approval (its statement, file bytes and sha256) and the requester key file."""
+"""What the restore workflow's files share in both escrow formats: a request's identity, bytes,
+parsing and scope check, a custodian's signed approval (its statement, file bytes and sha256),
+and the requester key file."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.audit import utc_now
+from faceveil.manifests.canonical import JsonFile, canonical_json, file_json
 from faceveil.manifests.custodian import (
     CustodianPublic,
     ScryptParams,
@@ -22,6 +27,108 @@ from faceveil.manifests.custodian import (
     passphrase_seal,
 )
 from faceveil.manifests.errors import CustodianKeyError, EscrowError, RestoreError
+
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def iso_time(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class RequestFile(JsonFile):
+    """The file side of a request dataclass that defines ``to_json()`` (its ``req.json``
+    document), ``FORMAT`` and the fields ``request_id``, ``job_id``, ``revision``, ``purpose``,
+    ``expires`` and ``escrow`` (the escrow copy, with ``to_json()``)."""
+
+    FORMAT: ClassVar[str]
+    request_id: str
+    job_id: str
+    revision: str
+
+    def head(self) -> dict:
+        """The fields a ``req.json`` document starts with, in both formats."""
+        return {
+            "format": self.FORMAT,
+            "request_id": self.request_id,
+            "job_id": self.job_id,
+            "revision": self.revision,
+        }
+
+    def sha256(self) -> str:
+        """The request's identity: sha256 hex of its canonical JSON."""
+        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
+
+    @classmethod
+    def _from_file(cls, data: bytes | str, fields: Callable[[dict], dict]) -> Any:
+        """Parse a ``req.json`` of ``FORMAT`` (``fields`` decodes the format's own fields of the
+        document); RestoreError if malformed."""
+        try:
+            doc = json.loads(data)
+            if doc.pop("format") != cls.FORMAT:
+                version = cls.FORMAT.rsplit("/", 1)[-1]
+                raise ValueError(f"not a faceveil restore request of format {version}")
+            request_id = doc["request_id"]
+            if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+                raise ValueError("request_id must be 32 lowercase hex characters")
+            return cls(**fields(doc))
+        except (ValueError, KeyError, TypeError, AttributeError, EscrowError) as exc:
+            raise RestoreError(f"invalid restore request: {exc}") from None
+
+    def check_scope(self, escrow: Any, purpose: str, now: datetime | None = None) -> None:
+        """RestoreError unless this request is for ``escrow``'s job and revision, its escrow
+        copy is ``escrow`` exactly (same policy and sealed shares), it is for ``purpose``, and
+        it has not expired at ``now``."""
+        if (self.job_id, self.revision) != (escrow.job_id, escrow.revision):
+            raise RestoreError(STALE_REQUEST)
+        if canonical_json(self.escrow.to_json()) != canonical_json(escrow.to_json()):
+            raise RestoreError(
+                "the request's copy of escrow.json differs from the job's escrow.json (same "
+                "revision, other policy or shares): a forged or altered request"
+            )
+        if self.purpose != purpose:
+            raise RestoreError(f"the request is for {self.purpose!r}, not {purpose!r}")
+        if (now or utc_now()) > parse_time(self.expires):
+            raise RestoreError(f"the request expired at {self.expires}")
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What a request asks for: its purpose, its samples (as the request's format names them),
+    why and by whom, and for how long it stays valid."""
+
+    purpose: str
+    samples: Any
+    reason: str
+    requester: str
+    valid_for: timedelta = field(default=timedelta(days=7), kw_only=True)
+
+
+def new_request_fields(escrow: Any, spec: RequestSpec, now: datetime) -> dict[str, str]:
+    """The fields every new request of ``escrow`` fills the same way: a fresh ``request_id``,
+    the escrow's ``job_id`` and ``revision``, ``spec``'s ``reason`` and ``requester``, and
+    ``created`` (``now``) and ``expires`` (``spec.valid_for`` later); ValueError without a
+    reason or a requester."""
+    if not spec.reason.strip() or not spec.requester.strip():
+        raise ValueError("a request needs a reason and a requester")
+    return {
+        "request_id": secrets.token_hex(16),
+        "job_id": escrow.job_id,
+        "revision": escrow.revision,
+        "reason": spec.reason,
+        "requester": spec.requester,
+        "created": iso_time(now),
+        "expires": iso_time(now + spec.valid_for),
+    }
+
+
+STALE_REQUEST = (
+    "the request was made for another job or another escrow (or the escrow changed since: a new "
+    "key epoch, a reshare or a rekey); make a new request"
+)
 
 
 class SignedApproval:
@@ -56,8 +163,7 @@ class SignedApproval:
 
     def dumps(self) -> bytes:
         """The ``.approval`` file bytes."""
-        doc = self.signed_doc() | {"signature": b64e(self.signature)}
-        return json.dumps(doc, indent=1).encode() + b"\n"
+        return file_json(self.signed_doc() | {"signature": b64e(self.signature)})
 
 
 def verify_signed(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from faceveil.anon_core.faces import Faces, face_regions
+from faceveil.anon_core.faces import Faces, box_regions, face_regions
 from faceveil.anon_core.methods.base import MethodOutput, register
 
 
@@ -36,11 +36,15 @@ class _RegionMethod:
 
     def __call__(self, image: np.ndarray, faces: Faces) -> MethodOutput:
         out = image.copy()
-        regions = face_regions(faces, image.shape, self.grow)
+        regions = self.regions(faces, image.shape)
         for x1, y1, x2, y2 in regions:
             if x2 > x1 and y2 > y1:
                 out[y1:y2, x1:x2] = self.rewrite(out[y1:y2, x1:x2])
         return MethodOutput(out, regions, (self.name,) * len(regions), (None,) * len(regions))
+
+    def regions(self, faces: Faces, shape: tuple[int, ...]) -> np.ndarray:
+        """The region rewritten for each face: its whole-face region (``face_regions``)."""
+        return face_regions(faces, shape, self.grow)
 
     def rewrite(self, crop: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -112,3 +116,14 @@ class Mask(_RegionMethod):
 
     def rewrite(self, crop: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.color, crop.shape).copy()
+
+
+class BoxMask(Mask):
+    """A mask over each face's box and nothing around it: the fallback of methods that cannot
+    replace a face (not in the registry; ``mask`` itself covers the grown whole-face region)."""
+
+    def __init__(self, color: tuple[int, int, int] = (96, 96, 96)) -> None:
+        super().__init__(0.0, color)
+
+    def regions(self, faces: Faces, shape: tuple[int, ...]) -> np.ndarray:
+        return box_regions(faces, shape)

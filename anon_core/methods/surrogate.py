@@ -1,11 +1,15 @@
 """The ``surrogate`` method: each face becomes a key-driven face of nobody with its pose kept.
 
 Per face: the identity is found among the first pass's clusters (nearest centroid), named by
-``HMAC(key, cluster id)``; that pseudonym alone picks, by a keyed ranking, k donors of other
-identities from the identity's attribute neighbourhood; their mean appearance is rendered on the
-original's pose and expression (``anon_core.surrogate.synthesis``). Faces with unreliable
-landmarks, or whose surrogate cannot be trusted (too little visible, too few donors), are masked,
-and ``MethodOutput.methods`` says so.
+``HMAC(key, cluster id)``; with ``linkage="person"`` that pseudonym alone picks, by a keyed
+ranking, k donors of other identities from the identity's attribute neighbourhood, so one person
+gets one surrogate everywhere; with ``linkage="none"`` the face's own keyed token
+(``face_token``: HMAC of its box and pixels) makes that choice, so no two photos are tied. The
+donors' mean appearance is rendered on the original's pose and expression
+(``anon_core.surrogate.synthesis``). Faces with unreliable landmarks, or whose surrogate cannot be
+trusted (too little visible, too few donors), are masked over their box, and
+``MethodOutput.methods`` says so. A face detected twice arrives once (the pipeline's
+``one_per_face``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,14 @@ import numpy as np
 
 from faceveil.anon_core.faces import Faces, face_regions
 from faceveil.anon_core.methods.base import MethodOutput, register
-from faceveil.anon_core.methods.baselines import Mask
-from faceveil.anon_core.pseudonym import check_key, keyed_order, pseudonym, unclustered_id
+from faceveil.anon_core.methods.baselines import BoxMask
+from faceveil.anon_core.pseudonym import (
+    check_key,
+    face_token,
+    keyed_order,
+    pseudonym,
+    unclustered_id,
+)
 from faceveil.anon_core.surrogate.attributes import BINARY
 from faceveil.anon_core.surrogate.context import SurrogateContext
 from faceveil.anon_core.surrogate.donors import MIN_DONORS, DonorQuery, skin_tone
@@ -39,6 +49,11 @@ FLOOR = 2.0
 # Lower floors (as fractions of the floor) for when too few donors of the original's attributes
 # are that far: rare groups in a small bank keep their attributes at some cost in privacy.
 RELAXED, LAST_RESORT = 0.875, 0.75
+# Grow of the whole-face region sealed for each surrogate (with every pixel its warp changed).
+GROW = 0.3
+# What ties the surrogates of one person together: "person" (one surrogate per identity, a
+# pseudonym), or "none" (a fresh one per face).
+LINKAGES = ("person", "none")
 
 
 @register("surrogate")
@@ -47,7 +62,8 @@ class Surrogate:
 
     ``context`` comes from the first pass (``build_surrogate_context``); ``privacy`` in [0, 1]
     moves identity-bearing geometry toward the donors' mean shape; ``donors`` is k (>= 4), the
-    number of people averaged into one surrogate; ``grow`` sizes the mask used as fallback.
+    number of people averaged into one surrogate; ``linkage`` ("person" or "none", see
+    ``LINKAGES``) says whether the photos of one person share a surrogate and a pseudonym.
     """
 
     name = "surrogate"
@@ -60,9 +76,11 @@ class Surrogate:
         context: SurrogateContext,
         privacy: float = 0.5,
         donors: int = 6,
-        grow: float = 0.3,
+        linkage: str = "person",
     ) -> None:
         self._key = check_key(key)
+        if linkage not in LINKAGES:
+            raise ValueError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
         if not isinstance(context, SurrogateContext):
             raise TypeError("context must be a SurrogateContext from build_surrogate_context")
         if donors < MIN_DONORS:
@@ -82,14 +100,14 @@ class Surrogate:
         # With estimated gender and age, donors are ranked by skin tone only (see DonorQuery).
         self.distance_weight = 0.0 if context.traits and not context.attributes else 1.0
         self.synthesizer = Synthesizer(context.bank, privacy)
-        self.fallback = Mask(grow)
-        self.grow = grow
+        self.fallback = BoxMask()
+        self.linkage = linkage
         self._faces: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __repr__(self) -> str:
         return (
             f"Surrogate(privacy={self.synthesizer.privacy}, donors={self.donors}, "
-            f"key=<hidden>, {self.context!r})"
+            f"linkage={self.linkage}, key=<hidden>, {self.context!r})"
         )
 
     def identify(self, embedding: np.ndarray) -> tuple[str, int]:
@@ -103,15 +121,21 @@ class Surrogate:
         return pseudonym(self._key, cid), cluster
 
     def donor_set(
-        self, embedding: np.ndarray, skin: np.ndarray, traits: np.ndarray | None = None
+        self,
+        embedding: np.ndarray,
+        skin: np.ndarray,
+        traits: np.ndarray | None = None,
+        face: str | None = None,
     ) -> tuple[str, np.ndarray]:
-        """The pseudonym and the k donor indices (into the bank) for one face.
+        """The name and the k donor indices (into the bank) for one face.
 
-        Candidates depend on the identity (its cluster's centroid, skin tone, gender and age),
-        the choice among them on the key and the pseudonym only, so every photo of one person
-        gets the same donors. ``traits`` (P(female), age) are the face's own, used when the
-        face belongs to no cluster. Attribute constraints are relaxed, age first, when too few
-        donors satisfy them; ValueError when too few donors qualify at all.
+        Candidates depend on the identity (its cluster's centroid, skin tone, gender and age;
+        never the person's own photos), the choice among them on the key and a name only: the
+        identity's pseudonym, so every photo of one person gets the same donors, or ``face``
+        (a ``face_token``, linkage "none"), so each photo gets its own. ``traits`` (P(female),
+        age) are the face's own, used when the face belongs to no cluster. Attribute
+        constraints are relaxed, age first, when too few donors satisfy them; ValueError when
+        too few donors qualify at all.
         """
         name, cluster = self.identify(embedding)
         clusters = self.context.clusters
@@ -126,6 +150,7 @@ class Surrogate:
             own = np.asarray(traits, np.float32)
         query = DonorQuery(centre, tone, cluster, self.pool, self.floor)
         pool = self._pool(replace(query, distance_weight=self.distance_weight), own)
+        name = face or name
         order = keyed_order(self._key, name, [self.context.bank.ids[i] for i in pool])
         return name, np.sort(pool[order[: self.donors]])
 
@@ -198,9 +223,8 @@ class Surrogate:
         if len(faces) == 0:
             return MethodOutput(image.copy(), np.zeros((0, 4), np.int32), (), ())
         reliable = self._check(faces)
-        owner = same_face(faces.boxes, reliable)
         plans: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
-        for i in np.flatnonzero(reliable & (owner == np.arange(len(faces)))):
+        for i in np.flatnonzero(reliable):
             try:
                 plans[int(i)] = self._plan(image, faces, int(i))
             except ValueError as exc:
@@ -208,22 +232,21 @@ class Surrogate:
         # Masks go first and surrogates render on top of them, so no surrogate's warp can move
         # a masked face's original pixels; a late failure restarts with that face masked.
         while True:
-            output, failed = self._attempt(image, faces, plans, owner)
+            output, failed = self._attempt(image, faces, plans)
             if not failed:
                 return output
             for i in failed:
                 del plans[i]
 
     def _attempt(
-        self, image: np.ndarray, faces: Faces, plans: dict, owner: np.ndarray
+        self, image: np.ndarray, faces: Faces, plans: dict
     ) -> tuple[MethodOutput, list[int]]:
-        """Render the planned faces over the masked ones; a second detection of a face that
-        gets a surrogate (``owner``) takes that surrogate's result, never a mask over it."""
-        regions = face_regions(faces, image.shape, self.grow)
+        """Render the planned faces over the masked ones (each masked over its box)."""
+        regions = face_regions(faces, image.shape, GROW)
         methods = ["mask"] * len(faces)
         names: list[str | None] = [None] * len(faces)
         out = image.copy()
-        masked = [i for i in range(len(faces)) if int(owner[i]) not in plans]
+        masked = [i for i in range(len(faces)) if i not in plans]
         if masked:
             result = self.fallback(image, faces.select(np.asarray(masked, np.int64)))
             out = result.image
@@ -240,11 +263,8 @@ class Surrogate:
                 failed.append(i)
                 continue
             regions[i] = _paste(out, face, regions[i])
-            methods[i], names[i] = self.name, name
-        for j in np.flatnonzero(owner != np.arange(len(faces))):
-            i = int(owner[j])
-            if i in plans and i not in failed:
-                regions[j], methods[j], names[j] = regions[i], methods[i], names[i]
+            methods[i] = self.name
+            names[i] = name if self.linkage == "person" else None
         return MethodOutput(out, regions, tuple(methods), tuple(names)), failed
 
     def _check(self, faces: Faces) -> np.ndarray:
@@ -265,7 +285,12 @@ class Surrogate:
         traits = None
         if self._estimator is not None and self.context.clusters.assign(embedding[None])[0] < 0:
             traits = self._estimator(image, faces.boxes[i : i + 1])[0]
-        name, chosen = self.donor_set(embedding, skin_tone(image, points), traits)
+        tone = skin_tone(image, points)
+        if self.linkage == "person":
+            name, chosen = self.donor_set(embedding, tone, traits)
+        else:
+            own = face_token(self._key, image, faces.boxes[i])
+            name, chosen = self.donor_set(embedding, tone, traits, face=own)
         return (name, *self._mean_face(name, chosen))
 
     def _mean_face(self, name: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,31 +302,6 @@ class Surrogate:
         if len(self._faces) > _CACHE:
             self._faces.popitem(last=False)
         return self._faces[key]
-
-
-NESTED = 0.6  # two boxes are one face when this much of the smaller lies inside the larger
-
-
-def same_face(boxes: np.ndarray, reliable: np.ndarray) -> np.ndarray:
-    """For each detection, the detection that stands for its face: itself, or, when its box
-    lies mostly (``NESTED``) inside or around a reliable detection with a higher score, that
-    one (a face detected twice, box inside box, gets one decision)."""
-    n = len(boxes)
-    owner = np.arange(n)
-    b = np.asarray(boxes, np.float64)
-    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
-    rank = sorted(range(n), key=lambda i: (not reliable[i], -b[i, 4], i))
-    for pos, j in enumerate(rank):
-        for i in rank[:pos]:
-            if not reliable[i] or owner[i] != i:
-                continue
-            w = min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0])
-            h = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
-            inter = max(w, 0.0) * max(h, 0.0)
-            if inter >= NESTED * max(min(area[i], area[j]), 1e-6):
-                owner[j] = i
-                break
-    return owner
 
 
 def _paste(out: np.ndarray, face: Rendered, region: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from faceveil.anon_core.config import from_args
 from faceveil.jobs.evaluate.config import (
     ATTACKS,
     JUDGES,
@@ -65,10 +66,11 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
-    """The EvalConfig that ``faceveil eval`` arguments describe."""
-    return EvalConfig(
-        images=args.images,
-        identities=args.identities,
+    """The EvalConfig that ``faceveil eval`` arguments describe (options named as its fields are
+    taken as they are)."""
+    return from_args(
+        EvalConfig,
+        args,
         report_dir=args.report,
         methods=parse_methods(args.methods),
         attacker_models=tuple(args.attacker_model),
@@ -76,18 +78,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         attacks=parse_attacks(args.attacks),
         budget=AttackBudget(epochs=args.attack_epochs),
         recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
-        attributes=args.attributes,
-        detector=args.detector,
-        second_detector=args.second_detector,
-        model_root=args.model_root,
-        limit_identities=args.limit_identities,
         utility=not args.no_utility,
-        attribute_faces=args.attribute_faces,
-        attribute_judge=args.attribute_judge,
-        far=args.far,
-        examples=args.examples,
-        device=args.device,
-        threads=args.threads,
         progress=not args.no_progress,
     )
 

@@ -124,7 +124,7 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
     key; this is the one place that knows how to give it both. Options ``embedder`` ("dlib" or
     a recognition ONNX path), ``max_donor_faces`` and ``attributes`` (a labels CSV to fit
     gender and age probes on, as ``run --attributes``) are for the first pass; the rest go to
-    the method (``privacy``, ``donors``, ``grow``)."""
+    the method (``privacy``, ``donors``, ``linkage``)."""
     try:
         from faceveil.anon_core.surrogate.build import attribute_probes, surrogate_from_table
         from faceveil.anon_core.surrogate.context import DEFAULT_MAX_DONORS

@@ -95,3 +95,27 @@ def test_sampler_counts_grandchildren(tmp_path: Path) -> None:
     assert max(s.processes for s in m.sampler.samples) >= 2
     assert m.peak_rss > 0 and m.peak_pss == 0
     assert 0 <= m.sampler.cpu_between(m.started, m.ended) <= m.cpu_s + 1e-9
+
+
+def test_run_summary_reads_the_line_the_job_prints() -> None:
+    from faceveil.jobs.run import JobSummary
+
+    summary = JobSummary("j1", shards_total=5, shards_done=3, shards_skipped=1, samples_in=120)
+    summary.samples_out, summary.quarantined, summary.faces = 117, 3, 140
+    summary.failed, summary.seconds = [{"shard": "shard-000004"}], 8.0
+    text = f"some log line\n{summary.line()}\n"
+    parsed = _common().run_summary(text)
+    assert (parsed.shards_done, parsed.shards_total) == (4, 5)
+    assert (parsed.samples_in, parsed.samples_out, parsed.quarantined) == (120, 117, 3)
+    assert (parsed.faces, parsed.shards_failed, parsed.rate) == (140, 1, 15.0)
+    assert _common().run_summary("faceveil run: error: no input") is None
+
+
+def test_job_rounds_alternate_their_order() -> None:
+    order = list(_common().JobTimer.alternated(("webdataset", "parquet"), 3))
+    assert order == [
+        (0, "webdataset"), (0, "parquet"),
+        (1, "parquet"), (1, "webdataset"),
+        (2, "webdataset"), (2, "parquet"),
+    ]  # fmt: skip
+    assert _common().JobTimer.mean([(2.0, 4.0, 10), (4.0, 8.0, 10)]) == (3.0, 6.0)

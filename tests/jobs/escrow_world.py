@@ -23,7 +23,8 @@ from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.demo import sample_images
 from faceveil.jobs.keyfile import new_key_file
 from faceveil.jobs.shardio import sniff_ext
-from faceveil.manifests.custodian import ScryptParams, b64e, canonical_json, passphrase_seal
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.custodian import ScryptParams, b64e, passphrase_seal
 from faceveil.manifests.request import REQUEST_KEY_FORMAT, RestoreRequest, load_request_key
 
 CUSTODIANS = ("alice", "bob", "carol")

@@ -80,7 +80,7 @@ def test_sources_are_read_in_place_and_checked_against_the_plan(photos, tmp_path
     Path(sources[2].path).write_bytes(Path(sources[2].path).read_bytes() + b"\0")
     Path(sources[3].path).unlink()
     samples = _samples(tmp_path / "plan", entries[0]) + _samples(tmp_path / "plan", entries[1])
-    assert [s.key for s in samples] == [sample_id(SECRET, s.uri) for s in sources]
+    assert [s.sample_id for s in samples] == [sample_id(SECRET, s.uri) for s in sources]
     errors = [s.members.get("err") for s in samples[:4]]
     assert errors == [None, CHANGED.encode(), CHANGED.encode(), VANISHED.encode()]
     for source, sample in zip(sources, samples, strict=True):
@@ -96,11 +96,11 @@ def test_members_of_an_input_tar_are_read_in_place(photos, tmp_path):
             (tmp_path / name).write_bytes(dict(files)[name])
             tar.add(tmp_path / name, arcname=f"inner/{name}")
     (entry,) = _plan(photos, tmp_path / "plan", size=100)
-    by_key = {s.key: s for s in _samples(tmp_path / "plan", entry)}
-    assert entry.samples == len(by_key) == 9
+    by_id = {s.sample_id: s for s in _samples(tmp_path / "plan", entry)}
+    assert entry.samples == len(by_id) == 9
     for name, data in files:
         key = sample_id(SECRET, f"{photos}/batch.tar#inner/{name}")
-        assert by_key[key].members["jpg"] == data
+        assert by_id[key].members["jpg"] == data
 
 
 def test_an_altered_plan_file_is_refused(photos, tmp_path):

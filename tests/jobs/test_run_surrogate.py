@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -88,7 +89,11 @@ def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, s
     *_, key = lfw_job
     job = json.loads((surrogate_run / "job.json").read_text())
     assert job["status"] == "complete"
-    assert job["config"]["anon"]["method_options"] == {"privacy": 0.5, "donors": 4}
+    assert job["config"]["anon"]["method_options"] == {
+        "privacy": 0.5,
+        "donors": 4,
+        "linkage": "person",
+    }
     record = job["surrogate"]
     assert record["key_fingerprint"] == key_fingerprint(load_key_file(key))
     first = record["first_pass"]
@@ -120,6 +125,53 @@ def test_resume_with_another_key_is_refused(lfw_job, surrogate_run, capsys):
     assert main(_surrogate_args(photos, surrogate_run, secret, other, "--resume")) == 1
     assert "another key" in capsys.readouterr().err
     assert (surrogate_run / "job.json").read_bytes() == before
+
+
+def test_resume_with_another_linkage_is_refused(lfw_job, surrogate_run, capsys):
+    base, photos, _, secret, key = lfw_job
+    before = (surrogate_run / "job.json").read_bytes()
+    args = _surrogate_args(photos, surrogate_run, secret, key, "--linkage", "none", "--resume")
+    assert main(args) == 1
+    assert "another config" in capsys.readouterr().err
+    assert (surrogate_run / "job.json").read_bytes() == before
+
+
+def test_a_job_recorded_before_linkage_existed_resumes_as_person(lfw_job, surrogate_run):
+    """job.json written before ``--linkage``: its options lack the key, and its config_sha256 is
+    the SHA-256 of the sorted-key JSON of that config. A --resume (linkage person, the only
+    behaviour then) is accepted and rewrites nothing; --linkage none is still refused."""
+    base, photos, _, secret, key = lfw_job
+    old = base / "recorded-before-linkage"
+    shutil.copytree(surrogate_run, old)
+    job = json.loads((old / "job.json").read_text())
+    del job["config"]["anon"]["method_options"]["linkage"]
+    job["config_sha256"] = hashlib.sha256(
+        json.dumps(job["config"], sort_keys=True).encode()
+    ).hexdigest()
+    (old / "job.json").write_text(json.dumps(job))
+    data = {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")}
+    assert main(_surrogate_args(photos, old, secret, key, "--resume")) == 0
+    assert {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")} == data
+    assert main(_surrogate_args(photos, old, secret, key, "--linkage", "none", "--resume")) == 1
+
+
+def test_no_linkage_run_records_it_and_publishes_no_pseudonym(lfw_job, surrogate_run):
+    """``--linkage none`` end to end: job.json says so, the same faces are found and replaced
+    as with ``person``, and none carries a pseudonym that could group a person's photos."""
+    base, photos, who, secret, key = lfw_job
+    out = base / "out-unlinked"
+    assert main(_surrogate_args(photos, out, secret, key, "--linkage", "none")) == 0
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "complete"
+    assert job["config"]["anon"]["method_options"]["linkage"] == "none"
+    docs, linked = _metadata(out), _metadata(surrogate_run)
+    assert docs.keys() == linked.keys()
+    faces = [f for d in docs.values() for f in d["faces"]]
+    surrogates = [f for f in faces if f["method"] == "surrogate"]
+    assert len(surrogates) >= 0.8 * len(faces)
+    assert all(f["pseudonym"] is None for f in faces)
+    linked_faces = [f for d in linked.values() for f in d["faces"]]
+    assert [f["bbox"] for f in faces] == [f["bbox"] for f in linked_faces]
 
 
 def test_too_few_people_fail_before_anything_is_anonymized(tmp_path, secret_file, ray_local,
@@ -163,6 +215,8 @@ def test_surrogate_flags_with_another_method_are_refused(tmp_path, secret_file, 
             "--secret-file", str(secret_file), "--privacy", "0.2"]  # fmt: skip
     assert main(args) == 1
     assert "apply to --method surrogate only" in capsys.readouterr().err
+    assert main([*args[:-2], "--linkage", "none"]) == 1
+    assert "--linkage apply to --method surrogate only" in capsys.readouterr().err
     key = new_key_file(tmp_path / "team.key")
     assert main([*args[:-2], "--key-file", str(key)]) == 1
     assert "--key-file is used by --method surrogate only" in capsys.readouterr().err

@@ -64,9 +64,9 @@ def test_shard_members_keep_original_bytes_and_hide_names(photos, tmp_path):
     originals = {s.uri: (photos / s.uri[len(str(photos)) + 1 :]).read_bytes()
                  for s in list_sources(str(photos))}  # fmt: skip
     for sample in iter_samples(io.BytesIO(data)):
-        uri = open_uri(SECRET, sample.key, sample.members["src"])
+        uri = open_uri(SECRET, sample.sample_id, sample.members["src"])
         image = next(v for k, v in sample.members.items() if k != "src")
-        assert image == originals[uri] and sample.key == sample_id(SECRET, uri)
+        assert image == originals[uri] and sample.sample_id == sample_id(SECRET, uri)
 
 
 def test_input_tars_are_resharded(photos, tmp_path):
@@ -90,8 +90,8 @@ def test_a_name_twice_in_an_input_tar_gives_two_samples_with_their_own_keys(tmp_
     write_shards(str(tmp_path / "in"), str(tmp_path / "out"), SECRET, shard_size=10)
     with open(tmp_path / "out" / "shard-000000.tar", "rb") as f:
         samples = list(iter_samples(f))
-    assert len({s.key for s in samples}) == 2
-    images = {open_uri(SECRET, s.key, s.members["src"]): s.members["jpg"] for s in samples}
+    assert len({s.sample_id for s in samples}) == 2
+    images = {open_uri(SECRET, s.sample_id, s.members["src"]): s.members["jpg"] for s in samples}
     assert images == {uris[0]: first, uris[1]: second}
 
 

@@ -36,7 +36,7 @@ def test_gnu_sparse_member_is_refused_before_any_allocation(tmp_path):
     with open(tar, "rb") as f:
         samples, peak = _peak(lambda: list(iter_samples(f)))
     assert peak < SMALL_PEAK
-    assert [s.key for s in samples] == ["aaaa", "bbbb"]
+    assert [s.sample_id for s in samples] == ["aaaa", "bbbb"]
     assert samples[0].refused == "tar member is a GNU sparse file"
     assert samples[0].members == {"jpg": b""}
     assert samples[1].refused == "" and samples[1].members == {"jpg": b"small member"}
@@ -77,7 +77,7 @@ def test_non_regular_members_are_refused_and_directories_skipped():
          _info("fifo.jpg", type_=tarfile.FIFOTYPE), _info("ok.jpg", 4)]
     )  # fmt: skip
     samples = list(iter_samples(io.BytesIO(data)))
-    assert [(s.key, s.refused) for s in samples] == [
+    assert [(s.sample_id, s.refused) for s in samples] == [
         ("link", "tar member of type b'2' is not a regular file"),
         ("fifo", "tar member of type b'6' is not a regular file"),
         ("ok", ""),
@@ -97,7 +97,7 @@ def test_sparse_member_of_an_input_tar_is_quarantined_at_read(tmp_path):
     assert sources[0].error == "tar member is a GNU sparse file" and sources[1].error == ""
     shard, peak = _peak(lambda: build_shard(Location(str(tmp_path / "in")), sources, SECRET))
     assert peak < SMALL_PEAK
-    samples = {s.key: s for s in iter_samples(io.BytesIO(shard))}
+    samples = {s.sample_id: s for s in iter_samples(io.BytesIO(shard))}
     sparse, small = (sample_id(SECRET, s.uri) for s in sources)
     assert samples[sparse].members["err"] == b"tar member is a GNU sparse file"
     assert "jpg" not in samples[sparse].members

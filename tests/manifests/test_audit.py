@@ -21,7 +21,7 @@ from faceveil.manifests.audit import (
     verify,
     verify_log,
 )
-from faceveil.manifests.custodian import canonical_json
+from faceveil.manifests.canonical import canonical_json
 from faceveil.manifests.errors import AuditError
 from faceveil.manifests.restore import _APPROVAL_LABEL
 

@@ -63,9 +63,9 @@ def test_known_answer_with_injected_key_and_nonce():
 
 
 # Format-1 vectors written out once: the AAD exactly as the module docstring lays it out, the
-# sample key and ciphertext from cryptography's HKDF and AES-GCM called directly (``_expected``),
-# never from the envelope. A change of the derivation or AAD layout would make every format-1
-# manifest unreadable.
+# per-sample data key and ciphertext from cryptography's HKDF and AES-GCM called directly
+# (``_expected``), never from the envelope. A change of the derivation or AAD layout would make
+# every format-1 manifest unreadable.
 WHOLE_SAMPLE_AAD = (
     b'{"anon_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",'
     b'"face":-1,"job_id":"job-1","key":"k","shard":"shard-000000","v":"faceveil-aad/1"}'
@@ -92,18 +92,18 @@ def test_fixed_vector_is_the_documented_construction():
     """The pinned vectors are what the documented construction gives, computed without the
     code under test (so a pinned value cannot just echo the envelope)."""
     assert hashlib.sha256(WHOLE_SAMPLE_AAD).hexdigest() == VECTORS[0][3]
-    for at, plaintext, sample_key, aad_sha256, ciphertext in VECTORS:
+    for at, plaintext, data_key, aad_sha256, ciphertext in VECTORS:
         derived = HKDF(hashes.SHA256(), 32, salt=b"job-1", info=at.sample_id.encode())
-        assert derived.derive(MASTER).hex() == sample_key
+        assert derived.derive(MASTER).hex() == data_key
         assert hashlib.sha256(_documented_aad("job-1", at)).hexdigest() == aad_sha256
         assert _expected("job-1", at, plaintext).hex() == ciphertext
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=["whole-sample", "face"])
 def test_fixed_vector_is_stable(vector):
-    at, plaintext, sample_key, aad_sha256, ciphertext = vector
+    at, plaintext, data_key, aad_sha256, ciphertext = vector
     env = Envelope(MasterKey(MASTER), "job-1")
-    assert env.sample_key(at.sample_id).hex() == sample_key
+    assert env.data_key(at.sample_id).hex() == data_key
     box = env.seal(at, plaintext, nonce=NONCE)
     assert (box.ciphertext.hex(), box.aad_sha256) == (ciphertext, aad_sha256)
     assert env.open(at, NONCE, bytes.fromhex(ciphertext)) == plaintext

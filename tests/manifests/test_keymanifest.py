@@ -48,7 +48,7 @@ from faceveil.manifests.keymanifest import (
     read_key_manifest,
     write_key_manifest,
 )
-from faceveil.manifests.sealing import RowName, kms_sample_key, row_aad, seal_row
+from faceveil.manifests.sealing import RowName, kms_data_key, row_aad, seal_row
 from faceveil.manifests.sealing import open_row as open_sealed_row
 
 ANON = hashlib.sha256(b"anon").hexdigest()
@@ -225,9 +225,9 @@ def test_kms_manifests_carry_the_shard_key_blob(moto_endpoint, aws_env):
     manifest = load_key_manifest(sealer.manifest_bytes())
     assert manifest.kms_blob and all(r.wrapped_key is None for r in manifest.rows)
     shard_key = kms_open_shard_key(client, policy, ShardRef("job-1", eid, SHARD), manifest.kms_blob)
-    dk = kms_sample_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k1"))
+    dk = kms_data_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k1"))
     assert open_v2(dk, manifest.rows[0], ANON).data == b"png"
-    other = kms_sample_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k2"))
+    other = kms_data_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k2"))
     with pytest.raises(DecryptionError):
         open_v2(other, manifest.rows[0], ANON)
 

@@ -14,7 +14,8 @@ import pytest
 
 from faceveil.manifests import request as request_module
 from faceveil.manifests import restore, threshold
-from faceveil.manifests.custodian import CustodianPrivate, canonical_json, open_sealed, seal_to
+from faceveil.manifests.canonical import canonical_json
+from faceveil.manifests.custodian import CustodianPrivate, open_sealed, seal_to
 from faceveil.manifests.envelope import Payload, PayloadKind
 from faceveil.manifests.errors import (
     CustodianKeyError,
