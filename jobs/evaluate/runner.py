@@ -25,7 +25,13 @@ from faceveil.jobs.evaluate.attacks import AttackPlan, split_identities
 from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec
 from faceveil.jobs.evaluate.dataset import LabelledSet, load_labelled_set
 from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Originals
-from faceveil.jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
+from faceveil.jobs.evaluate.methods import (
+    MethodContext,
+    MethodUnavailable,
+    Remembered,
+    WithFaceDetails,
+    build_method,
+)
 from faceveil.jobs.evaluate.metrics import central_face, ssim_outside
 from faceveil.jobs.evaluate.models import EvalModels, load_models
 from faceveil.jobs.evaluate.recall import recall_by_group
@@ -254,7 +260,12 @@ def evaluate_method(spec: MethodSpec, session: EvalSession) -> dict:
         threads=config.threads,
     )
     pipeline = FaceAnonymizer(anon_config, detector=models.detector, method=anonymizer)
+    if isinstance(anonymizer, WithFaceDetails):  # its own models (the first pass's memory)
+        pipeline.landmarks, pipeline.embedder = anonymizer.landmarks, anonymizer.embedder
     run = _anonymize_all(pipeline, session, spec.label)
+    if isinstance(pipeline.embedder, Remembered):
+        log.info("%s: the first pass's landmarks and embeddings reused for %d images",
+                 spec.label, pipeline.embedder.hits)  # fmt: skip
     row = figures.method_row(spec, run, session)
     row["attackers_used_by_anonymizer"] = same
     return row
