@@ -130,6 +130,30 @@ def test_attack_names_and_budget_are_checked() -> None:
     budget = EvalConfig(images="i", identities="m", report_dir="r").public()["attack_budget"]
     assert budget["parrot"]["fine_tuned_layers"] == "none (head only)"
     assert budget["parrot"]["epochs"] == AttackBudget().epochs
+    assert budget["parrot"]["torch_threads"] == 1
+
+
+def test_the_heads_train_on_their_budget_threads_and_give_the_rest_back() -> None:
+    """One torch thread trains the small heads several times faster on shared cores; the
+    caller's thread setting is restored afterwards."""
+    import torch
+
+    from faceveil.jobs.evaluate.heads import MetricHead, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    ids, originals = _world(n_ids=10, per_id=3)
+    seen = []
+
+    class Probe(MetricHead):
+        def _fit(self, x, labels):
+            seen.append(torch.get_num_threads())
+            return super()._fit(x, labels)
+
+    Probe(AttackBudget(epochs=1, threads=1)).fit(originals, ids)
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 def test_the_issue_command_line_parses_into_the_attack_config() -> None:
