@@ -1,6 +1,6 @@
 """Issue 13's benchmark: re-identification of anonymized lfw_dev faces under every attack
-(aligned, parrot, inversion) and every recognizer, the worst case per method, and detection
-recall per gender, race, age band and face size on utkface_dev.
+(aligned, parrot, inversion on features and on pixels) and every recognizer, the worst case
+per method, and detection recall per gender, race, age band and face size on utkface_dev.
 
 Run from the repository root: ``python -m bench.bench_attacks`` (``--limit-identities 60`` for
 a quick look). Targets: worst-case rank-1 <= 3% for every shipped method at its default; no
@@ -16,9 +16,19 @@ import sys
 from pathlib import Path
 
 from bench.common import format_table, machine_info, missing_shared, shared_root
-from faceveil.jobs.evaluate.config import EvalConfig, RecallConfig, parse_methods
+from faceveil.jobs.evaluate.config import (
+    ATTACKS,
+    AttackBudget,
+    EvalConfig,
+    PixelBudget,
+    RecallConfig,
+    parse_attacks,
+    parse_methods,
+)
 from faceveil.jobs.evaluate.runner import run_eval
 
+ATTACK_KEYS = ("aligned", "parrot_gallery_anonymized", "parrot_gallery_original", "inversion",
+               "inversion_pixels")  # fmt: skip
 PRIVACY_TARGET = 0.03
 RECALL_TARGET = 0.99
 
@@ -33,6 +43,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
                    help="labelled faces composited into scenes per face width")  # fmt: skip
     p.add_argument("--methods", default="blur,pixelate,mask,surrogate")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list (aligned always)")
+    p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
+                   help="the pixel inversion U-Net's training steps per method")  # fmt: skip
     p.add_argument("--limit-identities", type=int, help="first N identities with 2+ images")
     p.add_argument("--json", help="also write the whole report here")
     return p.parse_args(argv)
@@ -40,7 +53,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def _attack_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     recognizers = [a["name"] for a in report["attackers"]]
-    keys = ["aligned", "parrot_gallery_anonymized", "parrot_gallery_original", "inversion"]
+    keys = [k for k in ATTACK_KEYS if any(k in m.get("attacks", {}) for m in report["methods"])]
     headers = ["method", *(f"{k} / {r[:12]}" for k in keys for r in recognizers)]
     headers += ["worst rank-1", "worst TAR", f"<= {100 * PRIVACY_TARGET:g}%"]
     rows = []
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         methods=parse_methods(args.methods), attacker_models=(args.attacker,),
         limit_identities=args.limit_identities, utility=False, examples=0, progress=True,
         recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
+        attacks=parse_attacks(args.attacks),
+        budget=AttackBudget(pixels=PixelBudget(steps=args.pixel_steps)),
     )  # fmt: skip
     report = run_eval(config).report
     d = report["dataset"]
@@ -98,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     headers, rows = _attack_rows(report)
     print(format_table(headers, rows))
+    for m in report["methods"]:
+        if "pixel_inversion" in m:
+            print(f"pixel inversion, {m['label']}: {json.dumps(m['pixel_inversion'])}")
     missed = [r[0] for r in rows if r[-1] == "MISSED"]
     if missed:
         print(f"PRIVACY TARGET MISSED by: {', '.join(missed)}")

@@ -6,7 +6,9 @@ attacker anonymizes faces of other people himself (the method is public) and fit
 on the recognizer's features of them; tested on held-out identities against a gallery of their
 anonymized images and one of their originals. ``inversion``: a ridge map from anonymized to
 original features fitted on the training identities, applied to the held-out ones and matched
-against their originals. Training and test identities are disjoint (``split_identities``).
+against their originals. ``inversion-pixels``: the same on pixels, a U-Net fitted on crop pairs
+(``pixels``); each recognizer embeds the restored images it gives (``Features.restored``).
+Training and test identities are disjoint (``split_identities``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ATTACK_KEYS = {
     "aligned": ("aligned",),
     "parrot": ("parrot_gallery_anonymized", "parrot_gallery_original"),
     "inversion": ("inversion",),
+    "inversion-pixels": ("inversion_pixels",),
 }
 
 
@@ -113,13 +116,15 @@ def score(trial: Trial, far: float) -> dict:
 class Features:
     """One recognizer's embeddings of the originals and of one method's output, per sample;
     ``valid`` marks samples with both, ``gallery`` the aligned attack's one original per
-    identity over the whole set."""
+    identity over the whole set; ``restored`` the embeddings of the pixel inversion's restored
+    images (held-out samples; NaN elsewhere), None when that attack did not run."""
 
     originals: np.ndarray
     anonymized: np.ndarray
     ids: np.ndarray
     gallery: np.ndarray
     valid: np.ndarray
+    restored: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,22 @@ def _inversion(f: Features, plan: AttackPlan) -> dict:
     return {"inversion": score(trial, plan.far)}
 
 
-_RUN = {"aligned": _aligned, "parrot": _parrot, "inversion": _inversion}
+def _inversion_pixels(f: Features, plan: AttackPlan) -> dict:
+    test = plan.split.test & f.valid
+    if f.restored is None or np.isnan(f.restored[test]).any() or not test.any():
+        return {"inversion_pixels": {"rank1": None, "reason": "no restored held-out images"}}
+    reference = np.where(test[:, None], f.originals, 0.0).astype(np.float32)
+    probe = np.where(test[:, None], f.restored, 0.0).astype(np.float32)
+    trial = Trial(reference, probe, f.ids, first_per_identity(f.ids, test), test)
+    return {"inversion_pixels": score(trial, plan.far)}
+
+
+_RUN = {
+    "aligned": _aligned,
+    "parrot": _parrot,
+    "inversion": _inversion,
+    "inversion-pixels": _inversion_pixels,
+}
 
 
 def run_attacks(features: Features, plan: AttackPlan) -> tuple[dict, dict]:

@@ -8,9 +8,11 @@ import sys
 from faceveil.anon_core.config import from_args
 from faceveil.jobs.evaluate.config import (
     ATTACKS,
+    DEFAULT_ATTACKS,
     JUDGES,
     AttackBudget,
     EvalConfig,
+    PixelBudget,
     RecallConfig,
     parse_attacks,
     parse_methods,
@@ -37,10 +39,12 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--no-dlib-attacker", action="store_true",
                    help="do not add dlib's ResNet to the --attacker-model recognizers")  # fmt: skip
-    p.add_argument("--attacks", default=",".join(ATTACKS),
-                   help="aligned,parrot,inversion (aligned always runs)")  # fmt: skip
+    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                   help=f"comma list of {','.join(ATTACKS)} (aligned always runs)")  # fmt: skip
     p.add_argument("--attack-epochs", type=int, default=AttackBudget.epochs,
                    help="parrot head training epochs (the same for every method)")  # fmt: skip
+    p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
+                   help="inversion-pixels U-Net steps (the same for every method)")  # fmt: skip
     p.add_argument("--recall-by", help="labels CSV (UTKFace style): recall per gender, race, age")
     p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
                    help="labelled faces composited into scenes at 16-48 px (0: none)")  # fmt: skip
@@ -76,7 +80,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         attacker_models=tuple(args.attacker_model),
         dlib_attacker=not args.no_dlib_attacker,
         attacks=parse_attacks(args.attacks),
-        budget=AttackBudget(epochs=args.attack_epochs),
+        budget=AttackBudget(epochs=args.attack_epochs, pixels=PixelBudget(steps=args.pixel_steps)),
         recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
         utility=not args.no_utility,
         progress=not args.no_progress,

@@ -56,7 +56,8 @@ def parse_methods(text: str) -> tuple[MethodSpec, ...]:
 
 
 JUDGES = ("dlib", "attacker", "both")
-ATTACKS = ("aligned", "parrot", "inversion")
+ATTACKS = ("aligned", "parrot", "inversion", "inversion-pixels")
+DEFAULT_ATTACKS = ("aligned", "parrot", "inversion")  # the pixel U-Net costs minutes: opt in
 
 
 def parse_attacks(text: str) -> tuple[str, ...]:
@@ -69,13 +70,51 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class PixelBudget:
+    """The pixel inversion attacker's compute (``pixels``): ``steps`` Adam steps at ``lr`` on
+    batches of ``batch`` crop pairs (each pair also seen mirrored) under an L1 loss, whatever
+    the number of training pairs; crops ``side`` x ``side``; a U-Net of ``width`` channels at
+    full resolution, doubling twice; ``threads`` torch threads; ``seed`` fixes init and order."""
+
+    side: int = 64
+    width: int = 12
+    steps: int = 300
+    batch: int = 16
+    lr: float = 2e-3
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.side % 8 or self.side < 16:
+            raise ValueError(f"pixel crop side must be a multiple of 8, >= 16, not {self.side}")
+        if self.steps < 0 or self.batch < 1 or self.width < 1 or self.threads < 1:
+            raise ValueError("pixel steps, batch, width and threads must be positive")
+
+    def public(self) -> dict:
+        """The budget as written into report.json."""
+        w = self.width
+        return {
+            "model": f"residual U-Net, {w}-{2 * w}-{4 * w} channels, 3 scales",
+            "crop": f"{self.side} x {self.side}, ArcFace alignment at the original's 5 points",
+            "loss": "L1 on the crop",
+            "steps": self.steps,
+            "batch": self.batch,
+            "augmentation": "horizontal mirror",
+            "optimizer": f"Adam lr {self.lr}",
+            "torch_threads": self.threads,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
 class AttackBudget:
     """The compute every learning attacker gets, the same for every method of a run.
 
     ``head`` is "mlp" (residual, ``hidden`` units) or "linear"; it is trained for ``epochs``
     passes over the training features in batches of ``batch`` with Adam at ``lr``, under an
     additive cosine margin ``margin`` at scale ``scale``. ``ridge_alpha`` regularises the
-    inversion map. ``train_share`` of the identities with two or more images go to training
+    inversion map; ``pixels`` is the pixel inversion's budget; ``threads`` torch threads
+    train the head. ``train_share`` of the identities with two or more images go to training
     (plus every one-image identity); the rest are held out; ``seed`` fixes split and init.
     """
 
@@ -89,14 +128,16 @@ class AttackBudget:
     ridge_alpha: float = 0.1
     train_share: float = 0.5
     seed: int = 0
+    threads: int = 1
+    pixels: PixelBudget = field(default_factory=PixelBudget)
 
     def __post_init__(self) -> None:
         if self.head not in ("mlp", "linear"):
             raise ValueError(f"attack head is 'mlp' or 'linear', not {self.head!r}")
         if not 0.0 < self.train_share < 1.0:
             raise ValueError(f"train_share must be in (0, 1), got {self.train_share}")
-        if self.epochs < 0 or self.batch < 1 or self.hidden < 1:
-            raise ValueError("epochs, batch and hidden must be positive")
+        if self.epochs < 0 or self.batch < 1 or self.hidden < 1 or self.threads < 1:
+            raise ValueError("epochs, batch, hidden and threads must be positive")
 
     def public(self) -> dict:
         """The budget as written into report.json."""
@@ -109,9 +150,11 @@ class AttackBudget:
                 "epochs": self.epochs,
                 "batch": self.batch,
                 "optimizer": f"Adam lr {self.lr}",
+                "torch_threads": self.threads,
                 "fine_tuned_layers": "none (head only)",
             },
             "inversion": {"map": "ridge, anonymized -> original", "alpha": self.ridge_alpha},
+            "inversion_pixels": self.pixels.public(),
             "train_share": self.train_share,
             "seed": self.seed,
         }
@@ -172,7 +215,7 @@ class EvalConfig:
     )
     attacker_models: tuple[str, ...] = ()
     dlib_attacker: bool = True
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     budget: AttackBudget = field(default_factory=AttackBudget)
     recall: RecallConfig = field(default_factory=RecallConfig)
     attributes: str | None = None

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from faceveil.jobs.evaluate import pixels
 from faceveil.jobs.evaluate.attacks import Features, Trial, run_attacks, score, worst_case
 from faceveil.jobs.evaluate.attributes import agreement
 from faceveil.jobs.evaluate.config import MethodSpec
@@ -33,6 +34,12 @@ DEFINITIONS = {
     "inversion": "a ridge map from anonymized to original recognizer features fitted on the "
     "training identities' pairs, applied to the held-out anonymized probes and matched against "
     "one original per held-out identity",
+    "inversion_pixels": "a residual U-Net fitted on the training identities' pairs of 64 x 64 "
+    "face crops (anonymized -> original, at the original's landmarks); its correction is warped "
+    "back onto each held-out anonymized image, which every recognizer then embeds at the "
+    "original's alignment and matches against one original per held-out identity",
+    "pixel_inversion": "the U-Net's size, training pairs, L1 loss over the first and last tenth "
+    "of its steps, and CPU seconds to fit it and to restore the held-out images",
     "worst": "the highest rank-1 (and the highest TAR) over every attack and every recognizer; "
     "chance is 1 / gallery size of that attack (aligned: all identities; the learning attacks: "
     "the held-out identities only)",
@@ -77,6 +84,9 @@ def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -
     figures) and the CPU seconds each attack took (recognizer -> attack -> seconds)."""
     attacks: dict[str, dict] = {}
     cpu: dict[str, dict] = {}
+    restored, extra = {}, {}
+    if "inversion-pixels" in session.plan.attacks:
+        restored, extra["pixel_inversion"] = pixels.restored_embeddings(run, originals, session)
     for a in session.models.attackers:
         features = Features(
             originals.embeddings[a.name],
@@ -84,11 +94,12 @@ def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -
             originals.ids,
             originals.gallery,
             run.valid,
+            restored.get(a.name),
         )
         figures, cpu[a.name] = run_attacks(features, session.plan)
         for key, value in figures.items():
             attacks.setdefault(key, {})[a.name] = value
-    return {"attacks": attacks, "attack_cpu_s": cpu}
+    return {"attacks": attacks, "attack_cpu_s": cpu, **extra}
 
 
 def _by_method(run: MethodRun) -> dict:

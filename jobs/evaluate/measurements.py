@@ -29,6 +29,9 @@ class Originals:
     ids: np.ndarray
     gallery: np.ndarray
     attribute_rows: np.ndarray
+    # the pixel inversion's face crops (N x S x S x 3) and their 2 x 3 crop transforms
+    crops: np.ndarray | None = None
+    crop_matrices: np.ndarray | None = None
 
     @property
     def has_face(self) -> np.ndarray:
@@ -50,6 +53,9 @@ class MethodRun:
     applied: Counter = field(default_factory=Counter)
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    # for the pixel inversion: anonymized crops at the original's transform, encoded outputs
+    crops: np.ndarray | None = None
+    encoded: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass

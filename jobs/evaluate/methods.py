@@ -4,8 +4,9 @@ eval-only ``identity`` no-op that shows the metrics can fail."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -96,6 +97,38 @@ class WithFaceDetails:
         return self.method(image, faces)
 
 
+class Remembered:
+    """A landmark model or embedder that keeps its answer per image and detections. The
+    surrogate's second pass sees the same originals with the same faces as its first pass and
+    gets the first pass's landmarks and embeddings back instead of computing them again; a face
+    not seen before (other pixels, other boxes or points) is computed as usual."""
+
+    def __init__(self, model: LandmarkModel | Embedder) -> None:
+        self.model = model
+        self.name = model.name
+        self.dim = getattr(model, "dim", 0)
+        self.hits = 0
+        self._seen: dict[bytes, object] = {}
+
+    def __call__(self, images: Sequence[np.ndarray], faces: Sequence[Faces]) -> list:
+        keys = [_fingerprint(image, f) for image, f in zip(images, faces, strict=True)]
+        missing = [k for k, key in enumerate(keys) if key not in self._seen]
+        if missing:
+            answers = self.model([images[k] for k in missing], [faces[k] for k in missing])
+            self._seen.update({keys[k]: a for k, a in zip(missing, answers, strict=True)})
+        self.hits += len(keys) - len(missing)
+        return [self._seen[key] for key in keys]
+
+
+def _fingerprint(image: np.ndarray, faces: Faces) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    h.update(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    h.update(np.asarray(faces.boxes, np.float32).tobytes())
+    h.update(np.asarray(faces.landmarks5, np.float32).tobytes())
+    return h.digest()
+
+
 def _surrogate_embedder(option: object, context: MethodContext) -> Embedder:
     recognizer = None if option in (None, "dlib") else str(option)
     return build_embedder(AnonConfig(recognizer=recognizer, device=context.device,
@@ -106,17 +139,21 @@ def _embedder_id(embedder: Embedder) -> tuple[str, str]:
     return embedder.name, str(getattr(embedder, "model_path", ""))
 
 
-def _first_pass_table(context: MethodContext, landmarks, embedder: Embedder, limit: int):
+def _first_pass_table(context: MethodContext, embedder: Embedder, limit: int):
     """The faces of the originals (``collect_faces``), computed once per evaluation for every
-    surrogate row with the same embedder and donor limit."""
+    surrogate row with the same embedder and donor limit, and the landmark model and embedder
+    that remember them for the second pass."""
     from faceveil.anon_core.surrogate.context import collect_faces
 
+    details_key = ("details", *_embedder_id(embedder))
+    if details_key not in context.memo:
+        context.memo[details_key] = (Remembered(Dlib68()), Remembered(embedder))
+    details = context.memo[details_key]
     key = ("table", *_embedder_id(embedder), limit)
     if key not in context.memo:
         log.info("surrogate first pass over the originals with %s", embedder.name)
-        context.memo[key] = collect_faces(context.originals(), context.detector, landmarks,
-                                          embedder, limit)  # fmt: skip
-    return context.memo[key]
+        context.memo[key] = collect_faces(context.originals(), context.detector, *details, limit)
+    return context.memo[key], details
 
 
 def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
@@ -141,7 +178,6 @@ def _surrogate(spec: MethodSpec, context: MethodContext) -> Anonymizer:
         if key not in context.memo:
             context.memo[key] = attribute_probes(str(labels), context.detector, embedder)
         probes = context.memo[key]
-    landmarks = Dlib68()
-    table = _first_pass_table(context, landmarks, embedder, int(limit))
+    table, (landmarks, remembered) = _first_pass_table(context, embedder, int(limit))
     method, _ = surrogate_from_table(context.key, table, options, probes, threshold)
-    return WithFaceDetails(method, landmarks, embedder)
+    return WithFaceDetails(method, landmarks, remembered)

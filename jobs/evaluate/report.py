@@ -123,7 +123,7 @@ def _attacks(report: dict) -> str:
             continue
         for attack, by_recognizer in row["attacks"].items():
             for recognizer, f in by_recognizer.items():
-                base = attack.split("_gallery")[0]
+                base = attack.split("_gallery")[0].replace("_", "-")
                 cpu = row.get("attack_cpu_s", {}).get(recognizer, {}).get(base)
                 rows.append([row["label"], attack, recognizer, page.pct(f.get("rank1")),
                              f"{f.get('rank1_correct', '–')} / {f.get('n_probes', '–')}",

@@ -20,12 +20,18 @@ from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.labels import decoded
 from faceveil.anon_core.landmarks import landmark_error
 from faceveil.anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
-from faceveil.jobs.evaluate import figures
+from faceveil.jobs.evaluate import figures, pixels
 from faceveil.jobs.evaluate.attacks import AttackPlan, split_identities
 from faceveil.jobs.evaluate.config import EvalConfig, MethodSpec
 from faceveil.jobs.evaluate.dataset import LabelledSet, load_labelled_set
 from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Originals
-from faceveil.jobs.evaluate.methods import MethodContext, MethodUnavailable, build_method
+from faceveil.jobs.evaluate.methods import (
+    MethodContext,
+    MethodUnavailable,
+    Remembered,
+    WithFaceDetails,
+    build_method,
+)
 from faceveil.jobs.evaluate.metrics import central_face, ssim_outside
 from faceveil.jobs.evaluate.models import EvalModels, load_models
 from faceveil.jobs.evaluate.recall import recall_by_group
@@ -92,13 +98,28 @@ def _align_and_embed(
     return guides, vectors
 
 
+def _crop_original(image: np.ndarray, faces: Faces, k: int, originals: Originals, i: int) -> bool:
+    """The pixel inversion's crop of face k (when that attack is planned); False when its
+    landmarks are degenerate (the sample is then left out, as for any alignment failure)."""
+    if originals.crops is None:
+        return True
+    side = originals.crops.shape[1]
+    try:
+        originals.crop_matrices[i] = pixels.crop_matrix(faces.landmarks5[k], side)
+    except ValueError:
+        log.warning("a labelled face cannot be cropped (degenerate landmarks); sample left out")
+        return False
+    originals.crops[i] = pixels.face_crop(image, originals.crop_matrices[i], side)
+    return True
+
+
 def _original_sample(image: np.ndarray, models: EvalModels, originals: Originals, i: int) -> None:
     faces = models.detector([image])[0]
     k = central_face(faces, image.shape)
     embed_with = _embedders(models, originals, i)
     aligned = _align_and_embed(image, faces, k, models.embedders, embed_with)
-    k = k if aligned else None
-    guides, vectors = aligned or ({}, {})
+    k = k if aligned and _crop_original(image, faces, k, originals, i) else None
+    guides, vectors = (aligned or ({}, {})) if k is not None else ({}, {})
     originals.faces.append(faces)
     originals.central.append(k)
     for emb in models.embedders:
@@ -126,6 +147,10 @@ def original_pass(data: LabelledSet, models: EvalModels, config: EvalConfig) -> 
         gallery=np.zeros(n, bool),
         attribute_rows=_attribute_rows(data, config.attribute_faces),
     )
+    if "inversion-pixels" in config.attacks:
+        side = config.budget.pixels.side
+        originals.crops = np.zeros((n, side, side, 3), np.uint8)
+        originals.crop_matrices = np.zeros((n, 2, 3), np.float64)
     paths = [s.path for s in data.samples]
     images = decoded(paths)
     for i, image in enumerate(tqdm(images, total=n, desc="originals", disable=not config.progress)):
@@ -140,7 +165,9 @@ def _dim(embedder: object) -> int:
 
 
 def _new_run(n: int, originals: Originals) -> MethodRun:
+    crops = None if originals.crops is None else np.zeros_like(originals.crops)
     return MethodRun(
+        crops=crops,
         embeddings={k: np.full_like(v, np.nan) for k, v in originals.embeddings.items()},
         valid=np.zeros(n, bool),
         redetected=np.zeros(n, bool),
@@ -171,6 +198,9 @@ def _measure(
         run.central_method[i] = result.output.methods[k]
     for emb in _embedders(models, originals, i):
         run.embeddings[emb.name][i] = emb.embed([anonymized], [originals.guides[emb.name][i]])[0]
+    if run.crops is not None:
+        run.crops[i] = pixels.face_crop(anonymized, originals.crop_matrices[i], run.crops.shape[1])
+        run.encoded[i] = result.encoded
     if models.landmarks is not None:
         face = originals.faces[i].select(np.array([k]))
         points = models.landmarks([anonymized], [face])[0].landmarks68[0]
@@ -230,7 +260,12 @@ def evaluate_method(spec: MethodSpec, session: EvalSession) -> dict:
         threads=config.threads,
     )
     pipeline = FaceAnonymizer(anon_config, detector=models.detector, method=anonymizer)
+    if isinstance(anonymizer, WithFaceDetails):  # its own models (the first pass's memory)
+        pipeline.landmarks, pipeline.embedder = anonymizer.landmarks, anonymizer.embedder
     run = _anonymize_all(pipeline, session, spec.label)
+    if isinstance(pipeline.embedder, Remembered):
+        log.info("%s: the first pass's landmarks and embeddings reused for %d images",
+                 spec.label, pipeline.embedder.hits)  # fmt: skip
     row = figures.method_row(spec, run, session)
     row["attackers_used_by_anonymizer"] = same
     return row

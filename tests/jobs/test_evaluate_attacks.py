@@ -18,7 +18,7 @@ from faceveil.jobs.evaluate.attacks import (
     split_identities,
     worst_case,
 )
-from faceveil.jobs.evaluate.config import AttackBudget, EvalConfig, parse_attacks
+from faceveil.jobs.evaluate.config import AttackBudget, EvalConfig, PixelBudget, parse_attacks
 
 DIM = 32
 
@@ -130,6 +130,30 @@ def test_attack_names_and_budget_are_checked() -> None:
     budget = EvalConfig(images="i", identities="m", report_dir="r").public()["attack_budget"]
     assert budget["parrot"]["fine_tuned_layers"] == "none (head only)"
     assert budget["parrot"]["epochs"] == AttackBudget().epochs
+    assert budget["parrot"]["torch_threads"] == 1
+
+
+def test_the_heads_train_on_their_budget_threads_and_give_the_rest_back() -> None:
+    """One torch thread trains the small heads several times faster on shared cores; the
+    caller's thread setting is restored afterwards."""
+    import torch
+
+    from faceveil.jobs.evaluate.heads import MetricHead, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    ids, originals = _world(n_ids=10, per_id=3)
+    seen = []
+
+    class Probe(MetricHead):
+        def _fit(self, x, labels):
+            seen.append(torch.get_num_threads())
+            return super()._fit(x, labels)
+
+    Probe(AttackBudget(epochs=1, threads=1)).fit(originals, ids)
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 def test_the_issue_command_line_parses_into_the_attack_config() -> None:
@@ -150,3 +174,40 @@ def test_the_issue_command_line_parses_into_the_attack_config() -> None:
     assert config.recall.sizes == (16, 24, 32, 48)
     labels = [m.label for m in config.methods]
     assert labels == ["identity", "blur", "pixelate", "mask", "surrogate"]
+
+
+def test_the_pixel_inversion_is_scored_on_restored_held_out_images_only() -> None:
+    """Restored embeddings stand for the U-Net's output: a perfect restoration is caught, a
+    restoration that is noise is not, and without restored images there is no figure."""
+    ids, originals = _world(seed=9)
+    has = np.ones(len(ids), bool)
+    budget = AttackBudget(epochs=2, hidden=16)
+    split = split_identities(ids, has, budget)
+    plan = AttackPlan(("aligned", "inversion-pixels"), split, budget, far=1e-2)
+    gallery = first_per_identity(ids, has)
+    noise = _unit(np.random.default_rng(10).normal(size=originals.shape))
+
+    def pixels(restored):
+        features = Features(originals, noise, ids, gallery, has, restored)
+        figures, cpu = run_attacks(features, plan)
+        assert set(cpu) == {"aligned", "inversion-pixels"}
+        return figures["inversion_pixels"]
+
+    restored = np.where(split.test[:, None], originals, np.nan).astype(np.float32)
+    perfect = pixels(restored)
+    assert perfect["rank1"] == 1.0 and perfect["n_gallery"] == 40
+    assert perfect["n_probes"] == int(split.test.sum()) - 40
+    failed = pixels(np.where(split.test[:, None], noise, np.nan).astype(np.float32))
+    assert failed["rank1"] <= 3 * failed["chance"]
+    assert pixels(None) == {"rank1": None, "reason": "no restored held-out images"}
+
+
+def test_the_pixel_attack_is_opt_in_and_its_budget_is_reported() -> None:
+    assert parse_attacks("inversion-pixels") == ("aligned", "inversion-pixels")
+    assert "inversion-pixels" not in EvalConfig(images="i", identities="m", report_dir="r").attacks
+    budget = EvalConfig(images="i", identities="m", report_dir="r").public()["attack_budget"]
+    pixels = budget["inversion_pixels"]
+    assert pixels["steps"] == PixelBudget().steps and pixels["torch_threads"] == 1
+    assert pixels["crop"].startswith("64 x 64")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        PixelBudget(side=60)

@@ -1,6 +1,7 @@
 """The attacks of ``faceveil eval`` can fail, on real LFW faces with real recognizers
 (MobileFaceNet and dlib's ResNet): the identity method is caught by every attack at its
-clear-image level, the mask stays near chance under every attack, and a weak blur that the
+clear-image level (the pixel U-Net's inversion included), the mask stays near chance under
+every attack, and a weak blur that the
 aligned attacker scores low is caught by the parrot. Recall per group and on small faces is
 measured on real UTKFace faces composited at known places."""
 
@@ -23,7 +24,9 @@ UTK = DATA / "utkface_dev"
 ATTACKER = shared_dir() / "models" / "mobilefacenet_128d.onnx"
 MOBILE, DLIB = ATTACKER.name, "dlib_resnet"
 WEAK_BLUR = "blur:strength=0.06"  # sigma 6 % of the face region's side: about 8 px on lfw_dev
-ATTACK_KEYS = ("aligned", "parrot_gallery_anonymized", "parrot_gallery_original", "inversion")
+ATTACK_KEYS = ("aligned", "parrot_gallery_anonymized", "parrot_gallery_original", "inversion",
+               "inversion_pixels")  # fmt: skip
+PIXEL_STEPS = 60  # a short U-Net budget keeps the fixture quick; identity and mask do not need more
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,8 @@ def report(tmp_path_factory) -> tuple[dict, str]:
     args = parser.parse_args(
         ["eval", "--images", str(LFW), "--identities", str(LFW / "manifest.csv"),
          "--limit-identities", "40", "--methods", f"identity,mask,{WEAK_BLUR}",
-         "--attacks", "aligned,parrot,inversion", "--attacker-model", str(ATTACKER),
+         "--attacks", "aligned,parrot,inversion,inversion-pixels", "--pixel-steps",
+         str(PIXEL_STEPS), "--attacker-model", str(ATTACKER),
          "--recall-by", str(tmp / "labels.csv"), "--small-faces", "24", "--no-utility",
          "--examples", "0", "--report", str(out), "--no-progress"]
     )  # fmt: skip
@@ -69,10 +73,28 @@ def test_every_attack_runs_with_both_recognizers_on_disjoint_identities(report) 
         assert set(row["attacks"]) == set(ATTACK_KEYS)
         for key in ATTACK_KEYS:
             assert set(row["attacks"][key]) == {MOBILE, DLIB}
-        assert set(row["attack_cpu_s"][MOBILE]) == {"aligned", "parrot", "inversion"}
+        assert set(row["attack_cpu_s"][MOBILE]) == {
+            "aligned", "parrot", "inversion", "inversion-pixels"
+        }  # fmt: skip
     budget = rep["attack_budget"]
     assert budget == rep["config"]["attack_budget"]
     assert budget["parrot"]["fine_tuned_layers"] == "none (head only)"
+    assert budget["inversion_pixels"]["steps"] == PIXEL_STEPS
+
+
+def test_the_pixel_unet_is_fitted_on_training_pairs_and_restores_every_held_out_face(
+    report,
+) -> None:
+    rep, _ = report
+    split = rep["dataset"]["attack_split"]
+    for row in rep["methods"]:
+        pixels = row["pixel_inversion"]
+        assert 100_000 <= pixels["parameters"] <= 500_000
+        assert 0 < pixels["train_pairs"] <= split["train_images"]
+        scored = row["attacks"]["inversion_pixels"][MOBILE]
+        assert pixels["restored_images"] == scored["n_gallery"] + scored["n_probes"] > 60
+    mask = _row(rep, "mask")["pixel_inversion"]
+    assert mask["l1_last_tenth"] < mask["l1_first_tenth"]  # it learns something on the mask
 
 
 def test_identity_is_caught_by_every_attack_at_its_clear_image_level(report) -> None:
