@@ -34,7 +34,7 @@ from faceveil.anon_core.surrogate.attributes import BINARY
 from faceveil.anon_core.surrogate.context import SurrogateContext
 from faceveil.anon_core.surrogate.donors import MIN_DONORS, DonorQuery, skin_tone
 from faceveil.anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
-from faceveil.anon_core.surrogate.traits import TraitBands, TraitEstimator
+from faceveil.anon_core.surrogate.traits import TraitBands, TraitEstimator, face_traits
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Surrogate:
         never the person's own photos), the choice among them on the key and a name only: the
         identity's pseudonym, so every photo of one person gets the same donors, or ``face``
         (a ``face_token``, linkage "none"), so each photo gets its own. ``traits`` (P(female),
-        age) are the face's own, used when the face belongs to no cluster. Attribute
+        age, facial hair) are the face's own, used when the face belongs to no cluster. Attribute
         constraints are relaxed, age first, when too few donors satisfy them; ValueError when
         too few donors qualify at all.
         """
@@ -284,7 +284,7 @@ class Surrogate:
         embedding = np.asarray(faces.embeddings[i], np.float32)
         traits = None
         if self._estimator is not None and self.context.clusters.assign(embedding[None])[0] < 0:
-            traits = self._estimator(image, faces.boxes[i : i + 1])[0]
+            traits = face_traits(self._estimator, image, faces.boxes[i : i + 1], points[None])[0]
         tone = skin_tone(image, points)
         if self.linkage == "person":
             name, chosen = self.donor_set(embedding, tone, traits)

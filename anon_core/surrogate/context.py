@@ -24,7 +24,7 @@ from faceveil.anon_core.landmarks import LandmarkModel
 from faceveil.anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
 from faceveil.anon_core.surrogate.attributes import LinearAttribute
 from faceveil.anon_core.surrogate.donors import DonorBank, DonorFace, make_donor, skin_tone
-from faceveil.anon_core.surrogate.traits import N_TRAITS, TraitEstimator, facial_hair, padded
+from faceveil.anon_core.surrogate.traits import N_TRAITS, TraitEstimator, face_traits, padded
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ def collect_faces(
             keep = np.flatnonzero(_reliable(faces))
             traits = np.full((len(faces), N_TRAITS), np.nan, np.float32)
             if estimator is not None and len(keep):
-                traits[keep, :2] = estimator(image, faces.boxes[keep])
-                traits[keep, 2] = [facial_hair(image, faces.landmarks68[i]) for i in keep]
+                traits[keep] = face_traits(
+                    estimator, image, faces.boxes[keep], faces.landmarks68[keep]
+                )
             for i in keep:
                 face_id = f"{sid}#{i}"
                 acc.ids.append(face_id)

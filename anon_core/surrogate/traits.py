@@ -43,6 +43,17 @@ def padded(traits: np.ndarray) -> np.ndarray:
     return np.concatenate([t, np.full((*t.shape[:-1], missing), np.nan, np.float32)], axis=-1)
 
 
+def face_traits(
+    estimator: TraitEstimator, image: np.ndarray, boxes: np.ndarray, points68: np.ndarray
+) -> np.ndarray:
+    """The N_TRAITS columns (P(female), age, facial-hair score) of the faces at ``boxes`` with
+    their 68 points ``points68``, one row per face."""
+    out = np.empty((len(boxes), N_TRAITS), np.float32)
+    out[:, :2] = estimator(image, boxes)
+    out[:, 2] = [facial_hair(image, p) for p in points68]
+    return out
+
+
 def facial_hair(image: np.ndarray, points68: np.ndarray) -> float:
     """Facial-hair score of one face (RGB uint8, its 68 points): how much darker the upper lip
     is than the upper cheeks, as a share of the cheeks' lightness, plus 0.3 x how much more
