@@ -63,14 +63,17 @@ def labels(name: str, column: str, root: Path) -> dict[str, str]:
         return {str(root / r["path"]): r[column] for r in csv.DictReader(f)}
 
 
-def donor_shares(table, hair: dict[str, str], use_trait: bool) -> tuple[float, float]:
-    """Mean share of labelled donors with facial hair, for bearded and clean originals."""
+def donor_shares(
+    table, hair: dict[str, str], use_trait: bool, key: bytes = KEY
+) -> tuple[float, float]:
+    """Mean share of labelled donors with facial hair, for bearded and clean originals
+    (``hair``: face file -> "1" bearded, "0" clean), the surrogate keyed with ``key``."""
     if not use_trait:
         traits = table.known_traits().copy()
         traits[:, 2] = np.nan
         table = replace(table, traits=traits, donors=tuple(_no_hair(d) for d in table.donors))
     context = context_from_table(table)
-    method = Surrogate(KEY, context)
+    method = Surrogate(key, context)
     share: dict[str, list[float]] = {"0": [], "1": []}
     for face_id, emb, skin in zip(table.ids, table.embeddings, table.skin, strict=True):
         own = hair.get(face_id.rsplit("#", 1)[0])

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.bench_occluders import donor_shares
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder, align_112
 from faceveil.anon_core.landmarks import Dlib68
@@ -268,21 +269,9 @@ def test_bearded_originals_get_bearded_donors(utk_context):
     """Issue 12 findings: a clean-shaven face sat inside a full beard; women got stubble.
     Among the donors whose facial hair was labelled by eye, bearded originals now get mostly
     bearded donors and clean-shaven ones mostly clean donors (before: 45 % and 44 %)."""
-    table, context = utk_context
-    labels = _hair_labels()
-    method = Surrogate(KEY, context)
-    share: dict[int, list[float]] = {0: [], 1: []}
-    for face_id, emb, skin in zip(table.ids, table.embeddings, table.skin, strict=True):
-        own = labels.get(face_id.rsplit("#", 1)[0])
-        if own is None:
-            continue
-        _, donors = method.donor_set(emb, skin)
-        known = [labels.get(context.bank.ids[d].rsplit("#", 1)[0]) for d in donors]
-        known = [k for k in known if k is not None]
-        if known:
-            share[own].append(float(np.mean(known)))
-    bearded, clean = np.mean(share[1]), np.mean(share[0])
-    assert len(share[1]) >= 15 and len(share[0]) >= 15
+    table, _ = utk_context
+    hair = {face: str(bearded) for face, bearded in _hair_labels().items()}
+    bearded, clean = donor_shares(table, hair, use_trait=True, key=KEY)
     assert bearded >= 0.6, f"bearded originals: {bearded:.0%} of donors bearded"
     assert clean <= 0.3, f"clean-shaven originals: {clean:.0%} of donors bearded"
 
