@@ -45,7 +45,7 @@ def test_remembered_answers_are_the_models_and_new_faces_are_computed() -> None:
 
 
 @pytest.fixture(scope="module")
-def lfw_subset():  # the two tests that use it read ../shared and take about a minute each
+def lfw_subset():
     for path in (LFW / "manifest.csv", ATTACKER):
         if not path.exists():
             pytest.skip(f"needs {path} (shared test data; set FACEVEIL_TEST_DATA)")
