@@ -15,16 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.common import format_table, machine_info, missing_shared, shared_root
-from faceveil.jobs.evaluate.config import (
-    ATTACKS,
-    AttackBudget,
-    EvalConfig,
-    PixelBudget,
-    RecallConfig,
-    parse_attacks,
-    parse_methods,
-)
+from bench.common import format_table, lfw_dev_parser, machine_info, missing_shared, shared_root
+from faceveil.jobs.evaluate.cli import add_attack_options, attack_fields
+from faceveil.jobs.evaluate.config import ATTACKS, EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
 ATTACK_KEYS = ("aligned", "parrot_gallery_anonymized", "parrot_gallery_original", "inversion",
@@ -34,18 +27,10 @@ RECALL_TARGET = 0.99
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    shared = shared_root()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(shared / "data" / "lfw_dev"), help="lfw_dev folder")
-    p.add_argument("--attacker", default=str(shared / "models" / "mobilefacenet_128d.onnx"),
-                   help="recognition ONNX (dlib's ResNet is added beside it)")  # fmt: skip
-    p.add_argument("--recall-by", default=str(shared / "data" / "utkface_dev" / "labels.csv"))
-    p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
-                   help="labelled faces composited into scenes per face width")  # fmt: skip
+    p = lfw_dev_parser(__doc__, "--attacker", "recognition ONNX (dlib's ResNet is added beside it)")
+    labels = shared_root() / "data" / "utkface_dev" / "labels.csv"
+    add_attack_options(p, attacks=ATTACKS, recall_by=str(labels))
     p.add_argument("--methods", default="blur,pixelate,mask,surrogate")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma list (aligned always)")
-    p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
-                   help="the pixel inversion U-Net's training steps per method")  # fmt: skip
     p.add_argument("--limit-identities", type=int, help="first N identities with 2+ images")
     p.add_argument("--json", help="also write the whole report here")
     return p.parse_args(argv)
@@ -99,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         images=str(data), identities=str(data / "manifest.csv"), report_dir="",
         methods=parse_methods(args.methods), attacker_models=(args.attacker,),
         limit_identities=args.limit_identities, utility=False, examples=0, progress=True,
-        recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
-        attacks=parse_attacks(args.attacks),
-        budget=AttackBudget(pixels=PixelBudget(steps=args.pixel_steps)),
+        **attack_fields(args),
     )  # fmt: skip
     report = run_eval(config).report
     d = report["dataset"]

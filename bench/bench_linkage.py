@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.common import format_table, machine_info, missing_shared, shared_root
+from bench.common import format_table, lfw_dev_parser, machine_info, missing_shared
 from faceveil.anon_core import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder
@@ -40,11 +40,7 @@ KEY = b"bench-linkage-key-0123456789abcd"
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    shared = shared_root()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(shared / "data" / "lfw_dev"), help="lfw_dev folder")
-    p.add_argument("--model", default=str(shared / "models" / "mobilefacenet_128d.onnx"),
-                   help="the independent recognizer (InsightFace ONNX)")  # fmt: skip
+    p = lfw_dev_parser(__doc__, "--model", "the independent recognizer (InsightFace ONNX)")
     p.add_argument("--people", type=int, default=60)
     p.add_argument("--photos", type=int, default=3, help="photos per person")
     p.add_argument("--privacy", type=float, default=0.5, help="the surrogate's --privacy")

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.common import format_table, machine_info, missing_shared, shared_root
+from bench.common import format_table, lfw_dev_parser, machine_info, missing_shared
 from faceveil.jobs.evaluate import EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -23,18 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = 0.02
 
 
-def _shared() -> Path:
-    return shared_root()
-
-
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    shared = _shared()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(shared / "data" / "lfw_dev"), help="lfw_dev folder")
-    p.add_argument(
-        "--attacker", default=str(shared / "models" / "mobilefacenet_128d.onnx"),
-        help="recognition ONNX of the attacker",
-    )  # fmt: skip
+    p = lfw_dev_parser(__doc__, "--attacker", "recognition ONNX of the attacker")
     p.add_argument("--methods", default="blur,pixelate,mask", help="name[:key=value...],...")
     p.add_argument("--limit-identities", type=int, help="first N identities with 2+ images")
     p.add_argument("--target", type=float, default=TARGET, help="highest acceptable rank-1")

@@ -26,8 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.bench_privacy import _shared
-from bench.common import format_table, machine_info, missing_shared
+from bench.common import format_table, lfw_dev_parser, machine_info, missing_shared, shared_root
 from faceveil.jobs.evaluate import EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -35,9 +34,8 @@ TARGETS = {"rank1": 0.10, "redetected": 0.98, "landmark": 0.08, "gender": 0.95, 
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    shared = _shared()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=str(shared / "data" / "lfw_dev"), help="lfw_dev folder")
+    shared = shared_root()
+    p = lfw_dev_parser(__doc__)
     p.add_argument("--labels", default=str(shared / "data" / "utkface_dev" / "labels.csv"),
                    help="attribute labels (UTKFace style)")  # fmt: skip
     p.add_argument("--models", default=str(shared / "models"),

@@ -50,8 +50,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from bench.bench_privacy import _shared
-from bench.common import format_table, machine_info, missing_shared
+from bench.common import format_table, machine_info, missing_shared, shared_root
 from faceveil.anon_core.attackers import DlibAttacker, OnnxAttacker
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
@@ -308,7 +307,7 @@ def _split(originals: list[Original]) -> tuple[list[Original], list[Original]]:
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    shared = _shared()
+    shared = shared_root()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(shared / "data" / "lfw_dev"))
     p.add_argument("--labels", default=str(shared / "data" / "utkface_dev" / "labels.csv"))

@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 
-from bench.bench_privacy import _shared
-from bench.common import missing_shared
+from bench.common import missing_shared, shared_root
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.labels import decoded, load_attribute_set
 from faceveil.anon_core.surrogate.traits import TraitEstimator
@@ -61,7 +60,7 @@ def measure(labels: str, limit: int | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--labels", default=str(_shared() / "data" / "utkface_dev" / "labels.csv"))
+    p.add_argument("--labels", default=str(shared_root() / "data" / "utkface_dev" / "labels.csv"))
     p.add_argument("--limit", type=int)
     args = p.parse_args(argv)
     if missing_shared("bench_traits", args.labels):

@@ -425,6 +425,22 @@ def missing_shared(bench: str, *paths: str | Path) -> bool:
     return False
 
 
+def lfw_dev_parser(
+    doc: str, recognizer: str | None = None, recognizer_help: str = ""
+) -> argparse.ArgumentParser:
+    """The parser of a benchmark on lfw_dev (described by the first paragraph of its ``doc``),
+    with ``--data``, the lfw_dev folder under :func:`shared_root`, and where ``recognizer`` names
+    it (``--attacker``, ``--model``), that option for a recognition ONNX (``recognizer_help``), by
+    default the shared MobileFaceNet."""
+    shared = shared_root()
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--data", default=str(shared / "data" / "lfw_dev"), help="lfw_dev folder")
+    if recognizer:
+        default = shared / "models" / "mobilefacenet_128d.onnx"
+        p.add_argument(recognizer, default=str(default), help=recognizer_help)
+    return p
+
+
 def lfw_images() -> Path:
     """The lfw_dev images folder under :func:`shared_root` (the benchmarks' default input)."""
     return shared_root() / "data" / "lfw_dev" / "images"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.bench_privacy import _shared
+from bench.common import shared_root
 from faceveil.anon_core import demo_data
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
@@ -31,7 +31,7 @@ TILE = 220
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    shared = _shared()
+    shared = shared_root()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(shared / "data" / "lfw_dev"), help="donor images")
     p.add_argument("--labels", help="attribute labels CSV: donors share gender and age")

@@ -39,15 +39,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--no-dlib-attacker", action="store_true",
                    help="do not add dlib's ResNet to the --attacker-model recognizers")  # fmt: skip
-    p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                   help=f"comma list of {','.join(ATTACKS)} (aligned always runs)")  # fmt: skip
-    p.add_argument("--attack-epochs", type=int, default=AttackBudget.epochs,
-                   help="parrot head training epochs (the same for every method)")  # fmt: skip
-    p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
-                   help="inversion-pixels U-Net steps (the same for every method)")  # fmt: skip
-    p.add_argument("--recall-by", help="labels CSV (UTKFace style): recall per gender, race, age")
-    p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
-                   help="labelled faces composited into scenes at 16-48 px (0: none)")  # fmt: skip
+    add_attack_options(p)
     p.add_argument("--report", required=True, help="output directory (path or fsspec URL)")
     p.add_argument("--detector", default="centerface", choices=["centerface", "scrfd"])
     p.add_argument("--second-detector", choices=["centerface", "scrfd"])
@@ -69,6 +61,37 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
+def add_attack_options(
+    p: argparse.ArgumentParser,
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS,
+    recall_by: str | None = None,
+) -> None:
+    """The options of the attacks, their budget and the recall measurement, the same for
+    ``faceveil eval`` and ``bench.bench_attacks`` (whose defaults are every attack and
+    utkface_dev's labels): read back with :func:`attack_fields`."""
+    p.add_argument("--attacks", default=",".join(attacks),
+                   help=f"comma list of {','.join(ATTACKS)} (aligned always runs)")  # fmt: skip
+    p.add_argument("--attack-epochs", type=int, default=AttackBudget.epochs,
+                   help="parrot head training epochs (the same for every method)")  # fmt: skip
+    p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
+                   help="inversion-pixels U-Net steps (the same for every method)")  # fmt: skip
+    p.add_argument("--recall-by", default=recall_by,
+                   help="labels CSV (UTKFace style): recall per gender, race, age")  # fmt: skip
+    p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
+                   help="labelled faces composited into scenes at 16-48 px (0: none)")  # fmt: skip
+
+
+def attack_fields(args: argparse.Namespace) -> dict:
+    """The EvalConfig fields that :func:`add_attack_options`' options describe."""
+    return {
+        "attacks": parse_attacks(args.attacks),
+        "budget": AttackBudget(
+            epochs=args.attack_epochs, pixels=PixelBudget(steps=args.pixel_steps)
+        ),
+        "recall": RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
+    }
+
+
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The EvalConfig that ``faceveil eval`` arguments describe (options named as its fields are
     taken as they are)."""
@@ -79,9 +102,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
         methods=parse_methods(args.methods),
         attacker_models=tuple(args.attacker_model),
         dlib_attacker=not args.no_dlib_attacker,
-        attacks=parse_attacks(args.attacks),
-        budget=AttackBudget(epochs=args.attack_epochs, pixels=PixelBudget(steps=args.pixel_steps)),
-        recall=RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
+        **attack_fields(args),
         utility=not args.no_utility,
         progress=not args.no_progress,
     )
