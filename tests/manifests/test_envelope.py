@@ -1,14 +1,17 @@
 """The legacy (format-1, master-key) AES-256-GCM envelope, still used to read old key manifests:
-known answers, tampering; and the payload framing shared by both formats."""
+known answers, tampering, a format-1 key manifest written and read back; and the payload framing
+shared by both formats."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import struct
 from dataclasses import replace
 
+import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,10 +27,19 @@ from faceveil.manifests.envelope import (
     aad_bytes,
 )
 from faceveil.manifests.errors import DecryptionError
+from faceveil.manifests.keymanifest import (
+    SCHEMA_V1,
+    KeyRow,
+    key_manifest_bytes,
+    load_key_manifest,
+    open_row,
+)
 
 MASTER = bytes(range(32))
 NONCE = bytes.fromhex("000102030405060708090a0b")
 ANON = hashlib.sha256(b"anonymized image").hexdigest()
+SHARD = "shard-000000"
+SOURCE = "s3://b/Jane_Doe.jpg"
 
 
 def _documented_aad(job: str, at: RowBinding) -> bytes:
@@ -210,3 +222,25 @@ def test_payload_framing_rejects_garbage():
             Payload.from_bytes(raw)
     with pytest.raises(ValueError):
         Payload(PayloadKind.SOURCE, "u", b"data").to_bytes()
+
+
+def test_format_1_manifests_are_still_read():
+    env = Envelope(MasterKey.generate(), "job-1")
+    face = Payload(PayloadKind.FACE_PNG, SOURCE, b"p").to_bytes()
+    whole = Payload(PayloadKind.SOURCE, SOURCE).to_bytes()
+    boxes = [
+        (0, (1, 2, 3, 4), env.seal(RowBinding(SHARD, "k1", 0, ANON), face)),
+        (-1, None, env.seal(RowBinding(SHARD, "k1", -1, ANON), whole)),
+    ]
+    rows = [KeyRow("k1", f, bbox, b.nonce, b.ciphertext, b.aad_sha256) for f, bbox, b in boxes]
+    data = key_manifest_bytes(rows, "ab" * 16, version=1)
+    assert pq.read_schema(io.BytesIO(data)).equals(SCHEMA_V1, check_metadata=False)
+    manifest = load_key_manifest(data)
+    assert manifest.version == 1 and manifest.escrow_id == "ab" * 16
+    assert list(manifest.rows) == rows and all(r.wrapped_key is None for r in manifest.rows)
+    assert open_row(env, SHARD, manifest.rows[0], ANON).data == b"p"
+    assert open_row(env, SHARD, manifest.rows[1], ANON).source_uri == SOURCE
+    with pytest.raises(DecryptionError):
+        open_row(Envelope(MasterKey.generate(), "job-1"), SHARD, manifest.rows[0], ANON)
+    with pytest.raises(DecryptionError):
+        open_row(env, SHARD, KeyRow(**rows[1].__dict__ | {"face": 0}), ANON)

@@ -1,5 +1,6 @@
 """Key manifests: format 2 (per-sample data keys, bbox in the AAD, wrapped keys on the
-whole-sample row, KMS blob in the footer), the row-list commitment, and format 1 still read."""
+whole-sample row, KMS blob in the footer) and the row-list commitment (format 1, read with the
+legacy envelope, is tested with it in test_envelope.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from faceveil.manifests import threshold
-from faceveil.manifests.envelope import (
-    EMPTY_SHA256,
-    Envelope,
-    MasterKey,
-    Payload,
-    PayloadKind,
-    RowBinding,
-)
+from faceveil.manifests.envelope import EMPTY_SHA256, Payload, PayloadKind
 from faceveil.manifests.errors import DecryptionError, ManifestError
 from faceveil.manifests.escrow import (
     Escrow,
@@ -36,7 +30,6 @@ from faceveil.manifests.keymanifest import (
     ESCROW_ID_META,
     KMS_BLOB_META,
     SCHEMA,
-    SCHEMA_V1,
     KeyManifest,
     KeyRow,
     SampleToSeal,
@@ -44,7 +37,6 @@ from faceveil.manifests.keymanifest import (
     key_manifest_bytes,
     key_manifest_epoch,
     load_key_manifest,
-    open_row,
     read_key_manifest,
     write_key_manifest,
 )
@@ -230,28 +222,6 @@ def test_kms_manifests_carry_the_shard_key_blob(moto_endpoint, aws_env):
     other = kms_data_key(shard_key, "job-1", escrow.epochs[0].label(SHARD, "k2"))
     with pytest.raises(DecryptionError):
         open_v2(other, manifest.rows[0], ANON)
-
-
-def test_format_1_manifests_are_still_read():
-    env = Envelope(MasterKey.generate(), "job-1")
-    face = Payload(PayloadKind.FACE_PNG, SOURCE, b"p").to_bytes()
-    whole = Payload(PayloadKind.SOURCE, SOURCE).to_bytes()
-    boxes = [
-        (0, (1, 2, 3, 4), env.seal(RowBinding(SHARD, "k1", 0, ANON), face)),
-        (-1, None, env.seal(RowBinding(SHARD, "k1", -1, ANON), whole)),
-    ]
-    rows = [KeyRow("k1", f, bbox, b.nonce, b.ciphertext, b.aad_sha256) for f, bbox, b in boxes]
-    data = key_manifest_bytes(rows, "ab" * 16, version=1)
-    assert pq.read_schema(io.BytesIO(data)).equals(SCHEMA_V1, check_metadata=False)
-    manifest = load_key_manifest(data)
-    assert manifest.version == 1 and manifest.escrow_id == "ab" * 16
-    assert list(manifest.rows) == rows and all(r.wrapped_key is None for r in manifest.rows)
-    assert open_row(env, SHARD, manifest.rows[0], ANON).data == b"p"
-    assert open_row(env, SHARD, manifest.rows[1], ANON).source_uri == SOURCE
-    with pytest.raises(DecryptionError):
-        open_row(Envelope(MasterKey.generate(), "job-1"), SHARD, manifest.rows[0], ANON)
-    with pytest.raises(DecryptionError):
-        open_row(env, SHARD, KeyRow(**rows[1].__dict__ | {"face": 0}), ANON)
 
 
 def test_shard_name_is_the_manifest_stem(escrow):
