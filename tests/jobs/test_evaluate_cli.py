@@ -44,3 +44,34 @@ def test_every_option_lands_in_its_field() -> None:
         progress=False,
     )
     assert eval_config(build_parser().parse_args(argv)) == expected
+
+
+def test_bench_attacks_takes_the_attack_options_of_eval_and_builds_the_same_config() -> None:
+    """``python -m bench.bench_attacks`` measures what ``faceveil eval`` would with the same
+    attack options (one option set, one reader), only its defaults differ: every attack and
+    utkface_dev's labels."""
+    from bench.bench_attacks import _arguments
+    from bench.common import shared_root
+    from faceveil.jobs.cli import build_parser
+    from faceveil.jobs.evaluate.cli import attack_fields, eval_config
+    from faceveil.jobs.evaluate.config import PixelBudget
+
+    options = shlex.split(
+        "--attacks parrot,inversion-pixels --attack-epochs 3 --pixel-steps 7 "
+        "--recall-by labels.csv --small-faces 5"
+    )
+    config = eval_config(build_parser().parse_args(["eval", *shlex.split(
+        "--images i --identities m.csv --report r"), *options]))  # fmt: skip
+    assert attack_fields(_arguments(options)) == {
+        "attacks": config.attacks,
+        "budget": config.budget,
+        "recall": config.recall,
+    }
+    assert config.attacks == ("aligned", "parrot", "inversion-pixels")
+    assert config.budget == AttackBudget(epochs=3, pixels=PixelBudget(steps=7))
+    assert config.recall == RecallConfig(labels="labels.csv", small_faces=5)
+    defaults = attack_fields(_arguments([]))
+    assert defaults["attacks"] == ("aligned", "parrot", "inversion", "inversion-pixels")
+    assert defaults["budget"] == AttackBudget()
+    labels = shared_root() / "data" / "utkface_dev" / "labels.csv"
+    assert defaults["recall"] == RecallConfig(labels=str(labels))
