@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,31 @@ def tar_members(source: Path | bytes) -> dict[str, bytes]:
 def done_markers(out: Path) -> list[dict]:
     """The shard markers (``_done/*.json``) of the output tree ``out``, in name order."""
     return [json.loads(p.read_text()) for p in sorted((out / "_done").glob("*.json"))]
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """A test module's job: its input ``source``, its job secret, the ``faceveil run`` options
+    every run of it takes, and the folder ``root`` its outputs go to."""
+
+    root: Path
+    source: Path | str
+    secret: Path
+    options: tuple[str, ...] = ()
+
+    def run(self, out: Path, *extra: str) -> int:
+        """``faceveil run SOURCE OUT --secret-file SECRET OPTIONS... EXTRA...`` in this process
+        (on the session's Ray); its exit code."""
+        from faceveil.jobs.cli import main
+
+        args = ["run", str(self.source), str(out), "--secret-file", str(self.secret)]
+        return main([*args, *self.options, *extra])
+
+    def first_run(self) -> Path:
+        """``root/out1``, after a run into it that succeeded (a module fixture's job)."""
+        out = self.root / "out1"
+        assert self.run(out) == 0
+        return out
 
 
 def gnu_sparse_tar(folder: Path, claimed: str = "512M") -> Path:

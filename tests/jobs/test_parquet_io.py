@@ -17,7 +17,7 @@ import pytest
 from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.cli import main
 from faceveil.jobs.keyfile import new_key_file
-from tests.factories import done_markers, shared_path
+from tests.factories import JobInput, done_markers, shared_path
 
 PEOPLE = 14  # LFW photos, one per person; plus one row that is not an image
 CUSTODIANS = ("alice", "bob")
@@ -67,20 +67,19 @@ def world(tmp_path_factory):
     return root, secret, labels, photos
 
 
-def _run(world, out: Path, *extra: str) -> int:
+@pytest.fixture(scope="module")
+def job(world) -> JobInput:
+    """The Hugging Face Parquet files to Parquet, with 2-of-2 escrow."""
     root, secret = world[0], world[1]
-    args = ["run", str(root / "hf" / "*.parquet"), str(out), "--output-format", "parquet",
-            "--drop-columns", "url", "--shard-size", "6", "--batch-size", "4", "--no-progress",
-            "--secret-file", str(secret), "--threshold", "2", "--custodians",
-            *(str(root / "keys" / f"{who}.pub") for who in CUSTODIANS), *extra]  # fmt: skip
-    return main(args)
+    options = ("--output-format", "parquet", "--drop-columns", "url", "--shard-size", "6",
+               "--batch-size", "4", "--no-progress", "--threshold", "2", "--custodians",
+               *(str(root / "keys" / f"{who}.pub") for who in CUSTODIANS))  # fmt: skip
+    return JobInput(root, root / "hf" / "*.parquet", secret, options)
 
 
 @pytest.fixture(scope="module")
-def first(world, ray_local):
-    out = world[0] / "out1"
-    assert _run(world, out) == 0
-    return out
+def first(job, ray_local):
+    return job.first_run()
 
 
 def test_same_tree_markers_accounting_and_escrow_as_for_tars(first):
@@ -150,15 +149,15 @@ def test_no_path_or_name_from_the_input_reaches_the_output(first, world):
         assert "example.org" not in text and "url" not in table.column_names
 
 
-def test_rerun_is_byte_identical_and_resume_redoes_only_missing_shards(first, world):
-    second = world[0] / "out2"
-    assert _run(world, second) == 0
+def test_rerun_is_byte_identical_and_resume_redoes_only_missing_shards(first, job):
+    second = job.root / "out2"
+    assert job.run(second) == 0
     for path in sorted((first / "data").glob("*.parquet")):
         assert (second / "data" / path.name).read_bytes() == path.read_bytes()
     (second / "_done" / "shard-000001.json").unlink()
     (second / "data" / "shard-000001.parquet").unlink()
     kept = (second / "data" / "shard-000000.parquet").stat().st_mtime_ns
-    assert _run(world, second, "--resume") == 0
+    assert job.run(second, "--resume") == 0
     assert (second / "data" / "shard-000000.parquet").stat().st_mtime_ns == kept
     redone = (second / "data" / "shard-000001.parquet").read_bytes()
     assert redone == (first / "data" / "shard-000001.parquet").read_bytes()

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 
 from faceveil.jobs.cli import main
 from faceveil.jobs.keyfile import new_key_file
-from tests.factories import done_markers, tar_members, varied_faces, write_folder
+from tests.factories import JobInput, done_markers, tar_members, varied_faces, write_folder
 from tests.jobs.corpus import png_claiming
 
 BAD_INPUTS = {
@@ -30,21 +29,13 @@ def dataset(tmp_path_factory):
     files.append(("bomb_header.png", png_claiming(30000, 30000)))
     write_folder(root / "photos", files)
     secret = new_key_file(root / "secret.key")
-    return root, secret
-
-
-def _run(dataset, out: Path, *extra: str) -> int:
-    root, secret = dataset
-    args = ["run", str(root / "photos"), str(out), "--shard-size", "25", "--batch-size", "8",
-            "--secret-file", str(secret), "--no-escrow", *extra]  # fmt: skip
-    return main(args)
+    options = ("--shard-size", "25", "--batch-size", "8", "--no-escrow")
+    return JobInput(root, root / "photos", secret, options)
 
 
 @pytest.fixture(scope="module")
 def first_run(dataset, ray_local):
-    out = dataset[0] / "out1"
-    assert _run(dataset, out) == 0
-    return out
+    return dataset.first_run()
 
 
 def test_shards_markers_and_accounting(first_run):
@@ -88,8 +79,8 @@ def test_every_face_was_anonymized_and_metadata_is_public_only(first_run):
 
 
 def test_no_source_name_anywhere_in_output(first_run, dataset):
-    names = [p.stem for p in (dataset[0] / "photos").rglob("*") if p.is_file()]
-    needles = [n.encode() for n in names] + [b"nested", str(dataset[0]).encode()]
+    names = [p.stem for p in (dataset.root / "photos").rglob("*") if p.is_file()]
+    needles = [n.encode() for n in names] + [b"nested", str(dataset.root).encode()]
     for path in first_run.rglob("*"):
         if path.is_file():
             blob = path.read_bytes()
@@ -99,7 +90,7 @@ def test_no_source_name_anywhere_in_output(first_run, dataset):
 
 def test_no_original_bytes_anywhere_in_output(first_run, dataset):
     """Loose images are read in place: no file under OUT holds an input file, whole or in part."""
-    inputs = [p.read_bytes() for p in (dataset[0] / "photos").rglob("*") if p.is_file()]
+    inputs = [p.read_bytes() for p in (dataset.root / "photos").rglob("*") if p.is_file()]
     windows = [data[1000:1064] for data in inputs if len(data) >= 1064]
     digests = {hashlib.sha256(data).hexdigest() for data in inputs if data}
     assert len(windows) >= 96
@@ -114,8 +105,8 @@ def test_no_original_bytes_anywhere_in_output(first_run, dataset):
 
 
 def test_rerun_is_byte_identical(first_run, dataset, ray_local):
-    second = dataset[0] / "out2"
-    assert _run(dataset, second) == 0
+    second = dataset.root / "out2"
+    assert dataset.run(second) == 0
     for tar_path in sorted((first_run / "data").glob("*.tar")):
         assert tar_path.read_bytes() == (second / "data" / tar_path.name).read_bytes()
 
@@ -125,7 +116,7 @@ def test_resume_redoes_only_the_missing_shard(first_run, dataset, ray_local):
     (first_run / "data" / "shard-000002.tar").unlink()
     (first_run / "_done" / "shard-000002.json").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in (first_run / "_done").glob("*.json")}
-    assert _run(dataset, first_run, "--resume") == 0
+    assert dataset.run(first_run, "--resume") == 0
     after = {p.name: p.read_bytes() for p in (first_run / "data").glob("*.tar")}
     assert after == before
     for name, mtime in kept.items():
@@ -134,7 +125,7 @@ def test_resume_redoes_only_the_missing_shard(first_run, dataset, ray_local):
 
 
 def test_refuses_to_overwrite_a_finished_job_without_resume(first_run, dataset, ray_local):
-    assert _run(dataset, first_run) == 1
+    assert dataset.run(first_run) == 1
 
 
 def test_failed_sharding_leaves_no_job_behind(tmp_path, secret_file):
