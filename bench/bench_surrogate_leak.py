@@ -42,6 +42,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ from bench.common import format_table, machine_info, missing_shared, shared_root
 from faceveil.anon_core.attackers import DlibAttacker, OnnxAttacker
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
-from faceveil.anon_core.faces import matched
+from faceveil.anon_core.faces import iou_matrix, matched
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.labels import decoded, load_attribute_set
 from faceveil.anon_core.landmarks import Dlib68
@@ -117,12 +118,12 @@ class Original:
 
 @dataclass
 class Row:
+    """One variant's figures: rank-1 per attacker, gender agreements per judge, and per face
+    the named measurements (``per_face["pose"]``, "redetected", "mouth", "masked")."""
+
     rank1: dict = field(default_factory=dict)
-    redetected: list = field(default_factory=list)
-    pose: list = field(default_factory=list)
-    mouth: list = field(default_factory=list)
     gender: dict = field(default_factory=dict)
-    masked: list = field(default_factory=list)
+    per_face: defaultdict = field(default_factory=lambda: defaultdict(list))
     seconds: float = 0.0
 
 
@@ -243,10 +244,10 @@ def _floor(rgb: np.ndarray) -> np.ndarray:
 
 def _measure_output(o: Original, out: np.ndarray, models: dict, row: Row) -> dict:
     vectors = {a.name: a.embed([out], [o.guides[a.name]])[0] for a in models["attackers"]}
-    row.redetected.append(matched(models["second"]([out])[0], o.face.boxes[0]))
+    row.per_face["redetected"].append(matched(models["second"]([out])[0], o.face.boxes[0]))
     points = models["landmarks"]([out], [o.face])[0].landmarks68[0]
-    row.pose.append(pose_change(o.points, points, out.shape))
-    row.mouth.append(abs(mouth_opening(o.points) - mouth_opening(points)))
+    row.per_face["pose"].append(pose_change(o.points, points, out.shape))
+    row.per_face["mouth"].append(abs(mouth_opening(o.points) - mouth_opening(points)))
     judged = models["judge"].female(vectors)
     for name, before in o.female.items():
         if abs(before - 0.5) >= CONFIDENT:
@@ -280,22 +281,13 @@ def run_row(name: str, originals: list[Original], models: dict, context) -> Row:
             out = result.output.image
             masked = True
             if len(result.faces):
-                k = int(np.argmax([matched_box(o.face.boxes[0], b) for b in result.faces.boxes]))
+                k = int(np.argmax(iou_matrix(o.face.boxes[:1], result.faces.boxes)[0]))
                 masked = result.output.methods[k] != "surrogate"
-        row.masked.append(masked)
+        row.per_face["masked"].append(masked)
         found.append((o, _measure_output(o, out, models, row)))
     row.seconds = time.process_time() - start
     row.rank1 = {a.name: _rank1(gallery, found, a.name) for a in models["attackers"]}
     return row
-
-
-def matched_box(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boxes (x1, y1, x2, y2, ...)."""
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / max(union, 1e-6))
 
 
 def _split(originals: list[Original]) -> tuple[list[Original], list[Original]]:
@@ -333,12 +325,12 @@ def _fmt(row: Row, attackers: list) -> list[str]:
     return [
         *(pct(row.rank1[a.name]) for a in attackers),
         pct(worst) + ("" if worst <= TARGETS["rank1"] else " MISSED"),
-        pct(np.mean(row.redetected)),
-        f"{np.median(row.pose):.2f}",
-        f"{np.median(row.mouth):.3f}",
+        pct(np.mean(row.per_face["redetected"])),
+        f"{np.median(row.per_face['pose']):.2f}",
+        f"{np.median(row.per_face['mouth']):.3f}",
         *gender,
-        pct(np.mean(row.masked)),
-        str(len(row.pose)),
+        pct(np.mean(row.per_face["masked"])),
+        str(len(row.per_face["pose"])),
     ]
 
 
