@@ -20,8 +20,9 @@ from faceveil.jobs.evaluate.cli import add_attack_options, attack_fields
 from faceveil.jobs.evaluate.config import ATTACKS, EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
-ATTACK_KEYS = ("aligned", "parrot_gallery_anonymized", "parrot_gallery_original", "inversion",
-               "inversion_pixels")  # fmt: skip
+ATTACK_KEYS = ("aligned", "parrot_gallery_anonymized", "parrot_gallery_original",
+               "parrot_finetune_gallery_anonymized", "parrot_finetune_gallery_original",
+               "inversion", "inversion_pixels")  # fmt: skip
 PRIVACY_TARGET = 0.03
 RECALL_TARGET = 0.99
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in report["methods"]:
         if "pixel_inversion" in m:
             print(f"pixel inversion, {m['label']}: {json.dumps(m['pixel_inversion'])}")
+        if "parrot_finetune" in m:
+            print(f"parrot fine-tune, {m['label']}: {json.dumps(m['parrot_finetune'])}")
     missed = [r[0] for r in rows if r[-1] == "MISSED"]
     if missed:
         print(f"PRIVACY TARGET MISSED by: {', '.join(missed)}")

@@ -44,7 +44,7 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _conv(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> torch.nn.Module:
+def conv_layer(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> torch.nn.Module:
     """The torch layer of one Conv or ConvTranspose node, holding the graph's weights."""
     a = _attrs(node)
     w = weights[node.input[1]]
@@ -122,7 +122,7 @@ class CenterFaceNet(torch.nn.Module):
             if node.op_type not in ("Conv", "ConvTranspose"):
                 steps.append(_Step(node.op_type.lower(), inputs, out))
                 continue
-            layer = _conv(node, weights)
+            layer = conv_layer(node, weights)
             nxt = nodes[users[out][0]] if counts[out] == 1 else None
             if nxt is not None and nxt.op_type == "BatchNormalization":
                 _fold_batch_norm(layer, nxt, weights)

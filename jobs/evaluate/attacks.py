@@ -8,6 +8,9 @@ anonymized images and one of their originals. ``inversion``: a ridge map from an
 original features fitted on the training identities, applied to the held-out ones and matched
 against their originals. ``inversion-pixels``: the same on pixels, a U-Net fitted on crop pairs
 (``pixels``); each recognizer embeds the restored images it gives (``Features.restored``).
+``parrot-finetune``: the parrot with the recognizer's last block trained too (``finetune``);
+its embeddings of the held-out anonymized and original images (``Features.finetuned``) are
+scored as the parrot's.
 Training and test identities are disjoint (``split_identities``).
 """
 
@@ -26,6 +29,7 @@ from faceveil.jobs.evaluate.metrics import rank1, tar_at_far, verification_score
 ATTACK_KEYS = {
     "aligned": ("aligned",),
     "parrot": ("parrot_gallery_anonymized", "parrot_gallery_original"),
+    "parrot-finetune": ("parrot_finetune_gallery_anonymized", "parrot_finetune_gallery_original"),
     "inversion": ("inversion",),
     "inversion-pixels": ("inversion_pixels",),
 }
@@ -117,7 +121,8 @@ class Features:
     """One recognizer's embeddings of the originals and of one method's output, per sample;
     ``valid`` marks samples with both, ``gallery`` the aligned attack's one original per
     identity over the whole set; ``restored`` the embeddings of the pixel inversion's restored
-    images (held-out samples; NaN elsewhere), None when that attack did not run."""
+    images (held-out samples; NaN elsewhere), None when that attack did not run; ``finetuned``
+    the fine-tuned parrot's (anonymized, original) embeddings, likewise."""
 
     originals: np.ndarray
     anonymized: np.ndarray
@@ -125,6 +130,7 @@ class Features:
     gallery: np.ndarray
     valid: np.ndarray
     restored: np.ndarray | None = None
+    finetuned: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,11 +159,29 @@ def _parrot(f: Features, plan: AttackPlan) -> dict:
     probe[test] = head(f.anonymized[test])
     reference = np.zeros_like(f.originals)
     reference[test] = head(f.originals[test])
-    gallery = first_per_identity(f.ids, test)
+    return _two_galleries(keys, (probe, reference), f.ids, test, plan.far)
+
+
+def _two_galleries(keys: tuple, embedded: tuple, ids: np.ndarray, test: np.ndarray, far: float):
+    """The parrot's two threat models on held-out ``test`` samples embedded by the attacker
+    (``embedded``: anonymized, original): gallery of anonymized images, gallery of originals."""
+    probe, reference = embedded
+    gallery = first_per_identity(ids, test)
     return {
-        keys[0]: score(Trial(probe, probe, f.ids, gallery, test), plan.far),
-        keys[1]: score(Trial(reference, probe, f.ids, gallery, test), plan.far),
+        keys[0]: score(Trial(probe, probe, ids, gallery, test), far),
+        keys[1]: score(Trial(reference, probe, ids, gallery, test), far),
     }
+
+
+def _parrot_finetune(f: Features, plan: AttackPlan) -> dict:
+    keys = ATTACK_KEYS["parrot-finetune"]
+    test = plan.split.test & f.valid
+    if plan.budget.finetune_steps == 0:
+        return dict.fromkeys(keys, {"rank1": None, "reason": "finetune_steps is 0"})
+    if f.finetuned is None or np.isnan(f.finetuned[0][test]).any() or not test.any():
+        return dict.fromkeys(keys, {"rank1": None, "reason": "no fine-tuned network"})
+    probe, reference = (np.where(test[:, None], e, 0.0).astype(np.float32) for e in f.finetuned)
+    return _two_galleries(keys, (probe, reference), f.ids, test, plan.far)
 
 
 def _inversion(f: Features, plan: AttackPlan) -> dict:
@@ -185,6 +209,7 @@ def _inversion_pixels(f: Features, plan: AttackPlan) -> dict:
 _RUN = {
     "aligned": _aligned,
     "parrot": _parrot,
+    "parrot-finetune": _parrot_finetune,
     "inversion": _inversion,
     "inversion-pixels": _inversion_pixels,
 }

@@ -73,6 +73,8 @@ def add_attack_options(
                    help=f"comma list of {','.join(ATTACKS)} (aligned always runs)")  # fmt: skip
     p.add_argument("--attack-epochs", type=int, default=AttackBudget.epochs,
                    help="parrot head training epochs (the same for every method)")  # fmt: skip
+    p.add_argument("--finetune-steps", type=int, default=AttackBudget.finetune_steps,
+                   help="parrot-finetune last-block steps (the same for every method)")  # fmt: skip
     p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
                    help="inversion-pixels U-Net steps (the same for every method)")  # fmt: skip
     p.add_argument("--recall-by", default=recall_by,
@@ -86,7 +88,9 @@ def attack_fields(args: argparse.Namespace) -> dict:
     return {
         "attacks": parse_attacks(args.attacks),
         "budget": AttackBudget(
-            epochs=args.attack_epochs, pixels=PixelBudget(steps=args.pixel_steps)
+            epochs=args.attack_epochs,
+            finetune_steps=args.finetune_steps,
+            pixels=PixelBudget(steps=args.pixel_steps),
         ),
         "recall": RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
     }

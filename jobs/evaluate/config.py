@@ -56,8 +56,9 @@ def parse_methods(text: str) -> tuple[MethodSpec, ...]:
 
 
 JUDGES = ("dlib", "attacker", "both")
-ATTACKS = ("aligned", "parrot", "inversion", "inversion-pixels")
-DEFAULT_ATTACKS = ("aligned", "parrot", "inversion")  # the pixel U-Net costs minutes: opt in
+ATTACKS = ("aligned", "parrot", "parrot-finetune", "inversion", "inversion-pixels")
+# the pixel U-Net costs minutes and the last-block fine-tune about a minute per method: opt in
+DEFAULT_ATTACKS = ("aligned", "parrot", "inversion")
 
 
 def parse_attacks(text: str) -> tuple[str, ...]:
@@ -116,6 +117,9 @@ class AttackBudget:
     inversion map; ``pixels`` is the pixel inversion's budget; ``threads`` torch threads
     train the head. ``train_share`` of the identities with two or more images go to training
     (plus every one-image identity); the rest are held out; ``seed`` fixes split and init.
+    ``finetune_steps`` Adam steps at ``finetune_lr`` on batches of ``finetune_batch`` train the
+    recognizer's last block for the fine-tuned parrot (``parrot-finetune``; 0: not run), with
+    the head's margin, scale and ``lr`` for its class centres.
     """
 
     head: str = "mlp"
@@ -129,6 +133,9 @@ class AttackBudget:
     train_share: float = 0.5
     seed: int = 0
     threads: int = 1
+    finetune_steps: int = 300
+    finetune_batch: int = 64
+    finetune_lr: float = 1e-4
     pixels: PixelBudget = field(default_factory=PixelBudget)
 
     def __post_init__(self) -> None:
@@ -138,6 +145,8 @@ class AttackBudget:
             raise ValueError(f"train_share must be in (0, 1), got {self.train_share}")
         if self.epochs < 0 or self.batch < 1 or self.hidden < 1 or self.threads < 1:
             raise ValueError("epochs, batch, hidden and threads must be positive")
+        if self.finetune_steps < 0 or self.finetune_batch < 1 or self.finetune_lr <= 0:
+            raise ValueError("finetune steps must be >= 0, its batch and lr positive")
 
     def public(self) -> dict:
         """The budget as written into report.json."""
@@ -152,6 +161,16 @@ class AttackBudget:
                 "optimizer": f"Adam lr {self.lr}",
                 "torch_threads": self.threads,
                 "fine_tuned_layers": "none (head only)",
+            },
+            "parrot_finetune": {
+                "features": "the recognizer's own network (ONNX graph as torch layers)",
+                "fine_tuned_layers": "the last residual block and every layer after it; the rest "
+                "frozen (names per recognizer: methods[].parrot_finetune)",
+                "loss": f"additive cosine margin {self.margin}, scale {self.scale}",
+                "steps": self.finetune_steps,
+                "batch": self.finetune_batch,
+                "optimizer": f"Adam lr {self.finetune_lr} (class centres lr {self.lr})",
+                "torch_threads": self.threads,
             },
             "inversion": {"map": "ridge, anonymized -> original", "alpha": self.ridge_alpha},
             "inversion_pixels": self.pixels.public(),

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from faceveil.jobs.evaluate import pixels
+from faceveil.jobs.evaluate import finetune, pixels
 from faceveil.jobs.evaluate.attacks import Features, Trial, run_attacks, score, worst_case
 from faceveil.jobs.evaluate.attributes import agreement
 from faceveil.jobs.evaluate.config import MethodSpec
@@ -31,6 +31,13 @@ DEFINITIONS = {
     "identities, gallery one ANONYMIZED image per identity, probes their other anonymized images",
     "parrot_gallery_original": "the same parrot head, gallery one ORIGINAL image per held-out "
     "identity (the head maps both), probes their anonymized images",
+    "parrot_finetune_gallery_anonymized": "the parrot with the recognizer's last residual "
+    "block and every layer after it trained too (margin loss on its embedding, the rest "
+    "frozen; ONNX recognizers only); held-out gallery of ANONYMIZED images",
+    "parrot_finetune_gallery_original": "the same fine-tuned network, gallery one ORIGINAL "
+    "image per held-out identity",
+    "parrot_finetune": "per recognizer: the layers fine-tuned, training crops, margin loss over "
+    "the first and last tenth of the steps, CPU seconds (trunk activations, training, total)",
     "inversion": "a ridge map from anonymized to original recognizer features fitted on the "
     "training identities' pairs, applied to the held-out anonymized probes and matched against "
     "one original per held-out identity",
@@ -87,6 +94,9 @@ def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -
     restored, extra = {}, {}
     if "inversion-pixels" in session.plan.attacks:
         restored, extra["pixel_inversion"] = pixels.restored_embeddings(run, originals, session)
+    tuned: dict = {}
+    if "parrot-finetune" in session.plan.attacks and session.config.budget.finetune_steps:
+        tuned, extra["parrot_finetune"] = finetune.finetuned_embeddings(run, originals, session)
     for a in session.models.attackers:
         features = Features(
             originals.embeddings[a.name],
@@ -95,6 +105,7 @@ def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -
             originals.gallery,
             run.valid,
             restored.get(a.name),
+            tuned.get(a.name),
         )
         figures, cpu[a.name] = run_attacks(features, session.plan)
         for key, value in figures.items():

@@ -32,6 +32,11 @@ class Originals:
     # the pixel inversion's face crops (N x S x S x 3) and their 2 x 3 crop transforms
     crops: np.ndarray | None = None
     crop_matrices: np.ndarray | None = None
+    # the fine-tuned parrot's 112 x 112 crops per ONNX recognizer (name -> N x 112 x 112 x 3),
+    # that recognizer's model file, and its frozen trunk's activations of these crops
+    faces112: dict[str, np.ndarray] = field(default_factory=dict)
+    model_paths: dict[str, str] = field(default_factory=dict)
+    trunk_cache: dict = field(default_factory=dict)
 
     @property
     def has_face(self) -> np.ndarray:
@@ -56,6 +61,8 @@ class MethodRun:
     # for the pixel inversion: anonymized crops at the original's transform, encoded outputs
     crops: np.ndarray | None = None
     encoded: dict[int, bytes] = field(default_factory=dict)
+    # for the fine-tuned parrot: anonymized 112 x 112 crops per ONNX recognizer
+    faces112: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

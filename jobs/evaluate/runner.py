@@ -14,7 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from faceveil.anon_core import demo_data
-from faceveil.anon_core.attackers import warn_if_same_model
+from faceveil.anon_core.attackers import OnnxAttacker, warn_if_same_model
+from faceveil.anon_core.embeddings import align_112
 from faceveil.anon_core.faces import Faces, matched
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.labels import decoded
@@ -120,6 +121,9 @@ def _original_sample(image: np.ndarray, models: EvalModels, originals: Originals
     aligned = _align_and_embed(image, faces, k, models.embedders, embed_with)
     k = k if aligned and _crop_original(image, faces, k, originals, i) else None
     guides, vectors = (aligned or ({}, {})) if k is not None else ({}, {})
+    for name, crops in originals.faces112.items():
+        if k is not None:
+            crops[i] = align_112(image, guides[name])
     originals.faces.append(faces)
     originals.central.append(k)
     for emb in models.embedders:
@@ -151,6 +155,11 @@ def original_pass(data: LabelledSet, models: EvalModels, config: EvalConfig) -> 
         side = config.budget.pixels.side
         originals.crops = np.zeros((n, side, side, 3), np.uint8)
         originals.crop_matrices = np.zeros((n, 2, 3), np.float64)
+    if "parrot-finetune" in config.attacks:
+        for a in models.attackers:
+            if isinstance(a, OnnxAttacker):
+                originals.faces112[a.name] = np.zeros((n, 112, 112, 3), np.uint8)
+                originals.model_paths[a.name] = str(a.embedder.model_path)
     paths = [s.path for s in data.samples]
     images = decoded(paths)
     for i, image in enumerate(tqdm(images, total=n, desc="originals", disable=not config.progress)):
@@ -175,6 +184,7 @@ def _new_run(n: int, originals: Originals) -> MethodRun:
         ssim_method=np.full(n, np.nan),
         ssim_encoded=np.full(n, np.nan),
         central_method=np.full(n, "", object),
+        faces112={k: np.zeros_like(v) for k, v in originals.faces112.items()},
     )
 
 
@@ -198,6 +208,8 @@ def _measure(
         run.central_method[i] = result.output.methods[k]
     for emb in _embedders(models, originals, i):
         run.embeddings[emb.name][i] = emb.embed([anonymized], [originals.guides[emb.name][i]])[0]
+    for name, crops in run.faces112.items():
+        crops[i] = align_112(anonymized, originals.guides[name][i])
     if run.crops is not None:
         run.crops[i] = pixels.face_crop(anonymized, originals.crop_matrices[i], run.crops.shape[1])
         run.encoded[i] = result.encoded
