@@ -13,7 +13,8 @@ def test_every_option_lands_in_its_field() -> None:
 
     argv = shlex.split(
         "eval --images imgs --identities ids.csv --attributes attrs.csv --methods blur,mask "
-        "--attacker-model a.onnx --no-dlib-attacker --attacks aligned,parrot --attack-epochs 3 "
+        "--attacker-model a.onnx --no-dlib-attacker --attacks aligned,parrot,parrot-finetune "
+        "--attack-epochs 3 --finetune-steps 11 "
         "--recall-by labels.csv --small-faces 5 --report rep --detector scrfd "
         "--second-detector centerface --model-root models --limit-identities 7 --far 0.01 "
         "--examples 2 --no-utility --attribute-faces 9 --attribute-judge both --device cuda "
@@ -26,8 +27,8 @@ def test_every_option_lands_in_its_field() -> None:
         methods=parse_methods("blur,mask"),
         attacker_models=("a.onnx",),
         dlib_attacker=False,
-        attacks=("aligned", "parrot"),
-        budget=AttackBudget(epochs=3),
+        attacks=("aligned", "parrot", "parrot-finetune"),
+        budget=AttackBudget(epochs=3, finetune_steps=11),
         recall=RecallConfig(labels="labels.csv", small_faces=5),
         attributes="attrs.csv",
         detector="scrfd",
@@ -71,7 +72,9 @@ def test_bench_attacks_takes_the_attack_options_of_eval_and_builds_the_same_conf
     assert config.budget == AttackBudget(epochs=3, pixels=PixelBudget(steps=7))
     assert config.recall == RecallConfig(labels="labels.csv", small_faces=5)
     defaults = attack_fields(_arguments([]))
-    assert defaults["attacks"] == ("aligned", "parrot", "inversion", "inversion-pixels")
+    assert defaults["attacks"] == (
+        "aligned", "parrot", "parrot-finetune", "inversion", "inversion-pixels"
+    )  # fmt: skip
     assert defaults["budget"] == AttackBudget()
     labels = shared_root() / "data" / "utkface_dev" / "labels.csv"
     assert defaults["recall"] == RecallConfig(labels=str(labels))
