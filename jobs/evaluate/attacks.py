@@ -179,7 +179,14 @@ def _parrot_finetune(f: Features, plan: AttackPlan) -> dict:
     if plan.budget.finetune_steps == 0:
         return dict.fromkeys(keys, {"rank1": None, "reason": "finetune_steps is 0"})
     if f.finetuned is None or np.isnan(f.finetuned[0][test]).any() or not test.any():
-        return dict.fromkeys(keys, {"rank1": None, "reason": "no fine-tuned network"})
+        return dict.fromkeys(
+            keys,
+            {
+                "rank1": None,
+                "reason": "no fine-tuned network for this recognizer "
+                "(methods[].parrot_finetune says why)",
+            },
+        )
     probe, reference = (np.where(test[:, None], e, 0.0).astype(np.float32) for e in f.finetuned)
     return _two_galleries(keys, (probe, reference), f.ids, test, plan.far)
 

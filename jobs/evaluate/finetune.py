@@ -163,7 +163,8 @@ def finetuned_embeddings(
     for a in session.models.attackers:
         if not isinstance(a, OnnxAttacker) or a.name not in originals.faces112:
             summary[a.name] = {
-                "reason": "not a torch-convertible ONNX recognizer; cannot be trained"
+                "reason": f"{a.name} is not an ONNX recognizer (dlib's ResNet has no training "
+                "API): it cannot be fine-tuned"
             }
             continue
         try:

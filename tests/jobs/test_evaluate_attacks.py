@@ -211,3 +211,30 @@ def test_the_pixel_attack_is_opt_in_and_its_budget_is_reported() -> None:
     assert pixels["crop"].startswith("64 x 64")
     with pytest.raises(ValueError, match="multiple of 8"):
         PixelBudget(side=60)
+
+
+def test_the_finetuned_parrot_is_opt_in_scored_as_the_parrot_and_says_why_when_absent() -> None:
+    assert "parrot-finetune" not in EvalConfig(images="i", identities="m", report_dir="r").attacks
+    ids, originals = _world(n_ids=40)
+    has = np.ones(len(ids), bool)
+    noise = _unit(np.random.default_rng(5).normal(size=originals.shape))
+    budget = AttackBudget()
+    split = split_identities(ids, has, budget)
+    gallery = first_per_identity(ids, has)
+    plan = AttackPlan(("aligned", "parrot-finetune"), split, budget, far=1e-2)
+    keys = ("parrot_finetune_gallery_anonymized", "parrot_finetune_gallery_original")
+
+    def tuned(embedded: tuple | None, plan: AttackPlan = plan) -> dict:
+        features = Features(originals, noise, ids, gallery, has, finetuned=embedded)
+        return run_attacks(features, plan)[0]
+
+    held = split.test[:, None]
+    seen = tuple(np.where(held, e, np.nan).astype(np.float32) for e in (originals, originals))
+    caught = tuned(seen)
+    for key in keys:
+        assert caught[key]["rank1"] >= 0.9 and caught[key]["n_gallery"] == 20
+    blind = tuned(tuple(np.where(held, e, np.nan).astype(np.float32) for e in (noise, originals)))
+    assert blind[keys[1]]["rank1"] <= 3 * blind[keys[1]]["chance"]
+    assert tuned(None)[keys[0]]["reason"].startswith("no fine-tuned network for this recognizer")
+    off = AttackPlan(plan.attacks, split, AttackBudget(finetune_steps=0), far=1e-2)
+    assert tuned(seen, off)[keys[1]] == {"rank1": None, "reason": "finetune_steps is 0"}
