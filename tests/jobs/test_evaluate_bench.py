@@ -57,9 +57,11 @@ def test_bench_attacks_prints_the_worst_case_and_recall_tables(tmp_path: Path) -
     labels.write_text("\n".join([lines[0], *(f"{utk / p},{rest}" for p, rest in rows)]) + "\n")
     stdout = _bench(
         "bench.bench_attacks", "--limit-identities", "6", "--methods", "mask,identity",
-        "--recall-by", str(labels), "--small-faces", "4", "--pixel-steps", "20", timeout=900,
+        "--recall-by", str(labels), "--small-faces", "4", "--pixel-steps", "20", "--finetune-steps",
+        "20", timeout=900,
     )  # fmt: skip
     assert "worst rank-1" in stdout and "parrot_gallery_anonymized" in stdout
     assert "inversion_pixels" in stdout and "pixel inversion, identity:" in stdout
+    assert "parrot_finetune_gallery_original" in stdout and "parrot fine-tune, mask:" in stdout
     assert "identity" in _first_line(stdout, "PRIVACY TARGET")  # a no-op must fail the target
     assert "24 px" in stdout and "race" in stdout
