@@ -23,6 +23,7 @@ from faceveil.anon_core.attackers import OnnxAttacker
 from faceveil.jobs.evaluate.config import AttackBudget
 from faceveil.jobs.evaluate.heads import torch_threads
 from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Originals
+from faceveil.jobs.evaluate.pixels import seeded_batches
 from faceveil.jobs.evaluate.recognizer import RecognizerNet, crops_tensor
 
 CHUNK = 64  # crops per trunk forward pass
@@ -33,15 +34,6 @@ def trunk_activations(net: RecognizerNet, crops: np.ndarray) -> torch.Tensor:
     with torch.no_grad():
         parts = [net.trunk(crops_tensor(crops[s : s + CHUNK])) for s in range(0, len(crops), CHUNK)]
     return torch.cat(parts)
-
-
-def _seeded_batches(n: int, budget: AttackBudget, generator: torch.Generator):
-    order = torch.zeros(0, dtype=torch.int64)
-    for _ in range(budget.finetune_steps):
-        if len(order) < min(budget.finetune_batch, n):
-            order = torch.cat([order, torch.randperm(n, generator=generator)])
-        yield order[: budget.finetune_batch]
-        order = order[budget.finetune_batch :]
 
 
 @dataclass
@@ -78,7 +70,7 @@ class TailFinetune:
         classes = nn.Parameter(centres)
         optimizer = torch.optim.Adam([{"params": tail, "lr": b.finetune_lr},
                                       {"params": [classes], "lr": b.lr}])  # fmt: skip
-        for pick in _seeded_batches(len(ty), b, generator):
+        for pick in seeded_batches(len(ty), b.finetune_steps, b.finetune_batch, generator):
             embedded = nn.functional.normalize(self.net.tail(activations[pick]), dim=1)
             cos = embedded @ nn.functional.normalize(classes, dim=1).T
             margin = nn.functional.one_hot(ty[pick], cos.shape[1]) * b.margin

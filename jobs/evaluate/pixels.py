@@ -85,14 +85,17 @@ def _tensor(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _batches(n: int, budget: PixelBudget, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """``budget.steps`` batches of indices below n, epoch after epoch of seeded permutations."""
+def seeded_batches(
+    n: int, steps: int, batch: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """``steps`` batches of ``batch`` indices below n (none when n is 0), epoch after epoch of
+    permutations drawn from ``generator``."""
     order = torch.zeros(0, dtype=torch.int64)
-    for _ in range(budget.steps if n else 0):
-        if len(order) < min(budget.batch, n):
+    for _ in range(steps if n else 0):
+        if len(order) < min(batch, n):
             order = torch.cat([order, torch.randperm(n, generator=generator)])
-        yield order[: budget.batch]
-        order = order[budget.batch :]
+        yield order[:batch]
+        order = order[batch:]
 
 
 @dataclass
@@ -116,7 +119,7 @@ class PixelInversion:
             optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
             x, y = _tensor(anonymized), _tensor(originals)
             x, y = torch.cat([x, x.flip(3)]), torch.cat([y, y.flip(3)])
-            for pick in _batches(len(x), b, generator):
+            for pick in seeded_batches(len(x), b.steps, b.batch, generator):
                 loss = nn.functional.l1_loss(net(x[pick]), y[pick])
                 optimizer.zero_grad()
                 loss.backward()
