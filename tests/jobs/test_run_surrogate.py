@@ -357,7 +357,8 @@ def test_surrogate_output_restores_pixel_exact_under_escrow(tmp_path, ray_local)
     assert methods.count("surrogate") >= 0.8 * len(methods)
     req = tmp_path / "req.json"
     assert main(["restore", "request", str(out), "--reason", "subject access request 9",
-                 "--requester", "dpo", "--out", str(req), "--purpose", "restore", "--all",
+                 "--requester", "dpo", "--out", str(req), "--key-out", str(req.with_suffix(".key")),
+                 "--purpose", "restore", "--all",
                  "--passphrase-file", str(passes["dpo"]), "--kdf-work", "15"]) == 0  # fmt: skip
     approvals = []
     for who in ("alice", "carol"):
