@@ -25,6 +25,7 @@ from faceveil.anon_core.imageio import decode_image
 from faceveil.jobs.evaluate.config import PixelBudget
 from faceveil.jobs.evaluate.heads import torch_threads
 from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Originals
+from faceveil.jobs.evaluate.recognizer import crops_tensor
 
 
 def crop_matrix(landmarks5: np.ndarray, side: int) -> np.ndarray:
@@ -80,11 +81,6 @@ class UNet(nn.Module):
         return x + self.out(h)
 
 
-def _tensor(crops: np.ndarray) -> torch.Tensor:
-    """N x S x S x 3 uint8 -> N x 3 x S x S float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def seeded_batches(
     n: int, steps: int, batch: int, generator: torch.Generator
 ) -> Iterator[torch.Tensor]:
@@ -117,7 +113,7 @@ class PixelInversion:
             generator = torch.Generator().manual_seed(b.seed)
             net = UNet(b.width)
             optimizer = torch.optim.Adam(net.parameters(), lr=b.lr)
-            x, y = _tensor(anonymized), _tensor(originals)
+            x, y = crops_tensor(anonymized), crops_tensor(originals)
             x, y = torch.cat([x, x.flip(3)]), torch.cat([y, y.flip(3)])
             for pick in seeded_batches(len(x), b.steps, b.batch, generator):
                 loss = nn.functional.l1_loss(net(x[pick]), y[pick])
@@ -134,7 +130,7 @@ class PixelInversion:
         if self.net is None:
             raise RuntimeError("the pixel inversion is not fitted")
         with torch_threads(self.budget.threads), torch.no_grad():
-            x = _tensor(anonymized)
+            x = crops_tensor(anonymized)
             out = torch.cat([self.net(x[s : s + 64]) for s in range(0, len(x), 64)] or [x])
         return ((out.clamp(-1, 1) - x) * 127.5).permute(0, 2, 3, 1).numpy().astype(np.float32)
 

@@ -36,7 +36,8 @@ class _Step:
 
 
 def crops_tensor(crops: np.ndarray) -> torch.Tensor:
-    """N x 112 x 112 x 3 uint8 RGB crops -> the network's N x 3 x 112 x 112 float input."""
+    """N x S x S x 3 uint8 RGB crops -> N x 3 x S x S float in [-1, 1] (the recognizer's input
+    at S = 112; the pixel inversion's at its crop side)."""
     x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
     return (x - 127.5) / 127.5
 
