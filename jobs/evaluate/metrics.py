@@ -30,16 +30,22 @@ def threshold_at_far(impostor: np.ndarray, far: float) -> float:
 
 
 def verification_scores(
-    originals: np.ndarray, anonymized: np.ndarray, ids: np.ndarray
+    originals: np.ndarray,
+    anonymized: np.ndarray,
+    ids: np.ndarray,
+    columns: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Genuine and impostor cosine scores of original i against anonymized j.
 
-    Genuine: same identity, different image (i != j); impostor: different identities.
+    Genuine: same identity, different image (i != j); impostor: different identities. Row k of
+    ``anonymized`` is image ``columns[k]`` (an index into ``originals`` and ``ids``), or image k
+    when ``columns`` is None (every image anonymized).
     """
+    columns = np.arange(len(ids)) if columns is None else np.asarray(columns, np.int64)
     scores = originals @ anonymized.T
-    same = ids[:, None] == ids[None, :]
-    off_diagonal = ~np.eye(len(ids), dtype=bool)
-    return scores[same & off_diagonal], scores[~same]
+    same = ids[:, None] == ids[columns][None, :]
+    other_image = np.arange(len(ids))[:, None] != columns[None, :]
+    return scores[same & other_image], scores[~same]
 
 
 def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[float, float]:

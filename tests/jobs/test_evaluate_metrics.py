@@ -71,6 +71,18 @@ def test_verification_pairs_skip_same_image() -> None:
     assert np.all(genuine == 0)  # the diagonal (same photo, score 1) is not a genuine pair
 
 
+def test_verification_pairs_when_only_some_images_are_anonymized() -> None:
+    # Five originals of people 0, 0, 0, 1, 1; only images 1 and 4 were anonymized.
+    originals = np.diag([1.0, 2.0, 3.0, 4.0, 5.0])
+    anonymized = np.array([[10, 20, 30, 40, 50], [1, 1, 1, 1, 1]], np.float64)
+    ids = np.array([0, 0, 0, 1, 1])
+    genuine, impostor = verification_scores(originals, anonymized, ids, columns=[1, 4])
+    # Image 1's genuine pairs are originals 0 and 2 (not itself); image 4's is original 3.
+    assert sorted(genuine) == [4.0, 10.0, 90.0]
+    # Image 1 against originals 3 and 4, image 4 against originals 0, 1 and 2.
+    assert sorted(impostor) == [1.0, 2.0, 3.0, 160.0, 250.0]
+
+
 def test_ssim_matches_scikit_image_outside_regions() -> None:
     from skimage import metrics
 
