@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.bench_surrogate_leak import eye_opening, mouth_opening
+from bench.bench_surrogate_leak import _arguments, _chosen, eye_opening, mouth_opening
 from tests.factories import shared_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,18 @@ def test_eye_opening_is_the_mean_eye_aspect_ratio() -> None:
     points[42:48] = _eye(20, (0, 0))  # one eye shut
     assert eye_opening(points) == pytest.approx(0.15)
     assert mouth_opening(points) == 0.0  # the mouth's points are untouched: no gap, no width
+
+
+def test_all_identities_means_every_person_with_two_photos_or_more() -> None:
+    args = _arguments(["--identities", "all", "--first-pass", "all"])
+    assert args.identities is None and args.first_pass is None
+    assert _arguments(["--identities", "30"]).identities == 30
+    with pytest.raises(SystemExit):
+        _arguments(["--identities", "0"])
+    rows = [("a1", "A"), ("b1", "B"), ("c2", "C"), ("a2", "A"), ("c1", "C"), ("c3", "C")]
+    assert _chosen(rows, None) == [("a1", "A"), ("a2", "A"), ("c1", "C"), ("c2", "C"), ("c3", "C")]
+    one = _chosen(rows, 1)
+    assert len({who for _, who in one}) == 1 and set(one) <= set(_chosen(rows, None))
 
 
 def _labels_subset(tmp_path: Path) -> tuple[Path, int]:
