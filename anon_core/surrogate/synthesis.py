@@ -136,7 +136,11 @@ class Synthesizer:
         # The donors' shape is posed in 3-D like the original (a 2-D fit would pull a turned
         # face's nose and eyes towards the donors' mostly frontal mean, which reads as a turn).
         donors = geo.posed_like(np.asarray(donor_shape, np.float64), own, _POSE_POINTS)
-        return geo.apply(geo.invert(to_bank), geo.blend_shape(own, donors, self.privacy))
+        blended = geo.blend_shape(own, donors, self.privacy)
+        # What of the blend still reads as a turn of the mean head is taken out again.
+        own_head = geo.head_projection(own, _POSE_POINTS)
+        blended -= geo.head_projection(blended, _POSE_POINTS) - own_head
+        return geo.apply(geo.invert(to_bank), blended)
 
     def __call__(
         self,
