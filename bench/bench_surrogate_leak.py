@@ -40,7 +40,7 @@ v1 settings: context kept, donors the nearest identities beyond the floor; donor
 share the estimated gender and age), ``default`` (this version's defaults), ``shape1``
 (privacy 1: the donors' face shape), ``flatshade`` (no carried low-frequency shading),
 ``near`` (v1's nearest donors, other defaults), ``noring`` (context kept, other defaults),
-``ringX`` (context low-pass of X inter-ocular distances).
+``ringX`` (context low-pass of X inter-ocular distances), ``privacyX`` (``--privacy X``).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def variant(name: str) -> Variant:
     }
     if name in fixed:
         return fixed[name]
+    if name.startswith("privacy") and name[7:]:
+        return Variant(name, privacy=float(name[7:]))
     if name.startswith("ring") and name[4:]:
         return Variant(name, context=float(name[4:]))
     raise ValueError(f"unknown variant {name!r}")

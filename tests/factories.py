@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +110,18 @@ class JobInput:
         out = self.root / "out1"
         assert self.run(out) == 0
         return out
+
+
+def page_attack_cpu_s(page: str) -> dict[tuple[str, str, str], str]:
+    """The "attack CPU s" cell of every row of an eval page's attacks table, by (method,
+    attack, recognizer), as the page shows it."""
+    table = next(t for t in page.split("<table>") if "<th>attack CPU s</th>" in t)
+    cells = {}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("</table>")[0], re.S):
+        tds = [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        if tds:
+            cells[tuple(tds[:3])] = tds[-1]
+    return cells
 
 
 def gnu_sparse_tar(folder: Path, claimed: str = "512M") -> Path:

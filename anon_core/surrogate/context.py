@@ -19,7 +19,7 @@ import numpy as np
 
 from faceveil.anon_core.detectors import Detector
 from faceveil.anon_core.embeddings import Embedder
-from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.faces import Faces, one_per_face
 from faceveil.anon_core.landmarks import LandmarkModel
 from faceveil.anon_core.pseudonym import SAME_PERSON, IdentityClusters, cluster_identities
 from faceveil.anon_core.surrogate.attributes import LinearAttribute
@@ -147,8 +147,10 @@ def collect_faces(
     estimate its gender, age and facial hair unless ``options.traits`` is off (an int is
     ``max_donors``).
 
-    Faces whose landmarks are unreliable are left out (they are masked in the second pass).
-    Face ids are ``"{sample id}#{face number}"``.
+    The detections of one face are merged as the second pass merges them (``one_per_face``,
+    after landmarks, before embeddings), so a face detected twice is one row and at most one
+    donor candidate. Faces whose landmarks are unreliable are left out (they are masked in the
+    second pass). Face ids are ``"{sample id}#{face number}"``, numbered after the merge.
     """
     if isinstance(options, int):
         options = CollectOptions(max_donors=options)
@@ -156,7 +158,7 @@ def collect_faces(
     acc = _Collected()
     for chunk in _batches(samples, options.batch):
         images = [np.ascontiguousarray(rgb) for _, rgb in chunk]
-        found = landmarks(images, detector(images))
+        found = [one_per_face(f) for f in landmarks(images, detector(images))]
         vectors = embedder(images, found)
         for (sid, _), image, faces, vec in zip(chunk, images, found, vectors, strict=True):
             keep = np.flatnonzero(_reliable(faces))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import pickle
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -137,6 +142,46 @@ def warp_triangles(
     warped = cv2.remap(source, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
     warped[~covered] = 0
     return warped, covered
+
+
+@functools.cache
+def mean_head() -> np.ndarray:
+    """The 3-D mean shape of the 68 points (x right, y down, z towards the camera) that the
+    ``insightface`` package ships (``insightface/data/objects/meanshape_68.pkl``); read from the
+    installed package without importing it."""
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the surrogate needs the insightface package (its 3-D mean face shape)")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "objects" / "meanshape_68.pkl"
+    with open(path, "rb") as f:
+        shape = np.asarray(pickle.load(f), np.float64)  # noqa: S301 (a file of an installed package)
+    if shape.shape != (68, 3):
+        raise RuntimeError(f"{path} is not a 68 x 3 mean shape: {shape.shape}")
+    return shape
+
+
+def head_projection(points68: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """The 3-D mean head (``mean_head``) posed like the face of ``points68``: a scaled
+    orthographic projection (rotation, one scale, shift) fitted on the points ``fit``, returned
+    for all 68 points. What is left, ``points68`` minus this, is the face's own shape and
+    expression; the projection carries its head pose."""
+    head = mean_head()
+    src, dst = head[fit], np.asarray(points68, np.float64)[fit]
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    linear = np.linalg.lstsq(src - mu_s, dst - mu_d, rcond=None)[0].T  # 2 x 3
+    u, spread, vt = np.linalg.svd(linear, full_matrices=False)
+    rotation = spread.mean() * (u @ vt)  # the nearest scaled rotation (two orthogonal rows)
+    return (head - mu_s) @ rotation.T + mu_d
+
+
+def posed_like(donor68: np.ndarray, own68: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """``donor68`` with its head pose replaced by that of ``own68`` (both 68 x 2 in one frame):
+    the own face's posed mean head plus the donor's shape and expression around its own posed
+    mean head, carried over by the affine map between the two projections."""
+    own_head = head_projection(own68, fit)
+    donor_head = head_projection(donor68, fit)
+    carry = affine_fit(donor_head, own_head)[:, :2]
+    return own_head + (np.asarray(donor68, np.float64) - donor_head) @ carry.T
 
 
 def blend_shape(original: np.ndarray, donors: np.ndarray, privacy: float) -> np.ndarray:

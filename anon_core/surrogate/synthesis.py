@@ -3,8 +3,10 @@
 For one face, with the original's 68 points and a donor set's mean texture and mean shape:
 
 1. target geometry: the original's points with identity-bearing geometry (jaw, brows, nose, eye
-   and mouth placement and width) moved ``privacy`` of the way to the donors' mean shape, fitted
-   to the original's pose; eye and mouth opening (expression) stay the original's;
+   and mouth placement and width) moved ``privacy`` of the way to the donors' mean shape, which
+   is first posed like the original in 3-D (``geometry.posed_like``: a mean 3-D head fitted to
+   both, so only shape moves, not head pose); eye and mouth opening (expression) stay the
+   original's;
 2. the surroundings follow: the original is warped (piecewise affine) from its outline to the
    target outline, inside a fixed ring around the face, so no part of the old jaw shows;
 3. the mean texture is warped onto the target outline (forehead to chin);
@@ -131,9 +133,14 @@ class Synthesizer:
         pts = np.asarray(points68, np.float64)
         to_bank = geo.similarity_fit(pts, self.bank.shape)
         own = geo.apply(to_bank, pts)
-        pose = geo.affine_fit(donor_shape[_POSE_POINTS], own[_POSE_POINTS])
-        donors = geo.apply(pose, np.asarray(donor_shape, np.float64))
-        return geo.apply(geo.invert(to_bank), geo.blend_shape(own, donors, self.privacy))
+        # The donors' shape is posed in 3-D like the original (a 2-D fit would pull a turned
+        # face's nose and eyes towards the donors' mostly frontal mean, which reads as a turn).
+        donors = geo.posed_like(np.asarray(donor_shape, np.float64), own, _POSE_POINTS)
+        blended = geo.blend_shape(own, donors, self.privacy)
+        # What of the blend still reads as a turn of the mean head is taken out again.
+        own_head = geo.head_projection(own, _POSE_POINTS)
+        blended -= geo.head_projection(blended, _POSE_POINTS) - own_head
+        return geo.apply(geo.invert(to_bank), blended)
 
     def __call__(
         self,

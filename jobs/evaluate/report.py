@@ -141,7 +141,9 @@ def _attacks(report: dict) -> str:
         f"Learning attackers train on {split.get('train_identities')} identities "
         f"({split.get('train_images')} images) and are tested on "
         f"{split.get('test_identities')} disjoint held-out identities; every method gets the "
-        "same budget (report.json: attack_budget). Marked: the worst case of each method.",
+        "same budget (report.json: attack_budget). Attack CPU s includes training: the "
+        "pixel U-Net is fitted once per method and its cost shown for each recognizer. Marked: "
+        "the worst case of each method.",
         "meta",
     )
     return page.table(headers, rows, classes) + note

@@ -15,10 +15,13 @@ import pytest
 
 from faceveil.anon_core import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.accel import accelerated_anonymizer
+from faceveil.anon_core.embeddings import DlibEmbedder
 from faceveil.anon_core.faces import Faces, face_regions, one_per_face
 from faceveil.anon_core.known import WithBoxes
+from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods import create
 from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.surrogate import collect_faces
 from tests.anon_core.lfw_world import lfw_world
 from tests.factories import rgb
 
@@ -174,3 +177,43 @@ def test_two_located_faces_in_one_box_stay_two():
     assert len(one_per_face(Faces(boxes, same, extras=reliable))) == 1
     unsure = {"reliable": np.array([True, False])}
     assert len(one_per_face(Faces(boxes, apart, extras=unsure))) == 1
+
+
+# ---- the surrogate's first pass: a face detected twice is one row of the face table -----------
+
+
+class _DetectsTwice:
+    """A real detector whose every face is found a second time: a box 5% in from each side, the
+    same five points, a lower score (what a detector at two scales gives)."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.name = detector.name
+
+    def __call__(self, images):
+        out = []
+        for found in self.detector(images):
+            inner = found.boxes.copy()
+            inner[:, :4] = [_inner(b[:4], 0.05)[0] for b in found.boxes]
+            inner[:, 4] *= 0.9
+            out.append(
+                Faces(
+                    np.concatenate([found.boxes, inner]),
+                    np.concatenate([found.landmarks5, found.landmarks5]),
+                )
+            )
+        return out
+
+
+def test_the_first_pass_merges_a_face_detected_twice(photo):
+    """Both detections have reliable landmarks (so each would be a row of its own), yet the
+    table has one row and at most one donor candidate, as the second pass has one face."""
+    detector = _DetectsTwice(lfw_world().detector)
+    landmarks = Dlib68()
+    twice = landmarks([photo], detector([photo]))[0]
+    assert len(twice) == 2 and twice.extras["reliable"].all(), "the test needs two usable rows"
+    table = collect_faces([("s", photo)], detector, landmarks, DlibEmbedder())
+    assert table.ids == ("s#0",)
+    assert table.embeddings.shape == (1, 128) and table.skin.shape == (1, 3)
+    assert table.traits is not None and table.traits.shape[0] == 1
+    assert len(table.donors) <= 1

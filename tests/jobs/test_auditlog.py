@@ -20,6 +20,7 @@ from faceveil.jobs.keys_cli import main as keys_main
 from faceveil.jobs.storage import Location
 from faceveil.manifests.audit import AuditTail, AuditWriter, key_id
 from faceveil.manifests.errors import AuditError
+from tests.factories import JobInput
 
 JOB_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 REQUESTER = Ed25519PrivateKey.from_private_bytes(bytes(range(4, 36)))
@@ -211,18 +212,18 @@ def _photos_and_custodians(tmp_path: Path, count: int) -> tuple[Path, list[str]]
 
 def test_run_with_anchor_then_cut_log_fails_verify(tmp_path, ray_local, secret_file, capsys):
     photos, escrow = _photos_and_custodians(tmp_path, 4)
+    job = JobInput(tmp_path, photos, secret_file, ("--no-progress",))
     out, anchor = tmp_path / "out", str(tmp_path / "anchor")
-    run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
     capsys.readouterr()
-    assert faceveil.jobs.cli.main([*run, *escrow, "--audit-anchor", anchor]) == 0
+    assert job.run(out, *escrow, "--audit-anchor", anchor) == 0
     printed = capsys.readouterr().out
     job_key = printed.split("audit: job signing key ")[1].split(",")[0]
     assert faceveil.jobs.cli.main(["audit", "verify", str(out), "-q", "--job-key", job_key]) == 0
     assert "anchored: lines 1..3" in capsys.readouterr().out  # job.start, job.manifests, job.end
     other = str(tmp_path / "other-anchor")
-    assert faceveil.jobs.cli.main([*run, "--resume", "--audit-anchor", other]) == 1
+    assert job.run(out, "--resume", "--audit-anchor", other) == 1
     assert "anchored at" in capsys.readouterr().err and not Path(other).exists()
-    assert faceveil.jobs.cli.main([*run, "--resume"]) == 0  # keeps the anchor the start entry names
+    assert job.run(out, "--resume") == 0  # keeps the anchor the start entry names
     resumed = capsys.readouterr().out.split("audit: job signing key ")[1].split(",")[0]
     pins = ["--job-key", job_key, "--job-key", resumed]
     assert faceveil.jobs.cli.main(["audit", "verify", str(out), *pins]) == 0
@@ -237,26 +238,25 @@ def test_run_with_an_unwritable_anchor_fails_before_any_work(
     tmp_path, ray_local, secret_file, capsys
 ):
     photos, escrow = _photos_and_custodians(tmp_path, 2)
+    job = JobInput(tmp_path, photos, secret_file, ("--no-progress",))
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "out"
-    run = ["run", str(photos), str(out), "--secret-file", str(secret_file), "--no-progress"]
     anchor = ["--audit-anchor", str(tmp_path / "a-file" / "anchor")]
     capsys.readouterr()
-    assert faceveil.jobs.cli.main([*run, *escrow, *anchor]) == 1
+    assert job.run(out, *escrow, *anchor) == 1
     assert "cannot write the audit anchor" in capsys.readouterr().err
     assert not (out / "data").exists() or not list((out / "data").iterdir())
     assert not (out / "audit.jsonl").exists() or not (out / "audit.jsonl").read_bytes()
     anchor = ["--audit-anchor", str(tmp_path / "anchor")]  # fixed: the resume starts the log
     # No signed entry vouches for the escrow.json the failed run left: the flags are needed.
-    assert faceveil.jobs.cli.main([*run, "--resume", *anchor]) == 1
+    assert job.run(out, "--resume", *anchor) == 1
     assert "give the escrow flags" in capsys.readouterr().err
-    assert faceveil.jobs.cli.main([*run, "--resume", *escrow, *anchor]) == 0
+    assert job.run(out, "--resume", *escrow, *anchor) == 0
     capsys.readouterr()
     assert faceveil.jobs.cli.main(["audit", "verify", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "anchored: lines 1..3" in printed and " job.start " in printed
-    bare = ["run", str(photos), str(tmp_path / "bare"), "--secret-file", str(secret_file)]
-    assert faceveil.jobs.cli.main([*bare, "--no-progress", "--no-escrow", *anchor]) == 1
+    assert job.run(tmp_path / "bare", "--no-escrow", *anchor) == 1
     assert "without escrow" in capsys.readouterr().err
 
 

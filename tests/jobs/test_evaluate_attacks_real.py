@@ -14,7 +14,7 @@ import json
 import pytest
 
 from faceveil.jobs.evaluate import add_eval_command
-from tests.factories import shared_dir
+from tests.factories import page_attack_cpu_s, shared_dir
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
@@ -95,6 +95,22 @@ def test_the_pixel_unet_is_fitted_on_training_pairs_and_restores_every_held_out_
         assert pixels["restored_images"] == scored["n_gallery"] + scored["n_probes"] > 60
     mask = _row(rep, "mask")["pixel_inversion"]
     assert mask["l1_last_tenth"] < mask["l1_first_tenth"]  # it learns something on the mask
+
+
+def test_the_page_shows_what_the_pixel_inversion_cost(report) -> None:
+    """The U-Net's fit and restore (report.json: pixel_inversion) are in the attack's CPU
+    seconds, in report.json and on the page; they were left out (about 0 s shown)."""
+    rep, html = report
+    shown = page_attack_cpu_s(html)
+    for row in rep["methods"]:
+        pixels = row["pixel_inversion"]
+        training = pixels["fit_cpu_s"] + pixels["restore_cpu_s"]
+        assert training > 1.0, (row["label"], pixels)  # 60 U-Net steps on the CPU
+        for recognizer in (MOBILE, DLIB):
+            cpu = row["attack_cpu_s"][recognizer]["inversion-pixels"]
+            assert training <= cpu < training + 30, (row["label"], recognizer, cpu, training)
+            cell = shown[(row["label"], "inversion_pixels", recognizer)]
+            assert float(cell) == pytest.approx(cpu, abs=0.006)
 
 
 def test_identity_is_caught_by_every_attack_at_its_clear_image_level(report) -> None:

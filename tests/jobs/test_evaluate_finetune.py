@@ -25,7 +25,7 @@ from faceveil.jobs.evaluate import add_eval_command
 from faceveil.jobs.evaluate.config import AttackBudget
 from faceveil.jobs.evaluate.finetune import TailFinetune, trunk_activations
 from faceveil.jobs.evaluate.recognizer import RecognizerNet, crops_tensor
-from tests.factories import shared_path
+from tests.factories import page_attack_cpu_s, shared_path
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
@@ -157,11 +157,15 @@ def test_eval_parrot_finetune_catches_identity_and_records_layers_and_budget(
         figures = row["attacks"][key][name]
         assert figures["n_probes"] > 20
         assert figures["rank1"] >= min(0.95, clear - 0.05), (key, figures["rank1"], clear)
-    assert "parrot-finetune" in row["attack_cpu_s"][name]
     tuned = row["parrot_finetune"][name]
+    cpu = row["attack_cpu_s"][name]["parrot-finetune"]  # the fine-tune's cost is in it
+    assert tuned["total_cpu_s"] <= cpu < tuned["total_cpu_s"] + 30, (cpu, tuned)
+    shown = page_attack_cpu_s((out / "index.html").read_text())
+    for key in ("parrot_finetune_gallery_anonymized", "parrot_finetune_gallery_original"):
+        assert float(shown[(row["label"], key, name)]) == pytest.approx(cpu, abs=0.006)
     assert tuned["fine_tuned_layers"] == TAIL
     assert tuned["train_crops"] == 2 * report["dataset"]["attack_split"]["train_images"]
-    assert tuned["total_cpu_s"] > 0
+    assert tuned["total_cpu_s"] > 1.0  # 40 steps of the last block on the CPU
     budget = report["attack_budget"]["parrot_finetune"]
     assert (budget["steps"], budget["batch"], budget["torch_threads"]) == (40, 64, 1)
     assert budget["optimizer"].startswith("Adam lr 0.0001")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from faceveil.jobs.cli import main
 from faceveil.jobs.keyfile import load_key_file
 from faceveil.jobs.plan import (
     CHANGED,
@@ -24,7 +23,7 @@ from faceveil.jobs.shard import list_sources
 from faceveil.jobs.shardio import ShardFormatError
 from faceveil.jobs.storage import Location
 from faceveil.manifests.jobsecret import open_check, open_uri, sample_id
-from tests.factories import varied_faces, write_folder
+from tests.factories import JobInput, varied_faces, write_folder
 
 SECRET = b"k" * 32
 
@@ -124,9 +123,9 @@ def test_resume_quarantines_sources_changed_or_vanished_since_planning(
     since planning are quarantined at stage read, and the shard's counts still add up."""
     photos = write_folder(tmp_path / "photos", varied_faces(6), nest_every=0)
     out = tmp_path / "out"
-    args = ["run", str(photos), str(out), "--shard-size", "3", "--batch-size", "4",
-            "--secret-file", str(secret_file), "--no-escrow"]  # fmt: skip
-    assert main(args) == 0
+    options = ("--shard-size", "3", "--batch-size", "4", "--no-escrow")
+    job = JobInput(tmp_path, photos, secret_file, options)
+    assert job.run(out) == 0
     plan = {p.name: p.read_bytes() for p in (out / "plan").iterdir()}
     assert _quarantine(out, "shard-000001") == {}
     for part in ("data/shard-000001.tar", "quarantine/shard-000001.parquet",
@@ -136,7 +135,7 @@ def test_resume_quarantines_sources_changed_or_vanished_since_planning(
     changed, vanished = Path(sources[3].path), Path(sources[4].path)
     changed.write_bytes(Path(sources[0].path).read_bytes())
     vanished.unlink()
-    assert main([*args, "--resume"]) == 0
+    assert job.run(out, "--resume") == 0
     assert {p.name: p.read_bytes() for p in (out / "plan").iterdir()} == plan
     secret = load_key_file(secret_file)
     keys = [sample_id(secret, s.uri) for s in sources]
@@ -147,6 +146,6 @@ def test_resume_quarantines_sources_changed_or_vanished_since_planning(
     assert marker["anonymized"] + marker["no_face"] == 1
     with tarfile.open(out / "data" / "shard-000001.tar") as tar:
         assert {n.split(".")[0] for n in tar.getnames()} == {keys[5]}
-    job = json.loads((out / "job.json").read_text())
-    assert job["status"] == "complete" and job["totals"]["samples_in"] == 6
-    assert job["totals"]["quarantined"] == 2
+    record = json.loads((out / "job.json").read_text())
+    assert record["status"] == "complete" and record["totals"]["samples_in"] == 6
+    assert record["totals"]["quarantined"] == 2

@@ -23,34 +23,43 @@ from faceveil.jobs.firstpass import first_pass_entries, key_fingerprint
 from faceveil.jobs.keyfile import load_key_file, new_key_file
 from faceveil.jobs.shard import ShardEntry, list_sources
 from faceveil.manifests.jobsecret import open_object, sample_id, seal_object
-from tests.factories import lfw_people, shared_path, tar_members, varied_faces, write_folder
+from tests.factories import (
+    JobInput,
+    lfw_people,
+    shared_path,
+    tar_members,
+    varied_faces,
+    write_folder,
+)
 
 PEOPLE = 24
 PHOTOS = 3
 
 
-def _surrogate_args(photos: Path, out: Path, secret: Path, key: Path, *extra: str) -> list[str]:
-    return ["run", str(photos), str(out), "--method", "surrogate", "--key-file", str(key),
-            "--donors", "4", "--shard-size", "25", "--batch-size", "8", "--no-escrow",
-            "--secret-file", str(secret), *extra]  # fmt: skip
+def _surrogate_job(
+    root: Path, photos: Path, secret: Path, key: Path, escrow: tuple[str, ...] = ("--no-escrow",)
+) -> JobInput:
+    """``faceveil run --method surrogate`` of ``photos`` with the team key ``key`` (4 donors,
+    shards of 25), without escrow unless ``escrow`` gives its flags."""
+    options = ("--method", "surrogate", "--key-file", str(key), "--donors", "4", "--shard-size",
+               "25", "--batch-size", "8", *escrow)  # fmt: skip
+    return JobInput(root, photos, secret, options)
 
 
 @pytest.fixture(scope="module")
-def lfw_job(tmp_path_factory):
-    """PHOTOS photos each of PEOPLE LFW people in a folder, with a job secret and a team key."""
+def lfw_job(tmp_path_factory) -> tuple[JobInput, dict[str, int], Path]:
+    """PHOTOS photos each of PEOPLE LFW people in a folder, with a job secret and a team key:
+    (their job, file name -> person number, the team key)."""
     base = tmp_path_factory.mktemp("surrogate")
     who = lfw_people(base / "photos", PEOPLE, PHOTOS)
     secret = new_key_file(base / "secret.key")
     key = new_key_file(base / "team.key")
-    return base, base / "photos", who, secret, key
+    return _surrogate_job(base, base / "photos", secret, key), who, key
 
 
 @pytest.fixture(scope="module")
 def surrogate_run(lfw_job, ray_local):
-    base, photos, _, secret, key = lfw_job
-    out = base / "out1"
-    assert main(_surrogate_args(photos, out, secret, key)) == 0
-    return out
+    return lfw_job[0].first_run()
 
 
 def _metadata(out: Path) -> dict[str, dict]:
@@ -64,10 +73,11 @@ def _metadata(out: Path) -> dict[str, dict]:
 
 
 def test_every_face_gets_a_surrogate_and_one_person_one_pseudonym(lfw_job, surrogate_run):
-    _, photos, who, secret, _ = lfw_job
+    job, who, _ = lfw_job
     docs = _metadata(surrogate_run)
-    secret_bytes = load_key_file(secret)
-    by_key = {sample_id(secret_bytes, s.uri): Path(s.path).name for s in list_sources(str(photos))}
+    secret_bytes = load_key_file(job.secret)
+    sources = list_sources(str(job.source))
+    by_key = {sample_id(secret_bytes, s.uri): Path(s.path).name for s in sources}
     assert set(docs) == set(by_key)  # nothing lost, nothing quarantined
     faces = [f for d in docs.values() for f in d["faces"]]
     surrogates = [f for f in faces if f["method"] == "surrogate"]
@@ -108,9 +118,9 @@ def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, s
 
 
 def test_rerun_is_byte_identical(lfw_job, surrogate_run):
-    base, photos, _, secret, key = lfw_job
-    out = base / "out2"
-    assert main(_surrogate_args(photos, out, secret, key)) == 0
+    job = lfw_job[0]
+    out = job.root / "out2"
+    assert job.run(out) == 0
     for tar in sorted((surrogate_run / "data").glob("*.tar")):
         assert (
             hashlib.sha256(tar.read_bytes()).digest()
@@ -119,19 +129,17 @@ def test_rerun_is_byte_identical(lfw_job, surrogate_run):
 
 
 def test_resume_with_another_key_is_refused(lfw_job, surrogate_run, capsys):
-    base, photos, _, secret, _ = lfw_job
-    other = new_key_file(base / "other.key")
+    job = lfw_job[0]
+    other = _surrogate_job(job.root, job.source, job.secret, new_key_file(job.root / "other.key"))
     before = (surrogate_run / "job.json").read_bytes()
-    assert main(_surrogate_args(photos, surrogate_run, secret, other, "--resume")) == 1
+    assert other.run(surrogate_run, "--resume") == 1
     assert "another key" in capsys.readouterr().err
     assert (surrogate_run / "job.json").read_bytes() == before
 
 
 def test_resume_with_another_linkage_is_refused(lfw_job, surrogate_run, capsys):
-    base, photos, _, secret, key = lfw_job
     before = (surrogate_run / "job.json").read_bytes()
-    args = _surrogate_args(photos, surrogate_run, secret, key, "--linkage", "none", "--resume")
-    assert main(args) == 1
+    assert lfw_job[0].run(surrogate_run, "--linkage", "none", "--resume") == 1
     assert "another config" in capsys.readouterr().err
     assert (surrogate_run / "job.json").read_bytes() == before
 
@@ -140,8 +148,8 @@ def test_a_job_recorded_before_linkage_existed_resumes_as_person(lfw_job, surrog
     """job.json written before ``--linkage``: its options lack the key, and its config_sha256 is
     the SHA-256 of the sorted-key JSON of that config. A --resume (linkage person, the only
     behaviour then) is accepted and rewrites nothing; --linkage none is still refused."""
-    base, photos, _, secret, key = lfw_job
-    old = base / "recorded-before-linkage"
+    lfw = lfw_job[0]
+    old = lfw.root / "recorded-before-linkage"
     shutil.copytree(surrogate_run, old)
     job = json.loads((old / "job.json").read_text())
     del job["config"]["anon"]["method_options"]["linkage"]
@@ -150,17 +158,17 @@ def test_a_job_recorded_before_linkage_existed_resumes_as_person(lfw_job, surrog
     ).hexdigest()
     (old / "job.json").write_text(json.dumps(job))
     data = {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")}
-    assert main(_surrogate_args(photos, old, secret, key, "--resume")) == 0
+    assert lfw.run(old, "--resume") == 0
     assert {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")} == data
-    assert main(_surrogate_args(photos, old, secret, key, "--linkage", "none", "--resume")) == 1
+    assert lfw.run(old, "--linkage", "none", "--resume") == 1
 
 
 def test_no_linkage_run_records_it_and_publishes_no_pseudonym(lfw_job, surrogate_run):
     """``--linkage none`` end to end: job.json says so, the same faces are found and replaced
     as with ``person``, and none carries a pseudonym that could group a person's photos."""
-    base, photos, who, secret, key = lfw_job
-    out = base / "out-unlinked"
-    assert main(_surrogate_args(photos, out, secret, key, "--linkage", "none")) == 0
+    lfw = lfw_job[0]
+    out = lfw.root / "out-unlinked"
+    assert lfw.run(out, "--linkage", "none") == 0
     job = json.loads((out / "job.json").read_text())
     assert job["status"] == "complete"
     assert job["config"]["anon"]["method_options"]["linkage"] == "none"
@@ -179,7 +187,7 @@ def test_too_few_people_fail_before_anything_is_anonymized(tmp_path, secret_file
     write_folder(tmp_path / "photos", varied_faces(12))
     key = new_key_file(tmp_path / "team.key")
     out = tmp_path / "out"
-    assert main(_surrogate_args(tmp_path / "photos", out, secret_file, key)) == 1
+    assert _surrogate_job(tmp_path, tmp_path / "photos", secret_file, key).run(out) == 1
     err = capsys.readouterr().err
     assert "surrogate cannot be built" in err or "no face" in err, err
     assert not (out / "data").exists() and not (out / "_done").exists()
@@ -200,25 +208,24 @@ def test_surrogate_flags_are_checked_before_any_work(tmp_path, secret_file, caps
                                                      message):  # fmt: skip
     (tmp_path / "photos").mkdir()
     out = tmp_path / "out"
-    args = ["run", str(tmp_path / "photos"), str(out), "--method", "surrogate", "--no-escrow",
-            "--secret-file", str(secret_file), *extra]  # fmt: skip
+    job = JobInput(tmp_path, tmp_path / "photos", secret_file, ("--method", "surrogate"))
     if extra:
-        args += ["--key-file", str(new_key_file(tmp_path / "team.key"))]
-    assert main(args) == 1
+        extra += ("--key-file", str(new_key_file(tmp_path / "team.key")))
+    assert job.run(out, "--no-escrow", *extra) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_surrogate_flags_with_another_method_are_refused(tmp_path, secret_file, capsys):
     (tmp_path / "photos").mkdir()
-    args = ["run", str(tmp_path / "photos"), str(tmp_path / "out"), "--no-escrow",
-            "--secret-file", str(secret_file), "--privacy", "0.2"]  # fmt: skip
-    assert main(args) == 1
+    job = JobInput(tmp_path, tmp_path / "photos", secret_file, ("--no-escrow",))
+    out = tmp_path / "out"
+    assert job.run(out, "--privacy", "0.2") == 1
     assert "apply to --method surrogate only" in capsys.readouterr().err
-    assert main([*args[:-2], "--linkage", "none"]) == 1
+    assert job.run(out, "--linkage", "none") == 1
     assert "--linkage apply to --method surrogate only" in capsys.readouterr().err
     key = new_key_file(tmp_path / "team.key")
-    assert main([*args[:-2], "--key-file", str(key)]) == 1
+    assert job.run(out, "--key-file", str(key)) == 1
     assert "--key-file is used by --method surrogate only" in capsys.readouterr().err
 
 
@@ -265,10 +272,10 @@ def _utk_subset(base: Path, count: int) -> Path:
 
 
 def test_attribute_probes_steer_donors_and_are_recorded(lfw_job, surrogate_run):
-    base, photos, _, secret, key = lfw_job
-    labels = _utk_subset(base, 60)
-    out = base / "out-attributes"
-    assert main(_surrogate_args(photos, out, secret, key, "--attributes", str(labels))) == 0
+    lfw = lfw_job[0]
+    labels = _utk_subset(lfw.root, 60)
+    out = lfw.root / "out-attributes"
+    assert lfw.run(out, "--attributes", str(labels)) == 0
     job = json.loads((out / "job.json").read_text())
     assert job["status"] == "complete"
     assert job["surrogate"]["first_pass"]["attribute_probes"] == ["gender", "age"]
@@ -286,9 +293,8 @@ def test_missing_attribute_labels_are_refused_before_any_work(tmp_path, secret_f
     (tmp_path / "photos").mkdir()
     key = new_key_file(tmp_path / "team.key")
     out = tmp_path / "out"
-    args = _surrogate_args(tmp_path / "photos", out, secret_file, key, "--attributes",
-                           str(tmp_path / "nope.csv"))  # fmt: skip
-    assert main(args) == 1
+    job = _surrogate_job(tmp_path, tmp_path / "photos", secret_file, key)
+    assert job.run(out, "--attributes", str(tmp_path / "nope.csv")) == 1
     assert "nope.csv is not a file" in capsys.readouterr().err
     assert not out.exists()
 
@@ -309,9 +315,10 @@ def test_first_pass_context_reaches_the_object_store_sealed(lfw_job, ray_local):
     from faceveil.jobs.shard import read_index, write_shards
     from faceveil.jobs.storage import Location
 
-    base, photos, _, secret, key = lfw_job
+    job, _, key = lfw_job
+    base, secret = job.root, job.secret
     shards = base / "shards-direct"
-    write_shards(str(photos), str(shards), load_key_file(secret), 25)
+    write_shards(str(job.source), str(shards), load_key_file(secret), 25)
     src = Location(str(shards))
     tasks = pending_tasks(src, read_index(src), src, resume=False)
     config = JobConfig(str(shards), str(base / "unused"))
@@ -349,10 +356,9 @@ def test_surrogate_output_restores_pixel_exact_under_escrow(tmp_path, ray_local)
         assert main(["custodian", "keygen", "--name", who, "--out", str(tmp_path / "keys"),
                      "--kdf-work", "15", "--passphrase-file", str(passes[who])]) == 0  # fmt: skip
     out = tmp_path / "out"
-    args = _surrogate_args(photos, out, secret, key)
-    args.remove("--no-escrow")
     pubs = [str(tmp_path / "keys" / f"{who}.pub") for who in ("alice", "bob", "carol")]
-    assert main([*args, "--custodians", *pubs, "--threshold", "2"]) == 0
+    escrow = ("--custodians", *pubs, "--threshold", "2")
+    assert _surrogate_job(tmp_path, photos, secret, key, escrow).run(out) == 0
     methods = [f["method"] for d in _metadata(out).values() for f in d["faces"]]
     assert methods.count("surrogate") >= 0.8 * len(methods)
     req = tmp_path / "req.json"
