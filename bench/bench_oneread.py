@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--job"]:
         return job(argv[1:])
     args = parse_args(argv)
-    print(json.dumps({**machine_info(), **versions(["ray", "onnxruntime", "dlib"])}))
+    print(json.dumps({**machine_info(), **versions(["ray", "onnxruntime", "dlib-bin"])}))
     sources = _spread(source_images(args.source), args.images)
     results: dict[str, list[tuple]] = {c: [] for c in CHOICES}
     digests: dict[int, dict[str, str]] = {}

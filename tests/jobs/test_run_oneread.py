@@ -138,3 +138,35 @@ def test_face_records_reach_the_object_store_sealed_and_are_handed_out_once(job,
     for vectors in list(records.embeddings.values())[:5]:
         assert len(vectors) == 0 or vectors[0].tobytes()[:64] not in blob
     assert b"FaceRecords" not in blob and b"numpy" not in blob
+
+
+@pytest.mark.parametrize("case", ["other models", "other transit key", "none kept"])
+def test_records_that_do_not_fit_are_not_used(ray_local, case):
+    """Fail closed: records made with other models, sealed under another run's key, or never
+    kept leave the second pass computing every face (its memo holds nothing)."""
+    import os
+
+    import numpy as np
+    import ray
+
+    from faceveil.anon_core.detectors import build_detector
+    from faceveil.anon_core.facememo import FaceRecords
+    from faceveil.anon_core.faces import Faces
+    from faceveil.jobs.firstpass import Recall, RecordShelf
+    from faceveil.manifests.jobsecret import seal_object
+
+    transit = os.urandom(32)
+    records = FaceRecords("other" if case == "other models" else "mine")
+    records.detections[bytes(32)] = Faces.empty()
+    key = os.urandom(32) if case == "other transit key" else transit
+    shelf = RecordShelf.remote()
+    if case != "none kept":
+        ray.get(shelf.put.remote("shard-000000.tar", [ray.put(seal_object(key, records))]))
+    recall = Recall(shelf, transit, "mine")
+    recall.load("shard-000000.tar")
+    assert len(recall.memo.records) == 0
+    detector = recall.memo.detector(build_detector("centerface", threads=1))
+    assert detector.name == "centerface"
+    assert len(detector([np.full((64, 64, 3), 128, np.uint8)])[0]) == 0
+    assert recall.release() == (0, 1)  # nothing reused, one image detected
+    assert ray.get(shelf.count.remote()) == 0
