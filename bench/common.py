@@ -371,21 +371,26 @@ def job_bench_parser(module: str, doc: str | None, rounds: int) -> argparse.Argu
 
 
 class JobTimer:
-    """Times ``faceveil run --method blur`` (no progress bar) under sets of options, with one new
-    job secret in ``work``; the order of the sets alternates from round to round."""
+    """Times ``faceveil run --method METHOD`` (blur unless given; no progress bar) under sets of
+    options, with one new job secret in ``work``; the order of the sets alternates from round to
+    round. ``entry`` is what ``python`` runs (the ``faceveil`` CLI module unless a benchmark has
+    its own way into the same ``run`` command line)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(
+        self, work: Path, method: str = "blur", entry: Sequence[str] = ("-m", "faceveil.jobs.cli")
+    ) -> None:
         self.secret = work / "job.secret"
         self.secret.write_text(secrets.token_hex(32))
         self.secret.chmod(0o600)
         self.env = os.environ | {"PYTHONPATH": str(_REPO)}
+        self.method, self.entry = method, tuple(entry)
 
     def run(self, source: Path, out: Path, options: Sequence[str]) -> tuple[float, float, int]:
         """One run of ``source`` into ``out`` (its output and log beside it); SystemExit with the
         stderr tail if it fails. Returns (wall s, CPU s, samples in): the count is the run's
         summary line's, 0 where that line is missing."""
-        command = [sys.executable, "-m", "faceveil.jobs.cli", "run", str(source), str(out),
-                   "--method", "blur", "--secret-file", str(self.secret), "--no-progress",
+        command = [sys.executable, *self.entry, "run", str(source), str(out),
+                   "--method", self.method, "--secret-file", str(self.secret), "--no-progress",
                    *options]  # fmt: skip
         measured = run_measured(command, out.parent / f"log-{out.name}", env=self.env, cwd=_REPO)
         if measured.returncode != 0:

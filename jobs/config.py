@@ -58,12 +58,18 @@ class SurrogateConfig:
     new``); ``first_pass_shards``: at most this many shards, picked by a hash of their names,
     feed the identity clusters and donor bank (None: all); ``max_donor_faces`` caps the donor
     candidates kept in memory; ``attributes``: a labels CSV of the user's own faces to fit
-    gender and age probes on, so donors share the original's gender and age."""
+    gender and age probes on, so donors share the original's gender and age.
+
+    ``reuse_first_pass`` (internal, no CLI option; tests and ``bench/bench_oneread.py`` turn it
+    off to compare): the second pass takes the faces the first pass found, landmarked and
+    embedded in the same image instead of computing them again. The output bytes are the same
+    either way, so it is not part of ``output_config``."""
 
     key_file: str | None = None
     first_pass_shards: int | None = None
     max_donor_faces: int = 1024
     attributes: str | None = None
+    reuse_first_pass: bool = True
 
     def __post_init__(self) -> None:
         if self.first_pass_shards is not None and self.first_pass_shards < 1:

@@ -35,9 +35,11 @@ class JobManifest:
 
     ``config`` is the part of the job config that decides output bytes, ``config_sha256`` its
     hash (a resume must match it); ``escrow_mode`` is 'shamir', 'kms' or 'none'. With
-    ``--method surrogate``, ``surrogate`` holds the pseudonym key's fingerprint and the first
-    pass's public summary. ``totals``, ``shards`` and ``failed`` are recorded when a run ends;
-    ``audit`` (with escrow) is the job's audit key and the log's tail at that end, a hint only.
+    ``--method surrogate``, ``surrogate`` holds the pseudonym key's fingerprint, the first
+    pass's public summary and (``second_pass``) how many images the last run's second pass
+    took from the first pass's face records and how many it detected again. ``totals``,
+    ``shards`` and ``failed`` are recorded when a run ends; ``audit`` (with escrow) is the job's
+    audit key and the log's tail at that end, a hint only.
     Fields left None are not written. The schema is written by ``to_json`` and checked by
     ``from_json``; it is not a field.
     """

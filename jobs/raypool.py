@@ -210,7 +210,8 @@ class ActorSpec:
     (``ShardProcessor``) publish into ``out_uri``, feed ``observer`` (the in-job audit sampler)
     and, with the surrogate, build it from ``surrogate_context``; first-pass actors
     (``FaceCollector``) keep up to ``max_donor_faces`` donor candidates. ``output`` says how
-    second-pass actors write ``data/``.
+    second-pass actors write ``data/``. ``face_records`` (a ``firstpass.RecordShelf``, or None)
+    is where the surrogate's first pass leaves each shard's face work for its second pass.
     """
 
     anon: AnonConfig
@@ -223,6 +224,7 @@ class ActorSpec:
     surrogate_context: object = None
     max_donor_faces: int = 1024
     output: OutputSpec = OutputSpec()
+    face_records: object = None
 
 
 def map_over_shards(tasks: list[ShardTask], actor: type, spec: ActorSpec) -> ray.data.Dataset:

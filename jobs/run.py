@@ -20,7 +20,7 @@ import ray
 
 from faceveil.anon_core.accel import select_backend
 from faceveil.anon_core.detectors import build_detector
-from faceveil.anon_core.pipeline import FaceAnonymizer, build_embedder
+from faceveil.anon_core.pipeline import build_embedder
 from faceveil.jobs import plan as planning
 from faceveil.jobs import shard as sharding
 from faceveil.jobs.config import JobConfig
@@ -65,6 +65,8 @@ class JobSummary:
     sealed: dict[str, dict] = field(default_factory=dict)  # shard -> its rows' commitment
     audit_key_id: str | None = None  # this run's job signing key (with escrow)
     audit_tail: str | None = None  # the audit log's tail at the run's end
+    images_reused: int = 0  # surrogate: images the second pass took from the first pass's records
+    images_detected: int = 0  # surrogate with records: images its second pass detected again
 
     def line(self) -> str:
         rate = self.samples_in / self.seconds if self.seconds else 0.0
@@ -87,11 +89,12 @@ class ShardProcessor:
         anon = replace(spec.anon, device=actor_device(spec.anon.device))
         self.node = ray.get_runtime_context().get_node_id()
         self.secrets = ray.get(spec.key_holder.get.remote())
+        self.recall = None  # the surrogate's first-pass records, when it kept them
         if spec.surrogate_context is not None:
-            from faceveil.jobs.firstpass import surrogate_method
+            from faceveil.jobs.firstpass import surrogate_anonymizer
 
-            method = surrogate_method(anon, self.secrets, spec.surrogate_context)
-            self.anonymizer = FaceAnonymizer(anon, method=method)  # per-face work runs on CPU
+            # per-face work runs on CPU
+            self.anonymizer, self.recall = surrogate_anonymizer(anon, self.secrets, spec)
         else:
             self.anonymizer = select_backend(anon)  # the accelerated path when device is cuda
         self.out = Location(spec.out_uri)
@@ -119,6 +122,17 @@ class ShardProcessor:
         return out
 
     def _one(self, task: ShardTask) -> ShardSummary:
+        if self.recall is None:
+            return self._process(task)
+        self.recall.load(task.shard)
+        try:
+            summary = self._process(task)
+        finally:
+            reused, detected = self.recall.release()
+        summary.images_reused, summary.images_detected = reused, detected
+        return summary
+
+    def _process(self, task: ShardTask) -> ShardSummary:
         sealer = self.secrets.sealer(task.shard)
         options = self.options.for_marker(input_sha256=task.sha256, node=self.node)
         try:
@@ -139,6 +153,8 @@ _SUMMARY_COLUMNS = (
     "status",
     "error",
     "manifest",
+    "images_reused",
+    "images_detected",
 )
 
 
@@ -437,7 +453,7 @@ class JobRun:
                 output=OutputSpec(config.data.output_format, config.data.columns.image_column),
             )
             if self.secrets.pseudonym_key is not None:
-                spec = replace(spec, surrogate_context=self._first_pass(sources, spec))
+                spec = self._first_pass(sources, spec, {t.shard for t in tasks})
             spec = replace(
                 spec,
                 size=min(pool, len(tasks)),
@@ -447,16 +463,26 @@ class JobRun:
             log.info("processing %d shards on %d actors (%s)", len(tasks), spec.size, device)
             with _live_progress(config, sum(t.samples for t in tasks), "anonymize") as counter:
                 self._execute(tasks, replace(spec, counter=counter), summary)
+            if spec.face_records is not None:
+                second = {"images_reused": summary.images_reused,
+                          "images_detected": summary.images_detected}  # fmt: skip
+                self.manifest = self.manifest.with_surrogate(second_pass=second)
         finally:
             if we_started:
                 ray.shutdown()
 
-    def _first_pass(self, sources: ShardSources, spec: ActorSpec):
+    def _first_pass(self, sources: ShardSources, spec: ActorSpec, pending: set[str]) -> ActorSpec:
         """Run the surrogate's first pass over (a sample of) every shard, done or not, so a
         resumed job gets the same identities and donors; records its summary in the manifest
-        and returns the sealed context's object ref."""
+        and returns ``spec`` with the sealed context's object ref and, unless the config turns
+        reuse off, the shelf of face records kept for the ``pending`` shards."""
         from faceveil.anon_core.surrogate.build import attribute_probes
-        from faceveil.jobs.firstpass import FirstPassError, first_pass_entries, run_first_pass
+        from faceveil.jobs.firstpass import (
+            FirstPassError,
+            RecordShelf,
+            first_pass_entries,
+            run_first_pass,
+        )
 
         config = self.config
         chosen = first_pass_entries(sources.entries, config.surrogate.first_pass_shards)
@@ -470,12 +496,15 @@ class JobRun:
                 probes = attribute_probes(
                     config.surrogate.attributes, detector, build_embedder(cpu)
                 )
+            if config.surrogate.reuse_first_pass:
+                spec = replace(spec, face_records=RecordShelf.remote())
             with _live_progress(config, sum(t.samples for t in tasks), "first pass") as counter:
-                setup = run_first_pass(tasks, replace(spec, counter=counter), self.secrets, probes)
+                passing = replace(spec, counter=counter)
+                setup = run_first_pass(tasks, passing, self.secrets, probes, pending)
         except FirstPassError as exc:
             raise JobError(str(exc)) from None
         self.manifest = self.manifest.with_surrogate(first_pass=setup.info)
-        return setup.context
+        return replace(spec, surrogate_context=setup.context)
 
     def _execute(self, tasks: list[ShardTask], spec: ActorSpec, summary: JobSummary) -> None:
         """Map the pool over the shards with Ray Data, streaming one summary row per shard."""
@@ -493,6 +522,8 @@ class JobRun:
             summary.samples_out += row["anonymized"] + row["no_face"]
             summary.quarantined += row["quarantined"]
             summary.faces += row["faces"]
+            summary.images_reused += row["images_reused"]
+            summary.images_detected += row["images_detected"]
         if spec.observer is not None and audits:
             from faceveil.jobs.privacy_report import write_privacy_report
 

@@ -82,6 +82,8 @@ class ShardSummary:
     error: str = ""
     files: dict = field(default_factory=dict)
     manifest: str = ""  # the key manifest's row-list commitment (canonical JSON), with escrow
+    images_reused: int = 0  # surrogate: images whose faces came from the first pass's records
+    images_detected: int = 0  # surrogate with records: images the detector ran on
 
     @property
     def samples_out(self) -> int:
