@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from faceveil.anon_core.pipeline import AnonConfig
+from faceveil.anon_core.surrogate.synthesis import RENDERER
 from faceveil.jobs.datawriter import OutputFormat
 from faceveil.jobs.parquetin import InputColumns
 
@@ -78,7 +79,7 @@ class SurrogateConfig:
             raise ValueError("--max-donor-faces must be at least 16")
 
     def output_config(self) -> dict:
-        return {"first_pass_shards": self.first_pass_shards,
+        return {"first_pass_shards": self.first_pass_shards, "renderer": RENDERER,
                 "max_donor_faces": self.max_donor_faces, "attributes": self.attributes}  # fmt: skip
 
 
@@ -136,17 +137,26 @@ class JobConfig:
     def output_config_sha256(self) -> str:
         return _config_sha256(self.output_config())
 
-    def resumable_sha256s(self) -> set[str]:
-        """The recorded ``config_sha256`` values a --resume of this config accepts: its own, and
-        for ``linkage: person`` also the one a job recorded before ``--linkage`` existed (the
-        same output: one surrogate per person was the only behaviour)."""
-        config = self.output_config()
-        found = {_config_sha256(config)}
-        options = config["anon"]["method_options"]
-        if options.get("linkage") == "person":
-            options.pop("linkage")
-            found.add(_config_sha256(config))
-        return found
+    def resume_refusal(self, recorded: dict) -> str | None:
+        """None when this config may resume the job of ``recorded`` (its job.json), else why
+        not. Only the same output config resumes: a surrogate job recorded by another renderer
+        revision (none recorded: before revision 2) is refused, since its shards would not
+        match the new ones."""
+        if recorded.get("config_sha256") == self.output_config_sha256():
+            return None
+        if self.anon.method == "surrogate":
+            surrogate = (recorded.get("config") or {}).get("surrogate") or {}
+            renderer = surrogate.get("renderer", 1)
+            if renderer != RENDERER:
+                return (
+                    f"its surrogates were drawn by renderer {renderer}, and this faceveil draws "
+                    f"them with renderer {RENDERER}; one dataset cannot mix the two: finish it "
+                    "with the faceveil that started it, or choose a new output"
+                )
+        return (
+            "it holds a job with another config; --resume needs the same method, detector "
+            "and options"
+        )
 
 
 def _config_sha256(config: dict) -> str:

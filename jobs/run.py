@@ -207,11 +207,9 @@ def open_job(config: JobConfig, out: Location) -> tuple[JobManifest, bool]:
                 f"{out.uri} already holds job {doc['job_id']}; pass --resume to "
                 "finish it or choose an empty output"
             )
-        if doc.get("config_sha256") not in config.resumable_sha256s():
-            raise JobError(
-                f"{out.uri} holds a job with another config; --resume needs the same "
-                "method, detector and options"
-            )
+        refusal = config.resume_refusal(doc)
+        if refusal is not None:
+            raise JobError(f"{out.uri} cannot be resumed: {refusal}")
         try:
             return JobManifest.from_json(doc), True
         except (JobFileError, KeyError, TypeError, ValueError) as exc:

@@ -38,6 +38,11 @@ from faceveil.anon_core.surrogate import geometry as geo
 from faceveil.anon_core.surrogate import glasses
 from faceveil.anon_core.surrogate.donors import DonorBank
 
+# The renderer's revision, recorded in a surrogate job's config: raised whenever the same inputs,
+# key and options give other pixels, so that a --resume never mixes two renderings in one
+# dataset (one person would get two surrogates). 2: donors' shape posed in 3-D (jobs written
+# before it carry no revision).
+RENDERER = 2
 RING_SCALE = 1.3
 # Pose-stable points used to fit the donors' mean shape to the original's pose.
 _POSE_POINTS = np.array([27, 28, 29, 30, 31, 33, 35, 36, 39, 42, 45, 48, 54])

@@ -104,6 +104,7 @@ def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, s
         "donors": 4,
         "linkage": "person",
     }
+    assert job["config"]["surrogate"]["renderer"] == 2
     record = job["surrogate"]
     assert record["key_fingerprint"] == key_fingerprint(load_key_file(key))
     first = record["first_pass"]
@@ -144,23 +145,27 @@ def test_resume_with_another_linkage_is_refused(lfw_job, surrogate_run, capsys):
     assert (surrogate_run / "job.json").read_bytes() == before
 
 
-def test_a_job_recorded_before_linkage_existed_resumes_as_person(lfw_job, surrogate_run):
-    """job.json written before ``--linkage``: its options lack the key, and its config_sha256 is
-    the SHA-256 of the sorted-key JSON of that config. A --resume (linkage person, the only
-    behaviour then) is accepted and rewrites nothing; --linkage none is still refused."""
+def test_a_job_drawn_by_an_earlier_renderer_is_not_resumed(lfw_job, surrogate_run, capsys):
+    """job.json written before renderer revision 2 (the donors' shape posed in 3-D) has no
+    ``renderer`` and none of today's fields such as ``linkage``, and its config_sha256 is the
+    SHA-256 of the sorted-key JSON of its config. Its shards hold the old rendering, so a
+    --resume that would add new ones is refused with the reason, and nothing is written."""
     lfw = lfw_job[0]
-    old = lfw.root / "recorded-before-linkage"
+    old = lfw.root / "recorded-by-renderer-1"
     shutil.copytree(surrogate_run, old)
     job = json.loads((old / "job.json").read_text())
     del job["config"]["anon"]["method_options"]["linkage"]
+    del job["config"]["surrogate"]["renderer"]
     job["config_sha256"] = hashlib.sha256(
         json.dumps(job["config"], sort_keys=True).encode()
     ).hexdigest()
     (old / "job.json").write_text(json.dumps(job))
-    data = {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")}
-    assert lfw.run(old, "--resume") == 0
-    assert {p.name: p.read_bytes() for p in (old / "data").glob("*.tar")} == data
-    assert lfw.run(old, "--linkage", "none", "--resume") == 1
+    shutil.rmtree(old / "_done")  # shards left to do
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    assert lfw.run(old, "--resume") == 1
+    err = capsys.readouterr().err
+    assert "renderer 1" in err and "renderer 2" in err and "new output" in err, err
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
 
 
 def test_no_linkage_run_records_it_and_publishes_no_pseudonym(lfw_job, surrogate_run):
