@@ -4,8 +4,8 @@ Run from the repository root: ``python -m bench.bench_linkage`` (``--people 60 -
 default: the first people of lfw_dev with at least that many photos). A first pass over those
 photos (CenterFace, dlib landmarks and ResNet) builds the surrogate's clusters and donor bank;
 then every photo is anonymized with ``--linkage person`` and with ``--linkage none`` (default
-donors, ``--privacy`` as given, 0.5 by default) and, for the photos whose one face got a
-surrogate under both:
+donors; ``--privacy`` as given, else the method's default) and, for the photos whose one face
+got a surrogate under both:
 
 - link rate: how often an anonymized photo's most similar other anonymized photo is of the same
   person (an attacker holding only the output who wants to group it by person), by MobileFaceNet
@@ -35,6 +35,7 @@ from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder
 from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods.surrogate import Surrogate
 from faceveil.anon_core.surrogate import collect_faces, context_from_table
+from faceveil.anon_core.surrogate.synthesis import DEFAULT_PRIVACY
 
 KEY = b"bench-linkage-key-0123456789abcd"
 
@@ -43,7 +44,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p = lfw_dev_parser(__doc__, "--model", "the independent recognizer (InsightFace ONNX)")
     p.add_argument("--people", type=int, default=60)
     p.add_argument("--photos", type=int, default=3, help="photos per person")
-    p.add_argument("--privacy", type=float, default=0.5, help="the surrogate's --privacy")
+    p.add_argument(
+        "--privacy", type=float, default=DEFAULT_PRIVACY, help="the surrogate's --privacy"
+    )
     return p.parse_args(argv)
 
 

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python -m bench.bench_surrogate`` (``--limit-identities 60`` for
 a quick look). On lfw_dev, for ``--privacy`` 0, 0.5 and 1 with gender and age probes fitted on
-utkface_dev (what ``faceveil run --attributes`` does), plus 0.5 without probes (the default):
+utkface_dev (what ``faceveil run --attributes`` does), plus the default without probes:
 
 - rank-1 re-identification by the MobileFaceNet attacker, which crops the anonymized face with
   the ORIGINAL's landmarks (gallery: one original per identity; probes: the other images);
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from bench.common import format_table, lfw_dev_parser, machine_info, missing_shared, shared_root
+from faceveil.anon_core.surrogate.synthesis import DEFAULT_PRIVACY
 from faceveil.jobs.evaluate import EvalConfig, parse_methods
 from faceveil.jobs.evaluate.runner import run_eval
 
@@ -49,7 +50,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def _specs(privacy: list[str], labels: str) -> str:
     rows = [f"surrogate:privacy={p}:attributes={labels}" for p in privacy]
-    return ",".join([*rows, "surrogate:privacy=0.5"])
+    return ",".join([*rows, f"surrogate:privacy={DEFAULT_PRIVACY}"])
 
 
 def _verdict(value: float | None, target: float, higher: bool) -> str:

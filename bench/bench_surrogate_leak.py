@@ -73,7 +73,7 @@ from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods.surrogate import Surrogate
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.surrogate.context import collect_faces, context_from_table
-from faceveil.anon_core.surrogate.synthesis import CONTEXT, SLOW, Synthesizer
+from faceveil.anon_core.surrogate.synthesis import CONTEXT, DEFAULT_PRIVACY, SLOW, Synthesizer
 from faceveil.jobs.evaluate.attributes import fit_attribute_model
 from faceveil.jobs.evaluate.metrics import central_face, rank1, tar_at_far, verification_scores
 
@@ -93,7 +93,7 @@ class Variant:
     whether donors are the nearest identities beyond the floor, as in v1)."""
 
     name: str
-    privacy: float = 0.5
+    privacy: float = DEFAULT_PRIVACY
     context: float = CONTEXT
     shading: float = SLOW
     near: bool = False

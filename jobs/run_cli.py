@@ -10,6 +10,7 @@ from faceveil.anon_core import methods
 from faceveil.anon_core.detectors import NAMES as DETECTORS
 from faceveil.anon_core.imageio import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from faceveil.anon_core.pipeline import AnonConfig
+from faceveil.anon_core.surrogate.synthesis import DEFAULT_PRIVACY
 from faceveil.jobs.config import (
     AuditConfig,
     DataConfig,
@@ -52,7 +53,7 @@ def _add_run_options(p) -> None:
     sur = p.add_argument_group("surrogate (--method surrogate)")
     sur.add_argument("--key-file", help="the team's pseudonym key (faceveil key new)")
     sur.add_argument("--privacy", type=float, help="0..1: how far face shape moves toward the "
-                     "donors' (default 0.5)")  # fmt: skip
+                     f"donors' (default {DEFAULT_PRIVACY})")  # fmt: skip
     sur.add_argument("--donors", type=int, help="people averaged into one surrogate (>= 4, "
                      "default 6)")  # fmt: skip
     sur.add_argument("--linkage", choices=("person", "none"), help="person: one surrogate "
@@ -164,7 +165,7 @@ def _surrogate_options(args: argparse.Namespace) -> dict:
         raise ValueError(f"{', '.join(strays)} apply to --method surrogate only")
     if args.method != "surrogate":
         return {}
-    options = {"privacy": 0.5, "donors": 6, "linkage": "person", **given}
+    options = {"privacy": DEFAULT_PRIVACY, "donors": 6, "linkage": "person", **given}
     if not 0.0 <= options["privacy"] <= 1.0:
         raise ValueError(f"--privacy must be in [0, 1], got {options['privacy']}")
     if options["donors"] < 4:

@@ -33,7 +33,12 @@ from faceveil.anon_core.pseudonym import (
 from faceveil.anon_core.surrogate.attributes import BINARY
 from faceveil.anon_core.surrogate.context import SurrogateContext
 from faceveil.anon_core.surrogate.donors import MIN_DONORS, DonorQuery, skin_tone
-from faceveil.anon_core.surrogate.synthesis import MAX_OCCLUDED, Rendered, Synthesizer
+from faceveil.anon_core.surrogate.synthesis import (
+    DEFAULT_PRIVACY,
+    MAX_OCCLUDED,
+    Rendered,
+    Synthesizer,
+)
 from faceveil.anon_core.surrogate.traits import TraitBands, TraitEstimator, face_traits
 
 log = logging.getLogger(__name__)
@@ -74,7 +79,7 @@ class Surrogate:
         self,
         key: bytes,
         context: SurrogateContext,
-        privacy: float = 0.5,
+        privacy: float = DEFAULT_PRIVACY,
         donors: int = 6,
         linkage: str = "person",
     ) -> None:
