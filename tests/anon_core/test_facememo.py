@@ -5,8 +5,6 @@ for exactly its input (a changed image, other boxes). Real models on real people
 
 from __future__ import annotations
 
-import csv
-from collections import defaultdict
 from dataclasses import replace
 from functools import lru_cache
 
@@ -17,31 +15,20 @@ from faceveil.anon_core.config import AnonConfig
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
 from faceveil.anon_core.facememo import FaceMemo, FaceRecords, pixel_digest
-from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.pipeline import FaceAnonymizer
 from faceveil.anon_core.surrogate.build import surrogate_from_table
 from faceveil.anon_core.surrogate.context import collect_faces
-from tests.factories import shared_path
+from tests.anon_core.lfw_world import lfw_world
 
 KEY = bytes(range(32))
-PEOPLE, PHOTOS = 20, 2
 
 
 @lru_cache(maxsize=1)
 def _first_pass():
-    """Photos of PEOPLE people, the first pass's records of them and its surrogate method."""
-    root = shared_path("data", "lfw_dev", "manifest.csv").parent
-    by_person = defaultdict(list)
-    with open(root / "manifest.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            by_person[row["identity"]].append(row["path"])
-    chosen = [p for p in sorted(by_person) if len(by_person[p]) >= PHOTOS][:PEOPLE]
-    photos = [
-        decode_image((root / path).read_bytes()).rgb
-        for person in chosen
-        for path in by_person[person][:PHOTOS]
-    ]
+    """The photos of ``lfw_world`` (two each of 20 people), the first pass's records of them
+    and its surrogate method."""
+    photos = [rgb for rgbs in lfw_world().photos.values() for rgb in rgbs]
     memo = FaceMemo(FaceRecords("test models"), keep=True)
     detector = build_detector("centerface", threads=1)
     samples = [(f"s{i}", rgb) for i, rgb in enumerate(photos)]
