@@ -4,9 +4,8 @@ eval-only ``identity`` no-op that shows the metrics can fail."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from faceveil.anon_core import methods
 from faceveil.anon_core.detectors import Detector
 from faceveil.anon_core.embeddings import Embedder
+from faceveil.anon_core.facememo import FaceMemo
 from faceveil.anon_core.faces import Faces, face_regions
 from faceveil.anon_core.landmarks import Dlib68, LandmarkModel
 from faceveil.anon_core.methods.base import Anonymizer, MethodOutput
@@ -97,38 +97,6 @@ class WithFaceDetails:
         return self.method(image, faces)
 
 
-class Remembered:
-    """A landmark model or embedder that keeps its answer per image and detections. The
-    surrogate's second pass sees the same originals with the same faces as its first pass and
-    gets the first pass's landmarks and embeddings back instead of computing them again; a face
-    not seen before (other pixels, other boxes or points) is computed as usual."""
-
-    def __init__(self, model: LandmarkModel | Embedder) -> None:
-        self.model = model
-        self.name = model.name
-        self.dim = getattr(model, "dim", 0)
-        self.hits = 0
-        self._seen: dict[bytes, object] = {}
-
-    def __call__(self, images: Sequence[np.ndarray], faces: Sequence[Faces]) -> list:
-        keys = [_fingerprint(image, f) for image, f in zip(images, faces, strict=True)]
-        missing = [k for k, key in enumerate(keys) if key not in self._seen]
-        if missing:
-            answers = self.model([images[k] for k in missing], [faces[k] for k in missing])
-            self._seen.update({keys[k]: a for k, a in zip(missing, answers, strict=True)})
-        self.hits += len(keys) - len(missing)
-        return [self._seen[key] for key in keys]
-
-
-def _fingerprint(image: np.ndarray, faces: Faces) -> bytes:
-    h = hashlib.blake2b(digest_size=20)
-    h.update(repr(image.shape).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    h.update(np.asarray(faces.boxes, np.float32).tobytes())
-    h.update(np.asarray(faces.landmarks5, np.float32).tobytes())
-    return h.digest()
-
-
 def _surrogate_embedder(option: object, context: MethodContext) -> Embedder:
     recognizer = None if option in (None, "dlib") else str(option)
     return build_embedder(AnonConfig(recognizer=recognizer, device=context.device,
@@ -147,7 +115,8 @@ def _first_pass_table(context: MethodContext, embedder: Embedder, limit: int):
 
     details_key = ("details", *_embedder_id(embedder))
     if details_key not in context.memo:
-        context.memo[details_key] = (Remembered(Dlib68()), Remembered(embedder))
+        memo = FaceMemo(keep=True)
+        context.memo[details_key] = (memo.landmarks(Dlib68()), memo.embedder(embedder))
     details = context.memo[details_key]
     key = ("table", *_embedder_id(embedder), limit)
     if key not in context.memo:

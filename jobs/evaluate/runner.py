@@ -16,6 +16,7 @@ from tqdm import tqdm
 from faceveil.anon_core import demo_data
 from faceveil.anon_core.attackers import OnnxAttacker, warn_if_same_model
 from faceveil.anon_core.embeddings import align_112
+from faceveil.anon_core.facememo import FaceMemo
 from faceveil.anon_core.faces import Faces, matched
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.labels import decoded
@@ -29,7 +30,6 @@ from faceveil.jobs.evaluate.measurements import EvalSession, MethodRun, Original
 from faceveil.jobs.evaluate.methods import (
     MethodContext,
     MethodUnavailable,
-    Remembered,
     WithFaceDetails,
     build_method,
 )
@@ -275,9 +275,10 @@ def evaluate_method(spec: MethodSpec, session: EvalSession) -> dict:
     if isinstance(anonymizer, WithFaceDetails):  # its own models (the first pass's memory)
         pipeline.landmarks, pipeline.embedder = anonymizer.landmarks, anonymizer.embedder
     run = _anonymize_all(pipeline, session, spec.label)
-    if isinstance(pipeline.embedder, Remembered):
+    memo = getattr(pipeline.embedder, "memo", None)
+    if isinstance(memo, FaceMemo):
         log.info("%s: the first pass's landmarks and embeddings reused for %d images",
-                 spec.label, pipeline.embedder.hits)  # fmt: skip
+                 spec.label, memo.counts.reused["embed"])  # fmt: skip
     row = figures.method_row(spec, run, session)
     row["attackers_used_by_anonymizer"] = same
     return row
