@@ -22,6 +22,7 @@ from faceveil.anon_core.detectors import Detector
 from faceveil.anon_core.embeddings import Embedder
 from faceveil.anon_core.faces import Faces
 from faceveil.anon_core.landmarks import LandmarkModel
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 
 PARTS = ("detect", "landmarks", "embed")
 
@@ -116,6 +117,16 @@ class FaceMemo:
 
     def embedder(self, model: Embedder) -> Embedder:
         return _Embedder(self, model)
+
+    def anonymizer(self, config: AnonConfig, detector: Detector, method) -> FaceAnonymizer:
+        """A ``FaceAnonymizer`` of ``method`` whose detector, landmark model and embedder all
+        answer through this memo (the surrogate's second pass)."""
+        anonymizer = FaceAnonymizer(config, detector=self.detector(detector), method=method)
+        if anonymizer.landmarks is not None:
+            anonymizer.landmarks = self.landmarks(anonymizer.landmarks)
+        if anonymizer.embedder is not None:
+            anonymizer.embedder = self.embedder(anonymizer.embedder)
+        return anonymizer
 
     def answers(self, part: str, keys: list[bytes], compute: Callable[[list[int]], list]) -> list:
         """The stored answer for each key, and ``compute(missing indices)`` for the others."""

@@ -289,7 +289,4 @@ def surrogate_anonymizer(anon: AnonConfig, secrets: Secrets, spec: ActorSpec):
     if spec.face_records is None:
         return FaceAnonymizer(anon, detector=detector, method=method), None
     recall = Recall(spec.face_records, secrets.transit, models_tag(anon))
-    anonymizer = FaceAnonymizer(anon, detector=recall.memo.detector(detector), method=method)
-    anonymizer.landmarks = recall.memo.landmarks(anonymizer.landmarks)
-    anonymizer.embedder = recall.memo.embedder(anonymizer.embedder)
-    return anonymizer, recall
+    return recall.memo.anonymizer(anon, detector, method), recall

@@ -46,15 +46,12 @@ def first_pass():
 
 def _anonymizer(method, detector, records: FaceRecords | None) -> tuple[FaceAnonymizer, FaceMemo]:
     """The surrogate's second-pass anonymizer; with ``records``, its models behind a memo of
-    them (as ``jobs.firstpass.surrogate_anonymizer`` wires it)."""
+    them (``FaceMemo.anonymizer``, as ``jobs.firstpass.surrogate_anonymizer`` builds it)."""
     config = AnonConfig(method="surrogate", threads=1, image_format="png")
     memo = FaceMemo(records)
     if records is None:
         return FaceAnonymizer(config, detector=detector, method=method), memo
-    anonymizer = FaceAnonymizer(config, detector=memo.detector(detector), method=method)
-    anonymizer.landmarks = memo.landmarks(anonymizer.landmarks)
-    anonymizer.embedder = memo.embedder(anonymizer.embedder)
-    return anonymizer, memo
+    return memo.anonymizer(config, detector, method), memo
 
 
 def test_records_give_the_same_bytes_without_detecting_again(first_pass):
