@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from faceveil.anon_core.faces import Faces
+from faceveil.anon_core.faces import Faces, iou_matrix
 from faceveil.anon_core.models import dlib_model
 
 # dlib 68-point indices of the points the 5-point detectors report (eye centres are means).
@@ -38,6 +38,11 @@ START_ASPECT = 1.346
 REFIT_JITTER = 0.1
 REFIT_SPREAD = 0.15
 HALFWAY_SPREAD = 0.3
+# The start rectangle must fit the detector's box: its centre inside the box and its width
+# within these multiples of the box's (the 27 refits above: 0.66 to 1.13, and one 1.66). Five
+# points that are too large or too small for the face would otherwise loosen or tighten every
+# test above, all of which are measured in their inter-ocular distance.
+START_WIDTH = (0.6, 1.5)
 
 
 @runtime_checkable
@@ -91,8 +96,12 @@ class Dlib68:
     """
 
     name = "dlib68"
+    # 2: turned faces refitted from the detector's five points (face records name it)
+    revision = 2
 
-    def __init__(self, min_size: int = 32, max_disagreement: float = 0.25) -> None:
+    def __init__(
+        self, min_size: int = 32, max_disagreement: float = 0.25, refit: bool = True
+    ) -> None:
         import dlib
 
         self._dlib = dlib
@@ -101,26 +110,32 @@ class Dlib68:
         )
         self.min_size = min_size
         self.max_disagreement = max_disagreement
+        self.refit = refit
 
     def __call__(self, images: Sequence[np.ndarray], faces: Sequence[Faces]) -> list[Faces]:
         return [self._one(image, f) for image, f in zip(images, faces, strict=True)]
 
     def _one(self, image: np.ndarray, faces: Faces) -> Faces:
         points = np.zeros((len(faces), 68, 2), np.float32)
-        for i, (x1, y1, x2, y2, _) in enumerate(faces.boxes):
-            points[i] = self._fit(image, (int(x1), int(y1), int(x2), int(y2)))
+        for i, box in enumerate(faces.boxes):
+            points[i] = self.box_fit(image, box)
         size = np.minimum(
             faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1]
         )
         reliable = (size >= self.min_size) & (
             agreement(points, faces.landmarks5) <= self.max_disagreement
         )
-        for i in np.flatnonzero((size >= self.min_size) & ~reliable):
+        for i in np.flatnonzero((size >= self.min_size) & ~reliable & self.refit):
             found = self._refit(image, faces.boxes[i, :4], faces.landmarks5[i])
             if found is not None:
                 points[i], reliable[i] = found, True
         extras = {**faces.extras, "reliable": reliable}
         return replace(faces, landmarks68=points, extras=extras)
+
+    def box_fit(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """68 x 2 points fitted from a detector's box (x1, y1, x2, y2, ...) alone."""
+        x1, y1, x2, y2 = (int(v) for v in box[:4])
+        return self._fit(image, (x1, y1, x2, y2))
 
     def _fit(self, image: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
         shape = self.predictor(image, self._dlib.rectangle(*rect))
@@ -131,12 +146,14 @@ class Dlib68:
     ) -> np.ndarray | None:
         """The fit started on the detector's five points, or None when it disagrees with them
         or moves with its start."""
+        if not _plausible_start(box, landmarks5):
+            return None
         start = np.asarray(start_rect(landmarks5))
         points = self._fit(image, _pixels(*start))
         if agreement(points[None], landmarks5[None])[0] > self.max_disagreement:
             return None
         five = landmarks5.reshape(5, 2)
-        iod = max(float(np.linalg.norm(five[0] - five[1])), 1e-6)
+        iod = float(np.linalg.norm(five[0] - five[1]))
         step = REFIT_JITTER * (start[2] - start[0])
         starts = [(start + [dx, dy, dx, dy], REFIT_SPREAD) for dx, dy in
                   ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))]  # fmt: skip
@@ -146,6 +163,33 @@ class Dlib68:
             if np.linalg.norm(moved - points, axis=1).mean() / iod > spread:
                 return None
         return points
+
+
+def _plausible_start(box: np.ndarray, landmarks5: np.ndarray) -> bool:
+    """Whether five points can start a refit in ``box``: finite, eyes apart, and a start
+    rectangle centred inside the box and of a width near the box's (``START_WIDTH``)."""
+    five = np.asarray(landmarks5, np.float64).reshape(5, 2)
+    if not np.isfinite(five).all() or np.linalg.norm(five[0] - five[1]) < 4:
+        return False
+    x1, y1, x2, y2 = start_rect(landmarks5)
+    bx1, by1, bx2, by2 = (float(v) for v in box[:4])
+    width = (x2 - x1) / max(bx2 - bx1, 1e-6)
+    centred = bx1 < (x1 + x2) / 2 < bx2 and by1 < (y1 + y2) / 2 < by2
+    return centred and START_WIDTH[0] <= width <= START_WIDTH[1]
+
+
+def points_in(model: Dlib68, image: np.ndarray, box: np.ndarray, found: Faces) -> np.ndarray:
+    """68 x 2 points of the face in ``box`` of ``image``, for measuring what a method changed:
+    when a detection in ``found`` (that image's own) overlaps the box, the model fits from the
+    box and that detection's five points; else from the box alone. No other image's five points
+    steer the fit, so an output's points are never started on its original's."""
+    if len(found):
+        ious = iou_matrix(found.boxes, np.asarray(box, np.float64)[None, :4])[:, 0]
+        j = int(np.argmax(ious))
+        if ious[j] >= 0.3:
+            face = Faces(np.asarray(box, np.float32)[None, :5], found.landmarks5[j : j + 1])
+            return model([image], [face])[0].landmarks68[0]
+    return model.box_fit(image, box)
 
 
 def _pixels(*rect: float) -> tuple[int, int, int, int]:

@@ -69,7 +69,7 @@ from faceveil.anon_core.embeddings import DlibEmbedder
 from faceveil.anon_core.faces import iou_matrix, matched
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.labels import AttributeSet, load_attribute_set
-from faceveil.anon_core.landmarks import Dlib68
+from faceveil.anon_core.landmarks import Dlib68, points_in
 from faceveil.anon_core.methods.surrogate import Surrogate
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.surrogate.context import collect_faces, context_from_table
@@ -296,8 +296,10 @@ def _floor(rgb: np.ndarray) -> np.ndarray:
 
 def _measure_output(o: Original, out: np.ndarray, models: dict, row: Row) -> dict:
     vectors = {a.name: a.embed([out], [o.guides[a.name]])[0] for a in models["attackers"]}
-    row.per_face["redetected"].append(matched(models["second"]([out])[0], o.face.boxes[0]))
-    points = models["landmarks"]([out], [o.face])[0].landmarks68[0]
+    found = models["second"]([out])[0]
+    row.per_face["redetected"].append(matched(found, o.face.boxes[0]))
+    # the output's points start from its own detection, never from the original's five points
+    points = points_in(models["landmarks"], out, o.face.boxes[0], found)
     row.per_face["pose"].append(pose_change(o.points, points, out.shape))
     row.per_face["mouth"].append(abs(mouth_opening(o.points) - mouth_opening(points)))
     row.per_face["eye"].append(abs(eye_opening(o.points) - eye_opening(points)))

@@ -219,7 +219,8 @@ def models_tag(anon: AnonConfig) -> str:
     """The models and settings whose answers face records hold: both passes of a job build
     theirs from the same AnonConfig, and a record made with others is not used."""
     used = {k: getattr(anon, k) for k in ("detector", "model_root", "threshold", "recognizer")}
-    return json.dumps({**used, "device": anon.device, "landmarks": "dlib68"}, sort_keys=True)
+    landmarks = f"{Dlib68.name}/{Dlib68.revision}"
+    return json.dumps({**used, "device": anon.device, "landmarks": landmarks}, sort_keys=True)
 
 
 @ray.remote(num_cpus=0)

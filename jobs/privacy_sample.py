@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from faceveil.anon_core.faces import Faces, face_regions, matched
-from faceveil.anon_core.landmarks import landmark_error
+from faceveil.anon_core.landmarks import landmark_error, points_in
 from faceveil.anon_core.models import dlib_model, sha256_file
 from faceveil.jobs.config import JobConfig
 
@@ -179,8 +179,9 @@ class PrivacySampler:
         sample_id, original, anonymized = seen.sample_id, seen.original, seen.anonymized
         guide = models.attacker.guide(original, face.boxes[0], face.landmarks5[0])
         before, after = models.attacker.embed([original, anonymized], [guide, guide])
-        shapes = models.landmarks([original, anonymized], [face, face])
-        err = landmark_error(shapes[0].landmarks68[0], shapes[1].landmarks68[0])
+        before_points = models.landmarks([original], [face])[0].landmarks68[0]
+        after_points = points_in(models.landmarks, anonymized, face.boxes[0], found)
+        err = landmark_error(before_points, after_points)
         sim = float(before @ after)
         # Everything is measured before any figure is counted, so a failure counts nothing.
         s["faces_sampled"] += 1

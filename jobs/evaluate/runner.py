@@ -20,7 +20,7 @@ from faceveil.anon_core.facememo import FaceMemo
 from faceveil.anon_core.faces import Faces, matched
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.labels import decoded
-from faceveil.anon_core.landmarks import landmark_error
+from faceveil.anon_core.landmarks import landmark_error, points_in
 from faceveil.anon_core.pipeline import AnonConfig, AnonResult, FaceAnonymizer
 from faceveil.jobs.evaluate import figures, pixels
 from faceveil.jobs.evaluate.attacks import AttackPlan, split_identities
@@ -214,10 +214,11 @@ def _measure(
         run.crops[i] = pixels.face_crop(anonymized, originals.crop_matrices[i], run.crops.shape[1])
         run.encoded[i] = result.encoded
     if models.landmarks is not None:
-        face = originals.faces[i].select(np.array([k]))
-        points = models.landmarks([anonymized], [face])[0].landmarks68[0]
+        box = originals.faces[i].boxes[k]
+        found = models.second([anonymized])[0]
+        points = points_in(models.landmarks, anonymized, box, found)
         run.landmark_error[i] = landmark_error(originals.points68[i], points)
-        run.redetected[i] = matched(models.second([anonymized])[0], face.boxes[0])
+        run.redetected[i] = matched(found, box)
     return anonymized
 
 
