@@ -12,8 +12,9 @@ from faceveil.anon_core.faces import Faces, iou_matrix
 # A known box that overlaps a detection at least this much is taken as that detection's face.
 SAME_FACE_IOU = 0.5
 # Landmarks placed inside a known box (fractions of its width and height): eyes, nose, mouth
-# corners. They only seed methods that need landmarks; a method that checks them finds them
-# unreliable and falls back to mask.
+# corners. They say nothing of where the face's features are (the box may sit beside the face),
+# so the landmark model never trusts a face that carries them (``is_template``): a method that
+# needs landmarks masks it.
 _TEMPLATE = np.array([0.3, 0.4, 0.7, 0.4, 0.5, 0.6, 0.35, 0.8, 0.65, 0.8], np.float32)
 
 
@@ -63,6 +64,20 @@ def to_pixels(known: WithBoxes, shape: tuple[int, ...]) -> np.ndarray:
     return boxes[keep]
 
 
+def _template(boxes: np.ndarray) -> np.ndarray:
+    size = np.repeat(boxes[:, 2:4] - boxes[:, 0:2], 5, axis=0).reshape(-1, 10)
+    return (np.tile(boxes[:, 0:2], 5) + size * _TEMPLATE).astype(np.float32)
+
+
+def is_template(faces: Faces) -> np.ndarray:
+    """N bools: which faces carry the template landmarks of a known box (``join_known``),
+    not a detector's."""
+    if len(faces) == 0:
+        return np.zeros(0, bool)
+    template = _template(faces.boxes[:, :4].astype(np.float64))
+    return np.isclose(faces.landmarks5, template, rtol=0, atol=1e-3).all(axis=1)
+
+
 def join_known(found: Faces, known: np.ndarray | None) -> Faces:
     """``found`` plus every known box (pixels, N x 4) that no detection already covers (IoU
     below SAME_FACE_IOU), with score 1 and template landmarks."""
@@ -72,9 +87,7 @@ def join_known(found: Faces, known: np.ndarray | None) -> Faces:
         known = known[iou_matrix(known, found.boxes).max(axis=1) < SAME_FACE_IOU]
     if len(known) == 0:
         return found
-    size = np.repeat(known[:, 2:4] - known[:, 0:2], 5, axis=0).reshape(-1, 10)
-    origin = np.tile(known[:, 0:2], 5)
-    landmarks = (origin + size * _TEMPLATE).astype(np.float32)
+    landmarks = _template(known)
     boxes = np.concatenate([known, np.ones((len(known), 1))], axis=1).astype(np.float32)
     extra = Faces(boxes, landmarks)
     if len(found) == 0:

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from faceveil.anon_core.faces import Faces, iou_matrix
+from faceveil.anon_core.known import is_template
 from faceveil.anon_core.models import dlib_model
 
 # dlib 68-point indices of the points the 5-point detectors report (eye centres are means).
@@ -96,7 +97,8 @@ class Dlib68:
     predictor often misses a turned face (its mean shape sits in the box's middle, the turned
     face's features do not): such a face is fitted once more from the rectangle that starts it
     on the detector's five points, and that fit is kept when it agrees with them and does not
-    depend on where it started (``REFIT_SPREAD``, ``HALFWAY_SPREAD``).
+    depend on where it started (``REFIT_SPREAD``, ``HALFWAY_SPREAD``). A face that carries a
+    known box's template points (``known.is_template``) is never reliable.
     """
 
     name = "dlib68"
@@ -126,10 +128,10 @@ class Dlib68:
         size = np.minimum(
             faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1]
         )
-        reliable = (size >= self.min_size) & (
-            agreement(points, faces.landmarks5) <= self.max_disagreement
-        )
-        for i in np.flatnonzero((size >= self.min_size) & ~reliable & self.refit):
+        # a known box's template points are no evidence of where the face is: never trusted
+        usable = (size >= self.min_size) & ~is_template(faces)
+        reliable = usable & (agreement(points, faces.landmarks5) <= self.max_disagreement)
+        for i in np.flatnonzero(usable & ~reliable & self.refit):
             found = self._refit(image, faces.boxes[i, :4], faces.landmarks5[i])
             if found is not None:
                 points[i], reliable[i] = found, True

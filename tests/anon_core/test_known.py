@@ -75,3 +75,36 @@ def test_boxes_are_scaled_clipped_and_bad_ones_refused():
     for bad in ([[1, 2, 3]], [[0, 0, float("nan"), 1]], [[5, 5, 1, 9]], "0 0 1 1", [["a"] * 4]):
         with pytest.raises(BoxesError):
             parse_boxes(bad)
+
+
+def test_a_known_box_beside_the_face_is_never_given_a_surrogate():
+    """Review finding: a known box carries template landmarks placed by the box alone. When the
+    box sat 0.3 of its width beside a real face, dlib's box fit could agree with that template,
+    the face counted as reliable, and a surrogate would have been drawn where the template says
+    while the face itself stayed (on these LFW faces: some of the 60 shifted boxes). Template
+    points are never trusted now: every such face is unreliable, so the surrogate masks it."""
+    import csv
+
+    from faceveil.anon_core.detectors import build_detector
+    from faceveil.anon_core.known import is_template
+    from faceveil.anon_core.landmarks import Dlib68, agreement
+
+    detector, landmarks = build_detector("centerface", threads=1), Dlib68()
+    root = shared_path("data", "lfw_dev")
+    with open(root / "manifest.csv", newline="") as f:
+        paths = [row["path"] for row in csv.DictReader(f)][:30]
+    agreed = 0
+    for path in paths:
+        rgb = decode_image((root / path).read_bytes()).rgb
+        found = detector([rgb])[0]
+        box = found.boxes[int(np.argmax(found.boxes[:, 4]))]
+        width = float(box[2] - box[0])
+        for dx in (-0.3 * width, 0.3 * width):
+            known = to_pixels(WithBoxes(rgb, (box[:4] + [dx, 0, dx, 0])[None]), rgb.shape)
+            face = join_known(Faces.empty(), known)
+            assert is_template(face).all()
+            out = landmarks([rgb], [face])[0]
+            agreed += int(agreement(out.landmarks68, face.landmarks5)[0] <= 0.25)
+            assert not out.extras["reliable"][0], path
+    assert agreed >= 1  # the template fooled the agreement test on at least one of them
+    assert not is_template(found).any()
