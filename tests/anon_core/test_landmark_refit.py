@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 from faceveil.anon_core.detectors import build_detector
-from faceveil.anon_core.faces import Faces, iou_matrix
+from faceveil.anon_core.faces import Faces, iou_matrix, matched
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.landmarks import Dlib68, agreement, five_from_68, points_in, start_rect
+from faceveil.anon_core.methods.surrogate import Surrogate
+from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
+from tests.anon_core.lfw_world import lfw_world
 from tests.factories import shared_path
 
 # Turned faces of lfw_dev whose box fit disagreed with CenterFace by 0.32 to 0.79 inter-ocular
@@ -203,3 +206,21 @@ def test_an_output_is_measured_from_its_own_detection(models):
     alone = landmarks.box_fit(rgb, box)
     assert np.array_equal(points_in(landmarks, rgb, box, Faces.empty()), alone)
     assert not np.array_equal(refit, landmarks.box_fit(rgb, box))
+
+
+def test_turned_faces_get_a_surrogate_that_another_detector_finds(scrfd):
+    """Finding (issue 12's table: re-detection 95.7%, later 97.1%, against 99%; every miss was a
+    masked face). These turned faces were masked (their box fit is unreliable, see above); each
+    now gets a surrogate, and SCRFD, a detector faceveil does not use, finds a face there."""
+    world = lfw_world()
+    method = Surrogate(b"team-key-0123456789abcdef-012345", world.context)
+    anonymize = FaceAnonymizer(AnonConfig(threads=1), world.detector, method)
+    # Shimon_Peres_0006 is left out: the 20 people of this small bank hold only 7 donors of his
+    # gender and age band, 8 needed, so he is masked for that reason (not on the full lfw_dev)
+    for relative in [r for r in TURNED if not r.startswith("Shimon_Peres")]:
+        result = anonymize(shared_path("data", "lfw_dev", "images", relative).read_bytes())
+        faces = result.metadata()["faces"]
+        box = np.asarray(max(faces, key=lambda f: f["bbox"][2] - f["bbox"][0])["bbox"])
+        central = [f for f in faces if np.array_equal(f["bbox"], box)][0]
+        assert central["method"] == "surrogate", relative
+        assert matched(scrfd([decode_image(result.encoded).rgb])[0], box), relative
