@@ -37,14 +37,17 @@ class Faces:
         return len(self.boxes)
 
     def select(self, index: np.ndarray) -> Faces:
-        """The faces at ``index`` (an integer or boolean array), with every per-face field."""
+        """The faces at ``index`` (an integer or boolean array), with every per-face field:
+        an ``extras`` array with one entry per face (``reliable``) is picked the same way."""
         pick = lambda a: None if a is None else a[index]  # noqa: E731
+        n = len(self)
+        per_face = lambda v: isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n  # noqa: E731
         return Faces(
             self.boxes[index],
             self.landmarks5[index],
             pick(self.landmarks68),
             pick(self.embeddings),
-            dict(self.extras),
+            {k: v[index] if per_face(v) else v for k, v in self.extras.items()},
         )
 
 
