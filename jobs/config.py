@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from faceveil.anon_core.methods.baselines import PIXELATE_BLOCKS
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.anon_core.surrogate.synthesis import RENDERER
 from faceveil.jobs.datawriter import OutputFormat
@@ -125,6 +126,8 @@ class JobConfig:
         """The part of the config that determines output bytes (recorded in job.json)."""
         anon = asdict(self.anon)
         anon["method_options"] = dict(self.anon.method_options)
+        if self.anon.method == "pixelate":  # its default changed (8 -> 3): a resume must not mix
+            anon["method_options"].setdefault("blocks", PIXELATE_BLOCKS)
         anon.pop("threads", None)
         anon.pop("image_format", None)  # decided by data.image_format and the input (JobRun)
         out = {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
@@ -140,12 +143,24 @@ class JobConfig:
     def resume_refusal(self, recorded: dict) -> str | None:
         """None when this config may resume the job of ``recorded`` (its job.json), else why
         not. Only the same output config resumes: a surrogate job recorded by another renderer
-        revision (none recorded: before revision 2) is refused, since its shards would not
+        revision (none recorded: before revision 2), or a pixelate job recorded before its cells
+        were (the earlier default, 8), is refused with that reason, since its shards would not
         match the new ones."""
         if recorded.get("config_sha256") == self.output_config_sha256():
             return None
+        config = recorded.get("config") or {}
+        anon = config.get("anon") or {}
+        earlier_mosaic = anon.get("method") == "pixelate" and "blocks" not in (
+            anon.get("method_options") or {}
+        )
+        if self.anon.method == "pixelate" and earlier_mosaic:
+            return (
+                "its mosaics were drawn with faceveil's earlier default of 8 cells across, and "
+                f"this faceveil draws {PIXELATE_BLOCKS}; one dataset cannot mix the two: finish "
+                "it with the faceveil that started it, or choose a new output"
+            )
         if self.anon.method == "surrogate":
-            surrogate = (recorded.get("config") or {}).get("surrogate") or {}
+            surrogate = config.get("surrogate") or {}
             renderer = surrogate.get("renderer", 1)
             if renderer != RENDERER:
                 return (

@@ -80,13 +80,20 @@ class Blur(_RegionMethod):
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+# Cells across the region's longer side by default. On the full lfw_dev, against every attack of
+# ``faceveil eval`` (BENCHMARKS.md, issue 13), 8 cells let a parrot trained on pixelated faces
+# link a person's photos at 4.5% rank-1 (chance 1.3%; target 3%), and 5 cells at 5.2%; with 3
+# cells the worst attack scored 2.5%. Jobs record the cells they drew with (``JobConfig``).
+PIXELATE_BLOCKS = 3
+
+
 @register("pixelate")
 class Pixelate(_RegionMethod):
-    """Mosaic of ``blocks`` cells across the region's longer side (8 by default)."""
+    """Mosaic of ``blocks`` cells across the region's longer side (``PIXELATE_BLOCKS``)."""
 
     name = "pixelate"
 
-    def __init__(self, grow: float = 0.3, blocks: int = 8) -> None:
+    def __init__(self, grow: float = 0.3, blocks: int = PIXELATE_BLOCKS) -> None:
         super().__init__(grow)
         if not 2 <= blocks <= 64:
             raise ValueError(f"blocks must be in [2, 64], got {blocks}")
