@@ -6,6 +6,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+# ``extras`` entries that hold one value per face (the rest describe all faces, e.g. ``embedder``).
+PER_FACE_EXTRAS = frozenset({"reliable"})
+
 
 @dataclass(frozen=True)
 class Faces:
@@ -37,17 +40,18 @@ class Faces:
         return len(self.boxes)
 
     def select(self, index: np.ndarray) -> Faces:
-        """The faces at ``index`` (an integer or boolean array), with every per-face field:
-        an ``extras`` array with one entry per face (``reliable``) is picked the same way."""
+        """The faces at ``index`` (an integer or boolean array), with every per-face field,
+        the ``PER_FACE_EXTRAS`` among them."""
         pick = lambda a: None if a is None else a[index]  # noqa: E731
-        n = len(self)
-        per_face = lambda v: isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n  # noqa: E731
+        extras = {
+            k: np.asarray(v)[index] if k in PER_FACE_EXTRAS else v for k, v in self.extras.items()
+        }
         return Faces(
             self.boxes[index],
             self.landmarks5[index],
             pick(self.landmarks68),
             pick(self.embeddings),
-            {k: v[index] if per_face(v) else v for k, v in self.extras.items()},
+            extras,
         )
 
 
@@ -153,10 +157,7 @@ def one_per_face(faces: Faces) -> Faces:
     boxes = merged.boxes.copy()
     for k, i in enumerate(keep):
         boxes[k, :4] = cover_box(faces.boxes[owner == i, :4])
-    extras = dict(faces.extras)
-    if reliable is not None:
-        extras["reliable"] = np.asarray(reliable, bool).reshape(n)[keep]
-    return replace(merged, boxes=boxes, extras=extras)
+    return replace(merged, boxes=boxes)
 
 
 def _owners(faces: Faces, reliable: np.ndarray | None) -> np.ndarray:

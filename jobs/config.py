@@ -84,6 +84,10 @@ class SurrogateConfig:
                 "max_donor_faces": self.max_donor_faces, "attributes": self.attributes}  # fmt: skip
 
 
+# pixelate's default before jobs recorded their cells
+EARLIER_PIXELATE_BLOCKS = 8
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The dataset's formats: which Parquet input columns hold the image and the known boxes
@@ -149,16 +153,17 @@ class JobConfig:
         if recorded.get("config_sha256") == self.output_config_sha256():
             return None
         config = recorded.get("config") or {}
-        anon = config.get("anon") or {}
-        earlier_mosaic = anon.get("method") == "pixelate" and "blocks" not in (
-            anon.get("method_options") or {}
-        )
-        if self.anon.method == "pixelate" and earlier_mosaic:
-            return (
-                "its mosaics were drawn with faceveil's earlier default of 8 cells across, and "
-                f"this faceveil draws {PIXELATE_BLOCKS}; one dataset cannot mix the two: finish "
-                "it with the faceveil that started it, or choose a new output"
-            )
+        ours = self.output_config_sha256()
+        if _with_blocks(config, EARLIER_PIXELATE_BLOCKS) is not None:
+            if _config_sha256(_with_blocks(config, EARLIER_PIXELATE_BLOCKS)) == ours:
+                return None  # recorded before pixelate's cells were, and drawn with as many
+            if _config_sha256(_with_blocks(config, PIXELATE_BLOCKS)) == ours:
+                return (
+                    f"its mosaics were drawn with {EARLIER_PIXELATE_BLOCKS} cells across (the "
+                    f"earlier default), and this config draws {PIXELATE_BLOCKS}; one dataset "
+                    "cannot mix the two: finish it with the faceveil that started it, or choose "
+                    "a new output"
+                )
         if self.anon.method == "surrogate":
             surrogate = config.get("surrogate") or {}
             renderer = surrogate.get("renderer", 1)
@@ -172,6 +177,16 @@ class JobConfig:
             "it holds a job with another config; --resume needs the same method, detector "
             "and options"
         )
+
+
+def _with_blocks(config: dict, blocks: int) -> dict | None:
+    """A pixelate job's recorded config with ``blocks`` where it recorded none (jobs written
+    before the cells were recorded), or None for any other job."""
+    anon = config.get("anon") or {}
+    options = anon.get("method_options") or {}
+    if anon.get("method") != "pixelate" or "blocks" in options:
+        return None
+    return {**config, "anon": {**anon, "method_options": {**options, "blocks": blocks}}}
 
 
 def _config_sha256(config: dict) -> str:

@@ -28,6 +28,14 @@ def test_select_picks_the_reliability_of_the_faces_it_keeps():
     assert faces.extras["reliable"].tolist() == [True, False, True]  # the original is untouched
 
 
+def test_select_leaves_extras_that_describe_all_faces():
+    """Only ``PER_FACE_EXTRAS`` are picked: an array that happens to have one entry per face
+    but describes the image stays whole."""
+    faces = _faces(3)
+    faces.extras["image_mean"] = np.array([1.0, 2.0, 3.0])  # an RGB mean, not per face
+    assert faces.select(np.array([0])).extras["image_mean"].tolist() == [1.0, 2.0, 3.0]
+
+
 def test_select_of_nothing_keeps_empty_flags():
     kept = _faces(3).select(np.zeros(0, np.int64))
     assert len(kept) == 0 and kept.extras["reliable"].shape == (0,)

@@ -108,3 +108,20 @@ def test_a_known_box_beside_the_face_is_never_given_a_surrogate():
             assert not out.extras["reliable"][0], path
     assert agreed >= 1  # the template fooled the agreement test on at least one of them
     assert not is_template(found).any()
+
+
+def test_template_points_are_recognized_in_very_wide_images():
+    """Review finding: a fixed 1e-3 tolerance missed template points past x = 16,384, where
+    float32 rounding is larger; such a face could be trusted again. Boxes across a
+    100,000-pixel panorama are all recognized, and moved points are not."""
+    from faceveil.anon_core.known import is_template
+
+    rng = np.random.default_rng(0)
+    x1 = rng.uniform(0, 99_000, 500)
+    y1 = rng.uniform(0, 4_000, 500)
+    size = rng.uniform(24, 900, 500)
+    known = np.stack([x1, y1, x1 + size, y1 + size * 1.2], axis=1)
+    faces = join_known(Faces.empty(), known)
+    assert is_template(faces).all()
+    moved = Faces(faces.boxes, faces.landmarks5 + np.float32(0.5))
+    assert not is_template(moved).any()
