@@ -152,13 +152,15 @@ class Dlib68:
     ) -> np.ndarray | None:
         """The fit started on the detector's five points, or None when it disagrees with them
         or moves with its start."""
-        if not _plausible_start(box, landmarks5):
+        five = np.asarray(landmarks5, np.float64).reshape(5, 2)
+        if not np.isfinite(five).all() or np.linalg.norm(five[0] - five[1]) < 4:
             return None
         start = np.asarray(start_rect(landmarks5))
+        if not _fits_box(start, box):
+            return None
         points = self._fit(image, _pixels(*start))
         if agreement(points[None], landmarks5[None])[0] > self.max_disagreement:
             return None
-        five = landmarks5.reshape(5, 2)
         iod = float(np.linalg.norm(five[0] - five[1]))
         step = REFIT_JITTER * (start[2] - start[0])
         starts = [(start + [dx, dy, dx, dy], REFIT_SPREAD) for dx, dy in
@@ -171,13 +173,10 @@ class Dlib68:
         return points if _cover(points, box) >= REFIT_COVER else None
 
 
-def _plausible_start(box: np.ndarray, landmarks5: np.ndarray) -> bool:
-    """Whether five points can start a refit in ``box``: finite, eyes apart, and a start
-    rectangle centred inside the box and of a width near the box's (``START_WIDTH``)."""
-    five = np.asarray(landmarks5, np.float64).reshape(5, 2)
-    if not np.isfinite(five).all() or np.linalg.norm(five[0] - five[1]) < 4:
-        return False
-    x1, y1, x2, y2 = start_rect(landmarks5)
+def _fits_box(start: np.ndarray, box: np.ndarray) -> bool:
+    """Whether a start rectangle is centred inside ``box`` and of a width near the box's
+    (``START_WIDTH``)."""
+    x1, y1, x2, y2 = (float(v) for v in start)
     bx1, by1, bx2, by2 = (float(v) for v in box[:4])
     width = (x2 - x1) / max(bx2 - bx1, 1e-6)
     centred = bx1 < (x1 + x2) / 2 < bx2 and by1 < (y1 + y2) / 2 < by2
