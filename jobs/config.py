@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from faceveil.anon_core.methods.baselines import PIXELATE_BLOCKS
+from faceveil.anon_core.methods.baselines import BLUR_STRENGTH, PIXELATE_BLOCKS
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.anon_core.surrogate.synthesis import RENDERER
 from faceveil.jobs.datawriter import OutputFormat
@@ -86,6 +86,44 @@ class SurrogateConfig:
 
 # pixelate's default before jobs recorded their cells
 EARLIER_PIXELATE_BLOCKS = 8
+# blur's default before jobs recorded their strength
+EARLIER_BLUR_STRENGTH = 0.125
+
+
+@dataclass(frozen=True)
+class ChangedDefault:
+    """A method option whose default changed: jobs written before ``option`` was recorded drew
+    with ``earlier``; today's default is ``now``. ``drawn`` says what the value means."""
+
+    option: str
+    earlier: float
+    now: float
+    drawn: str
+
+    def recorded(self, config: dict, value: float) -> dict | None:
+        """A job's recorded config with ``option`` set to ``value`` where it recorded none
+        (jobs written before it was recorded), or None for any other job."""
+        anon = config.get("anon") or {}
+        options = anon.get("method_options") or {}
+        if CHANGED_DEFAULTS.get(anon.get("method")) is not self or self.option in options:
+            return None
+        return {**config, "anon": {**anon, "method_options": {**options, self.option: value}}}
+
+
+CHANGED_DEFAULTS = {
+    "pixelate": ChangedDefault(
+        "blocks",
+        EARLIER_PIXELATE_BLOCKS,
+        PIXELATE_BLOCKS,
+        "its mosaics were drawn with {} cells across",
+    ),
+    "blur": ChangedDefault(
+        "strength",
+        EARLIER_BLUR_STRENGTH,
+        BLUR_STRENGTH,
+        "its blurs had a sigma of {} of the region",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -130,8 +168,9 @@ class JobConfig:
         """The part of the config that determines output bytes (recorded in job.json)."""
         anon = asdict(self.anon)
         anon["method_options"] = dict(self.anon.method_options)
-        if self.anon.method == "pixelate":  # its default changed (8 -> 3): a resume must not mix
-            anon["method_options"].setdefault("blocks", PIXELATE_BLOCKS)
+        changed = CHANGED_DEFAULTS.get(self.anon.method)
+        if changed is not None:  # its default changed: a resume must not mix the two
+            anon["method_options"].setdefault(changed.option, changed.now)
         anon.pop("threads", None)
         anon.pop("image_format", None)  # decided by data.image_format and the input (JobRun)
         out = {"anon": anon, "shard_size": self.shard_size, "batch_size": self.pool.batch_size}
@@ -147,22 +186,22 @@ class JobConfig:
     def resume_refusal(self, recorded: dict) -> str | None:
         """None when this config may resume the job of ``recorded`` (its job.json), else why
         not. Only the same output config resumes: a surrogate job recorded by another renderer
-        revision (none recorded: before revision 2), or a pixelate job recorded before its cells
-        were (the earlier default, 8), is refused with that reason, since its shards would not
-        match the new ones."""
+        revision (none recorded: before revision 2), or a pixelate or blur job recorded before its
+        cells or strength were (``CHANGED_DEFAULTS``), is refused with that reason, since its
+        shards would not match the new ones."""
         if recorded.get("config_sha256") == self.output_config_sha256():
             return None
         config = recorded.get("config") or {}
         ours = self.output_config_sha256()
-        if _with_blocks(config, EARLIER_PIXELATE_BLOCKS) is not None:
-            if _config_sha256(_with_blocks(config, EARLIER_PIXELATE_BLOCKS)) == ours:
-                return None  # recorded before pixelate's cells were, and drawn with as many
-            if _config_sha256(_with_blocks(config, PIXELATE_BLOCKS)) == ours:
+        changed = CHANGED_DEFAULTS.get((config.get("anon") or {}).get("method"))
+        if changed is not None and changed.recorded(config, changed.earlier) is not None:
+            if _config_sha256(changed.recorded(config, changed.earlier)) == ours:
+                return None  # recorded before the option was, and drawn with the same value
+            if _config_sha256(changed.recorded(config, changed.now)) == ours:
                 return (
-                    f"its mosaics were drawn with {EARLIER_PIXELATE_BLOCKS} cells across (the "
-                    f"earlier default), and this config draws {PIXELATE_BLOCKS}; one dataset "
-                    "cannot mix the two: finish it with the faceveil that started it, or choose "
-                    "a new output"
+                    f"{changed.drawn.format(changed.earlier)} (the earlier default), and this "
+                    f"config draws {changed.now}; one dataset cannot mix the two: finish it "
+                    "with the faceveil that started it, or choose a new output"
                 )
         if self.anon.method == "surrogate":
             surrogate = config.get("surrogate") or {}
@@ -177,16 +216,6 @@ class JobConfig:
             "it holds a job with another config; --resume needs the same method, detector "
             "and options"
         )
-
-
-def _with_blocks(config: dict, blocks: int) -> dict | None:
-    """A pixelate job's recorded config with ``blocks`` where it recorded none (jobs written
-    before the cells were recorded), or None for any other job."""
-    anon = config.get("anon") or {}
-    options = anon.get("method_options") or {}
-    if anon.get("method") != "pixelate" or "blocks" in options:
-        return None
-    return {**config, "anon": {**anon, "method_options": {**options, "blocks": blocks}}}
 
 
 def _config_sha256(config: dict) -> str:

@@ -1,17 +1,18 @@
 """Pixelate's default is 3 cells across (issue 13: the worst attack on lfw_dev scored 4.5% with
-8 cells, 2.5% with 3), and a job records the cells it drew with, so that a --resume never mixes
-mosaics of two sizes in one dataset."""
+8 cells, 2.5% with 3) and blur's sigma 0.75 of the region (9.2% at the earlier 1/8, 2.7% at
+0.75); a job records the cells or strength it drew with, so that a --resume never mixes two
+looks in one dataset."""
 
 from dataclasses import replace
 
 from faceveil.anon_core.methods import create
-from faceveil.anon_core.methods.baselines import PIXELATE_BLOCKS
+from faceveil.anon_core.methods.baselines import BLUR_STRENGTH, PIXELATE_BLOCKS
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.jobs.config import JobConfig
 
 
-def _job(tmp_path, **options) -> JobConfig:
-    anon = AnonConfig(method="pixelate", method_options=options)
+def _job(tmp_path, method: str = "pixelate", **options) -> JobConfig:
+    anon = AnonConfig(method=method, method_options=options)
     return JobConfig(str(tmp_path / "in"), str(tmp_path / "out"), anon=anon)
 
 
@@ -26,10 +27,10 @@ def test_a_job_records_the_cells_it_draws_with(tmp_path):
     assert _job(tmp_path, blocks=8).output_config()["anon"]["method_options"] == {"blocks": 8}
 
 
-def _earlier(config: JobConfig) -> dict:
-    """job.json's config as a job written before pixelate's cells were recorded holds it."""
+def _earlier(config: JobConfig, option: str = "blocks") -> dict:
+    """job.json's config as a job written before the option was recorded holds it."""
     earlier = config.output_config()
-    del earlier["anon"]["method_options"]["blocks"]
+    del earlier["anon"]["method_options"][option]
     return {"config": earlier, "config_sha256": "0" * 64}
 
 
@@ -56,3 +57,24 @@ def test_an_earlier_pixelate_job_resumes_with_its_own_cells_and_nothing_else(tmp
     other = replace(other, anon=replace(other.anon, detector="scrfd"))
     refusal = other.resume_refusal(earlier)
     assert refusal is not None and "another config" in refusal
+
+
+def test_the_default_blur_leaves_a_smooth_patch_and_jobs_record_its_strength(tmp_path):
+    """Sigma 0.75 of a 160-pixel region: the region is shrunk to 1 x 1 cells per 30 pixels
+    and blurred there, so what is enlarged back holds the region's colours and no feature."""
+    blur = create("blur")
+    assert blur.strength == BLUR_STRENGTH == 0.75
+    plan = blur.plan(160, 120)
+    assert (plan.width, plan.height) == (4, 5) and plan.sigma == 4.0
+    assert _job(tmp_path, "blur").output_config()["anon"]["method_options"] == {"strength": 0.75}
+
+
+def test_a_blur_job_of_the_earlier_default_is_refused_with_the_reason(tmp_path):
+    """A blur job.json written before the strength was recorded drew with 1/8: today's default
+    is refused with that reason, and a config asking for 0.125 resumes it."""
+    config = _job(tmp_path, "blur")
+    earlier = _earlier(config, "strength")
+    refusal = config.resume_refusal(earlier)
+    assert refusal is not None and "0.125" in refusal and "draws 0.75" in refusal, refusal
+    assert _job(tmp_path, "blur", strength=0.125).resume_refusal(earlier) is None
+    assert _job(tmp_path, "blur", strength=0.5).resume_refusal(earlier) is not None
