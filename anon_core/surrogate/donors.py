@@ -328,14 +328,17 @@ class DonorBank:
         return texture, self.shapes[index].astype(np.float64).mean(axis=0)
 
     def inner_weight(self) -> np.ndarray:
-        """1 well inside the bank's face outline, falling to 0 at it (S x S float32): how far
-        ``line_up`` may move a pixel there, so nothing from outside the face is pulled in."""
+        """How far ``line_up`` may move each texture pixel, as a share of its reach (S x S
+        float32): 1 well inside the bank's face outline, falling to 0 where the pixel is
+        within 2 px of it (a chamfer distance, the same on any thread count), so that a moved
+        pixel and the four it is interpolated from all lie inside the outline, and nothing from
+        outside the face is pulled in."""
         size = self.size
         mask = np.zeros((size, size), np.uint8)
         hull = cv2.convexHull(self.outline.astype(np.float32)).astype(np.int32)
         cv2.fillConvexPoly(mask, hull, 1)
-        inner = cv2.erode(mask, np.ones((5, 5), np.uint8)).astype(np.float32)
-        return cv2.GaussianBlur(inner, (0, 0), 3.0) * mask
+        inside = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_5)
+        return np.clip((inside - 2.0) / (LINE_UP_REACH * size), 0.0, 1.0).astype(np.float32)
 
 
 def _trimmed_mean(stack: np.ndarray) -> np.ndarray:
@@ -350,8 +353,9 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 def line_up(stack: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Each texture of ``stack`` (k x S x S x 3 float32) resampled so its edges lie on
     ``reference``'s: a dense Farneback flow from the reference to the texture, smoothed, capped
-    at ``LINE_UP_REACH`` of the side and scaled by ``weight`` (S x S). Deterministic: OpenCV's
-    Farneback flow gives the same field on any thread count."""
+    at ``LINE_UP_REACH`` of the side and scaled by ``weight`` (S x S). OpenCV's Farneback flow
+    gives the same field on any thread count (tested); like the blurs elsewhere in the renderer,
+    its float arithmetic may differ in the last bits on a CPU with other vector instructions."""
     size = stack.shape[1]
     reach = LINE_UP_REACH * size
     grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32)
