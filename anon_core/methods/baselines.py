@@ -52,9 +52,10 @@ class _RegionMethod:
 
 # Blur's sigma as a fraction of the region's longer side, by default. On the full lfw_dev, against
 # every attack of ``faceveil eval`` (BENCHMARKS.md, issue 13), the earlier 1/8 let a parrot
-# trained on blurred faces link a person's photos at 9.2% rank-1 (chance 1.3%; target 3%); 0.75
-# scored 2.7%, but 0.5 scored 4.0% and 1.0 3.7% in the same runs: a blur this strong is at the
-# target's edge, where the mask and pixelate are below it. Jobs record the strength they drew.
+# trained on blurred faces link a person's photos at 9.2% rank-1 (chance 1.3%; target 3%). At
+# 0.75 the worst attack scored 2.7%; at 1.0, in the same run, 3.7%, and at 0.5 (a run without
+# the inversion attacks) 4.0%. A blur this strong sits at the target's edge, where the mask is
+# below it. Jobs record the strength they drew with (``JobConfig``).
 BLUR_STRENGTH = 0.75
 
 
