@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.common import shared_root
+from bench.common import missing_shared, shared_root
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
 from faceveil.anon_core.imageio import decode_image
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=400, help="lfw_dev images for the bank")
     p.add_argument("--sets", type=int, default=100, help="random donor sets per k")
     args = p.parse_args(argv)
+    if missing_shared("bench_line_up", Path(args.data) / "manifest.csv"):
+        return 2
     cv2.setNumThreads(1)
     bank = _bank(Path(args.data), args.images)
     print(f"{bank}, textures {bank.size} px")
