@@ -77,6 +77,9 @@ def add_attack_options(
                    help="parrot-finetune last-block steps (the same for every method)")  # fmt: skip
     p.add_argument("--pixel-steps", type=int, default=PixelBudget.steps,
                    help="inversion-pixels U-Net steps (the same for every method)")  # fmt: skip
+    p.add_argument("--attack-seed", type=int, default=AttackBudget.seed,
+                   help="which identities train the learning attackers and their start (another "
+                        "seed: another split, to see how far a figure moves)")  # fmt: skip
     p.add_argument("--recall-by", default=recall_by,
                    help="labels CSV (UTKFace style): recall per gender, race, age")  # fmt: skip
     p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
@@ -91,6 +94,7 @@ def attack_fields(args: argparse.Namespace) -> dict:
             epochs=args.attack_epochs,
             finetune_steps=args.finetune_steps,
             pixels=PixelBudget(steps=args.pixel_steps),
+            seed=args.attack_seed,
         ),
         "recall": RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
     }

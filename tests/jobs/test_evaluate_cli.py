@@ -14,7 +14,7 @@ def test_every_option_lands_in_its_field() -> None:
     argv = shlex.split(
         "eval --images imgs --identities ids.csv --attributes attrs.csv --methods blur,mask "
         "--attacker-model a.onnx --no-dlib-attacker --attacks aligned,parrot,parrot-finetune "
-        "--attack-epochs 3 --finetune-steps 11 "
+        "--attack-epochs 3 --finetune-steps 11 --attack-seed 5 "
         "--recall-by labels.csv --small-faces 5 --report rep --detector scrfd "
         "--second-detector centerface --model-root models --limit-identities 7 --far 0.01 "
         "--examples 2 --no-utility --attribute-faces 9 --attribute-judge both --device cuda "
@@ -28,7 +28,7 @@ def test_every_option_lands_in_its_field() -> None:
         attacker_models=("a.onnx",),
         dlib_attacker=False,
         attacks=("aligned", "parrot", "parrot-finetune"),
-        budget=AttackBudget(epochs=3, finetune_steps=11),
+        budget=AttackBudget(epochs=3, finetune_steps=11, seed=5),
         recall=RecallConfig(labels="labels.csv", small_faces=5),
         attributes="attrs.csv",
         detector="scrfd",
@@ -78,3 +78,18 @@ def test_bench_attacks_takes_the_attack_options_of_eval_and_builds_the_same_conf
     assert defaults["budget"] == AttackBudget()
     labels = shared_root() / "data" / "utkface_dev" / "labels.csv"
     assert defaults["recall"] == RecallConfig(labels=str(labels))
+
+
+def test_another_attack_seed_holds_out_other_identities() -> None:
+    """Two seeds split the same identities into other training and test sets, each disjoint."""
+    import numpy as np
+
+    from faceveil.jobs.evaluate.attacks import split_identities
+
+    ids = np.repeat(np.arange(40), 3)
+    has_face = np.ones(len(ids), bool)
+    a, b = (split_identities(ids, has_face, AttackBudget(seed=s)) for s in (0, 1))
+    for split in (a, b):
+        assert not set(ids[split.train]) & set(ids[split.test])
+        assert len(set(ids[split.test])) == 20
+    assert set(ids[a.test]) != set(ids[b.test])
