@@ -10,7 +10,13 @@ unsharp mask without it) and printed side by side:
   lower figure; one face alone would score 1;
 - milliseconds of CPU per mean texture.
 
+With ``--splits N`` it also anonymizes the whole lfw_dev both ways with the default surrogate
+(``faceveil eval``'s own pass, one key for both) and attacks each output on N identity splits
+(aligned, parrot, inversion; MobileFaceNet and dlib): the mean and spread of rank-1 over the
+splits, so that a difference between the two is read against how much one split moves.
+
     python -m bench.bench_line_up --images 400 --sets 100
+    python -m bench.bench_line_up --sets 0 --splits 8      # about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -85,14 +92,69 @@ def _unmoved(stack: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np
     return stack
 
 
+def privacy_over_splits(data: Path, attacker: str, splits: int) -> dict:
+    """Rank-1 per attack and recognizer over ``splits`` identity splits, for the surrogate with
+    donors lined up and without: {variant: {"attack / recognizer": [rank-1 per split]}}."""
+    from faceveil.jobs.evaluate import runner
+    from faceveil.jobs.evaluate.attacks import Features, run_attacks, split_identities
+    from faceveil.jobs.evaluate.config import EvalConfig, parse_attacks, parse_methods
+
+    config = EvalConfig(
+        images=str(data), identities=str(data / "manifest.csv"), report_dir="",
+        methods=parse_methods("surrogate"), attacker_models=(attacker,), utility=False,
+        examples=0, progress=False, attacks=parse_attacks("aligned,parrot,inversion"),
+    )  # fmt: skip
+    session = runner.start_session(config)
+    runs = {}
+    keep_row = runner.figures.method_row
+    runner.figures.method_row = lambda spec, run, session: runs.__setitem__("last", run) or {}
+    lined_up = donor_module.line_up
+    out: dict[str, dict[str, list[float]]] = {}
+    try:
+        for name in ("plain", "lined up"):
+            donor_module.line_up = lined_up if name == "lined up" else _unmoved
+            runner.evaluate_method(config.methods[0], session)
+            out[name] = {}
+            for seed in range(splits):
+                budget = replace(config.budget, seed=seed)
+                o = session.originals
+                plan = replace(
+                    session.plan, split=split_identities(o.ids, o.has_face, budget), budget=budget
+                )
+                for a in session.models.attackers:
+                    run = runs["last"]
+                    f = Features(o.embeddings[a.name], run.embeddings[a.name], o.ids, o.gallery,
+                                 run.valid, None, None)  # fmt: skip
+                    for attack, figures in run_attacks(f, plan)[0].items():
+                        out[name].setdefault(f"{attack} / {a.name}", []).append(figures["rank1"])
+    finally:
+        donor_module.line_up = lined_up
+        runner.figures.method_row = keep_row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(shared_root() / "data" / "lfw_dev"))
     p.add_argument("--images", type=int, default=400, help="lfw_dev images for the bank")
-    p.add_argument("--sets", type=int, default=100, help="random donor sets per k")
+    p.add_argument("--sets", type=int, default=100, help="random donor sets per k (0: none)")
+    p.add_argument("--splits", type=int, default=0,
+                   help="also attack surrogates both ways on this many splits")  # fmt: skip
+    p.add_argument("--attacker", default=str(shared_root() / "models" / "mobilefacenet_128d.onnx"))
     args = p.parse_args(argv)
     if missing_shared("bench_line_up", Path(args.data) / "manifest.csv"):
         return 2
+    if args.splits:
+        for name, figures in privacy_over_splits(
+            Path(args.data), args.attacker, args.splits
+        ).items():
+            print(f"surrogate, donors {name}: rank-1 over {args.splits} splits")
+            for key, values in figures.items():
+                spread = " ".join(f"{100 * v:.1f}" for v in values)
+                print(f"   {key:50s} mean {100 * np.mean(values):5.1f}%  sd "
+                      f"{100 * np.std(values):4.1f}   {spread}")  # fmt: skip
+    if not args.sets:
+        return 0
     cv2.setNumThreads(1)
     bank = _bank(Path(args.data), args.images)
     print(f"{bank}, textures {bank.size} px")
