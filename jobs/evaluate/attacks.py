@@ -232,6 +232,55 @@ def run_attacks(features: Features, plan: AttackPlan) -> tuple[dict, dict]:
     return out, cpu
 
 
+SPLIT_FREE = ("aligned",)  # its gallery is every identity: the same figures on any split
+
+
+def pool_splits(per_split: list[dict], seeds: tuple[int, ...]) -> dict:
+    """One set of figures (attack key -> recognizer -> figures) from the same attacks run on
+    several identity splits, one entry of ``per_split`` per seed of ``seeds``: rank-1 over the
+    probes of every split together, chance weighted by each split's probes, TAR and the
+    same-photo figures the mean over the splits, and each split's own figures under
+    ``by_split``. A split-free attack is taken from the first split as it is."""
+    if len(per_split) == 1:
+        return per_split[0]
+    out: dict[str, dict] = {}
+    for attack, by_recognizer in per_split[0].items():
+        for recognizer in by_recognizer:
+            cells = [split[attack][recognizer] for split in per_split]
+            pooled = cells[0] if attack in SPLIT_FREE else _pooled(cells, seeds)
+            out.setdefault(attack, {})[recognizer] = pooled
+    return out
+
+
+def _pooled(cells: list[dict], seeds: tuple[int, ...]) -> dict:
+    scored = [(seed, c) for seed, c in zip(seeds, cells, strict=True) if c["rank1"] is not None]
+    if not scored:
+        return cells[0]
+    by_split = [
+        {"seed": seed, **{k: c[k] for k in ("rank1", "rank1_correct", "n_probes", "tar_at_far")}}
+        for seed, c in scored
+    ]
+    correct = sum(c["rank1_correct"] for _, c in scored)
+    n = sum(c["n_probes"] for _, c in scored)
+    tars = [c["tar_at_far"] for _, c in scored if c["tar_at_far"] is not None]
+    return {
+        "rank1": correct / n,
+        "rank1_correct": correct,
+        "n_probes": n,
+        "chance": sum(c["chance"] * c["n_probes"] for _, c in scored) / n,
+        "tar_at_far": _mean(np.array(tars)),
+        "far": scored[0][1]["far"],
+        "n_genuine": sum(c["n_genuine"] for _, c in scored),
+        "n_impostor": sum(c["n_impostor"] for _, c in scored),
+        **{
+            k: _mean(np.array([c[k] for _, c in scored if c[k] is not None]))
+            for k in ("same_photo_similarity_mean", "same_photo_accept_rate")
+        },
+        "splits": len(scored),
+        "by_split": by_split,
+    }
+
+
 def worst_case(attacks: dict) -> dict:
     """The strongest attack on one method: highest rank-1 and highest TAR over every attack
     and recognizer (``attacks``: attack key -> recognizer -> figures)."""

@@ -80,6 +80,9 @@ def add_attack_options(
     p.add_argument("--attack-seed", type=int, default=AttackBudget.seed,
                    help="which identities train the learning attackers and their start (another "
                         "seed: another split, to see how far a figure moves)")  # fmt: skip
+    p.add_argument("--attack-splits", type=int, default=AttackBudget.splits,
+                   help="run the learning attackers on this many identity splits (seeds "
+                        "--attack-seed and on) of the same output and pool them")  # fmt: skip
     p.add_argument("--recall-by", default=recall_by,
                    help="labels CSV (UTKFace style): recall per gender, race, age")  # fmt: skip
     p.add_argument("--small-faces", type=int, default=RecallConfig.small_faces,
@@ -95,6 +98,7 @@ def attack_fields(args: argparse.Namespace) -> dict:
             finetune_steps=args.finetune_steps,
             pixels=PixelBudget(steps=args.pixel_steps),
             seed=args.attack_seed,
+            splits=args.attack_splits,
         ),
         "recall": RecallConfig(labels=args.recall_by, small_faces=args.small_faces),
     }

@@ -117,6 +117,8 @@ class AttackBudget:
     inversion map; ``pixels`` is the pixel inversion's budget; ``threads`` torch threads
     train the head. ``train_share`` of the identities with two or more images go to training
     (plus every one-image identity); the rest are held out; ``seed`` fixes split and init.
+    With ``splits`` > 1 the learning attackers run on that many splits (seeds ``seed``,
+    ``seed + 1``, ...) of the same anonymized output, and their figures are pooled.
     ``finetune_steps`` Adam steps at ``finetune_lr`` on batches of ``finetune_batch`` train the
     recognizer's last block for the fine-tuned parrot (``parrot-finetune``; 0: not run), with
     the head's margin, scale and ``lr`` for its class centres.
@@ -132,6 +134,7 @@ class AttackBudget:
     ridge_alpha: float = 0.1
     train_share: float = 0.5
     seed: int = 0
+    splits: int = 1
     threads: int = 1
     finetune_steps: int = 300
     finetune_batch: int = 64
@@ -143,6 +146,8 @@ class AttackBudget:
             raise ValueError(f"attack head is 'mlp' or 'linear', not {self.head!r}")
         if not 0.0 < self.train_share < 1.0:
             raise ValueError(f"train_share must be in (0, 1), got {self.train_share}")
+        if self.splits < 1:
+            raise ValueError(f"attack splits must be at least 1, got {self.splits}")
         if self.epochs < 0 or self.batch < 1 or self.hidden < 1 or self.threads < 1:
             raise ValueError("epochs, batch, hidden and threads must be positive")
         if self.finetune_steps < 0 or self.finetune_batch < 1 or self.finetune_lr <= 0:
@@ -176,7 +181,12 @@ class AttackBudget:
             "inversion_pixels": self.pixels.public(),
             "train_share": self.train_share,
             "seed": self.seed,
+            "splits": self.splits,
         }
+
+    def split_seeds(self) -> tuple[int, ...]:
+        """The seed of each identity split the learning attackers run on."""
+        return tuple(range(self.seed, self.seed + self.splits))
 
 
 AGE_BANDS = ((0, 12), (13, 19), (20, 39), (40, 59), (60, 200))

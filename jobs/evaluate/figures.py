@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 
 from faceveil.jobs.evaluate import finetune, pixels
-from faceveil.jobs.evaluate.attacks import Features, Trial, run_attacks, score, worst_case
+from faceveil.jobs.evaluate.attacks import (
+    Features,
+    Trial,
+    pool_splits,
+    run_attacks,
+    score,
+    split_identities,
+    worst_case,
+)
 from faceveil.jobs.evaluate.attributes import agreement
 from faceveil.jobs.evaluate.config import MethodSpec
 from faceveil.jobs.evaluate.dataset import LabelledSet
@@ -50,6 +59,10 @@ DEFINITIONS = {
     "worst": "the highest rank-1 (and the highest TAR) over every attack and every recognizer; "
     "chance is 1 / gallery size of that attack (aligned: all identities; the learning attacks: "
     "the held-out identities only)",
+    "splits": "with attack_budget.splits > 1 the learning attackers run on that many identity "
+    "splits of the same output: each figure's rank-1 counts the probes of every split together "
+    "(chance weighted by probes), TAR is the mean over the splits, by_split holds each split's; "
+    "worst_by_split is the worst case of each split alone",
     "attack_budget": "the learning attackers' compute, identical for every method of a run; "
     "attack_cpu_s in each row is what it took, training included: inversion-pixels counts the "
     "U-Net's fit and restore (pixel_inversion: once per method, shared by the recognizers, so "
@@ -90,7 +103,37 @@ def privacy(features: Features, far: float) -> dict:
 
 def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -> dict:
     """Every attack with every recognizer on one method: figures (attack key -> recognizer ->
-    figures) and the CPU seconds each attack took (recognizer -> attack -> seconds)."""
+    figures), the CPU seconds each attack took (recognizer -> attack -> seconds) and, with
+    several identity splits, their figures pooled (``attacks.pool_splits``), CPU seconds
+    summed, and the worst case of each split alone."""
+    budget = session.plan.budget
+    seeds = budget.split_seeds()
+    if len(seeds) == 1:
+        return _one_split(run, originals, session)
+    per_split = []
+    for seed in seeds:
+        b = replace(budget, seed=seed, splits=1)
+        split = split_identities(originals.ids, originals.has_face, b)
+        plan = replace(session.plan, split=split, budget=b)
+        # as a run with --attack-seed seed alone: the same split and the same training seeds
+        alone = replace(session, config=replace(session.config, budget=b), plan=plan)
+        per_split.append(_one_split(run, originals, alone))
+    out = dict(per_split[0])  # the first split's extras (pixel_inversion, parrot_finetune)
+    out["attacks"] = pool_splits([p["attacks"] for p in per_split], seeds)
+    out["attack_cpu_s"] = {
+        recognizer: {
+            attack: round(sum(p["attack_cpu_s"][recognizer][attack] for p in per_split), 3)
+            for attack in by_attack
+        }
+        for recognizer, by_attack in per_split[0]["attack_cpu_s"].items()
+    }
+    out["worst_by_split"] = [
+        {"seed": seed, **worst_case(p["attacks"])} for seed, p in zip(seeds, per_split, strict=True)
+    ]
+    return out
+
+
+def _one_split(run: MethodRun, originals: Originals, session: EvalSession) -> dict:
     attacks: dict[str, dict] = {}
     cpu: dict[str, dict] = {}
     restored, extra = {}, {}

@@ -137,10 +137,19 @@ def _attacks(report: dict) -> str:
     if not rows:
         return page.paragraph("No attack figures in this report.")
     split = report["dataset"].get("attack_split", {})
+    splits = report.get("attack_budget", {}).get("splits", 1)
+    pooled = (
+        f" That is the first of {splits} identity splits of the same output; each learning "
+        f"attack's figure counts the probes of all {splits} together (report.json: by_split, "
+        "worst_by_split)."
+        if splits > 1
+        else ""
+    )
     note = page.paragraph(
         f"Learning attackers train on {split.get('train_identities')} identities "
         f"({split.get('train_images')} images) and are tested on "
-        f"{split.get('test_identities')} disjoint held-out identities; every method gets the "
+        f"{split.get('test_identities')} disjoint held-out identities.{pooled} Every method "
+        "gets the "
         "same budget (report.json: attack_budget). Attack CPU s includes training: the "
         "pixel U-Net is fitted once per method and its cost shown for each recognizer. Marked: "
         "the worst case of each method.",
@@ -315,4 +324,9 @@ def text_table(report: dict) -> str:
         cells += f"{page.pct(u.get('gender_agreement')):>8}"
         cells += f"{page.num(row['throughput']['images_per_s_wall'], 1):>8}"
         lines.append(f"{row['label']:<28}{cells}")
+        if row.get("worst_by_split"):
+            each = ", ".join(
+                f"{page.pct(w['rank1'])} (seed {w['seed']})" for w in row["worst_by_split"]
+            )
+            lines.append(f"{'':<28}worst of each split alone: {each}")
     return "\n".join(lines)

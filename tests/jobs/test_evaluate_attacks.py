@@ -14,6 +14,7 @@ from faceveil.jobs.evaluate.attacks import (
     AttackPlan,
     Features,
     first_per_identity,
+    pool_splits,
     run_attacks,
     split_identities,
     worst_case,
@@ -238,3 +239,57 @@ def test_the_finetuned_parrot_is_opt_in_scored_as_the_parrot_and_says_why_when_a
     assert tuned(None)[keys[0]]["reason"].startswith("no fine-tuned network for this recognizer")
     off = AttackPlan(plan.attacks, split, AttackBudget(finetune_steps=0), far=1e-2)
     assert tuned(seen, off)[keys[1]] == {"rank1": None, "reason": "finetune_steps is 0"}
+
+
+def test_splits_pool_their_probes_and_keep_each_split_s_figures() -> None:
+    """Three splits of one output: rank-1 counts every split's probes together, each split's
+    figures are those of a run on that split alone, and the aligned attack (no split) is
+    not counted three times."""
+    ids, originals = _world(seed=11)
+    rng = np.random.default_rng(12)
+    weak = _unit(
+        originals @ np.linalg.qr(rng.normal(size=(DIM, DIM)))[0] + rng.normal(size=originals.shape)
+    )
+    has = np.ones(len(ids), bool)
+    gallery = first_per_identity(ids, has)
+    seeds = (3, 4, 5)
+    alone = []
+    for seed in seeds:
+        budget = AttackBudget(epochs=12, hidden=64, seed=seed)
+        plan = AttackPlan(("aligned", "parrot", "inversion"), split_identities(ids, has, budget),
+                          budget, far=1e-2)  # fmt: skip
+        figures = run_attacks(Features(originals, weak, ids, gallery, has), plan)[0]
+        alone.append({key: {"a": f} for key, f in figures.items()})  # one recognizer, "a"
+    pooled = {key: f["a"] for key, f in pool_splits(alone, seeds).items()}
+    alone = [{key: f["a"] for key, f in a.items()} for a in alone]
+    assert pooled["aligned"] == alone[0]["aligned"]
+    for key in ("parrot_gallery_anonymized", "parrot_gallery_original", "inversion"):
+        cell, each = pooled[key], [a[key] for a in alone]
+        assert cell["n_probes"] == sum(e["n_probes"] for e in each)
+        assert cell["rank1_correct"] == sum(e["rank1_correct"] for e in each)
+        assert cell["rank1"] == pytest.approx(cell["rank1_correct"] / cell["n_probes"])
+        assert min(e["rank1"] for e in each) <= cell["rank1"] <= max(e["rank1"] for e in each)
+        assert cell["tar_at_far"] == pytest.approx(np.mean([e["tar_at_far"] for e in each]))
+        assert [b["seed"] for b in cell["by_split"]] == list(seeds)
+        assert [b["rank1"] for b in cell["by_split"]] == [e["rank1"] for e in each]
+    assert len({a["inversion"]["rank1_correct"] for a in alone}) > 1  # the splits differ
+    assert (
+        pool_splits([{"aligned": {"a": alone[0]["aligned"]}}], seeds[:1])["aligned"]["a"]
+        is (alone[0]["aligned"])
+    )
+
+
+def test_a_split_without_figures_is_left_out_of_the_pool() -> None:
+    scored = {"rank1": 0.5, "rank1_correct": 5, "n_probes": 10, "chance": 0.1, "tar_at_far": 0.2,
+              "far": 1e-3, "n_genuine": 30, "n_impostor": 900, "same_photo_similarity_mean": 0.4,
+              "same_photo_accept_rate": 0.1}  # fmt: skip
+    empty = {"rank1": None, "reason": "fewer than 2 training identities"}
+    pooled = pool_splits([{"inversion": {"a": empty}}, {"inversion": {"a": scored}}], (0, 1))
+    assert pooled["inversion"]["a"]["rank1"] == 0.5
+    assert pooled["inversion"]["a"]["splits"] == 1
+    assert [b["seed"] for b in pooled["inversion"]["a"]["by_split"]] == [1]
+    both_empty = pool_splits([{"inversion": {"a": empty}}] * 2, (0, 1))
+    assert both_empty["inversion"]["a"] == empty
+    with pytest.raises(ValueError, match="at least 1"):
+        AttackBudget(splits=0)
+    assert AttackBudget(seed=4, splits=3).split_seeds() == (4, 5, 6)

@@ -14,7 +14,7 @@ def test_every_option_lands_in_its_field() -> None:
     argv = shlex.split(
         "eval --images imgs --identities ids.csv --attributes attrs.csv --methods blur,mask "
         "--attacker-model a.onnx --no-dlib-attacker --attacks aligned,parrot,parrot-finetune "
-        "--attack-epochs 3 --finetune-steps 11 --attack-seed 5 "
+        "--attack-epochs 3 --finetune-steps 11 --attack-seed 5 --attack-splits 3 "
         "--recall-by labels.csv --small-faces 5 --report rep --detector scrfd "
         "--second-detector centerface --model-root models --limit-identities 7 --far 0.01 "
         "--examples 2 --no-utility --attribute-faces 9 --attribute-judge both --device cuda "
@@ -28,7 +28,7 @@ def test_every_option_lands_in_its_field() -> None:
         attacker_models=("a.onnx",),
         dlib_attacker=False,
         attacks=("aligned", "parrot", "parrot-finetune"),
-        budget=AttackBudget(epochs=3, finetune_steps=11, seed=5),
+        budget=AttackBudget(epochs=3, finetune_steps=11, seed=5, splits=3),
         recall=RecallConfig(labels="labels.csv", small_faces=5),
         attributes="attrs.csv",
         detector="scrfd",
