@@ -256,10 +256,8 @@ def _pooled(cells: list[dict], seeds: tuple[int, ...]) -> dict:
     scored = [(seed, c) for seed, c in zip(seeds, cells, strict=True) if c["rank1"] is not None]
     if not scored:
         return cells[0]
-    by_split = [
-        {"seed": seed, **{k: c[k] for k in ("rank1", "rank1_correct", "n_probes", "tar_at_far")}}
-        for seed, c in scored
-    ]
+    kept = ("rank1", "rank1_correct", "n_probes", "n_gallery", "chance", "tar_at_far")
+    by_split = [{"seed": seed, **{k: c[k] for k in kept}} for seed, c in scored]
     correct = sum(c["rank1_correct"] for _, c in scored)
     n = sum(c["n_probes"] for _, c in scored)
     tars = [c["tar_at_far"] for _, c in scored if c["tar_at_far"] is not None]
@@ -267,9 +265,11 @@ def _pooled(cells: list[dict], seeds: tuple[int, ...]) -> dict:
         "rank1": correct / n,
         "rank1_correct": correct,
         "n_probes": n,
+        "n_gallery": sum(c["n_gallery"] for _, c in scored),
         "chance": sum(c["chance"] * c["n_probes"] for _, c in scored) / n,
         "tar_at_far": _mean(np.array(tars)),
         "far": scored[0][1]["far"],
+        "threshold": None,  # one per split (the thresholds differ)
         "n_genuine": sum(c["n_genuine"] for _, c in scored),
         "n_impostor": sum(c["n_impostor"] for _, c in scored),
         **{

@@ -10,6 +10,7 @@ import numpy as np
 
 from faceveil.jobs.evaluate import finetune, pixels
 from faceveil.jobs.evaluate.attacks import (
+    SPLIT_FREE,
     Features,
     Trial,
     pool_splits,
@@ -60,9 +61,12 @@ DEFINITIONS = {
     "chance is 1 / gallery size of that attack (aligned: all identities; the learning attacks: "
     "the held-out identities only)",
     "splits": "with attack_budget.splits > 1 the learning attackers run on that many identity "
-    "splits of the same output: each figure's rank-1 counts the probes of every split together "
-    "(chance weighted by probes), TAR is the mean over the splits, by_split holds each split's; "
-    "worst_by_split is the worst case of each split alone",
+    "splits of the same output: a learning attack's rank-1 counts the probe trials of every "
+    "split together (splits overlap, so one image can be a probe in several: n_probes and "
+    "n_gallery count trials), chance is weighted by probes, TAR and the same-photo figures are "
+    "means over the splits, by_split holds each split's figures; worst_by_split is the worst "
+    "case of each split alone; attack_cpu_s sums the splits (aligned, the same on every split, "
+    "once); pixel_inversion and parrot_finetune describe the first split, extras_by_split each",
     "attack_budget": "the learning attackers' compute, identical for every method of a run; "
     "attack_cpu_s in each row is what it took, training included: inversion-pixels counts the "
     "U-Net's fit and restore (pixel_inversion: once per method, shared by the recognizers, so "
@@ -118,17 +122,32 @@ def attack_figures(run: MethodRun, originals: Originals, session: EvalSession) -
         # as a run with --attack-seed seed alone: the same split and the same training seeds
         alone = replace(session, config=replace(session.config, budget=b), plan=plan)
         per_split.append(_one_split(run, originals, alone))
-    out = dict(per_split[0])  # the first split's extras (pixel_inversion, parrot_finetune)
+    return pool_runs(per_split, seeds)
+
+
+def pool_runs(per_split: list[dict], seeds: tuple[int, ...]) -> dict:
+    """``attack_figures`` of one method on several splits as one: the figures pooled, CPU
+    seconds summed (a split-free attack's taken once: it is the same on every split), the
+    worst case of each split, and each split's training summaries (``extras_by_split``; the
+    first split's also stay where a one-split run has them)."""
+    out = dict(per_split[0])
     out["attacks"] = pool_splits([p["attacks"] for p in per_split], seeds)
     out["attack_cpu_s"] = {
         recognizer: {
-            attack: round(sum(p["attack_cpu_s"][recognizer][attack] for p in per_split), 3)
+            attack: by_attack[attack]
+            if attack in SPLIT_FREE
+            else round(sum(p["attack_cpu_s"][recognizer][attack] for p in per_split), 3)
             for attack in by_attack
         }
         for recognizer, by_attack in per_split[0]["attack_cpu_s"].items()
     }
     out["worst_by_split"] = [
         {"seed": seed, **worst_case(p["attacks"])} for seed, p in zip(seeds, per_split, strict=True)
+    ]
+    extras = ("pixel_inversion", "parrot_finetune")
+    out["extras_by_split"] = [
+        {"seed": seed, **{k: p[k] for k in extras if k in p}}
+        for seed, p in zip(seeds, per_split, strict=True)
     ]
     return out
 

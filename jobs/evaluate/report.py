@@ -145,14 +145,14 @@ def _attacks(report: dict) -> str:
         if splits > 1
         else ""
     )
+    per_split = " and split, its cost summed over the splits," if splits > 1 else ""
     note = page.paragraph(
         f"Learning attackers train on {split.get('train_identities')} identities "
         f"({split.get('train_images')} images) and are tested on "
         f"{split.get('test_identities')} disjoint held-out identities.{pooled} Every method "
-        "gets the "
-        "same budget (report.json: attack_budget). Attack CPU s includes training: the "
-        "pixel U-Net is fitted once per method and its cost shown for each recognizer. Marked: "
-        "the worst case of each method.",
+        "gets the same budget (report.json: attack_budget). Attack CPU s includes training: "
+        f"the pixel U-Net is fitted once per method{per_split} and its cost shown for each "
+        "recognizer. Marked: the worst case of each method.",
         "meta",
     )
     return page.table(headers, rows, classes) + note

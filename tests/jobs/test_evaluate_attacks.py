@@ -280,9 +280,9 @@ def test_splits_pool_their_probes_and_keep_each_split_s_figures() -> None:
 
 
 def test_a_split_without_figures_is_left_out_of_the_pool() -> None:
-    scored = {"rank1": 0.5, "rank1_correct": 5, "n_probes": 10, "chance": 0.1, "tar_at_far": 0.2,
-              "far": 1e-3, "n_genuine": 30, "n_impostor": 900, "same_photo_similarity_mean": 0.4,
-              "same_photo_accept_rate": 0.1}  # fmt: skip
+    scored = {"rank1": 0.5, "rank1_correct": 5, "n_probes": 10, "n_gallery": 10, "chance": 0.1,
+              "tar_at_far": 0.2, "far": 1e-3, "n_genuine": 30, "n_impostor": 900,
+              "same_photo_similarity_mean": 0.4, "same_photo_accept_rate": 0.1}  # fmt: skip
     empty = {"rank1": None, "reason": "fewer than 2 training identities"}
     pooled = pool_splits([{"inversion": {"a": empty}}, {"inversion": {"a": scored}}], (0, 1))
     assert pooled["inversion"]["a"]["rank1"] == 0.5
@@ -293,3 +293,31 @@ def test_a_split_without_figures_is_left_out_of_the_pool() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         AttackBudget(splits=0)
     assert AttackBudget(seed=4, splits=3).split_seeds() == (4, 5, 6)
+
+
+def test_a_method_on_several_splits_sums_its_cost_once_per_split_and_keeps_each_worst() -> None:
+    from faceveil.jobs.evaluate.figures import pool_runs
+
+    def cell(correct: int, probes: int) -> dict:
+        return {"rank1": correct / probes, "rank1_correct": correct, "n_probes": probes,
+                "n_gallery": 10, "chance": 0.1, "tar_at_far": 0.01, "far": 1e-3,
+                "threshold": 0.5, "n_genuine": 5, "n_impostor": 50,
+                "same_photo_similarity_mean": 0.2, "same_photo_accept_rate": 0.0}  # fmt: skip
+
+    def one_split(parrot: int, seconds: float) -> dict:
+        return {
+            "attacks": {"aligned": {"a": cell(1, 40)}, "inversion": {"a": cell(parrot, 20)}},
+            "attack_cpu_s": {"a": {"aligned": 0.5, "inversion": seconds}},
+            "pixel_inversion": {"fit_cpu_s": seconds},
+        }
+
+    pooled = pool_runs([one_split(2, 1.0), one_split(6, 3.0)], (7, 8))
+    assert pooled["attack_cpu_s"] == {"a": {"aligned": 0.5, "inversion": 4.0}}
+    assert pooled["attacks"]["inversion"]["a"]["rank1"] == 8 / 40
+    assert pooled["attacks"]["aligned"]["a"]["n_probes"] == 40  # not counted twice
+    assert [(w["seed"], w["rank1"]) for w in pooled["worst_by_split"]] == [(7, 0.1), (8, 0.3)]
+    assert pooled["pixel_inversion"] == {"fit_cpu_s": 1.0}  # the first split's, as before
+    assert pooled["extras_by_split"] == [
+        {"seed": 7, "pixel_inversion": {"fit_cpu_s": 1.0}},
+        {"seed": 8, "pixel_inversion": {"fit_cpu_s": 3.0}},
+    ]
