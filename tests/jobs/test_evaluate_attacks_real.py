@@ -108,7 +108,8 @@ def test_the_page_shows_what_the_pixel_inversion_cost(report) -> None:
         assert training > 1.0, (row["label"], pixels)  # 60 U-Net steps on the CPU
         for recognizer in (MOBILE, DLIB):
             cpu = row["attack_cpu_s"][recognizer]["inversion-pixels"]
-            assert training <= cpu < training + 30, (row["label"], recognizer, cpu, training)
+            # both sides are rounded to the millisecond: equal when the scoring took under 1 ms
+            assert training - 1e-3 <= cpu < training + 30, (row["label"], recognizer, cpu, training)
             cell = shown[(row["label"], "inversion_pixels", recognizer)]
             assert float(cell) == pytest.approx(cpu, abs=0.006)
 
