@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -93,43 +92,39 @@ def _unmoved(stack: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np
 
 
 def privacy_over_splits(data: Path, attacker: str, splits: int) -> dict:
-    """Rank-1 per attack and recognizer over ``splits`` identity splits, for the surrogate with
-    donors lined up and without: {variant: {"attack / recognizer": [rank-1 per split]}}."""
+    """Rank-1 per attack and recognizer over ``splits`` identity splits (eval's
+    ``--attack-splits``), for the surrogate with donors lined up and without, one key for both:
+    {variant: {"attack / recognizer": [rank-1 per split]}}."""
     from faceveil.jobs.evaluate import runner
-    from faceveil.jobs.evaluate.attacks import Features, run_attacks, split_identities
-    from faceveil.jobs.evaluate.config import EvalConfig, parse_attacks, parse_methods
+    from faceveil.jobs.evaluate.config import (
+        AttackBudget,
+        EvalConfig,
+        parse_attacks,
+        parse_methods,
+    )
 
     config = EvalConfig(
         images=str(data), identities=str(data / "manifest.csv"), report_dir="",
         methods=parse_methods("surrogate"), attacker_models=(attacker,), utility=False,
         examples=0, progress=False, attacks=parse_attacks("aligned,parrot,inversion"),
+        budget=AttackBudget(splits=splits),
     )  # fmt: skip
     session = runner.start_session(config)
-    runs = {}
-    keep_row = runner.figures.method_row
-    runner.figures.method_row = lambda spec, run, session: runs.__setitem__("last", run) or {}
     lined_up = donor_module.line_up
     out: dict[str, dict[str, list[float]]] = {}
     try:
         for name in ("plain", "lined up"):
             donor_module.line_up = lined_up if name == "lined up" else _unmoved
-            runner.evaluate_method(config.methods[0], session)
-            out[name] = {}
-            for seed in range(splits):
-                budget = replace(config.budget, seed=seed)
-                o = session.originals
-                plan = replace(
-                    session.plan, split=split_identities(o.ids, o.has_face, budget), budget=budget
-                )
-                for a in session.models.attackers:
-                    run = runs["last"]
-                    f = Features(o.embeddings[a.name], run.embeddings[a.name], o.ids, o.gallery,
-                                 run.valid, None, None)  # fmt: skip
-                    for attack, figures in run_attacks(f, plan)[0].items():
-                        out[name].setdefault(f"{attack} / {a.name}", []).append(figures["rank1"])
+            row = runner.evaluate_method(config.methods[0], session)
+            out[name] = {
+                f"{attack} / {recognizer}": [b["rank1"] for b in cell["by_split"]]
+                if "by_split" in cell
+                else [cell["rank1"]] * splits  # aligned: the same on every split
+                for attack, by_recognizer in row["attacks"].items()
+                for recognizer, cell in by_recognizer.items()
+            }
     finally:
         donor_module.line_up = lined_up
-        runner.figures.method_row = keep_row
     return out
 
 
