@@ -13,7 +13,8 @@ clean-up of speckle), so they are found by shape:
    bridge (between the inner eye corners, from the brows' inner ends down to the nose's top),
    and, for both eyes, some of the rays from the eye's centre, sideways and downwards, cross
    an excess line between 0.15 and 0.7 inter-ocular distances out. The line pixels those rays
-   cross, and what connects to them near the eyes, are the frames.
+   cross, and what connects to them near the eyes (across gaps of up to 0.08 inter-ocular
+   distances, where a faint stretch cut a rim in two), are the frames.
 
 The eyes inside the lenses stay the surrogate's. Wrinkles, bags and shadows seldom both cross
 the nose bridge and ring the eyes; where deep lines under older eyes do, parts of them are kept
@@ -30,6 +31,7 @@ from faceveil.anon_core.surrogate import geometry as geo
 LINE_WIDTH = 0.07  # frames thinner than this (inter-ocular distances) count as lines
 EXCESS = 7.0  # Lab lightness by which the original's line response must exceed the expected's
 RING_HIT = 0.28  # share of rays per eye that must cross a frame
+LINK = 0.04  # pieces of a line this close (inter-ocular distances, either side) are one frame
 BRIDGE = 0.6  # share of the nose bridge's width that a line must cross
 _REACH = (0.15, 0.7)  # where along a ray a frame may lie, in inter-ocular distances
 # Ray directions (degrees, 0 = away from the nose, 90 = down); the upper rim hides in the brows.
@@ -84,8 +86,11 @@ def frames(
             return np.zeros_like(excess)
         hit.update(found.values())
         cv2.circle(near, tuple(int(round(c)) for c in centre), int(round(_REACH[1] * iod)), 1, -1)
-    # Small gaps in a kept frame (a faint stretch of a thin line) are closed.
-    kept = (np.isin(labels, sorted(hit)) & (near > 0)).astype(np.uint8)
+    kept = np.isin(labels, sorted(hit)) & (near > 0)
+    # Pieces of a frame that a faint stretch cut off (no ray met them first) join it when
+    # they lie within a small gap of it; small gaps in a kept frame are then closed.
+    _, joined = cv2.connectedComponents(cv2.dilate(excess.astype(np.uint8), _disk(LINK * iod)))
+    kept = (np.isin(joined, np.unique(joined[kept])) & excess & (near > 0)).astype(np.uint8)
     return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, _disk(0.03 * iod)) > 0
 
 

@@ -206,12 +206,15 @@ def test_context_around_the_face_no_longer_matches_the_original(utk_context, mod
 
 # Eyeglass frames, found by eye on three utkface_dev photos of the first pass above: points
 # (x, y) of the 200 x 200 originals that lie on a frame (bridge, inner, lower rims), picked
-# on 5x enlargements, each moved to the darkest pixel of its 5 x 5 neighbourhood.
+# on 5x enlargements, each moved to the darkest pixel of its 5 x 5 neighbourhood. Two more
+# picked on the second photo, (100, 53) and (110, 64), are left out: where the bridge meets
+# the brows' inner ends they come within 0-2 px of the eyes and brows (never kept from the
+# original) when the photo moves by up to 3 px; every point here stays 5 px or more away.
 FRAMES = {
     "images/23_0_2_20170107213747034.jpg.chip.jpg":
         [(96, 55), (105, 56), (110, 72), (53, 92), (133, 94)],
     "images/50_1_1_20170120220813715.jpg.chip.jpg":
-        [(58, 78), (132, 79), (143, 80), (93, 58), (110, 64), (100, 53)],
+        [(58, 78), (132, 79), (143, 80), (93, 58)],
     "images/54_0_0_20170111171747438.jpg.chip.jpg":
         [(48, 82), (64, 83), (132, 87), (143, 87), (90, 66), (110, 71)],
 }  # fmt: skip
@@ -221,24 +224,32 @@ EYE_BAND = (slice(50, 90), slice(40, 160))  # rows, columns of the originals: bo
 def test_glasses_frames_are_kept_and_the_eyes_are_not(utk_context, models):
     """Issue 12 finding: glasses disappeared. On real photos with glasses, the frame pixels
     (chosen by hand, above) come out as in the original, while the eyes behind the lenses are
-    the surrogate's; the same key gives the same bytes."""
+    the surrogate's; the same key gives the same bytes. The photo is also moved by a pixel or
+    two: the landmarks then move by several (one CI machine's detector did the same), and a
+    piece of rim that no ray met first was once dropped from the frame."""
     _, context = utk_context
     root = shared_path("data", "utkface_dev")
     for path, points in FRAMES.items():
-        image = _padded(root / path)
-        anonymize = FaceAnonymizer(
-            AnonConfig(method="surrogate"), models[0], Surrogate(KEY, context)
-        )
-        result = anonymize(image)
-        assert result.ok and result.output.methods == ("surrogate",), path
-        out = result.output.image.astype(np.int16)
-        before = image.astype(np.int16)
-        for x, y in points:
-            window = (slice(PAD + y - 1, PAD + y + 2), slice(PAD + x - 1, PAD + x + 2))
-            gap = np.abs(out[window] - before[window]).mean()
-            assert gap <= 6, f"{path}: frame at ({x}, {y}) changed by {gap:.0f}"
-        band = tuple(slice(PAD + s.start, PAD + s.stop) for s in EYE_BAND)
-        assert np.abs(out[band] - before[band]).mean() >= 8, f"{path}: eyes kept"
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (-1, 2)):
+            pads = (PAD + dy, PAD - dy, PAD + dx, PAD - dx)  # top, bottom, left, right
+            image = cv2.copyMakeBorder(_rgb(root / path), *pads, cv2.BORDER_REPLICATE)
+            method = Surrogate(KEY, context)
+            result = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], method)(image)
+            where = f"{path} moved by ({dx}, {dy})"
+            assert result.ok and result.output.methods == ("surrogate",), where
+            out = result.output.image.astype(np.int16)
+            before = image.astype(np.int16)
+            for x, y in points:
+                cx, cy = x + PAD + dx, y + PAD + dy
+                window = (slice(cy - 1, cy + 2), slice(cx - 1, cx + 2))
+                gap = np.abs(out[window] - before[window])
+                assert gap.mean() <= 6, f"{where}: frame at ({x}, {y}) changed by {gap.mean():.0f}"
+            rows, cols = (
+                slice(r.start + PAD + d, r.stop + PAD + d)
+                for r, d in ((EYE_BAND[0], dy), (EYE_BAND[1], dx))
+            )
+            band = (rows, cols)
+            assert np.abs(out[band] - before[band]).mean() >= 8, f"{where}: eyes kept"
         again = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], Surrogate(KEY, context))
         assert np.array_equal(again(image).output.image, result.output.image)
 
