@@ -8,6 +8,9 @@ first by file name; the same faces as ``tests/anon_core/test_surrogate_v2.py``),
   that bearded and clean-shaven originals get, with the trait used and with it left out;
 - glasses: on how many of the 19 faces with glasses (``tests/data/glasses_labels.csv``) frames
   are found and kept, and on how many of the other 125 lines are wrongly kept as frames;
+- frames when the photo moves: on three photos with frame points marked by hand
+  (``tests/data/glasses_frames.csv``), moved by up to ``--moves`` pixels each way (the landmarks
+  then move by several), how many marked points come out as in the original;
 - cost: CPU time per face of the facial-hair score, and of a surrogate with and without the
   frame search.
 
@@ -53,9 +56,51 @@ def first_pass_paths(root: Path) -> list[Path]:
     return [root / p for p in sorted(p for rows in groups.values() for p in rows[:PER_GROUP])]
 
 
-def padded(path: Path) -> np.ndarray:
+def padded(path: Path, dx: int = 0, dy: int = 0) -> np.ndarray:
+    """The photo with its edges extended by PAD pixels, moved right by ``dx`` and down by ``dy``."""
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    return cv2.copyMakeBorder(rgb, *(PAD,) * 4, cv2.BORDER_REPLICATE)
+    return cv2.copyMakeBorder(rgb, PAD + dy, PAD - dy, PAD + dx, PAD - dx, cv2.BORDER_REPLICATE)
+
+
+def frame_points(root: Path) -> dict[Path, list[tuple[int, int, str]]]:
+    """Points on glasses frames marked by hand, per photo: (x, y, ``rim`` or ``brows``)."""
+    points: dict[Path, list[tuple[int, int, str]]] = {}
+    with open(LABELS / "glasses_frames.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            points.setdefault(root / r["path"], []).append((int(r["x"]), int(r["y"]), r["where"]))
+    return points
+
+
+def frame_changes(
+    before: np.ndarray, after: np.ndarray, points: list[tuple[int, int, str]], dx: int, dy: int
+) -> list[float]:
+    """Mean change (0-255) over the 3 x 3 pixels at each point of a photo ``padded`` by
+    (``dx``, ``dy``): 0 where the original's frame was kept."""
+    changes = []
+    for x, y, _ in points:
+        cx, cy = x + PAD + dx, y + PAD + dy
+        window = (slice(cy - 1, cy + 2), slice(cx - 1, cx + 2))
+        changes.append(float(np.abs(after[window].astype(np.int16) - before[window]).mean()))
+    return changes
+
+
+def frames_when_moved(root: Path, context, reach: int) -> dict[str, tuple[int, int, int]]:
+    """Per kind of point (``rim``, ``brows``): points kept (changed by 6 or less), points
+    checked, and runs (photo and move) that lost one, over every move up to ``reach`` px."""
+    detector = build_detector("centerface", threads=1)
+    anonymize = FaceAnonymizer(AnonConfig(method="surrogate"), detector, Surrogate(KEY, context))
+    counts = {kind: [0, 0, 0] for kind in ("rim", "brows")}
+    moves = [(dx, dy) for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1)]
+    for path, points in frame_points(root).items():
+        for dx, dy in moves:
+            image = padded(path, dx, dy)
+            changes = frame_changes(image, anonymize(image).output.image, points, dx, dy)
+            for kind, tally in counts.items():
+                kept = [c <= 6 for c, (_, _, w) in zip(changes, points, strict=True) if w == kind]
+                tally[0] += sum(kept)
+                tally[1] += len(kept)
+                tally[2] += not all(kept)
+    return {kind: (kept, checked, runs) for kind, (kept, checked, runs) in counts.items()}
 
 
 def labels(name: str, column: str, root: Path) -> dict[str, str]:
@@ -123,7 +168,10 @@ def glasses_found(images: dict[str, np.ndarray], context, worn: dict[str, str]) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.parse_args(argv)
+    p.add_argument(
+        "--moves", type=int, default=3, help="move the marked photos by up to this many px (0: off)"
+    )
+    args = p.parse_args(argv)
     root = shared_root() / "data" / "utkface_dev"
     if missing_shared("bench_occluders", root / "labels.csv"):
         return 2
@@ -164,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         f"surrogate CPU ms per image: {ms:.1f} with the frame search,"
         f" {result['without'][1]:.1f} without"
     )
+    if args.moves:
+        side = 2 * args.moves + 1
+        for kind, (kept, checked, lost) in frames_when_moved(root, context, args.moves).items():
+            print(
+                f"marked frame points ({kind}) kept over {side} x {side} moves of up to"
+                f" {args.moves} px: {kept} of {checked}; runs that lost one: {lost}"
+            )
     return 0
 
 

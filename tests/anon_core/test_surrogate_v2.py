@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.bench_occluders import donor_shares
+from bench.bench_occluders import PAD, donor_shares, frame_changes, frame_points, padded
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder, align_112
 from faceveil.anon_core.landmarks import Dlib68
@@ -32,7 +32,6 @@ pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
 KEY = b"test-surrogate-v2-key-0123456789"
 PER_GROUP = 36  # utkface_dev adults per (gender, age band) group in the first pass
-PAD = 60
 # MobileFaceNet cosine between the original's context-only crop and the output's, mean over
 # the 12 photos of the test below; measured 0.975 with the context kept (v1), 0.903 now.
 CONTEXT_SIMILARITY = 0.94
@@ -40,12 +39,6 @@ CONTEXT_SIMILARITY = 0.94
 
 def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
-
-def _padded(path: Path) -> np.ndarray:
-    """A utkface crop with its edges extended: the crops cut the head so close that no face
-    of them could otherwise serve as a donor (its outline must lie inside the image)."""
-    return cv2.copyMakeBorder(_rgb(path), *(PAD,) * 4, cv2.BORDER_REPLICATE)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +64,10 @@ def models():
 
 @pytest.fixture(scope="module")
 def utk_context(utk, models):
-    """A first pass over the utkface faces with its defaults (no labels anywhere)."""
-    table = collect_faces([(p, _padded(Path(p))) for p in utk], *models)
+    """A first pass over the utkface faces with its defaults (no labels anywhere), their edges
+    extended (``padded``): the crops cut the head so close that no face of them could otherwise
+    serve as a donor (its outline must lie inside the image)."""
+    table = collect_faces([(p, padded(Path(p))) for p in utk], *models)
     return table, context_from_table(table)
 
 
@@ -204,52 +199,33 @@ def test_context_around_the_face_no_longer_matches_the_original(utk_context, mod
     assert default <= CONTEXT_SIMILARITY < v1
 
 
-# Eyeglass frames, found by eye on three utkface_dev photos of the first pass above: points
-# (x, y) of the 200 x 200 originals that lie on a frame (bridge, inner, lower rims), picked
-# on 5x enlargements, each moved to the darkest pixel of its 5 x 5 neighbourhood. Two more
-# picked on the second photo, (100, 53) and (110, 64), are left out: where the bridge meets
-# the brows' inner ends they come within 0-2 px of the eyes and brows (never kept from the
-# original) when the photo moves by up to 3 px; every point here stays 5 px or more away.
-FRAMES = {
-    "images/23_0_2_20170107213747034.jpg.chip.jpg":
-        [(96, 55), (105, 56), (110, 72), (53, 92), (133, 94)],
-    "images/50_1_1_20170120220813715.jpg.chip.jpg":
-        [(58, 78), (132, 79), (143, 80), (93, 58)],
-    "images/54_0_0_20170111171747438.jpg.chip.jpg":
-        [(48, 82), (64, 83), (132, 87), (143, 87), (90, 66), (110, 71)],
-}  # fmt: skip
 EYE_BAND = (slice(50, 90), slice(40, 160))  # rows, columns of the originals: both eyes, lenses
 
 
 def test_glasses_frames_are_kept_and_the_eyes_are_not(utk_context, models):
     """Issue 12 finding: glasses disappeared. On real photos with glasses, the frame pixels
-    (chosen by hand, above) come out as in the original, while the eyes behind the lenses are
-    the surrogate's; the same key gives the same bytes. The photo is also moved by a pixel or
-    two: the landmarks then move by several (one CI machine's detector did the same), and a
-    piece of rim that no ray met first was once dropped from the frame."""
+    marked by hand (``tests/data/glasses_frames.csv``, rims) come out as in the original, while
+    the eyes behind the lenses are the surrogate's; the same key gives the same bytes. The photo
+    is also moved by a pixel or two: the landmarks then move by several (a CI machine's float
+    arithmetic did the same once), and a piece of rim that no ray met first was dropped."""
     _, context = utk_context
-    root = shared_path("data", "utkface_dev")
-    for path, points in FRAMES.items():
+    for path, marked in frame_points(shared_path("data", "utkface_dev")).items():
+        rims = [p for p in marked if p[2] == "rim"]
         for dx, dy in ((0, 0), (1, 0), (0, 1), (-1, 2)):
-            pads = (PAD + dy, PAD - dy, PAD + dx, PAD - dx)  # top, bottom, left, right
-            image = cv2.copyMakeBorder(_rgb(root / path), *pads, cv2.BORDER_REPLICATE)
+            image = padded(path, dx, dy)
             method = Surrogate(KEY, context)
             result = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], method)(image)
-            where = f"{path} moved by ({dx}, {dy})"
+            where = f"{path.name} moved by ({dx}, {dy})"
             assert result.ok and result.output.methods == ("surrogate",), where
-            out = result.output.image.astype(np.int16)
-            before = image.astype(np.int16)
-            for x, y in points:
-                cx, cy = x + PAD + dx, y + PAD + dy
-                window = (slice(cy - 1, cy + 2), slice(cx - 1, cx + 2))
-                gap = np.abs(out[window] - before[window])
-                assert gap.mean() <= 6, f"{where}: frame at ({x}, {y}) changed by {gap.mean():.0f}"
+            changes = frame_changes(image, result.output.image, rims, dx, dy)
+            lost = [(x, y, round(c)) for (x, y, _), c in zip(rims, changes, strict=True) if c > 6]
+            assert not lost, f"{where}: frame points (x, y, change) not kept: {lost}"
             rows, cols = (
                 slice(r.start + PAD + d, r.stop + PAD + d)
                 for r, d in ((EYE_BAND[0], dy), (EYE_BAND[1], dx))
             )
-            band = (rows, cols)
-            assert np.abs(out[band] - before[band]).mean() >= 8, f"{where}: eyes kept"
+            gap = np.abs(result.output.image[rows, cols].astype(np.int16) - image[rows, cols])
+            assert gap.mean() >= 8, f"{where}: eyes kept"
         again = FaceAnonymizer(AnonConfig(method="surrogate"), models[0], Surrogate(KEY, context))
         assert np.array_equal(again(image).output.image, result.output.image)
 
