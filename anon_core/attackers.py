@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from faceveil.anon_core.dlibnet import DlibResNet
 from faceveil.anon_core.embeddings import DlibEmbedder, InsightFaceEmbedder, align_112
 from faceveil.anon_core.models import dlib_model, sha256_file
 
@@ -67,14 +68,13 @@ class DlibAttacker:
 
     name = "dlib_resnet"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
         import dlib
 
         self._dlib = dlib
         self._shape = dlib.shape_predictor(str(dlib_model("shape_predictor_5_face_landmarks.dat")))
-        weights = dlib_model("dlib_face_recognition_resnet_model_v1.dat")
-        self._net = dlib.face_recognition_model_v1(str(weights))
-        self.info = {"name": self.name, "kind": "dlib", "sha256": sha256_file(str(weights))}
+        self._net = DlibResNet(threads)
+        self.info = {"name": self.name, "kind": "dlib", "sha256": sha256_file(str(self._net.path))}
 
     def guide(self, image: np.ndarray, box: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
         rect = self._dlib.rectangle(*(int(v) for v in box[:4]))
@@ -87,8 +87,7 @@ class DlibAttacker:
         for i, (image, g) in enumerate(zip(images, guides, strict=True)):
             rect = self._dlib.rectangle(*(int(v) for v in g[:4]))
             parts = [self._dlib.point(int(x), int(y)) for x, y in g[4:].reshape(-1, 2)]
-            shape = self._dlib.full_object_detection(rect, parts)
-            out[i] = list(self._net.compute_face_descriptor(np.ascontiguousarray(image), shape))
+            out[i] = self._net.describe(image, [self._dlib.full_object_detection(rect, parts)])[0]
         return _normalise(out)
 
 
@@ -98,7 +97,7 @@ def build_attackers(
     """One attacker per recognition ONNX; dlib's recognizer when none is given."""
     if not model_paths:
         log.info("no attacker model given: using dlib's ResNet recognizer")
-        return [DlibAttacker()]
+        return [DlibAttacker(threads)]
     return [OnnxAttacker(p, device, threads) for p in model_paths]
 
 

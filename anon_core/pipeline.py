@@ -43,7 +43,7 @@ def build_embedder(config: AnonConfig) -> Embedder:
     """The identity embedder ``config`` asks for: its InsightFace recognizer, else dlib's."""
     if config.recognizer:
         return InsightFaceEmbedder(config.recognizer, config.device, config.threads)
-    return DlibEmbedder()
+    return DlibEmbedder(config.threads)
 
 
 class FaceAnonymizer:

@@ -44,8 +44,10 @@ from faceveil.anon_core.surrogate.donors import DonorBank
 # before it carry no revision). 3: turned faces refitted from the detector's five points
 # (``landmarks.Dlib68``) get a surrogate, not a mask, and join the first pass's faces. 4: donors
 # lined up by optical flow before they are averaged (``donors.line_up``). 5: pieces of a glasses
-# frame a small gap apart are kept as one frame (``glasses.LINK``).
-RENDERER = 5
+# frame a small gap apart are kept as one frame (``glasses.LINK``). 6: dlib's recognizer runs in
+# onnxruntime (``anon_core.dlibnet``); its descriptors, which pick donors and link a person's
+# faces, differ from dlib's own by up to 1e-6.
+RENDERER = 6
 # ``--privacy`` by default: of 0.5, 0.6, 0.65 and 0.75 on the full lfw_dev (BENCHMARKS.md, issue
 # 12), the lowest whose worst rank-1 was within 3%; its head-pose change is within 2.5 degrees.
 DEFAULT_PRIVACY = 0.6

@@ -90,7 +90,7 @@ def load_models(config: EvalConfig) -> EvalModels:
     detector = build_detector(config.detector, config.model_root, **opts)
     attackers = build_attackers(config.attacker_models, **opts)
     if config.dlib_attacker and config.attacker_models:
-        attackers.append(DlibAttacker())
+        attackers.append(DlibAttacker(config.threads))
     models = EvalModels(detector, attackers)
     models.info = {
         "detector": detector_info(detector),
@@ -109,8 +109,10 @@ def load_models(config: EvalConfig) -> EvalModels:
         dlib_attackers = [a for a in models.attackers if isinstance(a, DlibAttacker)]
         if config.attribute_judge == "attacker":
             models.featurizer = models.attackers[0]
+        elif dlib_attackers:
+            models.featurizer = dlib_attackers[0]
         else:
-            models.featurizer = dlib_attackers[0] if dlib_attackers else DlibAttacker()
+            models.featurizer = DlibAttacker(config.threads)
         data = load_attribute_set(config.attributes)
         models.attributes = fit_attribute_model(data, detector, models.featurizer, config.progress)
         if config.attribute_judge == "both":
