@@ -6,7 +6,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from faceveil.anon_core.methods.baselines import BLUR_STRENGTH, PIXELATE_BLOCKS
+from faceveil.anon_core.methods.baselines import (
+    BLUR_STRENGTH,
+    PIXELATE_BLOCKS,
+    REGION_GROW,
+    WIDE_GROW,
+)
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.anon_core.surrogate.synthesis import RENDERER
 from faceveil.jobs.datawriter import OutputFormat
@@ -100,30 +105,28 @@ class ChangedDefault:
     now: float
     drawn: str
 
-    def recorded(self, config: dict, value: float) -> dict | None:
-        """A job's recorded config with ``option`` set to ``value`` where it recorded none
-        (jobs written before it was recorded), or None for any other job."""
-        anon = config.get("anon") or {}
-        options = anon.get("method_options") or {}
-        if CHANGED_DEFAULTS.get(anon.get("method")) is not self or self.option in options:
-            return None
-        return {**config, "anon": {**anon, "method_options": {**options, self.option: value}}}
 
-
+# blur's and pixelate's reach before jobs recorded it: mask's
+_GROW = ChangedDefault("grow", REGION_GROW, WIDE_GROW, "its regions were the face box grown by {}")
 CHANGED_DEFAULTS = {
-    "pixelate": ChangedDefault(
-        "blocks",
-        EARLIER_PIXELATE_BLOCKS,
-        PIXELATE_BLOCKS,
-        "its mosaics were drawn with {} cells across",
+    "pixelate": (
+        ChangedDefault("blocks", EARLIER_PIXELATE_BLOCKS, PIXELATE_BLOCKS,
+                       "its mosaics were drawn with {} cells across"),
+        _GROW,
     ),
-    "blur": ChangedDefault(
-        "strength",
-        EARLIER_BLUR_STRENGTH,
-        BLUR_STRENGTH,
-        "its blurs had a sigma of {} of the region",
+    "blur": (
+        ChangedDefault("strength", EARLIER_BLUR_STRENGTH, BLUR_STRENGTH,
+                       "its blurs had a sigma of {} of the region"),
+        _GROW,
     ),
-}
+}  # fmt: skip
+
+
+def _with_options(config: dict, values: dict) -> dict:
+    """A job's recorded config with ``values`` added to its method options."""
+    anon = config.get("anon") or {}
+    options = {**(anon.get("method_options") or {}), **values}
+    return {**config, "anon": {**anon, "method_options": options}}
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,8 @@ class JobConfig:
         """The part of the config that determines output bytes (recorded in job.json)."""
         anon = asdict(self.anon)
         anon["method_options"] = dict(self.anon.method_options)
-        changed = CHANGED_DEFAULTS.get(self.anon.method)
-        if changed is not None:  # its default changed: a resume must not mix the two
+        for changed in CHANGED_DEFAULTS.get(self.anon.method, ()):
+            # its default changed: a resume must not mix the two
             anon["method_options"].setdefault(changed.option, changed.now)
         anon.pop("threads", None)
         anon.pop("image_format", None)  # decided by data.image_format and the input (JobRun)
@@ -187,22 +190,14 @@ class JobConfig:
         """None when this config may resume the job of ``recorded`` (its job.json), else why
         not. Only the same output config resumes: a surrogate job recorded by another renderer
         revision (none recorded: before revision 2), or a pixelate or blur job recorded before its
-        cells or strength were (``CHANGED_DEFAULTS``), is refused with that reason, since its
-        shards would not match the new ones."""
+        cells, strength or reach were (``CHANGED_DEFAULTS``), is refused with that reason, since
+        its shards would not match the new ones."""
         if recorded.get("config_sha256") == self.output_config_sha256():
             return None
         config = recorded.get("config") or {}
-        ours = self.output_config_sha256()
-        changed = CHANGED_DEFAULTS.get((config.get("anon") or {}).get("method"))
-        if changed is not None and changed.recorded(config, changed.earlier) is not None:
-            if _config_sha256(changed.recorded(config, changed.earlier)) == ours:
-                return None  # recorded before the option was, and drawn with the same value
-            if _config_sha256(changed.recorded(config, changed.now)) == ours:
-                return (
-                    f"{changed.drawn.format(changed.earlier)} (the earlier default), and this "
-                    f"config draws {changed.now}; one dataset cannot mix the two: finish it "
-                    "with the faceveil that started it, or choose a new output"
-                )
+        decided, refusal = self._earlier_defaults(config)
+        if decided:
+            return refusal
         if self.anon.method == "surrogate":
             surrogate = config.get("surrogate") or {}
             renderer = surrogate.get("renderer", 1)
@@ -215,6 +210,30 @@ class JobConfig:
         return (
             "it holds a job with another config; --resume needs the same method, detector "
             "and options"
+        )
+
+    def _earlier_defaults(self, config: dict) -> tuple[bool, str | None]:
+        """For a job recorded before some of its method's options were (``CHANGED_DEFAULTS``):
+        (True, None) when it drew what this config draws, (True, why not) when only those
+        options' values differ; (False, None) for any other job."""
+        anon = config.get("anon") or {}
+        options = anon.get("method_options") or {}
+        changes = CHANGED_DEFAULTS.get(anon.get("method"), ())
+        missing = [c for c in changes if c.option not in options]
+        ours = self.output_config_sha256()
+        if not missing:
+            return False, None
+        if _config_sha256(_with_options(config, {c.option: c.earlier for c in missing})) == ours:
+            return True, None
+        mine = self.output_config()["anon"]["method_options"]
+        drawn_as_mine = _with_options(config, {c.option: mine.get(c.option) for c in missing})
+        if _config_sha256(drawn_as_mine) != ours:
+            return False, None
+        c = next(c for c in missing if mine[c.option] != c.earlier)
+        return True, (
+            f"{c.drawn.format(c.earlier)} (the earlier default), and this config draws "
+            f"{mine[c.option]}; one dataset cannot mix the two: finish it with the faceveil "
+            "that started it, or choose a new output"
         )
 
 

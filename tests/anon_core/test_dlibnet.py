@@ -73,8 +73,8 @@ def test_the_embedder_gives_dlibs_descriptors_normalised(dlib_parts):
 def test_dlibs_compact_fields_read_as_written():
     """Known answers from dlib's serialization: a string's length, a negative integer, a
     two-byte integer, and the mean red of dlib's input layer (mantissa 16093282, exponent -17)."""
-    data = bytes.fromhex("010d") + b"loss_metric_2" + bytes.fromhex("8105" "028012")
-    data += bytes.fromhex("036290f5" "8111")
+    data = bytes.fromhex("010d") + b"loss_metric_2" + bytes.fromhex("8105028012")
+    data += bytes.fromhex("036290f58111")
     r = _Reader(data, 0)
     assert r.string() == "loss_metric_2"
     assert r.integer() == -5

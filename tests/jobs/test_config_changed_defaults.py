@@ -1,12 +1,17 @@
 """Pixelate's default is 3 cells across (issue 13: the worst attack on lfw_dev scored 4.5% with
-8 cells, 2.5% with 3) and blur's sigma 0.75 of the region (9.2% at the earlier 1/8, 2.7% at
-0.75); a job records the cells or strength it drew with, so that a --resume never mixes two
-looks in one dataset."""
+8 cells, 2.5% with 3), blur's sigma 0.75 of the region (9.2% at the earlier 1/8, 2.7% at 0.75),
+and both reach 0.6 of the box past it (over three identity splits, 3.3% each at the earlier
+0.3; 2.4% and 2.2% at 0.6); a job records the cells, strength and reach it drew with, so that a
+--resume never mixes two looks in one dataset."""
 
 from dataclasses import replace
 
+import numpy as np
+import pytest
+
+from faceveil.anon_core.faces import Faces
 from faceveil.anon_core.methods import create
-from faceveil.anon_core.methods.baselines import BLUR_STRENGTH, PIXELATE_BLOCKS
+from faceveil.anon_core.methods.baselines import BLUR_STRENGTH, PIXELATE_BLOCKS, WIDE_GROW
 from faceveil.anon_core.pipeline import AnonConfig
 from faceveil.jobs.config import JobConfig
 
@@ -23,8 +28,9 @@ def test_the_default_mosaic_has_three_cells_across_the_face():
 
 
 def test_a_job_records_the_cells_it_draws_with(tmp_path):
-    assert _job(tmp_path).output_config()["anon"]["method_options"] == {"blocks": 3}
-    assert _job(tmp_path, blocks=8).output_config()["anon"]["method_options"] == {"blocks": 8}
+    options = {"blocks": 3, "grow": 0.6}
+    assert _job(tmp_path).output_config()["anon"]["method_options"] == options
+    assert _job(tmp_path, blocks=8).output_config()["anon"]["method_options"]["blocks"] == 8
 
 
 def _earlier(config: JobConfig, option: str = "blocks") -> dict:
@@ -66,7 +72,8 @@ def test_the_default_blur_leaves_a_smooth_patch_and_jobs_record_its_strength(tmp
     assert blur.strength == BLUR_STRENGTH == 0.75
     plan = blur.plan(160, 120)
     assert (plan.width, plan.height) == (4, 5) and plan.sigma == 4.0
-    assert _job(tmp_path, "blur").output_config()["anon"]["method_options"] == {"strength": 0.75}
+    options = {"strength": 0.75, "grow": 0.6}
+    assert _job(tmp_path, "blur").output_config()["anon"]["method_options"] == options
 
 
 def test_a_blur_job_of_the_earlier_default_is_refused_with_the_reason(tmp_path):
@@ -78,3 +85,36 @@ def test_a_blur_job_of_the_earlier_default_is_refused_with_the_reason(tmp_path):
     assert refusal is not None and "0.125" in refusal and "draws 0.75" in refusal, refusal
     assert _job(tmp_path, "blur", strength=0.125).resume_refusal(earlier) is None
     assert _job(tmp_path, "blur", strength=0.5).resume_refusal(earlier) is not None
+
+
+def test_blur_and_pixelate_reach_over_the_hairline_and_mask_keeps_its_region():
+    """A 100 x 120 box: blur's and pixelate's region is raised 0.54 of the box's height above it
+    (mask's 0.27) and is 1.6 box widths wide (mask's 1.3)."""
+    faces = Faces(np.array([[100, 100, 200, 220, 0.9]], np.float32), np.zeros((1, 10), np.float32))
+    assert create("blur").grow == create("pixelate").grow == WIDE_GROW == 0.6
+    for name in ("blur", "pixelate"):
+        assert create(name).regions(faces, (480, 640, 3)).tolist() == [[70, 35, 230, 253]]
+    assert create("mask").regions(faces, (480, 640, 3)).tolist() == [[85, 67, 215, 237]]
+    assert _job_options("mask") == {}
+
+
+def _job_options(method: str) -> dict:
+    config = JobConfig("in", "out", anon=AnonConfig(method=method))
+    return config.output_config()["anon"]["method_options"]
+
+
+@pytest.mark.parametrize("method, recorded", [("blur", {"strength": 0.75}),
+                                              ("pixelate", {"blocks": 3})])  # fmt: skip
+def test_a_job_written_before_the_reach_was_recorded_is_refused_with_the_reason(
+    tmp_path, method, recorded
+):
+    """job.json of the release before: its method's other option, no ``grow`` (it drew 0.3).
+    Today's default is refused with that reason; a config asking for 0.3 resumes it."""
+    config = _job(tmp_path, method)
+    earlier = config.output_config()
+    earlier["anon"]["method_options"] = dict(recorded)
+    earlier = {"config": earlier, "config_sha256": "0" * 64}
+    refusal = config.resume_refusal(earlier)
+    assert refusal is not None and "grown by 0.3" in refusal and "draws 0.6" in refusal, refusal
+    assert _job(tmp_path, method, grow=0.3).resume_refusal(earlier) is None
+    assert _job(tmp_path, method, grow=0.45).resume_refusal(earlier) is not None
