@@ -23,12 +23,13 @@ def blind():
 
 
 def _box_change(result, box) -> tuple[float, float]:
-    """Mean absolute pixel change inside ``box`` (pixels) and outside the grown region."""
+    """Mean absolute pixel change inside ``box`` (pixels) and in the top 8 rows, outside the
+    grown region (blur reaches 0.54 of the box's height above it: row 10 for this box)."""
     before = result.original.rgb.astype(np.int16)
     after = decode_image(result.encoded).rgb.astype(np.int16)
     x1, y1, x2, y2 = box
     inside = np.abs(after[y1:y2, x1:x2] - before[y1:y2, x1:x2]).mean()
-    return float(inside), float(np.abs(after[:20] - before[:20]).mean())
+    return float(inside), float(np.abs(after[:8] - before[:8]).mean())
 
 
 def test_a_face_the_detector_misses_is_anonymized_when_its_box_is_given(blind, lfw_face):
