@@ -34,8 +34,10 @@ from faceveil.anon_core.surrogate.attributes import BINARY
 from faceveil.anon_core.surrogate.context import SurrogateContext
 from faceveil.anon_core.surrogate.donors import MIN_DONORS, DonorQuery, skin_tone
 from faceveil.anon_core.surrogate.synthesis import (
+    CONTEXT,
     DEFAULT_PRIVACY,
     MAX_OCCLUDED,
+    SLOW,
     Rendered,
     Synthesizer,
 )
@@ -69,6 +71,10 @@ class Surrogate:
     moves identity-bearing geometry toward the donors' mean shape; ``donors`` is k (>= 4), the
     number of people averaged into one surrogate; ``linkage`` ("person" or "none", see
     ``LINKAGES``) says whether the photos of one person share a surrogate and a pseudonym.
+    ``surround`` is the low-pass of the head's surroundings (hairline, ears, outline) and
+    ``shading`` the scale above which the original's lighting is carried over, both in
+    inter-ocular distances (``Synthesizer``'s ``context`` and ``shading``); BENCHMARKS.md
+    (issue 13) measures what raising them does against learning attackers.
     """
 
     name = "surrogate"
@@ -82,6 +88,8 @@ class Surrogate:
         privacy: float = DEFAULT_PRIVACY,
         donors: int = 6,
         linkage: str = "person",
+        surround: float = CONTEXT,
+        shading: float = SLOW,
     ) -> None:
         self._key = check_key(key)
         if linkage not in LINKAGES:
@@ -104,7 +112,7 @@ class Surrogate:
         self._estimator = TraitEstimator() if context.traits else None
         # With estimated gender and age, donors are ranked by skin tone only (see DonorQuery).
         self.distance_weight = 0.0 if context.traits and not context.attributes else 1.0
-        self.synthesizer = Synthesizer(context.bank, privacy)
+        self.synthesizer = Synthesizer(context.bank, privacy, context=surround, shading=shading)
         self.fallback = BoxMask()
         self.linkage = linkage
         self._faces: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()

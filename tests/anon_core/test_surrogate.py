@@ -246,6 +246,10 @@ def test_rejects_bad_settings_without_showing_the_key(context):
         Surrogate("not bytes", context)
     with pytest.raises(ValueError, match="identities"):
         Surrogate(KEY_A, context, donors=40)
+    with pytest.raises(ValueError, match="context must be >= 0 and shading > 0"):
+        Surrogate(KEY_A, context, surround=-0.1)
+    with pytest.raises(ValueError, match="context must be >= 0 and shading > 0"):
+        Surrogate(KEY_A, context, shading=0.0)
     shown = repr(Surrogate(KEY_A, context))
     assert KEY_A.hex() not in shown and repr(KEY_A) not in shown and "hidden" in shown
 
@@ -385,3 +389,19 @@ def test_recognizer_config_and_embedder_mismatch_quarantines(models, context, ph
     result = runner(photos["obama2.jpg"])
     assert result.status == "quarantined" and result.stage == "anonymize"
     assert KEY_A.hex() not in result.reason
+
+
+def test_a_stronger_surround_low_pass_changes_only_the_surroundings(anonymizer, context, photos):
+    """``surround`` (the low-pass of hairline, ears and outline) changes pixels around the face,
+    not the face the default renders; 0 keeps the surroundings as they are."""
+    image = photos["obama2.jpg"]
+    faces = _faces(anonymizer, image)
+    default = anonymizer.method(image, faces).image.astype(np.int16)
+    stronger = Surrogate(KEY_A, context, surround=1.0)(image, faces).image.astype(np.int16)
+    kept = Surrogate(KEY_A, context, surround=0.0)(image, faces).image.astype(np.int16)
+    moved = np.abs(stronger - default).max(axis=2) > 8
+    assert moved.sum() > 2000
+    inner = np.zeros(image.shape[:2], np.uint8)  # eyes, nose and mouth (brow ends reach the edge)
+    cv2.fillConvexPoly(inner, cv2.convexHull(faces.landmarks68[0][27:].astype(np.int32)), 1)
+    assert inner.sum() > 5000 and not moved[inner.astype(bool)].any()
+    assert (np.abs(kept - default).max(axis=2) > 8).sum() > 1000
