@@ -44,7 +44,7 @@ def surrogate_from_context(
     key: bytes, context: SurrogateContext, options: Mapping[str, object]
 ) -> Anonymizer:
     """The registry's ``surrogate`` for ``key`` on a first pass's ``context``; ``options`` are
-    the method's own (``privacy``, ``donors``, ``linkage``)."""
+    the method's own (``privacy``, ``donors``, ``linkage``, ``surround``, ``shading``)."""
     return methods.create("surrogate", key=key, context=context, **dict(options))
 
 
