@@ -170,7 +170,7 @@ def _structure(layers: list[Layer]) -> _Net:
     units, k = [], 5
     while k < len(layers) - 2:
         unit = kinds[k : k + 5]
-        pooled = kinds[k + 5] == "avg_pool"
+        pooled = kinds[k + 5 : k + 6] == ["avg_pool"]
         tail = kinds[k + 5 + pooled : k + 7 + pooled]
         if unit != ["conv", "affine", "relu", "conv", "affine"] or tail != ["add", "relu"]:
             raise ValueError(f"not a residual unit at layer {k}: {kinds[k : k + 8]}")

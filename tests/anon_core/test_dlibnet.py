@@ -116,6 +116,9 @@ def test_a_file_that_is_not_the_network_is_refused(tmp_path):
     truncated.write_bytes(dlib_model(WEIGHTS).read_bytes()[:100_000])
     with pytest.raises(ValueError):
         onnx_model(truncated)
+    no_fc = _rewritten(tmp_path, b"\x01\x04fc_2", b"\x01\x04xx_2")
+    with pytest.raises(ValueError, match="not dlib's ResNet"):
+        onnx_model(no_fc)
     empty = tmp_path / "empty.dat"
     empty.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="not dlib's ResNet"):
