@@ -17,13 +17,12 @@ and chance.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import missing_shared, shared_root
+from bench.common import lfw_dev_parser, missing_shared
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.imageio import decode_image
 from faceveil.anon_core.landmarks import Dlib68
@@ -69,8 +68,7 @@ def rank1(ids: np.ndarray, x: np.ndarray, seed: int) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(shared_root() / "data" / "lfw_dev"))
+    p = lfw_dev_parser(__doc__)
     p.add_argument("--splits", type=int, default=3)
     args = p.parse_args(argv)
     if missing_shared("bench_attribute_floor", Path(args.data) / "manifest.csv"):

@@ -11,7 +11,6 @@ smallest cosine).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import dlib
 import numpy as np
 
-from bench.common import missing_shared, shared_root
+from bench.common import lfw_dev_parser, missing_shared
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.dlibnet import WEIGHTS, DlibResNet
 from faceveil.anon_core.imageio import decode_image
@@ -62,8 +61,7 @@ def measure(data: Path, images: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(shared_root() / "data" / "lfw_dev"))
+    p = lfw_dev_parser(__doc__)
     p.add_argument("--images", type=int, default=300)
     args = p.parse_args(argv)
     if missing_shared("bench_dlibnet", Path(args.data) / "manifest.csv"):
