@@ -71,6 +71,10 @@ def frame_points(root: Path) -> dict[Path, list[tuple[int, int, str]]]:
     return points
 
 
+# A marked frame point whose 3 x 3 pixels changed by this much or less (0-255) was kept.
+KEPT_CHANGE = 6
+
+
 def frame_changes(
     before: np.ndarray, after: np.ndarray, points: list[tuple[int, int, str]], dx: int, dy: int
 ) -> list[float]:
@@ -84,10 +88,10 @@ def frame_changes(
     return changes
 
 
-def frames_when_moved(root: Path, context, reach: int) -> dict[str, tuple[int, int, int]]:
-    """Per kind of point (``rim``, ``brows``): points kept (changed by 6 or less), points
-    checked, and runs (photo and move) that lost one, over every move up to ``reach`` px."""
-    detector = build_detector("centerface", threads=1)
+def frames_when_moved(root: Path, detector, context, reach: int) -> dict[str, tuple[int, int, int]]:
+    """Per kind of point (``rim``, ``brows``): points kept (changed by ``KEPT_CHANGE`` or less),
+    points checked, and runs (photo and move) that lost one, over every move up to ``reach``
+    px."""
     anonymize = FaceAnonymizer(AnonConfig(method="surrogate"), detector, Surrogate(KEY, context))
     counts = {kind: [0, 0, 0] for kind in ("rim", "brows")}
     moves = [(dx, dy) for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1)]
@@ -96,7 +100,11 @@ def frames_when_moved(root: Path, context, reach: int) -> dict[str, tuple[int, i
             image = padded(path, dx, dy)
             changes = frame_changes(image, anonymize(image).output.image, points, dx, dy)
             for kind, tally in counts.items():
-                kept = [c <= 6 for c, (_, _, w) in zip(changes, points, strict=True) if w == kind]
+                kept = [
+                    c <= KEPT_CHANGE
+                    for c, (_, _, w) in zip(changes, points, strict=True)
+                    if w == kind
+                ]
                 tally[0] += sum(kept)
                 tally[1] += len(kept)
                 tally[2] += not all(kept)
@@ -138,7 +146,7 @@ def _no_hair(donor):
     return replace(donor, traits=traits)
 
 
-def glasses_found(images: dict[str, np.ndarray], context, worn: dict[str, str]) -> dict:
+def glasses_found(images: dict[str, np.ndarray], detector, context, worn: dict[str, str]) -> dict:
     """Faces whose frames were found, with and without glasses; CPU ms per surrogate with
     and without the frame search."""
     search = glasses.frames
@@ -149,7 +157,6 @@ def glasses_found(images: dict[str, np.ndarray], context, worn: dict[str, str]) 
         found.append(bool(mask.any()))
         return mask
 
-    detector = build_detector("centerface", threads=1)
     result = {}
     for name, finder in (("with", recording), ("without", lambda a, *_: np.zeros(a.shape, bool))):
         glasses.frames = finder
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"facial-hair score: {1000 * (time.process_time() - start) / timed:.2f} ms CPU per face")
 
     context = context_from_table(table)
-    result = glasses_found(images, context, worn)
+    result = glasses_found(images, models[0], context, worn)
     hits, ms = result["with"]
     print(
         f"glasses: frames kept on {hits[True]} of {len(worn)} faces with glasses, lines kept"
@@ -214,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.moves:
         side = 2 * args.moves + 1
-        for kind, (kept, checked, lost) in frames_when_moved(root, context, args.moves).items():
+        for kind, (kept, checked, lost) in frames_when_moved(
+            root, models[0], context, args.moves
+        ).items():
             print(
                 f"marked frame points ({kind}) kept over {side} x {side} moves of up to"
                 f" {args.moves} px: {kept} of {checked}; runs that lost one: {lost}"
