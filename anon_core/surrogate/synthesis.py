@@ -17,11 +17,14 @@ For one face, with the original's 68 points and a donor set's mean texture and m
    appearance (hands, hair, a mask, a patch), and eyeglass frames found by their shape
    (``glasses``), keep their original values exactly, as does
    the inside of an open mouth (taken from the warped original);
-6. a feathered mask blends the face in;
+6. the photo's level of fine detail, octave by octave up to 0.07 inter-ocular distances, is
+   given back as seeded noise (``grain``: the mean of k donors is smoother than any photo);
+   a feathered mask blends the face in;
 7. the head's surroundings that a recognizer's aligned crop holds (hair line, forehead edge,
    ears, head outline: what re-identified people once the inner face was replaced) are
    low-passed: a Gaussian of ``context`` inter-ocular distances over an ellipse about
-   1.8 x 1.9 inter-ocular distances around the eyes, feathered out, the face itself untouched;
+   1.8 x 1.9 inter-ocular distances around the eyes, feathered out, the face itself untouched,
+   and the photo's pixel-level grain is given back there;
 8. a grey photo gets a grey face.
 
 Every changed pixel lies inside the ring, or inside that context ellipse when ``context`` > 0.
@@ -35,7 +38,7 @@ import cv2
 import numpy as np
 
 from faceveil.anon_core.surrogate import geometry as geo
-from faceveil.anon_core.surrogate import glasses
+from faceveil.anon_core.surrogate import glasses, grain
 from faceveil.anon_core.surrogate.donors import DonorBank
 
 # The renderer's revision, recorded in a surrogate job's config: raised whenever the same inputs,
@@ -46,8 +49,9 @@ from faceveil.anon_core.surrogate.donors import DonorBank
 # lined up by optical flow before they are averaged (``donors.line_up``). 5: pieces of a glasses
 # frame a small gap apart are kept as one frame (``glasses.LINK``). 6: dlib's recognizer runs in
 # onnxruntime (``anon_core.dlibnet``); its descriptors, which pick donors and link a person's
-# faces, differ from dlib's own by up to 1e-6.
-RENDERER = 6
+# faces, differ from dlib's own by up to 1e-6. 7: the photo's level of fine detail, octave by
+# octave, is given back to the face and its surroundings as seeded noise (``grain``).
+RENDERER = 7
 # ``--privacy`` by default: of 0.5, 0.6, 0.65 and 0.75 on the full lfw_dev (BENCHMARKS.md, issue
 # 12), the lowest whose worst rank-1 was within 3%; its head-pose change is within 2.5 degrees.
 DEFAULT_PRIVACY = 0.6
@@ -164,7 +168,7 @@ class Synthesizer:
         seed: int = 0,
     ) -> Rendered:
         """Render one surrogate face over ``image`` (RGB uint8, not modified); ``seed`` fixes
-        the film grain added to match the original's noise."""
+        the noise that gives back the photo's level of fine detail (``grain``)."""
         src = geo.extend_landmarks(np.asarray(points68, np.float64))
         tgt = geo.extend_landmarks(self.target_shape(points68, donor_shape))
         ring = self._ring(src)
@@ -195,16 +199,22 @@ class Synthesizer:
             mouth[:] = False  # an occluded mouth: its inside is not shown
         eyes_t, lips_t = _feature_zones(shape, tgt, offset, iod)
         skin = face & ~occ_t & ~eyes_t & ~lips_t
-        matched = _ColourMatch(
-            base, synth, skin if skin.sum() >= 64 else face & ~occ_t, self.shading * iod
-        )
-        rendered = matched(synth) + _grain(base, synth, face & ~occ_t, seed)[..., None]
+        skin = skin if skin.sum() >= 64 else face & ~occ_t
+        matched = _ColourMatch(base, synth, skin, self.shading * iod)
+        rendered = matched(synth)
+        # The photo's own level of fine detail, octave by octave, measured on its skin (the
+        # original's geometry) and added as seeded noise (``grain``).
+        eyes_s, lips_s = _feature_zones(shape, src, offset, iod)
+        own_skin = (original, src_face & ~occ & ~eyes_s & ~lips_s)
+        rendered += grain.missing_detail(own_skin, (rendered, skin), iod, seed)[..., None]
         alpha = _alpha(face, mouth, iod)
         pixels = base + alpha[..., None] * (rendered - base)
         if self.context > 0:
             # The face (open mouth included) is left alone; only what lies around it is changed.
             inside = _alpha(face | mouth, np.zeros_like(mouth), iod)
-            pixels = self._low_pass(pixels, inside, np.asarray(points68, np.float64) - offset)
+            around = (original, ~src_face & ~occ)
+            own = np.asarray(points68, np.float64) - offset
+            pixels = self._low_pass(pixels, inside, own, around, seed)
         if occ.any():
             # Occluders stay where they are, blended out into the surrogate around them.
             keep = _soften(occ, 0.06 * iod)[..., None]
@@ -216,9 +226,18 @@ class Synthesizer:
         occluded = float(occ[src_face].mean()) if src_face.any() else 0.0
         return Rendered(box, pixels, occluded)
 
-    def _low_pass(self, pixels: np.ndarray, alpha: np.ndarray, points68: np.ndarray) -> np.ndarray:
+    def _low_pass(
+        self,
+        pixels: np.ndarray,
+        alpha: np.ndarray,
+        points68: np.ndarray,
+        around: tuple[np.ndarray, np.ndarray],
+        seed: int,
+    ) -> np.ndarray:
         """``pixels`` with the head's surroundings (the context ellipse, outside the rendered
-        face) replaced by their Gaussian low-pass; ``points68`` in box coordinates."""
+        face) replaced by their Gaussian low-pass, with the pixel-level grain of ``around``
+        (the original and its pixels outside the face) given back by seeded noise;
+        ``points68`` in box coordinates."""
         _, _, iod = geo.eye_frame(points68)
         zone = np.zeros(alpha.shape, np.uint8)
         outline = np.round(_context_outline(points68) * 16).astype(np.int32)
@@ -226,7 +245,12 @@ class Synthesizer:
         weight = cv2.GaussianBlur(zone.astype(np.float32), (0, 0), max(1.0, _CONTEXT_DROP * iod))
         weight *= 1.0 - alpha
         soft = cv2.GaussianBlur(pixels, (0, 0), max(0.5, self.context * float(iod)))
-        return pixels + weight[..., None] * (soft - pixels)
+        ring = zone > 0
+        original, outside = around
+        detail = grain.missing_detail(
+            (original, ring & outside), (soft, ring & (weight > 0.5)), iod, (seed, 1), grain.GRAIN
+        )
+        return pixels + weight[..., None] * (soft + detail[..., None] - pixels)
 
     def _follow_mask(
         self, mask: np.ndarray, src: np.ndarray, tgt: np.ndarray, ring: np.ndarray, box: tuple
@@ -413,24 +437,6 @@ def _grow(lab: np.ndarray, region: np.ndarray, scale: np.ndarray) -> np.ndarray:
     _, labels = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
     touched = np.unique(labels[region])
     return np.isin(labels, touched[touched > 0])
-
-
-def _noise_level(rgb: np.ndarray, mask: np.ndarray) -> float:
-    grey = rgb.astype(np.float32).mean(axis=2)
-    detail = grey - cv2.GaussianBlur(grey, (0, 0), 1.0)
-    return float(1.4826 * np.median(np.abs(detail[mask]))) if mask.any() else 0.0
-
-
-def _grain(base: np.ndarray, synth: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
-    """Deterministic grey noise that brings the surrogate's fine detail up to the original's:
-    an average of several faces, enlarged, is smoother than any photo of a face."""
-    missing = _noise_level(base, mask) ** 2 - _noise_level(synth, mask) ** 2
-    if missing <= 0:
-        return np.zeros(mask.shape, np.float32)
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(mask.shape).astype(np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), 0.6)
-    return noise * (min(np.sqrt(missing), 8.0) / max(float(noise.std()), 1e-6))
 
 
 def _soften(mask: np.ndarray, width: float) -> np.ndarray:

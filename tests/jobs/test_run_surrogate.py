@@ -104,7 +104,7 @@ def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, s
         "donors": 4,
         "linkage": "person",
     }
-    assert job["config"]["surrogate"]["renderer"] == 6
+    assert job["config"]["surrogate"]["renderer"] == 7
     record = job["surrogate"]
     assert record["key_fingerprint"] == key_fingerprint(load_key_file(key))
     first = record["first_pass"]
