@@ -145,14 +145,14 @@ def test_resume_with_another_linkage_is_refused(lfw_job, surrogate_run, capsys):
     assert (surrogate_run / "job.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("earlier", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("earlier", [1, 2, 3, 4, 5, 6])
 def test_a_job_drawn_by_an_earlier_renderer_is_not_resumed(lfw_job, surrogate_run, capsys, earlier):
     """job.json written before renderer revision 2 (the donors' shape posed in 3-D) has no
     ``renderer`` and none of today's fields such as ``linkage``; one written by revision 2
     (before turned faces were refitted) says 2, by revision 3 (before donors were lined
-    up by optical flow) 3, and by revision 4 (before pieces of a glasses frame were joined)
-    4. Its config_sha256 is the SHA-256 of the sorted-key JSON of its config. Its shards hold
-    the old rendering, so a --resume that would add new ones is refused with the reason, and
+    up by optical flow) 3, and so on up to 6 (before the photo's fine detail was given back).
+    Its config_sha256 is the SHA-256 of the sorted-key JSON of its config. Its shards hold the
+    old rendering, so a --resume that would add new ones is refused with the reason, and
     nothing is written."""
     lfw = lfw_job[0]
     old = lfw.root / f"recorded-by-renderer-{earlier}"
@@ -171,7 +171,7 @@ def test_a_job_drawn_by_an_earlier_renderer_is_not_resumed(lfw_job, surrogate_ru
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
     assert lfw.run(old, "--resume") == 1
     err = capsys.readouterr().err
-    assert f"renderer {earlier}" in err and "renderer 6" in err and "new output" in err, err
+    assert f"renderer {earlier}" in err and "renderer 7" in err and "new output" in err, err
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
 
 
