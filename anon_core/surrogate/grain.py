@@ -10,9 +10,14 @@ octave from 0.5 to 8 pixels, at any face size. That is the "softer than the phot
 The original's own fine detail cannot be copied back: it carries moles, scars and freckles. So
 only its *level* is measured, per octave (a difference of Gaussians), as a robust spread over
 skin; what the rendering lacks is added as band-passed Gaussian noise drawn from a seed. Noise
-of the photo's own level per octave also stands in for its sensor noise and JPEG grain. Only
-octaves finer than ``FINEST`` inter-ocular distances are filled: coarser ones are features
-(wrinkles, folds, the brows' edges) that the donors provide, not texture.
+of the photo's own level per octave also stands in for its sensor noise and JPEG grain.
+
+Which octaves: the two finest (``GRAIN``: sensor noise, JPEG) always, and every octave finer
+than one texture pixel as drawn on the face, up to ``FINEST`` inter-ocular distances (coarser
+ones are features: wrinkles, folds, the brows' edges, which the donors provide). Filling the
+averaging's loss at the texture's own scale as well (three octaves on lfw_dev's faces) raised
+dlib's rank-1 on the full lfw_dev from 2.3% to 2.8% and the head-pose change from 2.44 to 2.49
+degrees (``bench_surrogate_leak``), so faces no larger than the texture get the grain only.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ EDGES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 FINEST = 0.07  # octaves whose coarse edge exceeds this many inter-ocular distances are kept
 MAX_LEVEL = 8.0  # grey levels (0-255): no octave gets more added than this spread
 MIN_PIXELS = 64  # fewer measured pixels than this: nothing is added
-# Octaves of pixel-level grain (sensor noise, JPEG): all that is given back to the head's
-# low-passed surroundings, whose coarser octaves (hair strands, edges) would read as blotches.
+# Octaves of pixel-level grain (sensor noise, JPEG): given back at any size, and all that the
+# head's low-passed surroundings get (coarser octaves of hair strands and edges read as blotches).
 GRAIN = 2
 
 
@@ -38,10 +43,13 @@ def _blur(grey: np.ndarray, sigma: float) -> np.ndarray:
     return grey if sigma == 0.0 else cv2.GaussianBlur(grey, (0, 0), sigma)
 
 
-def octaves(iod: float) -> int:
-    """How many octaves (from the finest) a face with this inter-ocular distance gets filled."""
+def octaves(iod: float, enlarged: float = np.inf) -> int:
+    """How many octaves (from the finest) a face with this inter-ocular distance gets filled:
+    those finer than one texture pixel as drawn on the face (``enlarged``: image pixels per
+    texture pixel), at least the ``GRAIN`` finest, none coarser than ``FINEST``."""
     coarse = np.asarray(EDGES[1:])
-    return max(1, int(np.sum(coarse <= FINEST * float(iod))))
+    cap = int(np.sum(coarse <= FINEST * float(iod)))
+    return max(1, min(cap, max(GRAIN, int(np.sum(coarse <= enlarged)))))
 
 
 def bands(grey: np.ndarray, count: int) -> list[np.ndarray]:
@@ -104,21 +112,22 @@ def missing_detail(
     current: tuple[np.ndarray, np.ndarray],
     iod: float,
     seed: int | tuple[int, ...],
-    most: int | None = None,
+    enlarged: float = np.inf,
 ) -> np.ndarray:
     """Grey noise (H x W float32, the shape of ``current``'s image) whose octaves, added to
     ``current``, bring them to ``reference``'s level.
 
     ``reference`` and ``current`` are (RGB image, mask of the pixels to measure) pairs; the two
     images need not have the same size or geometry. The result depends only on the two levels
-    and the seed: no pixel of the reference reaches it. ``most`` caps the octaves filled.
+    and the seed: no pixel of the reference reaches it. ``enlarged`` (see ``octaves``) limits
+    the octaves filled.
     """
     ref_image, ref_mask = reference
     cur_image, cur_mask = current
     shape = cur_mask.shape
     if ref_mask.sum() < MIN_PIXELS or cur_mask.sum() < MIN_PIXELS:
         return np.zeros(shape, np.float32)
-    count = octaves(iod) if most is None else min(octaves(iod), most)
+    count = octaves(iod, enlarged)
     target = np.minimum(levels(grey(ref_image), ref_mask, count), MAX_LEVEL)
     have = levels(grey(cur_image), cur_mask, count)
     want = np.maximum(target**2 - have**2, 0.0)

@@ -138,6 +138,7 @@ class Synthesizer:
         outline = bank.outline.astype(np.float64)
         self.hull = cv2.convexHull(outline.astype(np.float32), returnPoints=False)[:, 0]
         self.hull = np.sort(self.hull)
+        self.texture_iod = float(geo.eye_frame(bank.shape.astype(np.float64))[2])
         self.ring_triangles = geo.triangulate(np.concatenate([outline, self._ring(outline)]))
 
     def _ring(self, outline: np.ndarray) -> np.ndarray:
@@ -206,7 +207,9 @@ class Synthesizer:
         # original's geometry) and added as seeded noise (``grain``).
         eyes_s, lips_s = _feature_zones(shape, src, offset, iod)
         own_skin = (original, src_face & ~occ & ~eyes_s & ~lips_s)
-        rendered += grain.missing_detail(own_skin, (rendered, skin), iod, seed)[..., None]
+        enlarged = iod / self.texture_iod  # image pixels per texture pixel
+        detail = grain.missing_detail(own_skin, (rendered, skin), iod, seed, enlarged)
+        rendered += detail[..., None]
         alpha = _alpha(face, mouth, iod)
         pixels = base + alpha[..., None] * (rendered - base)
         if self.context > 0:
@@ -248,7 +251,7 @@ class Synthesizer:
         ring = zone > 0
         original, outside = around
         detail = grain.missing_detail(
-            (original, ring & outside), (soft, ring & (weight > 0.5)), iod, (seed, 1), grain.GRAIN
+            (original, ring & outside), (soft, ring & (weight > 0.5)), iod, (seed, 1), 0.0
         )
         return pixels + weight[..., None] * (soft + detail[..., None] - pixels)
 
