@@ -3,9 +3,10 @@ face (or of the low-passed surroundings of a head) up to the photo's own level.
 
 A surrogate's texture is the mean of k donors on a 128-pixel square. Averaging k independent
 skin textures leaves each octave of fine detail about 1 / sqrt(k) as strong as in one photo,
-and a face larger than the texture has no detail at all below the texture's pixel: measured
-on the bundled photos, the surrogate's cheeks held 0.35-0.6 of the original's detail in every
-octave from 0.5 to 8 pixels, at any face size. That is the "softer than the photo" a person sees.
+and a face larger than the texture has no detail at all below the texture's pixel. Before
+this module (``bench_detail``, the bundled photos), the surrogate's cheeks held 0.44-0.64 of
+the photo's finest octave on a 250-pixel face, and 0.19-0.47 of each octave from 0.5 to 2
+pixels on an 800-pixel face: the "softer than the photo" a person sees.
 
 The original's own fine detail cannot be copied back: it carries moles, scars and freckles. So
 only its *level* is measured, per octave (a difference of Gaussians), as a robust spread over
@@ -14,10 +15,14 @@ of the photo's own level per octave also stands in for its sensor noise and JPEG
 
 Which octaves: the two finest (``GRAIN``: sensor noise, JPEG) always, and every octave finer
 than one texture pixel as drawn on the face, up to ``FINEST`` inter-ocular distances (coarser
-ones are features: wrinkles, folds, the brows' edges, which the donors provide). Filling the
-averaging's loss at the texture's own scale as well (three octaves on lfw_dev's faces) raised
-dlib's rank-1 on the full lfw_dev from 2.3% to 2.8% and the head-pose change from 2.44 to 2.49
-degrees (``bench_surrogate_leak``), so faces no larger than the texture get the grain only.
+ones are features: wrinkles, folds, the brows' edges, which the donors provide). So lfw_dev's
+faces, drawn at about the texture's own size, get the grain only, and an 800-pixel face four
+octaves.
+
+Privacy, ``bench_surrogate_leak`` on the full lfw_dev with its fixed key: dlib's rank-1 was 2.3%
+without this noise and 2.4-2.9% over five runs with it (other noise seeds, face or
+surroundings alone, three octaves on lfw_dev's faces), MobileFaceNet's 1.1-1.4% against 1.3%,
+all within issue 12's 3%; the head-pose change 2.42-2.49 degrees against 2.44.
 """
 
 from __future__ import annotations
