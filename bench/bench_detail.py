@@ -10,6 +10,10 @@ interquartile range. 1 means as detailed as the photo; a mean of k donors alone 
 
 Run from the repository root: ``python -m bench.bench_detail``. The measurement is the bench's
 own, not ``anon_core.surrogate.grain``'s, so a checkout from before that module runs it too.
+
+With ``--splits N`` it also anonymizes the whole lfw_dev with the default surrogate twice,
+with the detail given back and without (``faceveil eval``'s own pass, one key for both), and
+attacks both outputs on the same N identity splits (``bench_line_up``'s comparison).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.bench_line_up import print_over_splits, privacy_over_splits
 from bench.common import format_table, lfw_dev_parser, machine_info, shared_root
 from faceveil.anon_core.detectors import build_detector
 from faceveil.anon_core.embeddings import DlibEmbedder
@@ -61,7 +66,13 @@ def _arguments(argv: list[str] | None):
     p.add_argument("--donor-images", type=int, default=400, help="lfw_dev images in the bank")
     p.add_argument("--face-heights", default="110,250,500,800", help="face heights, pixels")
     p.add_argument("--photos", default=",".join(PHOTOS))
+    p.add_argument("--splits", type=int, default=0, help="also attack with and without detail")
+    p.add_argument("--attacker", default=str(shared_root() / "models" / "mobilefacenet_128d.onnx"))
     return p.parse_args(argv)
+
+
+def _no_detail(reference, current, *_args, **_kwargs) -> np.ndarray:
+    return np.zeros(current[1].shape, np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     octaves = [f"{a:g}-{b:g} px" for a, b in zip(SIGMAS[:-1], SIGMAS[1:], strict=True)]
     print("surrogate's detail on the cheeks over the photo's, per octave:")
     print(format_table(["photo", "face height", "eyes apart", *octaves], rows))
+    if args.splits:
+        from faceveil.anon_core.surrogate import grain
+
+        variants = {"detail given back": grain.missing_detail, "no detail": _no_detail}
+        figures = privacy_over_splits(
+            data, args.attacker, args.splits, (grain, "missing_detail"), variants
+        )
+        print_over_splits(figures, args.splits)
     print(f"wall time {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -91,9 +91,12 @@ def _unmoved(stack: np.ndarray, reference: np.ndarray, weight: np.ndarray) -> np
     return stack
 
 
-def privacy_over_splits(data: Path, attacker: str, splits: int) -> dict:
+def privacy_over_splits(
+    data: Path, attacker: str, splits: int, patch: tuple[object, str], variants: dict
+) -> dict:
     """Rank-1 per attack and recognizer over ``splits`` identity splits (eval's
-    ``--attack-splits``), for the surrogate with donors lined up and without, one key for both:
+    ``--attack-splits``), for the default surrogate with ``patch`` (a module and the name of
+    a function in it) replaced by each of ``variants`` in turn, one key for all:
     {variant: {"attack / recognizer": [rank-1 per split]}}."""
     from faceveil.jobs.evaluate import runner
     from faceveil.jobs.evaluate.config import (
@@ -110,13 +113,14 @@ def privacy_over_splits(data: Path, attacker: str, splits: int) -> dict:
         budget=AttackBudget(splits=splits),
     )  # fmt: skip
     session = runner.start_session(config)
-    lined_up = donor_module.line_up
+    module, name = patch
+    kept = getattr(module, name)
     out: dict[str, dict[str, list[float]]] = {}
     try:
-        for name in ("plain", "lined up"):
-            donor_module.line_up = lined_up if name == "lined up" else _unmoved
+        for variant, function in variants.items():
+            setattr(module, name, function)
             row = runner.evaluate_method(config.methods[0], session)
-            out[name] = {
+            out[variant] = {
                 f"{attack} / {recognizer}": [b["rank1"] for b in cell["by_split"]]
                 if "by_split" in cell
                 else [cell["rank1"]] * splits  # aligned: the same on every split
@@ -124,8 +128,21 @@ def privacy_over_splits(data: Path, attacker: str, splits: int) -> dict:
                 for recognizer, cell in by_recognizer.items()
             }
     finally:
-        donor_module.line_up = lined_up
+        setattr(module, name, kept)
     return out
+
+
+def print_over_splits(figures_by_variant: dict, splits: int) -> None:
+    """Each variant's rank-1 per attack over the splits: mean, sample SD and every split, and
+    the worst against originals per split."""
+    for name, figures in figures_by_variant.items():
+        print(f"surrogate, {name}: rank-1 over {splits} splits (sample SD)")
+        figures["worst vs originals"] = worst_vs_originals(figures)
+        for key, values in figures.items():
+            spread = " ".join(f"{100 * v:.1f}" for v in values)
+            sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            print(f"   {key:50s} mean {100 * np.mean(values):5.1f}%  sd "
+                  f"{100 * sd:4.1f}   {spread}")  # fmt: skip
 
 
 def worst_vs_originals(figures: dict[str, list[float]]) -> list[float]:
@@ -147,16 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing_shared("bench_line_up", Path(args.data) / "manifest.csv"):
         return 2
     if args.splits:
-        for name, figures in privacy_over_splits(
-            Path(args.data), args.attacker, args.splits
-        ).items():
-            print(f"surrogate, donors {name}: rank-1 over {args.splits} splits (sample SD)")
-            figures["worst vs originals"] = worst_vs_originals(figures)
-            for key, values in figures.items():
-                spread = " ".join(f"{100 * v:.1f}" for v in values)
-                sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-                print(f"   {key:50s} mean {100 * np.mean(values):5.1f}%  sd "
-                      f"{100 * sd:4.1f}   {spread}")  # fmt: skip
+        variants = {"donors plain": _unmoved, "donors lined up": donor_module.line_up}
+        figures = privacy_over_splits(
+            Path(args.data), args.attacker, args.splits, (donor_module, "line_up"), variants
+        )
+        print_over_splits(figures, args.splits)
     if not args.sets:
         return 0
     cv2.setNumThreads(1)
