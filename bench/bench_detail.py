@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.photos.split(","):
         photo = decode_image((fixtures / name).read_bytes()).rgb
         found = landmarks([photo], detector([photo]))[0]
+        if len(found) != 1:
+            rows.append([name, "-", "-", f"{len(found)} faces found", *("-" * 4)])
+            continue
         height = float(np.ptp(found.landmarks68[0][:, 1])) * 1.35  # brows to chin, plus forehead
         for wanted in (float(h) for h in args.face_heights.split(",")):
             scale = wanted / height
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             faces = landmarks([rgb], detector([rgb]))[0]
             result = anonymizer.batch([rgb])[0]
             if len(faces) != 1 or result.output.methods != ("surrogate",):
-                rows.append([name, f"{wanted:.0f}", "-", f"no surrogate: {result.output.methods}"])
+                note = f"no surrogate: {result.output.methods}"
+                rows.append([name, f"{wanted:.0f}", "-", note, *("-" * 4)])
                 continue
             points = faces.landmarks68[0].astype(np.float64)
             mask = cheeks(rgb.shape, points)

@@ -215,9 +215,9 @@ class Synthesizer:
         if self.context > 0:
             # The face (open mouth included) is left alone; only what lies around it is changed.
             inside = _alpha(face | mouth, np.zeros_like(mouth), iod)
-            around = (original, ~src_face & ~occ)
             own = np.asarray(points68, np.float64) - offset
-            pixels = self._low_pass(pixels, inside, own, around, seed)
+            masks = (own_skin[1], ~src_face & ~occ)
+            pixels = self._low_pass(pixels, inside, own, (original, masks), seed)
         if occ.any():
             # Occluders stay where they are, blended out into the surrogate around them.
             keep = _soften(occ, 0.06 * iod)[..., None]
@@ -234,13 +234,16 @@ class Synthesizer:
         pixels: np.ndarray,
         alpha: np.ndarray,
         points68: np.ndarray,
-        around: tuple[np.ndarray, np.ndarray],
+        photo: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]],
         seed: int,
     ) -> np.ndarray:
         """``pixels`` with the head's surroundings (the context ellipse, outside the rendered
-        face) replaced by their Gaussian low-pass, with the pixel-level grain of ``around``
-        (the original and its pixels outside the face) given back by seeded noise;
-        ``points68`` in box coordinates."""
+        face) replaced by their Gaussian low-pass, with the photo's pixel-level grain given
+        back by seeded noise; ``points68`` in box coordinates. The grain's level is the lower
+        of the original's skin and of its surroundings (``photo``: the original, and masks of
+        its skin and of what lies outside its face): the skin's where the surroundings are
+        hair and edges (small faces), the surroundings' where they are smoother than skin (a
+        blurred background)."""
         _, _, iod = geo.eye_frame(points68)
         zone = np.zeros(alpha.shape, np.uint8)
         outline = np.round(_context_outline(points68) * 16).astype(np.int32)
@@ -249,10 +252,10 @@ class Synthesizer:
         weight *= 1.0 - alpha
         soft = cv2.GaussianBlur(pixels, (0, 0), max(0.5, self.context * float(iod)))
         ring = zone > 0
-        original, outside = around
-        detail = grain.missing_detail(
-            (original, ring & outside), (soft, ring & (weight > 0.5)), iod, (seed, 1), 0.0
-        )
+        original, (skin, outside) = photo
+        references = [(original, skin), (original, ring & outside)]
+        current = (soft, ring & (weight > 0.5))
+        detail = grain.missing_detail(references, current, iod, (seed, 1), 0.0)
         return pixels + weight[..., None] * (soft + detail[..., None] - pixels)
 
     def _follow_mask(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from bench.bench_detail import cheeks, main, octave_spreads
 from tests.factories import shared_path
+
+pytestmark = pytest.mark.shared
 
 
 def test_a_photo_scores_one_against_itself_and_a_blurred_copy_less():
@@ -33,6 +36,7 @@ def test_cheeks_lie_between_the_jaw_and_the_nose():
     assert not mask[110, 80] and not mask[10, 80]  # the nose's line and above the eyes
 
 
+@pytest.mark.slow
 def test_the_bench_runs_on_a_bundled_photo(capsys):
     data = shared_path("data", "lfw_dev", "manifest.csv").parent
     args = ["--data", str(data), "--photos", "obama3.jpg", "--face-heights", "500"]
