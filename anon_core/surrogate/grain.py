@@ -95,7 +95,8 @@ def _pieces(count: int) -> tuple[float, ...]:
     """Edges of the noise pieces: half octaves up to the coarse edge of octave ``count``. Whole
     octaves of noise overlap too much to match a photo whose finest octave is weaker than the
     next (demosaicing and JPEG soften the last pixel); half octaves match it from three octaves
-    up. With two, the finest can come out up to about 1.5 times the photo's (the nearest fit)."""
+    up. With two, the nearest fit can overshoot the finest, and is then scaled down
+    (``missing_detail``), leaving the second short."""
     return (0.0, *(EDGES[1] * 2 ** (i / 2) for i in range(2 * count - 1)))
 
 
@@ -152,6 +153,12 @@ def missing_detail(
     except (ValueError, RuntimeError) as exc:  # a solver failure costs the detail, not the face
         log.warning("fine detail not given back: %s", exc)
         return np.zeros(shape, np.float32)
+    # Where the nearest fit overshoots an octave that was short, all pieces are scaled down
+    # until none ends above the photo's level: never more detail than the photo has.
+    added = leak @ power
+    short = (want > 0) & (added > want)
+    if short.any():
+        power *= float(np.min(want[short] / added[short]))
     edges = _pieces(count)
     streams = np.random.SeedSequence(seed).spawn(len(power))  # one per piece: zeros skip theirs
     out = np.zeros(shape, np.float32)

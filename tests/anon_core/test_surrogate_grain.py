@@ -204,9 +204,10 @@ def test_octaves_filled_grow_with_the_face_and_can_be_capped(skin):
     inner[16:-16, 16:-16] = True
     capped = grain.missing_detail((sharp, mask), (smooth, mask), 124.0, 7, enlarged=0.0)
     levels = _octaves(smooth.astype(np.float32) + capped[..., None], inner)
-    # Two octaves cannot always be matched exactly (``grain._pieces``): this skin's finest
-    # comes out about 13% over, its nearest fit.
-    assert np.allclose(levels[:2], _octaves(sharp, inner)[:2], rtol=0.25)
+    # Two octaves cannot always be matched exactly (``grain._pieces``): the nearest fit put
+    # this skin's finest 13% over, so it is scaled down and the second falls a little short.
+    target = _octaves(sharp, inner)[:2]
+    assert np.all((levels[:2] > 0.7 * target) & (levels[:2] < 1.05 * target)), (levels, target)
     alone = _octaves(np.repeat(capped[..., None], 3, axis=2), inner)
     assert np.all(alone[3:] < 0.15 * alone[1]), alone  # next to nothing past the cap
 
