@@ -2,7 +2,7 @@
 
 The mean of six donors, enlarged onto a 500-pixel face, held 0.45-0.58 of the photo's detail in
 each octave from 0 to 2 pixels on the cheeks before (renderer 6); the octaves are measured here
-with the test's own difference of Gaussians, not the module's.
+with ``bench_detail``'s difference of Gaussians (interquartile spreads), not the module's.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.bench_detail import cheeks, octave_spreads
 from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods.surrogate import Surrogate
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.surrogate import grain
-from faceveil.anon_core.surrogate.donors import CHEEK_A, CHEEK_B
 from faceveil.anon_core.surrogate.synthesis import _context_outline
 from tests.anon_core.lfw_world import lfw_world
 from tests.factories import shared_path
@@ -23,19 +23,6 @@ from tests.factories import shared_path
 pytestmark = pytest.mark.shared
 
 KEY = b"test-surrogate-grain-key-0123456"
-SIGMAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def _octaves(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Spread of each difference-of-Gaussians octave of the grey image over ``mask``, as the
-    interquartile range over 1.349 (the standard deviation for Gaussian values)."""
-    grey = rgb.astype(np.float64).mean(axis=2)
-    blurs = [grey if s == 0 else cv2.GaussianBlur(grey, (0, 0), s) for s in SIGMAS]
-    out = []
-    for fine, coarse in zip(blurs[:-1], blurs[1:], strict=True):
-        q1, q3 = np.percentile((fine - coarse)[mask], [25, 75])
-        out.append((q3 - q1) / 1.349)
-    return np.array(out)
 
 
 def _rgb(*parts: str) -> np.ndarray:
@@ -56,20 +43,13 @@ def big_face():
     return photo, found.landmarks68[0].astype(np.float64), result[0].output.image
 
 
-def _cheeks(shape: tuple[int, ...], points68: np.ndarray) -> np.ndarray:
-    mask = np.zeros(shape[:2], np.uint8)
-    for part in (CHEEK_A, CHEEK_B):
-        cv2.fillPoly(mask, [np.round(points68[part]).astype(np.int32)], 1)
-    return cv2.erode(mask, np.ones((9, 9), np.uint8)) > 0
-
-
 @pytest.mark.slow
 def test_a_large_surrogate_is_as_detailed_as_its_photo(big_face):
     photo, points, out = big_face
-    cheeks = _cheeks(photo.shape, points)
-    assert cheeks.sum() > 5000
+    mask = cheeks(photo.shape, points)
+    assert mask.sum() > 5000
     # 124 px between the eyes, 2.9 image pixels per texture pixel: octaves up to 2 px are filled.
-    ratio = _octaves(out, cheeks) / _octaves(photo, cheeks)
+    ratio = octave_spreads(out, mask) / octave_spreads(photo, mask)
     assert np.all(ratio > 0.75), ratio
     # Not overdone where noise was added; octaves 3 and 4 are the donors' own wrinkles and
     # folds, above the photo's before this change too (1.05 and 1.39).
@@ -89,7 +69,7 @@ def test_the_low_passed_surroundings_get_the_photos_pixel_grain(big_face):
         cv2.dilate(face, np.ones((61, 61), np.uint8)) > 0
     )
     assert ring.sum() > 5000
-    before, after = _octaves(photo, ring), _octaves(out, ring)
+    before, after = octave_spreads(photo, ring), octave_spreads(out, ring)
     # The two finest octaves (sensor noise, JPEG) come back; the low-pass keeps the rest away.
     assert np.all((after[:2] / before[:2] > 0.6) & (after[:2] / before[:2] < 1.5)), (before, after)
     assert np.all(after[2:] < 0.6 * before[2:]), (before, after)
@@ -117,9 +97,9 @@ def test_a_small_faces_surroundings_get_no_more_grain_than_its_skin():
     assert ring.sum() > 300
     # Measured: the photo's ring 1.7 and 4.5 in the two finest octaves (hair), the output's
     # 1.3 and 1.9; taking the ring's own level gave it the hair's 4.5 as noise.
-    own, given = _octaves(photo, ring), _octaves(out[0].output.image, ring)
+    own, given = octave_spreads(photo, ring), octave_spreads(out[0].output.image, ring)
     assert given[1] < 0.6 * own[1], (own, given)
-    skin = _octaves(photo, _cheeks(photo.shape, points))
+    skin = octave_spreads(photo, cheeks(photo.shape, points))
     assert np.all(given[:2] > 0.5 * skin[:2]), (skin, given)  # the grain is there
 
 
@@ -133,8 +113,8 @@ def test_several_references_give_the_lowest_level(skin):
     noise = grain.missing_detail(both, (smooth, mask), iod=124.0, seed=5)
     alone = grain.missing_detail((half, mask), (smooth, mask), iod=124.0, seed=5)
     assert np.array_equal(noise, alone)
-    lowered = _octaves(smooth.astype(np.float32) + noise[..., None], inner)
-    assert np.all(lowered[:3] < 0.8 * _octaves(sharp, inner)[:3])
+    lowered = octave_spreads(smooth.astype(np.float32) + noise[..., None], inner)
+    assert np.all(lowered[:3] < 0.8 * octave_spreads(sharp, inner)[:3])
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +132,7 @@ def test_missing_detail_restores_each_octave_of_real_skin(skin):
     inner[16:-16, 16:-16] = True  # away from the borders the blurs pad
     noise = grain.missing_detail((sharp, mask), (smooth, mask), iod=124.0, seed=7)
     restored = smooth.astype(np.float32) + noise[..., None]
-    target, before, after = (_octaves(x, inner) for x in (sharp, smooth, restored))
+    target, before, after = (octave_spreads(x, inner) for x in (sharp, smooth, restored))
     assert np.all(before[:4] < 0.6 * target[:4]) and before[4] < target[4]
     # The 4-8 px octave has few independent samples on a 144 x 72 patch: a looser bound.
     assert np.allclose(after[:4], target[:4], rtol=0.15), (target, after)
@@ -203,12 +183,12 @@ def test_octaves_filled_grow_with_the_face_and_can_be_capped(skin):
     inner = np.zeros_like(mask)
     inner[16:-16, 16:-16] = True
     capped = grain.missing_detail((sharp, mask), (smooth, mask), 124.0, 7, enlarged=0.0)
-    levels = _octaves(smooth.astype(np.float32) + capped[..., None], inner)
+    levels = octave_spreads(smooth.astype(np.float32) + capped[..., None], inner)
     # Two octaves cannot always be matched exactly (``grain._pieces``): the nearest fit put
     # this skin's finest 13% over, so it is scaled down and the second falls a little short.
-    target = _octaves(sharp, inner)[:2]
+    target = octave_spreads(sharp, inner)[:2]
     assert np.all((levels[:2] > 0.7 * target) & (levels[:2] < 1.05 * target)), (levels, target)
-    alone = _octaves(np.repeat(capped[..., None], 3, axis=2), inner)
+    alone = octave_spreads(np.repeat(capped[..., None], 3, axis=2), inner)
     assert np.all(alone[3:] < 0.15 * alone[1]), alone  # next to nothing past the cap
 
 
