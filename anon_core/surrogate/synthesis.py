@@ -17,9 +17,10 @@ For one face, with the original's 68 points and a donor set's mean texture and m
    appearance (hands, hair, a mask, a patch), and eyeglass frames found by their shape
    (``glasses``), keep their original values exactly, as does
    the inside of an open mouth (taken from the warped original);
-6. the photo's level of fine detail, octave by octave up to 0.07 inter-ocular distances, is
-   given back as seeded noise (``grain``: the mean of k donors is smoother than any photo);
-   a feathered mask blends the face in;
+6. the photo's level of fine detail, measured on its skin octave by octave, is given back as
+   seeded noise in the octaves finer than one texture pixel as drawn, and in the two finest
+   (sensor noise, JPEG) at any size (``grain``: a mean of k donors is smoother than any
+   photo); a feathered mask blends the face in;
 7. the head's surroundings that a recognizer's aligned crop holds (hair line, forehead edge,
    ears, head outline: what re-identified people once the inner face was replaced) are
    low-passed: a Gaussian of ``context`` inter-ocular distances over an ellipse about
