@@ -69,13 +69,15 @@ def bands(grey: np.ndarray, count: int) -> list[np.ndarray]:
     return [fine - coarse for fine, coarse in zip(blurs[:-1], blurs[1:], strict=True)]
 
 
-def levels(grey: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
-    """Robust spread (1.4826 x median absolute deviation) of each octave over ``mask``: the
-    texture's level, not raised much by the few edges a skin region holds."""
-    out = np.empty(count, np.float64)
+def levels(grey: np.ndarray, masks: list[np.ndarray], count: int) -> np.ndarray:
+    """Robust spread (1.4826 x median absolute deviation) of each octave over each of
+    ``masks`` (one row per mask; the octaves are taken once): the texture's level, not raised
+    much by the few edges a skin region holds."""
+    out = np.empty((len(masks), count), np.float64)
     for k, band in enumerate(bands(grey, count)):
-        values = band[mask]
-        out[k] = 1.4826 * np.median(np.abs(values - np.median(values)))
+        for m, mask in enumerate(masks):
+            values = band[mask]
+            out[m, k] = 1.4826 * np.median(np.abs(values - np.median(values)))
     return out
 
 
@@ -121,7 +123,7 @@ def response(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def missing_detail(
-    reference: tuple[np.ndarray, np.ndarray] | list[tuple[np.ndarray, np.ndarray]],
+    reference: tuple[np.ndarray, np.ndarray | list[np.ndarray]],
     current: tuple[np.ndarray, np.ndarray],
     iod: float,
     seed: int | tuple[int, ...],
@@ -131,21 +133,20 @@ def missing_detail(
     ``current``, bring them to ``reference``'s level.
 
     ``reference`` and ``current`` are (RGB image, mask of the pixels to measure) pairs; the
-    images need not have the same size or geometry. Given several references, each octave is
-    brought to the lowest of their levels. The result depends only on the levels and the seed:
-    no pixel of a reference reaches it. ``enlarged`` (see ``octaves``) limits the octaves
-    filled.
+    images need not have the same size or geometry. Given several reference masks, each octave
+    is brought to the lowest of their levels. The result depends only on the levels and the
+    seed: no pixel of the reference reaches it. ``enlarged`` (see ``octaves``) limits the
+    octaves filled.
     """
-    references = reference if isinstance(reference, list) else [reference]
+    ref_image, ref_masks = reference
+    ref_masks = ref_masks if isinstance(ref_masks, list) else [ref_masks]
     cur_image, cur_mask = current
     shape = cur_mask.shape
-    if cur_mask.sum() < MIN_PIXELS or any(m.sum() < MIN_PIXELS for _, m in references):
+    if cur_mask.sum() < MIN_PIXELS or any(m.sum() < MIN_PIXELS for m in ref_masks):
         return np.zeros(shape, np.float32)
     count = octaves(iod, enlarged)
-    target = np.full(count, MAX_LEVEL)
-    for ref_image, ref_mask in references:
-        target = np.minimum(target, levels(grey(ref_image), ref_mask, count))
-    have = levels(grey(cur_image), cur_mask, count)
+    target = np.minimum(levels(grey(ref_image), ref_masks, count).min(axis=0), MAX_LEVEL)
+    have = levels(grey(cur_image), [cur_mask], count)[0]
     want = np.maximum(target**2 - have**2, 0.0)
     if not want.any():
         return np.zeros(shape, np.float32)

@@ -254,9 +254,10 @@ class Synthesizer:
         soft = cv2.GaussianBlur(pixels, (0, 0), max(0.5, self.context * float(iod)))
         ring = zone > 0
         original, (skin, outside) = photo
-        references = [(original, skin), (original, ring & outside)]
         current = (soft, ring & (weight > 0.5))
-        detail = grain.missing_detail(references, current, iod, (seed, 1), 0.0)
+        detail = grain.missing_detail(
+            (original, [skin, ring & outside]), current, iod, (seed, 1), 0.0
+        )
         return pixels + weight[..., None] * (soft + detail[..., None] - pixels)
 
     def _follow_mask(

@@ -103,15 +103,18 @@ def test_a_small_faces_surroundings_get_no_more_grain_than_its_skin():
     assert np.all(given[:2] > 0.5 * skin[:2]), (skin, given)  # the grain is there
 
 
-def test_several_references_give_the_lowest_level(skin):
+def test_several_reference_masks_give_the_lowest_level(skin):
     sharp, smooth = skin
     mask = np.ones(sharp.shape[:2], bool)
     inner = np.zeros_like(mask)
     inner[16:-16, 16:-16] = True
     half = (sharp.astype(np.float32) - cv2.GaussianBlur(sharp, (0, 0), 3.0)) * 0.5 + smooth
-    both = [(sharp, mask), (half, mask)]
-    noise = grain.missing_detail(both, (smooth, mask), iod=124.0, seed=5)
-    alone = grain.missing_detail((half, mask), (smooth, mask), iod=124.0, seed=5)
+    # One reference image, its left half the skin, its right half the skin's detail halved.
+    pair = np.hstack([sharp.astype(np.float32), half])
+    left = np.zeros(pair.shape[:2], bool)
+    left[:, : sharp.shape[1]] = True
+    noise = grain.missing_detail((pair, [left, ~left]), (smooth, mask), iod=124.0, seed=5)
+    alone = grain.missing_detail((pair, ~left), (smooth, mask), iod=124.0, seed=5)
     assert np.array_equal(noise, alone)
     lowered = octave_spreads(smooth.astype(np.float32) + noise[..., None], inner)
     assert np.all(lowered[:3] < 0.8 * octave_spreads(sharp, inner)[:3])
