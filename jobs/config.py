@@ -220,12 +220,13 @@ class JobConfig:
         options = anon.get("method_options") or {}
         changes = CHANGED_DEFAULTS.get(anon.get("method"), ())
         missing = [c for c in changes if c.option not in options]
-        ours = self.output_config_sha256()
         if not missing:
             return False, None
+        output = self.output_config()
+        ours = _config_sha256(output)
         if _config_sha256(_with_options(config, {c.option: c.earlier for c in missing})) == ours:
             return True, None
-        mine = self.output_config()["anon"]["method_options"]
+        mine = output["anon"]["method_options"]
         drawn_as_mine = _with_options(config, {c.option: mine.get(c.option) for c in missing})
         if _config_sha256(drawn_as_mine) != ours:
             return False, None
