@@ -35,6 +35,28 @@ def eye_frame(points68: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return (eye_a + eye_b) / 2, up, iod
 
 
+def disk(radius: float) -> np.ndarray:
+    """An elliptic structuring element of ``radius`` pixels (at least 1)."""
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def feature_zones(
+    shape: tuple[int, int], outline: np.ndarray, offset: np.ndarray, iod: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the eyes and brows, and of the lips, where dark or red pixels are expected."""
+    eyes = np.zeros(shape, np.uint8)
+    lips = np.zeros(shape, np.uint8)
+    for part in (EYE_A, EYE_B):
+        cv2.fillPoly(eyes, [np.round(outline[part] - offset).astype(np.int32)], 1)
+    for brow in (np.arange(17, 22), np.arange(22, 27)):
+        line = np.round(outline[brow] - offset).astype(np.int32)
+        cv2.polylines(eyes, [line], False, 1, max(1, int(round(0.18 * iod))))
+    cv2.fillPoly(lips, [np.round(outline[np.arange(48, 60)] - offset).astype(np.int32)], 1)
+    grow = disk(0.08 * iod)
+    return cv2.dilate(eyes, grow) > 0, cv2.dilate(lips, grow) > 0
+
+
 def extend_landmarks(points68: np.ndarray) -> np.ndarray:
     """The 68 points plus forehead and temple points (... x N_POINTS x 2), so the outline runs
     from the hair line down to the chin."""

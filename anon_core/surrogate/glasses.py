@@ -38,14 +38,9 @@ _REACH = (0.15, 0.7)  # where along a ray a frame may lie, in inter-ocular dista
 _ANGLES = np.deg2rad(np.arange(-30.0, 211.0, 15.0))
 
 
-def _disk(radius: float) -> np.ndarray:
-    r = max(1, int(round(radius)))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-
-
-def _lines(lightness: np.ndarray, radius: float) -> np.ndarray:
+def line_strength(lightness: np.ndarray, radius: float) -> np.ndarray:
     """Strength of thin dark or light lines in a lightness image."""
-    kernel = _disk(radius)
+    kernel = geo.disk(radius)
     dark = cv2.morphologyEx(lightness, cv2.MORPH_BLACKHAT, kernel)
     light = cv2.morphologyEx(lightness, cv2.MORPH_TOPHAT, kernel)
     return np.maximum(dark, light)
@@ -64,15 +59,11 @@ def frames(
     ``zones`` the face (where the expected look is defined) and its eyes and brows (where no
     frame pixel is taken).
     """
-    face, features = zones
-    _, up, iod = geo.eye_frame(points)
-    iod = float(iod)
-    radius = max(1.0, LINE_WIDTH * iod)
-    spread = cv2.dilate(_lines(expected_l, radius), _disk(0.04 * iod))
-    inside = cv2.erode(face.astype(np.uint8), _disk(radius + 1)) > 0
-    excess = (_lines(original_l, radius) - spread > EXCESS) & inside & ~features
+    excess = _excess(original_l, expected_l, points, zones)
     if not excess.any() or _bridge(excess, points) < BRIDGE:
         return np.zeros_like(excess)
+    _, up, iod = geo.eye_frame(points)
+    iod = float(iod)
     _, labels = cv2.connectedComponents(excess.astype(np.uint8), connectivity=8)
     # Rays look one pixel either side, so a gap in a thin line does not hide it.
     reach = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
@@ -89,9 +80,37 @@ def frames(
     kept = np.isin(labels, sorted(hit)) & (near > 0)
     # Pieces of a frame that a faint stretch cut off (no ray met them first) join it when
     # they lie within a small gap of it; small gaps in a kept frame are then closed.
-    _, joined = cv2.connectedComponents(cv2.dilate(excess.astype(np.uint8), _disk(LINK * iod)))
+    _, joined = cv2.connectedComponents(cv2.dilate(excess.astype(np.uint8), geo.disk(LINK * iod)))
     kept = (np.isin(joined, np.unique(joined[kept])) & excess & (near > 0)).astype(np.uint8)
-    return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, _disk(0.03 * iod)) > 0
+    return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, geo.disk(0.03 * iod)) > 0
+
+
+def bridge_crossed(
+    original_l: np.ndarray,
+    expected_l: np.ndarray,
+    points: np.ndarray,
+    zones: tuple[np.ndarray, np.ndarray],
+) -> float:
+    """Share of the nose bridge's width that a line the expected look lacks crosses (0 to 1),
+    the first of ``frames``'s two tests; arguments as for ``frames``."""
+    excess = _excess(original_l, expected_l, points, zones)
+    return _bridge(excess, points) if excess.any() else 0.0
+
+
+def _excess(
+    original_l: np.ndarray,
+    expected_l: np.ndarray,
+    points: np.ndarray,
+    zones: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Where the original's line strength exceeds the expected look's (spread a little) by
+    more than EXCESS, inside the face and outside its eyes and brows."""
+    face, features = zones
+    iod = float(geo.eye_frame(points)[2])
+    radius = max(1.0, LINE_WIDTH * iod)
+    spread = cv2.dilate(line_strength(expected_l, radius), geo.disk(0.04 * iod))
+    inside = cv2.erode(face.astype(np.uint8), geo.disk(radius + 1)) > 0
+    return (line_strength(original_l, radius) - spread > EXCESS) & inside & ~features
 
 
 def _bridge(excess: np.ndarray, points: np.ndarray, columns: int = 12) -> float:

@@ -105,11 +105,6 @@ def _smooth(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
     return full[..., :-1] / np.maximum(full[..., -1:], 1e-3)
 
 
-def _disk(radius: float) -> np.ndarray:
-    r = max(1, int(round(radius)))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-
-
 def _polygon_mask(shape: tuple[int, int], points: np.ndarray, offset: np.ndarray) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     cv2.fillPoly(mask, [np.round((points - offset) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
@@ -199,14 +194,14 @@ class Synthesizer:
         mouth = _open_mouth(shape, tgt, offset, iod)
         if mouth.any() and occ_t[mouth].mean() > 0.3:
             mouth[:] = False  # an occluded mouth: its inside is not shown
-        eyes_t, lips_t = _feature_zones(shape, tgt, offset, iod)
+        eyes_t, lips_t = geo.feature_zones(shape, tgt, offset, iod)
         skin = face & ~occ_t & ~eyes_t & ~lips_t
         skin = skin if skin.sum() >= 64 else face & ~occ_t
         matched = _ColourMatch(base, synth, skin, self.shading * iod)
         rendered = matched(synth)
         # The photo's own level of fine detail, octave by octave, measured on its skin (the
         # original's geometry) and added as seeded noise (``grain``).
-        eyes_s, lips_s = _feature_zones(shape, src, offset, iod)
+        eyes_s, lips_s = geo.feature_zones(shape, src, offset, iod)
         own_skin = (original, src_face & ~occ & ~eyes_s & ~lips_s)
         enlarged = iod / self.texture_iod  # image pixels per texture pixel
         detail = grain.missing_detail(own_skin, (rendered, skin), iod, seed, enlarged)
@@ -353,7 +348,7 @@ def _open_mouth(shape: tuple[int, int], outline: np.ndarray, offset: np.ndarray,
     if cv2.contourArea(inner.astype(np.float32)) < 0.02 * iod * iod:
         return np.zeros(shape, bool)
     mask = _polygon_mask(shape, inner, offset).astype(np.uint8)
-    return cv2.dilate(mask, _disk(0.04 * iod)) > 0
+    return cv2.dilate(mask, geo.disk(0.04 * iod)) > 0
 
 
 def _occlusion(
@@ -369,26 +364,10 @@ def _occlusion(
     shape = original.shape[:2]
     visible = face & ~_open_mouth(shape, outline, offset, iod)
     looks = _ColourMatch(original, expected, visible, SLOW * iod)(expected)
-    eyes, lips = _feature_zones(shape, outline, offset, iod)
+    eyes, lips = geo.feature_zones(shape, outline, offset, iod)
     lightness = (_lab(original)[..., 0], _lab(looks)[..., 0])
     worn = glasses.frames(*lightness, outline - offset, (face, eyes))
     return _occluders(original, looks, face, (eyes, lips), iod) | worn
-
-
-def _feature_zones(
-    shape: tuple[int, int], outline: np.ndarray, offset: np.ndarray, iod: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Masks of the eyes and brows, and of the lips, where dark or red pixels are expected."""
-    eyes = np.zeros(shape, np.uint8)
-    lips = np.zeros(shape, np.uint8)
-    for part in (geo.EYE_A, geo.EYE_B):
-        cv2.fillPoly(eyes, [np.round(outline[part] - offset).astype(np.int32)], 1)
-    for brow in (np.arange(17, 22), np.arange(22, 27)):
-        line = np.round(outline[brow] - offset).astype(np.int32)
-        cv2.polylines(eyes, [line], False, 1, max(1, int(round(0.18 * iod))))
-    cv2.fillPoly(lips, [np.round(outline[np.arange(48, 60)] - offset).astype(np.int32)], 1)
-    grow = _disk(0.08 * iod)
-    return cv2.dilate(eyes, grow) > 0, cv2.dilate(lips, grow) > 0
 
 
 def _occluders(
@@ -420,14 +399,14 @@ def _occluders(
     # A flat patch of a colour far from the skin (paper, plastic, paint) is an occluder too.
     flat = _local_spread(orig) < 1.0
     seed = (face & ~eyes & (far | (flat & (gap > 2.5)))).astype(np.uint8)
-    seed = cv2.morphologyEx(seed, cv2.MORPH_OPEN, _disk(0.04 * iod))
+    seed = cv2.morphologyEx(seed, cv2.MORPH_OPEN, geo.disk(0.04 * iod))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(seed, connectivity=8)
     min_area = max(9, int(0.004 * face.sum()))
     grown = np.zeros(face.shape, bool)
     for c in range(1, count):
         if stats[c, cv2.CC_STAT_AREA] >= min_area:
             grown |= _grow(orig, labels == c, scale)
-    return cv2.dilate(grown.astype(np.uint8), _disk(1)) > 0
+    return cv2.dilate(grown.astype(np.uint8), geo.disk(1)) > 0
 
 
 def _local_spread(lab: np.ndarray) -> np.ndarray:
@@ -457,7 +436,7 @@ def _alpha(face: np.ndarray, mouth: np.ndarray, iod: float) -> np.ndarray:
     """Blend weight of the surrogate: feathered inside the target outline, zero over the open
     mouth (shown from the warped original), and exactly zero outside the outline."""
     radius = max(1.0, 0.1 * iod)
-    inner = cv2.erode(face.astype(np.uint8), _disk(radius)).astype(np.float32)
+    inner = cv2.erode(face.astype(np.uint8), geo.disk(radius)).astype(np.float32)
     alpha = cv2.GaussianBlur(inner, (0, 0), radius / 2) * face
     if mouth.any():
         alpha *= 1.0 - _soften(mouth, 0.04 * iod)
