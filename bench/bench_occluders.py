@@ -6,6 +6,9 @@ first by file name; the same faces as ``tests/anon_core/test_surrogate_v2.py``),
 - facial hair: the trait read at its threshold against 56 faces labelled by eye
   (``tests/data/facial_hair_labels.csv``), and the share of labelled donors with facial hair
   that bearded and clean-shaven originals get, with the trait used and with it left out;
+- glasses donors: the labelled wearers left in the donor bank, and how many faces get one or
+  two of them among their k donors, with the bank's glasses rule and without it (two wearers
+  left faint frames on the mean face);
 - glasses: on how many of the 19 faces with glasses (``tests/data/glasses_labels.csv``) frames
   are found and kept, and on how many of the other 125 lines are wrongly kept as frames;
 - frames when the photo moves: on three photos with frame points marked by hand
@@ -36,6 +39,7 @@ from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods.surrogate import Surrogate
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.surrogate import collect_faces, context_from_table, glasses
+from faceveil.anon_core.surrogate import donors as donor_module
 from faceveil.anon_core.surrogate.traits import FACIAL_HAIR, facial_hair
 
 KEY = b"bench-occluders-key-0123456789ab"
@@ -146,6 +150,31 @@ def _no_hair(donor):
     return replace(donor, traits=traits)
 
 
+def glasses_donors(table, worn: dict[str, str], rule: bool) -> dict[str, float]:
+    """With the bank's glasses rule on or off (``donors.DONOR_BRIDGE``): donors in the bank,
+    labelled wearers among them, and the share of first-pass faces whose k donors hold one
+    labelled wearer or more, and two or more."""
+    threshold = donor_module.DONOR_BRIDGE
+    donor_module.DONOR_BRIDGE = threshold if rule else 2.0  # a share never reaches 2
+    try:
+        context = context_from_table(table)
+    finally:
+        donor_module.DONOR_BRIDGE = threshold
+    bank = context.bank
+    wears = np.array([face.rsplit("#", 1)[0] in worn for face in bank.ids])
+    method = Surrogate(KEY, context)
+    counts = [
+        int(wears[method.donor_set(emb, skin)[1]].sum())
+        for emb, skin in zip(table.embeddings, table.skin, strict=True)
+    ]
+    return {
+        "donors": len(bank),
+        "wearers": int(wears.sum()),
+        "one": float(np.mean(np.array(counts) >= 1)),
+        "two": float(np.mean(np.array(counts) >= 2)),
+    }
+
+
 def glasses_found(images: dict[str, np.ndarray], detector, context, worn: dict[str, str]) -> dict:
     """Faces whose frames were found, with and without glasses; CPU ms per surrogate with
     and without the frame search."""
@@ -208,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             timed += 1
     print(f"facial-hair score: {1000 * (time.process_time() - start) / timed:.2f} ms CPU per face")
 
+    for rule in (False, True):
+        d = glasses_donors(table, worn, rule)
+        print(
+            f"donor bank, glasses rule {'on' if rule else 'off'}: {d['donors']} donors, of them"
+            f" {d['wearers']} labelled wearers; faces whose donors hold one or more:"
+            f" {d['one']:.1%}, two or more: {d['two']:.1%}"
+        )
     context = context_from_table(table)
     result = glasses_found(images, models[0], context, worn)
     hits, ms = result["with"]

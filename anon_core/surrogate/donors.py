@@ -7,8 +7,15 @@ shows counts only.
 
 Attribute neighbourhood (documented choice): donors are ranked by identity-embedding distance
 from the original's identity, above a floor that excludes the same and look-alike identities,
-plus a skin-tone term (median Lab of cheeks and nose). Gender, age and ethnicity are carried by
-the embedding neighbourhood; no attribute model is bundled.
+plus a skin-tone term (median Lab of cheeks and nose). Gender, age and facial hair narrow the
+choice where they are known (``traits``); otherwise the embedding neighbourhood carries them.
+
+Who is not a donor: faces too small, turned, cut off or grey (``make_donor``); faces whose
+normalised look is an outlier (sunglasses, hands, heavy shadow) or whose band from the brows to
+below the eyes is among the busiest; faces wearing glasses (a line crossing the nose bridge that
+the bank's median face lacks), unless the bank would be too small without them. An original's
+own glasses are kept in front of its surrogate, so a donor's are never needed, and two wearers
+among the k would leave faint frames on the mean.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import cv2
 import numpy as np
 
 from faceveil.anon_core.surrogate import geometry as geo
+from faceveil.anon_core.surrogate import glasses
 from faceveil.anon_core.surrogate.traits import N_TRAITS, padded
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,11 @@ SHARPEN = 0.8  # unsharp-mask amount applied to a mean texture
 LINE_UP_REACH = 0.05
 LINE_UP_SMOOTH = 1.5  # Gaussian sigma (texture pixels) over each flow field: no tearing
 EYE_BAND_DROP = 0.3
+# A donor whose nose bridge this much of is crossed by lines the bank's median face lacks wears
+# glasses and is left out: two wearers among k donors leave faint frames in the trimmed mean,
+# and an original's own glasses are kept in front of the surrogate anyway. Lower than the
+# frame search's BRIDGE, since a donor wrongly left out costs little.
+DONOR_BRIDGE = 0.5
 MIN_CHROMA = 4.0  # skin less colourful than this (Lab a, b) is a black-and-white photo
 
 CHEEK_A = [1, 2, 3, 4, 48, 31, 40, 41, 36]
@@ -255,6 +268,14 @@ class DonorBank:
         triangles = geo.triangulate(outline)
         textures, covered = _warp_all(donors, outline, triangles, size)
         keep = _typical(textures, covered) & _plain_eyes(textures, shape)
+        plain = keep & ~_wear_glasses(textures, covered, shape)
+        if _big_enough(plain.sum(), len(np.unique(labels[plain])), limits):
+            keep = plain
+        else:
+            log.info(
+                "donor bank keeps its %d donors with glasses: too few without",
+                (keep & ~plain).sum(),
+            )
         textures, donors, labels = (
             textures[keep],
             [d for d, k in zip(donors, keep, strict=True) if k],
@@ -387,8 +408,12 @@ def _first_per_identity(donors: Sequence[DonorFace], labels: np.ndarray, limit: 
     return kept
 
 
+def _big_enough(faces: int, identities: int, limits: BankLimits) -> bool:
+    return faces >= limits.min_faces and identities >= limits.min_identities
+
+
 def _check_size(faces: int, identities: int, limits: BankLimits) -> None:
-    if faces < limits.min_faces or identities < limits.min_identities:
+    if not _big_enough(faces, identities, limits):
         raise ValueError(
             f"donor bank too small: {faces} usable faces of {identities} identities; need at "
             f"least {limits.min_faces} faces of {limits.min_identities} identities (frontal, "
@@ -436,6 +461,19 @@ def _plain_eyes(textures: np.ndarray, shape: np.ndarray) -> np.ndarray:
     excess = np.maximum(edges - np.median(edges, axis=0), 0.0)[:, band].mean(axis=1)
     score = excess / (edges[:, cheeks].mean(axis=1) + 5.0)
     return score <= np.quantile(score, 1.0 - EYE_BAND_DROP)
+
+
+def _wear_glasses(textures: np.ndarray, covered: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """Donors with glasses: lines the bank's median face lacks cross DONOR_BRIDGE of their
+    nose bridge (``glasses.bridge_crossed``)."""
+    size = textures.shape[1]
+    lightness = np.stack(
+        [cv2.cvtColor(t.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[..., 0] for t in textures]
+    )
+    typical = np.median(lightness, axis=0)
+    eyes, _ = geo.feature_zones((size, size), shape, np.zeros(2), geo.eye_frame(shape)[2])
+    crossed = [glasses.bridge_crossed(own, typical, shape, (covered, eyes)) for own in lightness]
+    return np.asarray(crossed) >= DONOR_BRIDGE
 
 
 def _typical(textures: np.ndarray, covered: np.ndarray) -> np.ndarray:

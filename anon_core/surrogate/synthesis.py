@@ -51,8 +51,10 @@ from faceveil.anon_core.surrogate.donors import DonorBank
 # frame a small gap apart are kept as one frame (``glasses.LINK``). 6: dlib's recognizer runs in
 # onnxruntime (``anon_core.dlibnet``); its descriptors, which pick donors and link a person's
 # faces, differ from dlib's own by up to 1e-6. 7: the photo's level of fine detail, octave by
-# octave, is given back to the face and its surroundings as seeded noise (``grain``).
-RENDERER = 7
+# octave, is given back to the face and its surroundings as seeded noise (``grain``). 8: donors
+# who wear glasses are left out of the bank (``donors.DONOR_BRIDGE``): two wearers among the k
+# left faint frames on the mean face.
+RENDERER = 8
 # ``--privacy`` by default: of 0.5, 0.6, 0.65 and 0.75 on the full lfw_dev (BENCHMARKS.md, issue
 # 12), the lowest whose worst rank-1 was within 3%; its head-pose change is within 2.5 degrees.
 DEFAULT_PRIVACY = 0.6

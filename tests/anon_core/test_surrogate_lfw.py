@@ -198,3 +198,22 @@ def test_no_donor_shows_through_a_written_surrogate(lfw, first_pass):
     # more of the donors' shape lines the face up with them a little better). The same faces
     # drawn from a mean of only two donors: smallest gap -0.04; one donor pasted: 0.
     assert min(gaps) > 0.1, sorted(gaps)[:5]
+
+
+def test_glasses_rule_leaves_a_small_bank_whole(lfw, first_pass, monkeypatch):
+    """Donors with glasses leave the bank (``donors.DONOR_BRIDGE``) unless the bank would then
+    be too small: the first pass's donors lose some of theirs, but when the bank must hold as
+    many donors as it has without the rule, it keeps its wearers."""
+    from faceveil.anon_core.surrogate import donors as donor_module
+
+    who, _ = lfw
+    table, _ = first_pass
+    people = {person: n for n, person in enumerate(sorted(set(who.values())))}
+    labels = np.array([people[who[d.face_id.rsplit("#", 1)[0]]] for d in table.donors])
+    rule_on = donor_module.DonorBank.from_faces(table.donors, labels).ids
+    with monkeypatch.context() as patched:
+        patched.setattr(donor_module, "DONOR_BRIDGE", 2.0)  # no share of the bridge reaches 2
+        rule_off = donor_module.DonorBank.from_faces(table.donors, labels).ids
+    assert set(rule_on) < set(rule_off)
+    whole = donor_module.BankLimits(min_faces=len(rule_off))
+    assert donor_module.DonorBank.from_faces(table.donors, labels, limits=whole).ids == rule_off

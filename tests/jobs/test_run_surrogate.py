@@ -104,7 +104,7 @@ def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, s
         "donors": 4,
         "linkage": "person",
     }
-    assert job["config"]["surrogate"]["renderer"] == 7
+    assert job["config"]["surrogate"]["renderer"] == 8
     record = job["surrogate"]
     assert record["key_fingerprint"] == key_fingerprint(load_key_file(key))
     first = record["first_pass"]
@@ -145,7 +145,7 @@ def test_resume_with_another_linkage_is_refused(lfw_job, surrogate_run, capsys):
     assert (surrogate_run / "job.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("earlier", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("earlier", [1, 2, 3, 4, 5, 6, 7])
 def test_a_job_drawn_by_an_earlier_renderer_is_not_resumed(lfw_job, surrogate_run, capsys, earlier):
     """job.json written before renderer revision 2 (the donors' shape posed in 3-D) has no
     ``renderer`` and none of today's fields such as ``linkage``; one written by revision 2
@@ -171,7 +171,7 @@ def test_a_job_drawn_by_an_earlier_renderer_is_not_resumed(lfw_job, surrogate_ru
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
     assert lfw.run(old, "--resume") == 1
     err = capsys.readouterr().err
-    assert f"renderer {earlier}" in err and "renderer 7" in err and "new output" in err, err
+    assert f"renderer {earlier}" in err and "renderer 8" in err and "new output" in err, err
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
 
 
