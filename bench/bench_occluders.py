@@ -175,9 +175,11 @@ def glasses_donors(table, worn: dict[str, str], rule: bool) -> dict[str, float]:
     }
 
 
-def glasses_found(images: dict[str, np.ndarray], detector, context, worn: dict[str, str]) -> dict:
+def glasses_found(
+    images: dict[str, np.ndarray], detector, context, worn: dict[str, str], timed: bool = True
+) -> dict:
     """Faces whose frames were found, with and without glasses; CPU ms per surrogate with
-    and without the frame search."""
+    and without the frame search (``timed``; with it only otherwise)."""
     search = glasses.frames
     found: list[bool] = []
 
@@ -187,7 +189,8 @@ def glasses_found(images: dict[str, np.ndarray], detector, context, worn: dict[s
         return mask
 
     result = {}
-    for name, finder in (("with", recording), ("without", lambda a, *_: np.zeros(a.shape, bool))):
+    finders = [("with", recording), ("without", lambda a, *_: np.zeros(a.shape, bool))]
+    for name, finder in finders[: 2 if timed else 1]:
         glasses.frames = finder
         anonymize = FaceAnonymizer(
             AnonConfig(method="surrogate"), detector, Surrogate(KEY, context)

@@ -8,17 +8,20 @@ clean-up of speckle), so they are found by shape:
    lightness, at a width of about 0.07 inter-ocular distances, on the original and on the
    expected look (the mean texture on the original's geometry);
 2. excess: where the original's response exceeds the expected's (spread a little, so brows and
-   eyelids a few pixels apart do not count), outside the eyes and brows themselves;
+   eyelids a few pixels apart do not count), outside the eyes and brows themselves, except
+   for lines running across between the brows' inner ends, where a frame's bridge often sits;
 3. a bridge and two rings: a face wears glasses when an excess line crosses most of the nose
    bridge (between the inner eye corners, from the brows' inner ends down to the nose's top),
    and, for both eyes, some of the rays from the eye's centre, sideways and downwards, cross
    an excess line between 0.15 and 0.7 inter-ocular distances out. The line pixels those rays
    cross, and what connects to them near the eyes (across gaps of up to 0.08 inter-ocular
-   distances, where a faint stretch cut a rim in two), are the frames.
+   distances, where a faint stretch cut a rim in two), are the frames. Where the expected look
+   has a line of its own along a rim (a crease of the donors' mean face), the excess breaks
+   off; there the original's own line strength, within that gap of the frame, carries it on.
 
 The eyes inside the lenses stay the surrogate's. Wrinkles, bags and shadows seldom both cross
 the nose bridge and ring the eyes; where deep lines under older eyes do, parts of them are kept
-(2 of 125 faces without glasses in ``bench/bench_occluders.py``).
+(3 of 125 faces without glasses in ``bench/bench_occluders.py``).
 """
 
 from __future__ import annotations
@@ -81,7 +84,12 @@ def frames(
     # Pieces of a frame that a faint stretch cut off (no ray met them first) join it when
     # they lie within a small gap of it; small gaps in a kept frame are then closed.
     _, joined = cv2.connectedComponents(cv2.dilate(excess.astype(np.uint8), geo.disk(LINK * iod)))
-    kept = (np.isin(joined, np.unique(joined[kept])) & excess & (near > 0)).astype(np.uint8)
+    kept = np.isin(joined, np.unique(joined[kept])) & excess & (near > 0)
+    # Where the expected look has a line of its own along the rim (a crease of the donors'
+    # mean face), the excess breaks off; the original's own line bridges that break.
+    own = line_strength(original_l, max(1.0, LINE_WIDTH * iod)) > EXCESS
+    reach = cv2.dilate(kept.astype(np.uint8), geo.disk(LINK * iod)) > 0
+    kept = (kept | (own & reach & (near > 0) & ~zones[1] & zones[0])).astype(np.uint8)
     return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, geo.disk(0.03 * iod)) > 0
 
 
@@ -104,13 +112,41 @@ def _excess(
     zones: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """Where the original's line strength exceeds the expected look's (spread a little) by
-    more than EXCESS, inside the face and outside its eyes and brows."""
+    more than EXCESS, inside the face and outside its eyes and brows. Between the brows, in
+    the band the bridge test scans, a line that runs across (a frame's bridge, often as high
+    as the brows' inner ends) counts too; a frown line, which runs up and down, does not."""
     face, features = zones
     iod = float(geo.eye_frame(points)[2])
     radius = max(1.0, LINE_WIDTH * iod)
-    spread = cv2.dilate(line_strength(expected_l, radius), geo.disk(0.04 * iod))
+    grow = geo.disk(0.04 * iod)
+    spread = cv2.dilate(line_strength(expected_l, radius), grow)
     inside = cv2.erode(face.astype(np.uint8), geo.disk(radius + 1)) > 0
-    return (line_strength(original_l, radius) - spread > EXCESS) & inside & ~features
+    excess = (line_strength(original_l, radius) - spread > EXCESS) & inside
+    strip = _bridge_strip(excess.shape, points) & features
+    if strip.any():
+        across = _across_strength(original_l, radius)
+        spread = cv2.dilate(_across_strength(expected_l, radius), grow)
+        return excess & (~features | (strip & (across - spread > EXCESS)))
+    return excess & ~features
+
+
+def _across_strength(lightness: np.ndarray, radius: float) -> np.ndarray:
+    """Strength of thin dark or light lines that run across the image (an upright kernel)."""
+    kernel = np.ones((2 * max(1, int(round(radius))) + 1, 1), np.uint8)
+    dark = cv2.morphologyEx(lightness, cv2.MORPH_BLACKHAT, kernel)
+    light = cv2.morphologyEx(lightness, cv2.MORPH_TOPHAT, kernel)
+    return np.maximum(dark, light)
+
+
+def _bridge_strip(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+    """The band ``_bridge`` scans: from the middle 60 % between the brows' inner ends down to
+    the same width about the nose's top."""
+    a, b = points[21], points[22]
+    half = 0.3 * (points[42] - points[39])
+    corners = np.array([a + 0.2 * (b - a), a + 0.8 * (b - a), points[28] + half, points[28] - half])
+    strip = np.zeros(shape[:2], np.uint8)
+    cv2.fillConvexPoly(strip, np.round(corners).astype(np.int32), 1)
+    return strip > 0
 
 
 def _bridge(excess: np.ndarray, points: np.ndarray, columns: int = 12) -> float:
