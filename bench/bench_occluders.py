@@ -6,9 +6,9 @@ first by file name; the same faces as ``tests/anon_core/test_surrogate_v2.py``),
 - facial hair: the trait read at its threshold against 56 faces labelled by eye
   (``tests/data/facial_hair_labels.csv``), and the share of labelled donors with facial hair
   that bearded and clean-shaven originals get, with the trait used and with it left out;
-- glasses donors: the labelled wearers left in the donor bank, and how many faces get one or
-  two of them among their k donors, with the bank's glasses rule and without it (two wearers
-  left faint frames on the mean face);
+- glasses donors: the donors found wearing glasses, labelled wearers among them, and how many
+  faces get one or two labelled wearers among their k donors, with found wearers avoided and
+  without (two wearers left faint frames on the mean face);
 - glasses: on how many of the 19 faces with glasses (``tests/data/glasses_labels.csv``) frames
   are found and kept, and on how many of the other 125 lines are wrongly kept as frames;
 - frames when the photo moves: on three photos with frame points marked by hand
@@ -39,7 +39,6 @@ from faceveil.anon_core.landmarks import Dlib68
 from faceveil.anon_core.methods.surrogate import Surrogate
 from faceveil.anon_core.pipeline import AnonConfig, FaceAnonymizer
 from faceveil.anon_core.surrogate import collect_faces, context_from_table, glasses
-from faceveil.anon_core.surrogate import donors as donor_module
 from faceveil.anon_core.surrogate.traits import FACIAL_HAIR, facial_hair
 
 KEY = b"bench-occluders-key-0123456789ab"
@@ -150,28 +149,26 @@ def _no_hair(donor):
     return replace(donor, traits=traits)
 
 
-def glasses_donors(table, worn: dict[str, str], rule: bool) -> dict[str, float]:
-    """With the bank's glasses rule on or off (``donors.DONOR_BRIDGE``): donors in the bank,
-    labelled wearers among them, and the share of first-pass faces whose k donors hold one
-    labelled wearer or more, and two or more."""
-    threshold = donor_module.DONOR_BRIDGE
-    donor_module.DONOR_BRIDGE = threshold if rule else 2.0  # a share never reaches 2
-    try:
-        context = context_from_table(table)
-    finally:
-        donor_module.DONOR_BRIDGE = threshold
+def glasses_donors(context, table, worn: dict[str, str], rule: bool) -> dict[str, float]:
+    """The donors found wearing glasses (``DonorBank.glasses``), labelled wearers in the bank
+    and how many of them were found, and, with the surrogate avoiding found wearers (``rule``)
+    or not, the share of first-pass faces whose k donors hold one labelled wearer or more,
+    and two or more."""
     bank = context.bank
+    if not rule:
+        context = replace(context, bank=replace(bank, glasses=None))
     wears = np.array([face.rsplit("#", 1)[0] in worn for face in bank.ids])
     method = Surrogate(KEY, context)
-    counts = [
-        int(wears[method.donor_set(emb, skin)[1]].sum())
-        for emb, skin in zip(table.embeddings, table.skin, strict=True)
-    ]
+    sets = [method.donor_set(e, s)[1] for e, s in zip(table.embeddings, table.skin, strict=True)]
+    counts = np.array([int(wears[d].sum()) for d in sets])
     return {
         "donors": len(bank),
+        "found": int(bank.glasses.sum()),
         "wearers": int(wears.sum()),
-        "one": float(np.mean(np.array(counts) >= 1)),
-        "two": float(np.mean(np.array(counts) >= 2)),
+        "wearers_found": int((wears & bank.glasses).sum()),
+        "one": float(np.mean(counts >= 1)),
+        "two": float(np.mean(counts >= 2)),
+        "two_found": float(np.mean([bank.glasses[d].sum() >= 2 for d in sets])),
     }
 
 
@@ -190,18 +187,20 @@ def glasses_found(
 
     result = {}
     finders = [("with", recording), ("without", lambda a, *_: np.zeros(a.shape, bool))]
-    for name, finder in finders[: 2 if timed else 1]:
-        glasses.frames = finder
-        anonymize = FaceAnonymizer(
-            AnonConfig(method="surrogate"), detector, Surrogate(KEY, context)
-        )
-        hits, start = {True: 0, False: 0}, time.process_time()
-        for path, image in images.items():
-            found.clear()
-            anonymize(image)
-            hits[path in worn] += any(found)
-        result[name] = (hits, 1000 * (time.process_time() - start) / len(images))
-    glasses.frames = search
+    try:
+        for name, finder in finders[: 2 if timed else 1]:
+            glasses.frames = finder
+            anonymize = FaceAnonymizer(
+                AnonConfig(method="surrogate"), detector, Surrogate(KEY, context)
+            )
+            hits, start = {True: 0, False: 0}, time.process_time()
+            for path, image in images.items():
+                found.clear()
+                anonymize(image)
+                hits[path in worn] += any(found)
+            result[name] = (hits, 1000 * (time.process_time() - start) / len(images))
+    finally:
+        glasses.frames = search
     return result
 
 
@@ -240,14 +239,20 @@ def main(argv: list[str] | None = None) -> int:
             timed += 1
     print(f"facial-hair score: {1000 * (time.process_time() - start) / timed:.2f} ms CPU per face")
 
-    for rule in (False, True):
-        d = glasses_donors(table, worn, rule)
-        print(
-            f"donor bank, glasses rule {'on' if rule else 'off'}: {d['donors']} donors, of them"
-            f" {d['wearers']} labelled wearers; faces whose donors hold one or more:"
-            f" {d['one']:.1%}, two or more: {d['two']:.1%}"
-        )
     context = context_from_table(table)
+    for rule in (False, True):
+        d = glasses_donors(context, table, worn, rule)
+        if not rule:
+            print(
+                f"donor bank: {d['donors']} donors, {d['found']} found wearing glasses;"
+                f" {d['wearers']} labelled wearers, {d['wearers_found']} of them found"
+            )
+        print(
+            f"labelled wearers among a face's donors, found wearers"
+            f" {'avoided' if rule else 'not avoided'}: one or more for {d['one']:.1%} of"
+            f" faces, two or more for {d['two']:.1%}; two or more found wearers for"
+            f" {d['two_found']:.1%}"
+        )
     result = glasses_found(images, models[0], context, worn)
     hits, ms = result["with"]
     print(

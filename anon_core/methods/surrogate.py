@@ -165,7 +165,9 @@ class Surrogate:
         pool = self._pool(replace(query, distance_weight=self.distance_weight), own)
         name = face or name
         order = keyed_order(self._key, name, [self.context.bank.ids[i] for i in pool])
-        return name, np.sort(pool[order[: self.donors]])
+        return name, np.sort(
+            _one_wearer_at_most(pool[order], self.context.bank.glasses, self.donors)
+        )
 
     def _pool(self, query: DonorQuery, own: np.ndarray) -> np.ndarray:
         """Candidate donors from the strictest neighbourhood (see ``_tries``) that still leaves
@@ -173,11 +175,18 @@ class Surrogate:
         bank = self.context.bank
         need = self.donors + 2
         best = 0
+        plain = None if bank.glasses is None else ~np.asarray(bank.glasses, bool)
         for allowed, floor in self._tries(query.centroid, own):
-            pool = bank.candidates(replace(query, floor=floor * self.floor, allowed=allowed))
-            if len(pool) >= need:
-                return pool
-            best = max(best, len(pool))
+            # Donors without glasses first (two wearers among the k leave faint frames on the
+            # mean face), then any, before a looser neighbourhood (a lower floor) is tried.
+            masks = [allowed]
+            if plain is not None:
+                masks.insert(0, plain if allowed is None else allowed & plain)
+            for mask in masks:
+                pool = bank.candidates(replace(query, floor=floor * self.floor, allowed=mask))
+                if len(pool) >= need:
+                    return pool
+                best = max(best, len(pool))
         raise ValueError(f"only {best} donors qualify, {need} needed")
 
     def _trait_tries(self, own: np.ndarray) -> list[tuple[np.ndarray | None, float]]:
@@ -335,3 +344,16 @@ def _paste(out: np.ndarray, face: Rendered, region: np.ndarray) -> np.ndarray:
         ],
         np.int32,
     )
+
+
+def _one_wearer_at_most(ranked: np.ndarray, glasses: np.ndarray | None, k: int) -> np.ndarray:
+    """The first ``k`` of ``ranked`` donors, passing over all but the first donor found wearing
+    glasses while others remain: the trimmed mean drops one extreme value per pixel, so one
+    wearer's frames leave little trace and two leave faint ones. Only a pool that had to take
+    wearers holds any (``_pool``); passing over more of them would narrow the key's choice."""
+    if glasses is None:
+        return ranked[:k]
+    wearer = np.asarray(glasses, bool)[ranked]
+    first = wearer & (np.cumsum(wearer) == 1)
+    chosen = np.concatenate([ranked[~wearer | first], ranked[wearer & ~first]])[:k]
+    return ranked[np.isin(ranked, chosen)]

@@ -12,10 +12,12 @@ choice where they are known (``traits``); otherwise the embedding neighbourhood 
 
 Who is not a donor: faces too small, turned, cut off or grey (``make_donor``); faces whose
 normalised look is an outlier (sunglasses, hands, heavy shadow) or whose band from the brows to
-below the eyes is among the busiest; faces wearing glasses (a line crossing the nose bridge that
-the bank's median face lacks), unless the bank would be too small without them. An original's
-own glasses are kept in front of its surrogate, so a donor's are never needed, and two wearers
-among the k would leave faint frames on the mean.
+below the eyes is among the busiest. Faces found wearing glasses (a line crossing the nose
+bridge that the bank's median face lacks; faint metal frames are often missed) stay in the
+bank, marked, and the surrogate takes them only where too few others qualify, and then at most
+one while others remain (``methods.surrogate``): an original's own glasses are kept in front
+of its surrogate, so a donor's are never needed, and two wearers among the k would leave faint
+frames on the mean.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ SHARPEN = 0.8  # unsharp-mask amount applied to a mean texture
 LINE_UP_REACH = 0.05
 LINE_UP_SMOOTH = 1.5  # Gaussian sigma (texture pixels) over each flow field: no tearing
 EYE_BAND_DROP = 0.3
-# A donor whose nose bridge this much of is crossed by lines the bank's median face lacks wears
-# glasses and is left out: two wearers among k donors leave faint frames in the trimmed mean,
-# and an original's own glasses are kept in front of the surrogate anyway. Lower than the
-# frame search's BRIDGE, since a donor wrongly left out costs little.
+# A donor whose nose bridge this much of is crossed by lines the bank's median face lacks is
+# taken to wear glasses, and the surrogate avoids it where enough others qualify: two wearers
+# among k donors leave faint frames in the trimmed mean, and an original's own glasses are kept
+# in front of the surrogate anyway. Lower than the frame search's BRIDGE, since a donor wrongly
+# avoided costs little.
 DONOR_BRIDGE = 0.5
 MIN_CHROMA = 4.0  # skin less colourful than this (Lab a, b) is a black-and-white photo
 
@@ -209,8 +212,9 @@ class DonorBank:
     ``shape`` is the mean 68-point shape and ``outline`` its forehead-extended outline, both in
     texture pixels; ``triangles`` index the outline. Per donor: ``shapes`` (its own 68 points,
     similarity-aligned to the mean), unit ``embeddings``, ``skin`` (Lab), the index of its
-    identity cluster in ``clusters`` and ``traits`` (P(female), age, facial hair; NaN when
-    unknown).
+    identity cluster in ``clusters``, ``traits`` (P(female), age, facial hair; NaN when
+    unknown) and ``glasses`` (found wearing glasses, ``DONOR_BRIDGE``; None when not looked
+    for).
     ``ids`` are face ids, used only to rank donors by key.
     """
 
@@ -224,6 +228,7 @@ class DonorBank:
     clusters: np.ndarray
     ids: tuple[str, ...]
     traits: np.ndarray | None = None
+    glasses: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -268,14 +273,7 @@ class DonorBank:
         triangles = geo.triangulate(outline)
         textures, covered = _warp_all(donors, outline, triangles, size)
         keep = _typical(textures, covered) & _plain_eyes(textures, shape)
-        plain = keep & ~_wear_glasses(textures, covered, shape)
-        if _big_enough(plain.sum(), len(np.unique(labels[plain])), limits):
-            keep = plain
-        else:
-            log.info(
-                "donor bank keeps its %d donors with glasses: too few without",
-                (keep & ~plain).sum(),
-            )
+        worn = _wear_glasses(textures, covered, shape)[keep]
         textures, donors, labels = (
             textures[keep],
             [d for d, k in zip(donors, keep, strict=True) if k],
@@ -294,8 +292,14 @@ class DonorBank:
             clusters=labels,
             ids=tuple(d.face_id for d in donors),
             traits=np.stack([padded(d.traits) for d in donors]).astype(np.float32),
+            glasses=worn,
         )
-        log.info("donor bank: %d faces of %d identities", len(bank), bank.identities)
+        log.info(
+            "donor bank: %d faces of %d identities, %d of them found wearing glasses",
+            len(bank),
+            bank.identities,
+            int(worn.sum()),
+        )
         return bank
 
     def candidates(self, query: DonorQuery) -> np.ndarray:
@@ -408,12 +412,8 @@ def _first_per_identity(donors: Sequence[DonorFace], labels: np.ndarray, limit: 
     return kept
 
 
-def _big_enough(faces: int, identities: int, limits: BankLimits) -> bool:
-    return faces >= limits.min_faces and identities >= limits.min_identities
-
-
 def _check_size(faces: int, identities: int, limits: BankLimits) -> None:
-    if not _big_enough(faces, identities, limits):
+    if faces < limits.min_faces or identities < limits.min_identities:
         raise ValueError(
             f"donor bank too small: {faces} usable faces of {identities} identities; need at "
             f"least {limits.min_faces} faces of {limits.min_identities} identities (frontal, "

@@ -15,9 +15,7 @@ clean-up of speckle), so they are found by shape:
    and, for both eyes, some of the rays from the eye's centre, sideways and downwards, cross
    an excess line between 0.15 and 0.7 inter-ocular distances out. The line pixels those rays
    cross, and what connects to them near the eyes (across gaps of up to 0.08 inter-ocular
-   distances, where a faint stretch cut a rim in two), are the frames. Where the expected look
-   has a line of its own along a rim (a crease of the donors' mean face), the excess breaks
-   off; there the original's own line strength, within that gap of the frame, carries it on.
+   distances, where a faint stretch cut a rim in two), are the frames.
 
 The eyes inside the lenses stay the surrogate's. Wrinkles, bags and shadows seldom both cross
 the nose bridge and ring the eyes; where deep lines under older eyes do, parts of them are kept
@@ -60,7 +58,7 @@ def frames(
     ``original_l`` and ``expected_l`` are Lab lightness (0-100) of the original and of its
     expected look; ``points`` the original's 68 landmarks in the same coordinates;
     ``zones`` the face (where the expected look is defined) and its eyes and brows (where no
-    frame pixel is taken).
+    frame pixel is taken, except a line running across between the brows' inner ends).
     """
     excess = _excess(original_l, expected_l, points, zones)
     if not excess.any() or _bridge(excess, points) < BRIDGE:
@@ -84,12 +82,7 @@ def frames(
     # Pieces of a frame that a faint stretch cut off (no ray met them first) join it when
     # they lie within a small gap of it; small gaps in a kept frame are then closed.
     _, joined = cv2.connectedComponents(cv2.dilate(excess.astype(np.uint8), geo.disk(LINK * iod)))
-    kept = np.isin(joined, np.unique(joined[kept])) & excess & (near > 0)
-    # Where the expected look has a line of its own along the rim (a crease of the donors'
-    # mean face), the excess breaks off; the original's own line bridges that break.
-    own = line_strength(original_l, max(1.0, LINE_WIDTH * iod)) > EXCESS
-    reach = cv2.dilate(kept.astype(np.uint8), geo.disk(LINK * iod)) > 0
-    kept = (kept | (own & reach & (near > 0) & ~zones[1] & zones[0])).astype(np.uint8)
+    kept = (np.isin(joined, np.unique(joined[kept])) & excess & (near > 0)).astype(np.uint8)
     return cv2.morphologyEx(kept, cv2.MORPH_CLOSE, geo.disk(0.03 * iod)) > 0
 
 
@@ -112,9 +105,10 @@ def _excess(
     zones: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """Where the original's line strength exceeds the expected look's (spread a little) by
-    more than EXCESS, inside the face and outside its eyes and brows. Between the brows, in
-    the band the bridge test scans, a line that runs across (a frame's bridge, often as high
-    as the brows' inner ends) counts too; a frown line, which runs up and down, does not."""
+    more than EXCESS, inside the face and outside its eyes and brows. Where the brows' zone
+    reaches into the band the bridge test scans, a line that runs across there (a frame's
+    bridge, often as high as the brows' inner ends) counts too; a frown line there, which runs
+    up and down, does not."""
     face, features = zones
     iod = float(geo.eye_frame(points)[2])
     radius = max(1.0, LINE_WIDTH * iod)

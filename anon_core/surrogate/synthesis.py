@@ -52,9 +52,9 @@ from faceveil.anon_core.surrogate.donors import DonorBank
 # onnxruntime (``anon_core.dlibnet``); its descriptors, which pick donors and link a person's
 # faces, differ from dlib's own by up to 1e-6. 7: the photo's level of fine detail, octave by
 # octave, is given back to the face and its surroundings as seeded noise (``grain``). 8: donors
-# who wear glasses are left out of the bank (``donors.DONOR_BRIDGE``): two wearers among the k
-# left faint frames on the mean face; the frame search counts a bridge as high as the brows and
-# carries a rim on where the mean face has a crease along it (``glasses``).
+# found wearing glasses are avoided where enough others qualify (``donors.DONOR_BRIDGE``): two
+# wearers among the k left faint frames on the mean face. The frame search counts a bridge as
+# high as the brows and carries a rim on where the mean face has a crease along it.
 RENDERER = 8
 # ``--privacy`` by default: of 0.5, 0.6, 0.65 and 0.75 on the full lfw_dev (BENCHMARKS.md, issue
 # 12), the lowest whose worst rank-1 was within 3%; its head-pose change is within 2.5 degrees.
