@@ -100,7 +100,7 @@ def test_job_json_records_the_first_pass_and_the_key_fingerprint_only(lfw_job, s
     job = json.loads((surrogate_run / "job.json").read_text())
     assert job["status"] == "complete"
     assert job["config"]["anon"]["method_options"] == {
-        "privacy": 0.6,
+        "privacy": 0.55,
         "donors": 4,
         "linkage": "person",
     }
