@@ -175,10 +175,11 @@ class Surrogate:
         bank = self.context.bank
         need = self.donors + 2
         best = 0
-        plain = None if bank.glasses is None else ~np.asarray(bank.glasses, bool)
+        worn = None if bank.glasses is None else np.asarray(bank.glasses, bool)
+        plain = ~worn if worn is not None and worn.any() else None
         for allowed, floor in self._tries(query.centroid, own):
             # Donors without glasses first (two wearers among the k leave faint frames on the
-            # mean face), then any, before a looser neighbourhood (a lower floor) is tried.
+            # mean face), then any, before a looser neighbourhood (a wider band, a lower floor).
             masks = [allowed]
             if plain is not None:
                 masks.insert(0, plain if allowed is None else allowed & plain)
