@@ -41,7 +41,11 @@ _ANGLES = np.deg2rad(np.arange(-30.0, 211.0, 15.0))
 
 def line_strength(lightness: np.ndarray, radius: float) -> np.ndarray:
     """Strength of thin dark or light lines in a lightness image."""
-    kernel = geo.disk(radius)
+    return _hats(lightness, geo.disk(radius))
+
+
+def _hats(lightness: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The larger of the black-hat (dark lines) and top-hat (light lines) with ``kernel``."""
     dark = cv2.morphologyEx(lightness, cv2.MORPH_BLACKHAT, kernel)
     light = cv2.morphologyEx(lightness, cv2.MORPH_TOPHAT, kernel)
     return np.maximum(dark, light)
@@ -126,10 +130,7 @@ def _excess(
 
 def _across_strength(lightness: np.ndarray, radius: float) -> np.ndarray:
     """Strength of thin dark or light lines that run across the image (an upright kernel)."""
-    kernel = np.ones((2 * max(1, int(round(radius))) + 1, 1), np.uint8)
-    dark = cv2.morphologyEx(lightness, cv2.MORPH_BLACKHAT, kernel)
-    light = cv2.morphologyEx(lightness, cv2.MORPH_TOPHAT, kernel)
-    return np.maximum(dark, light)
+    return _hats(lightness, np.ones((2 * max(1, int(round(radius))) + 1, 1), np.uint8))
 
 
 def _bridge_strip(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
