@@ -27,6 +27,9 @@ from tests.factories import shared_dir
 
 LFW = shared_dir() / "data" / "lfw_dev"
 ATTACKER = shared_dir() / "models" / "mobilefacenet_128d.onnx"
+# 10 people give a donor bank of 11-12 identity clusters, by the machine (CI held 11 where a
+# developer's held 12): 4 donors per surrogate need 8, the default 6 would need 12.
+SURROGATE = MethodSpec("surrogate", {"donors": 4})
 
 
 def test_remembered_answers_are_the_models_and_new_faces_are_computed() -> None:
@@ -51,7 +54,6 @@ def lfw_subset():
     for path in (LFW / "manifest.csv", ATTACKER):
         if not path.exists():
             pytest.skip(f"needs {path} (shared test data; set FACEVEIL_TEST_DATA)")
-    # the surrogate's donor bank needs faces of at least 8 identities
     return load_labelled_set(LFW, LFW / "manifest.csv", b"salt", limit_identities=10)
 
 
@@ -66,7 +68,7 @@ def test_the_surrogate_gives_the_same_output_with_the_remembered_details(lfw_sub
         paths = [s.path for s in data.samples]
         yield from zip((s.sample_id for s in data.samples), decoded(paths), strict=True)
 
-    method = build_method(MethodSpec("surrogate"), MethodContext(originals, key, detector))
+    method = build_method(SURROGATE, MethodContext(originals, key, detector))
     config = AnonConfig(method="surrogate")
     plain = FaceAnonymizer(config, detector=detector, method=method)
     wired = FaceAnonymizer(config, detector=detector, method=method)
@@ -87,7 +89,7 @@ def test_the_surrogate_gives_the_same_output_with_the_remembered_details(lfw_sub
 def test_the_eval_runner_reuses_the_first_pass(lfw_subset, caplog, tmp_path) -> None:
     config = EvalConfig(
         images=str(LFW), identities=str(LFW / "manifest.csv"), report_dir=str(tmp_path),
-        methods=(MethodSpec("surrogate"),), limit_identities=10, utility=False, examples=0,
+        methods=(SURROGATE,), limit_identities=10, utility=False, examples=0,
         progress=False, group_photos=(), attacker_models=(str(ATTACKER),), dlib_attacker=False,
     )  # fmt: skip
     with caplog.at_level(logging.INFO):
@@ -95,6 +97,5 @@ def test_the_eval_runner_reuses_the_first_pass(lfw_subset, caplog, tmp_path) -> 
     row = report["methods"][0]
     assert row["available"] and row["applied"].get("surrogate", 0) > 0
     released = row["statuses"]["anonymized"]
-    assert f"surrogate: the first pass's landmarks and embeddings reused for {released} images" in (
-        caplog.text
-    )
+    said = f"{SURROGATE.label}: the first pass's landmarks and embeddings reused for {released}"
+    assert f"{said} images" in caplog.text
