@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     detector, landmarks = build_detector("centerface", threads=1), Dlib68()
     found = sorted((data / "images").rglob("*.jpg")) or sorted(data.rglob("*.jpg"))
     paths = itertools.islice(found, args.donor_images)
-    images = ((str(p), decode_image(p.read_bytes()).rgb) for p in paths)
+    # sample ids relative to the data: donor draws hash them, whatever folder the data is in
+    images = ((str(p.relative_to(data)), decode_image(p.read_bytes()).rgb) for p in paths)
     context = context_from_table(collect_faces(images, detector, landmarks, DlibEmbedder()))
     anonymizer = FaceAnonymizer(AnonConfig(method="surrogate"), detector, Surrogate(KEY, context))
     rows = []

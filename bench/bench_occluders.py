@@ -17,7 +17,10 @@ first by file name; the same faces as ``tests/anon_core/test_surrogate_v2.py``),
 - cost: CPU time per face of the facial-hair score, and of a surrogate with and without the
   frame search.
 
-Run from the repository root: ``python -m bench.bench_occluders`` (about a minute of CPU).
+The glasses figures are summed over the four ``KEYS``: the frames are lines the donors' mean
+face lacks, so they depend on the donors a key draws.
+
+Run from the repository root: ``python -m bench.bench_occluders`` (about 8 minutes of CPU).
 """
 
 from __future__ import annotations
@@ -42,13 +45,19 @@ from faceveil.anon_core.surrogate import collect_faces, context_from_table, glas
 from faceveil.anon_core.surrogate.traits import FACIAL_HAIR, facial_hair
 
 KEY = b"bench-occluders-key-0123456789ab"
+# The frames are lines the donors' mean face lacks, so how many are found and kept depends on
+# the donors a key draws; the glasses figures are summed over these keys.
+KEYS = (KEY, bytes(32), bytes([1]) * 32, bytes([2]) * 32)
 PER_GROUP = 36
 PAD = 60
 LABELS = Path(__file__).parents[1] / "tests" / "data"
 
 
-def first_pass_paths(root: Path) -> list[Path]:
-    """The 144 adults of the surrogate v2 test, by the labels' age and gender."""
+def first_pass_paths(root: Path) -> list[str]:
+    """The 144 adults of the surrogate v2 test, by the labels' age and gender: their paths
+    relative to ``root``, which are their sample ids. The donor draws hash the face ids with the
+    key, so an id holding where the data lies (``/work/shared/...``) gave other donors, and
+    other figures, on each machine."""
     groups: dict[tuple[int, int], list[str]] = {}
     with open(root / "labels.csv", newline="") as f:
         for row in sorted(csv.DictReader(f), key=lambda r: r["path"]):
@@ -56,7 +65,7 @@ def first_pass_paths(root: Path) -> list[Path]:
             band = 0 if 20 <= age <= 35 else 1 if 50 <= age <= 75 else None
             if band is not None:
                 groups.setdefault((gender, band), []).append(row["path"])
-    return [root / p for p in sorted(p for rows in groups.values() for p in rows[:PER_GROUP])]
+    return sorted(p for rows in groups.values() for p in rows[:PER_GROUP])
 
 
 def padded(path: Path, dx: int = 0, dy: int = 0) -> np.ndarray:
@@ -91,11 +100,13 @@ def frame_changes(
     return changes
 
 
-def frames_when_moved(root: Path, detector, context, reach: int) -> dict[str, tuple[int, int, int]]:
+def frames_when_moved(
+    root: Path, detector, context, reach: int, key: bytes = KEY
+) -> dict[str, tuple[int, int, int]]:
     """Per kind of point (``rim``, ``brows``): points kept (changed by ``KEPT_CHANGE`` or less),
     points checked, and runs (photo and move) that lost one, over every move up to ``reach``
-    px."""
-    anonymize = FaceAnonymizer(AnonConfig(method="surrogate"), detector, Surrogate(KEY, context))
+    px, the surrogate keyed with ``key``."""
+    anonymize = FaceAnonymizer(AnonConfig(method="surrogate"), detector, Surrogate(key, context))
     counts = {kind: [0, 0, 0] for kind in ("rim", "brows")}
     moves = [(dx, dy) for dx in range(-reach, reach + 1) for dy in range(-reach, reach + 1)]
     for path, points in frame_points(root).items():
@@ -114,9 +125,10 @@ def frames_when_moved(root: Path, detector, context, reach: int) -> dict[str, tu
     return {kind: (kept, checked, runs) for kind, (kept, checked, runs) in counts.items()}
 
 
-def labels(name: str, column: str, root: Path) -> dict[str, str]:
+def labels(name: str, column: str) -> dict[str, str]:
+    """A column of a hand-labelled file in ``tests/data``, by the photo's sample id."""
     with open(LABELS / name, newline="") as f:
-        return {str(root / r["path"]): r[column] for r in csv.DictReader(f)}
+        return {r["path"]: r[column] for r in csv.DictReader(f)}
 
 
 def donor_shares(
@@ -173,10 +185,17 @@ def glasses_donors(context, table, worn: dict[str, str], rule: bool) -> dict[str
 
 
 def glasses_found(
-    images: dict[str, np.ndarray], detector, context, worn: dict[str, str], timed: bool = True
+    images: dict[str, np.ndarray],
+    detector,
+    context,
+    worn: dict[str, str],
+    timed: bool = True,
+    key: bytes = KEY,
 ) -> dict:
     """Faces whose frames were found, with and without glasses; CPU ms per surrogate with
-    and without the frame search (``timed``; with it only otherwise)."""
+    and without the frame search (``timed``; with it only otherwise). The surrogate is keyed
+    with ``key``: the frames are lines the donors' mean face lacks, so the count depends on
+    the donors a key draws (11 to 13 of the 19 wearers over six keys)."""
     search = glasses.frames
     found: list[bool] = []
 
@@ -191,7 +210,7 @@ def glasses_found(
         for name, finder in finders[: 2 if timed else 1]:
             glasses.frames = finder
             anonymize = FaceAnonymizer(
-                AnonConfig(method="surrogate"), detector, Surrogate(KEY, context)
+                AnonConfig(method="surrogate"), detector, Surrogate(key, context)
             )
             hits, start = {True: 0, False: 0}, time.process_time()
             for path, image in images.items():
@@ -214,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing_shared("bench_occluders", root / "labels.csv"):
         return 2
     paths = first_pass_paths(root)
-    images = {str(p): padded(p) for p in paths}
+    images = {p: padded(root / p) for p in paths}
     models = (build_detector("centerface", threads=1), Dlib68(), DlibEmbedder())
     table = collect_faces(list(images.items()), *models)
-    hair = labels("facial_hair_labels.csv", "facial_hair", root)
-    worn = labels("glasses_labels.csv", "glasses", root)
+    hair = labels("facial_hair_labels.csv", "facial_hair")
+    worn = labels("glasses_labels.csv", "glasses")
 
     ids = [i.rsplit("#", 1)[0] for i in table.ids]
     scores = dict(zip(ids, table.known_traits()[:, 2], strict=True))
@@ -253,24 +272,29 @@ def main(argv: list[str] | None = None) -> int:
             f" faces, two or more for {d['two']:.1%}; two or more found wearers for"
             f" {d['two_found']:.1%}"
         )
-    result = glasses_found(images, models[0], context, worn)
-    hits, ms = result["with"]
+    found = {True: [], False: []}
+    for key in KEYS:
+        result = glasses_found(images, models[0], context, worn, timed=key == KEY, key=key)
+        for wears, count in result["with"][0].items():
+            found[wears].append(count)
+        if key == KEY:
+            ms, without = result["with"][1], result["without"][1]
     print(
-        f"glasses: frames kept on {hits[True]} of {len(worn)} faces with glasses, lines kept"
-        f" as frames on {hits[False]} of {len(images) - len(worn)} without"
+        f"glasses, over {len(KEYS)} keys: frames kept on {sum(found[True])} of"
+        f" {len(KEYS) * len(worn)} draws of faces with glasses (per key {found[True]}), lines"
+        f" kept as frames on {sum(found[False])} of {len(KEYS) * (len(images) - len(worn))}"
+        f" draws without (per key {found[False]})"
     )
-    print(
-        f"surrogate CPU ms per image: {ms:.1f} with the frame search,"
-        f" {result['without'][1]:.1f} without"
-    )
+    print(f"surrogate CPU ms per image: {ms:.1f} with the frame search, {without:.1f} without")
     if args.moves:
         side = 2 * args.moves + 1
-        for kind, (kept, checked, lost) in frames_when_moved(
-            root, models[0], context, args.moves
-        ).items():
+        tallies = [frames_when_moved(root, models[0], context, args.moves, k) for k in KEYS]
+        for kind in ("rim", "brows"):
+            kept, checked, lost = (sum(t[kind][i] for t in tallies) for i in range(3))
             print(
                 f"marked frame points ({kind}) kept over {side} x {side} moves of up to"
-                f" {args.moves} px: {kept} of {checked}; runs that lost one: {lost}"
+                f" {args.moves} px and {len(KEYS)} keys: {kept} of {checked} (per key"
+                f" {[t[kind][0] for t in tallies]}); runs that lost one: {lost}"
             )
     return 0
 

@@ -198,8 +198,10 @@ def timed(stages: dict, name: str) -> Iterator[None]:
 
 
 def _manifest(data: Path) -> list[tuple[str, str]]:
+    """(path under ``data``, identity) per photo. The path is the photo's sample id: donor
+    draws hash it with the key, so it must not hold where the data lies."""
     with open(data / "manifest.csv", newline="") as f:
-        return [(str(data / r["path"]), r["identity"]) for r in csv.DictReader(f)]
+        return [(r["path"], r["identity"]) for r in csv.DictReader(f)]
 
 
 def _chosen(rows: list[tuple[str, str]], count: int | None) -> list[tuple[str, str]]:
@@ -242,8 +244,8 @@ class Judges:
         return out
 
 
-def _original(path: str, who: str, models: dict) -> Original | None:
-    rgb = decode_image(Path(path).read_bytes()).rgb
+def _original(path: Path, who: str, models: dict) -> Original | None:
+    rgb = decode_image(path.read_bytes()).rgb
     faces = models["detector"]([rgb])[0]
     k = central_face(faces, rgb.shape)
     if k is None:
@@ -254,7 +256,7 @@ def _original(path: str, who: str, models: dict) -> Original | None:
         guides[a.name] = a.guide(rgb, face.boxes[0], face.landmarks5[0])
         embeddings[a.name] = a.embed([rgb], [guides[a.name]])[0]
     judged = models["judges"](embeddings)
-    return Original(path, who, rgb, face, face.landmarks68[0], guides, embeddings, judged)
+    return Original(str(path), who, rgb, face, face.landmarks68[0], guides, embeddings, judged)
 
 
 def _unit(rows: list[np.ndarray]) -> np.ndarray:
@@ -451,16 +453,17 @@ def _fmt(f: dict, attackers: list) -> list[str]:
 def _first_pass(args: argparse.Namespace, chosen: list, models: dict, stages: dict):
     """The surrogate's context from the first pass over the measured photos and others of
     lfw_dev by hash, up to ``--first-pass`` images; and how many images it read."""
+    data = Path(args.data)
     taken = {path for path, _ in chosen}
     others = sorted(
-        (path for path, _ in _manifest(Path(args.data)) if path not in taken),
+        (path for path, _ in _manifest(data) if path not in taken),
         key=lambda p: hashlib.sha256(p.encode()).hexdigest(),
     )
     extra = None if args.first_pass is None else max(0, args.first_pass - len(taken))
     first = sorted(taken) + others[:extra]
     embedder = DlibEmbedder()
     with timed(stages, "first pass"):
-        samples = ((path, decode_image(Path(path).read_bytes()).rgb) for path in first)
+        samples = ((path, decode_image((data / path).read_bytes()).rgb) for path in first)
         table = collect_faces(samples, models["detector"], models["landmarks"], embedder)
         context = context_from_table(table)
     return context, table, len(first)
@@ -515,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = _chosen(_manifest(data), args.identities)
     context, table, first_images = _first_pass(args, chosen, models, stages)
     with timed(stages, "originals"):
-        originals = [o for path, who in chosen if (o := _original(path, who, models))]
+        originals = [o for path, who in chosen if (o := _original(data / path, who, models))]
     setup = _setup(table, context, originals, models["judges"])
     setup["first_pass_images"] = first_images
     print(f"machine: {machine_info()}")
