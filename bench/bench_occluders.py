@@ -20,7 +20,7 @@ first by file name; the same faces as ``tests/anon_core/test_surrogate_v2.py``),
 The glasses figures are summed over the four ``KEYS``: the frames are lines the donors' mean
 face lacks, so they depend on the donors a key draws.
 
-Run from the repository root: ``python -m bench.bench_occluders`` (about 8 minutes of CPU).
+Run from the repository root: ``python -m bench.bench_occluders`` (about 5 minutes of CPU).
 """
 
 from __future__ import annotations
