@@ -223,6 +223,23 @@ def glasses_found(
     return result
 
 
+def glasses_found_over_keys(
+    images: dict[str, np.ndarray], detector, context, worn: dict[str, str], timed: bool = False
+) -> tuple[dict[bool, list[int]], tuple[float, float] | None]:
+    """``glasses_found`` for each of ``KEYS``: per key, the faces whose frames were found, with
+    glasses (True) and without (False); and, when ``timed``, the first key's CPU ms per
+    surrogate with and without the frame search (None otherwise)."""
+    found: dict[bool, list[int]] = {True: [], False: []}
+    ms = None
+    for key in KEYS:
+        result = glasses_found(images, detector, context, worn, timed and key == KEYS[0], key)
+        for wears, count in result["with"][0].items():
+            found[wears].append(count)
+        if "without" in result:
+            ms = (result["with"][1], result["without"][1])
+    return found, ms
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -272,13 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             f" faces, two or more for {d['two']:.1%}; two or more found wearers for"
             f" {d['two_found']:.1%}"
         )
-    found = {True: [], False: []}
-    for key in KEYS:
-        result = glasses_found(images, models[0], context, worn, timed=key == KEY, key=key)
-        for wears, count in result["with"][0].items():
-            found[wears].append(count)
-        if key == KEY:
-            ms, without = result["with"][1], result["without"][1]
+    found, (ms, without) = glasses_found_over_keys(images, models[0], context, worn, timed=True)
     print(
         f"glasses, over {len(KEYS)} keys: frames kept on {sum(found[True])} of"
         f" {len(KEYS) * len(worn)} draws of faces with glasses (per key {found[True]}), lines"
