@@ -58,7 +58,8 @@ from faceveil.anon_core.surrogate.donors import DonorBank
 RENDERER = 8
 # ``--privacy`` by default: of 0.5, 0.55 and 0.6 on the full lfw_dev at renderer 8 (BENCHMARKS.md,
 # issue 12), the highest whose head-pose change was within 2.5 degrees (2.39; 0.6 gave 2.52);
-# its worst rank-1 was 1.8%, within 3%. Renderer 7 had 0.6 (0.5 was over 3% at renderer 2).
+# its worst rank-1 was 1.8%, within 3%. Redrawn with path-free sample ids: 2.46 and 1.6%.
+# Renderer 7 had 0.6 (0.5 was over 3% at renderer 2).
 DEFAULT_PRIVACY = 0.55
 RING_SCALE = 1.3
 # Pose-stable points used to fit the donors' mean shape to the original's pose.
